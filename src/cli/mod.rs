@@ -1,0 +1,73 @@
+//! Command-line interface: one file per subcommand, each with an `Args` struct and an
+//! `execute`. Only subcommands that work are listed; `run`, `mount`, `sync`, `import`,
+//! `export`, `send` and `restore` arrive with the layers they need.
+
+pub mod init;
+pub mod key;
+pub mod passwd;
+pub mod secret;
+pub mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::home::Home;
+
+/// Serverless, encrypted, peer-to-peer email.
+///
+/// Each user runs a node; the nodes store everyone's mail encrypted, signed and
+/// erasure-coded across the ring. Start with `peerpost init --address you@example.org`.
+#[derive(Debug, Parser)]
+#[command(name = "peerpost", version, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding this node's config, keys and store (several nodes can run side by
+    /// side with different homes).
+    #[arg(long, global = true, env = "PEERPOST_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an identity (keys), a TLS certificate and a commented config file.
+    Init(init::Args),
+    /// Change the password the IMAP, POP3 and SMTP servers ask for.
+    Passwd(passwd::Args),
+    /// Show, export or import the user's keys.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Show this node's identity, configuration and store.
+    Status(status::Args),
+}
+
+impl Cli {
+    pub fn home(&self) -> Home {
+        Home::new(self.home.clone().unwrap_or_else(Home::default_root))
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = cli.home();
+    match cli.command {
+        Command::Init(args) => init::execute(args, &home),
+        Command::Passwd(args) => passwd::execute(args, &home),
+        Command::Key(cmd) => key::execute(cmd, &home),
+        Command::Status(args) => status::execute(args, &home),
+    }
+}
+
+/// Unix time in seconds.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,80 @@
+//! `peerpost status [--json]`: identity, configuration and local store of this home.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::crypto;
+use crate::home::Home;
+use crate::store::{Store, StoreStats};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Machine-readable output (one JSON object).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    home: String,
+    address: String,
+    user_fingerprint: String,
+    device_fingerprint: String,
+    key_protected: bool,
+    config: String,
+    config_ok: bool,
+    config_error: Option<String>,
+    store: StoreStats,
+}
+
+pub fn execute(args: Args, home: &Home) -> Result<()> {
+    let (id, user, device) = home.load_identity_keys()?;
+    let config_error = Config::load(&home.config(), home.root())
+        .err()
+        .map(|e| e.to_string());
+    let store = Store::open(&home.store())?;
+    let stats = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(store.stats())?;
+    let status = Status {
+        home: home.root().display().to_string(),
+        address: id.address,
+        user_fingerprint: user.fingerprint(),
+        device_fingerprint: crypto::fingerprint(&[&device]),
+        key_protected: home.user_key_is_protected()?,
+        config: home.config().display().to_string(),
+        config_ok: config_error.is_none(),
+        config_error,
+        store: stats,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("home:               {}", status.home);
+        println!("address:            {}", status.address);
+        println!("user fingerprint:   {}", status.user_fingerprint);
+        println!("device fingerprint: {}", status.device_fingerprint);
+        println!(
+            "user key:           {}",
+            if status.key_protected {
+                "passphrase-protected"
+            } else {
+                "not passphrase-protected (mode 0600)"
+            }
+        );
+        match &status.config_error {
+            None => println!("config:             {} (valid)", status.config),
+            Some(e) => println!("config:             INVALID: {e}"),
+        }
+        println!(
+            "store:              {} objects, {} bytes (schema {})",
+            status.store.objects, status.store.object_bytes, status.store.schema_version
+        );
+    }
+    if let Some(e) = status.config_error {
+        anyhow::bail!("{e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,679 @@
+//! Configuration: `config.toml` in the home directory, written by `peerpost init` with every
+//! setting present, commented and set to its default.
+//!
+//! Flow (ripgrep's "low args → high args"): [`FileConfig`] is the TOML as written (serde,
+//! unknown keys refused) → [`Config::load`] validates it into [`Config`] (addresses parsed,
+//! sizes and fractions checked, paths resolved against the home). Any error names the file
+//! and the key: `config.toml: imap.listen: invalid socket address "127.0.0.1:99999"`.
+//! Subsystems get their own section (`config.imap`, `config.overlay`, …), never the whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// The file as written. Every field has a default, so a partial file is fine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub identity: IdentitySection,
+    pub overlay: OverlaySection,
+    pub imap: ImapSection,
+    pub pop3: Pop3Section,
+    pub smtp: SmtpSection,
+    pub tls: TlsSection,
+    pub storage: StorageSection,
+    pub durability: DurabilitySection,
+    pub smarthost: SmarthostSection,
+    pub maildir: MaildirSection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// The user's mail address (set by init; informational: the keys are the identity).
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlaySection {
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub mdns: bool,
+    pub max_connections: u32,
+    pub psk_file: String,
+    pub metrics: String,
+}
+
+impl Default for OverlaySection {
+    fn default() -> Self {
+        OverlaySection {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4040".into(),
+                "/ip4/0.0.0.0/udp/4040/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            max_connections: 256,
+            psk_file: String::new(),
+            metrics: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapSection {
+    pub listen: String,
+    pub tls_listen: String,
+}
+
+impl Default for ImapSection {
+    fn default() -> Self {
+        ImapSection {
+            listen: "127.0.0.1:1143".into(),
+            tls_listen: "127.0.0.1:1993".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Section {
+    pub listen: String,
+    pub tls_listen: String,
+}
+
+impl Default for Pop3Section {
+    fn default() -> Self {
+        Pop3Section {
+            listen: "127.0.0.1:1110".into(),
+            tls_listen: "127.0.0.1:1995".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    pub intake: String,
+    pub submission: String,
+    pub max_message_size: String,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            intake: "127.0.0.1:2525".into(),
+            submission: "127.0.0.1:2587".into(),
+            max_message_size: "50MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: "tls/cert.pem".into(),
+            key: "tls/key.pem".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub contribution: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            contribution: "10GiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilitySection {
+    pub failure_fraction: f64,
+    pub loss_probability: f64,
+}
+
+impl Default for DurabilitySection {
+    fn default() -> Self {
+        DurabilitySection {
+            failure_fraction: 0.6,
+            loss_probability: 1e-6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmarthostSection {
+    pub url: String,
+    pub username: String,
+    pub password_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaildirSection {
+    pub path: String,
+    pub owner: String,
+}
+
+impl Default for MaildirSection {
+    fn default() -> Self {
+        MaildirSection {
+            path: "~/Maildir".into(),
+            owner: String::new(),
+        }
+    }
+}
+
+/// Validated settings, paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub address: String,
+    pub overlay: OverlayConfig,
+    pub imap: ServerPair,
+    pub pop3: ServerPair,
+    pub smtp: SmtpConfig,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub durability: DurabilityConfig,
+    pub smarthost: Option<SmarthostConfig>,
+    pub maildir: MaildirConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverlayConfig {
+    /// Multiaddrs; syntax checked here, fully parsed by the overlay module.
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub mdns: bool,
+    pub max_connections: u32,
+    pub psk_file: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A plaintext (with STARTTLS) and an implicit-TLS listener; `None` disables one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerPair {
+    pub listen: Option<SocketAddr>,
+    pub tls_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpConfig {
+    pub intake: Option<SocketAddr>,
+    pub submission: Option<SocketAddr>,
+    pub max_message_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// Bytes this node stores for others.
+    pub contribution: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurabilityConfig {
+    pub failure_fraction: f64,
+    pub loss_probability: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmarthostConfig {
+    pub url: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaildirConfig {
+    pub path: PathBuf,
+    pub owner: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`; relative paths in it are resolved against `home`.
+    pub fn load(path: &Path, home: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path, home)
+    }
+
+    /// Validates the text of a config file (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path, home: &Path) -> Result<Config> {
+        let file = parse_file(text, path)?;
+        Validator { path, home }.validate(file)
+    }
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        invalid(
+            format!("line {}", line_of(text, e.span())),
+            e.message().to_string(),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let key = if key == "." || key.is_empty() {
+            format!("line {}", line_of(text, inner.span()))
+        } else {
+            key
+        };
+        invalid(key, inner.message().to_string())
+    })
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    home: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// "" disables a listener.
+    fn socket(&self, key: &str, v: &str) -> Result<Option<SocketAddr>> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|_| {
+            self.err(
+                key,
+                format!("invalid socket address {v:?} (expected IP:PORT, or \"\" to disable)"),
+            )
+        })
+    }
+
+    fn multiaddr(&self, key: &str, v: &str) -> Result<String> {
+        // The overlay parses these fully; here: the shape "/proto/value/..." with known roots.
+        let ok = v.starts_with('/')
+            && !v.ends_with('/')
+            && ["/ip4/", "/ip6/", "/dns/", "/dns4/", "/dns6/", "/memory/"]
+                .iter()
+                .any(|p| v.starts_with(p));
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err(self.err(
+                key,
+                format!("invalid multiaddr {v:?} (e.g. \"/ip4/192.0.2.1/tcp/4040\")"),
+            ))
+        }
+    }
+
+    fn path(&self, v: &str) -> PathBuf {
+        expand_path(v, self.home)
+    }
+
+    fn validate(&self, f: FileConfig) -> Result<Config> {
+        let address = if f.identity.address.is_empty() {
+            String::new()
+        } else {
+            crate::crypto::record::normalize_address(&f.identity.address).map_err(|why| {
+                self.err(
+                    "identity.address",
+                    format!("{:?} {why}", f.identity.address),
+                )
+            })?
+        };
+        let listen = f
+            .overlay
+            .listen
+            .iter()
+            .map(|a| self.multiaddr("overlay.listen", a))
+            .collect::<Result<Vec<_>>>()?;
+        let bootstrap = f
+            .overlay
+            .bootstrap
+            .iter()
+            .map(|a| self.multiaddr("overlay.bootstrap", a))
+            .collect::<Result<Vec<_>>>()?;
+        if f.overlay.max_connections == 0 || f.overlay.max_connections > 100_000 {
+            return Err(self.err("overlay.max_connections", "must be between 1 and 100000"));
+        }
+        let contribution =
+            parse_size(&f.storage.contribution).map_err(|m| self.err("storage.contribution", m))?;
+        let max_message_size = parse_size(&f.smtp.max_message_size)
+            .map_err(|m| self.err("smtp.max_message_size", m))?;
+        if max_message_size == 0 || max_message_size > crate::crypto::content::MAX_PLAINTEXT as u64
+        {
+            return Err(self.err("smtp.max_message_size", "must be between 1 byte and 64MiB"));
+        }
+        let ff = f.durability.failure_fraction;
+        if !(ff > 0.0 && ff < 1.0) {
+            return Err(self.err(
+                "durability.failure_fraction",
+                format!("{ff} is not between 0 and 1 (exclusive)"),
+            ));
+        }
+        let lp = f.durability.loss_probability;
+        if !(lp > 0.0 && lp < 1.0) {
+            return Err(self.err(
+                "durability.loss_probability",
+                format!("{lp} is not between 0 and 1 (exclusive)"),
+            ));
+        }
+        let smarthost = if f.smarthost.url.is_empty() {
+            None
+        } else {
+            let url = &f.smarthost.url;
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) || url.len() < 8 {
+                return Err(self.err(
+                    "smarthost.url",
+                    format!("{url:?} must look like smtp://host:587 or smtps://host:465"),
+                ));
+            }
+            Some(SmarthostConfig {
+                url: url.clone(),
+                username: Some(f.smarthost.username.clone()).filter(|s| !s.is_empty()),
+                password_file: Some(&f.smarthost.password_file)
+                    .filter(|s| !s.is_empty())
+                    .map(|p| self.path(p)),
+            })
+        };
+        if f.tls.cert.is_empty() || f.tls.key.is_empty() {
+            return Err(self.err("tls.cert", "the certificate and key paths must be set"));
+        }
+        if f.maildir.path.is_empty() {
+            return Err(self.err("maildir.path", "must be set"));
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            address,
+            overlay: OverlayConfig {
+                listen,
+                bootstrap,
+                mdns: f.overlay.mdns,
+                max_connections: f.overlay.max_connections,
+                psk_file: Some(&f.overlay.psk_file)
+                    .filter(|s| !s.is_empty())
+                    .map(|p| self.path(p)),
+                metrics: self.socket("overlay.metrics", &f.overlay.metrics)?,
+            },
+            imap: ServerPair {
+                listen: self.socket("imap.listen", &f.imap.listen)?,
+                tls_listen: self.socket("imap.tls_listen", &f.imap.tls_listen)?,
+            },
+            pop3: ServerPair {
+                listen: self.socket("pop3.listen", &f.pop3.listen)?,
+                tls_listen: self.socket("pop3.tls_listen", &f.pop3.tls_listen)?,
+            },
+            smtp: SmtpConfig {
+                intake: self.socket("smtp.intake", &f.smtp.intake)?,
+                submission: self.socket("smtp.submission", &f.smtp.submission)?,
+                max_message_size,
+            },
+            tls: TlsConfig {
+                cert: self.path(&f.tls.cert),
+                key: self.path(&f.tls.key),
+            },
+            storage: StorageConfig { contribution },
+            durability: DurabilityConfig {
+                failure_fraction: ff,
+                loss_probability: lp,
+            },
+            smarthost,
+            maildir: MaildirConfig {
+                path: self.path(&f.maildir.path),
+                owner: Some(f.maildir.owner.clone()).filter(|s| !s.is_empty()),
+            },
+        })
+    }
+}
+
+/// `~/x` → the user's home; a relative path → relative to the peerpost home.
+pub fn expand_path(v: &str, home: &Path) -> PathBuf {
+    if let Some(rest) = v.strip_prefix("~/") {
+        return dirs::home_dir()
+            .unwrap_or_else(|| PathBuf::from("/"))
+            .join(rest);
+    }
+    let p = PathBuf::from(v);
+    if p.is_absolute() { p } else { home.join(p) }
+}
+
+/// Parses "10GiB", "500 MB", "1024" (bytes). Binary (KiB, MiB, GiB, TiB) and decimal units.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. \"10GiB\", \"500MB\")"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    let v = num * mult;
+    if !v.is_finite() || !(0.0..=1e18).contains(&v) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(v as u64)
+}
+
+/// The config file `peerpost init` writes: every setting, commented, at its default.
+pub fn template(address: &str) -> String {
+    format!(
+        r#"# peerpost configuration, written by `peerpost init`.
+# Every setting is shown at its default. Relative paths are relative to this directory;
+# "~/" is your home directory. Check it with `peerpost status`.
+
+[identity]
+# Your mail address. The keys in keys/ are the identity; this is what they are published as.
+address = "{address}"
+
+[overlay]
+# Multiaddrs the node listens on for other peerpost nodes (TCP and QUIC).
+listen = ["/ip4/0.0.0.0/tcp/4040", "/ip4/0.0.0.0/udp/4040/quic-v1"]
+# Nodes to join the ring through, e.g. ["/ip4/192.0.2.10/tcp/4040/p2p/12D3KooW..."].
+bootstrap = []
+# Find other nodes on the local network with mDNS.
+mdns = true
+# Upper bound on simultaneous overlay connections.
+max_connections = 256
+# Pre-shared key file of a private (organizational) ring; "" = the global ring.
+psk_file = ""
+# Prometheus metrics endpoint (loopback); "" disables it.
+metrics = "127.0.0.1:9464"
+
+[imap]
+# IMAP with STARTTLS, and IMAP over implicit TLS. "" disables a listener.
+listen = "127.0.0.1:1143"
+tls_listen = "127.0.0.1:1993"
+
+[pop3]
+listen = "127.0.0.1:1110"
+tls_listen = "127.0.0.1:1995"
+
+[smtp]
+# Intake: mail for you (e.g. forwarded by your old mail server). No authentication.
+intake = "127.0.0.1:2525"
+# Submission: mail from you to anyone. Requires the password set with `peerpost passwd`.
+submission = "127.0.0.1:2587"
+# Largest message accepted.
+max_message_size = "50MiB"
+
+[tls]
+# Certificate and key of the IMAP/POP3/SMTP servers (PEM). init writes a self-signed pair.
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+
+[storage]
+# Disk space this node gives to the ring for other users' fragments. You may store what
+# your nodes contribute divided by the durability overhead.
+contribution = "10GiB"
+
+[durability]
+# Your mail must survive the simultaneous loss of this fraction of the ring's nodes ...
+failure_fraction = 0.6
+# ... with at most this probability of losing any one message.
+loss_probability = 1e-6
+
+[smarthost]
+# Mail to people outside the overlay leaves through this relay (STARTTLS), e.g.
+# "smtp://mail.example.org:587". "" = such mail bounces.
+url = ""
+username = ""
+# File holding the relay password.
+password_file = ""
+
+[maildir]
+# Where `peerpost run` mounts your mail as a Maildir.
+path = "~/Maildir"
+# User that owns the files on the mount (Dovecot refuses root); "" = the invoking user.
+owner = ""
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/h/config.toml"), Path::new("/h"))
+    }
+
+    #[test]
+    fn template_is_the_defaults() {
+        let text = template("alice@example.org");
+        let file = parse_file(&text, Path::new("t")).unwrap();
+        let mut expected = FileConfig::default();
+        expected.identity.address = "alice@example.org".into();
+        assert_eq!(file, expected, "template and Default must agree");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.address, "alice@example.org");
+        assert_eq!(c.tls.cert, PathBuf::from("/h/tls/cert.pem"));
+        assert_eq!(c.storage.contribution, 10 * 1024 * 1024 * 1024);
+        assert_eq!(c.imap.listen, Some("127.0.0.1:1143".parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.smtp.intake, Some("127.0.0.1:2525".parse().unwrap()));
+        assert!(c.smarthost.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_file() {
+        let e = parse("[imap]\nlisten = \"127.0.0.1:99999\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/h/config.toml") && e.contains("imap.listen"),
+            "{e}"
+        );
+        let e = parse("[imap]\nlistn = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("imap") && e.contains("listn"), "{e}");
+        let e = parse("[storage]\ncontribution = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.contribution"), "{e}");
+        let e = parse("[durability]\nfailure_fraction = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("durability.failure_fraction"), "{e}");
+        let e = parse("[overlay]\nmdns = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlay.mdns"), "{e}");
+        let e = parse("[overlay]\nbootstrap = [\"10.0.0.1:4040\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlay.bootstrap"), "{e}");
+        let e = parse("[imap\n").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("500 MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("1 parsec").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn empty_listener_disables_it() {
+        let c = parse("[pop3]\nlisten = \"\"\n").unwrap();
+        assert_eq!(c.pop3.listen, None);
+    }
+}

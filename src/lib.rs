@@ -1,0 +1,19 @@
+//! peerpost: serverless, encrypted, peer-to-peer email.
+//!
+//! Layout (layers point down only; ARCHITECTURE.md has the invariants):
+//!
+//! * [`cli`]: one file per subcommand; parses arguments, calls into the layers below.
+//! * [`config`]: `config.toml` (every setting documented and defaulted) → validated [`config::Config`].
+//! * [`home`]: the files of a node's home directory and their permissions.
+//! * [`tls`]: the servers' certificate (generated at `init`).
+//! * [`store`]: LMDB behind an async facade; [`store::schema`] names every table.
+//! * [`crypto`]: keys, sealed objects, envelopes, directory records, recovery phrase, passwords.
+//! * [`wire`]: bounded binary encoding shared by every versioned format.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod home;
+pub mod store;
+pub mod tls;
+pub mod wire;

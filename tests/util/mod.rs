@@ -1,0 +1,147 @@
+//! Test helpers: a temporary home and a builder for running the real binary in it.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_peerpost");
+
+/// A temporary directory with a peerpost home inside.
+pub struct TestHome {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    pub fn new() -> TestHome {
+        TestHome {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.home().join(rel)
+    }
+
+    /// Writes a file beside the home (for --password-file and friends).
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).expect("write");
+        p
+    }
+
+    /// `peerpost --home HOME args…` with stdin closed.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_stdin(args, None)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        run_bin(&self.home(), args, stdin)
+    }
+
+    /// init with a password file; panics if it fails.
+    pub fn init(&self, address: &str) -> Run {
+        let pw = self.file("pw", "secret-password\n");
+        self.run(&[
+            "init",
+            "--address",
+            address,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ])
+        .success()
+    }
+}
+
+pub fn run_bin(home: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--home").arg(home).args(args);
+    cmd.env_remove("PEERPOST_HOME").env_remove("RUST_LOG");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn peerpost");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    let output = child.wait_with_output().expect("wait");
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
+}
+
+/// The result of one run of the binary, with assertions that print everything on failure.
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn success(self) -> Run {
+        assert!(
+            self.output.status.success(),
+            "peerpost {:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    /// Asserts failure with a message on stderr containing every one of `needles`.
+    pub fn failure(self, needles: &[&str]) -> Run {
+        assert!(
+            !self.output.status.success(),
+            "peerpost {:?} should have failed:\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.stdout(),
+            self.stderr()
+        );
+        let err = self.stderr();
+        for n in needles {
+            assert!(
+                err.contains(n),
+                "stderr of {:?} lacks {n:?}:\n{err}",
+                self.args
+            );
+        }
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout())
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout()))
+    }
+}
+
+pub fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
