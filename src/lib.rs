@@ -6,6 +6,7 @@
 //! * [`config`]: `config.toml` (every setting documented and defaulted) → validated [`config::Config`].
 //! * [`home`]: the files of a node's home directory and their permissions.
 //! * [`tls`]: the servers' certificate (generated at `init`).
+//! * [`mailbox`]: the mailbox engine: folders, flags, UIDs, device logs that merge.
 //! * [`store`]: LMDB behind an async facade; [`store::schema`] names every table.
 //! * [`crypto`]: keys, sealed objects, envelopes, directory records, recovery phrase, passwords.
 //! * [`wire`]: bounded binary encoding shared by every versioned format.
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod home;
+pub mod mailbox;
 pub mod store;
 pub mod tls;
 pub mod wire;

@@ -134,6 +134,12 @@ impl UserKeys {
         self.signing.sign(&domain(context, msg)).to_bytes()
     }
 
+    /// The key this user's devices seal their mailbox logs with (all devices derive it from
+    /// the seed; nobody else can read the logs stored in the ring).
+    pub fn log_key(&self) -> super::ContentKey {
+        super::ContentKey::from_bytes(derive("peerpost 2026 log key v1", self.seed.as_ref()))
+    }
+
     pub(crate) fn enc_secret(&self) -> &[u8; 32] {
         &self.enc_secret
     }

@@ -19,6 +19,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use thiserror::Error;
 
 use crate::crypto::{ObjectId, SealedObject};
+pub use schema::Table;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -78,11 +79,30 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+type Db = Database<'static, Bytes, Bytes>;
+
+/// The tables of [`Table`], in the order of `tables` below.
+const TABLES: [Table; 5] = [
+    Table::Log,
+    Table::LogIndex,
+    Table::FolderUids,
+    Table::Uids,
+    Table::Sync,
+];
+
 struct Inner {
     path: PathBuf,
     env: Env<WithoutTls>,
-    meta: Database<'static, Bytes, Bytes>,
-    objects: Database<'static, Bytes, Bytes>,
+    meta: Db,
+    objects: Db,
+    tables: [Db; 5],
+}
+
+impl Inner {
+    fn table(&self, t: Table) -> &Db {
+        let i = TABLES.iter().position(|x| *x == t).unwrap_or(0);
+        &self.tables[i]
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -120,6 +140,16 @@ impl Store {
                     dbo.create_database(wtxn, Some(schema::DB_META))?;
                 let objects: Database<Bytes, Bytes> =
                     dbo.create_database(wtxn, Some(schema::DB_OBJECTS))?;
+                let mut create = |t: Table| -> heed::Result<Database<Bytes, Bytes>> {
+                    dbo.create_database(wtxn, Some(t.name()))
+                };
+                let tables = [
+                    create(TABLES[0])?,
+                    create(TABLES[1])?,
+                    create(TABLES[2])?,
+                    create(TABLES[3])?,
+                    create(TABLES[4])?,
+                ];
                 let found = match meta.get(wtxn, schema::META_SCHEMA_VERSION)? {
                     Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
                     Some(_) => u32::MAX,
@@ -135,10 +165,10 @@ impl Store {
                 if found > schema::SCHEMA_VERSION {
                     return Ok(CommitOrAbort::Abort(found));
                 }
-                Ok(CommitOrAbort::Commit((meta, objects)))
+                Ok(CommitOrAbort::Commit((meta, objects, tables)))
             })
             .map_err(open_err)?;
-        let (meta, objects) = match committed {
+        let (meta, objects, tables) = match committed {
             CommitOrAbort::Commit(dbs) => dbs,
             CommitOrAbort::Abort(found) => {
                 return Err(Error::NewerSchema {
@@ -154,6 +184,7 @@ impl Store {
                 env,
                 meta,
                 objects,
+                tables,
             }),
         })
     }
@@ -183,28 +214,61 @@ impl Store {
 
     /// Stores several objects in one durable transaction (one fsync for the batch).
     pub async fn put_objects(&self, objs: Vec<SealedObject>) -> Result<Vec<ObjectId>> {
-        self.blocking(move |s| {
-            let mut wtxn = s.env.write_txn()?;
-            let mut added = 0u64;
-            let mut ids = Vec::with_capacity(objs.len());
-            for obj in &objs {
-                let id = obj.id();
-                let key = schema::object_key(&id);
-                if s.objects.get(&wtxn, &key)?.is_none() {
-                    s.objects.put(&mut wtxn, &key, obj.as_bytes())?;
-                    added += obj.as_bytes().len() as u64;
-                }
-                ids.push(id);
+        self.transact(move |tx| objs.iter().map(|o| tx.put_object(o)).collect())
+            .await
+    }
+
+    /// Runs `f` in one write transaction on the blocking pool and commits durably if it
+    /// returns `Ok`; nothing of it is kept if it returns `Err`. Only one write transaction runs
+    /// at a time (per store, across processes): keep `f` short.
+    pub async fn transact<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: FnOnce(&mut Tx<'_, '_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut wtxn = inner.env.write_txn().map_err(Error::from)?;
+            let mut tx = Tx {
+                inner: &inner,
+                txn: &mut wtxn,
+                object_bytes: 0,
+            };
+            let out = f(&mut tx)?;
+            let delta = tx.object_bytes;
+            if delta != 0 {
+                let total = read_u64(&inner.meta, &wtxn, META_OBJECT_BYTES)?;
+                let total = total.saturating_add_signed(delta);
+                inner
+                    .meta
+                    .put(&mut wtxn, META_OBJECT_BYTES, &total.to_be_bytes())
+                    .map_err(Error::from)?;
             }
-            if added > 0 {
-                let total = read_u64(&s.meta, &wtxn, META_OBJECT_BYTES)?.saturating_add(added);
-                s.meta
-                    .put(&mut wtxn, META_OBJECT_BYTES, &total.to_be_bytes())?;
-            }
-            wtxn.commit()?;
-            Ok(ids)
+            wtxn.commit().map_err(Error::from)?;
+            Ok(out)
         })
         .await
+        .map_err(|_| E::from(Error::Worker))?
+    }
+
+    /// Runs `f` in a read transaction on the blocking pool.
+    pub async fn read<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: FnOnce(&Rx<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let rtxn = inner.env.read_txn().map_err(Error::from)?;
+            f(&Rx {
+                inner: &inner,
+                txn: &rtxn,
+            })
+        })
+        .await
+        .map_err(|_| E::from(Error::Worker))?
     }
 
     /// Fetches an object, verifying that its bytes still hash to its id.
@@ -279,6 +343,174 @@ impl Store {
             })
         })
         .await
+    }
+}
+
+/// Read access to the tables inside a transaction.
+pub struct Rx<'t> {
+    inner: &'t Inner,
+    txn: &'t heed::RoTxn<'t, WithoutTls>,
+}
+
+/// Read and write access inside one write transaction (see [`Store::transact`]).
+pub struct Tx<'t, 'e> {
+    inner: &'t Inner,
+    txn: &'t mut heed::RwTxn<'e>,
+    object_bytes: i64,
+}
+
+fn owned(item: heed::Result<(&[u8], &[u8])>) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (k, v) = item?;
+    Ok((k.to_vec(), v.to_vec()))
+}
+
+macro_rules! read_methods {
+    () => {
+        pub fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            Ok(self.inner.table(t).get(self.ro(), key)?.map(<[u8]>::to_vec))
+        }
+
+        /// Every row whose key starts with `prefix`, in key order.
+        pub fn prefix(&self, t: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            if prefix.is_empty() {
+                // LMDB refuses an empty key for a cursor seek.
+                return self.inner.table(t).iter(self.ro())?.map(owned).collect();
+            }
+            self.inner
+                .table(t)
+                .prefix_iter(self.ro(), prefix)?
+                .map(owned)
+                .collect()
+        }
+
+        /// The last row whose key starts with `prefix`.
+        pub fn last_with_prefix(
+            &self,
+            t: Table,
+            prefix: &[u8],
+        ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+            if prefix.is_empty() {
+                return self
+                    .inner
+                    .table(t)
+                    .last(self.ro())?
+                    .map(|(k, v)| Ok((k.to_vec(), v.to_vec())))
+                    .transpose();
+            }
+            self.inner
+                .table(t)
+                .rev_prefix_iter(self.ro(), prefix)?
+                .next()
+                .map(owned)
+                .transpose()
+        }
+
+        /// Up to `limit` rows with keys ≥ `start`, in key order.
+        pub fn range_from(
+            &self,
+            t: Table,
+            start: &[u8],
+            limit: usize,
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            let range = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
+            self.inner
+                .table(t)
+                .range(self.ro(), &range)?
+                .take(limit)
+                .map(owned)
+                .collect()
+        }
+
+        /// A sealed object, verified against its id.
+        pub fn get_object(&self, id: &ObjectId) -> Result<Option<SealedObject>> {
+            let Some(bytes) = self.inner.objects.get(self.ro(), &schema::object_key(id))? else {
+                return Ok(None);
+            };
+            SealedObject::from_bytes_verified(bytes.to_vec(), id)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    id: *id,
+                    why: e.to_string(),
+                })
+        }
+
+        /// The next free log arrival counter.
+        pub fn log_counter(&self) -> Result<u64> {
+            read_u64(&self.inner.meta, self.ro(), schema::META_LOG_COUNTER)
+        }
+    };
+}
+
+impl Rx<'_> {
+    fn ro(&self) -> &heed::RoTxn<'_> {
+        self.txn
+    }
+    read_methods!();
+}
+
+impl Tx<'_, '_> {
+    fn ro(&self) -> &heed::RoTxn<'_> {
+        self.txn
+    }
+    read_methods!();
+
+    pub fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        Ok(self.inner.table(t).put(self.txn, key, value)?)
+    }
+
+    pub fn delete(&mut self, t: Table, key: &[u8]) -> Result<bool> {
+        Ok(self.inner.table(t).delete(self.txn, key)?)
+    }
+
+    /// Stores a sealed object (a no-op if present); returns its id.
+    pub fn put_object(&mut self, obj: &SealedObject) -> Result<ObjectId> {
+        let id = obj.id();
+        let key = schema::object_key(&id);
+        if self.inner.objects.get(self.txn, &key)?.is_none() {
+            self.inner.objects.put(self.txn, &key, obj.as_bytes())?;
+            self.object_bytes += obj.as_bytes().len() as i64;
+        }
+        Ok(id)
+    }
+
+    /// Appends a log entry of `device` with the next sequence number (1 for the first),
+    /// computed inside this transaction so that concurrent writers (several processes of one
+    /// device) never reuse one. `make` builds the entry bytes for that seq.
+    pub fn append_log<E: From<Error>>(
+        &mut self,
+        device: u64,
+        make: impl FnOnce(u64) -> std::result::Result<Vec<u8>, E>,
+    ) -> std::result::Result<u64, E> {
+        let seq = match self.last_with_prefix(Table::Log, &device.to_be_bytes())? {
+            Some((k, _)) if k.len() == 16 => {
+                u64::from_be_bytes(k[8..16].try_into().unwrap_or([0; 8])) + 1
+            }
+            _ => 1,
+        };
+        let bytes = make(seq)?;
+        self.insert_log(device, seq, &bytes)?;
+        Ok(seq)
+    }
+
+    /// Inserts a log entry (e.g. another device's) unless present; returns whether it was new.
+    pub fn insert_log(&mut self, device: u64, seq: u64, bytes: &[u8]) -> Result<bool> {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&device.to_be_bytes());
+        key[8..].copy_from_slice(&seq.to_be_bytes());
+        if self.inner.table(Table::Log).get(self.txn, &key)?.is_some() {
+            return Ok(false);
+        }
+        self.inner.table(Table::Log).put(self.txn, &key, bytes)?;
+        let counter = self.log_counter()?;
+        self.inner
+            .table(Table::LogIndex)
+            .put(self.txn, &counter.to_be_bytes(), &key)?;
+        self.inner.meta.put(
+            self.txn,
+            schema::META_LOG_COUNTER,
+            &(counter + 1).to_be_bytes(),
+        )?;
+        Ok(true)
     }
 }
 

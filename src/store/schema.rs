@@ -16,8 +16,64 @@ pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 /// (crypto::content format, version byte first).
 pub const DB_OBJECTS: &str = "objects";
 
+/// `log`: every device's mailbox operation log (this device's and other devices' of the same
+/// user). Key: device id (u64) ‖ seq (u64), big-endian, so one device's entries are contiguous
+/// and in order. Value: a log entry (mailbox::log format, version byte first).
+pub const DB_LOG: &str = "log";
+
+/// `log_index`: arrival order of log entries in this store, so a process can pick up entries
+/// that another process (or the overlay) added. Key: u64 arrival counter. Value: device ‖ seq.
+pub const DB_LOG_INDEX: &str = "log_index";
+
+/// `folder_uids`: this device's IMAP numbering per folder. Key: folder id (20 bytes).
+/// Value: u32 uidvalidity ‖ u32 uidnext ‖ u64 highestmodseq.
+pub const DB_FOLDER_UIDS: &str = "folder_uids";
+
+/// `uids`: this device's UID and MODSEQ of each entry. Key: folder id (20) ‖ entry id (20).
+/// Value: u32 uid ‖ u64 modseq. Rows are kept after expunge (value uid = 0 marks it gone), so a
+/// UID is never reused.
+pub const DB_UIDS: &str = "uids";
+
+/// `sync`: what `peerpost sync DIR` last saw of each file. Key: [16] hash of DIR ‖ folder id
+/// (20) ‖ base file name (UTF-8). Value: u8 flag bits ‖ u8 len ‖ keyword letters.
+pub const DB_SYNC: &str = "sync";
+
 /// Every database this schema creates (LMDB needs the count up front).
-pub const ALL: &[&str] = &[DB_META, DB_OBJECTS];
+pub const ALL: &[&str] = &[
+    DB_META,
+    DB_OBJECTS,
+    DB_LOG,
+    DB_LOG_INDEX,
+    DB_FOLDER_UIDS,
+    DB_UIDS,
+    DB_SYNC,
+];
+
+/// The tables other modules may read and write through [`crate::store::Tx`] (objects have
+/// their own typed API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Log,
+    LogIndex,
+    FolderUids,
+    Uids,
+    Sync,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Log => DB_LOG,
+            Table::LogIndex => DB_LOG_INDEX,
+            Table::FolderUids => DB_FOLDER_UIDS,
+            Table::Uids => DB_UIDS,
+            Table::Sync => DB_SYNC,
+        }
+    }
+}
+
+/// `meta` key of the log arrival counter (u64, the next free `log_index` key).
+pub const META_LOG_COUNTER: &[u8] = b"log_counter";
 
 /// Room for the databases later schema versions add without reopening the environment.
 pub const MAX_DBS: u32 = 32;

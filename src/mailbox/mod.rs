@@ -1,0 +1,1097 @@
+//! The mailbox engine: folders, messages, flags, IMAP UIDs, and the per-device op logs whose
+//! merge *is* the mailbox.
+//!
+//! * Every change is an [`Op`](model::Op) in a log entry of this device, sealed with the user's
+//!   log key and signed with the user key ([`log`]), committed durably before the call
+//!   returns. The state is the commutative merge of all entries of all the user's devices
+//!   ([`crdt`]), so devices converge whatever order entries arrive in.
+//! * Message bodies are sealed objects in the store (the same ciphertext the overlay will
+//!   hold), opened on read through a bounded cache.
+//! * UIDs, UIDVALIDITY and MODSEQ are this device's own numbering (RFC 3501 allows nothing
+//!   else for a merged mailbox): persisted, strictly increasing, never reused.
+//! * Several processes of one device may open the same store (e.g. `peerpost sync` beside
+//!   another command): sequence numbers and UIDs are allocated inside LMDB transactions, and
+//!   [`Mailbox::refresh`] picks up what the others wrote.
+//! * Subscribers get a bounded feed of [`Change`]s; one that lags is told so and re-lists.
+
+pub mod cache;
+pub mod crdt;
+pub mod log;
+pub mod maildir;
+pub mod model;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::crypto::{self, ContentKey, ObjectId, SealedObject, UserKeys, UserPublicKeys};
+use crate::store::{self, Store, Table};
+use crate::wire::DecodeError;
+use cache::Cache;
+use crdt::{Effect, State};
+use log::LogEntry;
+pub use model::{DeviceId, EntryId, Flag, Flags, FolderId, MessageRef, Op, OpId, Role};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("crypto: {0}")]
+    Crypto(#[from] crypto::Error),
+    #[error("malformed log data: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("corrupt mailbox data: {0}")]
+    Corrupt(String),
+    #[error("no folder named {0:?}")]
+    NoSuchFolder(String),
+    #[error("a folder named {0:?} already exists")]
+    FolderExists(String),
+    #[error("invalid folder name {0:?}: {1}")]
+    InvalidName(String, &'static str),
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    #[error("no such message")]
+    NoSuchMessage,
+    #[error("the message is empty")]
+    Empty,
+    #[error("the message is {size} bytes, over the limit of {max}")]
+    TooLarge { size: u64, max: u64 },
+    #[error("the content of message {0} is missing from the local store")]
+    ContentMissing(ObjectId),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Budget of the decrypted-message cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Capacity of the change feed; a subscriber further behind than this is told it lagged.
+const FEED_CAPACITY: usize = 4096;
+/// Adds per log entry when appending many messages.
+const BATCH: usize = 256;
+/// Key of the row in `folder_uids` that remembers the last UIDVALIDITY handed out.
+const LAST_UIDVALIDITY_KEY: [u8; 20] = [0xff; 20];
+
+/// A change, as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Folders were created, renamed, deleted or (un)subscribed: re-list them.
+    Folders,
+    Added {
+        folder: FolderId,
+        uid: u32,
+        entry: EntryId,
+    },
+    Removed {
+        folder: FolderId,
+        uid: u32,
+        entry: EntryId,
+    },
+    Flags {
+        folder: FolderId,
+        uid: u32,
+        entry: EntryId,
+        modseq: u64,
+    },
+}
+
+/// A folder with this device's numbering and counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderInfo {
+    pub id: FolderId,
+    pub name: String,
+    pub role: Option<Role>,
+    pub subscribed: bool,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highestmodseq: u64,
+    pub exists: usize,
+    pub unseen: usize,
+    pub recent: usize,
+}
+
+/// A message in a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub entry: EntryId,
+    pub uid: u32,
+    pub modseq: u64,
+    pub object: ObjectId,
+    pub size: u64,
+    pub internal_date: i64,
+    pub flags: Flags,
+    /// Still in `new/` (no mail reader has seen it).
+    pub recent: bool,
+    pub maildir_name: String,
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub bytes: Vec<u8>,
+    pub internal_date: i64,
+    pub flags: Flags,
+    /// Deliver to `new/` (unseen by a reader) rather than `cur/`.
+    pub recent: bool,
+    /// The Maildir base name to keep (an imported file's); derived when `None`.
+    pub maildir_name: Option<String>,
+}
+
+/// How [`Mailbox::set_flags`] combines the given flags with the current ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagMode {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// A numbering result: folder, entry, kind (0 add, 1 remove, 2 flags), uid, modseq, and the
+/// folder's new head row.
+type Numbered = (FolderId, EntryId, u8, u32, u64, [u8; 16]);
+
+#[derive(Debug, Default, Clone)]
+struct FolderUids {
+    uidvalidity: u32,
+    uidnext: u32,
+    highestmodseq: u64,
+    by_uid: BTreeMap<u32, EntryId>,
+    by_entry: HashMap<EntryId, (u32, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Engine {
+    crdt: State,
+    uids: HashMap<FolderId, FolderUids>,
+    /// Next `log_index` position to read in `refresh`.
+    cursor: u64,
+    /// Log entries already applied (device, seq).
+    applied: HashSet<(DeviceId, u64)>,
+    hlc: u64,
+}
+
+struct Inner {
+    store: Store,
+    keys: UserKeys,
+    log_key: ContentKey,
+    public: UserPublicKeys,
+    device: DeviceId,
+    engine: RwLock<Engine>,
+    write: tokio::sync::Mutex<()>,
+    changes: broadcast::Sender<Change>,
+    cache: Mutex<Cache>,
+}
+
+/// A handle on the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Mailbox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mailbox(device {:016x})", self.inner.device)
+    }
+}
+
+/// The short id of a device (first 8 bytes of BLAKE3 of its public key).
+pub fn device_id(device_public: &[u8; 32]) -> DeviceId {
+    let h = crypto::hash(device_public);
+    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Checks a folder name: '/'-separated, no empty level, no control or IMAP wildcard character.
+pub fn check_folder_name(name: &str) -> Result<()> {
+    let bad = |why| Err(Error::InvalidName(name.to_string(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > model::MAX_FOLDER_NAME {
+        return bad("longer than 255 bytes");
+    }
+    if name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+        return bad("control or wildcard character");
+    }
+    if name.split('/').any(str::is_empty) {
+        return bad("empty hierarchy level");
+    }
+    if name
+        .split('/')
+        .any(|p| p.starts_with('.') && p.chars().all(|c| c == '.'))
+    {
+        return bad("'.' or '..' level");
+    }
+    Ok(())
+}
+
+impl Mailbox {
+    /// Opens the engine on a store: replays every log entry, loads this device's numbering,
+    /// and creates INBOX and the special-use folders if this mailbox has never had them.
+    pub async fn open(store: Store, keys: UserKeys, device_public: [u8; 32]) -> Result<Mailbox> {
+        let (changes, _) = broadcast::channel(FEED_CAPACITY);
+        let inner = Arc::new(Inner {
+            store,
+            log_key: keys.log_key(),
+            public: *keys.public(),
+            keys,
+            device: device_id(&device_public),
+            engine: RwLock::new(Engine::default()),
+            write: tokio::sync::Mutex::new(()),
+            changes,
+            cache: Mutex::new(Cache::new(CACHE_BYTES)),
+        });
+        let mb = Mailbox { inner };
+        mb.load_uids().await?;
+        {
+            let _w = mb.inner.write.lock().await;
+            mb.refresh_locked().await?;
+        }
+        let missing: Vec<Role> = {
+            let e = mb.read_engine();
+            let known: HashSet<FolderId> = e.crdt.folders().iter().map(|f| f.id).collect();
+            Role::ALL
+                .into_iter()
+                .filter(|r| !known.contains(&r.folder_id()))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let ops = missing
+                .into_iter()
+                .map(|r| Op::CreateFolder {
+                    folder: r.folder_id(),
+                    name: r.default_name().to_string(),
+                    role: Some(r),
+                })
+                .collect();
+            mb.commit(ops, Vec::new()).await?;
+        }
+        Ok(mb)
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.inner.device
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn read_engine(&self) -> std::sync::RwLockReadGuard<'_, Engine> {
+        self.inner.engine.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_engine(&self) -> std::sync::RwLockWriteGuard<'_, Engine> {
+        self.inner.engine.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to the change feed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn load_uids(&self) -> Result<()> {
+        let (folders, rows) = self
+            .inner
+            .store
+            .read(|rx| -> Result<_> {
+                Ok((
+                    rx.prefix(Table::FolderUids, &[])?,
+                    rx.prefix(Table::Uids, &[])?,
+                ))
+            })
+            .await?;
+        let mut e = self.write_engine();
+        for (k, v) in folders {
+            if k.len() != 20 || v.len() != 16 || k[..] == LAST_UIDVALIDITY_KEY {
+                continue;
+            }
+            let id = OpId::from_bytes(&k[..20].try_into().unwrap_or([0; 20]));
+            let f = e.uids.entry(id).or_default();
+            f.uidvalidity = u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4]));
+            f.uidnext = u32::from_be_bytes(v[4..8].try_into().unwrap_or([0; 4]));
+            f.highestmodseq = u64::from_be_bytes(v[8..16].try_into().unwrap_or([0; 8]));
+        }
+        for (k, v) in rows {
+            if k.len() != 40 || v.len() != 13 || v[12] != 0 {
+                continue; // malformed or expunged
+            }
+            let folder = OpId::from_bytes(&k[..20].try_into().unwrap_or([0; 20]));
+            let entry = OpId::from_bytes(&k[20..40].try_into().unwrap_or([0; 20]));
+            let uid = u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4]));
+            let modseq = u64::from_be_bytes(v[4..12].try_into().unwrap_or([0; 8]));
+            let f = e.uids.entry(folder).or_default();
+            f.by_uid.insert(uid, entry);
+            f.by_entry.insert(entry, (uid, modseq));
+        }
+        Ok(())
+    }
+
+    fn next_hlc(&self) -> u64 {
+        let mut e = self.write_engine();
+        let next = (now_ms() << 16).max(e.hlc + 1);
+        e.hlc = next;
+        next
+    }
+
+    /// Appends one log entry with `ops` (and the sealed bodies they refer to), applies it, and
+    /// numbers what it changed. Returns the ids of the entry's ops.
+    async fn commit(&self, ops: Vec<Op>, objects: Vec<SealedObject>) -> Result<Vec<OpId>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hlc = self.next_hlc();
+        let device = self.inner.device;
+        let inner = Arc::clone(&self.inner);
+        let ops_for_log = ops.clone();
+        let seq = self
+            .inner
+            .store
+            .transact(move |tx| -> Result<u64> {
+                for o in &objects {
+                    tx.put_object(o)?;
+                }
+                tx.append_log(device, |seq| {
+                    LogEntry {
+                        device,
+                        seq,
+                        hlc,
+                        ops: ops_for_log,
+                    }
+                    .seal(&inner.keys, &inner.log_key)
+                })
+            })
+            .await?;
+        let entry = LogEntry {
+            device,
+            seq,
+            hlc,
+            ops,
+        };
+        let ids = (0..entry.ops.len() as u32)
+            .map(|idx| OpId { device, seq, idx })
+            .collect();
+        let effects = self.apply_entry(&entry);
+        self.number(effects).await?;
+        Ok(ids)
+    }
+
+    /// Applies an entry to the in-memory state; returns its effects.
+    fn apply_entry(&self, entry: &LogEntry) -> Vec<Effect> {
+        let mut e = self.write_engine();
+        if !e.applied.insert((entry.device, entry.seq)) {
+            return Vec::new();
+        }
+        e.hlc = e.hlc.max(entry.hlc);
+        let mut fx = Vec::new();
+        for (idx, op) in entry.ops.iter().enumerate() {
+            let id = OpId {
+                device: entry.device,
+                seq: entry.seq,
+                idx: idx as u32,
+            };
+            fx.extend(e.crdt.apply(id, entry.hlc, op));
+        }
+        fx
+    }
+
+    /// Gives UIDs to new entries and MODSEQs to changed ones, durably, then tells subscribers.
+    /// Idempotent: rows already present are reused (another process may have numbered them).
+    async fn number(&self, effects: Vec<Effect>) -> Result<()> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        // What to number, resolved against the state now.
+        let mut work: Vec<(FolderId, EntryId, u8)> = Vec::new(); // 0 add, 1 remove, 2 flags
+        let mut folders_changed = false;
+        {
+            let e = self.read_engine();
+            for fx in &effects {
+                match fx {
+                    Effect::FoldersChanged => folders_changed = true,
+                    Effect::EntryAdded(id) => {
+                        if let Some(rec) = e.crdt.entry(*id) {
+                            work.push((rec.folder, *id, 0));
+                        }
+                    }
+                    Effect::EntryRemoved(id, f) => work.push((*f, *id, 1)),
+                    Effect::FlagsChanged(id) => {
+                        if let Some(rec) = e.crdt.entry(*id) {
+                            work.push((rec.folder, *id, 2));
+                        }
+                    }
+                }
+            }
+        }
+        let now = (now_ms() / 1000) as u32;
+        let results = self
+            .inner
+            .store
+            .transact(move |tx| -> Result<Vec<Numbered>> {
+                let mut out = Vec::with_capacity(work.len());
+                let mut heads: HashMap<FolderId, [u8; 16]> = HashMap::new();
+                for (folder, entry, kind) in work {
+                    let fkey = folder.to_bytes();
+                    let mut head = match heads.get(&folder) {
+                        Some(h) => *h,
+                        None => match tx.get(Table::FolderUids, &fkey)? {
+                            Some(v) if v.len() == 16 => v.try_into().unwrap_or([0; 16]),
+                            _ => {
+                                let last = tx
+                                    .get(Table::FolderUids, &LAST_UIDVALIDITY_KEY)?
+                                    .and_then(|v| v.try_into().ok())
+                                    .map(u32::from_be_bytes)
+                                    .unwrap_or(0);
+                                let validity = now.max(last.saturating_add(1)).max(1);
+                                tx.put(
+                                    Table::FolderUids,
+                                    &LAST_UIDVALIDITY_KEY,
+                                    &validity.to_be_bytes(),
+                                )?;
+                                let mut h = [0u8; 16];
+                                h[0..4].copy_from_slice(&validity.to_be_bytes());
+                                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                                h
+                            }
+                        },
+                    };
+                    let mut ukey = [0u8; 40];
+                    ukey[..20].copy_from_slice(&fkey);
+                    ukey[20..].copy_from_slice(&entry.to_bytes());
+                    let existing = tx.get(Table::Uids, &ukey)?.filter(|v| v.len() == 13);
+                    let mut uidnext = u32::from_be_bytes(head[4..8].try_into().unwrap_or([0; 4]));
+                    let mut modseq = u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+                    let (uid, ms, gone) = match (kind, existing) {
+                        (0, Some(v)) => (
+                            u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
+                            u64::from_be_bytes(v[4..12].try_into().unwrap_or([0; 8])),
+                            v[12],
+                        ),
+                        (0, None) => {
+                            let uid = uidnext;
+                            uidnext += 1;
+                            modseq += 1;
+                            (uid, modseq, 0)
+                        }
+                        (1, Some(v)) => {
+                            modseq += 1;
+                            (
+                                u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
+                                modseq,
+                                1,
+                            )
+                        }
+                        (2, Some(v)) if v[12] == 0 => {
+                            modseq += 1;
+                            (
+                                u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
+                                modseq,
+                                0,
+                            )
+                        }
+                        _ => continue,
+                    };
+                    let mut row = [0u8; 13];
+                    row[0..4].copy_from_slice(&uid.to_be_bytes());
+                    row[4..12].copy_from_slice(&ms.to_be_bytes());
+                    row[12] = gone;
+                    tx.put(Table::Uids, &ukey, &row)?;
+                    head[4..8].copy_from_slice(&uidnext.to_be_bytes());
+                    head[8..16].copy_from_slice(&modseq.to_be_bytes());
+                    heads.insert(folder, head);
+                    out.push((folder, entry, kind, uid, ms, head));
+                }
+                for (folder, head) in &heads {
+                    tx.put(Table::FolderUids, &folder.to_bytes(), head)?;
+                }
+                Ok(out)
+            })
+            .await?;
+        let mut changes = Vec::new();
+        if folders_changed {
+            changes.push(Change::Folders);
+        }
+        {
+            let mut e = self.write_engine();
+            for (folder, entry, kind, uid, modseq, head) in results {
+                let f = e.uids.entry(folder).or_default();
+                f.uidvalidity = u32::from_be_bytes(head[0..4].try_into().unwrap_or([0; 4]));
+                f.uidnext = u32::from_be_bytes(head[4..8].try_into().unwrap_or([0; 4]));
+                f.highestmodseq = u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+                match kind {
+                    0 => {
+                        f.by_uid.insert(uid, entry);
+                        f.by_entry.insert(entry, (uid, modseq));
+                        changes.push(Change::Added { folder, uid, entry });
+                    }
+                    1 => {
+                        f.by_uid.remove(&uid);
+                        f.by_entry.remove(&entry);
+                        changes.push(Change::Removed { folder, uid, entry });
+                    }
+                    _ => {
+                        f.by_entry.insert(entry, (uid, modseq));
+                        changes.push(Change::Flags {
+                            folder,
+                            uid,
+                            entry,
+                            modseq,
+                        });
+                    }
+                }
+            }
+        }
+        for c in changes {
+            // No subscriber is fine; a lagging one learns it from its receiver.
+            let _ = self.inner.changes.send(c);
+        }
+        Ok(())
+    }
+
+    /// Picks up log entries this process has not applied yet: written by another process on
+    /// this device, or merged from other devices. Returns how many were applied.
+    pub async fn refresh(&self) -> Result<usize> {
+        let _w = self.inner.write.lock().await;
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let cursor = self.read_engine().cursor;
+            let applied: HashSet<(DeviceId, u64)> = self.read_engine().applied.clone();
+            let (batch, next) = self
+                .inner
+                .store
+                .read(move |rx| -> Result<(Vec<Vec<u8>>, u64)> {
+                    let rows = rx.range_from(Table::LogIndex, &cursor.to_be_bytes(), 512)?;
+                    let next = rows
+                        .last()
+                        .and_then(|(k, _)| k.as_slice().try_into().ok())
+                        .map(|k: [u8; 8]| u64::from_be_bytes(k) + 1)
+                        .unwrap_or(cursor);
+                    let mut out = Vec::new();
+                    for (_, loc) in rows {
+                        if loc.len() != 16 {
+                            continue;
+                        }
+                        let d = u64::from_be_bytes(loc[0..8].try_into().unwrap_or([0; 8]));
+                        let s = u64::from_be_bytes(loc[8..16].try_into().unwrap_or([0; 8]));
+                        if applied.contains(&(d, s)) {
+                            continue;
+                        }
+                        if let Some(bytes) = rx.get(Table::Log, &loc)? {
+                            out.push(bytes);
+                        }
+                    }
+                    Ok((out, next))
+                })
+                .await?;
+            if next == cursor {
+                break;
+            }
+            let mut effects = Vec::new();
+            for bytes in batch {
+                let entry = LogEntry::open(&bytes, &self.inner.public, &self.inner.log_key)?;
+                effects.extend(self.apply_entry(&entry));
+                total += 1;
+            }
+            self.write_engine().cursor = next;
+            self.number(effects).await?;
+        }
+        Ok(total)
+    }
+
+    /// Verifies log entries from another device (via the overlay), stores and applies them.
+    /// Entries that do not verify are refused with an error; nothing of a bad batch is kept.
+    pub async fn merge_entries(&self, entries: Vec<Vec<u8>>) -> Result<usize> {
+        let mut decoded = Vec::with_capacity(entries.len());
+        for bytes in entries {
+            let e = LogEntry::open(&bytes, &self.inner.public, &self.inner.log_key)?;
+            decoded.push((e.device, e.seq, bytes));
+        }
+        let _w = self.inner.write.lock().await;
+        self.inner
+            .store
+            .transact(move |tx| -> Result<()> {
+                for (d, s, b) in &decoded {
+                    tx.insert_log(*d, *s, b)?;
+                }
+                Ok(())
+            })
+            .await?;
+        self.refresh_locked().await
+    }
+
+    /// All log entries in this store, as (device, seq, bytes), for replication to peers.
+    pub async fn log_entries(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>> {
+        self.inner
+            .store
+            .read(|rx| -> Result<_> {
+                Ok(rx
+                    .prefix(Table::Log, &[])?
+                    .into_iter()
+                    .filter(|(k, _)| k.len() == 16)
+                    .map(|(k, v)| {
+                        (
+                            u64::from_be_bytes(k[0..8].try_into().unwrap_or([0; 8])),
+                            u64::from_be_bytes(k[8..16].try_into().unwrap_or([0; 8])),
+                            v,
+                        )
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    // ----- reading -----
+
+    /// Every visible folder, INBOX first.
+    pub fn folders(&self) -> Vec<FolderInfo> {
+        let e = self.read_engine();
+        e.crdt
+            .folders()
+            .into_iter()
+            .map(|f| {
+                let u = e.uids.get(&f.id);
+                let mut unseen = 0;
+                let mut recent = 0;
+                for id in e.crdt.entries_in(f.id) {
+                    if !e.crdt.flags(id).has(Flag::Seen) {
+                        unseen += 1;
+                    }
+                    if e.crdt.recent(id) {
+                        recent += 1;
+                    }
+                }
+                FolderInfo {
+                    id: f.id,
+                    name: f.name,
+                    role: f.role,
+                    subscribed: f.subscribed,
+                    uidvalidity: u.map_or(0, |u| u.uidvalidity),
+                    uidnext: u.map_or(1, |u| u.uidnext.max(1)),
+                    highestmodseq: u.map_or(0, |u| u.highestmodseq),
+                    exists: e.crdt.count_in(f.id),
+                    unseen,
+                    recent,
+                }
+            })
+            .collect()
+    }
+
+    /// A folder by name (`inbox` in any case is INBOX).
+    pub fn folder(&self, name: &str) -> Option<FolderInfo> {
+        let name = if name.eq_ignore_ascii_case("INBOX") {
+            "INBOX"
+        } else {
+            name
+        };
+        self.folders().into_iter().find(|f| f.name == name)
+    }
+
+    fn folder_id(&self, name: &str) -> Result<FolderId> {
+        self.folder(name)
+            .map(|f| f.id)
+            .ok_or_else(|| Error::NoSuchFolder(name.to_string()))
+    }
+
+    /// The messages of a folder, by UID.
+    pub fn messages(&self, folder: &str) -> Result<Vec<MessageInfo>> {
+        let id = self.folder_id(folder)?;
+        Ok(self.messages_of(id))
+    }
+
+    /// The messages of a folder by id, by UID.
+    pub fn messages_of(&self, folder: FolderId) -> Vec<MessageInfo> {
+        let e = self.read_engine();
+        let Some(u) = e.uids.get(&folder) else {
+            return Vec::new();
+        };
+        u.by_uid
+            .iter()
+            .filter_map(|(uid, entry)| {
+                let rec = e.crdt.entry(*entry)?;
+                let modseq = u.by_entry.get(entry).map_or(0, |(_, m)| *m);
+                Some(MessageInfo {
+                    entry: *entry,
+                    uid: *uid,
+                    modseq,
+                    object: rec.message.object,
+                    size: rec.message.size,
+                    internal_date: rec.message.internal_date,
+                    flags: e.crdt.flags(*entry),
+                    recent: e.crdt.recent(*entry),
+                    maildir_name: rec.message.maildir_name.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// A canonical description of the merged state (folders → messages and flags), equal on
+    /// every device that has seen the same ops.
+    pub fn canonical(&self) -> BTreeMap<String, Vec<(String, String, bool)>> {
+        self.read_engine().crdt.canonical()
+    }
+
+    /// The bytes of a message.
+    pub async fn read(&self, entry: EntryId) -> Result<Arc<Vec<u8>>> {
+        let message = {
+            let e = self.read_engine();
+            Arc::clone(&e.crdt.entry(entry).ok_or(Error::NoSuchMessage)?.message)
+        };
+        if let Some(hit) = self.cache().get(&message.object) {
+            return Ok(hit);
+        }
+        let sealed = self
+            .inner
+            .store
+            .get_object(message.object)
+            .await?
+            .ok_or(Error::ContentMissing(message.object))?;
+        let plain = Arc::new(sealed.open(&message.content_key())?);
+        self.cache().insert(message.object, Arc::clone(&plain));
+        Ok(plain)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ----- writing -----
+
+    /// Appends one message to a folder.
+    pub async fn append(&self, folder: &str, msg: NewMessage) -> Result<MessageInfo> {
+        let mut v = self.append_batch(folder, vec![msg]).await?;
+        v.pop().ok_or(Error::NoSuchMessage)
+    }
+
+    /// Appends messages to a folder, a few hundred per log entry (one durable commit each).
+    pub async fn append_batch(
+        &self,
+        folder: &str,
+        msgs: Vec<NewMessage>,
+    ) -> Result<Vec<MessageInfo>> {
+        let _w = self.inner.write.lock().await;
+        let folder_id = self.folder_id(folder)?;
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let chunk: Vec<NewMessage> = msgs.by_ref().take(BATCH).collect();
+            let mut ops = Vec::with_capacity(chunk.len());
+            let mut objects = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                if m.bytes.is_empty() {
+                    return Err(Error::Empty);
+                }
+                let (sealed, key) = SealedObject::seal(&m.bytes)?;
+                let object = sealed.id();
+                let maildir_name = match m.maildir_name {
+                    Some(n) => {
+                        maildir::parse(&n).map_err(|_| {
+                            Error::InvalidName(n.clone(), "not a Maildir base name")
+                        })?;
+                        n
+                    }
+                    None => maildir::derived_base(m.internal_date, &object),
+                };
+                for k in &m.flags.keywords {
+                    if !model::valid_keyword(k) {
+                        return Err(Error::InvalidName(k.clone(), "not a valid keyword"));
+                    }
+                }
+                ops.push(Op::Add {
+                    folder: folder_id,
+                    message: MessageRef {
+                        object,
+                        key: *key.as_bytes(),
+                        size: m.bytes.len() as u64,
+                        internal_date: m.internal_date,
+                        maildir_name,
+                    },
+                    flags: m.flags,
+                    recent: m.recent,
+                });
+                objects.push(sealed);
+            }
+            let ids = self.commit(ops, objects).await?;
+            let e = self.read_engine();
+            let u = e.uids.get(&folder_id);
+            for id in ids {
+                if let (Some(rec), Some((uid, modseq))) =
+                    (e.crdt.entry(id), u.and_then(|u| u.by_entry.get(&id)))
+                {
+                    out.push(MessageInfo {
+                        entry: id,
+                        uid: *uid,
+                        modseq: *modseq,
+                        object: rec.message.object,
+                        size: rec.message.size,
+                        internal_date: rec.message.internal_date,
+                        flags: e.crdt.flags(id),
+                        recent: e.crdt.recent(id),
+                        maildir_name: rec.message.maildir_name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Changes flags of entries of a folder. `seen_by_reader` also moves them out of `new/`.
+    pub async fn set_flags(
+        &self,
+        folder: &str,
+        entries: &[EntryId],
+        mode: FlagMode,
+        flags: &Flags,
+        seen_by_reader: bool,
+    ) -> Result<()> {
+        let _w = self.inner.write.lock().await;
+        let folder_id = self.folder_id(folder)?;
+        for k in &flags.keywords {
+            if !model::valid_keyword(k) {
+                return Err(Error::InvalidName(k.clone(), "not a valid keyword"));
+            }
+        }
+        let mut ops = Vec::new();
+        {
+            let e = self.read_engine();
+            for entry in entries {
+                match e.crdt.entry(*entry) {
+                    Some(rec) if rec.folder == folder_id => {}
+                    _ => return Err(Error::NoSuchMessage),
+                }
+                let current = e.crdt.flags(*entry);
+                let (set, clear, set_kw, clear_kw) = match mode {
+                    FlagMode::Add => (
+                        flags.bits,
+                        0,
+                        flags.keywords.iter().cloned().collect(),
+                        Vec::new(),
+                    ),
+                    FlagMode::Remove => (
+                        0,
+                        flags.bits,
+                        Vec::new(),
+                        flags.keywords.iter().cloned().collect(),
+                    ),
+                    FlagMode::Replace => (
+                        flags.bits,
+                        !flags.bits & 0x3f,
+                        flags.keywords.iter().cloned().collect(),
+                        current
+                            .keywords
+                            .difference(&flags.keywords)
+                            .cloned()
+                            .collect(),
+                    ),
+                };
+                // Only what changes is written (so a no-op STORE does not bump MODSEQ).
+                let set = set & !current.bits;
+                let clear = clear & current.bits;
+                let set_kw: Vec<String> = set_kw
+                    .into_iter()
+                    .filter(|k: &String| !current.keywords.contains(k))
+                    .collect();
+                let clear_kw: Vec<String> = clear_kw
+                    .into_iter()
+                    .filter(|k: &String| current.keywords.contains(k))
+                    .collect();
+                let reader = seen_by_reader && e.crdt.recent(*entry);
+                if set == 0 && clear == 0 && set_kw.is_empty() && clear_kw.is_empty() && !reader {
+                    continue;
+                }
+                ops.push(Op::SetFlags {
+                    entries: vec![*entry],
+                    set,
+                    clear,
+                    set_keywords: set_kw,
+                    clear_keywords: clear_kw,
+                    seen_by_reader: reader,
+                });
+            }
+        }
+        self.commit(ops, Vec::new()).await?;
+        Ok(())
+    }
+
+    /// Copies entries into another folder; returns (source entry, new message) pairs.
+    pub async fn copy(
+        &self,
+        from: &str,
+        entries: &[EntryId],
+        to: &str,
+    ) -> Result<Vec<(EntryId, MessageInfo)>> {
+        self.transfer(from, entries, to, false).await
+    }
+
+    /// Moves entries into another folder (add there and remove here, in one log entry).
+    pub async fn move_to(
+        &self,
+        from: &str,
+        entries: &[EntryId],
+        to: &str,
+    ) -> Result<Vec<(EntryId, MessageInfo)>> {
+        self.transfer(from, entries, to, true).await
+    }
+
+    async fn transfer(
+        &self,
+        from: &str,
+        entries: &[EntryId],
+        to: &str,
+        remove: bool,
+    ) -> Result<Vec<(EntryId, MessageInfo)>> {
+        let _w = self.inner.write.lock().await;
+        let from_id = self.folder_id(from)?;
+        let to_id = self.folder_id(to)?;
+        let mut ops = Vec::new();
+        {
+            let e = self.read_engine();
+            for entry in entries {
+                let rec = e
+                    .crdt
+                    .entry(*entry)
+                    .filter(|r| r.folder == from_id)
+                    .ok_or(Error::NoSuchMessage)?;
+                ops.push(Op::Add {
+                    folder: to_id,
+                    message: (*rec.message).clone(),
+                    flags: e.crdt.flags(*entry),
+                    recent: e.crdt.recent(*entry),
+                });
+            }
+        }
+        if remove && from_id != to_id {
+            ops.push(Op::Remove {
+                entries: entries.to_vec(),
+            });
+        }
+        let ids = self.commit(ops, Vec::new()).await?;
+        let infos = self.messages_of(to_id);
+        let by_entry: HashMap<EntryId, MessageInfo> =
+            infos.into_iter().map(|m| (m.entry, m)).collect();
+        Ok(entries
+            .iter()
+            .zip(ids)
+            .filter_map(|(src, new)| by_entry.get(&new).map(|m| (*src, m.clone())))
+            .collect())
+    }
+
+    /// Expunges entries of a folder.
+    pub async fn expunge(&self, folder: &str, entries: &[EntryId]) -> Result<()> {
+        let _w = self.inner.write.lock().await;
+        let folder_id = self.folder_id(folder)?;
+        {
+            let e = self.read_engine();
+            for entry in entries {
+                e.crdt
+                    .entry(*entry)
+                    .filter(|r| r.folder == folder_id)
+                    .ok_or(Error::NoSuchMessage)?;
+            }
+        }
+        self.commit(
+            vec![Op::Remove {
+                entries: entries.to_vec(),
+            }],
+            Vec::new(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_folder(&self, name: &str) -> Result<FolderId> {
+        check_folder_name(name)?;
+        let _w = self.inner.write.lock().await;
+        if name.eq_ignore_ascii_case("INBOX") || self.folder(name).is_some() {
+            return Err(Error::FolderExists(name.to_string()));
+        }
+        // A user folder's id: this device, 64 random bits (no seq is known before the commit,
+        // and two processes of one device must not collide), idx u32::MAX.
+        let folder = OpId {
+            device: self.inner.device,
+            seq: u64::from_be_bytes(crypto::random_bytes()?),
+            idx: u32::MAX,
+        };
+        self.commit(
+            vec![Op::CreateFolder {
+                folder,
+                name: name.to_string(),
+                role: None,
+            }],
+            Vec::new(),
+        )
+        .await?;
+        Ok(folder)
+    }
+
+    /// Renames a folder (INBOX cannot be renamed). Its messages and UIDs stay with it.
+    pub async fn rename_folder(&self, from: &str, to: &str) -> Result<()> {
+        check_folder_name(to)?;
+        let _w = self.inner.write.lock().await;
+        let f = self
+            .folder(from)
+            .ok_or_else(|| Error::NoSuchFolder(from.to_string()))?;
+        if f.role == Some(Role::Inbox) {
+            return Err(Error::NotAllowed("INBOX cannot be renamed"));
+        }
+        if to.eq_ignore_ascii_case("INBOX") || self.folder(to).is_some() {
+            return Err(Error::FolderExists(to.to_string()));
+        }
+        self.commit(
+            vec![Op::RenameFolder {
+                folder: f.id,
+                name: to.to_string(),
+            }],
+            Vec::new(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a folder and the messages in it (INBOX cannot be deleted).
+    pub async fn delete_folder(&self, name: &str) -> Result<()> {
+        let _w = self.inner.write.lock().await;
+        let f = self
+            .folder(name)
+            .ok_or_else(|| Error::NoSuchFolder(name.to_string()))?;
+        if f.role == Some(Role::Inbox) {
+            return Err(Error::NotAllowed("INBOX cannot be deleted"));
+        }
+        let observed: Vec<EntryId> = self.read_engine().crdt.entries_in(f.id).collect();
+        self.commit(
+            vec![Op::DeleteFolder {
+                folder: f.id,
+                observed,
+            }],
+            Vec::new(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// (Un)subscribes a folder.
+    pub async fn subscribe_folder(&self, name: &str, subscribed: bool) -> Result<()> {
+        let _w = self.inner.write.lock().await;
+        let id = self.folder_id(name)?;
+        self.commit(
+            vec![Op::Subscribe {
+                folder: id,
+                subscribed,
+            }],
+            Vec::new(),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,473 @@
+//! Engine tests: operations through the public API, persistence across reopen, and the merge:
+//! devices that exchange their logs in any order end in the same state.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::crypto::DeviceKey;
+
+struct Device {
+    _dir: tempfile::TempDir,
+    mb: Mailbox,
+}
+
+async fn device(seed: u8, dev: u8) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = UserKeys::from_seed([seed; 32]);
+    let dk = DeviceKey::from_seed([dev; 32]);
+    let mb = Mailbox::open(store, keys, dk.public()).await.unwrap();
+    Device { _dir: dir, mb }
+}
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        bytes: format!("Subject: {body}\r\n\r\n{body}\r\n").into_bytes(),
+        internal_date: 1_700_000_000,
+        flags: Flags::default(),
+        recent: true,
+        maildir_name: None,
+    }
+}
+
+/// Gives `to` every log entry of `from`, in a shuffled order.
+async fn sync(from: &Mailbox, to: &Mailbox, shuffle_seed: u64) {
+    let mut entries: Vec<Vec<u8>> = from
+        .log_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, b)| b)
+        .collect();
+    // Deterministic shuffle.
+    let mut s = shuffle_seed | 1;
+    for i in (1..entries.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        entries.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    // Bodies travel separately (the overlay's job); copy them first.
+    for id in from.store().object_ids().await.unwrap() {
+        if !to.store().has_object(id).await.unwrap() {
+            let obj = from.store().get_object(id).await.unwrap().unwrap();
+            to.store().put_object(obj).await.unwrap();
+        }
+    }
+    for chunk in entries.chunks(3) {
+        to.merge_entries(chunk.to_vec()).await.unwrap();
+    }
+}
+
+fn seen() -> Flags {
+    Flags::default().with(Flag::Seen)
+}
+
+#[tokio::test]
+async fn operations_through_the_api() {
+    let d = device(1, 1).await;
+    let mb = &d.mb;
+    let names: Vec<String> = mb.folders().into_iter().map(|f| f.name).collect();
+    assert_eq!(
+        names,
+        ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+    );
+    assert_eq!(mb.folder("Sent").unwrap().role, Some(Role::Sent));
+
+    let a = mb.append("INBOX", msg("one")).await.unwrap();
+    let b = mb.append("inbox", msg("two")).await.unwrap();
+    assert_eq!((a.uid, b.uid), (1, 2));
+    assert!(b.modseq > a.modseq);
+    assert_eq!(&*mb.read(a.entry).await.unwrap(), &msg("one").bytes);
+    assert!(a.maildir_name.ends_with(".peerpost"));
+    let inbox = mb.folder("INBOX").unwrap();
+    assert_eq!(
+        (inbox.exists, inbox.unseen, inbox.recent, inbox.uidnext),
+        (2, 2, 2, 3)
+    );
+
+    mb.set_flags("INBOX", &[a.entry], FlagMode::Add, &seen(), true)
+        .await
+        .unwrap();
+    let m = &mb.messages("INBOX").unwrap()[0];
+    assert!(m.flags.has(Flag::Seen) && !m.recent && m.modseq > b.modseq);
+    // A STORE that changes nothing writes nothing.
+    let hm = mb.folder("INBOX").unwrap().highestmodseq;
+    mb.set_flags("INBOX", &[a.entry], FlagMode::Add, &seen(), true)
+        .await
+        .unwrap();
+    assert_eq!(mb.folder("INBOX").unwrap().highestmodseq, hm);
+
+    let kw = Flags {
+        bits: Flag::Flagged.bit(),
+        keywords: ["$Work".to_string()].into(),
+    };
+    mb.set_flags("INBOX", &[b.entry], FlagMode::Replace, &kw, false)
+        .await
+        .unwrap();
+    let m = mb.messages("INBOX").unwrap()[1].clone();
+    assert_eq!(m.flags, kw);
+
+    mb.create_folder("Projects/2026").await.unwrap();
+    assert!(matches!(
+        mb.create_folder("Projects/2026").await,
+        Err(Error::FolderExists(_))
+    ));
+    assert!(matches!(
+        mb.create_folder("bad//name").await,
+        Err(Error::InvalidName(..))
+    ));
+    let copied = mb.copy("INBOX", &[a.entry], "Projects/2026").await.unwrap();
+    assert_eq!(copied[0].1.uid, 1);
+    let moved = mb
+        .move_to("INBOX", &[b.entry], "Projects/2026")
+        .await
+        .unwrap();
+    assert_eq!(moved[0].1.uid, 2);
+    assert_eq!(moved[0].1.flags, kw, "flags travel with a move");
+    assert_eq!(mb.messages("INBOX").unwrap().len(), 1);
+    assert_eq!(
+        mb.folder("INBOX").unwrap().uidnext,
+        3,
+        "UIDs are never reused"
+    );
+
+    mb.expunge("INBOX", &[a.entry]).await.unwrap();
+    assert!(mb.messages("INBOX").unwrap().is_empty());
+    let c = mb.append("INBOX", msg("three")).await.unwrap();
+    assert_eq!(c.uid, 3);
+
+    mb.rename_folder("Projects/2026", "Old").await.unwrap();
+    let old = mb.folder("Old").unwrap();
+    assert_eq!(old.exists, 2);
+    assert_eq!(mb.messages("Old").unwrap()[0].uid, 1, "rename keeps UIDs");
+    assert!(mb.rename_folder("INBOX", "X").await.is_err());
+    assert!(mb.delete_folder("INBOX").await.is_err());
+    mb.delete_folder("Old").await.unwrap();
+    assert!(mb.folder("Old").is_none());
+    assert!(matches!(
+        mb.append("Old", msg("x")).await,
+        Err(Error::NoSuchFolder(_))
+    ));
+    assert!(matches!(
+        mb.append(
+            "INBOX",
+            NewMessage {
+                bytes: vec![],
+                ..msg("")
+            }
+        )
+        .await,
+        Err(Error::Empty)
+    ));
+}
+
+#[tokio::test]
+async fn state_and_uids_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = || UserKeys::from_seed([1; 32]);
+    let dk = DeviceKey::from_seed([1; 32]).public();
+    let mb = Mailbox::open(store.clone(), keys(), dk).await.unwrap();
+    let a = mb.append("INBOX", msg("a")).await.unwrap();
+    let b = mb.append("INBOX", msg("b")).await.unwrap();
+    mb.expunge("INBOX", &[a.entry]).await.unwrap();
+    mb.create_folder("Keep").await.unwrap();
+    let before = mb.canonical();
+    let validity = mb.folder("INBOX").unwrap().uidvalidity;
+    drop(mb);
+    let mb = Mailbox::open(store, keys(), dk).await.unwrap();
+    assert_eq!(mb.canonical(), before);
+    assert_eq!(mb.folder("INBOX").unwrap().uidvalidity, validity);
+    assert_eq!(mb.messages("INBOX").unwrap()[0].uid, b.uid);
+    let c = mb.append("INBOX", msg("c")).await.unwrap();
+    assert_eq!(c.uid, 3, "uidnext persisted; expunged UID 1 not reused");
+}
+
+#[tokio::test]
+async fn another_users_log_is_refused() {
+    let alice = device(1, 1).await;
+    let mallory = device(2, 2).await;
+    mallory.mb.append("INBOX", msg("spam")).await.unwrap();
+    let entries: Vec<Vec<u8>> = mallory
+        .mb
+        .log_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    let before = alice.mb.canonical();
+    assert!(alice.mb.merge_entries(entries).await.is_err());
+    assert_eq!(
+        alice.mb.canonical(),
+        before,
+        "nothing of a bad batch is kept"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_expunge_and_flag_converge_to_expunged() {
+    let (a, b) = (device(1, 1).await, device(1, 2).await);
+    let m = a.mb.append("INBOX", msg("x")).await.unwrap();
+    sync(&a.mb, &b.mb, 1).await;
+    a.mb.expunge("INBOX", &[m.entry]).await.unwrap();
+    b.mb.set_flags("INBOX", &[m.entry], FlagMode::Add, &seen(), false)
+        .await
+        .unwrap();
+    sync(&a.mb, &b.mb, 2).await;
+    sync(&b.mb, &a.mb, 3).await;
+    assert_eq!(a.mb.canonical(), b.mb.canonical());
+    assert!(a.mb.messages("INBOX").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_moves_keep_the_message_in_both_targets() {
+    let (a, b) = (device(1, 1).await, device(1, 2).await);
+    a.mb.create_folder("X").await.unwrap();
+    a.mb.create_folder("Y").await.unwrap();
+    let m = a.mb.append("INBOX", msg("x")).await.unwrap();
+    sync(&a.mb, &b.mb, 1).await;
+    a.mb.move_to("INBOX", &[m.entry], "X").await.unwrap();
+    b.mb.move_to("INBOX", &[m.entry], "Y").await.unwrap();
+    sync(&a.mb, &b.mb, 2).await;
+    sync(&b.mb, &a.mb, 3).await;
+    assert_eq!(a.mb.canonical(), b.mb.canonical());
+    assert_eq!(a.mb.messages("X").unwrap().len(), 1);
+    assert_eq!(a.mb.messages("Y").unwrap().len(), 1);
+    assert!(a.mb.messages("INBOX").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rename_and_concurrent_append_end_in_the_renamed_folder() {
+    let (a, b) = (device(1, 1).await, device(1, 2).await);
+    a.mb.create_folder("Work").await.unwrap();
+    sync(&a.mb, &b.mb, 1).await;
+    a.mb.rename_folder("Work", "Job").await.unwrap();
+    b.mb.append("Work", msg("memo")).await.unwrap();
+    sync(&a.mb, &b.mb, 2).await;
+    sync(&b.mb, &a.mb, 3).await;
+    assert_eq!(a.mb.canonical(), b.mb.canonical());
+    assert_eq!(b.mb.messages("Job").unwrap().len(), 1);
+    assert!(b.mb.folder("Work").is_none());
+}
+
+#[tokio::test]
+async fn delete_folder_keeps_concurrently_added_mail() {
+    let (a, b) = (device(1, 1).await, device(1, 2).await);
+    a.mb.create_folder("Tmp").await.unwrap();
+    a.mb.append("Tmp", msg("old")).await.unwrap();
+    sync(&a.mb, &b.mb, 1).await;
+    a.mb.delete_folder("Tmp").await.unwrap();
+    b.mb.append("Tmp", msg("new")).await.unwrap();
+    sync(&a.mb, &b.mb, 2).await;
+    sync(&b.mb, &a.mb, 3).await;
+    assert_eq!(a.mb.canonical(), b.mb.canonical());
+    let left = a.mb.messages("Tmp").unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "the concurrent message survives, the observed one is gone"
+    );
+    assert_eq!(
+        a.mb.read(left[0].entry).await.unwrap(),
+        b.mb.read(left[0].entry).await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_name_stay_distinct_and_deterministic() {
+    let (a, b) = (device(1, 1).await, device(1, 2).await);
+    a.mb.create_folder("News").await.unwrap();
+    b.mb.create_folder("News").await.unwrap();
+    sync(&a.mb, &b.mb, 1).await;
+    sync(&b.mb, &a.mb, 2).await;
+    let names = |m: &Mailbox| m.folders().into_iter().map(|f| f.name).collect::<Vec<_>>();
+    assert_eq!(names(&a.mb), names(&b.mb));
+    assert!(names(&a.mb).contains(&"News (2)".to_string()));
+}
+
+#[tokio::test]
+async fn change_feed_reports_adds_flags_and_removes() {
+    let d = device(1, 1).await;
+    let mut rx = d.mb.subscribe();
+    let m = d.mb.append("INBOX", msg("x")).await.unwrap();
+    d.mb.set_flags("INBOX", &[m.entry], FlagMode::Add, &seen(), false)
+        .await
+        .unwrap();
+    d.mb.expunge("INBOX", &[m.entry]).await.unwrap();
+    let inbox = Role::Inbox.folder_id();
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        Change::Added {
+            folder: inbox,
+            uid: 1,
+            entry: m.entry
+        }
+    );
+    assert!(matches!(
+        rx.recv().await.unwrap(),
+        Change::Flags { uid: 1, .. }
+    ));
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        Change::Removed {
+            folder: inbox,
+            uid: 1,
+            entry: m.entry
+        }
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Append(u8, u8),
+    Flag(u8, u8, u8),
+    Move(u8, u8),
+    Copy(u8, u8),
+    Expunge(u8),
+    Create(u8),
+    Rename(u8, u8),
+    Delete(u8),
+    Sync(u8),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(f, b)| Action::Append(f, b)),
+        3 => (any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(m, b, mode)| Action::Flag(m, b, mode)),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(m, f)| Action::Move(m, f)),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(m, f)| Action::Copy(m, f)),
+        1 => any::<u8>().prop_map(Action::Expunge),
+        1 => any::<u8>().prop_map(Action::Create),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(f, n)| Action::Rename(f, n)),
+        1 => any::<u8>().prop_map(Action::Delete),
+        1 => any::<u8>().prop_map(Action::Sync),
+    ]
+}
+
+const NAMES: [&str; 4] = ["A", "B", "A/C", "D"];
+
+async fn act(devs: &[Device], me: usize, a: &Action) {
+    let mb = &devs[me].mb;
+    let folders: Vec<String> = mb.folders().into_iter().map(|f| f.name).collect();
+    let pick = |i: u8| folders[usize::from(i) % folders.len()].clone();
+    let all: Vec<(String, MessageInfo)> = folders
+        .iter()
+        .flat_map(|f| {
+            mb.messages(f)
+                .unwrap()
+                .into_iter()
+                .map(move |m| (f.clone(), m))
+        })
+        .collect();
+    let msg_at = |i: u8| (!all.is_empty()).then(|| all[usize::from(i) % all.len()].clone());
+    // Failures (e.g. a name taken) are legitimate outcomes; the merge must converge anyway.
+    match *a {
+        Action::Append(f, b) => {
+            let mut m = msg(&format!("m{b}"));
+            m.flags.bits = b & 0x3f;
+            let _ = mb.append(&pick(f), m).await;
+        }
+        Action::Flag(i, b, mode) => {
+            if let Some((f, m)) = msg_at(i) {
+                let mode = [FlagMode::Add, FlagMode::Remove, FlagMode::Replace][usize::from(mode)];
+                let mut fl = Flags {
+                    bits: b & 0x3f,
+                    ..Flags::default()
+                };
+                if b & 0x40 != 0 {
+                    fl.keywords.insert("$K".into());
+                }
+                let _ = mb.set_flags(&f, &[m.entry], mode, &fl, b & 0x80 != 0).await;
+            }
+        }
+        Action::Move(i, t) => {
+            if let Some((f, m)) = msg_at(i) {
+                let _ = mb.move_to(&f, &[m.entry], &pick(t)).await;
+            }
+        }
+        Action::Copy(i, t) => {
+            if let Some((f, m)) = msg_at(i) {
+                let _ = mb.copy(&f, &[m.entry], &pick(t)).await;
+            }
+        }
+        Action::Expunge(i) => {
+            if let Some((f, m)) = msg_at(i) {
+                let _ = mb.expunge(&f, &[m.entry]).await;
+            }
+        }
+        Action::Create(n) => {
+            let _ = mb.create_folder(NAMES[usize::from(n) % NAMES.len()]).await;
+        }
+        Action::Rename(f, n) => {
+            let _ = mb
+                .rename_folder(&pick(f), NAMES[usize::from(n) % NAMES.len()])
+                .await;
+        }
+        Action::Delete(f) => {
+            let _ = mb.delete_folder(&pick(f)).await;
+        }
+        Action::Sync(other) => {
+            let other = usize::from(other) % devs.len();
+            if other != me {
+                sync(&devs[other].mb, mb, u64::from(other as u8) + 7).await;
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random op sequences on two or three devices, with partial syncs between them, then a
+    /// full exchange in a random order: every device ends in the same state.
+    #[test]
+    fn devices_converge_whatever_the_order(
+        n in 2usize..=3,
+        script in proptest::collection::vec((0usize..3, action()), 1..40),
+        order in any::<u64>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut devs = Vec::new();
+            for i in 0..n {
+                devs.push(device(1, i as u8 + 1).await);
+            }
+            for (who, a) in &script {
+                act(&devs, who % n, a).await;
+            }
+            // Full exchange: each device receives every other's log, in an order that depends
+            // on `order`.
+            for round in 0..2 {
+                for k in 0..n {
+                    let to = (k + order as usize + round) % n;
+                    for j in 0..n {
+                        let from = (j + (order >> 8) as usize) % n;
+                        if from != to {
+                            sync(&devs[from].mb, &devs[to].mb, order ^ (k * 31 + j) as u64).await;
+                        }
+                    }
+                }
+            }
+            let first = devs[0].mb.canonical();
+            for d in &devs[1..] {
+                prop_assert_eq!(&d.mb.canonical(), &first);
+            }
+            // And each device's numbering is consistent: UIDs strictly increase and every
+            // listed message can be read.
+            for d in &devs {
+                for f in d.mb.folders() {
+                    let msgs = d.mb.messages(&f.name).unwrap();
+                    prop_assert_eq!(msgs.len(), f.exists);
+                    prop_assert!(msgs.windows(2).all(|w| w[0].uid < w[1].uid));
+                    prop_assert!(msgs.iter().all(|m| m.uid < f.uidnext));
+                    for m in msgs {
+                        prop_assert!(d.mb.read(m.entry).await.is_ok());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
