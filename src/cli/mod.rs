@@ -1,9 +1,11 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
-//! `execute`. Only subcommands that work are listed; `run`, `mount`, `sync`, `import`,
-//! `export`, `send` and `restore` arrive with the layers they need.
+//! `execute`. Only subcommands that work are listed; `run`, `mount`, `sync`, `send` and `restore` arrive with the layers they need.
 
+pub mod export;
+pub mod import;
 pub mod init;
 pub mod key;
+pub mod open;
 pub mod passwd;
 pub mod secret;
 pub mod status;
@@ -45,6 +47,10 @@ pub enum Command {
     Key(key::Command),
     /// Show this node's identity, configuration and store.
     Status(status::Args),
+    /// Import mail from a Maildir (with subfolders) or an mbox file.
+    Import(import::Args),
+    /// Write the mailbox as a Maildir that Dovecot and mutt read as is.
+    Export(export::Args),
 }
 
 impl Cli {
@@ -61,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Passwd(args) => passwd::execute(args, &home),
         Command::Key(cmd) => key::execute(cmd, &home),
         Command::Status(args) => status::execute(args, &home),
+        Command::Import(args) => import::execute(args, &home),
+        Command::Export(args) => export::execute(args, &home),
     }
 }
 

@@ -21,6 +21,8 @@ pub mod maildir;
 pub mod model;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
+pub mod tree;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
