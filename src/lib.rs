@@ -7,6 +7,7 @@
 //! * [`home`]: the files of a node's home directory and their permissions.
 //! * [`tls`]: the servers' certificate (generated at `init`).
 //! * [`mailbox`]: the mailbox engine: folders, flags, UIDs, device logs that merge.
+//! * [`sync`]: `peerpost sync DIR`, a plain Maildir kept in step with the engine (notify).
 //! * [`store`]: LMDB behind an async facade; [`store::schema`] names every table.
 //! * [`crypto`]: keys, sealed objects, envelopes, directory records, recovery phrase, passwords.
 //! * [`wire`]: bounded binary encoding shared by every versioned format.
@@ -17,5 +18,6 @@ pub mod crypto;
 pub mod home;
 pub mod mailbox;
 pub mod store;
+pub mod sync;
 pub mod tls;
 pub mod wire;

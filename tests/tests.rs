@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap freely
 //! One integration-test binary (ripgrep's layout): each module is an area, tested the way a
 //! user meets it: through the `peerpost` binary, or through a real child process.
 
@@ -7,4 +8,6 @@ mod cli;
 mod crash;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
+// `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.
+mod sync;
 mod util;

@@ -1,5 +1,5 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
-//! `execute`. Only subcommands that work are listed; `run`, `mount`, `sync`, `send` and `restore` arrive with the layers they need.
+//! `execute`. Only subcommands that work are listed; `run`, `mount`, `send` and `restore` arrive with the layers they need.
 
 pub mod export;
 pub mod import;
@@ -9,6 +9,7 @@ pub mod open;
 pub mod passwd;
 pub mod secret;
 pub mod status;
+pub mod sync;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,8 @@ pub enum Command {
     Import(import::Args),
     /// Write the mailbox as a Maildir that Dovecot and mutt read as is.
     Export(export::Args),
+    /// Keep a plain Maildir directory and the mailbox in step, both ways.
+    Sync(sync::Args),
 }
 
 impl Cli {
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::execute(args, &home),
         Command::Import(args) => import::execute(args, &home),
         Command::Export(args) => export::execute(args, &home),
+        Command::Sync(args) => sync::execute(args, &home),
     }
 }
 

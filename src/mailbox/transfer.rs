@@ -337,11 +337,13 @@ pub async fn export_maildir(
             if *n > 1 {
                 base = format!("{base}.{}", m.uid);
             }
-            let (sub, name) = if m.recent {
-                (Sub::New, base)
+            // In new/ while no reader has seen it: bare name unless flagged (see sync).
+            let sub = if m.recent { Sub::New } else { Sub::Cur };
+            let name = if sub == Sub::New && m.flags == Flags::default() {
+                base
             } else {
                 let letters = keywords.letters_of(&m.flags);
-                (Sub::Cur, maildir::file_name(&base, m.flags.bits, &letters))
+                maildir::file_name(&base, m.flags.bits, &letters)
             };
             let dir2 = dir.clone();
             let date = m.internal_date;
