@@ -198,6 +198,41 @@ impl std::fmt::Debug for Mailbox {
     }
 }
 
+fn find(e: &Engine, name: &str) -> Option<crdt::FolderView> {
+    let name = if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX"
+    } else {
+        name
+    };
+    e.crdt.folders().into_iter().find(|f| f.name == name)
+}
+
+fn info(e: &Engine, f: crdt::FolderView) -> FolderInfo {
+    let u = e.uids.get(&f.id);
+    let mut unseen = 0;
+    let mut recent = 0;
+    for id in e.crdt.entries_in(f.id) {
+        if !e.crdt.flags(id).has(Flag::Seen) {
+            unseen += 1;
+        }
+        if e.crdt.recent(id) {
+            recent += 1;
+        }
+    }
+    FolderInfo {
+        id: f.id,
+        name: f.name,
+        role: f.role,
+        subscribed: f.subscribed,
+        uidvalidity: u.map_or(0, |u| u.uidvalidity),
+        uidnext: u.map_or(1, |u| u.uidnext.max(1)),
+        highestmodseq: u.map_or(0, |u| u.highestmodseq),
+        exists: e.crdt.count_in(f.id),
+        unseen,
+        recent,
+    }
+}
+
 /// The short id of a device (first 8 bytes of BLAKE3 of its public key).
 pub fn device_id(device_public: &[u8; 32]) -> DeviceId {
     let h = crypto::hash(device_public);
@@ -659,49 +694,19 @@ impl Mailbox {
     /// Every visible folder, INBOX first.
     pub fn folders(&self) -> Vec<FolderInfo> {
         let e = self.read_engine();
-        e.crdt
-            .folders()
-            .into_iter()
-            .map(|f| {
-                let u = e.uids.get(&f.id);
-                let mut unseen = 0;
-                let mut recent = 0;
-                for id in e.crdt.entries_in(f.id) {
-                    if !e.crdt.flags(id).has(Flag::Seen) {
-                        unseen += 1;
-                    }
-                    if e.crdt.recent(id) {
-                        recent += 1;
-                    }
-                }
-                FolderInfo {
-                    id: f.id,
-                    name: f.name,
-                    role: f.role,
-                    subscribed: f.subscribed,
-                    uidvalidity: u.map_or(0, |u| u.uidvalidity),
-                    uidnext: u.map_or(1, |u| u.uidnext.max(1)),
-                    highestmodseq: u.map_or(0, |u| u.highestmodseq),
-                    exists: e.crdt.count_in(f.id),
-                    unseen,
-                    recent,
-                }
-            })
-            .collect()
+        e.crdt.folders().into_iter().map(|f| info(&e, f)).collect()
     }
 
-    /// A folder by name (`inbox` in any case is INBOX).
+    /// A folder by name (`inbox` in any case is INBOX). Costs one pass over that folder's
+    /// messages (for the unseen and recent counts), not over the mailbox.
     pub fn folder(&self, name: &str) -> Option<FolderInfo> {
-        let name = if name.eq_ignore_ascii_case("INBOX") {
-            "INBOX"
-        } else {
-            name
-        };
-        self.folders().into_iter().find(|f| f.name == name)
+        let e = self.read_engine();
+        let v = find(&e, name)?;
+        Some(info(&e, v))
     }
 
     fn folder_id(&self, name: &str) -> Result<FolderId> {
-        self.folder(name)
+        find(&self.read_engine(), name)
             .map(|f| f.id)
             .ok_or_else(|| Error::NoSuchFolder(name.to_string()))
     }
@@ -1015,7 +1020,7 @@ impl Mailbox {
     pub async fn create_folder(&self, name: &str) -> Result<FolderId> {
         check_folder_name(name)?;
         let _w = self.inner.write.lock().await;
-        if name.eq_ignore_ascii_case("INBOX") || self.folder(name).is_some() {
+        if name.eq_ignore_ascii_case("INBOX") || find(&self.read_engine(), name).is_some() {
             return Err(Error::FolderExists(name.to_string()));
         }
         // A user folder's id: this device, 64 random bits (no seq is known before the commit,
@@ -1047,7 +1052,7 @@ impl Mailbox {
         if f.role == Some(Role::Inbox) {
             return Err(Error::NotAllowed("INBOX cannot be renamed"));
         }
-        if to.eq_ignore_ascii_case("INBOX") || self.folder(to).is_some() {
+        if to.eq_ignore_ascii_case("INBOX") || find(&self.read_engine(), to).is_some() {
             return Err(Error::FolderExists(to.to_string()));
         }
         self.commit(
