@@ -150,6 +150,9 @@ pub enum FlagMode {
     Replace,
 }
 
+/// A log entry read from the store: ((device, seq), bytes).
+type LogRow = ((DeviceId, u64), Vec<u8>);
+
 /// A numbering result: folder, entry, kind (0 add, 1 remove, 2 flags), uid, modseq, and the
 /// folder's new head row.
 type Numbered = (FolderId, EntryId, u8, u32, u64, [u8; 16]);
@@ -604,11 +607,10 @@ impl Mailbox {
         let mut total = 0;
         loop {
             let cursor = self.read_engine().cursor;
-            let applied: HashSet<(DeviceId, u64)> = self.read_engine().applied.clone();
             let (batch, next) = self
                 .inner
                 .store
-                .read(move |rx| -> Result<(Vec<Vec<u8>>, u64)> {
+                .read(move |rx| -> Result<(Vec<LogRow>, u64)> {
                     let rows = rx.range_from(Table::LogIndex, &cursor.to_be_bytes(), 512)?;
                     let next = rows
                         .last()
@@ -622,11 +624,8 @@ impl Mailbox {
                         }
                         let d = u64::from_be_bytes(loc[0..8].try_into().unwrap_or([0; 8]));
                         let s = u64::from_be_bytes(loc[8..16].try_into().unwrap_or([0; 8]));
-                        if applied.contains(&(d, s)) {
-                            continue;
-                        }
                         if let Some(bytes) = rx.get(Table::Log, &loc)? {
-                            out.push(bytes);
+                            out.push(((d, s), bytes));
                         }
                     }
                     Ok((out, next))
@@ -636,8 +635,22 @@ impl Mailbox {
                 break;
             }
             let mut effects = Vec::new();
-            for bytes in batch {
-                let entry = LogEntry::open(&bytes, &self.inner.public, &self.inner.log_key)?;
+            for (key, bytes) in batch {
+                // Entries this process wrote (or already merged) are skipped undecoded.
+                if self.read_engine().applied.contains(&key) {
+                    continue;
+                }
+                let entry = match LogEntry::open(&bytes, &self.inner.public, &self.inner.log_key) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        // Entries are verified before they are stored, so this is damage on
+                        // disk: skip it (the copy in the ring can restore it) rather than
+                        // lock the user out of the whole mailbox.
+                        tracing::warn!(device = key.0, seq = key.1, %err, "skipping a damaged log entry");
+                        self.write_engine().applied.insert(key);
+                        continue;
+                    }
+                };
                 effects.extend(self.apply_entry(&entry));
                 total += 1;
             }

@@ -471,3 +471,28 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_damaged_log_entry_is_skipped_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = || UserKeys::from_seed([1; 32]);
+    let dk = DeviceKey::from_seed([1; 32]).public();
+    let mb = Mailbox::open(store.clone(), keys(), dk).await.unwrap();
+    let a = mb.append("INBOX", msg("kept")).await.unwrap();
+    mb.append("INBOX", msg("damaged")).await.unwrap();
+    drop(mb);
+    store
+        .transact(|tx| -> store::Result<()> {
+            let (k, mut v) = tx.last_with_prefix(Table::Log, &[])?.unwrap();
+            let mid = v.len() / 2;
+            v[mid] ^= 0x40;
+            tx.put(Table::Log, &k, &v)
+        })
+        .await
+        .unwrap();
+    let mb = Mailbox::open(store, keys(), dk).await.unwrap();
+    let left = mb.messages("INBOX").unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].entry, a.entry);
+}
