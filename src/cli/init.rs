@@ -89,6 +89,17 @@ pub(crate) fn provision(
         eprintln!("The previous config was moved to {}", backup.display());
     }
     home::write_atomic(&config_path, config::template(&address).as_bytes(), 0o644)?;
+    let store_path = home.store();
+    if store_path.exists() {
+        // The old store's mailbox belongs to the replaced identity: keep it, out of the way.
+        let aside = home.root().join(format!("store.replaced-{}", now_secs()));
+        std::fs::rename(&store_path, &aside)
+            .with_context(|| format!("cannot move the old store aside to {}", aside.display()))?;
+        eprintln!(
+            "The previous identity's store was moved to {}",
+            aside.display()
+        );
+    }
     // The identity file goes last: its presence means "this home is complete".
     home.write_identity(&PublicIdentity {
         address: address.clone(),

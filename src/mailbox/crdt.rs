@@ -279,6 +279,11 @@ impl State {
         }
     }
 
+    /// Whether a create of this folder has been seen (visible or not).
+    pub fn knows_folder(&self, id: FolderId) -> bool {
+        self.folders.get(&id).is_some_and(|f| f.created)
+    }
+
     pub fn is_live(&self, e: EntryId) -> bool {
         self.entries.contains_key(&e) && !self.removed.contains(&e)
     }

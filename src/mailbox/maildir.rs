@@ -42,6 +42,13 @@ pub fn derived_base(internal_date: i64, object: &ObjectId) -> String {
     format!("{}.{}.peerpost", internal_date, &object.to_hex()[..16])
 }
 
+/// Can this be the base of a file name (what precedes `:2,`)?
+pub fn valid_base(base: &str) -> bool {
+    !base.is_empty()
+        && base.len() <= MAX_MAILDIR_NAME
+        && !base.chars().any(|c| c.is_control() || c == '/')
+}
+
 /// Parses a file name from `new/` or `cur/`. Names without `:` (usual in `new/`) have no flags.
 pub fn parse(name: &str) -> Result<ParsedName, NameError> {
     if name.is_empty() {
@@ -242,6 +249,11 @@ mod tests {
             file_name("b", Flag::Seen.bit() | Flag::Draft.bit(), &['c', 'a']),
             "b:2,DSac"
         );
+        // A base may itself hold a colon; it round-trips.
+        let p = parse("a:b:2,S").unwrap();
+        assert_eq!(p.base, "a:b");
+        assert!(valid_base(&p.base));
+        assert_eq!(parse(&file_name(&p.base, p.bits, &[])).unwrap(), p);
         let id = ObjectId([0xab; 32]);
         assert_eq!(derived_base(17, &id), "17.abababababababab.peerpost");
     }

@@ -297,10 +297,10 @@ impl Mailbox {
         }
         let missing: Vec<Role> = {
             let e = mb.read_engine();
-            let known: HashSet<FolderId> = e.crdt.folders().iter().map(|f| f.id).collect();
+            // Created once per mailbox: a special folder the user deleted stays deleted.
             Role::ALL
                 .into_iter()
-                .filter(|r| !known.contains(&r.folder_id()))
+                .filter(|r| !e.crdt.knows_folder(r.folder_id()))
                 .collect()
         };
         if !missing.is_empty() {
@@ -816,9 +816,9 @@ impl Mailbox {
                 let object = sealed.id();
                 let maildir_name = match m.maildir_name {
                     Some(n) => {
-                        maildir::parse(&n).map_err(|_| {
-                            Error::InvalidName(n.clone(), "not a Maildir base name")
-                        })?;
+                        if !maildir::valid_base(&n) {
+                            return Err(Error::InvalidName(n, "not a Maildir base name"));
+                        }
                         n
                     }
                     None => maildir::derived_base(m.internal_date, &object),

@@ -496,3 +496,22 @@ async fn a_damaged_log_entry_is_skipped_not_fatal() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].entry, a.entry);
 }
+
+#[tokio::test]
+async fn a_deleted_special_folder_stays_deleted_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = || UserKeys::from_seed([1; 32]);
+    let dk = DeviceKey::from_seed([1; 32]).public();
+    let mb = Mailbox::open(store.clone(), keys(), dk).await.unwrap();
+    mb.delete_folder("Junk").await.unwrap();
+    let entries = mb.log_entries().await.unwrap().len();
+    drop(mb);
+    let mb = Mailbox::open(store, keys(), dk).await.unwrap();
+    assert!(mb.folder("Junk").is_none());
+    assert_eq!(
+        mb.log_entries().await.unwrap().len(),
+        entries,
+        "reopening writes nothing"
+    );
+}

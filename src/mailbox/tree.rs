@@ -48,7 +48,8 @@ pub fn folders(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(rest) = name.strip_prefix('.')
             && !rest.is_empty()
-            && rest != "."
+            && !rest.starts_with('.')
+            && !rest.eq_ignore_ascii_case("INBOX")
             && is_maildir(&entry.path())
         {
             subs.push((rest.replace('.', "/"), entry.path()));
