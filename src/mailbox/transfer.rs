@@ -198,12 +198,7 @@ fn split_mbox(data: &[u8]) -> Vec<MboxMessage> {
     for line in data.split_inclusive(|b| *b == b'\n') {
         if prev_empty && line.starts_with(b"From ") {
             if let Some(mut m) = current.take() {
-                // The empty line before "From " belongs to the separator.
-                if m.body.ends_with(b"\n\n") {
-                    m.body.pop();
-                } else if m.body.ends_with(b"\r\n\r\n") {
-                    m.body.truncate(m.body.len() - 2);
-                }
+                drop_separator(&mut m.body);
                 out.push(m);
             }
             current = Some(MboxMessage {
@@ -226,10 +221,21 @@ fn split_mbox(data: &[u8]) -> Vec<MboxMessage> {
             }
         }
     }
-    if let Some(m) = current {
+    // Writers (mutt, mboxrd) end the last message with the same separator line.
+    if let Some(mut m) = current {
+        drop_separator(&mut m.body);
         out.push(m);
     }
     out
+}
+
+/// The empty line before "From " (or at the end of the file) belongs to the separator.
+fn drop_separator(body: &mut Vec<u8>) {
+    if body.ends_with(b"\r\n\r\n") {
+        body.truncate(body.len() - 2);
+    } else if body.ends_with(b"\n\n") {
+        body.pop();
+    }
 }
 
 /// `From sender Sat Nov 25 12:00:00 2023` → unix seconds (UTC).
@@ -381,5 +387,8 @@ mod tests {
         assert_eq!(m[0].date, Some(1_700_913_600));
         assert_eq!(m[1].date, Some(10));
         assert!(mbox_flags(&m[0].body).has(Flag::Seen));
+        // The blank line ending the last message is the separator too.
+        let last = split_mbox(b"From a@b Sat Nov 25 12:00:00 2023\nSubject: x\n\nbody\n\n");
+        assert_eq!(last[0].body, b"Subject: x\n\nbody\n");
     }
 }
