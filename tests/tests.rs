@@ -7,4 +7,6 @@ mod cli;
 mod crash;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
+// import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.
+mod mailbox;
 mod util;
