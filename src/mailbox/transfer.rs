@@ -343,11 +343,15 @@ pub async fn export_maildir(
             if *n > 1 {
                 base = format!("{base}.{}", m.uid);
             }
-            let (sub, name) = if m.recent {
+            // Unread mail goes to new/, under its bare name unless it has flags (mbsync
+            // keeps e.g. `:2,F` on unread flagged mail in new/; dropping it loses the flag).
+            let unflagged = m.flags.bits == 0 && m.flags.keywords.is_empty();
+            let (sub, name) = if m.recent && unflagged {
                 (Sub::New, base)
             } else {
                 let letters = keywords.letters_of(&m.flags);
-                (Sub::Cur, maildir::file_name(&base, m.flags.bits, &letters))
+                let sub = if m.recent { Sub::New } else { Sub::Cur };
+                (sub, maildir::file_name(&base, m.flags.bits, &letters))
             };
             let dir2 = dir.clone();
             let date = m.internal_date;
