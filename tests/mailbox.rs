@@ -243,6 +243,14 @@ fn build_source(root: &Path) -> BTreeMap<&'static str, Vec<&'static str>> {
         b"Subject: no blank line\nFrom: erin@example.org\nthis is the body without a separator\n",
         t0 + 6 * day,
     );
+    // Unread but flagged, as mbsync stores it: in new/, with flags in the name.
+    put(
+        root,
+        "new",
+        "1500000008.mbsync.host,U=8:2,F",
+        b"From: frank@example.org\nSubject: flagged in new\n\nunread but flagged\n",
+        t0 + 7 * day,
+    );
 
     let work = root.join(".Work");
     mkfolder(&work);
@@ -290,6 +298,7 @@ fn build_source(root: &Path) -> BTreeMap<&'static str, Vec<&'static str>> {
                 "crlf endings",
                 "mixed endings no final newline",
                 "no blank line",
+                "flagged in new",
             ],
         ),
         (".Work", vec!["Work one", "Work two"]),
@@ -331,12 +340,12 @@ fn maildir_import_then_export_gives_the_same_files_flags_folders_and_dates() {
     let src = t.dir.path().join("Maildir");
     let subjects = build_source(&src);
     let before = read_tree(&src);
-    assert_eq!(before.len(), INBOX_GENERATED + 7 + 4);
+    assert_eq!(before.len(), INBOX_GENERATED + 8 + 4);
 
     let out = t.run(&["import", src.to_str().unwrap()]).success();
     assert!(
         out.stdout()
-            .contains(&format!("Imported {} messages", INBOX_GENERATED + 7 + 4))
+            .contains(&format!("Imported {} messages", INBOX_GENERATED + 8 + 4))
             && out.stdout().contains("into 3 folder(s)"),
         "{}",
         out.stdout()
@@ -347,7 +356,7 @@ fn maildir_import_then_export_gives_the_same_files_flags_folders_and_dates() {
     let out = t.run(&["export", dst.to_str().unwrap()]).success();
     assert!(
         out.stdout()
-            .contains(&format!("Exported {} messages", INBOX_GENERATED + 7 + 4)),
+            .contains(&format!("Exported {} messages", INBOX_GENERATED + 8 + 4)),
         "{}",
         out.stdout()
     );
