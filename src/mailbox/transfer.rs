@@ -276,10 +276,17 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// The value of a header in the message's header block (first occurrence).
 fn header(msg: &[u8], name: &str) -> Option<String> {
-    let end = msg
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .unwrap_or(msg.len());
+    // The header block ends at the first empty line, LF or CRLF (a CRLF mbox has no "\n\n",
+    // and body lines were read as headers).
+    let mut end = msg.len();
+    let mut pos = 0;
+    for line in msg.split_inclusive(|b| *b == b'\n') {
+        if line == b"\n" || line == b"\r\n" {
+            end = pos;
+            break;
+        }
+        pos += line.len();
+    }
     let head = String::from_utf8_lossy(&msg[..end]);
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
