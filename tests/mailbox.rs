@@ -622,6 +622,86 @@ old, deleted draft\n\
 }
 
 #[test]
+fn crlf_mbox_keeps_its_bytes_and_reads_flags_from_the_header_only() {
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    let mbox = b"From alice@example.org Sat Nov 25 12:00:00 2023\r\n\
+Status: RO\r\n\
+Subject: crlf one\r\n\
+\r\n\
+body\r\n\
+>From escaped\r\n\
+\r\n\
+From bob@example.org Sat Nov 25 13:00:00 2023\r\n\
+Subject: crlf two\r\n\
+\r\n\
+Status: RO is body text here, not a header\r\n\
+\r\n";
+    let file = t.dir.path().join("crlf.mbox");
+    std::fs::write(&file, mbox).unwrap();
+    let out = t
+        .run(&["import", "--mbox", file.to_str().unwrap()])
+        .success();
+    assert!(
+        out.stdout().contains("Imported 2 messages"),
+        "{}",
+        out.stdout()
+    );
+    let dst = t.dir.path().join("export");
+    t.run(&["export", dst.to_str().unwrap()]).success();
+    let got: Vec<(String, Msg)> = read_tree(&dst)
+        .into_iter()
+        .filter(|((f, _, _), _)| f.is_empty())
+        .map(|((_, sub, _), m)| (sub, m))
+        .collect();
+    let want: [(&[u8], &str, Option<&str>, i64); 2] = [
+        (
+            b"Status: RO\r\nSubject: crlf one\r\n\r\nbody\r\nFrom escaped\r\n",
+            "cur",
+            Some("S"),
+            1_700_913_600,
+        ),
+        (
+            b"Subject: crlf two\r\n\r\nStatus: RO is body text here, not a header\r\n",
+            "new",
+            None,
+            1_700_917_200,
+        ),
+    ];
+    assert_eq!(got.len(), 2);
+    for (bytes, sub, flags, date) in want {
+        let (s, m) = got
+            .iter()
+            .find(|(_, m)| m.bytes == bytes)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{:?} not exported: {got:#?}",
+                    String::from_utf8_lossy(bytes)
+                )
+            });
+        assert_eq!(
+            (s.as_str(), m.system.as_deref(), m.mtime),
+            (sub, flags, date),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn import_of_what_is_not_mail_is_refused_clearly() {
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    let empty = t.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    t.run(&["import", empty.to_str().unwrap()])
+        .failure(&["is not a Maildir", "no cur/ and new/"]);
+    let missing = t.dir.path().join("missing.mbox");
+    t.run(&["import", "--mbox", missing.to_str().unwrap()])
+        .failure(&["missing.mbox"]);
+}
+
+#[test]
 fn export_into_a_non_empty_directory_is_refused() {
     let t = TestHome::new();
     t.init("alice@example.org");
