@@ -318,6 +318,8 @@ fn mutt_list(maildir: &Path) -> Vec<String> {
     let out = Command::new(format!("{DATA}/mutt-list.sh"))
         .arg(maildir)
         .env("MUTT_ROWS", "400")
+        // Waits only until the index is drawn; generous for a loaded CI machine.
+        .env("MUTT_WAIT", "15")
         .output()
         .expect("run mutt-list.sh");
     assert!(
