@@ -581,7 +581,7 @@ impl Syncer {
         current: Option<&Path>,
         m: &MessageInfo,
     ) -> mailbox::Result<PathBuf> {
-        let name = disk_name(base, want.sub, &want.flags, keywords);
+        let name = maildir::disk_name(base, want.sub == Sub::New, &want.flags, keywords);
         let dest = dir.join(want.sub.dir()).join(&name);
         let err = |e: std::io::Error| mailbox::Error::Corrupt(format!("{}: {e}", dest.display()));
         if let Some(cur) = current {
@@ -671,35 +671,15 @@ impl Syncer {
     }
 }
 
-/// The file name for a message: in `new/` a bare base while it has no flags (as delivery
-/// agents write it), otherwise `base:2,FLAGS` (mutt flags mail in `new/` that way too).
-pub fn disk_name(base: &str, sub: Sub, flags: &Flags, keywords: &mut KeywordMap) -> String {
-    if sub == Sub::New && *flags == Flags::default() {
-        return base.to_string();
-    }
-    let letters = keywords.letters_of(flags);
-    maildir::file_name(base, flags.bits, &letters)
-}
-
 fn read_new(
     file: &FileState,
     base: &str,
     max_size: u64,
 ) -> std::result::Result<NewMessage, String> {
-    let meta = std::fs::metadata(&file.path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() == 0 {
-        return Err("empty file (0 bytes): not a message".into());
-    }
-    if meta.len() > max_size {
-        return Err(format!(
-            "{} bytes, over the limit of {max_size}",
-            meta.len()
-        ));
-    }
-    let bytes = std::fs::read(&file.path).map_err(|e| format!("cannot read: {e}"))?;
+    let (bytes, internal_date) = tree::read_message_file(&file.path, max_size)?;
     Ok(NewMessage {
         bytes,
-        internal_date: tree::mtime(&file.path).map_err(|e| format!("cannot read its date: {e}"))?,
+        internal_date,
         flags: file.flags.clone(),
         recent: file.sub == Sub::New,
         maildir_name: Some(base.to_string()),

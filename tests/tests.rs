@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
+// import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.
+mod mailbox;
 // `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.
 mod sync;
 mod util;

@@ -112,6 +112,17 @@ pub fn file_name(base: &str, bits: u8, keyword_letters: &[char]) -> String {
     s
 }
 
+/// The file name a message gets: while no reader has seen it (it lives in `new/`) a bare base
+/// if it has no flags, as delivery agents write it; otherwise `base:2,FLAGS` (mutt and mbsync
+/// flag unread mail in `new/` that way too).
+pub fn disk_name(base: &str, in_new: bool, flags: &Flags, keywords: &mut KeywordMap) -> String {
+    if in_new && *flags == Flags::default() {
+        return base.to_string();
+    }
+    let letters = keywords.letters_of(flags);
+    file_name(base, flags.bits, &letters)
+}
+
 /// A folder's `dovecot-keywords`: letter index ↔ keyword.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeywordMap {

@@ -264,6 +264,11 @@ pub fn check_folder_name(name: &str) -> Result<()> {
     if name.split('/').any(str::is_empty) {
         return bad("empty hierarchy level");
     }
+    if name.contains('.') {
+        // Maildir++ (Dovecot's layout, and `export`/`sync`) separates levels with '.':
+        // "a.b" and "a/b" would be the same directory.
+        return bad("'.' is the Maildir++ hierarchy separator; use '/' for subfolders");
+    }
     if name
         .split('/')
         .any(|p| p.starts_with('.') && p.chars().all(|c| c == '.'))

@@ -108,18 +108,7 @@ fn read_maildir_file(
     max_size: u64,
 ) -> std::result::Result<NewMessage, String> {
     let parsed = maildir::parse(&f.file_name).map_err(|e| format!("file name: {e}"))?;
-    let meta = std::fs::metadata(&f.path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() == 0 {
-        return Err("empty file (0 bytes): not a message".into());
-    }
-    if meta.len() > max_size {
-        return Err(format!(
-            "{} bytes, over the limit of {max_size}",
-            meta.len()
-        ));
-    }
-    let bytes = std::fs::read(&f.path).map_err(|e| format!("cannot read: {e}"))?;
-    let internal_date = tree::mtime(&f.path).map_err(|e| format!("cannot read its date: {e}"))?;
+    let (bytes, internal_date) = tree::read_message_file(&f.path, max_size)?;
     Ok(NewMessage {
         bytes,
         internal_date,
@@ -198,12 +187,7 @@ fn split_mbox(data: &[u8]) -> Vec<MboxMessage> {
     for line in data.split_inclusive(|b| *b == b'\n') {
         if prev_empty && line.starts_with(b"From ") {
             if let Some(mut m) = current.take() {
-                // The empty line before "From " belongs to the separator.
-                if m.body.ends_with(b"\n\n") {
-                    m.body.pop();
-                } else if m.body.ends_with(b"\r\n\r\n") {
-                    m.body.truncate(m.body.len() - 2);
-                }
+                drop_separator(&mut m.body);
                 out.push(m);
             }
             current = Some(MboxMessage {
@@ -226,10 +210,21 @@ fn split_mbox(data: &[u8]) -> Vec<MboxMessage> {
             }
         }
     }
-    if let Some(m) = current {
+    // Writers (mutt, mboxrd) end the last message with the same separator line.
+    if let Some(mut m) = current {
+        drop_separator(&mut m.body);
         out.push(m);
     }
     out
+}
+
+/// The empty line before "From " (or at the end of the file) belongs to the separator.
+fn drop_separator(body: &mut Vec<u8>) {
+    if body.ends_with(b"\r\n\r\n") {
+        body.truncate(body.len() - 2);
+    } else if body.ends_with(b"\n\n") {
+        body.pop();
+    }
 }
 
 /// `From sender Sat Nov 25 12:00:00 2023` → unix seconds (UTC).
@@ -270,10 +265,17 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// The value of a header in the message's header block (first occurrence).
 fn header(msg: &[u8], name: &str) -> Option<String> {
-    let end = msg
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .unwrap_or(msg.len());
+    // The header block ends at the first empty line, LF or CRLF (a CRLF mbox has no "\n\n",
+    // and body lines were read as headers).
+    let mut end = msg.len();
+    let mut pos = 0;
+    for line in msg.split_inclusive(|b| *b == b'\n') {
+        if line == b"\n" || line == b"\r\n" {
+            end = pos;
+            break;
+        }
+        pos += line.len();
+    }
     let head = String::from_utf8_lossy(&msg[..end]);
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -337,14 +339,8 @@ pub async fn export_maildir(
             if *n > 1 {
                 base = format!("{base}.{}", m.uid);
             }
-            // In new/ while no reader has seen it: bare name unless flagged (see sync).
             let sub = if m.recent { Sub::New } else { Sub::Cur };
-            let name = if sub == Sub::New && m.flags == Flags::default() {
-                base
-            } else {
-                let letters = keywords.letters_of(&m.flags);
-                maildir::file_name(&base, m.flags.bits, &letters)
-            };
+            let name = maildir::disk_name(&base, m.recent, &m.flags, &mut keywords);
             let dir2 = dir.clone();
             let date = m.internal_date;
             tokio::task::spawn_blocking(move || tree::deliver(&dir2, sub, &name, &bytes, date))
@@ -383,5 +379,8 @@ mod tests {
         assert_eq!(m[0].date, Some(1_700_913_600));
         assert_eq!(m[1].date, Some(10));
         assert!(mbox_flags(&m[0].body).has(Flag::Seen));
+        // The blank line ending the last message is the separator too.
+        let last = split_mbox(b"From a@b Sat Nov 25 12:00:00 2023\nSubject: x\n\nbody\n\n");
+        assert_eq!(last[0].body, b"Subject: x\n\nbody\n");
     }
 }

@@ -139,6 +139,24 @@ pub fn deliver(
     Ok(dest)
 }
 
+/// Reads a message file for import: its bytes and mtime, or why it cannot be taken (empty,
+/// over `max_size`, unreadable) in words for the user.
+pub fn read_message_file(path: &Path, max_size: u64) -> Result<(Vec<u8>, i64), String> {
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() == 0 {
+        return Err("empty file (0 bytes): not a message".into());
+    }
+    if meta.len() > max_size {
+        return Err(format!(
+            "{} bytes, over the limit of {max_size}",
+            meta.len()
+        ));
+    }
+    let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let date = mtime(path).map_err(|e| format!("cannot read its date: {e}"))?;
+    Ok((bytes, date))
+}
+
 /// The file's mtime in unix seconds.
 pub fn mtime(path: &Path) -> std::io::Result<i64> {
     let m = fs::metadata(path)?.modified()?;
