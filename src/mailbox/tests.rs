@@ -117,6 +117,10 @@ async fn operations_through_the_api() {
         mb.create_folder("bad//name").await,
         Err(Error::InvalidName(..))
     ));
+    assert!(matches!(
+        mb.create_folder("v1.2").await,
+        Err(Error::InvalidName(..))
+    ));
     let copied = mb.copy("INBOX", &[a.entry], "Projects/2026").await.unwrap();
     assert_eq!(copied[0].1.uid, 1);
     let moved = mb
