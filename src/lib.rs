@@ -7,6 +7,7 @@
 //! * [`home`]: the files of a node's home directory and their permissions.
 //! * [`tls`]: the servers' certificate (generated at `init`).
 //! * [`mailbox`]: the mailbox engine: folders, flags, UIDs, device logs that merge.
+//! * [`pop3`]: the POP3 server (INBOX), on the shared listener layer in [`server`].
 //! * [`sync`]: `peerpost sync DIR`, a plain Maildir kept in step with the engine (notify).
 //! * [`store`]: LMDB behind an async facade; [`store::schema`] names every table.
 //! * [`crypto`]: keys, sealed objects, envelopes, directory records, recovery phrase, passwords.
@@ -17,6 +18,8 @@ pub mod config;
 pub mod crypto;
 pub mod home;
 pub mod mailbox;
+pub mod pop3;
+pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tls;

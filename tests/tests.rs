@@ -10,6 +10,8 @@ mod crash;
 mod formats;
 // import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.
 mod mailbox;
+// The POP3 server against Python's poplib (plain, STLS, TLS) and hostile raw input.
+mod pop3;
 // `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.
 mod sync;
 mod util;
