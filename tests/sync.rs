@@ -227,6 +227,14 @@ fn mutt_flag_changes_reach_the_engine() {
         ),
     );
     let sock = format!("peerpost-test-{}", std::process::id());
+    // Kill the private tmux server however the test ends.
+    struct Tmux(String);
+    impl Drop for Tmux {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).status();
+        }
+    }
+    let _tmux = Tmux(sock.clone());
     let status = Command::new("tmux")
         .args([
             "-L",
