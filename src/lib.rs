@@ -8,6 +8,7 @@
 //! * [`tls`]: the servers' certificate (generated at `init`).
 //! * [`mailbox`]: the mailbox engine: folders, flags, UIDs, device logs that merge.
 //! * [`pop3`]: the POP3 server (INBOX), on the shared listener layer in [`server`].
+//! * [`smtp`]: the SMTP intake: mail for this node's user, into INBOX.
 //! * [`sync`]: `peerpost sync DIR`, a plain Maildir kept in step with the engine (notify).
 //! * [`store`]: LMDB behind an async facade; [`store::schema`] names every table.
 //! * [`crypto`]: keys, sealed objects, envelopes, directory records, recovery phrase, passwords.
@@ -20,6 +21,7 @@ pub mod home;
 pub mod mailbox;
 pub mod pop3;
 pub mod server;
+pub mod smtp;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -7,103 +7,66 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerpost::home::Home;
-use peerpost::mailbox::{Flags, Mailbox, NewMessage};
+use peerpost::mailbox::{Flags, NewMessage};
 use peerpost::pop3;
 use peerpost::server::Limits;
 use peerpost::server::auth::Authenticator;
-use peerpost::store::Store;
-use peerpost::tls::Acceptor;
-use tokio_util::sync::CancellationToken;
 
-use crate::util::TestHome;
+use crate::util::{Engine, Running, TestHome};
 
 struct Server {
     plain: SocketAddr,
     tls: SocketAddr,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
     cert: std::path::PathBuf,
-    mailbox: Mailbox,
-    rt: Arc<tokio::runtime::Runtime>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    engine: Engine,
+    _running: Running,
 }
 
 fn start(t: &TestHome, messages: &[&str]) -> Server {
-    let home = Home::new(t.home());
-    let rt = Arc::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
-    let (_, _, device) = home.load_identity_keys().unwrap();
-    let keys = home.load_user_keys(None).unwrap();
-    let store = Store::open(&home.store()).unwrap();
-    let mailbox = rt.block_on(Mailbox::open(store, keys, device)).unwrap();
+    let engine = Engine::open(t);
     for (i, m) in messages.iter().enumerate() {
-        rt.block_on(mailbox.append(
-            "INBOX",
-            NewMessage {
-                bytes: m.as_bytes().to_vec(),
-                internal_date: 1_700_000_000 + i as i64,
-                flags: Flags::default(),
-                recent: true,
-                maildir_name: None,
-            },
-        ))
-        .unwrap();
+        engine
+            .rt
+            .block_on(engine.mailbox.append(
+                "INBOX",
+                NewMessage {
+                    bytes: m.as_bytes().to_vec(),
+                    internal_date: 1_700_000_000 + i as i64,
+                    flags: Flags::default(),
+                    recent: true,
+                    maildir_name: None,
+                },
+            ))
+            .unwrap();
     }
-    let hash_home = home.clone();
+    let hash_home = engine.home.clone();
     let auth = Arc::new(Authenticator::new(
         "alice@example.org",
         Arc::new(move || hash_home.load_password_hash().ok()),
     ));
-    let acceptor = Acceptor::load(&home.tls_cert(), &home.tls_key()).unwrap();
     let ctx = pop3::Context {
-        mailbox: mailbox.clone(),
+        mailbox: engine.mailbox.clone(),
         auth,
-        tls: Some(acceptor),
+        tls: Some(engine.acceptor()),
     };
-    let (l1, l2) = rt.block_on(async {
-        (
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        )
-    });
-    let (plain, tls) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let (s1, s2) = (shutdown.clone(), shutdown.clone());
-    let rt2 = Arc::clone(&rt);
-    let thread = std::thread::spawn(move || {
-        rt2.block_on(async move {
-            let limits = Limits {
-                max_sessions: 8,
-                ..Limits::default()
-            };
-            tokio::join!(
-                pop3::serve(l1, ctx.clone(), false, limits.clone(), s1),
-                pop3::serve(l2, ctx, true, limits, s2)
-            );
-        });
+    let (l1, plain) = engine.listener();
+    let (l2, tls) = engine.listener();
+    let limits = Limits {
+        max_sessions: 8,
+        ..Limits::default()
+    };
+    let running = Running::start(&engine.rt, move |shutdown| async move {
+        tokio::join!(
+            pop3::serve(l1, ctx.clone(), false, limits.clone(), shutdown.clone()),
+            pop3::serve(l2, ctx, true, limits, shutdown)
+        );
     });
     Server {
         plain,
         tls,
-        shutdown,
-        thread: Some(thread),
-        cert: home.tls_cert(),
-        mailbox,
-        rt,
+        cert: engine.home.tls_cert(),
+        engine,
+        _running: running,
     }
 }
 
@@ -200,14 +163,10 @@ fn poplib_covers_every_command_over_plain_stls_and_tls() {
     );
     // The engine agrees: message 3 was expunged by QUIT.
     let left: Vec<String> = server
-        .mailbox
-        .messages("INBOX")
-        .unwrap()
+        .engine
+        .inbox()
         .into_iter()
-        .map(|m| {
-            String::from_utf8_lossy(&server.rt.block_on(server.mailbox.read(m.entry)).unwrap())
-                .into_owned()
-        })
+        .map(|m| String::from_utf8_lossy(&m).into_owned())
         .collect();
     assert_eq!(left.len(), 2);
     assert!(left.iter().all(|m| !m.contains("third")));

@@ -231,7 +231,9 @@ fn mutt_flag_changes_reach_the_engine() {
     struct Tmux(String);
     impl Drop for Tmux {
         fn drop(&mut self) {
-            let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).status();
+            let _ = Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .status();
         }
     }
     let _tmux = Tmux(sock.clone());

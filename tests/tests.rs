@@ -12,6 +12,8 @@ mod formats;
 mod mailbox;
 // The POP3 server against Python's poplib (plain, STLS, TLS) and hostile raw input.
 mod pop3;
+// The SMTP intake against smtplib, swaks and hostile raw input.
+mod smtp;
 // `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.
 mod sync;
 mod util;

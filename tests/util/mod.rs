@@ -145,3 +145,93 @@ pub fn mode_of(p: &Path) -> u32 {
         .mode()
         & 0o777
 }
+
+/// The engine of a TestHome opened in this process, with a runtime to drive it.
+pub struct Engine {
+    pub rt: std::sync::Arc<tokio::runtime::Runtime>,
+    pub mailbox: peerpost::mailbox::Mailbox,
+    pub home: peerpost::home::Home,
+}
+
+impl Engine {
+    pub fn open(t: &TestHome) -> Engine {
+        let home = peerpost::home::Home::new(t.home());
+        let rt = std::sync::Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        );
+        let (_, _, device) = home.load_identity_keys().unwrap();
+        let keys = home.load_user_keys(None).unwrap();
+        let store = peerpost::store::Store::open(&home.store()).unwrap();
+        let mailbox = rt
+            .block_on(peerpost::mailbox::Mailbox::open(store, keys, device))
+            .unwrap();
+        Engine { rt, mailbox, home }
+    }
+
+    pub fn acceptor(&self) -> peerpost::tls::Acceptor {
+        peerpost::tls::Acceptor::load(&self.home.tls_cert(), &self.home.tls_key()).unwrap()
+    }
+
+    /// Binds a listener on 127.0.0.1:0.
+    pub fn listener(&self) -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let l = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    /// The bytes of every INBOX message, by UID.
+    pub fn inbox(&self) -> Vec<Vec<u8>> {
+        self.mailbox
+            .messages("INBOX")
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                self.rt
+                    .block_on(self.mailbox.read(m.entry))
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect()
+    }
+}
+
+/// Runs server futures on a thread until dropped (cancels, then joins).
+pub struct Running {
+    pub shutdown: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn start<F>(
+        rt: &std::sync::Arc<tokio::runtime::Runtime>,
+        make: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+    ) -> Running
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let fut = make(shutdown.clone());
+        let rt = std::sync::Arc::clone(rt);
+        let thread = std::thread::spawn(move || rt.block_on(fut));
+        Running {
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! One SMTP connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8,
+    EXT_START_TLS,
+};
+use smtp_proto::{EhloResponse, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use crate::mailbox::{Flags, NewMessage};
+use crate::server::Peer;
+use crate::tls::SessionStream;
+
+/// RFC 5321 §4.5.3.2: at least 5 minutes per command; less while nobody has said hello.
+const TIMEOUT_COMMAND: Duration = Duration::from_secs(300);
+const TIMEOUT_DATA: Duration = Duration::from_secs(600);
+const MAX_RECIPIENTS: usize = 100;
+const MAX_ERRORS: u32 = 20;
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Default)]
+struct Envelope {
+    helo: Option<String>,
+    from: Option<String>,
+    rcpts: Vec<String>,
+}
+
+struct Conn {
+    io: SessionStream,
+    buf: Vec<u8>,
+}
+
+enum Got {
+    Data,
+    Closed,
+    TimedOut,
+    Shutdown,
+}
+
+impl Conn {
+    async fn reply(&mut self, text: &str) -> std::io::Result<()> {
+        self.io.write_all(text.as_bytes()).await?;
+        self.io.flush().await
+    }
+
+    /// Reads more bytes into the buffer.
+    async fn fill(&mut self, timeout: Duration, shutdown: &CancellationToken) -> Got {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        tokio::select! {
+            _ = shutdown.cancelled() => Got::Shutdown,
+            r = tokio::time::timeout(timeout, self.io.read(&mut chunk)) => match r {
+                Err(_) => Got::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => Got::Closed,
+                Ok(Ok(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    Got::Data
+                }
+            },
+        }
+    }
+}
+
+pub(super) async fn run(
+    stream: SessionStream,
+    peer: Peer,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    let conn = Conn {
+        io: stream,
+        buf: Vec::new(),
+    };
+    if let Err(e) = session(conn, &peer, &ctx, &shutdown).await {
+        tracing::debug!(error = %e, "SMTP session ended by an I/O error");
+    }
+}
+
+fn code(e: &smtp_proto::Error) -> &'static str {
+    match e {
+        smtp_proto::Error::UnknownCommand => "500 5.5.1 Unknown command\r\n",
+        smtp_proto::Error::InvalidSenderAddress => "501 5.1.7 Invalid sender address\r\n",
+        smtp_proto::Error::InvalidRecipientAddress => "501 5.1.3 Invalid recipient address\r\n",
+        smtp_proto::Error::ResponseTooLong => "500 5.5.2 Line too long\r\n",
+        smtp_proto::Error::UnsupportedParameter { .. } => "555 5.5.4 Unsupported parameter\r\n",
+        _ => "501 5.5.2 Syntax error\r\n",
+    }
+}
+
+async fn session(
+    mut conn: Conn,
+    peer: &Peer,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    conn.reply(&format!("220 {} peerpost ESMTP ready\r\n", ctx.hostname))
+        .await?;
+    let mut receiver = RequestReceiver::default();
+    let mut env = Envelope::default();
+    let mut errors = 0u32;
+    let mut discarding = false;
+    loop {
+        if discarding {
+            // The rest of an over-long line is not a command: drop it up to its end.
+            match conn.buf.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    conn.buf.drain(..=i);
+                    discarding = false;
+                    receiver = RequestReceiver::default();
+                }
+                None => {
+                    conn.buf.clear();
+                    match conn.fill(TIMEOUT_COMMAND, shutdown).await {
+                        Got::Data => continue,
+                        Got::Closed => return Ok(()),
+                        Got::TimedOut => {
+                            return conn.reply("421 4.4.2 Idle too long, closing\r\n").await;
+                        }
+                        Got::Shutdown => {
+                            return conn.reply("421 4.3.2 Server shutting down\r\n").await;
+                        }
+                    }
+                }
+            }
+        }
+        // Parse every complete command in the buffer (PIPELINING), then read more.
+        let mut iter = conn.buf.iter();
+        let parsed = receiver.ingest(&mut iter).map(|r| r.into_owned());
+        let consumed = conn.buf.len() - iter.as_slice().len();
+        conn.buf.drain(..consumed);
+        let request = match parsed {
+            Ok(r) => r,
+            Err(smtp_proto::Error::NeedsMoreData { .. }) => {
+                match conn.fill(TIMEOUT_COMMAND, shutdown).await {
+                    Got::Data => continue,
+                    Got::Closed => return Ok(()),
+                    Got::TimedOut => {
+                        return conn.reply("421 4.4.2 Idle too long, closing\r\n").await;
+                    }
+                    Got::Shutdown => return conn.reply("421 4.3.2 Server shutting down\r\n").await,
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if matches!(e, smtp_proto::Error::ResponseTooLong) {
+                    discarding = true;
+                }
+                conn.reply(code(&e)).await?;
+                if errors > MAX_ERRORS {
+                    return conn.reply("421 4.7.0 Too many errors, closing\r\n").await;
+                }
+                continue;
+            }
+        };
+        match request {
+            Request::Ehlo { host } | Request::Lhlo { host } => {
+                env = Envelope {
+                    helo: Some(host),
+                    ..Envelope::default()
+                };
+                let mut ehlo = EhloResponse::new(ctx.hostname.as_str());
+                ehlo.capabilities = EXT_PIPELINING
+                    | EXT_SIZE
+                    | EXT_8BIT_MIME
+                    | EXT_SMTP_UTF8
+                    | EXT_ENHANCED_STATUS_CODES;
+                if ctx.tls.is_some() && !conn.io.is_tls() {
+                    ehlo.capabilities |= EXT_START_TLS;
+                }
+                ehlo.size = ctx.max_message_size as usize;
+                let mut out = Vec::new();
+                ehlo.write(&mut out)?;
+                conn.io.write_all(&out).await?;
+                conn.io.flush().await?;
+            }
+            Request::Helo { host } => {
+                env = Envelope {
+                    helo: Some(host),
+                    ..Envelope::default()
+                };
+                conn.reply(&format!("250 {}\r\n", ctx.hostname)).await?;
+            }
+            Request::StartTls => {
+                let Some(acceptor) = ctx.tls.clone() else {
+                    conn.reply("454 4.7.0 TLS not available\r\n").await?;
+                    continue;
+                };
+                if conn.io.is_tls() {
+                    conn.reply("503 5.5.1 Already using TLS\r\n").await?;
+                    continue;
+                }
+                if !conn.buf.is_empty() {
+                    // Commands pipelined behind STARTTLS would cross the TLS boundary.
+                    return conn
+                        .reply("503 5.5.1 Data after STARTTLS, closing\r\n")
+                        .await;
+                }
+                conn.reply("220 2.0.0 Ready to start TLS\r\n").await?;
+                conn.io = conn.io.upgrade(&acceptor).await?;
+                env = Envelope::default();
+                receiver = RequestReceiver::default();
+            }
+            Request::Mail { from } => {
+                if env.helo.is_none() {
+                    conn.reply("503 5.5.1 Say EHLO first\r\n").await?;
+                } else if env.from.is_some() {
+                    conn.reply("503 5.5.1 Sender already given\r\n").await?;
+                } else if from.size as u64 > ctx.max_message_size {
+                    conn.reply(&format!(
+                        "552 5.3.4 Message size exceeds the limit of {} bytes\r\n",
+                        ctx.max_message_size
+                    ))
+                    .await?;
+                } else {
+                    env.from = Some(from.address);
+                    env.rcpts.clear();
+                    conn.reply("250 2.1.0 Sender OK\r\n").await?;
+                }
+            }
+            Request::Rcpt { to } => {
+                let addr = to.address.to_lowercase();
+                if env.from.is_none() {
+                    conn.reply("503 5.5.1 MAIL FROM first\r\n").await?;
+                } else if env.rcpts.len() >= MAX_RECIPIENTS {
+                    conn.reply("452 4.5.3 Too many recipients\r\n").await?;
+                } else if ctx.local.contains(&addr) {
+                    env.rcpts.push(addr);
+                    conn.reply("250 2.1.5 Recipient OK\r\n").await?;
+                } else {
+                    conn.reply("550 5.1.1 Not a local address of this node (relaying denied)\r\n")
+                        .await?;
+                }
+            }
+            Request::Data => {
+                if env.from.is_none() || env.rcpts.is_empty() {
+                    conn.reply("503 5.5.1 Need MAIL FROM and RCPT TO first\r\n")
+                        .await?;
+                    continue;
+                }
+                conn.reply("354 Start mail input; end with <CRLF>.<CRLF>\r\n")
+                    .await?;
+                let mut data_rx = DataReceiver::new();
+                let mut message = Vec::new();
+                let mut too_big = false;
+                loop {
+                    let mut iter = conn.buf.iter();
+                    let mut chunk = Vec::new();
+                    let done = data_rx.ingest(&mut iter, &mut chunk);
+                    let consumed = conn.buf.len() - iter.as_slice().len();
+                    conn.buf.drain(..consumed);
+                    if !too_big {
+                        if (message.len() + chunk.len()) as u64 > ctx.max_message_size {
+                            too_big = true;
+                            message = Vec::new();
+                        } else {
+                            message.extend_from_slice(&chunk);
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                    match conn.fill(TIMEOUT_DATA, shutdown).await {
+                        Got::Data => {}
+                        Got::Closed => return Ok(()), // nothing was acknowledged: nothing lost
+                        Got::TimedOut => {
+                            return conn.reply("421 4.4.2 Timeout during DATA\r\n").await;
+                        }
+                        Got::Shutdown => {
+                            return conn.reply("421 4.3.2 Server shutting down\r\n").await;
+                        }
+                    }
+                }
+                let from = env.from.take().unwrap_or_default();
+                let rcpts = std::mem::take(&mut env.rcpts);
+                if too_big {
+                    conn.reply(&format!(
+                        "552 5.3.4 Message size exceeds the limit of {} bytes\r\n",
+                        ctx.max_message_size
+                    ))
+                    .await?;
+                    continue;
+                }
+                if message.is_empty() {
+                    conn.reply("554 5.6.0 Empty message\r\n").await?;
+                    continue;
+                }
+                let received = received_header(
+                    ctx,
+                    peer,
+                    env.helo.as_deref().unwrap_or(""),
+                    &from,
+                    &rcpts,
+                    conn.io.is_tls(),
+                );
+                let mut bytes = received.into_bytes();
+                bytes.extend_from_slice(&message);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let delivered = ctx
+                    .mailbox
+                    .append(
+                        "INBOX",
+                        NewMessage {
+                            bytes,
+                            internal_date: now,
+                            flags: Flags::default(),
+                            recent: true,
+                            maildir_name: None,
+                        },
+                    )
+                    .await;
+                match delivered {
+                    Ok(m) => {
+                        conn.reply(&format!("250 2.0.0 Stored as UID {}\r\n", m.uid))
+                            .await?
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SMTP delivery failed");
+                        conn.reply("451 4.3.0 Could not store the message; try again later\r\n")
+                            .await?
+                    }
+                }
+            }
+            Request::Bdat { .. } => conn.reply("502 5.5.1 CHUNKING is not offered\r\n").await?,
+            Request::Auth { .. } => {
+                conn.reply("502 5.5.1 AUTH is offered on the submission port only\r\n")
+                    .await?
+            }
+            Request::Rset => {
+                env.from = None;
+                env.rcpts.clear();
+                conn.reply("250 2.0.0 OK\r\n").await?;
+            }
+            Request::Noop { .. } => conn.reply("250 2.0.0 OK\r\n").await?,
+            Request::Vrfy { .. } => {
+                conn.reply("252 2.5.2 Cannot verify; send it and see\r\n")
+                    .await?
+            }
+            Request::Help { .. } => {
+                conn.reply("214 2.0.0 peerpost intake: see RFC 5321\r\n")
+                    .await?
+            }
+            Request::Quit => return conn.reply("221 2.0.0 Bye\r\n").await,
+            _ => conn.reply("502 5.5.1 Command not implemented\r\n").await?,
+        }
+    }
+}
+
+/// RFC 5321 §4.4 trace header.
+fn received_header(
+    ctx: &Context,
+    peer: &Peer,
+    helo: &str,
+    from: &str,
+    rcpts: &[String],
+    tls: bool,
+) -> String {
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(200).collect() };
+    let date = httpdate(std::time::SystemTime::now());
+    // Final delivery: the envelope sender as Return-Path (RFC 5321 §4.4), then the trace.
+    format!(
+        "Return-Path: <{}>\r\nReceived: from {} ([{}])\r\n\tby {} (peerpost) with {} id {}\r\n\tfor <{}>; {}\r\n",
+        clean(from),
+        clean(helo),
+        peer.addr.ip(),
+        ctx.hostname,
+        if tls { "ESMTPS" } else { "ESMTP" },
+        peer.session,
+        clean(rcpts.first().map(String::as_str).unwrap_or("")),
+        date
+    )
+}
+
+/// An RFC 5322 date in UTC.
+fn httpdate(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(m - 1) as usize];
+    format!(
+        "{wd}, {d} {mon} {y} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::httpdate;
+
+    #[test]
+    fn dates() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(httpdate(t), "Tue, 14 Nov 2023 22:13:20 +0000");
+        assert_eq!(
+            httpdate(std::time::UNIX_EPOCH),
+            "Thu, 1 Jan 1970 00:00:00 +0000"
+        );
+    }
+}
