@@ -7,4 +7,6 @@ mod cli;
 mod crash;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
+// Many full nodes in one process: directory, objects, node loss, hostile peers.
+mod overlay;
 mod util;

@@ -9,6 +9,7 @@
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
 //!   reported as corrupt, never returned.
 
+mod overlay;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use thiserror::Error;
 
 use crate::crypto::{ObjectId, SealedObject};
+pub use overlay::{HeldPut, HeldStats, Pin};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -83,6 +85,7 @@ struct Inner {
     env: Env<WithoutTls>,
     meta: Database<'static, Bytes, Bytes>,
     objects: Database<'static, Bytes, Bytes>,
+    overlay: overlay::Tables,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,6 +100,11 @@ impl Store {
     /// Opens (creating if needed) the store in directory `dir`. Blocking: call it at start-up
     /// or from `spawn_blocking`. Must not be called twice for one directory in one process.
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_sized(dir, schema::MAP_SIZE)
+    }
+
+    /// [`open`](Self::open) with a smaller memory map (many stores in one process: tests).
+    pub fn open_sized(dir: &Path, map_size: usize) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::Io)?;
         let open_err = |source| Error::Open {
             path: dir.to_path_buf(),
@@ -108,7 +116,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(schema::MAP_SIZE)
+                .map_size(map_size)
                 .max_dbs(schema::MAX_DBS)
                 .open(dir)
         }
@@ -148,12 +156,14 @@ impl Store {
                 });
             }
         };
+        let overlay = overlay::Tables::create(&env).map_err(open_err)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
                 env,
                 meta,
                 objects,
+                overlay,
             }),
         })
     }

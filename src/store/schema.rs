@@ -17,7 +17,7 @@ pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub const DB_OBJECTS: &str = "objects";
 
 /// Every database this schema creates (LMDB needs the count up front).
-pub const ALL: &[&str] = &[DB_META, DB_OBJECTS];
+pub const ALL: &[&str] = &[DB_META, DB_OBJECTS, DB_HELD, DB_PINS];
 
 /// Room for the databases later schema versions add without reopening the environment.
 pub const MAX_DBS: u32 = 32;
@@ -30,3 +30,15 @@ pub const MAP_SIZE: usize = 1 << 40;
 pub fn object_key(id: &crate::crypto::ObjectId) -> [u8; 32] {
     *id.as_bytes()
 }
+
+// --- overlay tables ---
+
+/// `held`: blobs (sealed objects, later fragments) this node keeps for other peers, bounded by
+/// the configured contribution. Key: the 32-byte BLAKE3 of the value. Value: the bytes as
+/// received (a STORE frame is refused unless they hash to the key).
+pub const DB_HELD: &str = "held";
+/// `meta` key → u64 big-endian sum of the sizes of all values in `held`.
+pub const META_HELD_BYTES: &[u8] = b"held_bytes";
+/// `pins`: trust on first use of directory keys. Key: the normalized address (UTF-8).
+/// Value: `u8 version = 1 ‖ [32] user Ed25519 key ‖ [32] user X25519 key`.
+pub const DB_PINS: &str = "pins";
