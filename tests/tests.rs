@@ -9,4 +9,6 @@ mod crash;
 mod formats;
 // Many full nodes in one process: directory, objects, node loss, hostile peers.
 mod overlay;
+// Five `peerpost run` processes on loopback: status, lookup, clean stop.
+mod overlay_procs;
 mod util;
