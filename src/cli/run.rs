@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
 use crate::control;
@@ -33,6 +33,15 @@ pub struct Args {
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
     let config = Config::load(&home.config(), home.root())?;
+    if let Some(psk) = &config.overlay.psk_file {
+        // Joining the global ring when a private one was asked for would leak the ring's
+        // traffic: refuse until pnet support lands.
+        bail!(
+            "overlay.psk_file = {:?}: private rings are not supported yet; \
+             remove the setting to join the global ring",
+            psk.display().to_string()
+        );
+    }
     let identity = home.load_identity()?;
     let user_keys = super::key::load_user_keys(home, args.passphrase_file.as_deref())?;
     let device = home.load_device_key()?;

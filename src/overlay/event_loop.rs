@@ -285,7 +285,9 @@ impl EventLoop {
                                 }
                                 Err(e) => {
                                     tracing::warn!(peer = ?peer_record.peer, "refused record: {e}");
-                                    if let Some(p) = peer_record.peer {
+                                    if let Some(p) = peer_record.peer
+                                        && is_forgery(&e)
+                                    {
                                         self.on_command(Command::Penalize {
                                             peer: p,
                                             reason: "served an invalid directory record",
@@ -349,10 +351,12 @@ impl EventLoop {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(%source, "refused inbound record: {e}");
-                self.on_command(Command::Penalize {
-                    peer: source,
-                    reason: "sent an invalid directory record",
-                });
+                if is_forgery(&e) {
+                    self.on_command(Command::Penalize {
+                        peer: source,
+                        reason: "sent an invalid directory record",
+                    });
+                }
                 return;
             }
         };
@@ -508,6 +512,16 @@ async fn serve(store: &Store, request: Request, limit: u64) -> Response {
         },
         Request::Notify { .. } => Response::Refused(Refusal::Invalid),
     }
+}
+
+/// A record no honest peer sends (bad encoding, signature or key), as opposed to one that
+/// merely expired in transit or while replicated: only forgeries cost a peer score.
+fn is_forgery(e: &directory::RecordError) -> bool {
+    !matches!(
+        e,
+        directory::RecordError::Invalid(crate::crypto::Error::Expired { .. })
+            | directory::RecordError::Stale { .. }
+    )
 }
 
 /// The monotonic instant at which a record expires.
