@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use peerpost::crypto::{DirectoryRecord, SealedObject, UserKeys};
 use peerpost::node::testing::{Ring, start_ring};
-use peerpost::overlay::protocol::{MAX_BLOB, Request, Response};
+use peerpost::overlay::protocol::{MAX_BLOB, MAX_NOTIFY, Request, Response};
 use peerpost::overlay::{BlobError, LookupError};
 
 fn init_tracing() {
@@ -256,6 +254,52 @@ async fn corrupt_objects_and_bad_frames_are_refused_without_harm() {
     );
     let held = ring.node(0).client().status().await.unwrap();
     assert!(held.held_bytes >= 100);
-    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // Notifications: small ones are acknowledged, oversized ones refused.
+    ring.node(1)
+        .client()
+        .notify(target, vec![1; 100])
+        .await
+        .unwrap();
+    assert!(
+        ring.node(1)
+            .client()
+            .notify(target, vec![0; MAX_NOTIFY + 1])
+            .await
+            .is_err()
+    );
+    ring.node(1)
+        .client()
+        .notify(target, vec![2; 10])
+        .await
+        .unwrap();
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_store_no_more_than_their_contribution() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let ring = start_ring(4, dir.path(), |c| c.contribution = 10_000)
+        .await
+        .unwrap();
+    let (small, _) = SealedObject::seal(&[3u8; 4000]).unwrap();
+    assert_eq!(
+        ring.node(0)
+            .client()
+            .put_object(&small)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let (big, _) = SealedObject::seal(&[4u8; 20_000]).unwrap();
+    match ring.node(0).client().put_object(&big).await {
+        Err(BlobError::TooFewHolders { stored: 0, .. }) => {}
+        other => panic!("holders took more than their contribution: {other:?}"),
+    }
+    for node in ring.live() {
+        assert!(node.client().status().await.unwrap().held_bytes <= 10_000);
+    }
     ring.shutdown().await;
 }

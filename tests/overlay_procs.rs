@@ -122,6 +122,20 @@ fn five_processes_see_each_other_and_resolve_addresses() {
         .run(&["lookup", "nobody@procs.test"])
         .failure(&["no directory record"]);
 
+    // The control socket refuses an overlong request line and keeps serving.
+    {
+        use std::io::{Read, Write};
+        let mut sock =
+            std::os::unix::net::UnixStream::connect(nodes[2].home.path("control.sock")).unwrap();
+        sock.write_all(&vec![b'x'; 10_000]).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reply = String::new();
+        let _ = sock.read_to_string(&mut reply);
+        assert!(reply.contains("too long"), "{reply:?}");
+        nodes[2].home.run(&["status", "--json"]).success();
+    }
+
     for n in &mut nodes {
         unsafe { libc::kill(n.child.id() as i32, libc::SIGTERM) };
     }
