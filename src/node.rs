@@ -298,29 +298,38 @@ pub mod testing {
             ring.addresses.push(address_of(i));
             ring.nodes.push(Some(node));
         }
-        // Let identify feed Kademlia, then fill every routing table.
-        for node in ring.live() {
-            wait_for(|| async {
-                node.client()
-                    .status()
-                    .await
-                    .map(|s| !s.connected.is_empty())
-                    .unwrap_or(false)
-            })
-            .await?;
+        // Let identify feed Kademlia (a bootstrap before that fails: no known peers), then
+        // fill every routing table, bootstrapping again until it is.
+        for (i, node) in ring.live().enumerate() {
+            wait_for(|| async { routing_table(node).await >= 1 })
+                .await
+                .map_err(|e| format!("node {i} knows no peer: {e}"))?;
         }
-        for node in ring.live() {
-            let _ = node.client().bootstrap().await;
-        }
-        for node in ring.live() {
-            wait_for(|| async {
-                node.client()
-                    .status()
-                    .await
-                    .map(|s| s.routing_table + 1 >= n.min(8))
-                    .unwrap_or(false)
+        for (i, node) in ring.live().enumerate() {
+            let settled = wait_for(|| async {
+                let full = routing_table(node).await + 1 >= n.min(8);
+                if !full {
+                    let _ = node.client().bootstrap().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                full
             })
-            .await?;
+            .await
+            .map_err(|e| format!("node {i}'s routing table stays partial: {e}"));
+            if let Err(e) = settled {
+                let mut sizes = Vec::new();
+                for node in ring.live() {
+                    sizes.push(
+                        node.client()
+                            .status()
+                            .await
+                            .map(|s| (s.routing_table, s.connected.len())),
+                    );
+                }
+                return Err(format!(
+                    "{e}; (routing table, connected) per node: {sizes:?}"
+                ));
+            }
         }
         let publishes = ring.live().map(|node| node.publish());
         for res in futures::future::join_all(publishes).await {
@@ -356,6 +365,14 @@ pub mod testing {
                 self.kill(i).await;
             }
         }
+    }
+
+    async fn routing_table(node: &Node) -> usize {
+        node.client()
+            .status()
+            .await
+            .map(|s| s.routing_table)
+            .unwrap_or(0)
     }
 
     /// Polls `f` every 50 ms for up to 30 s.
