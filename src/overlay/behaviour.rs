@@ -2,6 +2,7 @@
 //! the swarm construction (network: TCP + QUIC + DNS; tests: the memory transport).
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncWrite};
@@ -14,6 +15,7 @@ use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, Transport, connection_limits, identify, identity, kad,
     mdns, noise, ping, request_response, tcp, yamux,
 };
+use tokio::sync::Semaphore;
 
 use super::protocol::{
     self, BLOB_PROTOCOL, KAD_PROTOCOL, MAX_KAD_PACKET, NOTIFY_PROTOCOL, Request, Response,
@@ -25,7 +27,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Identify's protocol name (ours, like Kademlia's).
 const IDENTIFY_PROTOCOL: &str = "/peerpost/id/1.0.0";
 /// Concurrent inbound + outbound streams per request-response behaviour and connection.
-const MAX_STREAMS: usize = 64;
+const MAX_STREAMS: usize = 16;
 /// Directory records a node holds for others (each ≤ 1 KiB).
 const MAX_RECORDS: usize = 16 * 1024;
 
@@ -40,9 +42,40 @@ pub(crate) struct Behaviour {
     pub notify: request_response::Behaviour<Codec>,
 }
 
-/// Length-prefixed raw frames (protocol.rs); bounded on read before allocation.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Codec;
+/// Bytes of frames being read at once, across every peer and stream: what an abusive peer
+/// opening many streams can make this node allocate (a frame that does not fit is refused).
+const READ_BUDGET_KIB: u32 = 64 * 1024;
+
+/// Length-prefixed raw frames (protocol.rs); bounded on read before allocation, per frame
+/// and, through a budget shared by all connections, in total.
+#[derive(Debug, Clone)]
+pub(crate) struct Codec {
+    budget: Arc<Semaphore>,
+}
+
+impl Codec {
+    fn new(budget: Arc<Semaphore>) -> Codec {
+        Codec { budget }
+    }
+
+    async fn read<T: AsyncRead + Unpin + Send>(
+        &self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let len = protocol::read_len(io, protocol::max_frame(p.as_ref())).await?;
+        let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+        let _permit = Arc::clone(&self.budget)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    "too many frame bytes in flight; refused",
+                )
+            })?;
+        protocol::read_body(io, len).await
+    }
+}
 
 impl request_response::Codec for Codec {
     type Protocol = StreamProtocol;
@@ -53,7 +86,7 @@ impl request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = protocol::read_frame(io, protocol::max_frame(p.as_ref())).await?;
+        let frame = self.read(p, io).await?;
         Request::decode(&frame, p.as_ref()).map_err(protocol::invalid)
     }
 
@@ -65,7 +98,7 @@ impl request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = protocol::read_frame(io, protocol::max_frame(p.as_ref())).await?;
+        let frame = self.read(p, io).await?;
         Response::decode(&frame).map_err(protocol::invalid)
     }
 
@@ -142,9 +175,10 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
     } else {
         None
     };
+    let budget = Arc::new(Semaphore::new(READ_BUDGET_KIB as usize));
     let rr = |name: &'static str| {
         request_response::Behaviour::with_codec(
-            Codec,
+            Codec::new(Arc::clone(&budget)),
             [(
                 StreamProtocol::new(name),
                 request_response::ProtocolSupport::Full,

@@ -19,8 +19,9 @@ use super::{Command, Config, Event, RecordsFound, RequestError, Status, director
 use crate::crypto::DirectoryRecord;
 use crate::store::{HeldPut, Store};
 
-/// Inbound blob requests being served (store reads/writes) across all peers.
-const MAX_INBOUND_TASKS: usize = 128;
+/// Inbound blob requests being served (store reads/writes) across all peers: with frames of
+/// ≤ 4 MiB, at most 128 MiB of queued blobs.
+const MAX_INBOUND_TASKS: usize = 32;
 /// Enough valid remote copies of a record to stop a lookup early.
 const LOOKUP_ENOUGH: usize = 3;
 /// Offences after which a peer is disconnected and ignored.

@@ -241,12 +241,23 @@ fn header(r: &mut Reader<'_>) -> Result<u8, FrameError> {
 
 /// Reads one `u32 len ‖ payload` frame, refusing a length over `max` before allocating.
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
+    let len = read_len(io, max).await?;
+    read_body(io, len).await
+}
+
+/// Reads a frame's length prefix and checks it against `max`.
+pub async fn read_len<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(invalid(FrameError::TooLarge { len, max }));
     }
+    Ok(len)
+}
+
+/// Reads `len` payload bytes (the caller checked `len`).
+pub async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
     Ok(buf)
