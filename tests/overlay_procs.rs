@@ -147,3 +147,60 @@ fn five_processes_see_each_other_and_resolve_addresses() {
         assert!(s["node"].is_null(), "a stopped node shows as not running");
     }
 }
+
+#[test]
+fn run_needs_the_passphrase_and_refuses_a_second_node_in_one_home() {
+    let t = TestHome::new();
+    let pass = t.file("pass", "correct horse battery staple\n");
+    let pw = t.file("pw", "pw\n");
+    t.run(&[
+        "init",
+        "--address",
+        "erin@procs.test",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+    .success();
+    t.run(&["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .failure(&["passphrase-protected", "--passphrase-file"]);
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--home").arg(t.home()).args([
+        "run",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    cmd.env_remove("PEERPOST_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    std::thread::spawn(move || for _ in out.lines() {});
+    let s = eventually("status shows the running node", || {
+        let s = t.run(&["status", "--json"]).success().json();
+        (!s["node"].is_null()).then_some(s)
+    });
+    assert_eq!(s["node"]["address"], "erin@procs.test");
+
+    t.run(&[
+        "run",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+    .failure(&["already running"]);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+}
