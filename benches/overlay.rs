@@ -105,15 +105,15 @@ fn main() {
             "overlay benchmark: {n} in-process nodes (memory transport), ring set up in {:.1} s",
             setup.as_secs_f64()
         );
-        println!("{:<34} {:>10} {:>10}   target", "", "median", "p95");
+        println!("{:<37} {:>10} {:>10}   target", "", "median", "p95");
         println!(
-            "{:<34} {:>7.2} ms {:>7.2} ms",
+            "{:<37} {:>7.2} ms {:>7.2} ms",
             format!("directory lookup ({lookups} lookups)"),
             pct(&mut ms, 0.5),
             pct(&mut ms, 0.95)
         );
         println!(
-            "{:<34} {:>10.0} {:>10.0}",
+            "{:<37} {:>10.0} {:>10.0}",
             "  Kademlia requests per lookup",
             pct(&mut reqs, 0.5),
             pct(&mut reqs, 0.95)
@@ -122,13 +122,13 @@ fn main() {
         // requests per chain is the number of hops along it.
         let mut hops: Vec<f64> = reqs.iter().map(|r| r / 3.0).collect();
         println!(
-            "{:<34} {:>10.1} {:>10.1}   ≤ 3 hops",
+            "{:<37} {:>10.1} {:>10.1}   ≤ 3 hops",
             "  hops (estimate: requests / 3 paths)",
             pct(&mut hops, 0.5),
             pct(&mut hops, 0.95)
         );
         println!(
-            "{:<34} {:>10.0} {:>10.0}   (of {} other nodes)",
+            "{:<37} {:>10.0} {:>10.0}   (of {} other nodes)",
             "  routing-table size",
             pct(&mut table, 0.5),
             pct(&mut table, 0.05),
@@ -136,20 +136,20 @@ fn main() {
         );
         for (label, pm, p95, gm, g95) in rows {
             println!(
-                "{:<34} {:>7.2} ms {:>7.2} ms",
+                "{:<37} {:>7.2} ms {:>7.2} ms",
                 format!("object put {label} (3 copies)"),
                 pm,
                 p95
             );
             println!(
-                "{:<34} {:>7.2} ms {:>7.2} ms",
+                "{:<37} {:>7.2} ms {:>7.2} ms",
                 format!("object get {label}"),
                 gm,
                 g95
             );
         }
         println!(
-            "{:<34} {:>7.2} MiB              (≤ 10 MiB)",
+            "{:<37} {:>7.2} MiB              (≤ 10 MiB)",
             "idle RSS per node",
             idle as f64 / 1024.0 / n as f64
         );
