@@ -26,6 +26,8 @@ const MAX_INBOUND_TASKS: usize = 32;
 const LOOKUP_ENOUGH: usize = 3;
 /// Offences after which a peer is disconnected and ignored.
 const BAN_SCORE: i32 = -3;
+/// Peers whose score or ban this node remembers.
+const MAX_TRACKED_PEERS: usize = 4096;
 /// Listen addresses identify may report per peer that we feed into Kademlia.
 const MAX_ADDRS_PER_PEER: usize = 8;
 
@@ -174,6 +176,19 @@ impl EventLoop {
             }
             Command::CorruptFetches(on) => self.corrupt_fetches = on,
             Command::Penalize { peer, reason } => {
+                // Peer ids cost nothing to make: the books on them are bounded too.
+                if self.scores.len() >= MAX_TRACKED_PEERS && !self.scores.contains_key(&peer) {
+                    let forget = self.scores.keys().next().copied();
+                    if let Some(f) = forget {
+                        self.scores.remove(&f);
+                    }
+                }
+                if self.banned.len() >= MAX_TRACKED_PEERS {
+                    let forget = self.banned.iter().next().copied();
+                    if let Some(f) = forget {
+                        self.banned.remove(&f);
+                    }
+                }
                 let score = self.scores.entry(peer).or_insert(0);
                 *score -= 1;
                 tracing::warn!(%peer, score = *score, "peer penalized: {reason}");
