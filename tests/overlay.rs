@@ -303,3 +303,32 @@ async fn holders_store_no_more_than_their_contribution() {
     }
     ring.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_inflight_limit_is_told_busy() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // No inbound blob request may be in flight: every one is refused as busy, and the node
+    // keeps answering directory lookups.
+    let ring = start_ring(3, dir.path(), |c| c.max_inflight_per_peer = 0)
+        .await
+        .unwrap();
+    let target = ring.node(0).client().peer_id();
+    let blob = vec![9u8; 1000];
+    let id = peerpost::crypto::hash(&blob);
+    assert_eq!(
+        ring.node(1)
+            .client()
+            .request(target, Request::Store { id, bytes: blob })
+            .await
+            .unwrap(),
+        Response::Refused(peerpost::overlay::protocol::Refusal::Busy)
+    );
+    assert_eq!(ring.node(0).client().status().await.unwrap().held_bytes, 0);
+    ring.node(1)
+        .client()
+        .lookup(&ring.addresses[0])
+        .await
+        .unwrap();
+    ring.shutdown().await;
+}

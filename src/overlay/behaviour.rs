@@ -163,10 +163,13 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
             .with_max_pending_outgoing(Some(config.max_connections.div_ceil(4).max(8)))
             .with_max_established_per_peer(Some(2)),
     );
-    let identify = identify::Behaviour::new(identify::Config::new(
-        IDENTIFY_PROTOCOL.into(),
-        key.public(),
-    ));
+    // Push listen-address updates: a node dials its bootstrap peers before its listeners
+    // report their addresses, so its first identify message may carry none, and the peer
+    // would never learn how to reach it (nor put it in its routing table).
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+            .with_push_listen_addr_updates(true),
+    );
     let mdns = if config.mdns && config.transport == TransportKind::Network {
         Some(
             mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
