@@ -6,6 +6,7 @@
 use futures::StreamExt;
 use peerpost::crypto::{DirectoryRecord, SealedObject, UserKeys};
 use peerpost::node::testing::{Ring, start_ring};
+use peerpost::overlay::directory::RecordError;
 use peerpost::overlay::protocol::{MAX_BLOB, MAX_NOTIFY, Request, Response};
 use peerpost::overlay::{BlobError, LookupError};
 
@@ -139,14 +140,17 @@ async fn forged_replayed_and_rekeyed_records_are_refused() {
         assert_eq!(got.seq, 20, "node {i} was served the replayed record");
     }
 
-    // A pinned address whose only record now carries another key is reported, not trusted.
+    // A pinned address whose only record now carries another key is refused and reported.
+    // Dave's first record lives 2 s; node 0 pins its key. Once it has expired everywhere a
+    // record with another key is all the ring has: node 0 refuses it, a fresh reader pins it.
     let rekeyed = "dave@ring.test";
     let first = UserKeys::generate().unwrap();
-    ring.node(2)
-        .client()
-        .publish(record(&first, rekeyed, 1))
-        .await
-        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = DirectoryRecord::new(&first, rekeyed, vec![[1; 32]], 1, now, 2).unwrap();
+    ring.node(2).client().publish(short).await.unwrap();
     assert_eq!(
         ring.node(0)
             .client()
@@ -156,6 +160,27 @@ async fn forged_replayed_and_rekeyed_records_are_refused() {
             .record
             .keys,
         *first.public()
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let second = UserKeys::generate().unwrap();
+    ring.node(2)
+        .client()
+        .publish(record(&second, rekeyed, 2))
+        .await
+        .unwrap();
+    match ring.node(0).client().lookup(rekeyed).await {
+        Err(LookupError::Refused(RecordError::KeyChanged { .. })) => {}
+        other => panic!("a different key for a pinned address was not refused: {other:?}"),
+    }
+    assert_eq!(
+        ring.node(4)
+            .client()
+            .lookup(rekeyed)
+            .await
+            .unwrap()
+            .record
+            .keys,
+        *second.public()
     );
     ring.shutdown().await;
 }
