@@ -10,6 +10,10 @@ mod crash;
 mod formats;
 // import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.
 mod mailbox;
+// Many full nodes in one process: directory, objects, node loss, hostile peers.
+mod overlay;
+// Five `peerpost run` processes on loopback: status, lookup, clean stop.
+mod overlay_procs;
 // The POP3 server against Python's poplib (plain, STLS, TLS) and hostile raw input.
 mod pop3;
 // The SMTP intake against smtplib, swaks and hostile raw input.

@@ -1,12 +1,15 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
-//! `execute`. Only subcommands that work are listed; `run`, `mount`, `send` and `restore` arrive with the layers they need.
+//! `execute`. Only subcommands that work are listed; `mount`, `send` and `restore` arrive with
+//! the layers they need.
 
 pub mod export;
 pub mod import;
 pub mod init;
 pub mod key;
+pub mod lookup;
 pub mod open;
 pub mod passwd;
+pub mod run;
 pub mod secret;
 pub mod status;
 pub mod sync;
@@ -46,7 +49,11 @@ pub enum Command {
     /// Show, export or import the user's keys.
     #[command(subcommand)]
     Key(key::Command),
-    /// Show this node's identity, configuration and store.
+    /// Join the overlay, publish this user's directory record and serve peers until stopped.
+    Run(run::Args),
+    /// Look up an address in the directory through the running node.
+    Lookup(lookup::Args),
+    /// Show this node's identity, configuration, store, and the running node (if any).
     Status(status::Args),
     /// Import mail from a Maildir (with subfolders) or an mbox file.
     Import(import::Args),
@@ -69,6 +76,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::execute(args, &home),
         Command::Passwd(args) => passwd::execute(args, &home),
         Command::Key(cmd) => key::execute(cmd, &home),
+        Command::Run(args) => run::execute(args, &home),
+        Command::Lookup(args) => lookup::execute(args, &home),
         Command::Status(args) => status::execute(args, &home),
         Command::Import(args) => import::execute(args, &home),
         Command::Export(args) => export::execute(args, &home),

@@ -1,9 +1,11 @@
-//! `peerpost status [--json]`: identity, configuration and local store of this home.
+//! `peerpost status [--json]`: identity, configuration and local store of this home, and the
+//! running node (asked over its control socket), if any.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::control::{self, NodeStatus};
 use crate::crypto;
 use crate::home::Home;
 use crate::store::{Store, StoreStats};
@@ -26,6 +28,8 @@ struct Status {
     config_ok: bool,
     config_error: Option<String>,
     store: StoreStats,
+    /// The running node, or null when none runs in this home.
+    node: Option<NodeStatus>,
 }
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
@@ -48,6 +52,7 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         config_ok: config_error.is_none(),
         config_error,
         store: stats,
+        node: control::status_blocking(home.root()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -72,6 +77,29 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
             "store:              {} objects, {} bytes (schema {})",
             status.store.objects, status.store.object_bytes, status.store.schema_version
         );
+        match &status.node {
+            None => println!("node:               not running"),
+            Some(n) => {
+                println!("node:               running, peer id {}", n.overlay.peer_id);
+                for a in &n.overlay.listen {
+                    println!("  listening on      {a}");
+                }
+                println!(
+                    "  peers:           {} connected, {} in the routing table{}",
+                    n.overlay.connected.len(),
+                    n.overlay.routing_table,
+                    if n.overlay.banned > 0 {
+                        format!(", {} banned", n.overlay.banned)
+                    } else {
+                        String::new()
+                    }
+                );
+                println!(
+                    "  held for others: {} directory records, {} blobs ({} bytes)",
+                    n.overlay.records, n.overlay.held_blobs, n.overlay.held_bytes
+                );
+            }
+        }
     }
     if let Some(e) = status.config_error {
         anyhow::bail!("{e}");

@@ -9,6 +9,7 @@
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
 //!   reported as corrupt, never returned.
 
+mod overlay;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use thiserror::Error;
 
 use crate::crypto::{ObjectId, SealedObject};
+pub use overlay::{HeldPut, HeldStats, Pin};
 pub use schema::Table;
 
 #[derive(Debug, Error)]
@@ -96,6 +98,7 @@ struct Inner {
     meta: Db,
     objects: Db,
     tables: [Db; 5],
+    overlay: overlay::Tables,
 }
 
 impl Inner {
@@ -117,6 +120,11 @@ impl Store {
     /// Opens (creating if needed) the store in directory `dir`. Blocking: call it at start-up
     /// or from `spawn_blocking`. Must not be called twice for one directory in one process.
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_sized(dir, schema::MAP_SIZE)
+    }
+
+    /// [`open`](Self::open) with a smaller memory map (many stores in one process: tests).
+    pub fn open_sized(dir: &Path, map_size: usize) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::Io)?;
         let open_err = |source| Error::Open {
             path: dir.to_path_buf(),
@@ -128,7 +136,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(schema::MAP_SIZE)
+                .map_size(map_size)
                 .max_dbs(schema::MAX_DBS)
                 .open(dir)
         }
@@ -178,6 +186,7 @@ impl Store {
                 });
             }
         };
+        let overlay = overlay::Tables::create(&env).map_err(open_err)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -185,6 +194,7 @@ impl Store {
                 meta,
                 objects,
                 tables,
+                overlay,
             }),
         })
     }

@@ -47,6 +47,8 @@ pub const ALL: &[&str] = &[
     DB_FOLDER_UIDS,
     DB_UIDS,
     DB_SYNC,
+    DB_HELD,
+    DB_PINS,
 ];
 
 /// The tables other modules may read and write through [`crate::store::Tx`] (objects have
@@ -86,3 +88,15 @@ pub const MAP_SIZE: usize = 1 << 40;
 pub fn object_key(id: &crate::crypto::ObjectId) -> [u8; 32] {
     *id.as_bytes()
 }
+
+// --- overlay tables ---
+
+/// `held`: blobs (sealed objects, later fragments) this node keeps for other peers, bounded by
+/// the configured contribution. Key: the 32-byte BLAKE3 of the value. Value: the bytes as
+/// received (a STORE frame is refused unless they hash to the key).
+pub const DB_HELD: &str = "held";
+/// `meta` key → u64 big-endian sum of the sizes of all values in `held`.
+pub const META_HELD_BYTES: &[u8] = b"held_bytes";
+/// `pins`: trust on first use of directory keys. Key: the normalized address (UTF-8).
+/// Value: `u8 version = 1 ‖ [32] user Ed25519 key ‖ [32] user X25519 key`.
+pub const DB_PINS: &str = "pins";

@@ -1,0 +1,106 @@
+//! `peerpost run`: join the overlay, publish this user's directory record, serve peers and
+//! the control socket until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::Config;
+use crate::control;
+use crate::home::Home;
+use crate::node::{Node, NodeConfig};
+use crate::overlay::{self, TransportKind};
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Listen on this multiaddr instead of overlay.listen (repeatable), e.g.
+    /// /ip4/127.0.0.1/tcp/0 or /ip4/0.0.0.0/udp/4040/quic-v1.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Also dial this peer at start (repeatable; added to overlay.bootstrap), e.g.
+    /// /ip4/192.0.2.7/tcp/4040/p2p/12D3KooW….
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Turn off mDNS discovery on the local network (overrides overlay.mdns).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// File holding the passphrase of a protected user key (asked for on a terminal otherwise).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+pub fn execute(args: Args, home: &Home) -> Result<()> {
+    let config = Config::load(&home.config(), home.root())?;
+    if let Some(psk) = &config.overlay.psk_file {
+        // Joining the global ring when a private one was asked for would leak the ring's
+        // traffic: refuse until pnet support lands.
+        bail!(
+            "overlay.psk_file = {:?}: private rings are not supported yet; \
+             remove the setting to join the global ring",
+            psk.display().to_string()
+        );
+    }
+    let identity = home.load_identity()?;
+    let user_keys = super::key::load_user_keys(home, args.passphrase_file.as_deref())?;
+    let device = home.load_device_key()?;
+    let store = Store::open(&home.store())?;
+
+    let mut oc = overlay::Config::new(*device.seed(), TransportKind::Network);
+    let listen = if args.listen.is_empty() {
+        &config.overlay.listen
+    } else {
+        &args.listen
+    };
+    oc.listen = overlay::parse_addrs(listen)?;
+    let mut bootstrap = config.overlay.bootstrap.clone();
+    bootstrap.extend(args.bootstrap.iter().cloned());
+    oc.bootstrap = overlay::parse_addrs(&bootstrap)?;
+    oc.mdns = config.overlay.mdns && !args.no_mdns;
+    oc.max_connections = config.overlay.max_connections;
+    oc.contribution = config.storage.contribution;
+
+    let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
+    nc.control_socket = Some(control::socket_path(home.root()));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(nc, store).await?;
+        let peer = node.client().peer_id();
+        // Report the bound addresses (ports chosen by the system for `…/tcp/0`).
+        for _ in 0..40 {
+            if let Ok(s) = node.client().status().await
+                && !s.listen.is_empty()
+            {
+                for a in &s.listen {
+                    println!("listening on {a}/p2p/{peer}");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "peerpost: node {peer} running for {}; stop with Ctrl-C (SIGINT) or SIGTERM",
+            identity.address
+        );
+        wait_for_signal().await?;
+        eprintln!("peerpost: stopping");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The control socket of a running node: `control.sock` in the home, a Unix socket (mode
+//! 0600, so only the node's user can talk to it) with one JSON object per line each way.
+//!
+//! Requests: `{"op":"status"}`, `{"op":"lookup","address":"bob@example.org"}`.
+//! Replies: `{"ok":true,"status":{…}}`, `{"ok":true,"lookup":{…}}`, `{"ok":false,"error":"…"}`.
+//! A request line is at most [`MAX_LINE`] bytes; at most [`MAX_CLIENTS`] connections are served
+//! at once; an idle connection is closed after [`IDLE`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::overlay;
+
+pub const SOCKET_NAME: &str = "control.sock";
+pub const MAX_LINE: usize = 4096;
+pub const MAX_CLIENTS: usize = 16;
+pub const IDLE: Duration = Duration::from_secs(60);
+/// Replies are bounded too (a status lists at most a few hundred peers).
+const MAX_REPLY: usize = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("no node is running in this home (cannot connect to {path}: {source})")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a node is already running in this home ({0} answers)")]
+    AlreadyRunning(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the node answered with something unreadable: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Node(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Lookup { address: String },
+}
+
+/// `status` of a running node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub address: String,
+    #[serde(flatten)]
+    pub overlay: overlay::Status,
+}
+
+/// A lookup's answer: the verified keys of an address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LookupReply {
+    pub address: String,
+    pub user_fingerprint: String,
+    pub sign_key: String,
+    pub enc_key: String,
+    pub devices: Vec<String>,
+    pub seq: u64,
+    pub expires: u64,
+    pub certified: bool,
+    pub requests: u32,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<NodeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lookup: Option<LookupReply>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join(SOCKET_NAME)
+}
+
+/// What the server needs from the node.
+pub struct Context {
+    pub address: String,
+    pub client: overlay::Client,
+}
+
+/// Binds the socket (refusing if a node already answers on it; removing a stale one).
+pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Error::AlreadyRunning(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(io)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves until `cancel` fires; removes the socket file on the way out.
+pub async fn serve(listener: UnixListener, path: PathBuf, ctx: Context, cancel: CancellationToken) {
+    let ctx = Arc::new(ctx);
+    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    tracing::debug!("control socket busy; connection refused");
+                    continue;
+                };
+                let ctx = Arc::clone(&ctx);
+                let cancel = cancel.clone();
+                conns.spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = handle(stream, &ctx) => {}
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    conns.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn handle(stream: UnixStream, ctx: &Context) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_LINE as u64 + 1));
+    loop {
+        let mut line = String::new();
+        let n = match tokio::time::timeout(IDLE, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) => n,
+            _ => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let reply = if line.len() > MAX_LINE || !line.ends_with('\n') {
+            error_reply("request line too long")
+        } else {
+            match serde_json::from_str::<Request>(line.trim()) {
+                Ok(req) => answer(req, ctx).await,
+                Err(e) => error_reply(&format!("bad request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() || line.len() > MAX_LINE {
+            return;
+        }
+        reader.get_mut().set_limit(MAX_LINE as u64 + 1);
+    }
+}
+
+fn error_reply(e: &str) -> Reply {
+    Reply {
+        ok: false,
+        status: None,
+        lookup: None,
+        error: Some(e.to_string()),
+    }
+}
+
+async fn answer(req: Request, ctx: &Context) -> Reply {
+    match req {
+        Request::Status => match ctx.client.status().await {
+            Ok(overlay) => Reply {
+                ok: true,
+                status: Some(NodeStatus {
+                    address: ctx.address.clone(),
+                    overlay,
+                }),
+                lookup: None,
+                error: None,
+            },
+            Err(e) => error_reply(&e.to_string()),
+        },
+        Request::Lookup { address } => match ctx.client.lookup(&address).await {
+            Ok(found) => {
+                let r = &found.record;
+                Reply {
+                    ok: true,
+                    status: None,
+                    lookup: Some(LookupReply {
+                        address: r.address.clone(),
+                        user_fingerprint: r.keys.fingerprint(),
+                        sign_key: crate::crypto::hex(&r.keys.sign),
+                        enc_key: crate::crypto::hex(&r.keys.enc),
+                        devices: r.devices.iter().map(|d| crate::crypto::hex(d)).collect(),
+                        seq: r.seq,
+                        expires: r.expires,
+                        certified: r.cert.is_some(),
+                        requests: found.requests,
+                        elapsed_ms: u64::try_from(found.elapsed.as_millis()).unwrap_or(u64::MAX),
+                    }),
+                    error: None,
+                }
+            }
+            Err(e) => error_reply(&e.to_string()),
+        },
+    }
+}
+
+/// Client side: sends one request to the node running in `home` and returns its reply.
+pub async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, Error> {
+    let path = socket_path(home);
+    let stream = UnixStream::connect(&path)
+        .await
+        .map_err(|source| Error::NotRunning {
+            path: path.clone(),
+            source,
+        })?;
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(io)?;
+    let mut reader = BufReader::new(read.take(MAX_REPLY as u64));
+    let mut reply = String::new();
+    tokio::time::timeout(IDLE, reader.read_line(&mut reply))
+        .await
+        .map_err(|_| Error::Protocol("no answer in time".into()))?
+        .map_err(io)?;
+    let v: serde_json::Value =
+        serde_json::from_str(reply.trim()).map_err(|e| Error::Protocol(e.to_string()))?;
+    if v.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        return Err(Error::Node(
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown error")
+                .to_string(),
+        ));
+    }
+    Ok(v)
+}
+
+/// Blocking convenience for the CLI: status of the running node, or `None` if none runs.
+pub fn status_blocking(home: &Path) -> Option<NodeStatus> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let v = rt.block_on(call(home, &Request::Status)).ok()?;
+    serde_json::from_value(v.get("status")?.clone()).ok()
+}

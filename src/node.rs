@@ -1,0 +1,396 @@
+//! The composition root: the one place that knows every module. [`Node::start`] wires the
+//! store, the overlay, the directory publisher and the control socket; [`Node::shutdown`]
+//! stops them in reverse order.
+//!
+//! Start-up order: store (opened by the caller) → overlay (listen, dial bootstrap peers) →
+//! control socket → publisher (publishes this user's directory record, retries with backoff
+//! while no peer accepts it, republishes well before expiry). Every task belongs to the
+//! node's `JoinSet` and stops when its cancellation token fires.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::control;
+use crate::crypto::{DirectoryRecord, UserKeys};
+use crate::overlay::{self, Event};
+use crate::store::Store;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Overlay(#[from] overlay::Error),
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    #[error("cannot build the directory record: {0}")]
+    Record(#[from] crate::crypto::Error),
+}
+
+/// Everything a node needs; `cli/run.rs` builds it from the config, tests from scratch.
+pub struct NodeConfig {
+    pub address: String,
+    pub user_keys: UserKeys,
+    pub device_public: [u8; 32],
+    pub overlay: overlay::Config,
+    /// Lifetime of each published directory record.
+    pub record_lifetime: Duration,
+    /// Republish this long after a successful publication (well before expiry).
+    pub republish_every: Duration,
+    /// Publish in the background (a `run`); tests publish explicitly with [`Node::publish`].
+    pub auto_publish: bool,
+    /// Where to serve the control socket, if anywhere.
+    pub control_socket: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    pub fn new(
+        address: &str,
+        user_keys: UserKeys,
+        device_public: [u8; 32],
+        overlay: overlay::Config,
+    ) -> Self {
+        NodeConfig {
+            address: address.to_string(),
+            user_keys,
+            device_public,
+            overlay,
+            record_lifetime: Duration::from_secs(24 * 3600),
+            republish_every: Duration::from_secs(6 * 3600),
+            auto_publish: true,
+            control_socket: None,
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    client: overlay::Client,
+    store: Store,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    publisher: Publisher,
+}
+
+#[derive(Clone)]
+struct Publisher {
+    client: overlay::Client,
+    address: String,
+    keys: std::sync::Arc<UserKeys>,
+    device: [u8; 32],
+    lifetime: Duration,
+    last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Publisher {
+    fn record(&self) -> Result<DirectoryRecord, crate::crypto::Error> {
+        use std::sync::atomic::Ordering;
+        let now = overlay::now_secs();
+        // seq = unix time, strictly increasing even within one second.
+        let prev = self.last_seq.load(Ordering::SeqCst);
+        let seq = now.max(prev.saturating_add(1));
+        self.last_seq.store(seq, Ordering::SeqCst);
+        DirectoryRecord::new(
+            &self.keys,
+            &self.address,
+            vec![self.device],
+            seq,
+            now,
+            self.lifetime.as_secs(),
+        )
+    }
+
+    async fn publish(&self) -> Result<(), overlay::PublishError> {
+        let record = self
+            .record()
+            .map_err(|e| overlay::Error::Start(e.to_string()))?;
+        self.client.publish(record).await
+    }
+
+    async fn run(self, every: Duration, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let _ = self.client.bootstrap().await;
+            let wait = match self.publish().await {
+                Ok(()) => {
+                    tracing::info!(address = %self.address, "directory record published");
+                    backoff = Duration::from_secs(1);
+                    every
+                }
+                Err(e) => {
+                    tracing::debug!("publish: {e}");
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Starts a node on an open store. Call inside the node's tracing span: every task it
+    /// spawns inherits it.
+    pub async fn start(config: NodeConfig, store: Store) -> Result<Node, Error> {
+        let cancel = CancellationToken::new();
+        let (client, mut events, overlay_task) =
+            overlay::spawn(config.overlay.clone(), store.clone(), cancel.clone())?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
+            async move {
+                let _ = overlay_task.await;
+            }
+            .in_current_span(),
+        );
+        let ev_cancel = cancel.clone();
+        tasks.spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = ev_cancel.cancelled() => break,
+                        ev = events.recv() => match ev {
+                            Some(Event::Listening(addr)) => tracing::debug!(%addr, "listening"),
+                            Some(Event::Notification { from, payload }) => {
+                                // Delivery (the mail layer) will consume these.
+                                tracing::info!(%from, bytes = payload.len(), "notification received");
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        if let Some(path) = &config.control_socket {
+            let listener = match control::bind(path).await {
+                Ok(l) => l,
+                Err(e) => {
+                    cancel.cancel();
+                    return Err(e.into());
+                }
+            };
+            let ctx = control::Context {
+                address: config.address.clone(),
+                client: client.clone(),
+            };
+            tasks.spawn(
+                control::serve(listener, path.clone(), ctx, cancel.clone()).in_current_span(),
+            );
+        }
+        let publisher = Publisher {
+            client: client.clone(),
+            address: config.address.clone(),
+            keys: std::sync::Arc::new(config.user_keys),
+            device: config.device_public,
+            lifetime: config.record_lifetime,
+            last_seq: Default::default(),
+        };
+        if config.auto_publish {
+            tasks.spawn(
+                publisher
+                    .clone()
+                    .run(config.republish_every, cancel.clone())
+                    .in_current_span(),
+            );
+        }
+        Ok(Node {
+            client,
+            store,
+            cancel,
+            tasks,
+            publisher,
+        })
+    }
+
+    pub fn client(&self) -> &overlay::Client {
+        &self.client
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn address(&self) -> &str {
+        &self.publisher.address
+    }
+
+    /// Publishes this user's directory record now.
+    pub async fn publish(&self) -> Result<(), overlay::PublishError> {
+        self.publisher.publish().await
+    }
+
+    /// Stops every task (the reverse of start-up: publisher and control socket, then the
+    /// overlay) and waits for them.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Many full nodes in one process over the memory transport (tests and benchmarks).
+pub mod testing {
+    use std::path::Path;
+
+    use tracing::Instrument;
+
+    use super::{Node, NodeConfig};
+    use crate::crypto::{DeviceKey, UserKeys};
+    use crate::overlay::{self, Multiaddr, TransportKind};
+    use crate::store::Store;
+
+    /// LMDB map size of a test node (the default 1 TiB × 100 nodes would exhaust the
+    /// address space).
+    const TEST_MAP_SIZE: usize = 1 << 30;
+
+    /// A ring of nodes; `nodes[i]` is `None` once killed.
+    pub struct Ring {
+        pub nodes: Vec<Option<Node>>,
+        pub addresses: Vec<String>,
+        pub listen: Vec<Multiaddr>,
+    }
+
+    pub fn address_of(i: usize) -> String {
+        format!("user{i}@ring.test")
+    }
+
+    /// Starts `n` nodes under `base` (one store directory each, one `node` span each),
+    /// bootstrapped from node 0, then has every node publish its directory record.
+    pub async fn start_ring(
+        n: usize,
+        base: &Path,
+        tune: impl Fn(&mut overlay::Config),
+    ) -> Result<Ring, String> {
+        let mut ring = Ring {
+            nodes: Vec::new(),
+            addresses: Vec::new(),
+            listen: Vec::new(),
+        };
+        for i in 0..n {
+            let user = UserKeys::generate().map_err(|e| e.to_string())?;
+            let device = DeviceKey::generate().map_err(|e| e.to_string())?;
+            let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
+            let port =
+                u64::from_be_bytes(crate::crypto::random_bytes::<8>().map_err(|e| e.to_string())?)
+                    | 1;
+            let listen = overlay::memory_addr(port);
+            oc.listen = vec![listen.clone()];
+            if let Some(first) = ring.listen.first() {
+                oc.bootstrap = vec![first.clone()];
+            }
+            tune(&mut oc);
+            let store = Store::open_sized(&base.join(format!("node{i}")), TEST_MAP_SIZE)
+                .map_err(|e| e.to_string())?;
+            let mut nc = NodeConfig::new(&address_of(i), user, device.public(), oc);
+            nc.auto_publish = false;
+            let span = tracing::info_span!("node", id = i);
+            let node = Node::start(nc, store)
+                .instrument(span)
+                .await
+                .map_err(|e| e.to_string())?;
+            let peer = node.client().peer_id();
+            ring.listen.push(overlay::with_peer(listen, peer));
+            ring.addresses.push(address_of(i));
+            ring.nodes.push(Some(node));
+        }
+        // Let identify feed Kademlia (a bootstrap before that fails: no known peers), then
+        // fill every routing table, bootstrapping again until it is.
+        for (i, node) in ring.live().enumerate() {
+            wait_for(|| async { routing_table(node).await >= 1 })
+                .await
+                .map_err(|e| format!("node {i} knows no peer: {e}"))?;
+        }
+        // Full tables are not required (lookups route through partial ones), so after 10 s
+        // the ring goes on with what it has, saying so.
+        for (i, node) in ring.live().enumerate() {
+            let settle = async {
+                while routing_table(node).await + 1 < n.min(8) {
+                    let _ = node.client().bootstrap().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(10), settle)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    node = i,
+                    table = routing_table(node).await,
+                    "routing table still partial"
+                );
+            }
+        }
+        // Publish every record; a publication that finds no peer in time is retried.
+        let publishes = ring.live().map(|node| async move {
+            let mut last = Ok(());
+            for _ in 0..3 {
+                last = node.publish().await;
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last
+        });
+        for res in futures::future::join_all(publishes).await {
+            res.map_err(|e| e.to_string())?;
+        }
+        Ok(ring)
+    }
+
+    impl Ring {
+        pub fn live(&self) -> impl Iterator<Item = &Node> {
+            self.nodes.iter().flatten()
+        }
+
+        pub fn live_indices(&self) -> Vec<usize> {
+            (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].is_some())
+                .collect()
+        }
+
+        pub fn node(&self, i: usize) -> &Node {
+            self.nodes[i].as_ref().expect("node was killed")
+        }
+
+        /// Stops node `i` (its connections close; its store stays on disk).
+        pub async fn kill(&mut self, i: usize) {
+            if let Some(node) = self.nodes[i].take() {
+                node.shutdown().await;
+            }
+        }
+
+        pub async fn shutdown(mut self) {
+            for i in 0..self.nodes.len() {
+                self.kill(i).await;
+            }
+        }
+    }
+
+    async fn routing_table(node: &Node) -> usize {
+        node.client()
+            .status()
+            .await
+            .map(|s| s.routing_table)
+            .unwrap_or(0)
+    }
+
+    /// Polls `f` every 50 ms for up to 30 s.
+    pub async fn wait_for<F, Fut>(f: F) -> Result<(), String>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..600 {
+            if f().await {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err("timed out waiting for the ring to settle".into())
+    }
+}

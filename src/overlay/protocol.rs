@@ -1,0 +1,421 @@
+//! Every message the overlay sends, with its version (docs/design.md, "Overlay frames").
+//!
+//! Request-response protocols use raw, length-prefixed frames:
+//!
+//! ```text
+//!   u32        n = payload length (≤ MAX_FRAME; checked before anything is allocated)
+//!   [n]        payload:
+//!     u8       version = 1
+//!     u8       kind
+//!     …        kind-specific fields (below)
+//! ```
+//!
+//! Requests on `/peerpost/blob/1`: `STORE` ([32] id ‖ u32 len ‖ bytes, id = BLAKE3(bytes)),
+//! `FETCH` ([32] id), `HAS` ([32] id). Requests on `/peerpost/notify/1`: `NOTIFY` (u32 len ‖
+//! bytes). Responses: `STORED`, `FOUND` (u32 len ‖ bytes), `HAS_ANSWER` (u8 0|1), `ACK`,
+//! `REFUSED` (u8 reason). Kademlia runs under [`KAD_PROTOCOL`] with libp2p's own framing;
+//! its values are directory records (crypto::record), keyed by [`directory_key`].
+//!
+//! Decoding is total: any byte string gives a message or a typed [`FrameError`].
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use thiserror::Error;
+
+use crate::wire::{DecodeError, Reader, Writer};
+
+/// Version byte of every frame this build sends; frames of another version are refused.
+pub const VERSION: u8 = 1;
+/// Kademlia protocol name: our own, so peerpost nodes never join the public IPFS DHT.
+pub const KAD_PROTOCOL: &str = "/peerpost/kad/1.0.0";
+/// Fragment/object store, fetch and has.
+pub const BLOB_PROTOCOL: &str = "/peerpost/blob/1";
+/// Small sealed notifications pushed to a peer.
+pub const NOTIFY_PROTOCOL: &str = "/peerpost/notify/1";
+/// Largest blob (sealed object or fragment) one frame carries.
+pub const MAX_BLOB: usize = 4 << 20;
+/// Largest notification payload (an envelope: 64 KiB + header).
+pub const MAX_NOTIFY: usize = 65 * 1024;
+/// Largest frame payload: a blob plus its header.
+pub const MAX_FRAME: usize = MAX_BLOB + 64;
+/// Largest Kademlia message (a directory record is under 1 KiB; routing replies are ~20 peers).
+pub const MAX_KAD_PACKET: usize = 16 * 1024;
+/// Domain separation of directory DHT keys.
+pub const DIRECTORY_KEY_CONTEXT: &[u8] = b"peerpost dir v1";
+
+const STORE: u8 = 1;
+const FETCH: u8 = 2;
+const HAS: u8 = 3;
+const NOTIFY: u8 = 4;
+const STORED: u8 = 0x81;
+const FOUND: u8 = 0x82;
+const HAS_ANSWER: u8 = 0x83;
+const ACK: u8 = 0x84;
+const REFUSED: u8 = 0x90;
+
+/// The DHT key of an address's directory record: BLAKE3("peerpost dir v1" ‖ address), the
+/// address already normalized.
+pub fn directory_key(normalized_address: &str) -> [u8; 32] {
+    let mut m = Vec::with_capacity(DIRECTORY_KEY_CONTEXT.len() + normalized_address.len());
+    m.extend_from_slice(DIRECTORY_KEY_CONTEXT);
+    m.extend_from_slice(normalized_address.as_bytes());
+    crate::crypto::hash(&m)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame version {0} is not supported (this build speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("frame kind {0:#04x} is not allowed on this protocol")]
+    WrongProtocol(u8),
+    #[error("STORE frame whose bytes do not hash to its id")]
+    HashMismatch,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Keep these bytes (content-addressed: `id == BLAKE3(bytes)`).
+    Store {
+        id: [u8; 32],
+        bytes: Vec<u8>,
+    },
+    Fetch {
+        id: [u8; 32],
+    },
+    Has {
+        id: [u8; 32],
+    },
+    Notify {
+        payload: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The holder's contribution is used up.
+    Full = 1,
+    /// Too many requests in flight from this peer.
+    Busy = 2,
+    /// The request was well-formed but not acceptable.
+    Invalid = 3,
+    NotFound = 4,
+    /// The holder failed (disk error); try another.
+    Internal = 5,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Stored,
+    Found { bytes: Vec<u8> },
+    HasAnswer(bool),
+    Ack,
+    Refused(Refusal),
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(VERSION);
+        match self {
+            Request::Store { id, bytes } => {
+                w.u8(STORE).fixed(id).bytes32(bytes);
+            }
+            Request::Fetch { id } => {
+                w.u8(FETCH).fixed(id);
+            }
+            Request::Has { id } => {
+                w.u8(HAS).fixed(id);
+            }
+            Request::Notify { payload } => {
+                w.u8(NOTIFY).bytes32(payload);
+            }
+        }
+        w.into_vec()
+    }
+
+    /// Decodes a request received on `protocol`; a kind that belongs to the other protocol
+    /// is refused. A STORE whose bytes do not hash to its id is refused here.
+    pub fn decode(payload: &[u8], protocol: &str) -> Result<Request, FrameError> {
+        let mut r = Reader::new(payload);
+        let kind = header(&mut r)?;
+        let notify = protocol == NOTIFY_PROTOCOL;
+        let req = match kind {
+            STORE | FETCH | HAS if notify => return Err(FrameError::WrongProtocol(kind)),
+            NOTIFY if !notify => return Err(FrameError::WrongProtocol(kind)),
+            STORE => {
+                let id = r.array("id")?;
+                let bytes = r.bytes32("blob", MAX_BLOB)?.to_vec();
+                if crate::crypto::hash(&bytes) != id {
+                    return Err(FrameError::HashMismatch);
+                }
+                Request::Store { id, bytes }
+            }
+            FETCH => Request::Fetch { id: r.array("id")? },
+            HAS => Request::Has { id: r.array("id")? },
+            NOTIFY => Request::Notify {
+                payload: r.bytes32("notification", MAX_NOTIFY)?.to_vec(),
+            },
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        r.finish("request frame")?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(VERSION);
+        match self {
+            Response::Stored => {
+                w.u8(STORED);
+            }
+            Response::Found { bytes } => {
+                w.u8(FOUND).bytes32(bytes);
+            }
+            Response::HasAnswer(b) => {
+                w.u8(HAS_ANSWER).u8(u8::from(*b));
+            }
+            Response::Ack => {
+                w.u8(ACK);
+            }
+            Response::Refused(why) => {
+                w.u8(REFUSED).u8(*why as u8);
+            }
+        }
+        w.into_vec()
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Response, FrameError> {
+        let mut r = Reader::new(payload);
+        let resp = match header(&mut r)? {
+            STORED => Response::Stored,
+            FOUND => Response::Found {
+                bytes: r.bytes32("blob", MAX_BLOB)?.to_vec(),
+            },
+            HAS_ANSWER => match r.u8("has")? {
+                0 => Response::HasAnswer(false),
+                1 => Response::HasAnswer(true),
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        field: "has",
+                        why: "neither 0 nor 1",
+                    }
+                    .into());
+                }
+            },
+            ACK => Response::Ack,
+            REFUSED => Response::Refused(match r.u8("reason")? {
+                1 => Refusal::Full,
+                2 => Refusal::Busy,
+                3 => Refusal::Invalid,
+                4 => Refusal::NotFound,
+                5 => Refusal::Internal,
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        field: "reason",
+                        why: "unknown refusal",
+                    }
+                    .into());
+                }
+            }),
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        r.finish("response frame")?;
+        Ok(resp)
+    }
+}
+
+fn header(r: &mut Reader<'_>) -> Result<u8, FrameError> {
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    Ok(r.u8("kind")?)
+}
+
+/// Reads one `u32 len ‖ payload` frame, refusing a length over `max` before allocating.
+pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
+    let len = read_len(io, max).await?;
+    read_body(io, len).await
+}
+
+/// Reads a frame's length prefix and checks it against `max`.
+pub async fn read_len<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<usize> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(invalid(FrameError::TooLarge { len, max }));
+    }
+    Ok(len)
+}
+
+/// Reads `len` payload bytes (the caller checked `len`).
+pub async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| *l as usize <= MAX_FRAME)
+        .ok_or_else(|| {
+            invalid(FrameError::TooLarge {
+                len: payload.len(),
+                max: MAX_FRAME,
+            })
+        })?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(payload).await?;
+    io.flush().await
+}
+
+pub fn invalid(e: FrameError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// Largest frame a protocol accepts (notifications are small; blobs are not).
+pub fn max_frame(protocol: &str) -> usize {
+    if protocol == NOTIFY_PROTOCOL {
+        MAX_NOTIFY + 64
+    } else {
+        MAX_FRAME
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn blob(n: usize) -> (Vec<u8>, [u8; 32]) {
+        let b: Vec<u8> = (0..n).map(|i| i as u8).collect();
+        let id = crate::crypto::hash(&b);
+        (b, id)
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let (bytes, id) = blob(1000);
+        for req in [
+            Request::Store {
+                id,
+                bytes: bytes.clone(),
+            },
+            Request::Fetch { id },
+            Request::Has { id },
+        ] {
+            assert_eq!(Request::decode(&req.encode(), BLOB_PROTOCOL).unwrap(), req);
+        }
+        let n = Request::Notify {
+            payload: vec![7; 100],
+        };
+        assert_eq!(Request::decode(&n.encode(), NOTIFY_PROTOCOL).unwrap(), n);
+        for resp in [
+            Response::Stored,
+            Response::Found { bytes },
+            Response::HasAnswer(true),
+            Response::HasAnswer(false),
+            Response::Ack,
+            Response::Refused(Refusal::Full),
+            Response::Refused(Refusal::Busy),
+            Response::Refused(Refusal::Invalid),
+            Response::Refused(Refusal::NotFound),
+            Response::Refused(Refusal::Internal),
+        ] {
+            assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn store_with_wrong_hash_is_refused() {
+        let (bytes, _) = blob(10);
+        let req = Request::Store { id: [9; 32], bytes };
+        assert_eq!(
+            Request::decode(&req.encode(), BLOB_PROTOCOL),
+            Err(FrameError::HashMismatch)
+        );
+    }
+
+    #[test]
+    fn kinds_are_bound_to_their_protocol() {
+        let n = Request::Notify { payload: vec![1] };
+        assert!(matches!(
+            Request::decode(&n.encode(), BLOB_PROTOCOL),
+            Err(FrameError::WrongProtocol(_))
+        ));
+        let f = Request::Fetch { id: [0; 32] };
+        assert!(matches!(
+            Request::decode(&f.encode(), NOTIFY_PROTOCOL),
+            Err(FrameError::WrongProtocol(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_and_versioned_frames_are_refused() {
+        let (bytes, id) = blob(50);
+        let enc = Request::Store { id, bytes }.encode();
+        for cut in 0..enc.len() {
+            assert!(
+                Request::decode(&enc[..cut], BLOB_PROTOCOL).is_err(),
+                "{cut}"
+            );
+        }
+        let mut v2 = enc.clone();
+        v2[0] = 2;
+        assert_eq!(
+            Request::decode(&v2, BLOB_PROTOCOL),
+            Err(FrameError::UnsupportedVersion(2))
+        );
+        let mut long = enc;
+        long.push(0);
+        assert!(matches!(
+            Request::decode(&long, BLOB_PROTOCOL),
+            Err(FrameError::Decode(DecodeError::TrailingBytes { .. }))
+        ));
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_allocation() {
+        futures::executor::block_on(async {
+            let mut wire: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+            let err = read_frame(&mut wire, MAX_FRAME).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+            // A truncated frame is an error too, not a hang or a panic.
+            let mut short: &[u8] = &[0, 0, 0, 10, 1, 2];
+            assert!(read_frame(&mut short, MAX_FRAME).await.is_err());
+            // The announced length of a blob field is bounded as well.
+            let mut w = Writer::new();
+            w.u8(VERSION).u8(STORE).fixed(&[0; 32]).u32(u32::MAX);
+            assert!(matches!(
+                Request::decode(w.as_slice(), BLOB_PROTOCOL),
+                Err(FrameError::Decode(DecodeError::TooLong { .. }))
+            ));
+        });
+    }
+
+    #[test]
+    fn directory_keys_are_domain_separated() {
+        let a = directory_key("alice@example.org");
+        assert_ne!(a, directory_key("bob@example.org"));
+        assert_ne!(a, crate::crypto::hash(b"alice@example.org"));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Request::decode(&bytes, BLOB_PROTOCOL);
+            let _ = Request::decode(&bytes, NOTIFY_PROTOCOL);
+            let _ = Response::decode(&bytes);
+        }
+    }
+}
