@@ -3,11 +3,14 @@
 //! stops them in reverse order.
 //!
 //! Start-up order: store (opened by the caller) → overlay (listen, dial bootstrap peers) →
-//! control socket → publisher (publishes this user's directory record, retries with backoff
+//! control socket → mailbox engine and the mail servers (POP3, POP3S, SMTP intake), when
+//! configured → publisher (publishes this user's directory record, retries with backoff
 //! while no peer accepts it, republishes well before expiry). Every task belongs to the
 //! node's `JoinSet` and stops when its cancellation token fires.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -17,8 +20,12 @@ use tracing::Instrument;
 
 use crate::control;
 use crate::crypto::{DirectoryRecord, UserKeys};
+use crate::mailbox::Mailbox;
 use crate::overlay::{self, Event};
+use crate::server::Limits;
+use crate::server::auth::{Authenticator, HashSource};
 use crate::store::Store;
+use crate::{pop3, smtp, tls};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -28,6 +35,17 @@ pub enum Error {
     Control(#[from] control::Error),
     #[error("cannot build the directory record: {0}")]
     Record(#[from] crate::crypto::Error),
+    #[error("cannot open the mailbox: {0}")]
+    Mailbox(#[from] crate::mailbox::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::LoadError),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything a node needs; `cli/run.rs` builds it from the config, tests from scratch.
@@ -44,6 +62,22 @@ pub struct NodeConfig {
     pub auto_publish: bool,
     /// Where to serve the control socket, if anywhere.
     pub control_socket: Option<PathBuf>,
+    /// The mailbox engine and the mail servers, if wanted.
+    pub mail: Option<MailConfig>,
+}
+
+/// The mail servers a node runs on its mailbox (each `None` is off).
+pub struct MailConfig {
+    pub pop3: Option<SocketAddr>,
+    pub pop3s: Option<SocketAddr>,
+    pub smtp: Option<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The current password hash (re-read at each login).
+    pub password: HashSource,
+    pub max_message_size: u64,
+    /// The name in SMTP greetings and Received headers.
+    pub hostname: String,
 }
 
 impl NodeConfig {
@@ -62,6 +96,7 @@ impl NodeConfig {
             republish_every: Duration::from_secs(6 * 3600),
             auto_publish: true,
             control_socket: None,
+            mail: None,
         }
     }
 }
@@ -73,6 +108,8 @@ pub struct Node {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     publisher: Publisher,
+    mailbox: Option<Mailbox>,
+    servers: Vec<(&'static str, SocketAddr)>,
 }
 
 #[derive(Clone)]
@@ -183,6 +220,21 @@ impl Node {
                 control::serve(listener, path.clone(), ctx, cancel.clone()).in_current_span(),
             );
         }
+        let mut mailbox = None;
+        let mut servers = Vec::new();
+        if let Some(mail) = &config.mail {
+            match start_mail(mail, &config, &store, &cancel, &mut tasks).await {
+                Ok((mb, bound)) => {
+                    mailbox = Some(mb);
+                    servers = bound;
+                }
+                Err(e) => {
+                    cancel.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(e);
+                }
+            }
+        }
         let publisher = Publisher {
             client: client.clone(),
             address: config.address.clone(),
@@ -205,7 +257,19 @@ impl Node {
             cancel,
             tasks,
             publisher,
+            mailbox,
+            servers,
         })
+    }
+
+    /// The mailbox engine, when the node runs the mail servers.
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        self.mailbox.as_ref()
+    }
+
+    /// The mail servers and the addresses they listen on.
+    pub fn servers(&self) -> &[(&'static str, SocketAddr)] {
+        &self.servers
     }
 
     pub fn client(&self) -> &overlay::Client {
@@ -231,6 +295,82 @@ impl Node {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Opens the mailbox engine on the node's store and starts the configured mail servers;
+/// returns the engine and the bound addresses.
+async fn start_mail(
+    mail: &MailConfig,
+    config: &NodeConfig,
+    store: &Store,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(Mailbox, Vec<(&'static str, SocketAddr)>), Error> {
+    let keys = UserKeys::from_seed(*config.user_keys.seed());
+    let mailbox = Mailbox::open(store.clone(), keys, config.device_public).await?;
+    let acceptor = tls::Acceptor::load(&mail.tls_cert, &mail.tls_key)?;
+    let auth = Arc::new(Authenticator::new(
+        &config.address,
+        Arc::clone(&mail.password),
+    ));
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { what, addr, source })
+    };
+    let mut bound = Vec::new();
+    let pop3_ctx = pop3::Context {
+        mailbox: mailbox.clone(),
+        auth,
+        tls: Some(acceptor.clone()),
+    };
+    for (what, addr, implicit) in [("pop3", mail.pop3, false), ("pop3s", mail.pop3s, true)] {
+        if let Some(addr) = addr {
+            let l = bind(what, addr).await?;
+            bound.push((what, l.local_addr().unwrap_or(addr)));
+            tasks.spawn(
+                pop3::serve(
+                    l,
+                    pop3_ctx.clone(),
+                    implicit,
+                    Limits::default(),
+                    cancel.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+    }
+    if let Some(addr) = mail.smtp {
+        let l = bind("smtp", addr).await?;
+        bound.push(("smtp", l.local_addr().unwrap_or(addr)));
+        let ctx = smtp::Context {
+            mailbox: mailbox.clone(),
+            local: vec![config.address.to_lowercase()],
+            hostname: mail.hostname.clone(),
+            max_message_size: mail.max_message_size,
+            tls: Some(acceptor),
+        };
+        tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
+    }
+    // Mail written by other processes of this device (import, sync) shows up within a second.
+    let (mb, token) = (mailbox.clone(), cancel.clone());
+    tasks.spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = mb.refresh().await {
+                            tracing::warn!(error = %e, "mailbox refresh failed");
+                        }
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    Ok((mailbox, bound))
 }
 
 /// Many full nodes in one process over the memory transport (tests and benchmarks).

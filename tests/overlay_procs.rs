@@ -24,6 +24,12 @@ fn start(home: TestHome, bootstrap: Option<&str>) -> Running {
         "--no-mdns",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--pop3",
+        "off",
+        "--pop3s",
+        "off",
+        "--smtp",
+        "off",
     ]);
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
@@ -163,8 +169,19 @@ fn run_needs_the_passphrase_and_refuses_a_second_node_in_one_home() {
         pass.to_str().unwrap(),
     ])
     .success();
-    t.run(&["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .failure(&["passphrase-protected", "--passphrase-file"]);
+    t.run(&[
+        "run",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--smtp",
+        "off",
+        "--pop3",
+        "off",
+        "--pop3s",
+        "off",
+    ])
+    .failure(&["passphrase-protected", "--passphrase-file"]);
 
     let mut cmd = Command::new(BIN);
     cmd.arg("--home").arg(t.home()).args([
@@ -172,6 +189,12 @@ fn run_needs_the_passphrase_and_refuses_a_second_node_in_one_home() {
         "--no-mdns",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--pop3",
+        "off",
+        "--pop3s",
+        "off",
+        "--smtp",
+        "off",
         "--passphrase-file",
         pass.to_str().unwrap(),
     ]);
@@ -196,6 +219,12 @@ fn run_needs_the_passphrase_and_refuses_a_second_node_in_one_home() {
         "--no-mdns",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--pop3",
+        "off",
+        "--pop3s",
+        "off",
+        "--smtp",
+        "off",
         "--passphrase-file",
         pass.to_str().unwrap(),
     ])

@@ -16,6 +16,8 @@ mod overlay;
 mod overlay_procs;
 // The POP3 server against Python's poplib (plain, STLS, TLS) and hostile raw input.
 mod pop3;
+// `peerpost run` serving SMTP intake and POP3 on one mailbox, through the binary.
+mod run_mail;
 // The SMTP intake against smtplib, swaks and hostile raw input.
 mod smtp;
 // `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.

@@ -1,5 +1,5 @@
-//! `peerpost run`: join the overlay, publish this user's directory record, serve peers and
-//! the control socket until SIGINT or SIGTERM.
+//! `peerpost run`: join the overlay, publish this user's directory record, serve peers, the
+//! control socket and the mail servers (POP3, POP3S, SMTP intake) until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use crate::config::Config;
 use crate::control;
 use crate::home::Home;
-use crate::node::{Node, NodeConfig};
+use crate::node::{MailConfig, Node, NodeConfig};
 use crate::overlay::{self, TransportKind};
 use crate::store::Store;
 
@@ -29,6 +29,40 @@ pub struct Args {
     /// File holding the passphrase of a protected user key (asked for on a terminal otherwise).
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Serve POP3 (with STLS) here instead of pop3.listen; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub pop3: Option<Listen>,
+    /// Serve POP3 over implicit TLS here instead of pop3.tls_listen; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub pop3s: Option<Listen>,
+    /// Serve the SMTP intake here instead of smtp.intake; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub smtp: Option<Listen>,
+}
+
+/// A listen address given on the command line: an address or "off".
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(Option<std::net::SocketAddr>);
+
+fn listen_addr(s: &str) -> std::result::Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is not IP:PORT (or \"off\")"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
+        .unwrap_or_else(|| "localhost".into())
 }
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
@@ -63,6 +97,18 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
 
     let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
     nc.control_socket = Some(control::socket_path(home.root()));
+    let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
+    let password_home = home.clone();
+    nc.mail = Some(MailConfig {
+        pop3: pick(args.pop3, config.pop3.listen),
+        pop3s: pick(args.pop3s, config.pop3.tls_listen),
+        smtp: pick(args.smtp, config.smtp.intake),
+        tls_cert: config.tls.cert.clone(),
+        tls_key: config.tls.key.clone(),
+        password: std::sync::Arc::new(move || password_home.load_password_hash().ok()),
+        max_message_size: config.smtp.max_message_size,
+        hostname: hostname(),
+    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,6 +128,9 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (what, addr) in node.servers() {
+            println!("{what} listening on {addr}");
         }
         println!(
             "peerpost: node {peer} running for {}; stop with Ctrl-C (SIGINT) or SIGTERM",
