@@ -13,6 +13,7 @@
 //! * [`smtp`]: the SMTP intake: mail for this node's user, into INBOX.
 //! * [`sync`]: `peerpost sync DIR`, a plain Maildir kept in step with the engine (notify).
 //! * [`overlay`]: the libp2p swarm (the only module using libp2p): directory, blobs, notifications.
+//! * [`durability`]: bundles, erasure-coded fragments with manifests, and the n/k calculator.
 //! * [`store`]: LMDB behind an async facade; [`store::schema`] names every table.
 //! * [`crypto`]: keys, sealed objects, envelopes, directory records, recovery phrase, passwords.
 //! * [`wire`]: bounded binary encoding shared by every versioned format.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod durability;
 pub mod home;
 pub mod mailbox;
 pub mod node;
