@@ -979,6 +979,22 @@ impl Mailbox {
         let _w = self.inner.write.lock().await;
         let from_id = self.folder_id(from)?;
         let to_id = self.folder_id(to)?;
+        if remove && from_id == to_id {
+            // A move into the folder it is in changes nothing (and must not copy).
+            let now: HashMap<EntryId, MessageInfo> = self
+                .messages_of(from_id)
+                .into_iter()
+                .map(|m| (m.entry, m))
+                .collect();
+            return entries
+                .iter()
+                .map(|e| {
+                    now.get(e)
+                        .map(|m| (*e, m.clone()))
+                        .ok_or(Error::NoSuchMessage)
+                })
+                .collect();
+        }
         let mut ops = Vec::new();
         {
             let e = self.read_engine();

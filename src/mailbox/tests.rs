@@ -519,3 +519,16 @@ async fn a_deleted_special_folder_stays_deleted_after_reopen() {
         "reopening writes nothing"
     );
 }
+
+#[tokio::test]
+async fn a_move_into_the_same_folder_changes_nothing() {
+    // Found by the FUSE work: it used to add a copy and skip the remove.
+    let d = device(1, 1).await;
+    let m = d.mb.append("INBOX", msg("x")).await.unwrap();
+    let moved = d.mb.move_to("INBOX", &[m.entry], "inbox").await.unwrap();
+    assert_eq!(
+        moved,
+        vec![(m.entry, d.mb.messages("INBOX").unwrap()[0].clone())]
+    );
+    assert_eq!(d.mb.messages("INBOX").unwrap().len(), 1);
+}
