@@ -9,8 +9,10 @@
 //! Names follow the Maildir convention that peerpost uses everywhere:
 //! `<internal-date-secs>.<id-prefix>.peerpost:2,<flags>` with flags in ASCII order.
 
+pub mod inode;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod tree;
 
 use std::fmt;
 
@@ -75,9 +77,12 @@ impl fmt::Display for Flags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageEntry {
     pub key: MessageKey,
+    /// The Maildir base name (what precedes `:2,`): the name the message was delivered or
+    /// imported with, or one the engine derived.
+    pub base: String,
     /// Exact size of the bytes [`MaildirSource::read`] returns.
     pub size: u64,
-    /// Internal date (unix seconds): the file's mtime and the first part of its name.
+    /// Internal date (unix seconds): the file's mtime.
     pub internal_date: i64,
     pub flags: Flags,
     /// In `new/` (not yet seen by a mail reader) rather than `cur/`.
@@ -85,14 +90,27 @@ pub struct MessageEntry {
 }
 
 impl MessageEntry {
-    /// `<date>.<first 16 hex of the id>.peerpost:2,<flags>`.
+    /// The file name under `new/` or `cur/`: a bare base while the message is in `new/`
+    /// without flags (as delivery agents write it), `<base>:2,<flags>` otherwise.
     pub fn file_name(&self) -> String {
-        let prefix: String = self.key.0.chars().take(16).collect();
-        format!(
-            "{}.{}.peerpost:2,{}",
-            self.internal_date, prefix, self.flags
-        )
+        if self.recent && self.flags == Flags::default() {
+            self.base.clone()
+        } else {
+            format!("{}:2,{}", self.base, self.flags)
+        }
     }
+}
+
+/// A message handed to [`MaildirSource::deliver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub bytes: Vec<u8>,
+    pub internal_date: i64,
+    pub flags: Flags,
+    /// Delivered into `new/` (rather than `cur/`).
+    pub recent: bool,
+    /// The base name the client chose (kept, so the file is where the client put it).
+    pub base: String,
 }
 
 /// Why an operation failed, in the terms the kernel will be told.
@@ -101,6 +119,8 @@ pub enum SourceError {
     NotFound,
     Exists,
     NoSpace,
+    /// Larger than the engine accepts.
+    TooLarge,
     /// The data is not available now (e.g. held only by peers that did not answer in time).
     Unavailable,
     Invalid(String),
@@ -113,6 +133,7 @@ impl fmt::Display for SourceError {
             SourceError::NotFound => f.write_str("not found"),
             SourceError::Exists => f.write_str("already exists"),
             SourceError::NoSpace => f.write_str("over quota"),
+            SourceError::TooLarge => f.write_str("message too large"),
             SourceError::Unavailable => f.write_str("temporarily unavailable"),
             SourceError::Invalid(why) => write!(f, "invalid: {why}"),
             SourceError::Io(why) => write!(f, "I/O error: {why}"),
@@ -128,25 +149,26 @@ pub type Result<T> = std::result::Result<T, SourceError>;
 /// FUSE worker threads: they must be thread-safe and must not block on the network without a
 /// bound.
 pub trait MaildirSource: Send + Sync + 'static {
-    /// Every folder, `INBOX` first.
+    /// Every folder, `INBOX` first. Subfolders are `/`-separated (`Archive/2024`).
     fn folders(&self) -> Result<Vec<FolderName>>;
     /// The messages of a folder.
     fn messages(&self, folder: &str) -> Result<Vec<MessageEntry>>;
     /// The message's bytes (exactly `size` of them).
     fn read(&self, key: &MessageKey) -> Result<Vec<u8>>;
-    /// A new message written into `tmp/` and renamed into `new/` or `cur/`.
-    fn deliver(
+    /// A new message written into `tmp/` and renamed (or linked) into `new/` or `cur/`.
+    fn deliver(&self, folder: &str, msg: NewMessage) -> Result<MessageEntry>;
+    /// Flags changed (rename within a folder); `seen_by_reader` when it left `new/`.
+    /// Other flags the engine keeps (IMAP keywords) are left alone.
+    fn set_flags(
         &self,
         folder: &str,
-        bytes: Vec<u8>,
-        internal_date: i64,
+        key: &MessageKey,
         flags: Flags,
-    ) -> Result<MessageEntry>;
-    /// Flags changed (rename within a folder, or `new/` → `cur/`).
-    fn set_flags(&self, folder: &str, key: &MessageKey, flags: Flags) -> Result<()>;
-    /// Renamed into another folder.
-    fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<()>;
-    /// Hard-linked into another folder (Dovecot's copy).
+        seen_by_reader: bool,
+    ) -> Result<()>;
+    /// Renamed into another folder; returns the message as it is there.
+    fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<MessageEntry>;
+    /// Hard-linked into another folder (Dovecot's copy); returns the copy.
     fn copy_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<MessageEntry>;
     /// Unlinked.
     fn expunge(&self, folder: &str, key: &MessageKey) -> Result<()>;
@@ -155,6 +177,8 @@ pub trait MaildirSource: Send + Sync + 'static {
     fn delete_folder(&self, name: &str) -> Result<()>;
     /// (bytes used, bytes allowed) for statfs.
     fn quota(&self) -> Result<(u64, u64)>;
+    /// The largest message the engine accepts: files in `tmp/` cannot grow beyond it.
+    fn max_message_size(&self) -> u64;
 }
 
 #[cfg(test)]
@@ -171,13 +195,18 @@ mod tests {
 
     #[test]
     fn file_name_shape() {
-        let e = MessageEntry {
+        let mut e = MessageEntry {
             key: MessageKey("0123456789abcdef0123".into()),
+            base: "1700000000.0123456789abcdef.peerpost".into(),
             size: 10,
             internal_date: 1_700_000_000,
             flags: Flags::from_letters("SR"),
             recent: false,
         };
         assert_eq!(e.file_name(), "1700000000.0123456789abcdef.peerpost:2,RS");
+        e.flags = Flags::default();
+        assert_eq!(e.file_name(), "1700000000.0123456789abcdef.peerpost:2,");
+        e.recent = true;
+        assert_eq!(e.file_name(), "1700000000.0123456789abcdef.peerpost");
     }
 }

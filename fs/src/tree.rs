@@ -1,0 +1,1461 @@
+//! The pure core of the Maildir file system: every operation the kernel asks for, as a plain
+//! function returning `Result<_, Errno>`, testable without a mount.
+//!
+//! Layout (Maildir++, what Dovecot and mutt expect):
+//!
+//! ```text
+//! /                 INBOX: cur/ new/ tmp/, local files (dovecot-uidlist, subscriptions, …)
+//! /.A.B/            folder "A/B": cur/ new/ tmp/, local files (dovecot-uidlist, maildirfolder, …)
+//! /cur/<base>:2,FL  a message in the engine (read-only bytes; rename changes flags/folder)
+//! /new/<base>       a message no reader has seen yet
+//! /tmp/<name>       a local file: where clients write mail before delivering it
+//! ```
+//!
+//! Messages live in the [`MaildirSource`]; everything else (files in `tmp/`, and Dovecot's own
+//! files beside `cur/new/tmp`) is an ordinary file in the backing directory on local disk,
+//! under the same relative path. Delivery is `rename` (or `link`) from `tmp/` into `new/` or
+//! `cur/`; the name's `:2,` letters are the flags, a rename that changes them is a flag change,
+//! a rename into another folder's `new/`/`cur/` is a move, `link` is a copy, `unlink` an
+//! expunge, and `mkdir`/`rmdir`/`rename` of `.Name` at the root manage folders.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use fuser::Errno;
+
+use crate::inode::{Inodes, NodeKey, ROOT, Sub};
+use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceError};
+
+/// The longest name in a directory (Linux NAME_MAX).
+pub const MAX_NAME: usize = 255;
+/// Open file handles at once (each holds a message's bytes or a local file).
+pub const MAX_HANDLES: usize = 4096;
+/// The folder shown at the root.
+pub const INBOX: &str = "INBOX";
+
+/// Who owns the tree, as `stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A node's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One line of `readdir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// statfs numbers, in 4 KiB blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+}
+
+/// Open-for-writing flags that [`Tree::open`] understands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    pub write: bool,
+    pub read: bool,
+    pub truncate: bool,
+    pub append: bool,
+}
+
+impl OpenMode {
+    /// From `open(2)` flags.
+    pub fn from_flags(flags: i32) -> OpenMode {
+        let acc = flags & libc::O_ACCMODE;
+        OpenMode {
+            read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            truncate: flags & libc::O_TRUNC != 0,
+            append: flags & libc::O_APPEND != 0,
+        }
+    }
+}
+
+/// A folder's messages as files: by key, and by name in `new/` and in `cur/`.
+#[derive(Debug, Default)]
+struct Listing {
+    entries: HashMap<MessageKey, MessageEntry>,
+    new: HashMap<String, MessageKey>,
+    cur: HashMap<String, MessageKey>,
+}
+
+impl Listing {
+    fn build(entries: Vec<MessageEntry>) -> Listing {
+        let mut l = Listing::default();
+        for e in entries {
+            l.insert(e);
+        }
+        l
+    }
+
+    fn names(&mut self, sub: Sub) -> &mut HashMap<String, MessageKey> {
+        if sub == Sub::New {
+            &mut self.new
+        } else {
+            &mut self.cur
+        }
+    }
+
+    /// Adds an entry; a base name already taken in this folder (two copies of one message)
+    /// gets the key's first 8 characters appended, so every file name is unique.
+    fn insert(&mut self, mut e: MessageEntry) {
+        self.remove(&e.key);
+        let taken = |l: &Listing, e: &MessageEntry| {
+            let n = e.file_name();
+            l.new.contains_key(&n) || l.cur.contains_key(&n)
+        };
+        if taken(self, &e) {
+            let suffix: String = e.key.0.chars().take(8).collect();
+            e.base = format!("{}.{suffix}", e.base);
+        }
+        let name = e.file_name();
+        let sub = sub_of(&e);
+        self.names(sub).insert(name, e.key.clone());
+        self.entries.insert(e.key.clone(), e);
+    }
+
+    fn remove(&mut self, key: &MessageKey) -> Option<MessageEntry> {
+        let e = self.entries.remove(key)?;
+        let name = e.file_name();
+        self.names(sub_of(&e)).remove(&name);
+        Some(e)
+    }
+
+    fn by_name(&self, sub: Sub, name: &str) -> Option<&MessageEntry> {
+        let names = if sub == Sub::New {
+            &self.new
+        } else {
+            &self.cur
+        };
+        names.get(name).and_then(|k| self.entries.get(k))
+    }
+}
+
+fn sub_of(e: &MessageEntry) -> Sub {
+    if e.recent { Sub::New } else { Sub::Cur }
+}
+
+/// An open file.
+#[derive(Debug)]
+enum Handle {
+    Message(Arc<Vec<u8>>),
+    Local { file: File, in_tmp: bool },
+}
+
+#[derive(Debug)]
+struct State {
+    inodes: Inodes,
+    folders: Option<BTreeSet<String>>,
+    listings: HashMap<String, Listing>,
+    handles: HashMap<u64, Arc<Handle>>,
+    next_handle: u64,
+}
+
+/// What a name in a directory refers to.
+#[derive(Debug, Clone)]
+enum Child {
+    Folder(String),
+    Sub(String, Sub),
+    Message(String, MessageEntry),
+    /// A local file (relative path), and the folder whose `tmp/` holds it, if any.
+    Local(String, Option<String>),
+}
+
+/// Where a new name would go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// Beside `cur/new/tmp` of a folder (INBOX: the root).
+    FolderDir(String),
+    Sub(String, Sub),
+}
+
+/// The Maildir tree over a source and a backing directory.
+pub struct Tree<S: MaildirSource> {
+    source: Arc<S>,
+    backing: PathBuf,
+    owner: Owner,
+    state: Mutex<State>,
+}
+
+impl<S: MaildirSource> std::fmt::Debug for Tree<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tree({})", self.backing.display())
+    }
+}
+
+/// The errno for a source error.
+pub fn errno(e: &SourceError) -> Errno {
+    match e {
+        SourceError::NotFound => Errno::ENOENT,
+        SourceError::Exists => Errno::EEXIST,
+        SourceError::NoSpace => Errno::ENOSPC,
+        SourceError::TooLarge => Errno::EFBIG,
+        SourceError::Unavailable => Errno::EIO,
+        SourceError::Invalid(_) => Errno::EINVAL,
+        SourceError::Io(_) => Errno::EIO,
+    }
+}
+
+fn io_errno(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_i32)
+}
+
+/// The directory name of a folder: `A/B` → `.A.B` (INBOX is the root: empty).
+pub fn folder_dir(folder: &str) -> String {
+    if folder == INBOX {
+        String::new()
+    } else {
+        format!(".{}", folder.replace('/', "."))
+    }
+}
+
+/// The folder a root-level directory name stands for: `.A.B` → `A/B`.
+pub fn dir_folder(name: &str) -> Option<String> {
+    let rest = name.strip_prefix('.')?;
+    if rest.is_empty() || rest.split('.').any(str::is_empty) {
+        return None;
+    }
+    let f = rest.replace('.', "/");
+    if f.eq_ignore_ascii_case(INBOX) {
+        return None;
+    }
+    Some(f)
+}
+
+/// A file name's base and flags: `base:2,FS` → (`base`, F S). A name without `:2,` has no
+/// flags. Letters that are not system flags (Dovecot keyword letters) are not kept.
+pub fn parse_name(name: &str) -> (String, Flags) {
+    match name.rfind(":2,") {
+        Some(i) => (name[..i].to_string(), Flags::from_letters(&name[i + 3..])),
+        None => (name.to_string(), Flags::default()),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Errno> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > MAX_NAME {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+fn secs(t: i64) -> SystemTime {
+    if t >= 0 {
+        UNIX_EPOCH + Duration::from_secs(t as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.unsigned_abs())
+    }
+}
+
+impl<S: MaildirSource> Tree<S> {
+    /// A tree over `source`, keeping local files under `backing` (created if missing).
+    pub fn new(source: Arc<S>, backing: &Path, owner: Owner) -> io::Result<Tree<S>> {
+        fs::create_dir_all(backing.join("tmp"))?;
+        Ok(Tree {
+            source,
+            backing: backing.to_path_buf(),
+            owner,
+            state: Mutex::new(State {
+                inodes: Inodes::new(),
+                folders: None,
+                listings: HashMap::new(),
+                handles: HashMap::new(),
+                next_handle: 1,
+            }),
+        })
+    }
+
+    pub fn source(&self) -> &Arc<S> {
+        &self.source
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ----- caches -----
+
+    fn folders<'a>(&self, st: &'a mut State) -> Result<&'a BTreeSet<String>, Errno> {
+        if st.folders.is_none() {
+            let list = self.source.folders().map_err(|e| errno(&e))?;
+            st.folders = Some(list.into_iter().collect());
+        }
+        st.folders.as_ref().ok_or(Errno::EIO)
+    }
+
+    fn folder_exists(&self, st: &mut State, folder: &str) -> Result<bool, Errno> {
+        Ok(folder == INBOX || self.folders(st)?.contains(folder))
+    }
+
+    fn listing<'a>(&self, st: &'a mut State, folder: &str) -> Result<&'a mut Listing, Errno> {
+        if !st.listings.contains_key(folder) {
+            let entries = self.source.messages(folder).map_err(|e| errno(&e))?;
+            st.listings
+                .insert(folder.to_string(), Listing::build(entries));
+        }
+        st.listings.get_mut(folder).ok_or(Errno::EIO)
+    }
+
+    /// Forgets what is cached of a folder's messages (the engine changed it); returns the
+    /// names (directory inode, name) that changed, for the kernel's cache.
+    pub fn refresh_folder(&self, folder: &str) -> Vec<(u64, String)> {
+        let mut st = self.lock();
+        let Some(old) = st.listings.remove(folder) else {
+            return Vec::new();
+        };
+        let Ok(new) = self.listing(&mut st, folder) else {
+            return Vec::new();
+        };
+        let mut changed = Vec::new();
+        for sub in [Sub::New, Sub::Cur] {
+            let (o, n) = if sub == Sub::New {
+                (&old.new, &new.new)
+            } else {
+                (&old.cur, &new.cur)
+            };
+            for name in o.keys().filter(|k| !n.contains_key(*k)) {
+                changed.push((sub, name.clone()));
+            }
+            for name in n.keys().filter(|k| !o.contains_key(*k)) {
+                changed.push((sub, name.clone()));
+            }
+        }
+        changed
+            .into_iter()
+            .map(|(sub, name)| {
+                let ino = st.inodes.ino(&NodeKey::Sub(folder.to_string(), sub));
+                (ino, name)
+            })
+            .collect()
+    }
+
+    /// Forgets the folder list (folders were created, renamed or deleted elsewhere); returns
+    /// the root-level names that changed.
+    pub fn refresh_folders(&self) -> Vec<(u64, String)> {
+        let mut st = self.lock();
+        let old = st.folders.take().unwrap_or_default();
+        let Ok(new) = self.folders(&mut st).cloned() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = old.difference(&new).cloned().collect();
+        for f in &gone {
+            st.listings.remove(f);
+        }
+        gone.iter()
+            .chain(new.difference(&old))
+            .filter(|f| *f != INBOX)
+            .map(|f| (ROOT, folder_dir(f)))
+            .collect()
+    }
+
+    /// Folders whose messages are cached (the ones worth refreshing on a change).
+    pub fn cached_folders(&self) -> Vec<String> {
+        self.lock().listings.keys().cloned().collect()
+    }
+
+    // ----- resolving -----
+
+    fn key(&self, st: &State, ino: u64) -> Result<NodeKey, Errno> {
+        st.inodes.key(ino).cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// The place a directory inode stands for.
+    fn place(&self, st: &mut State, ino: u64) -> Result<Place, Errno> {
+        match self.key(st, ino)? {
+            NodeKey::Root => Ok(Place::FolderDir(INBOX.into())),
+            NodeKey::Folder(f) => {
+                if !self.folder_exists(st, &f)? {
+                    return Err(Errno::ENOENT);
+                }
+                Ok(Place::FolderDir(f))
+            }
+            NodeKey::Sub(f, s) => {
+                if !self.folder_exists(st, &f)? {
+                    return Err(Errno::ENOENT);
+                }
+                Ok(Place::Sub(f, s))
+            }
+            NodeKey::Message(..) | NodeKey::Local(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn local_rel(place: &Place, name: &str) -> String {
+        match place {
+            Place::FolderDir(f) => {
+                let d = folder_dir(f);
+                if d.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{d}/{name}")
+                }
+            }
+            Place::Sub(f, s) => {
+                let d = folder_dir(f);
+                if d.is_empty() {
+                    format!("{}/{name}", s.name())
+                } else {
+                    format!("{d}/{}/{name}", s.name())
+                }
+            }
+        }
+    }
+
+    fn local_path(&self, rel: &str) -> PathBuf {
+        self.backing.join(rel)
+    }
+
+    /// What `name` in `place` is.
+    fn child(&self, st: &mut State, place: &Place, name: &str) -> Result<Child, Errno> {
+        check_name(name)?;
+        match place {
+            Place::FolderDir(f) => {
+                if let Some(s) = Sub::from_name(name) {
+                    return Ok(Child::Sub(f.clone(), s));
+                }
+                if f == INBOX
+                    && let Some(g) = dir_folder(name)
+                    && self.folders(st)?.contains(&g)
+                {
+                    return Ok(Child::Folder(g));
+                }
+                let rel = Self::local_rel(place, name);
+                match fs::symlink_metadata(self.local_path(&rel)) {
+                    Ok(m) if m.is_file() => Ok(Child::Local(rel, None)),
+                    _ => Err(Errno::ENOENT),
+                }
+            }
+            Place::Sub(f, Sub::Tmp) => {
+                let rel = Self::local_rel(place, name);
+                match fs::symlink_metadata(self.local_path(&rel)) {
+                    Ok(m) if m.is_file() => Ok(Child::Local(rel, Some(f.clone()))),
+                    _ => Err(Errno::ENOENT),
+                }
+            }
+            Place::Sub(f, s) => {
+                let l = self.listing(st, f)?;
+                let e = l.by_name(*s, name).ok_or(Errno::ENOENT)?;
+                Ok(Child::Message(f.clone(), e.clone()))
+            }
+        }
+    }
+
+    fn child_key(child: &Child) -> NodeKey {
+        match child {
+            Child::Folder(f) => NodeKey::Folder(f.clone()),
+            Child::Sub(f, s) => NodeKey::Sub(f.clone(), *s),
+            Child::Message(f, e) => NodeKey::Message(f.clone(), e.key.clone()),
+            Child::Local(rel, _) => NodeKey::Local(rel.clone()),
+        }
+    }
+
+    fn dir_attr(&self, ino: u64, nlink: u32) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::Dir,
+            size: 4096,
+            mtime: UNIX_EPOCH,
+            perm: 0o700,
+            nlink,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+        }
+    }
+
+    fn attr_of(&self, st: &mut State, key: &NodeKey) -> Result<Attr, Errno> {
+        let ino = st.inodes.ino(key);
+        match key {
+            NodeKey::Root => {
+                let n = self.folders(st)?.iter().filter(|f| *f != INBOX).count();
+                Ok(self.dir_attr(ino, 5 + n as u32))
+            }
+            NodeKey::Folder(f) => {
+                if !self.folder_exists(st, f)? {
+                    return Err(Errno::ENOENT);
+                }
+                Ok(self.dir_attr(ino, 5))
+            }
+            NodeKey::Sub(f, _) => {
+                if !self.folder_exists(st, f)? {
+                    return Err(Errno::ENOENT);
+                }
+                Ok(self.dir_attr(ino, 2))
+            }
+            NodeKey::Message(f, k) => {
+                let e = self
+                    .listing(st, f)?
+                    .entries
+                    .get(k)
+                    .cloned()
+                    .ok_or(Errno::ENOENT)?;
+                Ok(Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: e.size,
+                    mtime: secs(e.internal_date),
+                    perm: 0o600,
+                    nlink: 1,
+                    uid: self.owner.uid,
+                    gid: self.owner.gid,
+                })
+            }
+            NodeKey::Local(rel) => {
+                let m = fs::symlink_metadata(self.local_path(rel)).map_err(|e| io_errno(&e))?;
+                if !m.is_file() {
+                    return Err(Errno::ENOENT);
+                }
+                Ok(Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: m.len(),
+                    mtime: m.modified().unwrap_or(UNIX_EPOCH),
+                    perm: (m.mode() & 0o777) as u16,
+                    nlink: 1,
+                    uid: self.owner.uid,
+                    gid: self.owner.gid,
+                })
+            }
+        }
+    }
+
+    // ----- reading -----
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, Errno> {
+        let mut st = self.lock();
+        let place = self.place(&mut st, parent)?;
+        let child = self.child(&mut st, &place, name)?;
+        let key = Self::child_key(&child);
+        self.attr_of(&mut st, &key)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        let mut st = self.lock();
+        let key = self.key(&st, ino)?;
+        self.attr_of(&mut st, &key)
+    }
+
+    /// Every entry of a directory, `.` and `..` first.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, Errno> {
+        let mut st = self.lock();
+        let place = self.place(&mut st, ino)?;
+        let dir = |ino, name: &str| DirEntry {
+            ino,
+            kind: Kind::Dir,
+            name: name.to_string(),
+        };
+        let mut out = Vec::new();
+        match &place {
+            Place::FolderDir(f) => {
+                out.push(dir(ino, "."));
+                out.push(dir(ROOT, ".."));
+                for s in Sub::ALL {
+                    let i = st.inodes.ino(&NodeKey::Sub(f.clone(), s));
+                    out.push(dir(i, s.name()));
+                }
+                if f == INBOX {
+                    let folders: Vec<String> = self
+                        .folders(&mut st)?
+                        .iter()
+                        .filter(|g| *g != INBOX)
+                        .cloned()
+                        .collect();
+                    for g in folders {
+                        let i = st.inodes.ino(&NodeKey::Folder(g.clone()));
+                        out.push(dir(i, &folder_dir(&g)));
+                    }
+                }
+            }
+            Place::Sub(f, s) => {
+                let parent = if f == INBOX {
+                    ROOT
+                } else {
+                    st.inodes.ino(&NodeKey::Folder(f.clone()))
+                };
+                out.push(dir(ino, "."));
+                out.push(dir(parent, ".."));
+                if *s != Sub::Tmp {
+                    let l = self.listing(&mut st, f)?;
+                    let names: Vec<(String, MessageKey)> = l
+                        .names(*s)
+                        .iter()
+                        .map(|(n, k)| (n.clone(), k.clone()))
+                        .collect();
+                    for (name, k) in names {
+                        let i = st.inodes.ino(&NodeKey::Message(f.clone(), k));
+                        out.push(DirEntry {
+                            ino: i,
+                            kind: Kind::File,
+                            name,
+                        });
+                    }
+                }
+            }
+        }
+        // Local files of this directory.
+        let rel_dir = Self::local_rel(&place, "x");
+        let rel_dir = rel_dir.strip_suffix("x").unwrap_or("").to_string();
+        if let Ok(rd) = fs::read_dir(self.backing.join(&rel_dir)) {
+            for d in rd.flatten() {
+                let Ok(ft) = d.file_type() else { continue };
+                if !ft.is_file() {
+                    continue;
+                }
+                let Some(name) = d.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let i = st.inodes.ino(&NodeKey::Local(format!("{rel_dir}{name}")));
+                out.push(DirEntry {
+                    ino: i,
+                    kind: Kind::File,
+                    name,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_handle(&self, st: &mut State, h: Handle) -> Result<u64, Errno> {
+        if st.handles.len() >= MAX_HANDLES {
+            return Err(Errno::ENFILE);
+        }
+        let fh = st.next_handle;
+        st.next_handle += 1;
+        st.handles.insert(fh, Arc::new(h));
+        Ok(fh)
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.lock().handles.get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn open_local(&self, rel: &str, mode: OpenMode, create: bool) -> Result<File, Errno> {
+        let path = self.local_path(rel);
+        if create && let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| io_errno(&e))?;
+        }
+        OpenOptions::new()
+            .read(mode.read || !mode.write)
+            .write(mode.write)
+            .append(mode.append)
+            .truncate(mode.truncate)
+            .create(create)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| io_errno(&e))
+    }
+
+    /// Opens a file; returns a handle for read/write/release.
+    pub fn open(&self, ino: u64, mode: OpenMode) -> Result<u64, Errno> {
+        let key = {
+            let st = self.lock();
+            self.key(&st, ino)?
+        };
+        match key {
+            NodeKey::Message(f, k) => {
+                if mode.write || mode.truncate {
+                    return Err(Errno::EACCES);
+                }
+                let size = {
+                    let mut st = self.lock();
+                    let l = self.listing(&mut st, &f)?;
+                    l.entries.get(&k).ok_or(Errno::ENOENT)?.size
+                };
+                // The bytes are fetched outside the lock (the engine may decrypt or fetch).
+                let bytes = self.source.read(&k).map_err(|e| errno(&e))?;
+                if bytes.len() as u64 != size {
+                    return Err(Errno::EIO);
+                }
+                let mut st = self.lock();
+                self.add_handle(&mut st, Handle::Message(Arc::new(bytes)))
+            }
+            NodeKey::Local(rel) => {
+                let in_tmp = rel == "tmp" || rel.starts_with("tmp/") || rel.contains("/tmp/");
+                let file = self.open_local(&rel, mode, false)?;
+                let mut st = self.lock();
+                self.add_handle(&mut st, Handle::Local { file, in_tmp })
+            }
+            _ => Err(Errno::EISDIR),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        match &*self.handle(fh)? {
+            Handle::Message(bytes) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+            Handle::Local { file, .. } => {
+                let mut buf = vec![0; size as usize];
+                let mut n = 0;
+                while n < buf.len() {
+                    match file.read_at(&mut buf[n..], offset + n as u64) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(io_errno(&e)),
+                    }
+                }
+                buf.truncate(n);
+                Ok(buf)
+            }
+        }
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        match &*self.handle(fh)? {
+            Handle::Message(_) => Err(Errno::EACCES),
+            Handle::Local { file, in_tmp } => {
+                let end = offset.saturating_add(data.len() as u64);
+                if *in_tmp && end > self.source.max_message_size() {
+                    return Err(Errno::EFBIG);
+                }
+                file.write_all_at(data, offset).map_err(|e| io_errno(&e))?;
+                u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
+            }
+        }
+    }
+
+    pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        match &*self.handle(fh)? {
+            Handle::Message(_) => Ok(()),
+            Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.lock().handles.remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<StatFs, Errno> {
+        let (used, allowed) = self.source.quota().map_err(|e| errno(&e))?;
+        let blocks = allowed.div_ceil(4096);
+        let used = used.div_ceil(4096);
+        Ok(StatFs {
+            blocks,
+            bfree: blocks.saturating_sub(used),
+            files: self.lock().inodes.len() as u64,
+        })
+    }
+
+    // ----- writing -----
+
+    /// Creates (and opens) a file: only local files, in `tmp/` or beside `cur/new/tmp`.
+    pub fn create(&self, parent: u64, name: &str, mode: OpenMode) -> Result<(Attr, u64), Errno> {
+        check_name(name)?;
+        let mut st = self.lock();
+        let place = self.place(&mut st, parent)?;
+        match &place {
+            Place::Sub(_, Sub::New | Sub::Cur) => return Err(Errno::EACCES),
+            Place::FolderDir(f) => {
+                if Sub::from_name(name).is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                if f == INBOX && name.starts_with('.') && dir_folder(name).is_some() {
+                    return Err(Errno::EPERM);
+                }
+            }
+            Place::Sub(_, Sub::Tmp) => {}
+        }
+        let rel = Self::local_rel(&place, name);
+        let file = self.open_local(
+            &rel,
+            OpenMode {
+                write: true,
+                ..mode
+            },
+            true,
+        )?;
+        let in_tmp = matches!(place, Place::Sub(_, Sub::Tmp));
+        let key = NodeKey::Local(rel);
+        let attr = self.attr_of(&mut st, &key)?;
+        let fh = self.add_handle(&mut st, Handle::Local { file, in_tmp })?;
+        Ok((attr, fh))
+    }
+
+    /// `chmod`, `truncate`, `utime`: truncation only of local files (and within the message
+    /// limit in `tmp/`); times and modes of local files are kept; the rest is accepted and
+    /// ignored (a message's mtime is its internal date).
+    pub fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
+    ) -> Result<Attr, Errno> {
+        let mut st = self.lock();
+        let key = self.key(&st, ino)?;
+        match &key {
+            NodeKey::Message(..) if size.is_some() => return Err(Errno::EACCES),
+            NodeKey::Local(rel) => {
+                let path = self.local_path(rel);
+                if let Some(size) = size {
+                    let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
+                    if in_tmp && size > self.source.max_message_size() {
+                        return Err(Errno::EFBIG);
+                    }
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)
+                        .map_err(|e| io_errno(&e))?;
+                    f.set_len(size).map_err(|e| io_errno(&e))?;
+                }
+                if let Some(t) = mtime {
+                    let f = File::open(&path).map_err(|e| io_errno(&e))?;
+                    f.set_modified(t).map_err(|e| io_errno(&e))?;
+                }
+                if let Some(m) = mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(m & 0o777))
+                        .map_err(|e| io_errno(&e))?;
+                }
+            }
+            _ => {}
+        }
+        self.attr_of(&mut st, &key)
+    }
+
+    /// `mkdir`: `.Name` at the root creates a folder; `cur`/`new`/`tmp` always exist.
+    pub fn mkdir(&self, parent: u64, name: &str) -> Result<Attr, Errno> {
+        check_name(name)?;
+        let mut st = self.lock();
+        let place = self.place(&mut st, parent)?;
+        let Place::FolderDir(f) = place else {
+            return Err(Errno::EPERM);
+        };
+        if Sub::from_name(name).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if f != INBOX {
+            return Err(Errno::EPERM);
+        }
+        let g = dir_folder(name).ok_or(Errno::EPERM)?;
+        if self.folders(&mut st)?.contains(&g) {
+            return Err(Errno::EEXIST);
+        }
+        self.source.create_folder(&g).map_err(|e| errno(&e))?;
+        st.folders = None;
+        self.attr_of(&mut st, &NodeKey::Folder(g))
+    }
+
+    /// `rmdir`: a folder with no messages and no local files left; `cur`/`new`/`tmp` when
+    /// empty (a no-op: they exist as long as their folder).
+    pub fn rmdir(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        let mut st = self.lock();
+        let place = self.place(&mut st, parent)?;
+        match self.child(&mut st, &place, name)? {
+            Child::Folder(g) => {
+                if !self.listing(&mut st, &g)?.entries.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                let dir = self.backing.join(folder_dir(&g));
+                if has_files(&dir) {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                self.source.delete_folder(&g).map_err(|e| errno(&e))?;
+                // Only empty directories are left under it.
+                let _ = fs::remove_dir_all(&dir);
+                st.folders = None;
+                st.listings.remove(&g);
+                st.inodes.remove(&NodeKey::Folder(g));
+                Ok(())
+            }
+            Child::Sub(f, s) => {
+                let empty = match s {
+                    Sub::Tmp => !has_files(
+                        &self
+                            .backing
+                            .join(Self::local_rel(&Place::FolderDir(f), "tmp")),
+                    ),
+                    s => self.listing(&mut st, &f)?.names(s).is_empty(),
+                };
+                if empty { Ok(()) } else { Err(Errno::ENOTEMPTY) }
+            }
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// `unlink`: a message is expunged, a local file removed.
+    pub fn unlink(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        let mut st = self.lock();
+        let place = self.place(&mut st, parent)?;
+        match self.child(&mut st, &place, name)? {
+            Child::Message(f, e) => {
+                self.source.expunge(&f, &e.key).map_err(|e| errno(&e))?;
+                self.listing(&mut st, &f)?.remove(&e.key);
+                st.inodes.remove(&NodeKey::Message(f, e.key));
+                Ok(())
+            }
+            Child::Local(rel, _) => {
+                fs::remove_file(self.local_path(&rel)).map_err(|e| io_errno(&e))?;
+                st.inodes.remove(&NodeKey::Local(rel));
+                Ok(())
+            }
+            Child::Folder(_) | Child::Sub(..) => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Delivers the bytes of a local file as a message named `name` in `to` (`new`/`cur`).
+    fn deliver_local(
+        &self,
+        st: &mut State,
+        rel: &str,
+        to: &str,
+        sub: Sub,
+        name: &str,
+    ) -> Result<MessageEntry, Errno> {
+        let path = self.local_path(rel);
+        let meta = fs::symlink_metadata(&path).map_err(|e| io_errno(&e))?;
+        if meta.len() > self.source.max_message_size() {
+            return Err(Errno::EFBIG);
+        }
+        let bytes = fs::read(&path).map_err(|e| io_errno(&e))?;
+        let (base, flags) = parse_name(name);
+        let entry = self
+            .source
+            .deliver(
+                to,
+                NewMessage {
+                    bytes,
+                    internal_date: meta.mtime(),
+                    flags,
+                    recent: sub == Sub::New,
+                    base,
+                },
+            )
+            .map_err(|e| errno(&e))?;
+        self.listing(st, to)?.insert(entry.clone());
+        Ok(entry)
+    }
+
+    /// `rename`: delivery (tmp → new/cur), flag change, move between folders, folder rename,
+    /// or a local file renamed. `noreplace` is RENAME_NOREPLACE.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        noreplace: bool,
+    ) -> Result<(), Errno> {
+        check_name(newname)?;
+        let mut st = self.lock();
+        let from_place = self.place(&mut st, parent)?;
+        let to_place = self.place(&mut st, newparent)?;
+        let src = self.child(&mut st, &from_place, name)?;
+        let existing = self.child(&mut st, &to_place, newname).ok();
+        if noreplace && existing.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        match (src, &to_place) {
+            // Delivery.
+            (Child::Local(rel, Some(_)), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
+                let entry = self.deliver_local(&mut st, &rel, to, *sub, newname)?;
+                let _ = fs::remove_file(self.local_path(&rel));
+                let new_key = NodeKey::Message(to.clone(), entry.key);
+                st.inodes.rekey(&NodeKey::Local(rel), &new_key);
+                self.replace_existing(&mut st, existing, &new_key)
+            }
+            (Child::Local(_, None), Place::Sub(_, Sub::New | Sub::Cur)) => Err(Errno::EPERM),
+            // Local files stay local files.
+            (Child::Local(rel, _), Place::FolderDir(_) | Place::Sub(_, Sub::Tmp)) => {
+                if let Some(Child::Folder(_) | Child::Sub(..)) = existing {
+                    return Err(Errno::EISDIR);
+                }
+                if matches!(&to_place, Place::FolderDir(f) if f == INBOX)
+                    && dir_folder(newname).is_some()
+                    && self
+                        .folders(&mut st)?
+                        .contains(&dir_folder(newname).unwrap_or_default())
+                {
+                    return Err(Errno::EISDIR);
+                }
+                let new_rel = Self::local_rel(&to_place, newname);
+                let to_path = self.local_path(&new_rel);
+                if let Some(p) = to_path.parent() {
+                    fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
+                }
+                fs::rename(self.local_path(&rel), &to_path).map_err(|e| io_errno(&e))?;
+                st.inodes
+                    .rekey(&NodeKey::Local(rel), &NodeKey::Local(new_rel));
+                Ok(())
+            }
+            // Flag change or move.
+            (Child::Message(f, e), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
+                let (base, flags) = parse_name(newname);
+                if base != e.base {
+                    // The engine keeps one base name per message.
+                    return Err(Errno::EPERM);
+                }
+                if let Some(Child::Message(_, ref other)) = existing
+                    && other.key == e.key
+                {
+                    return Ok(()); // rename onto itself
+                }
+                let seen_by_reader = *sub == Sub::Cur && e.recent;
+                let old_key = NodeKey::Message(f.clone(), e.key.clone());
+                let moved = if *to != f {
+                    let moved = self.source.move_to(&f, &e.key, to).map_err(|e| errno(&e))?;
+                    self.listing(&mut st, &f)?.remove(&e.key);
+                    moved
+                } else {
+                    e.clone()
+                };
+                let mut now = moved.clone();
+                if flags != moved.flags || seen_by_reader {
+                    self.source
+                        .set_flags(to, &moved.key, flags, seen_by_reader)
+                        .map_err(|e| errno(&e))?;
+                    now.flags = flags;
+                    if seen_by_reader {
+                        now.recent = false;
+                    }
+                }
+                self.listing(&mut st, to)?.insert(now.clone());
+                let new_key = NodeKey::Message(to.clone(), now.key);
+                st.inodes.rekey(&old_key, &new_key);
+                self.replace_existing(&mut st, existing, &new_key)
+            }
+            (Child::Message(..), _) => Err(Errno::EPERM),
+            // Folder rename.
+            (Child::Folder(g), Place::FolderDir(root)) if root == INBOX => {
+                let h = dir_folder(newname).ok_or(Errno::EINVAL)?;
+                if existing.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                self.source.rename_folder(&g, &h).map_err(|e| errno(&e))?;
+                let from_dir = self.backing.join(folder_dir(&g));
+                if from_dir.exists() {
+                    let _ = fs::rename(&from_dir, self.backing.join(folder_dir(&h)));
+                }
+                st.folders = None;
+                if let Some(l) = st.listings.remove(&g) {
+                    st.listings.insert(h.clone(), l);
+                }
+                st.inodes.rekey(&NodeKey::Folder(g), &NodeKey::Folder(h));
+                Ok(())
+            }
+            (Child::Folder(_) | Child::Sub(..), _) => Err(Errno::EPERM),
+        }
+    }
+
+    /// After a rename onto an existing name: the file that was there is gone.
+    fn replace_existing(
+        &self,
+        st: &mut State,
+        existing: Option<Child>,
+        now: &NodeKey,
+    ) -> Result<(), Errno> {
+        match existing {
+            Some(Child::Message(g, old))
+                if NodeKey::Message(g.clone(), old.key.clone()) != *now =>
+            {
+                self.source.expunge(&g, &old.key).map_err(|e| errno(&e))?;
+                self.listing(st, &g)?.remove(&old.key);
+                Ok(())
+            }
+            Some(Child::Local(rel, _)) => {
+                let _ = fs::remove_file(self.local_path(&rel));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `link`: a message or a `tmp/` file linked into `new/`/`cur/` is delivered there (a
+    /// copy); a message linked into `tmp/` becomes a local file with its bytes; local files
+    /// link as usual.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr, Errno> {
+        check_name(newname)?;
+        let mut st = self.lock();
+        let key = self.key(&st, ino)?;
+        let to_place = self.place(&mut st, newparent)?;
+        if self.child(&mut st, &to_place, newname).is_ok() {
+            return Err(Errno::EEXIST);
+        }
+        match (&key, &to_place) {
+            (NodeKey::Message(f, k), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
+                let e = self
+                    .listing(&mut st, f)?
+                    .entries
+                    .get(k)
+                    .cloned()
+                    .ok_or(Errno::ENOENT)?;
+                let (base, flags) = parse_name(newname);
+                let entry = if base == e.base && flags == e.flags && to != f {
+                    self.source.copy_to(f, k, to).map_err(|e| errno(&e))?
+                } else {
+                    let bytes = self.source.read(k).map_err(|e| errno(&e))?;
+                    self.source
+                        .deliver(
+                            to,
+                            NewMessage {
+                                bytes,
+                                internal_date: e.internal_date,
+                                flags,
+                                recent: *sub == Sub::New,
+                                base,
+                            },
+                        )
+                        .map_err(|e| errno(&e))?
+                };
+                self.listing(&mut st, to)?.insert(entry.clone());
+                self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
+            }
+            (NodeKey::Message(_, k), Place::Sub(_, Sub::Tmp)) => {
+                let bytes = self.source.read(k).map_err(|e| errno(&e))?;
+                let rel = Self::local_rel(&to_place, newname);
+                let path = self.local_path(&rel);
+                if let Some(p) = path.parent() {
+                    fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
+                }
+                fs::write(&path, bytes).map_err(|e| io_errno(&e))?;
+                self.attr_of(&mut st, &NodeKey::Local(rel))
+            }
+            (NodeKey::Local(rel), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
+                let entry = self.deliver_local(&mut st, rel, to, *sub, newname)?;
+                self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
+            }
+            (NodeKey::Local(rel), _) => {
+                let new_rel = Self::local_rel(&to_place, newname);
+                let path = self.local_path(&new_rel);
+                if let Some(p) = path.parent() {
+                    fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
+                }
+                fs::hard_link(self.local_path(rel), &path).map_err(|e| io_errno(&e))?;
+                self.attr_of(&mut st, &NodeKey::Local(new_rel))
+            }
+            (NodeKey::Message(..), _) => Err(Errno::EPERM),
+            _ => Err(Errno::EPERM),
+        }
+    }
+}
+
+fn has_files(dir: &Path) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|d| match d.file_type() {
+        Ok(t) if t.is_dir() => has_files(&d.path()),
+        _ => true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemorySource;
+
+    struct T {
+        tree: Tree<MemorySource>,
+        _dir: TempDir,
+    }
+
+    /// A directory removed on drop (std only: this crate has no tempfile dependency).
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(max: u64) -> T {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("peerpost-fs-tree-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let src = Arc::new(MemorySource::new(1 << 20).with_max_message_size(max));
+        let tree = Tree::new(src, &dir, Owner { uid: 8, gid: 8 }).unwrap();
+        T {
+            tree,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn ino(t: &T, path: &str) -> Result<u64, Errno> {
+        let mut i = ROOT;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            i = t.tree.lookup(i, part)?.ino;
+        }
+        Ok(i)
+    }
+
+    fn names(t: &T, path: &str) -> Vec<String> {
+        let mut v: Vec<String> = t
+            .tree
+            .readdir(ino(t, path).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn write_file(t: &T, dir: &str, name: &str, bytes: &[u8]) -> u64 {
+        let (attr, fh) = t
+            .tree
+            .create(
+                ino(t, dir).unwrap(),
+                name,
+                OpenMode::from_flags(libc::O_WRONLY),
+            )
+            .unwrap();
+        assert_eq!(t.tree.write(fh, 0, bytes).unwrap() as usize, bytes.len());
+        t.tree.release(fh);
+        attr.ino
+    }
+
+    fn cat(t: &T, path: &str) -> Vec<u8> {
+        let fh = t
+            .tree
+            .open(ino(t, path).unwrap(), OpenMode::from_flags(libc::O_RDONLY))
+            .unwrap();
+        let b = t.tree.read(fh, 0, 1 << 20).unwrap();
+        t.tree.release(fh);
+        b
+    }
+
+    #[test]
+    fn deliver_through_tmp_then_flag_move_copy_expunge() {
+        let t = setup(1000);
+        assert_eq!(names(&t, ""), vec!["cur", "new", "tmp"]);
+        let tmp_ino = write_file(&t, "tmp", "1.a.host", b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(names(&t, "tmp"), vec!["1.a.host"]);
+        let tmp = ino(&t, "tmp").unwrap();
+        let new = ino(&t, "new").unwrap();
+        let cur = ino(&t, "cur").unwrap();
+        t.tree
+            .rename(tmp, "1.a.host", new, "1.a.host", false)
+            .unwrap();
+        assert!(names(&t, "tmp").is_empty());
+        assert_eq!(names(&t, "new"), vec!["1.a.host"]);
+        // The renamed file keeps its inode number.
+        assert_eq!(ino(&t, "new/1.a.host").unwrap(), tmp_ino);
+        assert_eq!(cat(&t, "new/1.a.host"), b"Subject: hi\r\n\r\nbody\r\n");
+        let a = t.tree.getattr(tmp_ino).unwrap();
+        assert_eq!(a.size, 21);
+        assert_eq!((a.uid, a.gid, a.kind), (8, 8, Kind::File));
+        // new → cur with flags: seen by a reader.
+        t.tree
+            .rename(new, "1.a.host", cur, "1.a.host:2,FS", false)
+            .unwrap();
+        assert!(names(&t, "new").is_empty());
+        assert_eq!(names(&t, "cur"), vec!["1.a.host:2,FS"]);
+        let m = t.tree.source().messages("INBOX").unwrap();
+        assert_eq!(m[0].flags, Flags::from_letters("FS"));
+        assert!(!m[0].recent);
+        // A folder, a move into it, a copy back by link, an expunge by unlink.
+        t.tree.mkdir(ROOT, ".Archive").unwrap();
+        assert_eq!(names(&t, ""), vec![".Archive", "cur", "new", "tmp"]);
+        assert_eq!(names(&t, ".Archive"), vec!["cur", "new", "tmp"]);
+        let acur = ino(&t, ".Archive/cur").unwrap();
+        t.tree
+            .rename(cur, "1.a.host:2,FS", acur, "1.a.host:2,S", false)
+            .unwrap();
+        assert!(names(&t, "cur").is_empty());
+        assert_eq!(names(&t, ".Archive/cur"), vec!["1.a.host:2,S"]);
+        let moved = ino(&t, ".Archive/cur/1.a.host:2,S").unwrap();
+        t.tree.link(moved, cur, "1.a.host:2,S").unwrap();
+        assert_eq!(names(&t, "cur"), vec!["1.a.host:2,S"]);
+        assert_eq!(t.tree.source().messages("INBOX").unwrap().len(), 1);
+        t.tree.unlink(acur, "1.a.host:2,S").unwrap();
+        assert!(t.tree.source().messages("Archive").unwrap().is_empty());
+        assert_eq!(ino(&t, ".Archive/cur/1.a.host:2,S"), Err(Errno::ENOENT));
+        // Folder rename and delete.
+        t.tree
+            .rename(ROOT, ".Archive", ROOT, ".Old.2024", false)
+            .unwrap();
+        assert_eq!(
+            t.tree.source().folders().unwrap(),
+            vec!["INBOX", "Old/2024"]
+        );
+        t.tree.rmdir(ROOT, ".Old.2024").unwrap();
+        assert_eq!(t.tree.source().folders().unwrap(), vec!["INBOX"]);
+    }
+
+    #[test]
+    fn dovecot_files_are_local_and_writable() {
+        let t = setup(1000);
+        write_file(&t, "", "dovecot-uidlist.lock", b"3 V1 N2\n");
+        t.tree
+            .rename(ROOT, "dovecot-uidlist.lock", ROOT, "dovecot-uidlist", false)
+            .unwrap();
+        assert_eq!(names(&t, ""), vec!["cur", "dovecot-uidlist", "new", "tmp"]);
+        assert_eq!(cat(&t, "dovecot-uidlist"), b"3 V1 N2\n");
+        t.tree.mkdir(ROOT, ".Sent").unwrap();
+        write_file(&t, ".Sent", "maildirfolder", b"");
+        assert_eq!(
+            names(&t, ".Sent"),
+            vec!["cur", "maildirfolder", "new", "tmp"]
+        );
+        // A folder with local files is not empty.
+        assert_eq!(t.tree.rmdir(ROOT, ".Sent"), Err(Errno::ENOTEMPTY));
+        t.tree
+            .unlink(ino(&t, ".Sent").unwrap(), "maildirfolder")
+            .unwrap();
+        t.tree.rmdir(ROOT, ".Sent").unwrap();
+    }
+
+    #[test]
+    fn bad_input_gets_errnos() {
+        let t = setup(100);
+        let tmp = ino(&t, "tmp").unwrap();
+        let new = ino(&t, "new").unwrap();
+        let cur = ino(&t, "cur").unwrap();
+        // Writes outside tmp/ (and beside it) are refused.
+        assert_eq!(
+            t.tree
+                .create(new, "x", OpenMode::from_flags(libc::O_WRONLY))
+                .err(),
+            Some(Errno::EACCES)
+        );
+        assert_eq!(
+            t.tree
+                .create(cur, "x", OpenMode::from_flags(libc::O_WRONLY))
+                .err(),
+            Some(Errno::EACCES)
+        );
+        // Over the message limit.
+        let (_, fh) = t
+            .tree
+            .create(tmp, "big", OpenMode::from_flags(libc::O_WRONLY))
+            .unwrap();
+        assert_eq!(t.tree.write(fh, 0, &[b'x'; 101]), Err(Errno::EFBIG));
+        assert_eq!(t.tree.write(fh, 90, &[b'x'; 11]), Err(Errno::EFBIG));
+        t.tree.write(fh, 0, &[b'x'; 100]).unwrap();
+        t.tree.release(fh);
+        let big = ino(&t, "tmp/big").unwrap();
+        assert_eq!(
+            t.tree.setattr(big, Some(101), None, None),
+            Err(Errno::EFBIG)
+        );
+        // Missing files.
+        assert_eq!(
+            t.tree.rename(tmp, "nope", new, "nope", false),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(t.tree.unlink(cur, "nope"), Err(Errno::ENOENT));
+        // Messages are read-only.
+        t.tree.rename(tmp, "big", new, "1.b", false).unwrap();
+        let m = ino(&t, "new/1.b").unwrap();
+        assert_eq!(
+            t.tree.open(m, OpenMode::from_flags(libc::O_RDWR)),
+            Err(Errno::EACCES)
+        );
+        assert_eq!(t.tree.setattr(m, Some(0), None, None), Err(Errno::EACCES));
+        // A non-empty folder, a bad folder name, a long name, a base name change.
+        t.tree.mkdir(ROOT, ".F").unwrap();
+        let fcur = ino(&t, ".F/cur").unwrap();
+        t.tree.rename(new, "1.b", fcur, "1.b:2,S", false).unwrap();
+        assert_eq!(t.tree.rmdir(ROOT, ".F"), Err(Errno::ENOTEMPTY));
+        assert_eq!(t.tree.mkdir(ROOT, "plain"), Err(Errno::EPERM));
+        assert_eq!(t.tree.mkdir(ROOT, ".a..b"), Err(Errno::EPERM));
+        assert_eq!(t.tree.mkdir(ROOT, "new"), Err(Errno::EEXIST));
+        assert_eq!(
+            t.tree.lookup(ROOT, &"x".repeat(256)),
+            Err(Errno::ENAMETOOLONG)
+        );
+        assert_eq!(
+            t.tree.rename(fcur, "1.b:2,S", fcur, "2.c:2,S", false),
+            Err(Errno::EPERM)
+        );
+        // The rename that only changes flags goes through; noreplace onto itself fails.
+        t.tree
+            .rename(fcur, "1.b:2,S", fcur, "1.b:2,RS", false)
+            .unwrap();
+        assert_eq!(names(&t, ".F/cur"), vec!["1.b:2,RS"]);
+    }
+
+    #[test]
+    fn engine_changes_show_after_refresh() {
+        let t = setup(1000);
+        assert!(names(&t, "new").is_empty());
+        let e = t
+            .tree
+            .source()
+            .deliver(
+                "INBOX",
+                NewMessage {
+                    bytes: b"x".to_vec(),
+                    internal_date: 5,
+                    flags: Flags::default(),
+                    recent: true,
+                    base: "5.x".into(),
+                },
+            )
+            .unwrap();
+        // Cached until refreshed.
+        assert!(names(&t, "new").is_empty());
+        let changed = t.tree.refresh_folder("INBOX");
+        assert_eq!(changed, vec![(ino(&t, "new").unwrap(), "5.x".to_string())]);
+        assert_eq!(names(&t, "new"), vec!["5.x"]);
+        let a = t.tree.lookup(ino(&t, "new").unwrap(), "5.x").unwrap();
+        assert_eq!(a.mtime, UNIX_EPOCH + Duration::from_secs(5));
+        t.tree.source().create_folder("Work").unwrap();
+        assert_eq!(t.tree.refresh_folders(), vec![(ROOT, ".Work".to_string())]);
+        assert_eq!(names(&t, ""), vec![".Work", "cur", "new", "tmp"]);
+        let _ = e;
+    }
+
+    #[test]
+    fn duplicate_base_names_stay_unique() {
+        let t = setup(1000);
+        let src = t.tree.source();
+        for _ in 0..2 {
+            src.deliver(
+                "INBOX",
+                NewMessage {
+                    bytes: b"x".to_vec(),
+                    internal_date: 5,
+                    flags: Flags::from_letters("S"),
+                    recent: false,
+                    base: "5.x".into(),
+                },
+            )
+            .unwrap();
+        }
+        let n = names(&t, "cur");
+        assert_eq!(n.len(), 2);
+        assert!(n.contains(&"5.x:2,S".to_string()));
+    }
+}
