@@ -9,12 +9,134 @@
 //! Names follow the Maildir convention that peerpost uses everywhere:
 //! `<internal-date-secs>.<id-prefix>.peerpost:2,<flags>` with flags in ASCII order.
 
+pub mod adapter;
 pub mod inode;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod notify;
 pub mod tree;
 
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use tree::Owner;
+use tree::Tree;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Who the files belong to (the mail user: Dovecot refuses uid 0).
+    pub owner: Owner,
+    /// Where local files (`tmp/`, Dovecot's indexes and lists) are kept.
+    pub backing: PathBuf,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Unmount when this process dies, even by SIGKILL (through the `fusermount3` helper;
+    /// implies `allow_other`).
+    pub auto_unmount: bool,
+}
+
+/// A mounted Maildir; unmounted on drop.
+pub struct Mount<S: MaildirSource> {
+    session: Option<fuser::BackgroundSession>,
+    notifier: fuser::Notifier,
+    waker: Option<notify::Waker>,
+    tree: Arc<Tree<S>>,
+    mountpoint: PathBuf,
+}
+
+impl<S: MaildirSource> fmt::Debug for Mount<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mount({})", self.mountpoint.display())
+    }
+}
+
+impl<S: MaildirSource> Mount<S> {
+    /// Mounts `source` at `mountpoint` (an existing, empty directory). Returns once the
+    /// kernel has the mount.
+    pub fn spawn(source: Arc<S>, mountpoint: &Path, opts: &MountOptions) -> io::Result<Mount<S>> {
+        let tree = Arc::new(Tree::new(source, &opts.backing, opts.owner)?);
+        let mut cfg = fuser::Config::default();
+        cfg.mount_options = vec![
+            fuser::MountOption::FSName("peerpost".into()),
+            fuser::MountOption::Subtype("peerpost".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::NoDev,
+            fuser::MountOption::NoSuid,
+        ];
+        if opts.auto_unmount {
+            cfg.mount_options.push(fuser::MountOption::AutoUnmount);
+        }
+        // allow_other: the mail user (Dovecot's) is not the mounting user.
+        cfg.acl = fuser::SessionACL::All;
+        cfg.n_threads = Some(opts.threads.clamp(1, 64));
+        let session =
+            fuser::spawn_mount(adapter::Adapter::new(Arc::clone(&tree)), mountpoint, &cfg)?;
+        let notifier = session.notifier();
+        Ok(Mount {
+            session: Some(session),
+            notifier,
+            waker: Some(notify::Waker::spawn()?),
+            tree,
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The engine changed (another process, or peers): re-reads the folders and the cached
+    /// listings, tells the kernel which names changed, and wakes the watchers of the
+    /// directories that did. Call from any thread but a FUSE worker.
+    pub fn engine_changed(&self) {
+        let mut changed = self.tree.refresh_folders();
+        let mut pokes = Vec::new();
+        for f in self.tree.cached_folders() {
+            let names = self.tree.refresh_folder(&f);
+            if names.is_empty() {
+                continue;
+            }
+            // Wake the watchers of new/ and cur/ (whichever changed: both is cheap).
+            let dir = self.mountpoint.join(tree::folder_dir(&f));
+            pokes.push(dir.join("new"));
+            pokes.push(dir.join("cur"));
+            changed.extend(names);
+        }
+        // The kernel forgets first, so the woken watchers read the new state.
+        for (parent, name) in changed {
+            // The kernel may not know the name (ENOENT): nothing to forget then.
+            let _ = self
+                .notifier
+                .inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+        }
+        if let Some(w) = &self.waker {
+            for p in pokes {
+                w.poke(p);
+            }
+        }
+    }
+
+    /// Unmounts and waits for the FUSE threads to finish.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.waker = None;
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: MaildirSource> Drop for Mount<S> {
+    fn drop(&mut self) {
+        self.waker = None;
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
 
 /// A folder, by its IMAP-style name: `INBOX`, `Sent`, `Archive/2024`.
 pub type FolderName = String;
@@ -208,5 +330,121 @@ mod tests {
         assert_eq!(e.file_name(), "1700000000.0123456789abcdef.peerpost:2,");
         e.recent = true;
         assert_eq!(e.file_name(), "1700000000.0123456789abcdef.peerpost");
+    }
+}
+
+/// The kernel mount over [`memory::MemorySource`]: skipped (with the reason printed) where
+/// `/dev/fuse` cannot be opened or the mount is refused.
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+    use crate::memory::MemorySource;
+    use std::fs;
+
+    fn mount(max: u64) -> Option<(Mount<MemorySource>, PathBuf)> {
+        if fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_err()
+        {
+            eprintln!("skipped: /dev/fuse cannot be opened");
+            return None;
+        }
+        let base = std::env::temp_dir().join(format!("peerpost-fs-mount-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let mnt = base.join("mnt");
+        fs::create_dir_all(&mnt).ok()?;
+        let src = Arc::new(MemorySource::new(1 << 30).with_max_message_size(max));
+        let opts = MountOptions {
+            owner: Owner { uid: 0, gid: 0 },
+            backing: base.join("local"),
+            threads: 2,
+            auto_unmount: false,
+        };
+        match Mount::spawn(src, &mnt, &opts) {
+            Ok(m) => Some((m, base)),
+            Err(e) => {
+                eprintln!("skipped: mount failed: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn shell_style_delivery_flags_and_errnos_through_the_kernel() {
+        let Some((m, base)) = mount(1000) else { return };
+        let root = m.mountpoint().to_path_buf();
+        let names = |d: &str| {
+            let mut v: Vec<String> = fs::read_dir(root.join(d))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        assert_eq!(names(""), vec!["cur", "new", "tmp"]);
+        fs::write(root.join("tmp/1.a.h"), b"Subject: x\n\nhello\n").unwrap();
+        fs::rename(root.join("tmp/1.a.h"), root.join("new/1.a.h")).unwrap();
+        assert_eq!(names("new"), vec!["1.a.h"]);
+        assert_eq!(
+            fs::read(root.join("new/1.a.h")).unwrap(),
+            b"Subject: x\n\nhello\n"
+        );
+        fs::rename(root.join("new/1.a.h"), root.join("cur/1.a.h:2,S")).unwrap();
+        assert_eq!(names("cur"), vec!["1.a.h:2,S"]);
+        fs::create_dir(root.join(".Work")).unwrap();
+        fs::rename(
+            root.join("cur/1.a.h:2,S"),
+            root.join(".Work/cur/1.a.h:2,FS"),
+        )
+        .unwrap();
+        assert_eq!(names(".Work/cur"), vec!["1.a.h:2,FS"]);
+        fs::hard_link(
+            root.join(".Work/cur/1.a.h:2,FS"),
+            root.join("cur/1.a.h:2,FS"),
+        )
+        .unwrap();
+        assert_eq!(names("cur"), vec!["1.a.h:2,FS"]);
+        let errno = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+        assert_eq!(
+            errno(fs::write(root.join("cur/x"), b"x")),
+            Some(libc::EACCES)
+        );
+        assert_eq!(
+            errno(fs::rename(root.join("tmp/nope"), root.join("new/nope"))),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(
+            errno(fs::remove_dir(root.join(".Work"))),
+            Some(libc::ENOTEMPTY)
+        );
+        assert_eq!(
+            errno(fs::write(root.join("tmp/big"), vec![b'x'; 2000])),
+            Some(libc::EFBIG)
+        );
+        fs::remove_file(root.join(".Work/cur/1.a.h:2,FS")).unwrap();
+        fs::remove_dir(root.join(".Work")).unwrap();
+        // A message delivered by the engine shows after engine_changed, without a remount.
+        m.tree
+            .source()
+            .deliver(
+                "INBOX",
+                NewMessage {
+                    bytes: b"y".to_vec(),
+                    internal_date: 7,
+                    flags: Flags::default(),
+                    recent: true,
+                    base: "7.y".into(),
+                },
+            )
+            .unwrap();
+        m.engine_changed();
+        assert_eq!(names("new"), vec!["7.y"]);
+        m.unmount().unwrap();
+        let _ = fs::remove_dir_all(&base);
     }
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use fuser::Errno;
 
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
+use crate::notify::WAKE_NAME;
 use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceError};
 
 /// The longest name in a directory (Linux NAME_MAX).
@@ -465,6 +466,13 @@ impl<S: MaildirSource> Tree<S> {
                     _ => Err(Errno::ENOENT),
                 }
             }
+            Place::Sub(_, _) if name == WAKE_NAME => {
+                let rel = Self::local_rel(place, name);
+                match fs::symlink_metadata(self.local_path(&rel)) {
+                    Ok(m) if m.is_file() => Ok(Child::Local(rel, None)),
+                    _ => Err(Errno::ENOENT),
+                }
+            }
             Place::Sub(f, s) => {
                 let l = self.listing(st, f)?;
                 let e = l.by_name(*s, name).ok_or(Errno::ENOENT)?;
@@ -636,6 +644,9 @@ impl<S: MaildirSource> Tree<S> {
                 let Some(name) = d.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
+                if name == WAKE_NAME {
+                    continue;
+                }
                 let i = st.inodes.ino(&NodeKey::Local(format!("{rel_dir}{name}")));
                 out.push(DirEntry {
                     ino: i,
@@ -782,7 +793,8 @@ impl<S: MaildirSource> Tree<S> {
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
         match &place {
-            Place::Sub(_, Sub::New | Sub::Cur) => return Err(Errno::EACCES),
+            Place::Sub(_, Sub::New | Sub::Cur) if name != WAKE_NAME => return Err(Errno::EACCES),
+            Place::Sub(_, Sub::New | Sub::Cur) => {}
             Place::FolderDir(f) => {
                 if Sub::from_name(name).is_some() {
                     return Err(Errno::EEXIST);
