@@ -119,22 +119,73 @@ impl<S: MaildirSource> Mount<S> {
         }
     }
 
-    /// Unmounts and waits for the FUSE threads to finish.
+    /// Unmounts and waits (a bounded time) for the FUSE threads to finish.
     pub fn unmount(mut self) -> io::Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> io::Result<()> {
         self.waker = None;
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
-            None => Ok(()),
-        }
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        // fuser's own unmount (through the auto_unmount helper) was seen to leave the mount
+        // in place and the join hanging: unmount here, then abort the connection so every
+        // FUSE thread returns even if a process still holds a file open.
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&self.mountpoint)?);
+        let unmounted = detach(&self.mountpoint);
+        let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            // fuser's own unmount then finds nothing to unmount (EINVAL): that is fine.
+            let r = match session.umount_and_join() {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                r => r,
+            };
+            let _ = tx.send(r);
+        });
+        let joined = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| Err(io::Error::other("FUSE threads did not finish in 5 s")));
+        unmounted.and(joined)
+    }
+}
+
+/// Lazily unmounts a mount point: umount2(MNT_DETACH) as root, `fusermount3 -u -z` otherwise.
+pub fn detach(mountpoint: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let ok = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cannot unmount {}: run `fusermount3 -u {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        )))
     }
 }
 
 impl<S: MaildirSource> Drop for Mount<S> {
     fn drop(&mut self) {
-        self.waker = None;
-        if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
-        }
+        let _ = self.shut_down();
     }
 }
 
@@ -276,7 +327,7 @@ pub trait MaildirSource: Send + Sync + 'static {
     /// The messages of a folder.
     fn messages(&self, folder: &str) -> Result<Vec<MessageEntry>>;
     /// The message's bytes (exactly `size` of them).
-    fn read(&self, key: &MessageKey) -> Result<Vec<u8>>;
+    fn read(&self, key: &MessageKey) -> Result<Arc<Vec<u8>>>;
     /// A new message written into `tmp/` and renamed (or linked) into `new/` or `cur/`.
     fn deliver(&self, folder: &str, msg: NewMessage) -> Result<MessageEntry>;
     /// Flags changed (rename within a folder); `seen_by_reader` when it left `new/`.

@@ -1,7 +1,7 @@
 //! An in-memory [`MaildirSource`] for tests of this crate (and of code that mounts it).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::{
     Flags, FolderName, MaildirSource, MessageEntry, MessageKey, NewMessage, Result, SourceError,
@@ -111,8 +111,13 @@ impl MaildirSource for MemorySource {
         self.with(|s| Ok(s.folder(folder)?.values().cloned().collect()))
     }
 
-    fn read(&self, key: &MessageKey) -> Result<Vec<u8>> {
-        self.with(|s| s.bodies.get(key).cloned().ok_or(SourceError::NotFound))
+    fn read(&self, key: &MessageKey) -> Result<Arc<Vec<u8>>> {
+        self.with(|s| {
+            s.bodies
+                .get(key)
+                .map(|b| Arc::new(b.clone()))
+                .ok_or(SourceError::NotFound)
+        })
     }
 
     fn deliver(&self, folder: &str, msg: NewMessage) -> Result<MessageEntry> {
@@ -243,7 +248,7 @@ mod tests {
         m.create_folder("Archive").unwrap();
         let e = m.deliver("INBOX", msg(b"hello", "1.a")).unwrap();
         assert!(e.recent);
-        assert_eq!(m.read(&e.key).unwrap(), b"hello");
+        assert_eq!(*m.read(&e.key).unwrap(), b"hello");
         m.set_flags("INBOX", &e.key, Flags::from_letters("S"), true)
             .unwrap();
         let c = m.copy_to("INBOX", &e.key, "Archive").unwrap();

@@ -711,7 +711,7 @@ impl<S: MaildirSource> Tree<S> {
                     return Err(Errno::EIO);
                 }
                 let mut st = self.lock();
-                self.add_handle(&mut st, Handle::Message(Arc::new(bytes)))
+                self.add_handle(&mut st, Handle::Message(bytes))
             }
             NodeKey::Local(rel) => {
                 let in_tmp = rel == "tmp" || rel.starts_with("tmp/") || rel.contains("/tmp/");
@@ -1139,7 +1139,7 @@ impl<S: MaildirSource> Tree<S> {
                         .deliver(
                             to,
                             NewMessage {
-                                bytes,
+                                bytes: bytes.to_vec(),
                                 internal_date: e.internal_date,
                                 flags,
                                 recent: *sub == Sub::New,
@@ -1158,7 +1158,7 @@ impl<S: MaildirSource> Tree<S> {
                 if let Some(p) = path.parent() {
                     fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
                 }
-                fs::write(&path, bytes).map_err(|e| io_errno(&e))?;
+                fs::write(&path, &*bytes).map_err(|e| io_errno(&e))?;
                 self.attr_of(&mut st, &NodeKey::Local(rel))
             }
             (NodeKey::Local(rel), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
