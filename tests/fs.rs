@@ -20,6 +20,15 @@ struct MountProcess {
 impl MountProcess {
     /// Starts the daemon and waits for the mount; `None` (skip) when FUSE is not usable here.
     fn start(t: &TestHome, mnt: &Path, path_env: Option<&str>) -> Option<MountProcess> {
+        Self::start_with(t, mnt, path_env, &[])
+    }
+
+    fn start_with(
+        t: &TestHome,
+        mnt: &Path,
+        path_env: Option<&str>,
+        extra: &[&str],
+    ) -> Option<MountProcess> {
         if std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -34,6 +43,7 @@ impl MountProcess {
             .arg(t.home())
             .arg("mount")
             .arg(mnt)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -451,5 +461,183 @@ fn bad_input_gets_the_right_errno() {
     assert_eq!(
         engine_files(&t, "bad"),
         vec![".Archive/cur/100.x.host:2,S", "new/200.y.host"]
+    );
+}
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+
+/// A private Dovecot (`tests/data/dovecot-private.sh`) serving a Maildir; killed on drop.
+struct Dovecot {
+    pid: i32,
+    port: u16,
+    rundir: PathBuf,
+}
+
+impl Dovecot {
+    fn start(maildir: &Path, rundir: &Path) -> Option<Dovecot> {
+        if Command::new("dovecot").arg("--version").output().is_err() {
+            eprintln!("skipped: dovecot is not installed (scripts/setup --test)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = Command::new(format!("{DATA}/dovecot-private.sh"))
+            .arg(maildir)
+            .arg(port.to_string())
+            .env("DC_RUNDIR", rundir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dovecot-private.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        Some(Dovecot {
+            pid,
+            port,
+            rundir: rundir.to_path_buf(),
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.rundir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the Dovecot master this test started (its pid, from the script).
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        // SAFETY: kill(pid, 0) only probes whether the process exists.
+        while unsafe { libc::kill(self.pid, 0) } == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits in IMAP IDLE on INBOX (Python imaplib, raw IDLE); prints "ready" once idling, then
+/// "exists" when Dovecot reports new mail, or "timeout" after `secs`.
+fn idle_watcher(port: u16, secs: u32) -> Child {
+    let script = r#"
+import imaplib, select, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("testuser", "testpass")
+m.select("INBOX")
+tag = m._new_tag()
+m.send(tag + b" IDLE\r\n")
+line = m.readline()
+if not line.startswith(b"+"):
+    print("no idle", line, flush=True); sys.exit(1)
+print("ready", flush=True)
+sock = m.socket()
+end = int(sys.argv[2])
+import time
+deadline = time.time() + end
+buf = b""
+while time.time() < deadline:
+    r, _, _ = select.select([sock], [], [], max(0.0, deadline - time.time()))
+    if not r:
+        break
+    data = sock.recv(4096)
+    if not data:
+        break
+    buf += data
+    if b"EXISTS" in buf:
+        print("exists", flush=True)
+        sys.exit(0)
+print("timeout", flush=True)
+"#;
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(secs.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn dovecot_serves_the_mount_and_idle_sees_mail_from_another_process() {
+    let t = TestHome::new();
+    home_with_mail(&t);
+    let mnt = t.dir.path().join("Maildir");
+    if Command::new("dovecot").arg("--version").output().is_err() {
+        eprintln!("skipped: dovecot is not installed (scripts/setup --test)");
+        return;
+    }
+    // Dovecot refuses uid 0: the files belong to the stock `mail` user (uid 8).
+    let owner = "mail";
+    let Some(_m) = MountProcess::start_with(&t, &mnt, None, &["--owner", owner]) else {
+        return;
+    };
+    sh(
+        &mnt,
+        "printf 'Subject: three\\n\\nthird\\n' > tmp/300.z.host && mv tmp/300.z.host new/300.z.host",
+    );
+    let rundir = t.dir.path().join("dovecot");
+    let Some(dc) = Dovecot::start(&mnt, &rundir) else {
+        return;
+    };
+    let out = Command::new("python3")
+        .arg(format!("{DATA}/imap-smoke.py"))
+        .args(["127.0.0.1", &dc.port.to_string(), "testuser", "testpass"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("15 passed, 0 failed"),
+        "{text}\n{}",
+        dc.log()
+    );
+    // Dovecot's work reached the engine: one message expunged, one appended (3 → 3), one
+    // flagged, and Dovecot's own files stayed local.
+    let files = engine_files(&t, "dovecot");
+    assert_eq!(
+        files.iter().filter(|f| !f.starts_with('.')).count(),
+        3,
+        "{files:?}"
+    );
+    assert!(files.iter().any(|f| f.contains(":2,F")), "{files:?}");
+    assert!(mnt.join("dovecot-uidlist").exists());
+    assert!(!files.iter().any(|f| f.contains("dovecot")));
+
+    // IDLE: mail imported by another process reaches the engine, then the mount, and Dovecot
+    // hears of it through inotify, well before its 30 s poll.
+    let mut idle = idle_watcher(dc.port, 20);
+    let mut stdout = idle.stdout.take().unwrap();
+    {
+        use std::io::Read;
+        let mut b = [0u8; 6];
+        stdout.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ready\n");
+    }
+    let src = t.dir.path().join("src-idle");
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("new/700.i.host"), "Subject: idle\n\nwake up\n").unwrap();
+    let started = Instant::now();
+    t.run(&["import", src.to_str().unwrap()]).success();
+    let status = idle.wait().unwrap();
+    let mut rest = String::new();
+    {
+        use std::io::Read;
+        stdout.read_to_string(&mut rest).unwrap();
+    }
+    assert!(status.success(), "{rest}");
+    assert_eq!(rest, "exists\n", "IDLE did not report the new mail");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "IDLE heard of the mail only after {:?}",
+        started.elapsed()
     );
 }
