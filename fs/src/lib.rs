@@ -16,6 +16,7 @@ pub mod memory;
 pub mod notify;
 pub mod tree;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -196,8 +197,9 @@ pub type FolderName = String;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageKey(pub String);
 
-/// Maildir flags (the `:2,` suffix).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// Maildir flags (the `:2,` suffix): the system letters, and IMAP keywords, which a name
+/// carries as letters `a`–`z` through the folder's `dovecot-keywords` file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Flags {
     pub draft: bool,
     pub flagged: bool,
@@ -205,11 +207,12 @@ pub struct Flags {
     pub replied: bool,
     pub seen: bool,
     pub trashed: bool,
+    pub keywords: BTreeSet<String>,
 }
 
 impl Flags {
-    /// Parses the letters after `:2,` (unknown letters are ignored here; keywords are the
-    /// engine's business).
+    /// Parses the system letters after `:2,` (others are ignored here; keyword letters need
+    /// the folder's `dovecot-keywords`, see `tree::KeywordMap`).
     pub fn from_letters(s: &str) -> Flags {
         let mut f = Flags::default();
         for c in s.chars() {
@@ -228,7 +231,7 @@ impl Flags {
 }
 
 impl fmt::Display for Flags {
-    /// The letters in ASCII order, as Maildir requires.
+    /// The system letters in ASCII order, as Maildir requires.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (on, c) in [
             (self.draft, 'D'),
@@ -265,8 +268,9 @@ pub struct MessageEntry {
 impl MessageEntry {
     /// The file name under `new/` or `cur/`: a bare base while the message is in `new/`
     /// without flags (as delivery agents write it), `<base>:2,<flags>` otherwise.
+    /// Keywords are left out here (they need the folder's `dovecot-keywords`).
     pub fn file_name(&self) -> String {
-        if self.recent && self.flags == Flags::default() {
+        if self.recent && self.flags.to_string().is_empty() {
             self.base.clone()
         } else {
             format!("{}:2,{}", self.base, self.flags)

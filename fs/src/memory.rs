@@ -166,7 +166,7 @@ impl MaildirSource for MemorySource {
                 NewMessage {
                     bytes,
                     internal_date: e.internal_date,
-                    flags: e.flags,
+                    flags: e.flags.clone(),
                     recent: e.recent,
                     base: e.base,
                 },

@@ -108,15 +108,25 @@ impl OpenMode {
 #[derive(Debug, Default)]
 struct Listing {
     entries: HashMap<MessageKey, MessageEntry>,
+    /// Where each entry is shown (kept, so a removal finds the name it had).
+    shown: HashMap<MessageKey, (Sub, String)>,
     new: HashMap<String, MessageKey>,
     cur: HashMap<String, MessageKey>,
 }
 
 impl Listing {
-    fn build(entries: Vec<MessageEntry>) -> Listing {
+    fn build(
+        entries: Vec<MessageEntry>,
+        keywords: &KeywordMap,
+        pending: Option<&HashMap<MessageKey, Vec<char>>>,
+    ) -> Listing {
         let mut l = Listing::default();
         for e in entries {
-            l.insert(e);
+            let extra = pending
+                .and_then(|p| p.get(&e.key))
+                .cloned()
+                .unwrap_or_default();
+            l.insert(e, keywords, &extra);
         }
         l
     }
@@ -129,28 +139,29 @@ impl Listing {
         }
     }
 
-    /// Adds an entry; a base name already taken in this folder (two copies of one message)
-    /// gets the key's first 8 characters appended, so every file name is unique.
-    fn insert(&mut self, mut e: MessageEntry) {
+    /// Adds an entry; a name already taken in this folder (two copies of one message) gets
+    /// the key's first 8 characters appended to its base, so every file name is unique.
+    /// `extra`: keyword letters the client named that `dovecot-keywords` does not define yet
+    /// (Dovecot renames a message before it writes the new letter into the file).
+    fn insert(&mut self, mut e: MessageEntry, keywords: &KeywordMap, extra: &[char]) {
         self.remove(&e.key);
-        let taken = |l: &Listing, e: &MessageEntry| {
-            let n = e.file_name();
-            l.new.contains_key(&n) || l.cur.contains_key(&n)
-        };
-        if taken(self, &e) {
+        let mut name = keywords.file_name_with(&e, extra);
+        if self.new.contains_key(&name) || self.cur.contains_key(&name) {
             let suffix: String = e.key.0.chars().take(8).collect();
             e.base = format!("{}.{suffix}", e.base);
+            name = keywords.file_name_with(&e, extra);
         }
-        let name = e.file_name();
         let sub = sub_of(&e);
-        self.names(sub).insert(name, e.key.clone());
+        self.names(sub).insert(name.clone(), e.key.clone());
+        self.shown.insert(e.key.clone(), (sub, name));
         self.entries.insert(e.key.clone(), e);
     }
 
     fn remove(&mut self, key: &MessageKey) -> Option<MessageEntry> {
         let e = self.entries.remove(key)?;
-        let name = e.file_name();
-        self.names(sub_of(&e)).remove(&name);
+        if let Some((sub, name)) = self.shown.remove(key) {
+            self.names(sub).remove(&name);
+        }
         Some(e)
     }
 
@@ -161,6 +172,117 @@ impl Listing {
             &self.cur
         };
         names.get(name).and_then(|k| self.entries.get(k))
+    }
+}
+
+/// A folder's `dovecot-keywords` (Dovecot's format: `<index> <keyword>` per line, index 0 =
+/// letter `a`): how keywords appear in file names. The file is local and Dovecot's; the
+/// tree only reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeywordMap {
+    by_index: Vec<Option<String>>,
+}
+
+impl KeywordMap {
+    /// Parses the file; malformed lines are skipped.
+    pub fn parse(text: &str) -> KeywordMap {
+        let mut by_index = vec![None; 26];
+        for line in text.lines().take(1000) {
+            let Some((n, kw)) = line.split_once(' ') else {
+                continue;
+            };
+            if let Ok(n) = n.parse::<usize>()
+                && n < 26
+                && !kw.is_empty()
+                && kw.len() <= 255
+                && !kw.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                by_index[n] = Some(kw.to_string());
+            }
+        }
+        KeywordMap { by_index }
+    }
+
+    pub fn keyword(&self, letter: char) -> Option<&str> {
+        let i = (letter as u32).checked_sub('a' as u32)? as usize;
+        self.by_index.get(i)?.as_deref()
+    }
+
+    pub fn letter(&self, keyword: &str) -> Option<char> {
+        let i = self
+            .by_index
+            .iter()
+            .position(|k| k.as_deref() == Some(keyword))?;
+        char::from_u32('a' as u32 + i as u32)
+    }
+
+    /// The file name of an entry: a bare base while it is in `new/` with no letters to show,
+    /// `<base>:2,<system letters><keyword letters>` otherwise (keywords without a letter
+    /// here are not shown).
+    pub fn file_name(&self, e: &MessageEntry) -> String {
+        self.file_name_with(e, &[])
+    }
+
+    /// [`KeywordMap::file_name`] with more keyword letters shown.
+    pub fn file_name_with(&self, e: &MessageEntry, extra: &[char]) -> String {
+        let mut letters = e.flags.to_string();
+        let mut kw: Vec<char> = e
+            .flags
+            .keywords
+            .iter()
+            .filter_map(|k| self.letter(k))
+            .chain(extra.iter().copied())
+            .collect();
+        kw.sort_unstable();
+        kw.dedup();
+        letters.extend(kw);
+        if e.recent && letters.is_empty() {
+            e.base.clone()
+        } else {
+            format!("{}:2,{letters}", e.base)
+        }
+    }
+
+    /// A file name's base and flags: `base:2,FSa` → (`base`, F S + the keyword of `a`).
+    /// A name without `:2,` has no flags; letters this map does not know are dropped.
+    pub fn parse_name(&self, name: &str) -> (String, Flags) {
+        match name.rfind(":2,") {
+            Some(i) => {
+                let letters = &name[i + 3..];
+                let mut f = Flags::from_letters(letters);
+                f.keywords = letters
+                    .chars()
+                    .filter(char::is_ascii_lowercase)
+                    .filter_map(|c| self.keyword(c).map(str::to_string))
+                    .collect();
+                (name[..i].to_string(), f)
+            }
+            None => (name.to_string(), Flags::default()),
+        }
+    }
+
+    /// Keyword letters of a name that this map does not define.
+    pub fn unknown_letters(&self, name: &str) -> Vec<char> {
+        let Some(i) = name.rfind(":2,") else {
+            return Vec::new();
+        };
+        let mut v: Vec<char> = name[i + 3..]
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() && self.keyword(*c).is_none())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Keywords the map cannot show (kept as they are when a rename sets flags).
+    pub fn hidden(&self, flags: &Flags) -> BTreeSet<String> {
+        flags
+            .keywords
+            .iter()
+            .filter(|k| self.letter(k).is_none())
+            .cloned()
+            .collect()
     }
 }
 
@@ -182,7 +304,13 @@ struct State {
     listings: HashMap<String, Listing>,
     handles: HashMap<u64, Arc<Handle>>,
     next_handle: u64,
+    /// Per folder: messages renamed with keyword letters `dovecot-keywords` did not define
+    /// yet; resolved into engine keywords when the file next changes.
+    pending: HashMap<String, HashMap<MessageKey, Vec<char>>>,
 }
+
+/// Messages with unresolved keyword letters remembered per folder (beyond: letters dropped).
+pub const MAX_PENDING: usize = 10_000;
 
 /// What a name in a directory refers to.
 #[derive(Debug, Clone)]
@@ -255,15 +383,6 @@ pub fn dir_folder(name: &str) -> Option<String> {
     Some(f)
 }
 
-/// A file name's base and flags: `base:2,FS` → (`base`, F S). A name without `:2,` has no
-/// flags. Letters that are not system flags (Dovecot keyword letters) are not kept.
-pub fn parse_name(name: &str) -> (String, Flags) {
-    match name.rfind(":2,") {
-        Some(i) => (name[..i].to_string(), Flags::from_letters(&name[i + 3..])),
-        None => (name.to_string(), Flags::default()),
-    }
-}
-
 fn check_name(name: &str) -> Result<(), Errno> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(Errno::EINVAL);
@@ -296,6 +415,7 @@ impl<S: MaildirSource> Tree<S> {
                 listings: HashMap::new(),
                 handles: HashMap::new(),
                 next_handle: 1,
+                pending: HashMap::new(),
             }),
         })
     }
@@ -322,11 +442,23 @@ impl<S: MaildirSource> Tree<S> {
         Ok(folder == INBOX || self.folders(st)?.contains(folder))
     }
 
+    /// The folder's keyword letters (its local `dovecot-keywords`; none if absent).
+    pub fn keywords(&self, folder: &str) -> KeywordMap {
+        let rel = Self::local_rel(&Place::FolderDir(folder.to_string()), "dovecot-keywords");
+        let path = self.local_path(&rel);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() <= 64 * 1024 => {
+                KeywordMap::parse(&fs::read_to_string(&path).unwrap_or_default())
+            }
+            _ => KeywordMap::default(),
+        }
+    }
+
     fn listing<'a>(&self, st: &'a mut State, folder: &str) -> Result<&'a mut Listing, Errno> {
         if !st.listings.contains_key(folder) {
             let entries = self.source.messages(folder).map_err(|e| errno(&e))?;
-            st.listings
-                .insert(folder.to_string(), Listing::build(entries));
+            let l = Listing::build(entries, &self.keywords(folder), st.pending.get(folder));
+            st.listings.insert(folder.to_string(), l);
         }
         st.listings.get_mut(folder).ok_or(Errno::EIO)
     }
@@ -932,6 +1064,9 @@ impl<S: MaildirSource> Tree<S> {
             Child::Message(f, e) => {
                 self.source.expunge(&f, &e.key).map_err(|e| errno(&e))?;
                 self.listing(&mut st, &f)?.remove(&e.key);
+                if let Some(p) = st.pending.get_mut(&f) {
+                    p.remove(&e.key);
+                }
                 st.inodes.remove(&NodeKey::Message(f, e.key));
                 Ok(())
             }
@@ -959,7 +1094,8 @@ impl<S: MaildirSource> Tree<S> {
             return Err(Errno::EFBIG);
         }
         let bytes = fs::read(&path).map_err(|e| io_errno(&e))?;
-        let (base, flags) = parse_name(name);
+        let keywords = self.keywords(to);
+        let (base, flags) = keywords.parse_name(name);
         let entry = self
             .source
             .deliver(
@@ -973,7 +1109,7 @@ impl<S: MaildirSource> Tree<S> {
                 },
             )
             .map_err(|e| errno(&e))?;
-        self.listing(st, to)?.insert(entry.clone());
+        self.listing(st, to)?.insert(entry.clone(), &keywords, &[]);
         Ok(entry)
     }
 
@@ -1027,11 +1163,19 @@ impl<S: MaildirSource> Tree<S> {
                 fs::rename(self.local_path(&rel), &to_path).map_err(|e| io_errno(&e))?;
                 st.inodes
                     .rekey(&NodeKey::Local(rel), &NodeKey::Local(new_rel));
+                if newname == "dovecot-keywords"
+                    && let Place::FolderDir(f) = &to_place
+                {
+                    self.keywords_changed(&mut st, f);
+                }
                 Ok(())
             }
             // Flag change or move.
             (Child::Message(f, e), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
-                let (base, flags) = parse_name(newname);
+                let keywords = self.keywords(to);
+                let (base, mut flags) = keywords.parse_name(newname);
+                // Keywords the name cannot carry (no letter here) stay as they are.
+                flags.keywords.extend(keywords.hidden(&e.flags));
                 if base != e.base {
                     // The engine keeps one base name per message.
                     return Err(Errno::EPERM);
@@ -1053,14 +1197,25 @@ impl<S: MaildirSource> Tree<S> {
                 let mut now = moved.clone();
                 if flags != moved.flags || seen_by_reader {
                     self.source
-                        .set_flags(to, &moved.key, flags, seen_by_reader)
+                        .set_flags(to, &moved.key, flags.clone(), seen_by_reader)
                         .map_err(|e| errno(&e))?;
                     now.flags = flags;
                     if seen_by_reader {
                         now.recent = false;
                     }
                 }
-                self.listing(&mut st, to)?.insert(now.clone());
+                let unknown = keywords.unknown_letters(newname);
+                if let Some(p) = st.pending.get_mut(&f) {
+                    p.remove(&e.key);
+                }
+                if !unknown.is_empty() {
+                    let p = st.pending.entry(to.clone()).or_default();
+                    if p.len() < MAX_PENDING {
+                        p.insert(now.key.clone(), unknown.clone());
+                    }
+                }
+                self.listing(&mut st, to)?
+                    .insert(now.clone(), &keywords, &unknown);
                 let new_key = NodeKey::Message(to.clone(), now.key);
                 st.inodes.rekey(&old_key, &new_key);
                 self.replace_existing(&mut st, existing, &new_key)
@@ -1086,6 +1241,41 @@ impl<S: MaildirSource> Tree<S> {
             }
             (Child::Folder(_) | Child::Sub(..), _) => Err(Errno::EPERM),
         }
+    }
+
+    /// The folder's `dovecot-keywords` changed: letters named before they were defined
+    /// become engine keywords, and names are recomputed on next use.
+    fn keywords_changed(&self, st: &mut State, folder: &str) {
+        let map = self.keywords(folder);
+        let pending = st.pending.remove(folder).unwrap_or_default();
+        let mut still = HashMap::new();
+        for (key, letters) in pending {
+            let resolved: Vec<String> = letters
+                .iter()
+                .filter_map(|c| map.keyword(*c).map(str::to_string))
+                .collect();
+            if resolved.len() < letters.len() {
+                still.insert(key, letters);
+                continue;
+            }
+            let Some(e) = st
+                .listings
+                .get(folder)
+                .and_then(|l| l.entries.get(&key))
+                .cloned()
+            else {
+                continue;
+            };
+            let mut flags = e.flags.clone();
+            flags.keywords.extend(resolved);
+            if self.source.set_flags(folder, &key, flags, false).is_err() {
+                still.insert(key, letters);
+            }
+        }
+        if !still.is_empty() {
+            st.pending.insert(folder.to_string(), still);
+        }
+        st.listings.remove(folder);
     }
 
     /// After a rename onto an existing name: the file that was there is gone.
@@ -1130,7 +1320,9 @@ impl<S: MaildirSource> Tree<S> {
                     .get(k)
                     .cloned()
                     .ok_or(Errno::ENOENT)?;
-                let (base, flags) = parse_name(newname);
+                let keywords = self.keywords(to);
+                let (base, mut flags) = keywords.parse_name(newname);
+                flags.keywords.extend(keywords.hidden(&e.flags));
                 let entry = if base == e.base && flags == e.flags && to != f {
                     self.source.copy_to(f, k, to).map_err(|e| errno(&e))?
                 } else {
@@ -1148,7 +1340,8 @@ impl<S: MaildirSource> Tree<S> {
                         )
                         .map_err(|e| errno(&e))?
                 };
-                self.listing(&mut st, to)?.insert(entry.clone());
+                self.listing(&mut st, to)?
+                    .insert(entry.clone(), &keywords, &[]);
                 self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
             }
             (NodeKey::Message(_, k), Place::Sub(_, Sub::Tmp)) => {
@@ -1447,6 +1640,78 @@ mod tests {
         assert_eq!(t.tree.refresh_folders(), vec![(ROOT, ".Work".to_string())]);
         assert_eq!(names(&t, ""), vec![".Work", "cur", "new", "tmp"]);
         let _ = e;
+    }
+
+    #[test]
+    fn keyword_letters_follow_dovecot_keywords() {
+        let t = setup(1000);
+        write_file(&t, "tmp", "1.k", b"x");
+        let tmp = ino(&t, "tmp").unwrap();
+        let cur = ino(&t, "cur").unwrap();
+        t.tree.rename(tmp, "1.k", cur, "1.k:2,S", false).unwrap();
+        // Dovecot writes the map (lock file renamed into place), then renames the message.
+        write_file(&t, "", "dovecot-keywords.lock", b"0 $Label1\n1 Work\n");
+        t.tree
+            .rename(
+                ROOT,
+                "dovecot-keywords.lock",
+                ROOT,
+                "dovecot-keywords",
+                false,
+            )
+            .unwrap();
+        t.tree
+            .rename(cur, "1.k:2,S", cur, "1.k:2,Sab", false)
+            .unwrap();
+        assert_eq!(names(&t, "cur"), vec!["1.k:2,Sab"]);
+        let m = &t.tree.source().messages("INBOX").unwrap()[0];
+        let kws: Vec<&str> = m.flags.keywords.iter().map(String::as_str).collect();
+        assert_eq!(kws, vec!["$Label1", "Work"]);
+        t.tree
+            .rename(cur, "1.k:2,Sab", cur, "1.k:2,Sb", false)
+            .unwrap();
+        let m = &t.tree.source().messages("INBOX").unwrap()[0];
+        assert_eq!(m.flags.keywords.len(), 1);
+        // A keyword without a letter here is not shown and survives flag renames.
+        let src = t.tree.source();
+        let mut f = m.flags.clone();
+        f.keywords.insert("Unlettered".into());
+        src.set_flags("INBOX", &m.key, f, false).unwrap();
+        t.tree.refresh_folder("INBOX");
+        assert_eq!(names(&t, "cur"), vec!["1.k:2,Sb"]);
+        t.tree
+            .rename(cur, "1.k:2,Sb", cur, "1.k:2,FSb", false)
+            .unwrap();
+        let m = &src.messages("INBOX").unwrap()[0];
+        assert!(m.flags.keywords.contains("Unlettered") && m.flags.flagged);
+        // Dovecot's real order: the message is renamed with a new letter first, the map
+        // written after. The name is kept as given meanwhile; the keyword lands then.
+        t.tree
+            .rename(cur, "1.k:2,FSb", cur, "1.k:2,FSbc", false)
+            .unwrap();
+        assert_eq!(names(&t, "cur"), vec!["1.k:2,FSbc"]);
+        write_file(
+            &t,
+            "",
+            "dovecot-keywords.lock",
+            b"0 $Label1\n1 Work\n2 Later\n",
+        );
+        t.tree
+            .rename(
+                ROOT,
+                "dovecot-keywords.lock",
+                ROOT,
+                "dovecot-keywords",
+                false,
+            )
+            .unwrap();
+        let m = &src.messages("INBOX").unwrap()[0];
+        assert!(m.flags.keywords.contains("Later"), "{:?}", m.flags);
+        assert_eq!(names(&t, "cur"), vec!["1.k:2,FSbc"]);
+        // Unknown letters are dropped (the map has no `z`).
+        let map = KeywordMap::parse("0 $Label1\nbad line\n30 x\n");
+        let (base, fl) = map.parse_name("b:2,Saz");
+        assert_eq!((base.as_str(), fl.seen, fl.keywords.len()), ("b", true, 1));
     }
 
     #[test]

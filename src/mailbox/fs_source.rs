@@ -3,8 +3,9 @@
 //! FUSE worker threads are plain OS threads, not tokio workers, so each call bridges to the
 //! engine's async API with [`Handle::block_on`] on the command's runtime, bounded by a
 //! timeout (an engine that does not answer gives the client EIO, never a hung thread).
-//! Message keys are entry ids (40 hex digits). Maildir flags are the engine's system flags;
-//! a flag change through the mount leaves the engine's keywords alone.
+//! Message keys are entry ids (40 hex digits). Flags are the engine's system flags and
+//! keywords (the tree maps keywords to letters through the folder's `dovecot-keywords`, and
+//! passes back the ones a name cannot show, so a flag rename keeps them).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -100,6 +101,7 @@ fn fs_flags(f: &Flags) -> pfs::Flags {
         replied: b(3),
         seen: b(4),
         trashed: b(5),
+        keywords: f.keywords.clone(),
     }
 }
 
@@ -147,7 +149,7 @@ impl MaildirSource for FsSource {
                 internal_date: msg.internal_date,
                 flags: Flags {
                     bits: bits(&msg.flags),
-                    keywords: Default::default(),
+                    keywords: msg.flags.keywords.clone(),
                 },
                 recent: msg.recent,
                 maildir_name: Some(msg.base),
@@ -164,25 +166,14 @@ impl MaildirSource for FsSource {
         seen_by_reader: bool,
     ) -> pfs::Result<()> {
         let e = [entry_of(key)?];
-        let on = bits(&flags);
-        let set = Flags {
-            bits: on,
-            keywords: Default::default(),
+        let want = Flags {
+            bits: bits(&flags),
+            keywords: flags.keywords,
         };
-        let clear = Flags {
-            bits: !on & 0x3f,
-            keywords: Default::default(),
-        };
-        // Two calls so keywords (which Maildir names here do not carry) stay as they are; each
-        // writes only what changes.
-        self.run(async {
+        self.run(
             self.mb
-                .set_flags(folder, &e, FlagMode::Add, &set, seen_by_reader)
-                .await?;
-            self.mb
-                .set_flags(folder, &e, FlagMode::Remove, &clear, false)
-                .await
-        })
+                .set_flags(folder, &e, FlagMode::Replace, &want, seen_by_reader),
+        )
     }
 
     fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> pfs::Result<pfs::MessageEntry> {
