@@ -611,6 +611,52 @@ fn dovecot_serves_the_mount_and_idle_sees_mail_from_another_process() {
     assert!(mnt.join("dovecot-uidlist").exists());
     assert!(!files.iter().any(|f| f.contains("dovecot")));
 
+    // Folders: CREATE, RENAME and DELETE through Dovecot reach the engine.
+    let script = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("testuser", "testpass")
+for cmd, args in [("create", ["Work"]), ("create", ["Work.Sub"]), ("create", ["Old"]),
+                  ("rename", ["Work", "Projects"]), ("delete", ["Old"])]:
+    typ, data = getattr(m, cmd)(*args)
+    print(cmd, args, typ, data)
+    if typ != "OK":
+        sys.exit(1)
+m.logout()
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dc.port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        dc.log()
+    );
+    let exported = t.dir.path().join("export-folders");
+    t.run(&["export", exported.to_str().unwrap()]).success();
+    let mut dirs: Vec<String> = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        vec![
+            ".Archive",
+            ".Drafts",
+            ".Junk",
+            ".Projects",
+            ".Projects.Sub",
+            ".Sent",
+            ".Trash"
+        ]
+    );
+
     // IDLE: mail imported by another process reaches the engine, then the mount, and Dovecot
     // hears of it through inotify, well before its 30 s poll.
     let mut idle = idle_watcher(dc.port, 20);

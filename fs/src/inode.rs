@@ -51,8 +51,9 @@ pub enum NodeKey {
     Sub(String, Sub),
     /// A message, by folder and key (in `new/` or `cur/`, as its state says).
     Message(String, MessageKey),
-    /// A file kept on local disk, by its path relative to the Maildir root.
-    Local(String),
+    /// A file kept on local disk, by its inode number in the backing directory (so hard
+    /// links share a number, as Dovecot's lock files expect).
+    Local(u64),
 }
 
 impl NodeKey {
@@ -62,7 +63,7 @@ impl NodeKey {
             NodeKey::Folder(f) => (1, f.clone()),
             NodeKey::Sub(f, s) => (2, format!("{f}\0{}", s.name())),
             NodeKey::Message(f, k) => (3, format!("{f}\0{}", k.0)),
-            NodeKey::Local(p) => (4, p.clone()),
+            NodeKey::Local(b) => (4, b.to_string()),
         }
     }
 }
@@ -167,24 +168,24 @@ mod tests {
         assert_eq!(a.ino(&NodeKey::Root), ROOT);
         // Different kinds with the same text get different numbers.
         assert_ne!(
-            preferred(&NodeKey::Folder("a".into())),
-            preferred(&NodeKey::Local("a".into()))
+            preferred(&NodeKey::Folder("1".into())),
+            preferred(&NodeKey::Local(1))
         );
     }
 
     #[test]
     fn collisions_take_the_next_free_number_and_rekey_keeps_it() {
         let mut t = Inodes::new();
-        let k1 = NodeKey::Local("one".into());
+        let k1 = NodeKey::Local(1);
         let i1 = t.ino(&k1);
         // Force a collision: occupy k2's preferred number with k1's entry.
-        let k2 = NodeKey::Local("two".into());
+        let k2 = NodeKey::Local(2);
         let p2 = preferred(&k2);
         t.by_ino.insert(p2, k1.clone());
         let i2 = t.ino(&k2);
         assert_ne!(i2, p2);
         assert!(i2 >= FIRST_HASHED);
-        let k3 = NodeKey::Local("three".into());
+        let k3 = NodeKey::Local(3);
         t.rekey(&k1, &k3);
         assert_eq!(t.ino(&k3), i1);
         assert_eq!(t.key(i1), Some(&k3));

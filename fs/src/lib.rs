@@ -452,6 +452,7 @@ mod mount_tests {
         fs::rename(root.join("new/1.a.h"), root.join("cur/1.a.h:2,S")).unwrap();
         assert_eq!(names("cur"), vec!["1.a.h:2,S"]);
         fs::create_dir(root.join(".Work")).unwrap();
+        fs::create_dir(root.join(".Work/cur")).unwrap();
         fs::rename(
             root.join("cur/1.a.h:2,S"),
             root.join(".Work/cur/1.a.h:2,FS"),

@@ -294,7 +294,7 @@ fn sub_of(e: &MessageEntry) -> Sub {
 #[derive(Debug)]
 enum Handle {
     Message(Arc<Vec<u8>>),
-    Local { file: File, in_tmp: bool },
+    Local { file: File, in_tmp: bool, ino: u64 },
 }
 
 #[derive(Debug)]
@@ -307,6 +307,20 @@ struct State {
     /// Per folder: messages renamed with keyword letters `dovecot-keywords` did not define
     /// yet; resolved into engine keywords when the file next changes.
     pending: HashMap<String, HashMap<MessageKey, Vec<char>>>,
+    /// A path (relative to the backing directory) of each local file known, by its backing
+    /// inode number.
+    local_path: HashMap<u64, String>,
+    /// Folders made by `mkdir` in this mount whose cur/new/tmp are not all made yet
+    /// (bit per [`Sub`]); other folders have all three.
+    fresh: HashMap<String, u8>,
+}
+
+fn sub_bit(s: Sub) -> u8 {
+    match s {
+        Sub::Cur => 1,
+        Sub::New => 2,
+        Sub::Tmp => 4,
+    }
 }
 
 /// Messages with unresolved keyword letters remembered per folder (beyond: letters dropped).
@@ -416,6 +430,8 @@ impl<S: MaildirSource> Tree<S> {
                 handles: HashMap::new(),
                 next_handle: 1,
                 pending: HashMap::new(),
+                local_path: HashMap::new(),
+                fresh: HashMap::new(),
             }),
         })
     }
@@ -577,6 +593,9 @@ impl<S: MaildirSource> Tree<S> {
         match place {
             Place::FolderDir(f) => {
                 if let Some(s) = Sub::from_name(name) {
+                    if st.fresh.get(f).is_some_and(|made| made & sub_bit(s) == 0) {
+                        return Err(Errno::ENOENT);
+                    }
                     return Ok(Child::Sub(f.clone(), s));
                 }
                 if f == INBOX
@@ -613,13 +632,25 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
-    fn child_key(child: &Child) -> NodeKey {
-        match child {
+    fn child_key(&self, st: &mut State, child: &Child) -> Result<NodeKey, Errno> {
+        Ok(match child {
             Child::Folder(f) => NodeKey::Folder(f.clone()),
             Child::Sub(f, s) => NodeKey::Sub(f.clone(), *s),
             Child::Message(f, e) => NodeKey::Message(f.clone(), e.key.clone()),
-            Child::Local(rel, _) => NodeKey::Local(rel.clone()),
-        }
+            Child::Local(rel, _) => self.local_key(st, rel)?,
+        })
+    }
+
+    /// The key of the local file at `rel` (its backing inode), remembering the path.
+    fn local_key(&self, st: &mut State, rel: &str) -> Result<NodeKey, Errno> {
+        let m = fs::symlink_metadata(self.local_path(rel)).map_err(|e| io_errno(&e))?;
+        st.local_path.insert(m.ino(), rel.to_string());
+        Ok(NodeKey::Local(m.ino()))
+    }
+
+    /// A path of a local file known by its backing inode.
+    fn local_rel_of(st: &State, b: u64) -> Result<String, Errno> {
+        st.local_path.get(&b).cloned().ok_or(Errno::ENOENT)
     }
 
     fn dir_attr(&self, ino: u64, nlink: u32) -> Attr {
@@ -672,9 +703,10 @@ impl<S: MaildirSource> Tree<S> {
                     gid: self.owner.gid,
                 })
             }
-            NodeKey::Local(rel) => {
-                let m = fs::symlink_metadata(self.local_path(rel)).map_err(|e| io_errno(&e))?;
-                if !m.is_file() {
+            NodeKey::Local(b) => {
+                let rel = Self::local_rel_of(st, *b)?;
+                let m = fs::symlink_metadata(self.local_path(&rel)).map_err(|e| io_errno(&e))?;
+                if !m.is_file() || m.ino() != *b {
                     return Err(Errno::ENOENT);
                 }
                 Ok(Attr {
@@ -683,7 +715,7 @@ impl<S: MaildirSource> Tree<S> {
                     size: m.len(),
                     mtime: m.modified().unwrap_or(UNIX_EPOCH),
                     perm: (m.mode() & 0o777) as u16,
-                    nlink: 1,
+                    nlink: m.nlink() as u32,
                     uid: self.owner.uid,
                     gid: self.owner.gid,
                 })
@@ -697,11 +729,44 @@ impl<S: MaildirSource> Tree<S> {
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
         let child = self.child(&mut st, &place, name)?;
-        let key = Self::child_key(&child);
+        let key = self.child_key(&mut st, &child)?;
         self.attr_of(&mut st, &key)
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+    /// `fh`: an open handle, when the kernel has one (fstat). A local file unlinked while
+    /// open (Dovecot's lock files) is still described through it.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
+        let by_fh = fh.and_then(|fh| self.handle(fh).ok());
+        let found = match by_fh {
+            Some(h) => Ok(h),
+            None => {
+                let mut st = self.lock();
+                match self.key(&st, ino).and_then(|k| self.attr_of(&mut st, &k)) {
+                    Ok(a) => return Ok(a),
+                    // An unlinked local file still open: described through its handle.
+                    Err(e) => st
+                        .handles
+                        .values()
+                        .find(|h| matches!(&***h, Handle::Local { ino: i, .. } if *i == ino))
+                        .cloned()
+                        .ok_or(e),
+                }
+            }
+        };
+        let h = found?;
+        if let Handle::Local { file, .. } = &*h {
+            let m = file.metadata().map_err(|e| io_errno(&e))?;
+            return Ok(Attr {
+                ino,
+                kind: Kind::File,
+                size: m.len(),
+                mtime: m.modified().unwrap_or(UNIX_EPOCH),
+                perm: (m.mode() & 0o777) as u16,
+                nlink: m.nlink() as u32,
+                uid: self.owner.uid,
+                gid: self.owner.gid,
+            });
+        }
         let mut st = self.lock();
         let key = self.key(&st, ino)?;
         self.attr_of(&mut st, &key)
@@ -722,6 +787,9 @@ impl<S: MaildirSource> Tree<S> {
                 out.push(dir(ino, "."));
                 out.push(dir(ROOT, ".."));
                 for s in Sub::ALL {
+                    if st.fresh.get(f).is_some_and(|made| made & sub_bit(s) == 0) {
+                        continue;
+                    }
                     let i = st.inodes.ino(&NodeKey::Sub(f.clone(), s));
                     out.push(dir(i, s.name()));
                 }
@@ -779,7 +847,9 @@ impl<S: MaildirSource> Tree<S> {
                 if name == WAKE_NAME {
                     continue;
                 }
-                let i = st.inodes.ino(&NodeKey::Local(format!("{rel_dir}{name}")));
+                let b = std::os::unix::fs::DirEntryExt::ino(&d);
+                st.local_path.insert(b, format!("{rel_dir}{name}"));
+                let i = st.inodes.ino(&NodeKey::Local(b));
                 out.push(DirEntry {
                     ino: i,
                     kind: Kind::File,
@@ -845,11 +915,12 @@ impl<S: MaildirSource> Tree<S> {
                 let mut st = self.lock();
                 self.add_handle(&mut st, Handle::Message(bytes))
             }
-            NodeKey::Local(rel) => {
-                let in_tmp = rel == "tmp" || rel.starts_with("tmp/") || rel.contains("/tmp/");
-                let file = self.open_local(&rel, mode, false)?;
+            NodeKey::Local(b) => {
                 let mut st = self.lock();
-                self.add_handle(&mut st, Handle::Local { file, in_tmp })
+                let rel = Self::local_rel_of(&st, b)?;
+                let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
+                let file = self.open_local(&rel, mode, false)?;
+                self.add_handle(&mut st, Handle::Local { file, in_tmp, ino })
             }
             _ => Err(Errno::EISDIR),
         }
@@ -884,7 +955,7 @@ impl<S: MaildirSource> Tree<S> {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         match &*self.handle(fh)? {
             Handle::Message(_) => Err(Errno::EACCES),
-            Handle::Local { file, in_tmp } => {
+            Handle::Local { file, in_tmp, .. } => {
                 let end = offset.saturating_add(data.len() as u64);
                 if *in_tmp && end > self.source.max_message_size() {
                     return Err(Errno::EFBIG);
@@ -947,9 +1018,16 @@ impl<S: MaildirSource> Tree<S> {
             true,
         )?;
         let in_tmp = matches!(place, Place::Sub(_, Sub::Tmp));
-        let key = NodeKey::Local(rel);
+        let key = self.local_key(&mut st, &rel)?;
         let attr = self.attr_of(&mut st, &key)?;
-        let fh = self.add_handle(&mut st, Handle::Local { file, in_tmp })?;
+        let fh = self.add_handle(
+            &mut st,
+            Handle::Local {
+                file,
+                in_tmp,
+                ino: attr.ino,
+            },
+        )?;
         Ok((attr, fh))
     }
 
@@ -967,8 +1045,9 @@ impl<S: MaildirSource> Tree<S> {
         let key = self.key(&st, ino)?;
         match &key {
             NodeKey::Message(..) if size.is_some() => return Err(Errno::EACCES),
-            NodeKey::Local(rel) => {
-                let path = self.local_path(rel);
+            NodeKey::Local(b) => {
+                let rel = Self::local_rel_of(&st, *b)?;
+                let path = self.local_path(&rel);
                 if let Some(size) = size {
                     let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
                     if in_tmp && size > self.source.max_message_size() {
@@ -1004,8 +1083,19 @@ impl<S: MaildirSource> Tree<S> {
         let Place::FolderDir(f) = place else {
             return Err(Errno::EPERM);
         };
-        if Sub::from_name(name).is_some() {
-            return Err(Errno::EEXIST);
+        if let Some(s) = Sub::from_name(name) {
+            // A folder made by mkdir shows cur/new/tmp once they are made, as on disk:
+            // Dovecot creates `.Name`, then its three, and takes EEXIST for "already exists".
+            match st.fresh.get_mut(&f) {
+                Some(made) if *made & sub_bit(s) == 0 => {
+                    *made |= sub_bit(s);
+                    if *made == 0b111 {
+                        st.fresh.remove(&f);
+                    }
+                }
+                _ => return Err(Errno::EEXIST),
+            }
+            return self.attr_of(&mut st, &NodeKey::Sub(f, s));
         }
         if f != INBOX {
             return Err(Errno::EPERM);
@@ -1016,6 +1106,9 @@ impl<S: MaildirSource> Tree<S> {
         }
         self.source.create_folder(&g).map_err(|e| errno(&e))?;
         st.folders = None;
+        if st.fresh.len() < MAX_PENDING {
+            st.fresh.insert(g.clone(), 0);
+        }
         self.attr_of(&mut st, &NodeKey::Folder(g))
     }
 
@@ -1038,6 +1131,7 @@ impl<S: MaildirSource> Tree<S> {
                 let _ = fs::remove_dir_all(&dir);
                 st.folders = None;
                 st.listings.remove(&g);
+                st.fresh.remove(&g);
                 st.inodes.remove(&NodeKey::Folder(g));
                 Ok(())
             }
@@ -1071,8 +1165,15 @@ impl<S: MaildirSource> Tree<S> {
                 Ok(())
             }
             Child::Local(rel, _) => {
-                fs::remove_file(self.local_path(&rel)).map_err(|e| io_errno(&e))?;
-                st.inodes.remove(&NodeKey::Local(rel));
+                let path = self.local_path(&rel);
+                let m = fs::symlink_metadata(&path).map_err(|e| io_errno(&e))?;
+                fs::remove_file(&path).map_err(|e| io_errno(&e))?;
+                if st.local_path.get(&m.ino()) == Some(&rel) {
+                    st.local_path.remove(&m.ino());
+                }
+                if m.nlink() <= 1 {
+                    st.inodes.remove(&NodeKey::Local(m.ino()));
+                }
                 Ok(())
             }
             Child::Folder(_) | Child::Sub(..) => Err(Errno::EISDIR),
@@ -1135,10 +1236,14 @@ impl<S: MaildirSource> Tree<S> {
         match (src, &to_place) {
             // Delivery.
             (Child::Local(rel, Some(_)), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
+                let b = fs::symlink_metadata(self.local_path(&rel))
+                    .map_err(|e| io_errno(&e))?
+                    .ino();
                 let entry = self.deliver_local(&mut st, &rel, to, *sub, newname)?;
                 let _ = fs::remove_file(self.local_path(&rel));
+                st.local_path.remove(&b);
                 let new_key = NodeKey::Message(to.clone(), entry.key);
-                st.inodes.rekey(&NodeKey::Local(rel), &new_key);
+                st.inodes.rekey(&NodeKey::Local(b), &new_key);
                 self.replace_existing(&mut st, existing, &new_key)
             }
             (Child::Local(_, None), Place::Sub(_, Sub::New | Sub::Cur)) => Err(Errno::EPERM),
@@ -1161,8 +1266,7 @@ impl<S: MaildirSource> Tree<S> {
                     fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
                 }
                 fs::rename(self.local_path(&rel), &to_path).map_err(|e| io_errno(&e))?;
-                st.inodes
-                    .rekey(&NodeKey::Local(rel), &NodeKey::Local(new_rel));
+                self.local_key(&mut st, &new_rel)?;
                 if newname == "dovecot-keywords"
                     && let Place::FolderDir(f) = &to_place
                 {
@@ -1221,6 +1325,21 @@ impl<S: MaildirSource> Tree<S> {
                 self.replace_existing(&mut st, existing, &new_key)
             }
             (Child::Message(..), _) => Err(Errno::EPERM),
+            // Dovecot deletes a folder by renaming it to `..DOVECOT-TRASHED` and then removing
+            // that tree: the folder (and its messages) go at the rename; the name then does
+            // not exist, which Dovecot takes as "already removed".
+            (Child::Folder(g), Place::FolderDir(root))
+                if root == INBOX && newname.starts_with("..") =>
+            {
+                self.source.delete_folder(&g).map_err(|e| errno(&e))?;
+                let _ = fs::remove_dir_all(self.backing.join(folder_dir(&g)));
+                st.folders = None;
+                st.listings.remove(&g);
+                st.pending.remove(&g);
+                st.fresh.remove(&g);
+                st.inodes.remove(&NodeKey::Folder(g));
+                Ok(())
+            }
             // Folder rename.
             (Child::Folder(g), Place::FolderDir(root)) if root == INBOX => {
                 let h = dir_folder(newname).ok_or(Errno::EINVAL)?;
@@ -1235,6 +1354,9 @@ impl<S: MaildirSource> Tree<S> {
                 st.folders = None;
                 if let Some(l) = st.listings.remove(&g) {
                     st.listings.insert(h.clone(), l);
+                }
+                if let Some(m) = st.fresh.remove(&g) {
+                    st.fresh.insert(h.clone(), m);
                 }
                 st.inodes.rekey(&NodeKey::Folder(g), &NodeKey::Folder(h));
                 Ok(())
@@ -1352,20 +1474,25 @@ impl<S: MaildirSource> Tree<S> {
                     fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
                 }
                 fs::write(&path, &*bytes).map_err(|e| io_errno(&e))?;
-                self.attr_of(&mut st, &NodeKey::Local(rel))
+                let key = self.local_key(&mut st, &rel)?;
+                self.attr_of(&mut st, &key)
             }
-            (NodeKey::Local(rel), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
-                let entry = self.deliver_local(&mut st, rel, to, *sub, newname)?;
+            (NodeKey::Local(b), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
+                let rel = Self::local_rel_of(&st, *b)?;
+                let entry = self.deliver_local(&mut st, &rel, to, *sub, newname)?;
                 self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
             }
-            (NodeKey::Local(rel), _) => {
+            (NodeKey::Local(b), _) => {
+                let rel = Self::local_rel_of(&st, *b)?;
                 let new_rel = Self::local_rel(&to_place, newname);
                 let path = self.local_path(&new_rel);
                 if let Some(p) = path.parent() {
                     fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
                 }
-                fs::hard_link(self.local_path(rel), &path).map_err(|e| io_errno(&e))?;
-                self.attr_of(&mut st, &NodeKey::Local(new_rel))
+                fs::hard_link(self.local_path(&rel), &path).map_err(|e| io_errno(&e))?;
+                // Same backing inode, so the same number: a hard link, as the caller expects.
+                let key = self.local_key(&mut st, &new_rel)?;
+                self.attr_of(&mut st, &key)
             }
             (NodeKey::Message(..), _) => Err(Errno::EPERM),
             _ => Err(Errno::EPERM),
@@ -1477,7 +1604,7 @@ mod tests {
         // The renamed file keeps its inode number.
         assert_eq!(ino(&t, "new/1.a.host").unwrap(), tmp_ino);
         assert_eq!(cat(&t, "new/1.a.host"), b"Subject: hi\r\n\r\nbody\r\n");
-        let a = t.tree.getattr(tmp_ino).unwrap();
+        let a = t.tree.getattr(tmp_ino, None).unwrap();
         assert_eq!(a.size, 21);
         assert_eq!((a.uid, a.gid, a.kind), (8, 8, Kind::File));
         // new → cur with flags: seen by a reader.
@@ -1492,6 +1619,14 @@ mod tests {
         // A folder, a move into it, a copy back by link, an expunge by unlink.
         t.tree.mkdir(ROOT, ".Archive").unwrap();
         assert_eq!(names(&t, ""), vec![".Archive", "cur", "new", "tmp"]);
+        // As on disk, a new folder's cur/new/tmp appear as they are made.
+        assert!(names(&t, ".Archive").is_empty());
+        let archive = ino(&t, ".Archive").unwrap();
+        assert_eq!(ino(&t, ".Archive/cur"), Err(Errno::ENOENT));
+        for s in ["cur", "new", "tmp"] {
+            t.tree.mkdir(archive, s).unwrap();
+        }
+        assert_eq!(t.tree.mkdir(archive, "cur"), Err(Errno::EEXIST));
         assert_eq!(names(&t, ".Archive"), vec!["cur", "new", "tmp"]);
         let acur = ino(&t, ".Archive/cur").unwrap();
         t.tree
@@ -1528,6 +1663,9 @@ mod tests {
         assert_eq!(names(&t, ""), vec!["cur", "dovecot-uidlist", "new", "tmp"]);
         assert_eq!(cat(&t, "dovecot-uidlist"), b"3 V1 N2\n");
         t.tree.mkdir(ROOT, ".Sent").unwrap();
+        for s in ["cur", "new", "tmp"] {
+            t.tree.mkdir(ino(&t, ".Sent").unwrap(), s).unwrap();
+        }
         write_file(&t, ".Sent", "maildirfolder", b"");
         assert_eq!(
             names(&t, ".Sent"),
@@ -1590,12 +1728,28 @@ mod tests {
         assert_eq!(t.tree.setattr(m, Some(0), None, None), Err(Errno::EACCES));
         // A non-empty folder, a bad folder name, a long name, a base name change.
         t.tree.mkdir(ROOT, ".F").unwrap();
+        t.tree.mkdir(ino(&t, ".F").unwrap(), "cur").unwrap();
         let fcur = ino(&t, ".F/cur").unwrap();
         t.tree.rename(new, "1.b", fcur, "1.b:2,S", false).unwrap();
         assert_eq!(t.tree.rmdir(ROOT, ".F"), Err(Errno::ENOTEMPTY));
         assert_eq!(t.tree.mkdir(ROOT, "plain"), Err(Errno::EPERM));
         assert_eq!(t.tree.mkdir(ROOT, ".a..b"), Err(Errno::EPERM));
         assert_eq!(t.tree.mkdir(ROOT, "new"), Err(Errno::EEXIST));
+        // Dovecot's DELETE: rename to ..DOVECOT-TRASHED deletes the folder and its mail.
+        t.tree.mkdir(ROOT, ".Gone").unwrap();
+        t.tree.mkdir(ino(&t, ".Gone").unwrap(), "cur").unwrap();
+        write_file(&t, ".Gone", "maildirfolder", b"");
+        t.tree
+            .rename(ROOT, ".Gone", ROOT, "..DOVECOT-TRASHED", false)
+            .unwrap();
+        assert_eq!(ino(&t, "..DOVECOT-TRASHED"), Err(Errno::ENOENT));
+        assert!(
+            !t.tree
+                .source()
+                .folders()
+                .unwrap()
+                .contains(&"Gone".to_string())
+        );
         assert_eq!(
             t.tree.lookup(ROOT, &"x".repeat(256)),
             Err(Errno::ENAMETOOLONG)
