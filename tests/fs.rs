@@ -688,3 +688,104 @@ m.logout()
         started.elapsed()
     );
 }
+
+/// mutt in tmux on the mount: it lists the mail, sees mail that another process imports while
+/// it is open, and its flag change and deletion reach the engine.
+#[test]
+fn mutt_reads_the_mount_sees_new_mail_and_writes_flags_and_deletions() {
+    if Command::new("mutt").arg("-v").output().is_err()
+        || Command::new("tmux").arg("-V").output().is_err()
+    {
+        eprintln!("skipped: mutt or tmux is not installed (scripts/setup --test installs them)");
+        return;
+    }
+    let t = TestHome::new();
+    home_with_mail(&t);
+    let mnt = t.dir.path().join("Maildir");
+    let Some(_m) = MountProcess::start(&t, &mnt, None) else {
+        return;
+    };
+    let muttrc = t.file(
+        "muttrc",
+        &format!(
+            "set mbox_type=Maildir\nset folder={}\nset spoolfile=\"\"\nset quit=yes\nset move=no\n\
+             set wait_key=no\nset beep=no\nset mark_old=no\nset header_cache=\"\"\n\
+             set message_cachedir=\"\"\nset help=no\nset sort=subject\nset mail_check=1\n\
+             set timeout=1\nset confirmappend=no\nset delete=yes\n",
+            t.dir.path().display()
+        ),
+    );
+    let sock = format!("peerpost-fs-test-{}", std::process::id());
+    struct Tmux(String);
+    impl Drop for Tmux {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .status();
+        }
+    }
+    let status = Command::new("tmux")
+        .args([
+            "-L",
+            &sock,
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "m",
+            "-x",
+            "200",
+            "-y",
+            "40",
+        ])
+        .arg(format!(
+            "TERM=xterm mutt -n -F {} -f {}",
+            muttrc.display(),
+            mnt.display()
+        ))
+        .env("HOME", t.dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _tmux = Tmux(sock.clone());
+    let screen = || {
+        String::from_utf8_lossy(
+            &Command::new("tmux")
+                .args(["-L", &sock, "capture-pane", "-p", "-t", "m"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    let keys = |k: &str| {
+        Command::new("tmux")
+            .args(["-L", &sock, "send-keys", "-t", "m", k])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    };
+    wait_for("mutt's index", || {
+        let s = screen();
+        s.contains("one") && s.contains("two")
+    });
+    // Mail from another process shows up in the open mutt.
+    let src = t.dir.path().join("src-mutt");
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("new/800.a.host"), "Subject: arrived\n\nnew mail\n").unwrap();
+    t.run(&["import", src.to_str().unwrap()]).success();
+    wait_for("mutt to show the new mail", || screen().contains("arrived"));
+    // By subject: 1 arrived, 2 one, 3 two. Flag 2, delete 3, write, quit.
+    for k in ["2", "Enter", "F", "3", "Enter", "d", "$", "q"] {
+        keys(k);
+    }
+    wait_for("mutt's changes in the engine", || {
+        let files = engine_files(&t, &format!("mutt-{}", Instant::now().elapsed().as_nanos()));
+        files.contains(&"cur/100.x.host:2,FS".to_string())
+            && !files.iter().any(|f| f.contains("200.y.host"))
+            && files.iter().any(|f| f.contains("800.a.host"))
+    });
+}

@@ -106,7 +106,14 @@ impl<S: MaildirSource> Mount<S> {
             pokes.push(dir.join("cur"));
             changed.extend(names);
         }
-        // The kernel forgets first, so the woken watchers read the new state.
+        // The kernel forgets first, so the woken watchers read the new state: the names, and
+        // the directories' attributes (their mtime is what mutt polls).
+        let mut dirs: Vec<u64> = changed.iter().map(|(d, _)| *d).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        for d in dirs {
+            let _ = self.notifier.inval_inode(fuser::INodeNo(d), -1, 0);
+        }
         for (parent, name) in changed {
             // The kernel may not know the name (ENOENT): nothing to forget then.
             let _ = self

@@ -105,16 +105,35 @@ impl OpenMode {
 }
 
 /// A folder's messages as files: by key, and by name in `new/` and in `cur/`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Listing {
     entries: HashMap<MessageKey, MessageEntry>,
     /// Where each entry is shown (kept, so a removal finds the name it had).
     shown: HashMap<MessageKey, (Sub, String)>,
     new: HashMap<String, MessageKey>,
     cur: HashMap<String, MessageKey>,
+    /// mtime of `new/` and `cur/`: when a name in them last changed (mutt polls these).
+    mtime: [SystemTime; 2],
+}
+
+impl Default for Listing {
+    fn default() -> Listing {
+        let now = SystemTime::now();
+        Listing {
+            entries: HashMap::new(),
+            shown: HashMap::new(),
+            new: HashMap::new(),
+            cur: HashMap::new(),
+            mtime: [now; 2],
+        }
+    }
 }
 
 impl Listing {
+    fn touch(&mut self, sub: Sub) {
+        self.mtime[usize::from(sub != Sub::New)] = SystemTime::now();
+    }
+
     fn build(
         entries: Vec<MessageEntry>,
         keywords: &KeywordMap,
@@ -152,6 +171,7 @@ impl Listing {
             name = keywords.file_name_with(&e, extra);
         }
         let sub = sub_of(&e);
+        self.touch(sub);
         self.names(sub).insert(name.clone(), e.key.clone());
         self.shown.insert(e.key.clone(), (sub, name));
         self.entries.insert(e.key.clone(), e);
@@ -161,6 +181,7 @@ impl Listing {
         let e = self.entries.remove(key)?;
         if let Some((sub, name)) = self.shown.remove(key) {
             self.names(sub).remove(&name);
+            self.touch(sub);
         }
         Some(e)
     }
@@ -349,6 +370,8 @@ pub struct Tree<S: MaildirSource> {
     source: Arc<S>,
     backing: PathBuf,
     owner: Owner,
+    /// The mtime of directories that have no better one.
+    started: SystemTime,
     state: Mutex<State>,
 }
 
@@ -423,6 +446,7 @@ impl<S: MaildirSource> Tree<S> {
             source,
             backing: backing.to_path_buf(),
             owner,
+            started: SystemTime::now(),
             state: Mutex::new(State {
                 inodes: Inodes::new(),
                 folders: None,
@@ -491,17 +515,25 @@ impl<S: MaildirSource> Tree<S> {
         };
         let mut changed = Vec::new();
         for sub in [Sub::New, Sub::Cur] {
+            let i = usize::from(sub != Sub::New);
             let (o, n) = if sub == Sub::New {
                 (&old.new, &new.new)
             } else {
                 (&old.cur, &new.cur)
             };
+            let before = changed.len();
             for name in o.keys().filter(|k| !n.contains_key(*k)) {
                 changed.push((sub, name.clone()));
             }
             for name in n.keys().filter(|k| !o.contains_key(*k)) {
                 changed.push((sub, name.clone()));
             }
+            // Unchanged directories keep their mtime (pollers would rescan otherwise).
+            new.mtime[i] = if changed.len() > before {
+                SystemTime::now()
+            } else {
+                old.mtime[i]
+            };
         }
         changed
             .into_iter()
@@ -658,7 +690,7 @@ impl<S: MaildirSource> Tree<S> {
             ino,
             kind: Kind::Dir,
             size: 4096,
-            mtime: UNIX_EPOCH,
+            mtime: self.started,
             perm: 0o700,
             nlink,
             uid: self.owner.uid,
@@ -679,11 +711,21 @@ impl<S: MaildirSource> Tree<S> {
                 }
                 Ok(self.dir_attr(ino, 5))
             }
-            NodeKey::Sub(f, _) => {
+            NodeKey::Sub(f, s) => {
                 if !self.folder_exists(st, f)? {
                     return Err(Errno::ENOENT);
                 }
-                Ok(self.dir_attr(ino, 2))
+                let mut a = self.dir_attr(ino, 2);
+                a.mtime = match s {
+                    Sub::Tmp => fs::metadata(
+                        self.backing
+                            .join(Self::local_rel(&Place::FolderDir(f.clone()), "tmp")),
+                    )
+                    .and_then(|m| m.modified())
+                    .unwrap_or(self.started),
+                    s => self.listing(st, f)?.mtime[usize::from(*s != Sub::New)],
+                };
+                Ok(a)
             }
             NodeKey::Message(f, k) => {
                 let e = self
