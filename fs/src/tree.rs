@@ -315,7 +315,15 @@ fn sub_of(e: &MessageEntry) -> Sub {
 #[derive(Debug)]
 enum Handle {
     Message(Arc<Vec<u8>>),
-    Local { file: File, in_tmp: bool, ino: u64 },
+    /// A directory's entries as of `opendir` (or the last rewind): `readdir` offsets index
+    /// this snapshot, so a directory changing while it is read (mutt and `ls | while mv`
+    /// do that) neither repeats nor skips names.
+    Dir(Arc<Vec<DirEntry>>),
+    Local {
+        file: File,
+        in_tmp: bool,
+        ino: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -902,6 +910,34 @@ impl<S: MaildirSource> Tree<S> {
         Ok(out)
     }
 
+    /// `opendir`: a snapshot of the entries for `readdir`.
+    /// (The snapshot itself is taken by the first `readdir`, at offset 0.)
+    pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let mut st = self.lock();
+        self.place(&mut st, ino)?;
+        self.add_handle(&mut st, Handle::Dir(Arc::new(Vec::new())))
+    }
+
+    /// Entries from `offset` on, of the snapshot taken at `opendir` (offset 0 takes a new
+    /// one: `rewinddir`). Without a snapshot handle, the live listing.
+    pub fn readdir_at(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        let snapshot = match self.handle(fh) {
+            Ok(h) => match &*h {
+                Handle::Dir(d) if offset > 0 => return Ok(Arc::clone(d)),
+                Handle::Dir(_) => true,
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        let fresh = Arc::new(self.readdir(ino)?);
+        if snapshot {
+            let mut st = self.lock();
+            st.handles
+                .insert(fh, Arc::new(Handle::Dir(Arc::clone(&fresh))));
+        }
+        Ok(fresh)
+    }
+
     fn add_handle(&self, st: &mut State, h: Handle) -> Result<u64, Errno> {
         if st.handles.len() >= MAX_HANDLES {
             return Err(Errno::ENFILE);
@@ -970,6 +1006,7 @@ impl<S: MaildirSource> Tree<S> {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         match &*self.handle(fh)? {
+            Handle::Dir(_) => Err(Errno::EISDIR),
             Handle::Message(bytes) => {
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
@@ -997,6 +1034,7 @@ impl<S: MaildirSource> Tree<S> {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         match &*self.handle(fh)? {
             Handle::Message(_) => Err(Errno::EACCES),
+            Handle::Dir(_) => Err(Errno::EISDIR),
             Handle::Local { file, in_tmp, .. } => {
                 let end = offset.saturating_add(data.len() as u64);
                 if *in_tmp && end > self.source.max_message_size() {
@@ -1010,7 +1048,7 @@ impl<S: MaildirSource> Tree<S> {
 
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
-            Handle::Message(_) => Ok(()),
+            Handle::Message(_) | Handle::Dir(_) => Ok(()),
             Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
         }
     }
@@ -1908,6 +1946,37 @@ mod tests {
         let map = KeywordMap::parse("0 $Label1\nbad line\n30 x\n");
         let (base, fl) = map.parse_name("b:2,Saz");
         assert_eq!((base.as_str(), fl.seen, fl.keywords.len()), ("b", true, 1));
+    }
+
+    #[test]
+    fn readdir_offsets_stay_stable_while_the_directory_changes() {
+        let t = setup(1000);
+        let tmp = ino(&t, "tmp").unwrap();
+        let new = ino(&t, "new").unwrap();
+        let cur = ino(&t, "cur").unwrap();
+        for i in 0..50 {
+            write_file(&t, "tmp", &format!("{i}.m"), b"x");
+            t.tree
+                .rename(tmp, &format!("{i}.m"), new, &format!("{i}.m"), false)
+                .unwrap();
+        }
+        let fh = t.tree.opendir(new).unwrap();
+        let first = t.tree.readdir_at(new, fh, 0).unwrap();
+        let mut seen: Vec<String> = first[..12].iter().map(|d| d.name.clone()).collect();
+        // Half the directory moves away between two readdir calls.
+        for d in first.iter().skip(2).take(25) {
+            t.tree
+                .rename(new, &d.name, cur, &format!("{}:2,S", d.name), false)
+                .unwrap();
+        }
+        let rest = t.tree.readdir_at(new, fh, 12).unwrap();
+        seen.extend(rest[12..].iter().map(|d| d.name.clone()));
+        t.tree.release(fh);
+        let mut uniq = seen.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), seen.len(), "a name was listed twice");
+        assert_eq!(seen.len(), 52); // . and .. and the 50 as of opendir
     }
 
     #[test]
