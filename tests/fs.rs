@@ -373,8 +373,15 @@ fn mail_survives_remount_and_sigkill() {
     let ls = "(cd cur && ls | sed 's|^|cur/|'); (cd new && ls | sed 's|^|new/|')";
     assert_eq!(sh(&mnt, ls), listing);
     assert_eq!(sh(&mnt, "cat dovecot-uidlist"), "1 V1 N2\n");
-    // SIGKILL without the auto-unmount helper (fusermount3 not on PATH) leaves a stale
-    // mount; the next start clears it.
+    // SIGKILL with the auto-unmount helper (fusermount3 on PATH): the next start mounts
+    // again whether the helper has already unmounted or left a stale mount behind.
+    m.kill9();
+    let Some(mut m) = MountProcess::start(&t, &mnt, None) else {
+        return;
+    };
+    assert_eq!(sh(&mnt, ls), listing);
+    // SIGKILL without the helper (fusermount3 not on PATH) leaves a stale mount; the next
+    // start clears it.
     m.stop();
     let bin = t.dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
