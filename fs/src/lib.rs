@@ -128,20 +128,23 @@ impl<S: MaildirSource> Mount<S> {
     }
 
     /// Unmounts and waits (a bounded time) for the FUSE threads to finish.
-    pub fn unmount(mut self) -> io::Result<()> {
+    pub fn unmount(mut self) -> io::Result<Unmounted> {
         self.shut_down()
     }
 
-    fn shut_down(&mut self) -> io::Result<()> {
+    fn shut_down(&mut self) -> io::Result<Unmounted> {
         self.waker = None;
         let Some(session) = self.session.take() else {
-            return Ok(());
+            return Ok(Unmounted::Clean);
         };
         // fuser's own unmount (through the auto_unmount helper) was seen to leave the mount
-        // in place and the join hanging: unmount here, then abort the connection so every
-        // FUSE thread returns even if a process still holds a file open.
-        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&self.mountpoint)?);
-        let unmounted = detach(&self.mountpoint);
+        // in place and the join hanging: unmount here (lazily), then abort the connection
+        // through fusectl where it is mounted, so every FUSE thread returns even if a
+        // process still has a file open or its working directory there.
+        let dev = std::fs::metadata(&self.mountpoint)
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .unwrap_or(0);
+        detach(&self.mountpoint)?;
         let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
         let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -153,11 +156,22 @@ impl<S: MaildirSource> Mount<S> {
             };
             let _ = tx.send(r);
         });
-        let joined = rx
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .unwrap_or_else(|_| Err(io::Error::other("FUSE threads did not finish in 5 s")));
-        unmounted.and(joined)
+        match rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            Ok(r) => r.map(|()| Unmounted::Clean),
+            // The detached mount lives on while something uses it; it ends with this process
+            // (closing /dev/fuse aborts the connection).
+            Err(_) => Ok(Unmounted::StillInUse),
+        }
     }
+}
+
+/// How an unmount ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    Clean,
+    /// Detached, but processes still had files (or their working directory) there: they get
+    /// errors once this process exits.
+    StillInUse,
 }
 
 /// Lazily unmounts a mount point: umount2(MNT_DETACH) as root, `fusermount3 -u -z` otherwise.
@@ -507,7 +521,7 @@ mod mount_tests {
             .unwrap();
         m.engine_changed();
         assert_eq!(names("new"), vec!["7.y"]);
-        m.unmount().unwrap();
+        assert_eq!(m.unmount().unwrap(), Unmounted::Clean);
         let _ = fs::remove_dir_all(&base);
     }
 }

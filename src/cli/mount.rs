@@ -8,7 +8,7 @@ use std::sync::mpsc::{RecvTimeoutError, TrySendError, sync_channel};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use peerpost_fs::{Mount, MountOptions, Owner};
+use peerpost_fs::{Mount, MountOptions, Owner, Unmounted};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::open;
@@ -145,10 +145,15 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     drop(changed_tx);
     let _ = shower.join();
     match Arc::try_unwrap(mount) {
-        Ok(m) => m.unmount().context("cannot unmount")?,
+        Ok(m) => match m.unmount().context("cannot unmount")? {
+            Unmounted::Clean => eprintln!("mount: unmounted {}", mountpoint.display()),
+            Unmounted::StillInUse => eprintln!(
+                "mount: unmounted {} (processes still using it see errors from now on)",
+                mountpoint.display()
+            ),
+        },
         Err(_) => bail!("the mount is still in use by a thread"),
     }
-    eprintln!("mount: unmounted {}", mountpoint.display());
     result
 }
 
