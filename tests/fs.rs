@@ -263,6 +263,18 @@ fn shell_tools_on_the_mount_change_the_engine() {
     );
     sh(&mnt, "rm '.Archive/cur/100.x.host:2,S'");
     sh(&mnt, "mkdir .Work && rmdir .Work");
+    // A delivery agent setting the received date (utime in tmp/) keeps it as the internal
+    // date, which is the file's mtime on the mount.
+    sh(
+        &mnt,
+        "printf 'Subject: dated\n\nold\n' > tmp/9.d.host && chmod 600 tmp/9.d.host \
+         && touch -d @1500000000 tmp/9.d.host && mv tmp/9.d.host 'cur/9.d.host:2,S'",
+    );
+    let dated = std::fs::metadata(mnt.join("cur/9.d.host:2,S")).unwrap();
+    assert_eq!(dated.mtime(), 1_500_000_000);
+    sh(&mnt, "rm 'cur/9.d.host:2,S'");
+    // statfs answers (from the engine's quota).
+    assert!(sh(&mnt, "df -P . | tail -1").contains("peerpost"));
     assert_eq!(
         sh(&mnt, "find . -type f | sort"),
         "./.Sent/cur/100.x.host:2,RS\n./cur/200.y.host:2,FS\n./new/300.z.host\n"
