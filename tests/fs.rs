@@ -728,7 +728,7 @@ fn mutt_reads_the_mount_sees_new_mail_and_writes_flags_and_deletions() {
         "muttrc",
         &format!(
             "set mbox_type=Maildir\nset folder={}\nset spoolfile=\"\"\nset quit=yes\nset move=no\n\
-             set wait_key=no\nset beep=no\nset mark_old=no\nset header_cache=\"\"\n\
+             set wait_key=no\nset beep=no\nset mark_old=yes\nset header_cache=\"\"\n\
              set message_cachedir=\"\"\nset help=no\nset sort=subject\nset mail_check=1\n\
              set timeout=1\nset confirmappend=no\nset delete=yes\n",
             t.dir.path().display()
@@ -801,6 +801,10 @@ fn mutt_reads_the_mount_sees_new_mail_and_writes_flags_and_deletions() {
     for k in ["2", "Enter", "F", "3", "Enter", "d", "$", "q"] {
         keys(k);
     }
+    // With mark_old, mutt moves the unread "arrived" out of new/ (as `cur/800.a.host:2,`).
+    wait_for("mutt's rename of the old unread mail", || {
+        sh(&mnt, "ls cur").lines().any(|l| l == "800.a.host:2,")
+    });
     wait_for("mutt's changes in the engine", || {
         let files = engine_files(&t, &format!("mutt-{}", Instant::now().elapsed().as_nanos()));
         files.contains(&"cur/100.x.host:2,FS".to_string())

@@ -18,7 +18,7 @@
 //! a rename into another folder's `new/`/`cur/` is a move, `link` is a copy, `unlink` an
 //! expunge, and `mkdir`/`rmdir`/`rename` of `.Name` at the root manage folders.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -138,6 +138,7 @@ impl Listing {
         entries: Vec<MessageEntry>,
         keywords: &KeywordMap,
         pending: Option<&HashMap<MessageKey, Vec<char>>>,
+        bare: Option<&HashSet<MessageKey>>,
     ) -> Listing {
         let mut l = Listing::default();
         for e in entries {
@@ -145,7 +146,8 @@ impl Listing {
                 .and_then(|p| p.get(&e.key))
                 .cloned()
                 .unwrap_or_default();
-            l.insert(e, keywords, &extra);
+            let is_bare = bare.is_some_and(|b| b.contains(&e.key));
+            l.insert(e, keywords, &extra, is_bare);
         }
         l
     }
@@ -162,13 +164,13 @@ impl Listing {
     /// the key's first 8 characters appended to its base, so every file name is unique.
     /// `extra`: keyword letters the client named that `dovecot-keywords` does not define yet
     /// (Dovecot renames a message before it writes the new letter into the file).
-    fn insert(&mut self, mut e: MessageEntry, keywords: &KeywordMap, extra: &[char]) {
+    fn insert(&mut self, mut e: MessageEntry, keywords: &KeywordMap, extra: &[char], bare: bool) {
         self.remove(&e.key);
-        let mut name = keywords.file_name_with(&e, extra);
+        let mut name = keywords.file_name_with(&e, extra, bare);
         if self.new.contains_key(&name) || self.cur.contains_key(&name) {
             let suffix: String = e.key.0.chars().take(8).collect();
             e.base = format!("{}.{suffix}", e.base);
-            name = keywords.file_name_with(&e, extra);
+            name = keywords.file_name_with(&e, extra, bare);
         }
         let sub = sub_of(&e);
         self.touch(sub);
@@ -241,11 +243,13 @@ impl KeywordMap {
     /// `<base>:2,<system letters><keyword letters>` otherwise (keywords without a letter
     /// here are not shown).
     pub fn file_name(&self, e: &MessageEntry) -> String {
-        self.file_name_with(e, &[])
+        self.file_name_with(e, &[], false)
     }
 
     /// [`KeywordMap::file_name`] with more keyword letters shown.
-    pub fn file_name_with(&self, e: &MessageEntry, extra: &[char]) -> String {
+    /// `bare`: the client named it without `:2,` (mutt moves old unread mail into `cur/`
+    /// that way): shown so while there are no letters to show.
+    pub fn file_name_with(&self, e: &MessageEntry, extra: &[char], bare: bool) -> String {
         let mut letters = e.flags.to_string();
         let mut kw: Vec<char> = e
             .flags
@@ -257,7 +261,7 @@ impl KeywordMap {
         kw.sort_unstable();
         kw.dedup();
         letters.extend(kw);
-        if e.recent && letters.is_empty() {
+        if (e.recent || bare) && letters.is_empty() {
             e.base.clone()
         } else {
             format!("{}:2,{letters}", e.base)
@@ -342,6 +346,21 @@ struct State {
     /// Folders made by `mkdir` in this mount whose cur/new/tmp are not all made yet
     /// (bit per [`Sub`]); other folders have all three.
     fresh: HashMap<String, u8>,
+    /// Per folder: messages the client named without `:2,` in `cur/` (shown so).
+    bare: HashMap<String, HashSet<MessageKey>>,
+}
+
+impl State {
+    fn set_bare(&mut self, folder: &str, key: &MessageKey, bare: bool) {
+        if bare {
+            let set = self.bare.entry(folder.to_string()).or_default();
+            if set.len() < MAX_PENDING {
+                set.insert(key.clone());
+            }
+        } else if let Some(set) = self.bare.get_mut(folder) {
+            set.remove(key);
+        }
+    }
 }
 
 fn sub_bit(s: Sub) -> u8 {
@@ -464,6 +483,7 @@ impl<S: MaildirSource> Tree<S> {
                 pending: HashMap::new(),
                 local_path: HashMap::new(),
                 fresh: HashMap::new(),
+                bare: HashMap::new(),
             }),
         })
     }
@@ -505,7 +525,12 @@ impl<S: MaildirSource> Tree<S> {
     fn listing<'a>(&self, st: &'a mut State, folder: &str) -> Result<&'a mut Listing, Errno> {
         if !st.listings.contains_key(folder) {
             let entries = self.source.messages(folder).map_err(|e| errno(&e))?;
-            let l = Listing::build(entries, &self.keywords(folder), st.pending.get(folder));
+            let l = Listing::build(
+                entries,
+                &self.keywords(folder),
+                st.pending.get(folder),
+                st.bare.get(folder),
+            );
             st.listings.insert(folder.to_string(), l);
         }
         st.listings.get_mut(folder).ok_or(Errno::EIO)
@@ -1241,6 +1266,7 @@ impl<S: MaildirSource> Tree<S> {
                 if let Some(p) = st.pending.get_mut(&f) {
                     p.remove(&e.key);
                 }
+                st.set_bare(&f, &e.key, false);
                 st.inodes.remove(&NodeKey::Message(f, e.key));
                 Ok(())
             }
@@ -1290,7 +1316,10 @@ impl<S: MaildirSource> Tree<S> {
                 },
             )
             .map_err(|e| errno(&e))?;
-        self.listing(st, to)?.insert(entry.clone(), &keywords, &[]);
+        let bare = sub == Sub::Cur && !name.contains(":2,");
+        st.set_bare(to, &entry.key, bare);
+        self.listing(st, to)?
+            .insert(entry.clone(), &keywords, &[], bare);
         Ok(entry)
     }
 
@@ -1398,8 +1427,11 @@ impl<S: MaildirSource> Tree<S> {
                         p.insert(now.key.clone(), unknown.clone());
                     }
                 }
+                let bare = !newname.contains(":2,");
+                st.set_bare(&f, &e.key, false);
+                st.set_bare(to, &now.key, bare);
                 self.listing(&mut st, to)?
-                    .insert(now.clone(), &keywords, &unknown);
+                    .insert(now.clone(), &keywords, &unknown, bare);
                 let new_key = NodeKey::Message(to.clone(), now.key);
                 st.inodes.rekey(&old_key, &new_key);
                 self.replace_existing(&mut st, existing, &new_key)
@@ -1543,7 +1575,7 @@ impl<S: MaildirSource> Tree<S> {
                         .map_err(|e| errno(&e))?
                 };
                 self.listing(&mut st, to)?
-                    .insert(entry.clone(), &keywords, &[]);
+                    .insert(entry.clone(), &keywords, &[], false);
                 self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
             }
             (NodeKey::Message(_, k), Place::Sub(_, Sub::Tmp)) => {
@@ -1977,6 +2009,25 @@ mod tests {
         uniq.dedup();
         assert_eq!(uniq.len(), seen.len(), "a name was listed twice");
         assert_eq!(seen.len(), 52); // . and .. and the 50 as of opendir
+    }
+
+    #[test]
+    fn names_without_info_in_cur_are_kept() {
+        // mutt moves old unread mail from new/ to cur/ without ":2,".
+        let t = setup(1000);
+        let tmp = ino(&t, "tmp").unwrap();
+        let new = ino(&t, "new").unwrap();
+        let cur = ino(&t, "cur").unwrap();
+        write_file(&t, "tmp", "5.o", b"x");
+        t.tree.rename(tmp, "5.o", new, "5.o", false).unwrap();
+        t.tree.rename(new, "5.o", cur, "5.o", false).unwrap();
+        assert_eq!(names(&t, "cur"), vec!["5.o"]);
+        assert!(!t.tree.source().messages("INBOX").unwrap()[0].recent);
+        t.tree.rename(cur, "5.o", cur, "5.o:2,S", false).unwrap();
+        assert_eq!(names(&t, "cur"), vec!["5.o:2,S"]);
+        write_file(&t, "tmp", "6.o", b"y");
+        t.tree.rename(tmp, "6.o", cur, "6.o", false).unwrap();
+        assert_eq!(names(&t, "cur"), vec!["5.o:2,S", "6.o"]);
     }
 
     #[test]
