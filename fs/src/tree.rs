@@ -34,6 +34,8 @@ use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceEr
 
 /// The longest name in a directory (Linux NAME_MAX).
 pub const MAX_NAME: usize = 255;
+/// The most one `read` returns.
+pub const MAX_READ: usize = 1 << 20;
 /// Open file handles at once (each holds a message's bytes or a local file).
 pub const MAX_HANDLES: usize = 4096;
 /// The folder shown at the root.
@@ -1040,10 +1042,11 @@ impl<S: MaildirSource> Tree<S> {
                 Ok(bytes[start..end].to_vec())
             }
             Handle::Local { file, .. } => {
-                let mut buf = vec![0; size as usize];
+                // The kernel asks for at most max_read (128 KiB); bound it anyway.
+                let mut buf = vec![0; (size as usize).min(MAX_READ)];
                 let mut n = 0;
                 while n < buf.len() {
-                    match file.read_at(&mut buf[n..], offset + n as u64) {
+                    match file.read_at(&mut buf[n..], offset.saturating_add(n as u64)) {
                         Ok(0) => break,
                         Ok(k) => n += k,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
