@@ -402,6 +402,9 @@ pub struct Tree<S: MaildirSource> {
     /// The mtime of directories that have no better one.
     started: SystemTime,
     state: Mutex<State>,
+    /// Serializes operations that change the engine. The slow part of them (the engine's
+    /// durable commit) runs without `state`, so lookups, reads and listings go on meanwhile.
+    write: Mutex<()>,
 }
 
 impl<S: MaildirSource> std::fmt::Debug for Tree<S> {
@@ -476,6 +479,7 @@ impl<S: MaildirSource> Tree<S> {
             backing: backing.to_path_buf(),
             owner,
             started: SystemTime::now(),
+            write: Mutex::new(()),
             state: Mutex::new(State {
                 inodes: Inodes::new(),
                 folders: None,
@@ -492,6 +496,10 @@ impl<S: MaildirSource> Tree<S> {
 
     pub fn source(&self) -> &Arc<S> {
         &self.source
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -1186,6 +1194,7 @@ impl<S: MaildirSource> Tree<S> {
     /// `mkdir`: `.Name` at the root creates a folder; `cur`/`new`/`tmp` always exist.
     pub fn mkdir(&self, parent: u64, name: &str) -> Result<Attr, Errno> {
         check_name(name)?;
+        let _w = self.write_lock();
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
         let Place::FolderDir(f) = place else {
@@ -1223,6 +1232,7 @@ impl<S: MaildirSource> Tree<S> {
     /// `rmdir`: a folder with no messages and no local files left; `cur`/`new`/`tmp` when
     /// empty (a no-op: they exist as long as their folder).
     pub fn rmdir(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        let _w = self.write_lock();
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
         match self.child(&mut st, &place, name)? {
@@ -1260,11 +1270,14 @@ impl<S: MaildirSource> Tree<S> {
 
     /// `unlink`: a message is expunged, a local file removed.
     pub fn unlink(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        let _w = self.write_lock();
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
         match self.child(&mut st, &place, name)? {
             Child::Message(f, e) => {
+                drop(st);
                 self.source.expunge(&f, &e.key).map_err(|e| errno(&e))?;
+                let mut st = self.lock();
                 self.listing(&mut st, &f)?.remove(&e.key);
                 if let Some(p) = st.pending.get_mut(&f) {
                     p.remove(&e.key);
@@ -1290,40 +1303,52 @@ impl<S: MaildirSource> Tree<S> {
     }
 
     /// Delivers the bytes of a local file as a message named `name` in `to` (`new`/`cur`).
-    fn deliver_local(
-        &self,
-        st: &mut State,
+    /// The engine's commit runs without the state lock: `st` is given up and taken again
+    /// (and handed back, whatever the outcome). Callers hold the write lock.
+    fn deliver_local<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
         rel: &str,
         to: &str,
         sub: Sub,
         name: &str,
-    ) -> Result<MessageEntry, Errno> {
+    ) -> (MutexGuard<'a, State>, Result<MessageEntry, Errno>) {
         let path = self.local_path(rel);
-        let meta = fs::symlink_metadata(&path).map_err(|e| io_errno(&e))?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => return (st, Err(io_errno(&e))),
+        };
         if meta.len() > self.source.max_message_size() {
-            return Err(Errno::EFBIG);
+            return (st, Err(Errno::EFBIG));
         }
-        let bytes = fs::read(&path).map_err(|e| io_errno(&e))?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return (st, Err(io_errno(&e))),
+        };
         let keywords = self.keywords(to);
         let (base, flags) = keywords.parse_name(name);
-        let entry = self
-            .source
-            .deliver(
-                to,
-                NewMessage {
-                    bytes,
-                    internal_date: meta.mtime(),
-                    flags,
-                    recent: sub == Sub::New,
-                    base,
-                },
-            )
-            .map_err(|e| errno(&e))?;
+        drop(st);
+        let delivered = self.source.deliver(
+            to,
+            NewMessage {
+                bytes,
+                internal_date: meta.mtime(),
+                flags,
+                recent: sub == Sub::New,
+                base,
+            },
+        );
+        let mut st = self.lock();
+        let entry = match delivered {
+            Ok(e) => e,
+            Err(e) => return (st, Err(errno(&e))),
+        };
         let bare = sub == Sub::Cur && !name.contains(":2,");
         st.set_bare(to, &entry.key, bare);
-        self.listing(st, to)?
-            .insert(entry.clone(), &keywords, &[], bare);
-        Ok(entry)
+        let inserted = self
+            .listing(&mut st, to)
+            .map(|l| l.insert(entry.clone(), &keywords, &[], bare));
+        (st, inserted.map(|()| entry))
     }
 
     /// `rename`: delivery (tmp → new/cur), flag change, move between folders, folder rename,
@@ -1337,6 +1362,7 @@ impl<S: MaildirSource> Tree<S> {
         noreplace: bool,
     ) -> Result<(), Errno> {
         check_name(newname)?;
+        let _w = self.write_lock();
         let mut st = self.lock();
         let from_place = self.place(&mut st, parent)?;
         let to_place = self.place(&mut st, newparent)?;
@@ -1351,7 +1377,9 @@ impl<S: MaildirSource> Tree<S> {
                 let b = fs::symlink_metadata(self.local_path(&rel))
                     .map_err(|e| io_errno(&e))?
                     .ino();
-                let entry = self.deliver_local(&mut st, &rel, to, *sub, newname)?;
+                let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
+                let mut st = g;
+                let entry = delivered?;
                 let _ = fs::remove_file(self.local_path(&rel));
                 st.local_path.remove(&b);
                 let new_key = NodeKey::Message(to.clone(), entry.key);
@@ -1403,22 +1431,38 @@ impl<S: MaildirSource> Tree<S> {
                 }
                 let seen_by_reader = *sub == Sub::Cur && e.recent;
                 let old_key = NodeKey::Message(f.clone(), e.key.clone());
-                let moved = if *to != f {
-                    let moved = self.source.move_to(&f, &e.key, to).map_err(|e| errno(&e))?;
-                    self.listing(&mut st, &f)?.remove(&e.key);
-                    moved
-                } else {
-                    e.clone()
-                };
-                let mut now = moved.clone();
-                if flags != moved.flags || seen_by_reader {
-                    self.source
-                        .set_flags(to, &moved.key, flags.clone(), seen_by_reader)
-                        .map_err(|e| errno(&e))?;
-                    now.flags = flags;
-                    if seen_by_reader {
-                        now.recent = false;
+                // The engine's commits run without the state lock.
+                drop(st);
+                let engine = || -> Result<MessageEntry, SourceError> {
+                    let moved = if *to != f {
+                        self.source.move_to(&f, &e.key, to)?
+                    } else {
+                        e.clone()
+                    };
+                    let mut now = moved.clone();
+                    if flags != moved.flags || seen_by_reader {
+                        self.source
+                            .set_flags(to, &moved.key, flags.clone(), seen_by_reader)?;
+                        now.flags = flags.clone();
+                        if seen_by_reader {
+                            now.recent = false;
+                        }
                     }
+                    Ok(now)
+                };
+                let done = engine();
+                let mut st = self.lock();
+                let now = match done {
+                    Ok(now) => now,
+                    Err(err) => {
+                        // Part of it may have happened: read both folders afresh.
+                        st.listings.remove(&f);
+                        st.listings.remove(to);
+                        return Err(errno(&err));
+                    }
+                };
+                if *to != f {
+                    self.listing(&mut st, &f)?.remove(&e.key);
                 }
                 let unknown = keywords.unknown_letters(newname);
                 if let Some(p) = st.pending.get_mut(&f) {
@@ -1543,6 +1587,7 @@ impl<S: MaildirSource> Tree<S> {
     /// link as usual.
     pub fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr, Errno> {
         check_name(newname)?;
+        let _w = self.write_lock();
         let mut st = self.lock();
         let key = self.key(&st, ino)?;
         let to_place = self.place(&mut st, newparent)?;
@@ -1594,7 +1639,9 @@ impl<S: MaildirSource> Tree<S> {
             }
             (NodeKey::Local(b), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
                 let rel = Self::local_rel_of(&st, *b)?;
-                let entry = self.deliver_local(&mut st, &rel, to, *sub, newname)?;
+                let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
+                let mut st = g;
+                let entry = delivered?;
                 self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
             }
             (NodeKey::Local(b), _) => {
@@ -2031,6 +2078,89 @@ mod tests {
         write_file(&t, "tmp", "6.o", b"y");
         t.tree.rename(tmp, "6.o", cur, "6.o", false).unwrap();
         assert_eq!(names(&t, "cur"), vec!["5.o:2,S", "6.o"]);
+    }
+
+    /// MemorySource whose flag changes take 300 ms, like a slow durable commit.
+    struct Slow(MemorySource);
+
+    impl MaildirSource for Slow {
+        fn folders(&self) -> crate::Result<Vec<String>> {
+            self.0.folders()
+        }
+        fn messages(&self, f: &str) -> crate::Result<Vec<MessageEntry>> {
+            self.0.messages(f)
+        }
+        fn read(&self, k: &MessageKey) -> crate::Result<Arc<Vec<u8>>> {
+            self.0.read(k)
+        }
+        fn deliver(&self, f: &str, m: NewMessage) -> crate::Result<MessageEntry> {
+            self.0.deliver(f, m)
+        }
+        fn set_flags(&self, f: &str, k: &MessageKey, fl: Flags, r: bool) -> crate::Result<()> {
+            std::thread::sleep(Duration::from_millis(300));
+            self.0.set_flags(f, k, fl, r)
+        }
+        fn move_to(&self, f: &str, k: &MessageKey, t: &str) -> crate::Result<MessageEntry> {
+            self.0.move_to(f, k, t)
+        }
+        fn copy_to(&self, f: &str, k: &MessageKey, t: &str) -> crate::Result<MessageEntry> {
+            self.0.copy_to(f, k, t)
+        }
+        fn expunge(&self, f: &str, k: &MessageKey) -> crate::Result<()> {
+            self.0.expunge(f, k)
+        }
+        fn create_folder(&self, n: &str) -> crate::Result<()> {
+            self.0.create_folder(n)
+        }
+        fn rename_folder(&self, a: &str, b: &str) -> crate::Result<()> {
+            self.0.rename_folder(a, b)
+        }
+        fn delete_folder(&self, n: &str) -> crate::Result<()> {
+            self.0.delete_folder(n)
+        }
+        fn quota(&self) -> crate::Result<(u64, u64)> {
+            self.0.quota()
+        }
+        fn max_message_size(&self) -> u64 {
+            self.0.max_message_size()
+        }
+    }
+
+    #[test]
+    fn reads_go_on_while_the_engine_commits() {
+        let dir = std::env::temp_dir().join(format!("peerpost-fs-slow-{}", std::process::id()));
+        let _cleanup = TempDir(dir.clone());
+        let tree = Arc::new(
+            Tree::new(
+                Arc::new(Slow(MemorySource::new(1 << 20))),
+                &dir,
+                Owner { uid: 0, gid: 0 },
+            )
+            .unwrap(),
+        );
+        let tmp = tree.lookup(ROOT, "tmp").unwrap().ino;
+        let cur = tree.lookup(ROOT, "cur").unwrap().ino;
+        for n in ["1.a", "2.b"] {
+            let (_, fh) = tree
+                .create(tmp, n, OpenMode::from_flags(libc::O_WRONLY))
+                .unwrap();
+            tree.write(fh, 0, b"x").unwrap();
+            tree.release(fh);
+            tree.rename(tmp, n, cur, &format!("{n}:2,"), false).unwrap();
+        }
+        let t2 = Arc::clone(&tree);
+        let writer = std::thread::spawn(move || t2.rename(cur, "1.a:2,", cur, "1.a:2,S", false));
+        std::thread::sleep(Duration::from_millis(50));
+        let start = std::time::Instant::now();
+        assert!(tree.lookup(cur, "2.b:2,").is_ok());
+        assert!(tree.readdir(cur).unwrap().len() >= 4);
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "reads waited for the commit: {:?}",
+            start.elapsed()
+        );
+        writer.join().unwrap().unwrap();
+        assert!(tree.lookup(cur, "1.a:2,S").is_ok());
     }
 
     #[test]
