@@ -556,6 +556,14 @@ impl<S: MaildirSource> Tree<S> {
         let Ok(new) = self.listing(&mut st, folder) else {
             return Vec::new();
         };
+        // Messages gone from the folder (expunged or moved elsewhere) give up their numbers
+        // and the names kept for them, so a long mount does not grow without bound.
+        let gone: Vec<MessageKey> = old
+            .entries
+            .keys()
+            .filter(|k| !new.entries.contains_key(*k))
+            .cloned()
+            .collect();
         let mut changed = Vec::new();
         for sub in [Sub::New, Sub::Cur] {
             let i = usize::from(sub != Sub::New);
@@ -577,6 +585,14 @@ impl<S: MaildirSource> Tree<S> {
             } else {
                 old.mtime[i]
             };
+        }
+        for k in gone {
+            st.inodes
+                .remove(&NodeKey::Message(folder.to_string(), k.clone()));
+            if let Some(p) = st.pending.get_mut(folder) {
+                p.remove(&k);
+            }
+            st.set_bare(folder, &k, false);
         }
         changed
             .into_iter()
