@@ -277,7 +277,12 @@ fn shell_tools_on_the_mount_change_the_engine() {
     assert!(sh(&mnt, "df -P . | tail -1").contains("peerpost"));
     assert_eq!(
         sh(&mnt, "find . -type f | sort"),
-        "./.Sent/cur/100.x.host:2,RS\n./cur/200.y.host:2,FS\n./new/300.z.host\n"
+        "./.Sent/cur/100.x.host:2,RS\n./cur/200.y.host:2,FS\n./new/300.z.host\n./subscriptions\n"
+    );
+    // Dovecot's subscriptions file shows the engine's subscribed folders.
+    assert_eq!(
+        sh(&mnt, "cat subscriptions"),
+        "V\t2\n\nArchive\nDrafts\nJunk\nSent\nTrash\n"
     );
     assert_eq!(
         sh(&mnt, "grep -rl hello . | sort"),
@@ -635,8 +640,12 @@ fn dovecot_serves_the_mount_and_idle_sees_mail_from_another_process() {
 import imaplib, sys
 m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
 m.login("testuser", "testpass")
+typ, subs = m.lsub()
+if b'"." Sent' not in b" ".join(x for x in subs if x):
+    print("LSUB lacks the engine's subscriptions", subs); sys.exit(1)
 for cmd, args in [("create", ["Work"]), ("create", ["Work.Sub"]), ("create", ["Old"]),
-                  ("rename", ["Work", "Projects"]), ("delete", ["Old"])]:
+                  ("rename", ["Work", "Projects"]), ("delete", ["Old"]),
+                  ("subscribe", ["Projects.Sub"]), ("unsubscribe", ["Junk"])]:
     typ, data = getattr(m, cmd)(*args)
     print(cmd, args, typ, data)
     if typ != "OK":
@@ -663,6 +672,12 @@ m.logout()
         .filter(|n| n.starts_with('.'))
         .collect();
     dirs.sort();
+    // SUBSCRIBE/UNSUBSCRIBE reached the engine (export writes its subscriptions).
+    let subs = std::fs::read_to_string(exported.join("subscriptions")).unwrap();
+    assert!(
+        subs.lines().any(|l| l == "Projects.Sub") && !subs.lines().any(|l| l == "Junk"),
+        "{subs}"
+    );
     assert_eq!(
         dirs,
         vec![

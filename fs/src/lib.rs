@@ -377,6 +377,14 @@ pub trait MaildirSource: Send + Sync + 'static {
     fn quota(&self) -> Result<(u64, u64)>;
     /// The largest message the engine accepts: files in `tmp/` cannot grow beyond it.
     fn max_message_size(&self) -> u64;
+    /// Subscribed folders (Dovecot's `subscriptions` file shows them).
+    fn subscriptions(&self) -> Result<Vec<FolderName>> {
+        Ok(Vec::new())
+    }
+    /// (Un)subscribes a folder.
+    fn set_subscribed(&self, _folder: &str, _subscribed: bool) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ struct State {
     next: u64,
     quota: u64,
     max_message: u64,
+    subscribed: std::collections::BTreeSet<FolderName>,
 }
 
 /// Folders and messages in a mutex; message keys are a counter in hex.
@@ -225,6 +226,22 @@ impl MaildirSource for MemorySource {
 
     fn max_message_size(&self) -> u64 {
         self.with(|s| Ok(s.max_message)).unwrap_or(0)
+    }
+
+    fn subscriptions(&self) -> Result<Vec<FolderName>> {
+        self.with(|s| Ok(s.subscribed.iter().cloned().collect()))
+    }
+
+    fn set_subscribed(&self, folder: &str, subscribed: bool) -> Result<()> {
+        self.with(|s| {
+            s.folder(folder)?;
+            if subscribed {
+                s.subscribed.insert(folder.to_string());
+            } else {
+                s.subscribed.remove(folder);
+            }
+            Ok(())
+        })
     }
 }
 

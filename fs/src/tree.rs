@@ -474,7 +474,7 @@ impl<S: MaildirSource> Tree<S> {
     /// A tree over `source`, keeping local files under `backing` (created if missing).
     pub fn new(source: Arc<S>, backing: &Path, owner: Owner) -> io::Result<Tree<S>> {
         fs::create_dir_all(backing.join("tmp"))?;
-        Ok(Tree {
+        let tree = Tree {
             source,
             backing: backing.to_path_buf(),
             owner,
@@ -491,7 +491,88 @@ impl<S: MaildirSource> Tree<S> {
                 fresh: HashMap::new(),
                 bare: HashMap::new(),
             }),
-        })
+        };
+        // Dovecot reads the subscribed folders from here: the engine's, at start.
+        tree.write_subscriptions();
+        Ok(tree)
+    }
+
+    /// Parses Dovecot's `subscriptions` (`V<TAB>2`, a blank line, then one name per line with
+    /// TAB between levels; or the old format, one name per line with '.').
+    pub fn parse_subscriptions(text: &str) -> BTreeSet<String> {
+        let mut lines = text.lines();
+        let v2 = text.starts_with("V\t");
+        if v2 {
+            // Header, then the blank line.
+            lines.next();
+            lines.next();
+        }
+        lines
+            .take(100_000)
+            .filter(|l| !l.is_empty() && l.len() <= 1024)
+            .map(|l| {
+                if v2 {
+                    l.replace('\t', "/")
+                } else {
+                    l.replace('.', "/")
+                }
+            })
+            .collect()
+    }
+
+    fn subscriptions_path(&self) -> PathBuf {
+        self.backing.join("subscriptions")
+    }
+
+    fn file_subscriptions(&self) -> Option<BTreeSet<String>> {
+        let m = fs::symlink_metadata(self.subscriptions_path()).ok()?;
+        if !m.is_file() || m.len() > 4 << 20 {
+            return None;
+        }
+        let text = fs::read_to_string(self.subscriptions_path()).ok()?;
+        Some(Self::parse_subscriptions(&text))
+    }
+
+    /// Writes the engine's subscribed folders into the local `subscriptions`, if they differ
+    /// from what it holds (atomically: temp file, then rename).
+    pub fn write_subscriptions(&self) {
+        let Ok(list) = self.source.subscriptions() else {
+            return;
+        };
+        let want: BTreeSet<String> = list.into_iter().filter(|f| f != INBOX).collect();
+        if self.file_subscriptions().unwrap_or_default() == want {
+            return;
+        }
+        let mut text = String::from("V\t2\n\n");
+        for f in &want {
+            text.push_str(&f.replace('/', "\t"));
+            text.push('\n');
+        }
+        let tmp = self.backing.join(".subscriptions.peerpost");
+        if fs::write(&tmp, text).is_ok() {
+            let _ = fs::rename(&tmp, self.subscriptions_path());
+        }
+    }
+
+    /// Dovecot replaced `subscriptions`: the engine follows it.
+    fn subscriptions_changed(&self) {
+        let Some(file) = self.file_subscriptions() else {
+            return;
+        };
+        let engine: BTreeSet<String> = self
+            .source
+            .subscriptions()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for f in file.difference(&engine) {
+            let _ = self.source.set_subscribed(f, true);
+        }
+        for f in engine.difference(&file) {
+            if f != INBOX {
+                let _ = self.source.set_subscribed(f, false);
+            }
+        }
     }
 
     pub fn source(&self) -> &Arc<S> {
@@ -606,6 +687,7 @@ impl<S: MaildirSource> Tree<S> {
     /// Forgets the folder list (folders were created, renamed or deleted elsewhere); returns
     /// the root-level names that changed.
     pub fn refresh_folders(&self) -> Vec<(u64, String)> {
+        self.write_subscriptions();
         let mut st = self.lock();
         let old = st.folders.take().unwrap_or_default();
         let Ok(new) = self.folders(&mut st).cloned() else {
@@ -1428,6 +1510,9 @@ impl<S: MaildirSource> Tree<S> {
                 {
                     self.keywords_changed(&mut st, f);
                 }
+                if newname == "subscriptions" && to_place == Place::FolderDir(INBOX.into()) {
+                    self.subscriptions_changed();
+                }
                 Ok(())
             }
             // Flag change or move.
@@ -2177,6 +2262,28 @@ mod tests {
         );
         writer.join().unwrap().unwrap();
         assert!(tree.lookup(cur, "1.a:2,S").is_ok());
+    }
+
+    #[test]
+    fn subscriptions_follow_the_engine_and_dovecot() {
+        let t = setup(1000);
+        let src = t.tree.source();
+        src.create_folder("Work/Sub").unwrap();
+        src.create_folder("Sent").unwrap();
+        src.set_subscribed("Work/Sub", true).unwrap();
+        t.tree.refresh_folders();
+        assert_eq!(cat(&t, "subscriptions"), b"V\t2\n\nWork\tSub\n");
+        // Dovecot writes subscriptions.lock and renames it into place.
+        write_file(&t, "", "subscriptions.lock", b"V\t2\n\nSent\n");
+        t.tree
+            .rename(ROOT, "subscriptions.lock", ROOT, "subscriptions", false)
+            .unwrap();
+        assert_eq!(src.subscriptions().unwrap(), vec!["Sent".to_string()]);
+        // The old format is read too.
+        assert_eq!(
+            Tree::<MemorySource>::parse_subscriptions("A.B\nC\n"),
+            ["A/B".to_string(), "C".to_string()].into_iter().collect()
+        );
     }
 
     #[test]

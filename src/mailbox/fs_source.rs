@@ -217,6 +217,20 @@ impl MaildirSource for FsSource {
     fn max_message_size(&self) -> u64 {
         self.max_message_size
     }
+
+    fn subscriptions(&self) -> pfs::Result<Vec<pfs::FolderName>> {
+        Ok(self
+            .mb
+            .folders()
+            .into_iter()
+            .filter(|f| f.subscribed)
+            .map(|f| f.name)
+            .collect())
+    }
+
+    fn set_subscribed(&self, folder: &str, subscribed: bool) -> pfs::Result<()> {
+        self.run(self.mb.subscribe_folder(folder, subscribed))
+    }
 }
 
 #[cfg(test)]
