@@ -93,9 +93,20 @@ impl<S: MaildirSource> Mount<S> {
     /// listings, tells the kernel which names changed, and wakes the watchers of the
     /// directories that did. Call from any thread but a FUSE worker.
     pub fn engine_changed(&self) {
+        self.engine_changed_in(None);
+    }
+
+    /// [`Mount::engine_changed`] for the given folders only (`None`: every folder). The
+    /// folder list is re-read either way.
+    pub fn engine_changed_in(&self, folders: Option<&[String]>) {
         let mut changed = self.tree.refresh_folders();
         let mut pokes = Vec::new();
-        for f in self.tree.cached_folders() {
+        let cached = self.tree.cached_folders();
+        let which: Vec<String> = match folders {
+            None => cached,
+            Some(f) => cached.into_iter().filter(|c| f.contains(c)).collect(),
+        };
+        for f in which {
             let names = self.tree.refresh_folder(&f);
             if names.is_empty() {
                 continue;

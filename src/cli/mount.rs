@@ -1,10 +1,11 @@
 //! `peerpost mount [MOUNTPOINT]`: the mailbox as a Maildir over FUSE, until SIGINT/SIGTERM.
 
+use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::mpsc::{RecvTimeoutError, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::open;
 use crate::home::Home;
 use crate::mailbox::fs_source::FsSource;
+use crate::mailbox::{Change, FolderId};
 
 /// How often the engine looks for entries other processes wrote (`peerpost import`, …).
 const REFRESH: Duration = Duration::from_millis(250);
@@ -99,9 +101,13 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     // Engine changes (this process's, other processes' via refresh, later the overlay's)
     // reach the mount from a plain thread: it calls into the kernel and through the mount,
     // which a tokio worker must not do.
+    // Which folders changed since the last showing (None: all of them, after a lag).
+    let pending: Arc<Mutex<Option<HashSet<FolderId>>>> = Arc::new(Mutex::new(Some(HashSet::new())));
     let (changed_tx, changed_rx) = sync_channel::<()>(1);
     let shower = {
         let mount = Arc::clone(&mount);
+        let pending = Arc::clone(&pending);
+        let mb = mb.clone();
         std::thread::Builder::new()
             .name("fuse-changes".into())
             .spawn(move || {
@@ -110,7 +116,22 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                         Ok(()) => {
                             std::thread::sleep(DEBOUNCE);
                             while changed_rx.try_recv().is_ok() {}
-                            mount.engine_changed();
+                            let ids = pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .replace(HashSet::new());
+                            match ids {
+                                Some(ids) => {
+                                    let names: Vec<String> = mb
+                                        .folders()
+                                        .into_iter()
+                                        .filter(|f| ids.contains(&f.id))
+                                        .map(|f| f.name)
+                                        .collect();
+                                    mount.engine_changed_in(Some(&names));
+                                }
+                                None => mount.engine_changed(),
+                            }
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -131,7 +152,29 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 r = feed.recv() => match r {
-                    Ok(_) | Err(RecvError::Lagged(_)) => signal(&changed_tx),
+                    Ok(change) => {
+                        let folder = match change {
+                            Change::Added { folder, .. }
+                            | Change::Removed { folder, .. }
+                            | Change::Flags { folder, .. } => Some(folder),
+                            Change::Folders => None,
+                        };
+                        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        if let (Some(set), Some(f)) = (p.as_mut(), folder) {
+                            // Bounded: beyond it, every folder is re-read.
+                            if set.len() < 10_000 {
+                                set.insert(f);
+                            } else {
+                                *p = None;
+                            }
+                        }
+                        drop(p);
+                        signal(&changed_tx);
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        *pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        signal(&changed_tx);
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 _ = tick.tick() => {
