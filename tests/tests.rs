@@ -6,6 +6,8 @@
 mod cli;
 // A child process writing to the store is SIGKILLed mid-way; nothing committed is lost.
 mod crash;
+// `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.
+mod fs;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
 // import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.

@@ -1,9 +1,11 @@
 //! An in-memory [`MaildirSource`] for tests of this crate (and of code that mounts it).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::{Flags, FolderName, MaildirSource, MessageEntry, MessageKey, Result, SourceError};
+use crate::{
+    Flags, FolderName, MaildirSource, MessageEntry, MessageKey, NewMessage, Result, SourceError,
+};
 
 #[derive(Debug, Default)]
 struct State {
@@ -11,6 +13,8 @@ struct State {
     bodies: BTreeMap<MessageKey, Vec<u8>>,
     next: u64,
     quota: u64,
+    max_message: u64,
+    subscribed: std::collections::BTreeSet<FolderName>,
 }
 
 /// Folders and messages in a mutex; message keys are a counter in hex.
@@ -34,9 +38,18 @@ impl MemorySource {
             state: Mutex::new(State {
                 folders,
                 quota,
+                max_message: 64 * 1024 * 1024,
                 ..State::default()
             }),
         }
+    }
+
+    /// Sets the largest message accepted (and so the largest file in `tmp/`).
+    pub fn with_max_message_size(self, max: u64) -> MemorySource {
+        if let Ok(mut s) = self.state.lock() {
+            s.max_message = max;
+        }
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
@@ -51,6 +64,29 @@ impl MemorySource {
 impl State {
     fn used(&self) -> u64 {
         self.bodies.values().map(|b| b.len() as u64).sum()
+    }
+
+    fn deliver(&mut self, folder: &str, msg: NewMessage) -> Result<MessageEntry> {
+        if msg.bytes.len() as u64 > self.max_message {
+            return Err(SourceError::TooLarge);
+        }
+        if self.used() + msg.bytes.len() as u64 > self.quota {
+            return Err(SourceError::NoSpace);
+        }
+        self.folder(folder)?;
+        self.next += 1;
+        let key = MessageKey(format!("{:032x}", self.next));
+        let entry = MessageEntry {
+            key: key.clone(),
+            base: msg.base,
+            size: msg.bytes.len() as u64,
+            internal_date: msg.internal_date,
+            flags: msg.flags,
+            recent: msg.recent,
+        };
+        self.folder(folder)?.insert(key.clone(), entry.clone());
+        self.bodies.insert(key, msg.bytes);
+        Ok(entry)
     }
 
     fn folder(&mut self, name: &str) -> Result<&mut BTreeMap<MessageKey, MessageEntry>> {
@@ -76,68 +112,67 @@ impl MaildirSource for MemorySource {
         self.with(|s| Ok(s.folder(folder)?.values().cloned().collect()))
     }
 
-    fn read(&self, key: &MessageKey) -> Result<Vec<u8>> {
-        self.with(|s| s.bodies.get(key).cloned().ok_or(SourceError::NotFound))
-    }
-
-    fn deliver(
-        &self,
-        folder: &str,
-        bytes: Vec<u8>,
-        internal_date: i64,
-        flags: Flags,
-    ) -> Result<MessageEntry> {
+    fn read(&self, key: &MessageKey) -> Result<Arc<Vec<u8>>> {
         self.with(|s| {
-            if s.used() + bytes.len() as u64 > s.quota {
-                return Err(SourceError::NoSpace);
-            }
-            s.next += 1;
-            let key = MessageKey(format!("{:032x}", s.next));
-            let entry = MessageEntry {
-                key: key.clone(),
-                size: bytes.len() as u64,
-                internal_date,
-                flags,
-                recent: !flags.seen,
-            };
-            s.folder(folder)?.insert(key.clone(), entry.clone());
-            s.bodies.insert(key, bytes);
-            Ok(entry)
+            s.bodies
+                .get(key)
+                .map(|b| Arc::new(b.clone()))
+                .ok_or(SourceError::NotFound)
         })
     }
 
-    fn set_flags(&self, folder: &str, key: &MessageKey, flags: Flags) -> Result<()> {
+    fn deliver(&self, folder: &str, msg: NewMessage) -> Result<MessageEntry> {
+        self.with(|s| s.deliver(folder, msg))
+    }
+
+    fn set_flags(
+        &self,
+        folder: &str,
+        key: &MessageKey,
+        flags: Flags,
+        seen_by_reader: bool,
+    ) -> Result<()> {
         self.with(|s| {
             let e = s
                 .folder(folder)?
                 .get_mut(key)
                 .ok_or(SourceError::NotFound)?;
             e.flags = flags;
-            e.recent = false;
+            if seen_by_reader {
+                e.recent = false;
+            }
             Ok(())
         })
     }
 
-    fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<()> {
+    fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<MessageEntry> {
         self.with(|s| {
             s.folder(to)?;
             let e = s.folder(from)?.remove(key).ok_or(SourceError::NotFound)?;
-            s.folder(to)?.insert(key.clone(), e);
-            Ok(())
+            s.folder(to)?.insert(key.clone(), e.clone());
+            Ok(e)
         })
     }
 
     fn copy_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<MessageEntry> {
-        let (bytes, e) = self.with(|s| {
+        self.with(|s| {
             let e = s
                 .folder(from)?
                 .get(key)
                 .cloned()
                 .ok_or(SourceError::NotFound)?;
-            let b = s.bodies.get(key).cloned().ok_or(SourceError::NotFound)?;
-            Ok((b, e))
-        })?;
-        self.deliver(to, bytes, e.internal_date, e.flags)
+            let bytes = s.bodies.get(key).cloned().ok_or(SourceError::NotFound)?;
+            s.deliver(
+                to,
+                NewMessage {
+                    bytes,
+                    internal_date: e.internal_date,
+                    flags: e.flags.clone(),
+                    recent: e.recent,
+                    base: e.base,
+                },
+            )
+        })
     }
 
     fn expunge(&self, folder: &str, key: &MessageKey) -> Result<()> {
@@ -188,22 +223,50 @@ impl MaildirSource for MemorySource {
     fn quota(&self) -> Result<(u64, u64)> {
         self.with(|s| Ok((s.used(), s.quota)))
     }
+
+    fn max_message_size(&self) -> u64 {
+        self.with(|s| Ok(s.max_message)).unwrap_or(0)
+    }
+
+    fn subscriptions(&self) -> Result<Vec<FolderName>> {
+        self.with(|s| Ok(s.subscribed.iter().cloned().collect()))
+    }
+
+    fn set_subscribed(&self, folder: &str, subscribed: bool) -> Result<()> {
+        self.with(|s| {
+            s.folder(folder)?;
+            if subscribed {
+                s.subscribed.insert(folder.to_string());
+            } else {
+                s.subscribed.remove(folder);
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn msg(bytes: &[u8], base: &str) -> NewMessage {
+        NewMessage {
+            bytes: bytes.to_vec(),
+            internal_date: 1,
+            flags: Flags::default(),
+            recent: true,
+            base: base.into(),
+        }
+    }
+
     #[test]
     fn deliver_move_copy_expunge() {
         let m = MemorySource::new(1000);
         m.create_folder("Archive").unwrap();
-        let e = m
-            .deliver("INBOX", b"hello".to_vec(), 1, Flags::default())
-            .unwrap();
+        let e = m.deliver("INBOX", msg(b"hello", "1.a")).unwrap();
         assert!(e.recent);
-        assert_eq!(m.read(&e.key).unwrap(), b"hello");
-        m.set_flags("INBOX", &e.key, Flags::from_letters("S"))
+        assert_eq!(*m.read(&e.key).unwrap(), b"hello");
+        m.set_flags("INBOX", &e.key, Flags::from_letters("S"), true)
             .unwrap();
         let c = m.copy_to("INBOX", &e.key, "Archive").unwrap();
         assert_ne!(c.key, e.key);
@@ -213,7 +276,7 @@ mod tests {
         m.expunge("Archive", &e.key).unwrap();
         assert_eq!(m.quota().unwrap(), (5, 1000));
         assert_eq!(
-            m.deliver("INBOX", vec![0; 996], 1, Flags::default()),
+            m.deliver("INBOX", msg(&[0; 996], "2.b")),
             Err(SourceError::NoSpace)
         );
         assert_eq!(

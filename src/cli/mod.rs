@@ -1,12 +1,13 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
-//! `execute`. Only subcommands that work are listed; `mount`, `send` and `restore` arrive with
-//! the layers they need.
+//! `execute`. Only subcommands that work are listed; `send` and `restore` arrive with the
+//! layers they need.
 
 pub mod export;
 pub mod import;
 pub mod init;
 pub mod key;
 pub mod lookup;
+pub mod mount;
 pub mod open;
 pub mod passwd;
 pub mod run;
@@ -61,6 +62,8 @@ pub enum Command {
     Export(export::Args),
     /// Keep a plain Maildir directory and the mailbox in step, both ways.
     Sync(sync::Args),
+    /// Serve the mailbox as a Maildir over FUSE (for Dovecot and mutt) until Ctrl-C.
+    Mount(mount::Args),
 }
 
 impl Cli {
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::execute(args, &home),
         Command::Export(args) => export::execute(args, &home),
         Command::Sync(args) => sync::execute(args, &home),
+        Command::Mount(args) => mount::execute(args, &home),
     }
 }
 

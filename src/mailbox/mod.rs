@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod crdt;
+pub mod fs_source;
 pub mod log;
 pub mod maildir;
 pub mod model;

@@ -1,0 +1,195 @@
+//! Stable inode numbers.
+//!
+//! Every node of the tree has a [`NodeKey`] naming it without reference to a mount: the root,
+//! a folder by name, a folder's `cur`/`new`/`tmp`, a message by (folder, message key), a local
+//! file by its path relative to the Maildir root. Its inode number is a 64-bit FNV-1a hash of
+//! that key (the root is 1, numbers below [`FIRST_HASHED`] are never handed out), so the same
+//! message gets the same number on every mount; on the rare collision the next free number is
+//! taken (and that one is stable only for the mount). A rename within one mount re-keys the
+//! node and keeps its number, as the kernel expects of `rename(2)`.
+
+use std::collections::HashMap;
+
+use crate::MessageKey;
+
+/// The root directory (the INBOX Maildir).
+pub const ROOT: u64 = 1;
+/// Hashed inode numbers are at least this (leaves room for fixed ones).
+pub const FIRST_HASHED: u64 = 1 << 16;
+
+/// `cur`, `new` or `tmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sub {
+    Cur,
+    New,
+    Tmp,
+}
+
+impl Sub {
+    pub const ALL: [Sub; 3] = [Sub::Cur, Sub::New, Sub::Tmp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sub::Cur => "cur",
+            Sub::New => "new",
+            Sub::Tmp => "tmp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Sub> {
+        Sub::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What a node is, independent of any mount.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeKey {
+    Root,
+    /// A folder's directory (`.A.B` for `A/B`); INBOX is the root.
+    Folder(String),
+    /// `cur`, `new` or `tmp` of a folder.
+    Sub(String, Sub),
+    /// A message, by folder and key (in `new/` or `cur/`, as its state says).
+    Message(String, MessageKey),
+    /// A file kept on local disk, by its inode number in the backing directory (so hard
+    /// links share a number, as Dovecot's lock files expect).
+    Local(u64),
+}
+
+impl NodeKey {
+    fn tag_and_text(&self) -> (u8, String) {
+        match self {
+            NodeKey::Root => (0, String::new()),
+            NodeKey::Folder(f) => (1, f.clone()),
+            NodeKey::Sub(f, s) => (2, format!("{f}\0{}", s.name())),
+            NodeKey::Message(f, k) => (3, format!("{f}\0{}", k.0)),
+            NodeKey::Local(b) => (4, b.to_string()),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: fixed forever (inode numbers must not change between builds).
+pub fn fnv1a(tag: u8, text: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::iter::once(tag).chain(text.iter().copied()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The preferred number of a key.
+pub fn preferred(key: &NodeKey) -> u64 {
+    if *key == NodeKey::Root {
+        return ROOT;
+    }
+    let (tag, text) = key.tag_and_text();
+    let h = fnv1a(tag, text.as_bytes());
+    // Keep clear of the fixed numbers and of u64::MAX (FUSE reserves nothing else).
+    FIRST_HASHED + h % (u64::MAX - 2 * FIRST_HASHED)
+}
+
+/// The two-way map between keys and numbers for one mount.
+#[derive(Debug, Default)]
+pub struct Inodes {
+    by_ino: HashMap<u64, NodeKey>,
+    by_key: HashMap<NodeKey, u64>,
+}
+
+impl Inodes {
+    pub fn new() -> Inodes {
+        let mut t = Inodes::default();
+        t.by_ino.insert(ROOT, NodeKey::Root);
+        t.by_key.insert(NodeKey::Root, ROOT);
+        t
+    }
+
+    /// The number of a key, assigning one on first sight.
+    pub fn ino(&mut self, key: &NodeKey) -> u64 {
+        if let Some(i) = self.by_key.get(key) {
+            return *i;
+        }
+        let mut i = preferred(key);
+        while self.by_ino.contains_key(&i) || i < FIRST_HASHED || i == u64::MAX {
+            i = i.wrapping_add(1).max(FIRST_HASHED);
+        }
+        self.by_ino.insert(i, key.clone());
+        self.by_key.insert(key.clone(), i);
+        i
+    }
+
+    pub fn key(&self, ino: u64) -> Option<&NodeKey> {
+        self.by_ino.get(&ino)
+    }
+
+    /// The node `from` is now `to` (a rename): it keeps its number. A node already known as
+    /// `to` (replaced by the rename) is forgotten.
+    pub fn rekey(&mut self, from: &NodeKey, to: &NodeKey) {
+        if from == to {
+            return;
+        }
+        if let Some(old) = self.by_key.remove(to) {
+            self.by_ino.remove(&old);
+        }
+        if let Some(i) = self.by_key.remove(from) {
+            self.by_ino.insert(i, to.clone());
+            self.by_key.insert(to.clone(), i);
+        }
+    }
+
+    /// Forgets a node that no longer exists (its number may be handed out again).
+    pub fn remove(&mut self, key: &NodeKey) {
+        if let Some(i) = self.by_key.remove(key) {
+            self.by_ino.remove(&i);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_across_tables() {
+        let k = NodeKey::Message("INBOX".into(), MessageKey("abc".into()));
+        let mut a = Inodes::new();
+        let mut b = Inodes::new();
+        b.ino(&NodeKey::Folder("X".into()));
+        assert_eq!(a.ino(&k), b.ino(&k));
+        assert_eq!(a.ino(&k), preferred(&k));
+        assert_eq!(a.ino(&NodeKey::Root), ROOT);
+        // Different kinds with the same text get different numbers.
+        assert_ne!(
+            preferred(&NodeKey::Folder("1".into())),
+            preferred(&NodeKey::Local(1))
+        );
+    }
+
+    #[test]
+    fn collisions_take_the_next_free_number_and_rekey_keeps_it() {
+        let mut t = Inodes::new();
+        let k1 = NodeKey::Local(1);
+        let i1 = t.ino(&k1);
+        // Force a collision: occupy k2's preferred number with k1's entry.
+        let k2 = NodeKey::Local(2);
+        let p2 = preferred(&k2);
+        t.by_ino.insert(p2, k1.clone());
+        let i2 = t.ino(&k2);
+        assert_ne!(i2, p2);
+        assert!(i2 >= FIRST_HASHED);
+        let k3 = NodeKey::Local(3);
+        t.rekey(&k1, &k3);
+        assert_eq!(t.ino(&k3), i1);
+        assert_eq!(t.key(i1), Some(&k3));
+        t.remove(&k3);
+        assert_eq!(t.key(i1), None);
+    }
+}

@@ -1,0 +1,270 @@
+//! The mailbox engine as a [`peerpost_fs::MaildirSource`]: what `peerpost mount` serves.
+//!
+//! FUSE worker threads are plain OS threads, not tokio workers, so each call bridges to the
+//! engine's async API with [`Handle::block_on`] on the command's runtime, bounded by a
+//! timeout (an engine that does not answer gives the client EIO, never a hung thread).
+//! Message keys are entry ids (40 hex digits). Flags are the engine's system flags and
+//! keywords (the tree maps keywords to letters through the folder's `dovecot-keywords`, and
+//! passes back the ones a name cannot show, so a flag rename keeps them).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerpost_fs::{self as pfs, MaildirSource, MessageKey, SourceError};
+use tokio::runtime::Handle;
+
+use super::{EntryId, Error, FlagMode, Flags, Mailbox, MessageInfo, NewMessage, OpId};
+
+/// The longest a FUSE request waits for the engine.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`Mailbox`] seen through the Maildir file system's trait.
+#[derive(Debug, Clone)]
+pub struct FsSource {
+    mb: Mailbox,
+    rt: Handle,
+    max_message_size: u64,
+    quota: u64,
+}
+
+impl FsSource {
+    /// `rt` must not be the runtime of the calling thread (FUSE threads are not tokio's).
+    pub fn new(mb: Mailbox, rt: Handle, max_message_size: u64, quota: u64) -> FsSource {
+        FsSource {
+            mb,
+            rt,
+            max_message_size,
+            quota,
+        }
+    }
+
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mb
+    }
+
+    fn run<T>(&self, f: impl Future<Output = super::Result<T>>) -> pfs::Result<T> {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(TIMEOUT, f).await })
+        {
+            Ok(r) => r.map_err(source_error),
+            Err(_) => Err(SourceError::Unavailable),
+        }
+    }
+}
+
+fn source_error(e: Error) -> SourceError {
+    match e {
+        Error::NoSuchFolder(_) | Error::NoSuchMessage => SourceError::NotFound,
+        Error::FolderExists(_) => SourceError::Exists,
+        Error::TooLarge { .. } => SourceError::TooLarge,
+        Error::ContentMissing(_) => SourceError::Unavailable,
+        Error::InvalidName(..) | Error::NotAllowed(_) | Error::Empty => {
+            SourceError::Invalid(e.to_string())
+        }
+        other => SourceError::Io(other.to_string()),
+    }
+}
+
+/// An entry id as a message key: 40 hex digits.
+pub fn message_key(entry: EntryId) -> MessageKey {
+    MessageKey(
+        entry
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// The entry id of a message key (anything else is not found).
+pub fn entry_of(key: &MessageKey) -> pfs::Result<EntryId> {
+    let s = key.0.as_bytes();
+    if s.len() != 2 * OpId::LEN {
+        return Err(SourceError::NotFound);
+    }
+    let mut b = [0u8; OpId::LEN];
+    for (i, out) in b.iter_mut().enumerate() {
+        let hex = std::str::from_utf8(&s[2 * i..2 * i + 2]).map_err(|_| SourceError::NotFound)?;
+        *out = u8::from_str_radix(hex, 16).map_err(|_| SourceError::NotFound)?;
+    }
+    Ok(OpId::from_bytes(&b))
+}
+
+fn fs_flags(f: &Flags) -> pfs::Flags {
+    let b = |i: u8| f.bits & (1 << i) != 0;
+    pfs::Flags {
+        draft: b(0),
+        flagged: b(1),
+        passed: b(2),
+        replied: b(3),
+        seen: b(4),
+        trashed: b(5),
+        keywords: f.keywords.clone(),
+    }
+}
+
+fn bits(f: &pfs::Flags) -> u8 {
+    [f.draft, f.flagged, f.passed, f.replied, f.seen, f.trashed]
+        .iter()
+        .enumerate()
+        .fold(0, |acc, (i, on)| if *on { acc | (1 << i) } else { acc })
+}
+
+fn entry(m: &MessageInfo) -> pfs::MessageEntry {
+    pfs::MessageEntry {
+        key: message_key(m.entry),
+        base: m.maildir_name.clone(),
+        size: m.size,
+        internal_date: m.internal_date,
+        flags: fs_flags(&m.flags),
+        recent: m.recent,
+    }
+}
+
+impl MaildirSource for FsSource {
+    fn folders(&self) -> pfs::Result<Vec<pfs::FolderName>> {
+        Ok(self.mb.folders().into_iter().map(|f| f.name).collect())
+    }
+
+    fn messages(&self, folder: &str) -> pfs::Result<Vec<pfs::MessageEntry>> {
+        let v = self.mb.messages(folder).map_err(source_error)?;
+        Ok(v.iter().map(entry).collect())
+    }
+
+    fn read(&self, key: &MessageKey) -> pfs::Result<Arc<Vec<u8>>> {
+        let e = entry_of(key)?;
+        self.run(self.mb.read(e))
+    }
+
+    fn deliver(&self, folder: &str, msg: pfs::NewMessage) -> pfs::Result<pfs::MessageEntry> {
+        if msg.bytes.len() as u64 > self.max_message_size {
+            return Err(SourceError::TooLarge);
+        }
+        let m = self.run(self.mb.append(
+            folder,
+            NewMessage {
+                bytes: msg.bytes,
+                internal_date: msg.internal_date,
+                flags: Flags {
+                    bits: bits(&msg.flags),
+                    keywords: msg.flags.keywords.clone(),
+                },
+                recent: msg.recent,
+                maildir_name: Some(msg.base),
+            },
+        ))?;
+        Ok(entry(&m))
+    }
+
+    fn set_flags(
+        &self,
+        folder: &str,
+        key: &MessageKey,
+        flags: pfs::Flags,
+        seen_by_reader: bool,
+    ) -> pfs::Result<()> {
+        let e = [entry_of(key)?];
+        let want = Flags {
+            bits: bits(&flags),
+            keywords: flags.keywords,
+        };
+        self.run(
+            self.mb
+                .set_flags(folder, &e, FlagMode::Replace, &want, seen_by_reader),
+        )
+    }
+
+    fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> pfs::Result<pfs::MessageEntry> {
+        let e = [entry_of(key)?];
+        let v = self.run(self.mb.move_to(from, &e, to))?;
+        v.first()
+            .map(|(_, m)| entry(m))
+            .ok_or(SourceError::NotFound)
+    }
+
+    fn copy_to(&self, from: &str, key: &MessageKey, to: &str) -> pfs::Result<pfs::MessageEntry> {
+        let e = [entry_of(key)?];
+        let v = self.run(self.mb.copy(from, &e, to))?;
+        v.first()
+            .map(|(_, m)| entry(m))
+            .ok_or(SourceError::NotFound)
+    }
+
+    fn expunge(&self, folder: &str, key: &MessageKey) -> pfs::Result<()> {
+        let e = [entry_of(key)?];
+        self.run(self.mb.expunge(folder, &e))
+    }
+
+    fn create_folder(&self, name: &str) -> pfs::Result<()> {
+        self.run(self.mb.create_folder(name)).map(|_| ())
+    }
+
+    fn rename_folder(&self, from: &str, to: &str) -> pfs::Result<()> {
+        self.run(self.mb.rename_folder(from, to))
+    }
+
+    fn delete_folder(&self, name: &str) -> pfs::Result<()> {
+        self.run(self.mb.delete_folder(name))
+    }
+
+    fn quota(&self) -> pfs::Result<(u64, u64)> {
+        let stats = self.run(async { Ok(self.mb.store().stats().await?) })?;
+        Ok((stats.object_bytes, self.quota))
+    }
+
+    fn max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+
+    fn subscriptions(&self) -> pfs::Result<Vec<pfs::FolderName>> {
+        Ok(self
+            .mb
+            .folders()
+            .into_iter()
+            .filter(|f| f.subscribed)
+            .map(|f| f.name)
+            .collect())
+    }
+
+    fn set_subscribed(&self, folder: &str, subscribed: bool) -> pfs::Result<()> {
+        self.run(self.mb.subscribe_folder(folder, subscribed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_garbage_is_not_found() {
+        let id = OpId {
+            device: 0x0123_4567_89ab_cdef,
+            seq: 42,
+            idx: 7,
+        };
+        let k = message_key(id);
+        assert_eq!(k.0.len(), 40);
+        assert_eq!(entry_of(&k), Ok(id));
+        for bad in ["", "zz", &"g".repeat(40), &"é".repeat(20)] {
+            assert_eq!(
+                entry_of(&MessageKey(bad.to_string())),
+                Err(SourceError::NotFound)
+            );
+        }
+    }
+
+    #[test]
+    fn flag_bits_match_the_engine() {
+        for b in 0u8..64 {
+            let f = Flags {
+                bits: b,
+                keywords: Default::default(),
+            };
+            assert_eq!(bits(&fs_flags(&f)), b);
+        }
+        let f = pfs::Flags::from_letters("S");
+        assert_eq!(bits(&f), super::super::Flag::Seen.bit());
+    }
+}
