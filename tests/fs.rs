@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, TestHome};
+use crate::util::{BIN, Mutt, TestHome};
 
 /// A running `peerpost mount`; stopped (SIGTERM, then SIGKILL) and unmounted on drop.
 struct MountProcess {
@@ -727,9 +727,7 @@ m.logout()
 /// it is open, and its flag change and deletion reach the engine.
 #[test]
 fn mutt_reads_the_mount_sees_new_mail_and_writes_flags_and_deletions() {
-    if Command::new("mutt").arg("-v").output().is_err()
-        || Command::new("tmux").arg("-V").output().is_err()
-    {
+    if !Mutt::available() {
         eprintln!("skipped: mutt or tmux is not installed (scripts/setup --test installs them)");
         return;
     }
@@ -739,67 +737,15 @@ fn mutt_reads_the_mount_sees_new_mail_and_writes_flags_and_deletions() {
     let Some(_m) = MountProcess::start(&t, &mnt, None) else {
         return;
     };
-    let muttrc = t.file(
-        "muttrc",
-        &format!(
-            "set mbox_type=Maildir\nset folder={}\nset spoolfile=\"\"\nset quit=yes\nset move=no\n\
-             set wait_key=no\nset beep=no\nset mark_old=yes\nset header_cache=\"\"\n\
-             set message_cachedir=\"\"\nset help=no\nset sort=subject\nset mail_check=1\n\
-             set timeout=1\nset confirmappend=no\nset delete=yes\n",
-            t.dir.path().display()
-        ),
+    let mutt = Mutt::start(
+        &t,
+        "fs",
+        &mnt,
+        "set mark_old=yes\nset sort=subject\nset mail_check=1\nset timeout=1\n\
+         set confirmappend=no\nset delete=yes\n",
     );
-    let sock = format!("peerpost-fs-test-{}", std::process::id());
-    struct Tmux(String);
-    impl Drop for Tmux {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["-L", &self.0, "kill-server"])
-                .status();
-        }
-    }
-    let status = Command::new("tmux")
-        .args([
-            "-L",
-            &sock,
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "m",
-            "-x",
-            "200",
-            "-y",
-            "40",
-        ])
-        .arg(format!(
-            "TERM=xterm mutt -n -F {} -f {}",
-            muttrc.display(),
-            mnt.display()
-        ))
-        .env("HOME", t.dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _tmux = Tmux(sock.clone());
-    let screen = || {
-        String::from_utf8_lossy(
-            &Command::new("tmux")
-                .args(["-L", &sock, "capture-pane", "-p", "-t", "m"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
-    let keys = |k: &str| {
-        Command::new("tmux")
-            .args(["-L", &sock, "send-keys", "-t", "m", k])
-            .status()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(400));
-    };
+    let screen = || mutt.screen();
+    let keys = |k: &str| mutt.keys(k);
     wait_for("mutt's index", || {
         let s = screen();
         s.contains("one") && s.contains("two")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, TestHome};
+use crate::util::{BIN, Mutt, TestHome};
 
 struct SyncProcess {
     child: Child,
@@ -193,9 +193,7 @@ fn sync_carries_deliveries_flags_and_deletions_both_ways() {
 
 #[test]
 fn mutt_flag_changes_reach_the_engine() {
-    if Command::new("mutt").arg("-v").output().is_err()
-        || Command::new("tmux").arg("-V").output().is_err()
-    {
+    if !Mutt::available() {
         eprintln!("skipped: mutt or tmux is not installed (scripts/setup --test installs them)");
         return;
     }
@@ -218,70 +216,12 @@ fn mutt_flag_changes_reach_the_engine() {
     });
 
     // Real mutt: flag the first message ('F'), write the change ('$'), quit.
-    let muttrc = t.file(
-        "muttrc",
-        &format!(
-            "set mbox_type=Maildir\nset folder={}\nset spoolfile=\"\"\nset quit=yes\nset move=no\nset wait_key=no\n\
-             set beep=no\nset mark_old=no\nset header_cache=\"\"\nset message_cachedir=\"\"\nset help=no\n",
-            t.dir.path().display()
-        ),
-    );
-    let sock = format!("peerpost-test-{}", std::process::id());
-    // Kill the private tmux server however the test ends.
-    struct Tmux(String);
-    impl Drop for Tmux {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["-L", &self.0, "kill-server"])
-                .status();
-        }
+    let mutt = Mutt::start(&t, "sync", &dir, "set mark_old=no\n");
+    wait_for("mutt's index", || mutt.screen().contains("flag me"));
+    for k in ["F", "$", "q"] {
+        mutt.keys(k);
     }
-    let _tmux = Tmux(sock.clone());
-    let status = Command::new("tmux")
-        .args([
-            "-L",
-            &sock,
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "m",
-            "-x",
-            "200",
-            "-y",
-            "40",
-        ])
-        .arg(format!(
-            "TERM=xterm mutt -n -F {} -f {}",
-            muttrc.display(),
-            dir.display()
-        ))
-        .env("HOME", t.dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let screen = || {
-        String::from_utf8_lossy(
-            &Command::new("tmux")
-                .args(["-L", &sock, "capture-pane", "-p", "-t", "m"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
-    wait_for("mutt's index", || screen().contains("flag me"));
-    for keys in ["F", "$", "q"] {
-        Command::new("tmux")
-            .args(["-L", &sock, "send-keys", "-t", "m", keys])
-            .status()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let _ = Command::new("tmux")
-        .args(["-L", &sock, "kill-server"])
-        .status();
+    drop(mutt);
     // mutt renamed the file with an F; the engine follows.
     wait_for("mutt's flag to reach the engine", || {
         engine_files(&t, &format!("m{}", rand_tag()))

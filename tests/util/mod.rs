@@ -235,3 +235,81 @@ impl Drop for Running {
         }
     }
 }
+
+/// Real mutt in a private tmux server, reading a Maildir; the server is killed on drop.
+pub struct Mutt {
+    sock: String,
+}
+
+impl Mutt {
+    /// Whether mutt and tmux are installed (`scripts/setup --test` installs them).
+    pub fn available() -> bool {
+        Command::new("mutt").arg("-v").output().is_ok()
+            && Command::new("tmux").arg("-V").output().is_ok()
+    }
+
+    /// Starts mutt on `maildir` with a private muttrc: the settings every test needs, then
+    /// `extra` (muttrc lines).
+    pub fn start(t: &TestHome, tag: &str, maildir: &Path, extra: &str) -> Mutt {
+        let muttrc = t.file(
+            &format!("muttrc-{tag}"),
+            &format!(
+                "set mbox_type=Maildir\nset folder={}\nset spoolfile=\"\"\nset quit=yes\n\
+                 set move=no\nset wait_key=no\nset beep=no\nset header_cache=\"\"\n\
+                 set message_cachedir=\"\"\nset help=no\n{extra}",
+                t.dir.path().display()
+            ),
+        );
+        let mutt = Mutt {
+            sock: format!("peerpost-{tag}-{}", std::process::id()),
+        };
+        let status = Command::new("tmux")
+            .args([
+                "-L",
+                &mutt.sock,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "m",
+            ])
+            .args(["-x", "200", "-y", "40"])
+            .arg(format!(
+                "TERM=xterm mutt -n -F {} -f {}",
+                muttrc.display(),
+                maildir.display()
+            ))
+            .env("HOME", t.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "tmux did not start");
+        mutt
+    }
+
+    /// What mutt shows now.
+    pub fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.sock, "capture-pane", "-p", "-t", "m"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types a key (tmux key name) and gives mutt a moment to act on it.
+    pub fn keys(&self, k: &str) {
+        Command::new("tmux")
+            .args(["-L", &self.sock, "send-keys", "-t", "m", k])
+            .status()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+}
+
+impl Drop for Mutt {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.sock, "kill-server"])
+            .status();
+    }
+}
