@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, Mutt, TestHome};
+use crate::util::{BIN, Mutt, TestHome, engine_files};
 
 /// A running `peerpost mount`; stopped (SIGTERM, then SIGKILL) and unmounted on drop.
 struct MountProcess {
@@ -156,37 +156,6 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The engine's view through `peerpost export` (another process): files under cur/ and new/.
-fn engine_files(t: &TestHome, tag: &str) -> Vec<String> {
-    let out = t.dir.path().join(format!("export-{tag}"));
-    t.run(&["export", out.to_str().unwrap()]).success();
-    let mut names: Vec<String> = walk(&out)
-        .into_iter()
-        .map(|p| p.strip_prefix(&out).unwrap().to_string_lossy().into_owned())
-        .filter(|rel| {
-            rel.contains("/cur/")
-                || rel.contains("/new/")
-                || rel.starts_with("cur/")
-                || rel.starts_with("new/")
-        })
-        .collect();
-    names.sort();
-    names
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// A Maildir with two messages (one seen in cur/, one in new/), imported into the engine.

@@ -3,11 +3,11 @@
 //! engine gets from elsewhere appears in DIR. A sync SIGKILLed mid-way resumes without losing
 //! or duplicating mail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, Mutt, TestHome};
+use crate::util::{BIN, Mutt, TestHome, engine_files};
 
 struct SyncProcess {
     child: Child,
@@ -59,42 +59,6 @@ fn deliver(folder: &Path, name: &str, body: &str) {
     let tmp = folder.join("tmp").join(name);
     std::fs::write(&tmp, body).unwrap();
     std::fs::rename(&tmp, folder.join("new").join(name)).unwrap();
-}
-
-/// The engine's view, through `peerpost export` into a fresh directory: file names per folder.
-fn engine_files(t: &TestHome, tag: &str) -> Vec<String> {
-    let out = t.dir.path().join(format!("export-{tag}"));
-    t.run(&["export", out.to_str().unwrap()]).success();
-    let mut names = Vec::new();
-    for entry in walk(&out) {
-        let rel = entry
-            .strip_prefix(&out)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if rel.contains("/cur/")
-            || rel.contains("/new/")
-            || rel.starts_with("cur/")
-            || rel.starts_with("new/")
-        {
-            names.push(rel);
-        }
-    }
-    names.sort();
-    names
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn files_in(dir: &Path) -> Vec<String> {

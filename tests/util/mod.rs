@@ -313,3 +313,36 @@ impl Drop for Mutt {
             .status();
     }
 }
+
+/// The engine's view of a home, through `peerpost export` (another process) into a fresh
+/// directory: the message file names, `folder-dir/new|cur/name`, sorted.
+pub fn engine_files(t: &TestHome, tag: &str) -> Vec<String> {
+    let out = t.dir.path().join(format!("export-{tag}"));
+    t.run(&["export", out.to_str().unwrap()]).success();
+    let mut names: Vec<String> = walk(&out)
+        .into_iter()
+        .map(|p| p.strip_prefix(&out).unwrap().to_string_lossy().into_owned())
+        .filter(|rel| {
+            rel.contains("/cur/")
+                || rel.contains("/new/")
+                || rel.starts_with("cur/")
+                || rel.starts_with("new/")
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every file below `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
