@@ -32,7 +32,7 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 
 use crate::crypto::{self, ContentKey, ObjectId, SealedObject, UserKeys, UserPublicKeys};
-use crate::store::{self, Store, Table};
+use crate::store::{self, Store, Table, Tx};
 use crate::wire::DecodeError;
 use cache::Cache;
 use crdt::{Effect, State};
@@ -154,6 +154,13 @@ pub enum FlagMode {
 /// A log entry read from the store: ((device, seq), bytes).
 type LogRow = ((DeviceId, u64), Vec<u8>);
 
+/// An entry to number: one an op of this commit creates (by its index), or an existing one.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    New(u32),
+    Entry(EntryId),
+}
+
 /// A numbering result: folder, entry, kind (0 add, 1 remove, 2 flags), uid, modseq, and the
 /// folder's new head row.
 type Numbered = (FolderId, EntryId, u8, u32, u64, [u8; 16]);
@@ -235,6 +242,93 @@ fn info(e: &Engine, f: crdt::FolderView) -> FolderInfo {
         unseen,
         recent,
     }
+}
+
+/// Numbers entries inside a transaction: a UID for each new one (UIDVALIDITY for a folder seen
+/// for the first time), a MODSEQ for each change, a "gone" mark for each removal. Rows already
+/// present are reused, so numbering the same change twice (two processes) gives one answer.
+fn number_rows(
+    tx: &mut Tx<'_, '_>,
+    work: Vec<(FolderId, EntryId, u8)>,
+    now: u32,
+) -> Result<Vec<Numbered>> {
+    let mut out = Vec::with_capacity(work.len());
+    let mut heads: HashMap<FolderId, [u8; 16]> = HashMap::new();
+    for (folder, entry, kind) in work {
+        let fkey = folder.to_bytes();
+        let mut head = match heads.get(&folder) {
+            Some(h) => *h,
+            None => match tx.get(Table::FolderUids, &fkey)? {
+                Some(v) if v.len() == 16 => v.try_into().unwrap_or([0; 16]),
+                _ => {
+                    let last = tx
+                        .get(Table::FolderUids, &LAST_UIDVALIDITY_KEY)?
+                        .and_then(|v| v.try_into().ok())
+                        .map(u32::from_be_bytes)
+                        .unwrap_or(0);
+                    let validity = now.max(last.saturating_add(1)).max(1);
+                    tx.put(
+                        Table::FolderUids,
+                        &LAST_UIDVALIDITY_KEY,
+                        &validity.to_be_bytes(),
+                    )?;
+                    let mut h = [0u8; 16];
+                    h[0..4].copy_from_slice(&validity.to_be_bytes());
+                    h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                    h
+                }
+            },
+        };
+        let mut ukey = [0u8; 40];
+        ukey[..20].copy_from_slice(&fkey);
+        ukey[20..].copy_from_slice(&entry.to_bytes());
+        let existing = tx.get(Table::Uids, &ukey)?.filter(|v| v.len() == 13);
+        let mut uidnext = u32::from_be_bytes(head[4..8].try_into().unwrap_or([0; 4]));
+        let mut modseq = u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+        let (uid, ms, gone) = match (kind, existing) {
+            (0, Some(v)) => (
+                u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
+                u64::from_be_bytes(v[4..12].try_into().unwrap_or([0; 8])),
+                v[12],
+            ),
+            (0, None) => {
+                let uid = uidnext;
+                uidnext += 1;
+                modseq += 1;
+                (uid, modseq, 0)
+            }
+            (1, Some(v)) => {
+                modseq += 1;
+                (
+                    u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
+                    modseq,
+                    1,
+                )
+            }
+            (2, Some(v)) if v[12] == 0 => {
+                modseq += 1;
+                (
+                    u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
+                    modseq,
+                    0,
+                )
+            }
+            _ => continue,
+        };
+        let mut row = [0u8; 13];
+        row[0..4].copy_from_slice(&uid.to_be_bytes());
+        row[4..12].copy_from_slice(&ms.to_be_bytes());
+        row[12] = gone;
+        tx.put(Table::Uids, &ukey, &row)?;
+        head[4..8].copy_from_slice(&uidnext.to_be_bytes());
+        head[8..16].copy_from_slice(&modseq.to_be_bytes());
+        heads.insert(folder, head);
+        out.push((folder, entry, kind, uid, ms, head));
+    }
+    for (folder, head) in &heads {
+        tx.put(Table::FolderUids, &folder.to_bytes(), head)?;
+    }
+    Ok(out)
 }
 
 /// The short id of a device (first 8 bytes of BLAKE3 of its public key).
@@ -398,14 +492,18 @@ impl Mailbox {
         let device = self.inner.device;
         let inner = Arc::clone(&self.inner);
         let ops_for_log = ops.clone();
-        let seq = self
+        // What the ops will change, worked out now (the write lock is held, so the state
+        // cannot move under us), so that the entry and its numbering share one durable commit.
+        let (predicted, folders_changed) = self.predict(&ops);
+        let now = (now_ms() / 1000) as u32;
+        let (seq, results) = self
             .inner
             .store
-            .transact(move |tx| -> Result<u64> {
+            .transact(move |tx| -> Result<(u64, Vec<Numbered>)> {
                 for o in &objects {
                     tx.put_object(o)?;
                 }
-                tx.append_log(device, |seq| {
+                let seq = tx.append_log(device, |seq| {
                     LogEntry {
                         device,
                         seq,
@@ -413,7 +511,15 @@ impl Mailbox {
                         ops: ops_for_log,
                     }
                     .seal(&inner.keys, &inner.log_key)
-                })
+                })?;
+                let work = predicted
+                    .into_iter()
+                    .map(|(folder, who, kind)| match who {
+                        Who::New(idx) => (folder, OpId { device, seq, idx }, kind),
+                        Who::Entry(e) => (folder, e, kind),
+                    })
+                    .collect();
+                Ok((seq, number_rows(tx, work, now)?))
             })
             .await?;
         let entry = LogEntry {
@@ -425,9 +531,53 @@ impl Mailbox {
         let ids = (0..entry.ops.len() as u32)
             .map(|idx| OpId { device, seq, idx })
             .collect();
-        let effects = self.apply_entry(&entry);
-        self.number(effects).await?;
+        self.apply_entry(&entry);
+        self.publish(results, folders_changed);
         Ok(ids)
+    }
+
+    /// The numbering work of this process's own ops against the current state: (folder, which
+    /// entry, kind: 0 add, 1 remove, 2 flags), and whether folders change.
+    fn predict(&self, ops: &[Op]) -> (Vec<(FolderId, Who, u8)>, bool) {
+        let e = self.read_engine();
+        let mut work = Vec::new();
+        let mut gone: HashSet<EntryId> = HashSet::new();
+        let mut folders_changed = false;
+        let remove =
+            |work: &mut Vec<(FolderId, Who, u8)>, gone: &mut HashSet<EntryId>, id: &EntryId| {
+                if let Some(rec) = e.crdt.entry(*id)
+                    && gone.insert(*id)
+                {
+                    work.push((rec.folder, Who::Entry(*id), 1));
+                }
+            };
+        for (idx, op) in ops.iter().enumerate() {
+            match op {
+                Op::Add { folder, .. } => work.push((*folder, Who::New(idx as u32), 0)),
+                Op::Remove { entries } => entries
+                    .iter()
+                    .for_each(|id| remove(&mut work, &mut gone, id)),
+                Op::DeleteFolder { observed, .. } => {
+                    folders_changed = true;
+                    observed
+                        .iter()
+                        .for_each(|id| remove(&mut work, &mut gone, id));
+                }
+                Op::SetFlags { entries, .. } => {
+                    for id in entries {
+                        if let Some(rec) = e.crdt.entry(*id)
+                            && !gone.contains(id)
+                        {
+                            work.push((rec.folder, Who::Entry(*id), 2));
+                        }
+                    }
+                }
+                Op::CreateFolder { .. } | Op::RenameFolder { .. } | Op::Subscribe { .. } => {
+                    folders_changed = true
+                }
+            }
+        }
+        (work, folders_changed)
     }
 
     /// Applies an entry to the in-memory state; returns its effects.
@@ -481,86 +631,14 @@ impl Mailbox {
         let results = self
             .inner
             .store
-            .transact(move |tx| -> Result<Vec<Numbered>> {
-                let mut out = Vec::with_capacity(work.len());
-                let mut heads: HashMap<FolderId, [u8; 16]> = HashMap::new();
-                for (folder, entry, kind) in work {
-                    let fkey = folder.to_bytes();
-                    let mut head = match heads.get(&folder) {
-                        Some(h) => *h,
-                        None => match tx.get(Table::FolderUids, &fkey)? {
-                            Some(v) if v.len() == 16 => v.try_into().unwrap_or([0; 16]),
-                            _ => {
-                                let last = tx
-                                    .get(Table::FolderUids, &LAST_UIDVALIDITY_KEY)?
-                                    .and_then(|v| v.try_into().ok())
-                                    .map(u32::from_be_bytes)
-                                    .unwrap_or(0);
-                                let validity = now.max(last.saturating_add(1)).max(1);
-                                tx.put(
-                                    Table::FolderUids,
-                                    &LAST_UIDVALIDITY_KEY,
-                                    &validity.to_be_bytes(),
-                                )?;
-                                let mut h = [0u8; 16];
-                                h[0..4].copy_from_slice(&validity.to_be_bytes());
-                                h[4..8].copy_from_slice(&1u32.to_be_bytes());
-                                h
-                            }
-                        },
-                    };
-                    let mut ukey = [0u8; 40];
-                    ukey[..20].copy_from_slice(&fkey);
-                    ukey[20..].copy_from_slice(&entry.to_bytes());
-                    let existing = tx.get(Table::Uids, &ukey)?.filter(|v| v.len() == 13);
-                    let mut uidnext = u32::from_be_bytes(head[4..8].try_into().unwrap_or([0; 4]));
-                    let mut modseq = u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-                    let (uid, ms, gone) = match (kind, existing) {
-                        (0, Some(v)) => (
-                            u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
-                            u64::from_be_bytes(v[4..12].try_into().unwrap_or([0; 8])),
-                            v[12],
-                        ),
-                        (0, None) => {
-                            let uid = uidnext;
-                            uidnext += 1;
-                            modseq += 1;
-                            (uid, modseq, 0)
-                        }
-                        (1, Some(v)) => {
-                            modseq += 1;
-                            (
-                                u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
-                                modseq,
-                                1,
-                            )
-                        }
-                        (2, Some(v)) if v[12] == 0 => {
-                            modseq += 1;
-                            (
-                                u32::from_be_bytes(v[0..4].try_into().unwrap_or([0; 4])),
-                                modseq,
-                                0,
-                            )
-                        }
-                        _ => continue,
-                    };
-                    let mut row = [0u8; 13];
-                    row[0..4].copy_from_slice(&uid.to_be_bytes());
-                    row[4..12].copy_from_slice(&ms.to_be_bytes());
-                    row[12] = gone;
-                    tx.put(Table::Uids, &ukey, &row)?;
-                    head[4..8].copy_from_slice(&uidnext.to_be_bytes());
-                    head[8..16].copy_from_slice(&modseq.to_be_bytes());
-                    heads.insert(folder, head);
-                    out.push((folder, entry, kind, uid, ms, head));
-                }
-                for (folder, head) in &heads {
-                    tx.put(Table::FolderUids, &folder.to_bytes(), head)?;
-                }
-                Ok(out)
-            })
+            .transact(move |tx| number_rows(tx, work, now))
             .await?;
+        self.publish(results, folders_changed);
+        Ok(())
+    }
+
+    /// Records numbering results in memory and tells subscribers.
+    fn publish(&self, results: Vec<Numbered>, folders_changed: bool) {
         let mut changes = Vec::new();
         if folders_changed {
             changes.push(Change::Folders);
@@ -599,7 +677,6 @@ impl Mailbox {
             // No subscriber is fine; a lagging one learns it from its receiver.
             let _ = self.inner.changes.send(c);
         }
-        Ok(())
     }
 
     /// Picks up log entries this process has not applied yet: written by another process on
