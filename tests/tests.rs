@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 // `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.
 mod fs;
+// Erasure-coded bundles in a 20-node ring: 60 % of the nodes (the owner too) fail, mail survives.
+mod durability;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
 // import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.

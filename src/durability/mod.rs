@@ -4,13 +4,15 @@
 //! target and the ring's size; [`codec`] is the erasure code behind a trait (codec id in every
 //! fragment); [`fragment`] holds the byte formats and the verified rebuild.
 //!
-//! This is the coding core; storing fragments on peers, the repair loop, quota and restore
-//! build on it with the overlay's blob API.
+//! [`ring`] stores a bundle's fragments on distinct peers and reads them back (any `k`
+//! verified fragments). The repair loop, quota and restore from the phrase build on it.
 
 pub mod codec;
 pub mod fragment;
 pub mod params;
+pub mod ring;
 
 pub use codec::{ErasureCodec, ReedSolomon8};
 pub use fragment::{Fragment, Manifest, make_fragments, pack, placement_key, rebuild, unpack};
 pub use params::{Choice, Params, choose};
+pub use ring::{Receipt, RingError};

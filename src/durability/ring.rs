@@ -1,0 +1,194 @@
+//! Bundles in the ring: fragment `i` of a bundle goes to the peer closest to
+//! BLAKE3(bundle id ‖ i) that holds no other fragment of the bundle (so one peer's loss costs at
+//! most one fragment), and a reader asks the peers closest to each placement key, verifies
+//! every answer, and rebuilds from the first `k` valid fragments.
+//!
+//! A [`Receipt`] names what was stored (bundle id, n, k, and the blob id of every fragment);
+//! whoever has it can read the bundle back from the ring. (Keeping receipts in the ring, the
+//! repair loop and restore from the phrase build on this.)
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use thiserror::Error;
+
+use super::codec::ErasureCodec;
+use super::fragment::{self, Fragment, make_fragments, pack, placement_key, rebuild, unpack};
+use super::params::Params;
+use crate::crypto::{self, ObjectId, SealedObject};
+use crate::overlay::protocol::{Request, Response};
+use crate::overlay::{self, PeerId};
+
+/// Peers asked for one fragment before giving up on it.
+const CANDIDATES: usize = 8;
+/// Fragments stored or fetched at once.
+const PARALLEL: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum RingError {
+    #[error(transparent)]
+    Fragment(#[from] fragment::Error),
+    #[error("overlay: {0}")]
+    Overlay(#[from] overlay::Error),
+    #[error("only {stored} of {n} fragments could be stored, {k} are needed to rebuild")]
+    TooFewStored { stored: usize, n: usize, k: usize },
+    #[error("only {found} valid fragments of bundle {bundle} were found, {k} are needed")]
+    TooFewFound {
+        bundle: ObjectId,
+        found: usize,
+        k: usize,
+    },
+}
+
+/// What was stored: enough to read the bundle back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub bundle: ObjectId,
+    pub params: Params,
+    /// BLAKE3 of each encoded fragment (what holders file it under).
+    pub blobs: Vec<[u8; 32]>,
+    /// Who took each fragment (a hint for readers: repair may move fragments later).
+    pub holders: Vec<Option<PeerId>>,
+    /// How many fragments found a holder.
+    pub stored: usize,
+}
+
+/// Packs `objects` into a bundle, codes it with `params`, and places every fragment on its
+/// own peer. Fails if fewer than `k` fragments found a holder.
+pub async fn store(
+    client: &overlay::Client,
+    codec: &dyn ErasureCodec,
+    objects: &[SealedObject],
+    params: Params,
+) -> Result<Receipt, RingError> {
+    let (bundle_bytes, bundle) = pack(objects)?;
+    let fragments = make_fragments(codec, &bundle_bytes, params)?;
+    // Choose a distinct peer per fragment (the closest one not yet used), then store them
+    // concurrently, falling back to the next closest when a peer refuses.
+    let mut used: HashSet<PeerId> = HashSet::new();
+    let mut plans: Vec<(Vec<u8>, Vec<PeerId>)> = Vec::with_capacity(fragments.len());
+    for f in &fragments {
+        let closest = client
+            .closest_peers(placement_key(&bundle, f.index))
+            .await?;
+        let target = closest
+            .iter()
+            .find(|p| !used.contains(*p))
+            .or(closest.first())
+            .copied();
+        let mut tries: Vec<PeerId> = target.into_iter().collect();
+        tries.extend(
+            closest
+                .iter()
+                .filter(|p| Some(**p) != target)
+                .take(CANDIDATES - 1),
+        );
+        if let Some(t) = target {
+            used.insert(t);
+        }
+        plans.push((f.encode(), tries));
+    }
+    let blobs: Vec<[u8; 32]> = plans.iter().map(|(bytes, _)| crypto::hash(bytes)).collect();
+    let holders: Vec<Option<PeerId>> =
+        futures::stream::iter(plans.into_iter().map(|(bytes, tries)| async move {
+            let id = crypto::hash(&bytes);
+            for peer in tries {
+                let req = Request::Store {
+                    id,
+                    bytes: bytes.clone(),
+                };
+                match client.request(peer, req).await {
+                    Ok(Response::Stored) => return Some(peer),
+                    Ok(other) => tracing::debug!(%peer, "fragment refused: {other:?}"),
+                    Err(e) => tracing::debug!(%peer, "fragment store failed: {e}"),
+                }
+            }
+            None
+        }))
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+    let stored = holders.iter().flatten().count();
+    let (n, k) = (usize::from(params.n), usize::from(params.k));
+    if stored < k {
+        return Err(RingError::TooFewStored { stored, n, k });
+    }
+    Ok(Receipt {
+        bundle,
+        params,
+        blobs,
+        holders,
+        stored,
+    })
+}
+
+/// Asks the fragment's last known holder, then the peers closest to its placement key; returns
+/// it verified.
+async fn fetch_one(
+    client: &overlay::Client,
+    bundle: &ObjectId,
+    index: u16,
+    blob: [u8; 32],
+    hint: Option<PeerId>,
+) -> Option<Fragment> {
+    let mut candidates: Vec<PeerId> = hint.into_iter().collect();
+    if let Ok(closest) = client.closest_peers(placement_key(bundle, index)).await {
+        candidates.extend(
+            closest
+                .into_iter()
+                .filter(|p| Some(*p) != hint)
+                .take(CANDIDATES),
+        );
+    }
+    for peer in candidates {
+        match client.request(peer, Request::Fetch { id: blob }).await {
+            Ok(Response::Found { bytes }) if crypto::hash(&bytes) == blob => {
+                match Fragment::decode(&bytes) {
+                    Ok(f) if f.index == index && f.manifest.bundle == *bundle => return Some(f),
+                    _ => tracing::warn!(%peer, "a fragment that matches its id does not decode"),
+                }
+            }
+            Ok(Response::Found { .. }) => tracing::warn!(%peer, "peer served a corrupt fragment"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Reads a bundle back from the ring: the first `k` valid fragments win.
+pub async fn fetch(
+    client: &overlay::Client,
+    codec: &dyn ErasureCodec,
+    receipt: &Receipt,
+) -> Result<Vec<SealedObject>, RingError> {
+    let k = usize::from(receipt.params.k);
+    let mut pending: FuturesUnordered<_> = FuturesUnordered::new();
+    let mut next = receipt.blobs.iter().enumerate();
+    let mut found: Vec<Fragment> = Vec::with_capacity(k);
+    loop {
+        while pending.len() < PARALLEL {
+            let Some((i, blob)) = next.next() else { break };
+            let hint = receipt.holders.get(i).copied().flatten();
+            pending.push(fetch_one(client, &receipt.bundle, i as u16, *blob, hint));
+        }
+        let Some(result) = pending.next().await else {
+            break;
+        };
+        if let Some(f) = result {
+            found.push(f);
+            if found.len() >= k {
+                break;
+            }
+        }
+    }
+    if found.len() < k {
+        return Err(RingError::TooFewFound {
+            bundle: receipt.bundle,
+            found: found.len(),
+            k,
+        });
+    }
+    let bytes = rebuild(codec, found)?;
+    Ok(unpack(&bytes)?)
+}
