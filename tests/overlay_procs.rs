@@ -17,20 +17,23 @@ struct Running {
     listen: String,
 }
 
+/// `run` on a free loopback port, overlay only (the mail servers are tested elsewhere).
+const RUN: [&str; 10] = [
+    "run",
+    "--no-mdns",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--pop3",
+    "off",
+    "--pop3s",
+    "off",
+    "--smtp",
+    "off",
+];
+
 fn start(home: TestHome, bootstrap: Option<&str>) -> Running {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--home").arg(home.home()).args([
-        "run",
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--pop3",
-        "off",
-        "--pop3s",
-        "off",
-        "--smtp",
-        "off",
-    ]);
+    cmd.arg("--home").arg(home.home()).args(RUN);
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
     }
@@ -169,35 +172,14 @@ fn run_needs_the_passphrase_and_refuses_a_second_node_in_one_home() {
         pass.to_str().unwrap(),
     ])
     .success();
-    t.run(&[
-        "run",
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--smtp",
-        "off",
-        "--pop3",
-        "off",
-        "--pop3s",
-        "off",
-    ])
-    .failure(&["passphrase-protected", "--passphrase-file"]);
+    t.run(&RUN)
+        .failure(&["passphrase-protected", "--passphrase-file"]);
 
     let mut cmd = Command::new(BIN);
-    cmd.arg("--home").arg(t.home()).args([
-        "run",
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--pop3",
-        "off",
-        "--pop3s",
-        "off",
-        "--smtp",
-        "off",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    cmd.arg("--home")
+        .arg(t.home())
+        .args(RUN)
+        .args(["--passphrase-file", pass.to_str().unwrap()]);
     cmd.env_remove("PEERPOST_HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -214,21 +196,8 @@ fn run_needs_the_passphrase_and_refuses_a_second_node_in_one_home() {
     });
     assert_eq!(s["node"]["address"], "erin@procs.test");
 
-    t.run(&[
-        "run",
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--pop3",
-        "off",
-        "--pop3s",
-        "off",
-        "--smtp",
-        "off",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ])
-    .failure(&["already running"]);
+    t.run(&[&RUN[..], &["--passphrase-file", pass.to_str().unwrap()]].concat())
+        .failure(&["already running"]);
 
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success());

@@ -4,7 +4,7 @@
 
 // `peerpost init/key/passwd/status` through the binary: files, permissions, phrases, errors.
 mod cli;
-// A child process writing to the store is SIGKILLed mid-way; nothing committed is lost.
+// A `peerpost run` taking mail is SIGKILLed mid-stream; no acknowledged message is lost.
 mod crash;
 // `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.
 mod fs;
