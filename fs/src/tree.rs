@@ -535,7 +535,12 @@ impl<S: MaildirSource> Tree<S> {
 
     /// Writes the engine's subscribed folders into the local `subscriptions`, if they differ
     /// from what it holds (atomically: temp file, then rename).
+    ///
+    /// Holds the write lock: otherwise this could slip between Dovecot's rename of a new
+    /// `subscriptions` into place and [`Self::subscriptions_changed`] reading it, replace
+    /// Dovecot's file with the engine's older view, and lose the change (seen under load).
     pub fn write_subscriptions(&self) {
+        let _w = self.write_lock();
         let Ok(list) = self.source.subscriptions() else {
             return;
         };
