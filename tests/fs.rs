@@ -633,20 +633,31 @@ m.logout()
         String::from_utf8_lossy(&out.stdout),
         dc.log()
     );
-    let exported = t.dir.path().join("export-folders");
-    t.run(&["export", exported.to_str().unwrap()]).success();
+    // SUBSCRIBE/UNSUBSCRIBE reached the engine (export writes its subscriptions). The mount
+    // reconciles Dovecot's file with the engine's view in the background as folders change,
+    // so allow it a moment; a change that was lost fails here with both views printed.
+    let mut attempt = 0;
+    let exported = loop {
+        attempt += 1;
+        let exported = t.dir.path().join(format!("export-folders-{attempt}"));
+        t.run(&["export", exported.to_str().unwrap()]).success();
+        let subs = std::fs::read_to_string(exported.join("subscriptions")).unwrap_or_default();
+        if subs.lines().any(|l| l == "Projects.Sub") && !subs.lines().any(|l| l == "Junk") {
+            break exported;
+        }
+        assert!(
+            attempt < 50,
+            "engine subscriptions:\n{subs}\nDovecot's file on the mount:\n{}",
+            std::fs::read_to_string(mnt.join("subscriptions")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut dirs: Vec<String> = std::fs::read_dir(&exported)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
         .collect();
     dirs.sort();
-    // SUBSCRIBE/UNSUBSCRIBE reached the engine (export writes its subscriptions).
-    let subs = std::fs::read_to_string(exported.join("subscriptions")).unwrap();
-    assert!(
-        subs.lines().any(|l| l == "Projects.Sub") && !subs.lines().any(|l| l == "Junk"),
-        "{subs}"
-    );
     assert_eq!(
         dirs,
         vec![
