@@ -62,6 +62,15 @@ fn name(n: &OsStr) -> Result<&str, Errno> {
 }
 
 impl<S: MaildirSource> Filesystem for Adapter<S> {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS: names come with their attributes, so `ls -l`, Dovecot's and mutt's
+        // scans of cur/ cost no LOOKUP per file. AUTO lets the kernel fall back to plain
+        // READDIR when nobody stats the entries. Old kernels without it: plain READDIR.
+        let plus = fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+        let _ = config.add_capabilities(plus);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         match name(n).and_then(|n| self.tree.lookup(parent.0, n)) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -175,6 +184,11 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.tree.open(ino.0, OpenMode::from_flags(flags.0)) {
+            // A message's bytes never change under its inode (a new message is a new
+            // inode), so the kernel may keep its pages across opens.
+            Ok(fh) if self.tree.is_message_handle(fh) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -291,6 +305,41 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(skip) {
             if reply.add(INodeNo(e.ino), i as u64 + 1, kind(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let entries = match self.tree.readdir_at(ino.0, fh.0, offset) {
+            Ok(v) => v,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in entries.iter().enumerate().skip(skip) {
+            // An entry gone since the snapshot is left out (the next listing won't have it).
+            let Ok(a) = self.tree.getattr(e.ino, None) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(e.ino),
+                i as u64 + 1,
+                &e.name,
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+            ) {
                 break;
             }
         }

@@ -1185,11 +1185,22 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
+    /// A file in `tmp/` is not synced: it becomes part of the mailbox only when it is renamed
+    /// into `new/` or `cur/`, and that rename commits its bytes durably in the engine's one
+    /// transaction; a `tmp/` file left by a crash is garbage to every Maildir reader anyway
+    /// (they delete stale tmp files). Syncing it as well would only double the delivery's
+    /// disk flushes. Other local files (Dovecot's index and uidlist) are synced.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
-            Handle::Message(_) | Handle::Dir(_) => Ok(()),
+            Handle::Message(_) | Handle::Dir(_) | Handle::Local { in_tmp: true, .. } => Ok(()),
             Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
         }
+    }
+
+    /// Whether `fh` is an open message (immutable bytes: the kernel may cache them).
+    pub fn is_message_handle(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| matches!(&*h, Handle::Message(_)))
     }
 
     pub fn release(&self, fh: u64) {

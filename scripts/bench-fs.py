@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The FUSE Maildir's benchmark driver (issue #4's items a, b, c), run by scripts/bench-fs.
+
+  bench-fs.py deliver ROOT N FSYNC        create in tmp/, write 4 KiB, [fsync,] rename to new/
+  bench-fs.py scan ROOT/cur               readdir + lstat of every entry
+  bench-fs.py read ROOT/.Read10k/cur      read every message
+  bench-fs.py populate DIR N_BIG N_READ   a Maildir: N_BIG in cur/, N_READ in .Read10k/cur/
+
+Each measuring command prints one JSON object: {"seconds": .., "count": .., "bytes": ..}.
+"""
+import json
+import os
+import sys
+import time
+
+BODY = (b"From: bench@example.org\nTo: you@example.org\nSubject: bench\n\n" + b"x" * 4096)[:4096]
+
+
+def deliver(root, n, do_fsync, tag):
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(f"{root}/{d}", exist_ok=True)
+    pid = os.getpid()
+    t0 = time.perf_counter()
+    for i in range(n):
+        name = f"{int(time.time())}.M{i}P{pid}{tag}.bench"
+        tmp = f"{root}/tmp/{name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, BODY)
+            if do_fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, f"{root}/new/{name}")
+    return {"seconds": time.perf_counter() - t0, "count": n, "bytes": n * len(BODY)}
+
+
+def scan(d):
+    t0 = time.perf_counter()
+    n = 0
+    with os.scandir(d) as it:
+        for e in it:
+            e.stat(follow_symlinks=False)
+            n += 1
+    return {"seconds": time.perf_counter() - t0, "count": n, "bytes": 0}
+
+
+def read_all(d):
+    t0 = time.perf_counter()
+    n = total = 0
+    for name in os.listdir(d):
+        with open(f"{d}/{name}", "rb") as f:
+            total += len(f.read())
+        n += 1
+    return {"seconds": time.perf_counter() - t0, "count": n, "bytes": total}
+
+
+def populate(d, n_big, n_read):
+    for sub in ("", ".Read10k"):
+        for x in ("cur", "new", "tmp"):
+            os.makedirs(f"{d}/{sub}/{x}" if sub else f"{d}/{x}", exist_ok=True)
+    base = 1700000000
+    for i in range(n_big):
+        p = f"{d}/cur/{base + i}.M{i}P1.bench:2,S"
+        with open(p, "wb") as f:
+            f.write(BODY)
+        os.utime(p, (base + i, base + i))
+    for i in range(n_read):
+        p = f"{d}/.Read10k/cur/{base + i}.M{i}P2.bench:2,"
+        with open(p, "wb") as f:
+            f.write(BODY)
+        os.utime(p, (base + i, base + i))
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "deliver":
+        r = deliver(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] if len(sys.argv) > 5 else "")
+    elif cmd == "scan":
+        r = scan(sys.argv[2])
+    elif cmd == "read":
+        r = read_all(sys.argv[2])
+    elif cmd == "populate":
+        populate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return
+    else:
+        sys.exit(f"unknown command {cmd}")
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
