@@ -188,6 +188,7 @@ pub struct SmarthostSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaildirSection {
+    pub mount: bool,
     pub path: String,
     pub owner: String,
 }
@@ -195,6 +196,7 @@ pub struct MaildirSection {
 impl Default for MaildirSection {
     fn default() -> Self {
         MaildirSection {
+            mount: false,
             path: "~/Maildir".into(),
             owner: String::new(),
         }
@@ -269,6 +271,7 @@ pub struct SmarthostConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MaildirConfig {
+    pub mount: bool,
     pub path: PathBuf,
     pub owner: Option<String>,
 }
@@ -476,6 +479,7 @@ impl Validator<'_> {
             },
             smarthost,
             maildir: MaildirConfig {
+                mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),
                 owner: Some(f.maildir.owner.clone()).filter(|s| !s.is_empty()),
             },
@@ -594,7 +598,10 @@ username = ""
 password_file = ""
 
 [maildir]
-# Where `peerpost run` mounts your mail as a Maildir.
+# Whether `peerpost run` also mounts your mail as a Maildir over FUSE (needs /dev/fuse;
+# `peerpost run --mount` / `--no-mount` override it; `peerpost mount` mounts on its own).
+mount = false
+# Where: `peerpost run` and `peerpost mount` mount here.
 path = "~/Maildir"
 # User that owns the files on the mount (Dovecot refuses root); "" = the invoking user.
 owner = ""

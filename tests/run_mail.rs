@@ -121,3 +121,95 @@ fn run_serves_smtp_intake_and_pop3_on_one_mailbox() {
     assert!(second.contains("Subject: imported"), "{second}");
     drop(node);
 }
+
+/// `run --mount`: the node serves its mailbox on a FUSE Maildir too; mail taken by its SMTP
+/// intake shows up in `new/` within 2 s, and SIGTERM unmounts before the node stops.
+#[test]
+fn run_mounts_the_maildir_and_unmounts_at_exit() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        eprintln!("skipped: /dev/fuse is missing or not accessible to this user");
+        return;
+    }
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    let mnt = t.dir.path().join("Maildir");
+    let mut child = Command::new(BIN)
+        .arg("--home")
+        .arg(t.home())
+        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
+        .arg("--mount")
+        .arg(&mnt)
+        .env_remove("PEERPOST_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut node = Node(child);
+    let (mut smtp, mut mounted) = (None, false);
+    let started = Instant::now();
+    while smtp.is_none() || !mounted {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = node.0.stderr.take().unwrap().read_to_string(&mut err);
+            if err.contains("Permission denied") || err.contains("Operation not permitted") {
+                eprintln!("skipped: mounting is not permitted here: {err}");
+                return;
+            }
+            panic!("node exited early: {err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no mount reported"
+        );
+        if let Some(a) = line.strip_prefix("smtp listening on ") {
+            smtp = Some(a.trim().rsplit(':').next().unwrap().to_string());
+        }
+        mounted |= line.starts_with("maildir mounted at ");
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    assert!(std::fs::read_dir(mnt.join("cur")).is_ok(), "cur/ missing");
+    let send = Command::new("python3")
+        .args([
+            "-c",
+            "import smtplib,sys; s=smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10); \
+             s.sendmail('bob@example.net', ['alice@example.org'], \
+             b'Subject: to the mount\\r\\n\\r\\nhello\\r\\n'); s.quit()",
+            smtp.as_deref().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(send.success());
+    let sent = Instant::now();
+    let found = loop {
+        let names: Vec<_> = std::fs::read_dir(mnt.join("new"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if let Some(p) = names.first() {
+            break std::fs::read_to_string(p).unwrap();
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "the message did not reach new/ within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(found.contains("Subject: to the mount"), "{found}");
+    drop(node); // SIGTERM and wait
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "still mounted after the node stopped"
+    );
+}

@@ -13,9 +13,10 @@ use peerpost_fs::{Mount, MountOptions, Owner, Unmounted};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::open;
+use crate::config::Config;
 use crate::home::Home;
 use crate::mailbox::fs_source::FsSource;
-use crate::mailbox::{Change, FolderId};
+use crate::mailbox::{Change, FolderId, Mailbox};
 
 /// How often the engine looks for entries other processes wrote (`peerpost import`, …).
 const REFRESH: Duration = Duration::from_millis(250);
@@ -46,112 +47,131 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         .mountpoint
         .clone()
         .unwrap_or_else(|| config.maildir.path.clone());
-    clear_stale_mount(&mountpoint)?;
-    std::fs::create_dir_all(&mountpoint)
-        .with_context(|| format!("cannot create {}", mountpoint.display()))?;
-    let owner = match args.owner.as_deref().or(config.maildir.owner.as_deref()) {
-        Some(spec) => parse_owner(spec)?,
-        None => {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(&mountpoint)?;
-            Owner {
-                uid: m.uid(),
-                gid: m.gid(),
-            }
-        }
-    };
-    let backing = home.root().join("maildir-local");
-    std::fs::create_dir_all(&backing)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Dovecot's index files hold headers: as private as the mount itself.
-        std::fs::set_permissions(&backing, std::fs::Permissions::from_mode(0o700))?;
-    }
-
     let rt = open::runtime()?;
     let mb = rt.block_on(open::mailbox(home, args.passphrase_file.as_deref()))?;
-    let source = FsSource::new(
+    let served = Served::start(
         mb.clone(),
         rt.handle().clone(),
-        config.smtp.max_message_size,
-        config.storage.contribution,
-    );
-    let opts = MountOptions {
-        owner,
-        backing,
-        threads: THREADS,
-        auto_unmount: which("fusermount3"),
-    };
-    let mount = Mount::spawn(Arc::new(source), &mountpoint, &opts).map_err(|e| {
-        let hint = if e.kind() == ErrorKind::PermissionDenied {
-            " (FUSE needs root here, or read-write /dev/fuse and user_allow_other in /etc/fuse.conf)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
-    })?;
-    let mount = Arc::new(mount);
-    eprintln!(
-        "mount: serving the mailbox at {} (files owned by {}:{}; Ctrl-C to unmount)",
-        mountpoint.display(),
-        owner.uid,
-        owner.gid
-    );
-
-    // Engine changes (this process's, other processes' via refresh, later the overlay's)
-    // reach the mount from a plain thread: it calls into the kernel and through the mount,
-    // which a tokio worker must not do.
-    // Which folders changed since the last showing (None: all of them, after a lag).
-    let pending: Arc<Mutex<Option<HashSet<FolderId>>>> = Arc::new(Mutex::new(Some(HashSet::new())));
-    let (changed_tx, changed_rx) = sync_channel::<()>(1);
-    let shower = {
-        let mount = Arc::clone(&mount);
-        let pending = Arc::clone(&pending);
-        let mb = mb.clone();
-        std::thread::Builder::new()
-            .name("fuse-changes".into())
-            .spawn(move || {
-                loop {
-                    match changed_rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(()) => {
-                            std::thread::sleep(DEBOUNCE);
-                            while changed_rx.try_recv().is_ok() {}
-                            let ids = pending
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .replace(HashSet::new());
-                            match ids {
-                                Some(ids) => {
-                                    let names: Vec<String> = mb
-                                        .folders()
-                                        .into_iter()
-                                        .filter(|f| ids.contains(&f.id))
-                                        .map(|f| f.name)
-                                        .collect();
-                                    mount.engine_changed_in(Some(&names));
-                                }
-                                None => mount.engine_changed(),
-                            }
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })?
-    };
+        home,
+        &config,
+        &mountpoint,
+        args.owner.as_deref(),
+    )?;
     let result = rt.block_on(async {
-        let mut feed = mb.subscribe();
         let mut tick = tokio::time::interval(REFRESH);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let signal = |tx: &std::sync::mpsc::SyncSender<()>| match tx.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) => {}
-            Err(TrySendError::Disconnected(())) => {}
-        };
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
-                r = feed.recv() => match r {
+                _ = tick.tick() => {
+                    // Mail other processes wrote (`peerpost import`, `sync`, a running node).
+                    if let Err(e) = mb.refresh().await {
+                        eprintln!("mount: cannot read the store: {e}");
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
+    });
+    served.stop()?;
+    result
+}
+
+/// A mailbox served as a Maildir over FUSE: the kernel mount, and the forwarding of the
+/// engine's changes to it (new names, woken watchers). Used by `peerpost mount` and by
+/// `peerpost run` (`maildir.mount`, `--mount`).
+pub struct Served {
+    mount: Arc<Mount<FsSource>>,
+    mountpoint: PathBuf,
+    forward: tokio::task::JoinHandle<()>,
+    shower: std::thread::JoinHandle<()>,
+}
+
+impl Served {
+    /// Mounts `mb` at `mountpoint` (created if missing; a stale mount is cleared first).
+    /// `rt` runs the engine calls of the FUSE threads and must not be the caller's thread's
+    /// runtime if the caller is a FUSE thread (it never is here).
+    pub fn start(
+        mb: Mailbox,
+        rt: tokio::runtime::Handle,
+        home: &Home,
+        config: &Config,
+        mountpoint: &Path,
+        owner: Option<&str>,
+    ) -> Result<Served> {
+        clear_stale_mount(mountpoint)?;
+        std::fs::create_dir_all(mountpoint)
+            .with_context(|| format!("cannot create {}", mountpoint.display()))?;
+        let owner = match owner.or(config.maildir.owner.as_deref()) {
+            Some(spec) => parse_owner(spec)?,
+            None => {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(mountpoint)?;
+                Owner {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                }
+            }
+        };
+        let backing = home.root().join("maildir-local");
+        std::fs::create_dir_all(&backing)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Dovecot's index files hold headers: as private as the mount itself.
+            std::fs::set_permissions(&backing, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let source = FsSource::new(
+            mb.clone(),
+            rt.clone(),
+            config.smtp.max_message_size,
+            config.storage.contribution,
+        );
+        let opts = MountOptions {
+            owner,
+            backing,
+            threads: THREADS,
+            auto_unmount: which("fusermount3"),
+        };
+        let mount = Mount::spawn(Arc::new(source), mountpoint, &opts).map_err(|e| {
+            let hint = if e.kind() == ErrorKind::PermissionDenied {
+                " (FUSE needs root here, or read-write /dev/fuse and user_allow_other in /etc/fuse.conf)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
+        })?;
+        let mount = Arc::new(mount);
+        eprintln!(
+            "mount: serving the mailbox at {} (files owned by {}:{})",
+            mountpoint.display(),
+            owner.uid,
+            owner.gid
+        );
+
+        // Engine changes (this process's, other processes' via refresh, the overlay's)
+        // reach the mount from a plain thread: it calls into the kernel and through the
+        // mount, which a tokio worker must not do.
+        // Which folders changed since the last showing (None: all of them, after a lag).
+        let pending: Arc<Mutex<Option<HashSet<FolderId>>>> =
+            Arc::new(Mutex::new(Some(HashSet::new())));
+        let (changed_tx, changed_rx) = sync_channel::<()>(1);
+        let shower = {
+            let mount = Arc::clone(&mount);
+            let pending = Arc::clone(&pending);
+            let mb = mb.clone();
+            std::thread::Builder::new()
+                .name("fuse-changes".into())
+                .spawn(move || show_changes(&mount, &mb, &pending, changed_rx))?
+        };
+        let mut feed = mb.subscribe();
+        let forward = rt.spawn(async move {
+            let signal = |tx: &std::sync::mpsc::SyncSender<()>| match tx.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) => {}
+                Err(TrySendError::Disconnected(())) => {}
+            };
+            loop {
+                match feed.recv().await {
                     Ok(change) => {
                         let folder = match change {
                             Change::Added { folder, .. }
@@ -176,29 +196,69 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                         signal(&changed_tx);
                     }
                     Err(RecvError::Closed) => break,
-                },
-                _ = tick.tick() => {
-                    if let Err(e) = mb.refresh().await {
-                        eprintln!("mount: cannot read the store: {e}");
-                    }
                 }
             }
-        }
-        anyhow::Ok(())
-    });
-    drop(changed_tx);
-    let _ = shower.join();
-    match Arc::try_unwrap(mount) {
-        Ok(m) => match m.unmount().context("cannot unmount")? {
-            Unmounted::Clean => eprintln!("mount: unmounted {}", mountpoint.display()),
-            Unmounted::StillInUse => eprintln!(
-                "mount: unmounted {} (processes still using it see errors from now on)",
-                mountpoint.display()
-            ),
-        },
-        Err(_) => bail!("the mount is still in use by a thread"),
+        });
+        Ok(Served {
+            mount,
+            mountpoint: mountpoint.to_path_buf(),
+            forward,
+            shower,
+        })
     }
-    result
+
+    /// Stops forwarding changes and unmounts.
+    pub fn stop(self) -> Result<()> {
+        // Aborting the forwarder drops the channel's sender: the shower thread ends.
+        self.forward.abort();
+        let _ = self.shower.join();
+        match Arc::try_unwrap(self.mount) {
+            Ok(m) => match m.unmount().context("cannot unmount")? {
+                Unmounted::Clean => eprintln!("mount: unmounted {}", self.mountpoint.display()),
+                Unmounted::StillInUse => eprintln!(
+                    "mount: unmounted {} (processes still using it see errors from now on)",
+                    self.mountpoint.display()
+                ),
+            },
+            Err(_) => bail!("the mount is still in use by a thread"),
+        }
+        Ok(())
+    }
+}
+
+/// The shower thread: after each signal (debounced), tells the mount which folders changed.
+fn show_changes(
+    mount: &Mount<FsSource>,
+    mb: &Mailbox,
+    pending: &Mutex<Option<HashSet<FolderId>>>,
+    changed_rx: std::sync::mpsc::Receiver<()>,
+) {
+    loop {
+        match changed_rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(()) => {
+                std::thread::sleep(DEBOUNCE);
+                while changed_rx.try_recv().is_ok() {}
+                let ids = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(HashSet::new());
+                match ids {
+                    Some(ids) => {
+                        let names: Vec<String> = mb
+                            .folders()
+                            .into_iter()
+                            .filter(|f| ids.contains(&f.id))
+                            .map(|f| f.name)
+                            .collect();
+                        mount.engine_changed_in(Some(&names));
+                    }
+                    None => mount.engine_changed(),
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
 }
 
 /// `user`, `uid` or `uid:gid`.

@@ -38,6 +38,13 @@ pub struct Args {
     /// Serve the SMTP intake here instead of smtp.intake; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub smtp: Option<Listen>,
+    /// Also mount the mailbox as a Maildir over FUSE, at PATH or at maildir.path
+    /// (`~/Maildir`); `maildir.mount = true` in the config does the same. Unmounted at exit.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    pub mount: Option<Option<PathBuf>>,
+    /// Do not mount, whatever maildir.mount says.
+    #[arg(long, conflicts_with = "mount")]
+    pub no_mount: bool,
 }
 
 /// A listen address given on the command line: an address or "off".
@@ -114,7 +121,13 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let mountpoint = match (&args.mount, args.no_mount) {
+        (_, true) => None,
+        (Some(Some(path)), _) => Some(path.clone()),
+        (Some(None), _) => Some(config.maildir.path.clone()),
+        (None, _) => config.maildir.mount.then(|| config.maildir.path.clone()),
+    };
+    let node = rt.block_on(async move {
         let node = Node::start(nc, store).await?;
         let peer = node.client().peer_id();
         // Report the bound addresses (ports chosen by the system for `…/tcp/0`).
@@ -132,15 +145,48 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         for (what, addr) in node.servers() {
             println!("{what} listening on {addr}");
         }
-        println!(
-            "peerpost: node {peer} running for {}; stop with Ctrl-C (SIGINT) or SIGTERM",
-            identity.address
-        );
-        wait_for_signal().await?;
-        eprintln!("peerpost: stopping");
-        node.shutdown().await;
-        anyhow::Ok(())
-    })
+        anyhow::Ok(node)
+    })?;
+    // The mount's FUSE threads call into the engine through the runtime; it is started and
+    // stopped outside `block_on` (both block on the kernel), and unmounted before the node
+    // stops, so no file request finds the engine gone.
+    let served = match (&mountpoint, node.mailbox()) {
+        (Some(path), Some(mb)) => {
+            let served = super::mount::Served::start(
+                mb.clone(),
+                rt.handle().clone(),
+                home,
+                &config,
+                path,
+                None,
+            );
+            match served {
+                Ok(s) => {
+                    println!("maildir mounted at {}", path.display());
+                    Some(s)
+                }
+                Err(e) => {
+                    rt.block_on(node.shutdown());
+                    return Err(
+                        e.context("the node stopped: maildir.mount is set (or --mount given)")
+                    );
+                }
+            }
+        }
+        _ => None,
+    };
+    println!(
+        "peerpost: node {} running for {}; stop with Ctrl-C (SIGINT) or SIGTERM",
+        node.client().peer_id(),
+        identity.address
+    );
+    let waited = rt.block_on(wait_for_signal());
+    eprintln!("peerpost: stopping");
+    let unmounted = served.map(super::mount::Served::stop).transpose();
+    rt.block_on(node.shutdown());
+    waited?;
+    unmounted?;
+    Ok(())
 }
 
 async fn wait_for_signal() -> Result<()> {
