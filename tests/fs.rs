@@ -753,3 +753,136 @@ fn mutt_reads_the_mount_sees_new_mail_and_writes_flags_and_deletions() {
             && files.iter().any(|f| f.contains("800.a.host"))
     });
 }
+
+/// mbsync (isync) keeps its own UIDs in the base names of the files (`,U=<n>`): a Dovecot
+/// account synced into the mount twice gives each message once, with its flags, the names
+/// mbsync chose survive a remount, and a flag set on the mount reaches Dovecot.
+#[test]
+fn mbsync_syncs_an_account_into_the_mount_without_duplicates() {
+    if Command::new("mbsync").arg("--version").output().is_err() {
+        eprintln!("skipped: mbsync is not installed (scripts/setup --test)");
+        return;
+    }
+    let t = TestHome::new();
+    t.init("bob@example.org");
+    // The far side: a plain Maildir served by a private Dovecot (as `mail`: not root).
+    let far = t.dir.path().join("far");
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(far.join(d)).unwrap();
+    }
+    for (name, subject) in [
+        ("1700000001.a.host:2,S", "one"),
+        ("1700000002.b.host:2,", "two"),
+        ("1700000003.c.host:2,FS", "three"),
+    ] {
+        std::fs::write(
+            far.join("cur").join(name),
+            format!("From: a@example.org\nSubject: {subject}\n\nbody {subject}\n"),
+        )
+        .unwrap();
+    }
+    assert!(
+        Command::new("chown")
+            .args(["-R", "mail:mail"])
+            .arg(&far)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rundir = t.dir.path().join("dovecot");
+    let Some(dc) = Dovecot::start(&far, &rundir) else {
+        return;
+    };
+    let mnt = t.dir.path().join("Maildir");
+    let Some(mut m) = MountProcess::start(&t, &mnt, None) else {
+        return;
+    };
+    let conf = t.file(
+        "mbsyncrc",
+        &format!(
+            "IMAPAccount acct\nHost 127.0.0.1\nPort {}\nUser testuser\nPass testpass\n\
+             SSLType None\nAuthMechs PLAIN LOGIN\n\nIMAPStore far\nAccount acct\n\n\
+             MaildirStore near\nInbox {mnt}\nSubFolders Maildir++\n\n\
+             Channel ch\nFar :far:\nNear :near:\nPatterns INBOX\nCreate Both\n\
+             Remove None\nExpunge Both\nSyncState *\nSync All\n",
+            dc.port,
+            mnt = mnt.display()
+        ),
+    );
+    let mbsync = || {
+        let o = Command::new("mbsync")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-a")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mbsync failed:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            dc.log()
+        );
+    };
+    mbsync();
+    mbsync();
+    // Unseen mail lands in new/ (no flags), the rest in cur/.
+    let list = |mnt: &Path| -> Vec<String> {
+        let mut v = Vec::new();
+        for sub in ["cur", "new"] {
+            for e in std::fs::read_dir(mnt.join(sub)).unwrap().flatten() {
+                v.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+        v.sort();
+        v
+    };
+    let cur = list(&mnt);
+    assert_eq!(cur.len(), 3, "{cur:?}");
+    assert!(cur.iter().all(|n| n.contains(",U=")), "{cur:?}");
+    let flags: Vec<&str> = cur
+        .iter()
+        .map(|n| n.split_once(":2,").map_or("", |(_, f)| f))
+        .collect();
+    let mut sorted = flags.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["", "FS", "S"], "{cur:?}");
+    // The names mbsync gave survive a remount (its state refers to them).
+    m.stop();
+    let Some(_m) = MountProcess::start(&t, &mnt, None) else {
+        return;
+    };
+    assert_eq!(list(&mnt), cur);
+    // Flag the unflagged one on the mount; mbsync carries it to Dovecot, adds nothing.
+    let plain = cur
+        .iter()
+        .find(|n| !n.contains(":2,") || n.ends_with(":2,"))
+        .unwrap();
+    let base = plain
+        .trim_start_matches("new/")
+        .trim_start_matches("cur/")
+        .trim_end_matches(":2,");
+    std::fs::rename(mnt.join(plain), mnt.join(format!("cur/{base}:2,F"))).unwrap();
+    mbsync();
+    assert_eq!(engine_files(&t, "mbsync").len(), 3);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import imaplib,sys; m=imaplib.IMAP4('127.0.0.1', int(sys.argv[1])); \
+             m.login('testuser','testpass'); m.select('INBOX'); \
+             print(m.search(None, 'ALL')[1][0].decode()); \
+             print(m.search(None, 'FLAGGED')[1][0].decode()); m.logout()",
+            &dc.port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0].split_whitespace().count(), 3, "far side: {text}");
+    assert_eq!(
+        lines[1].split_whitespace().count(),
+        2,
+        "flagged on far side: {text}"
+    );
+}

@@ -141,9 +141,13 @@ impl Listing {
         keywords: &KeywordMap,
         pending: Option<&HashMap<MessageKey, Vec<char>>>,
         bare: Option<&HashSet<MessageKey>>,
+        renamed: &HashMap<MessageKey, String>,
     ) -> Listing {
         let mut l = Listing::default();
-        for e in entries {
+        for mut e in entries {
+            if let Some(b) = renamed.get(&e.key) {
+                e.base = b.clone();
+            }
             let extra = pending
                 .and_then(|p| p.get(&e.key))
                 .cloned()
@@ -350,6 +354,10 @@ struct State {
     fresh: HashMap<String, u8>,
     /// Per folder: messages the client named without `:2,` in `cur/` (shown so).
     bare: HashMap<String, HashSet<MessageKey>>,
+    /// Base names the client gave messages on this mount (mbsync appends `,U=<uid>`), by
+    /// message key; the engine keeps the base it was delivered with. Kept in
+    /// [`RENAMED_FILE`], so they survive a remount.
+    renamed: HashMap<MessageKey, String>,
 }
 
 impl State {
@@ -375,6 +383,48 @@ fn sub_bit(s: Sub) -> u8 {
 
 /// Messages with unresolved keyword letters remembered per folder (beyond: letters dropped).
 pub const MAX_PENDING: usize = 10_000;
+
+/// Base-name renames remembered (beyond: refused with ENOSPC).
+pub const MAX_RENAMED: usize = 500_000;
+
+/// Where the base-name renames are kept, in the backing directory: one `<key> <base>` line
+/// each, appended; the last line of a key wins. Not reachable through the mount: the tree
+/// shows only files of the backing directory, and `..peerpost` is no folder's directory.
+pub const RENAMED_FILE: &str = "..peerpost/basenames";
+
+/// Reads [`RENAMED_FILE`]; malformed lines are skipped. Rewrites it compacted when it holds
+/// more than twice the live entries.
+fn load_renamed(backing: &Path) -> HashMap<MessageKey, String> {
+    let path = backing.join(RENAMED_FILE);
+    let Ok(text) = fs::read_to_string(&path) else {
+        return HashMap::new();
+    };
+    let mut map = HashMap::new();
+    let mut lines = 0usize;
+    for line in text.lines() {
+        lines += 1;
+        let Some((k, base)) = line.split_once(' ') else {
+            continue;
+        };
+        if k.is_empty() || base.is_empty() || base.contains(['/', ':']) || base.len() > MAX_NAME {
+            continue;
+        }
+        if map.len() < MAX_RENAMED || map.contains_key(&MessageKey(k.to_string())) {
+            map.insert(MessageKey(k.to_string()), base.to_string());
+        }
+    }
+    if lines > 2 * map.len() + 100 {
+        let mut out = String::new();
+        for (k, b) in &map {
+            out.push_str(&format!("{} {b}\n", k.0));
+        }
+        let tmp = path.with_extension("tmp");
+        if fs::write(&tmp, out).is_ok() {
+            let _ = fs::rename(&tmp, &path);
+        }
+    }
+    map
+}
 
 /// What a name in a directory refers to.
 #[derive(Debug, Clone)]
@@ -490,6 +540,7 @@ impl<S: MaildirSource> Tree<S> {
                 local_path: HashMap::new(),
                 fresh: HashMap::new(),
                 bare: HashMap::new(),
+                renamed: load_renamed(backing),
             }),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
@@ -618,6 +669,25 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
+    /// Records that the message `key` is shown with base name `base` on this mount (in memory
+    /// at once; the error is about keeping it on disk).
+    fn remember_base(&self, st: &mut State, key: &MessageKey, base: &str) -> Result<(), Errno> {
+        use std::io::Write;
+        let path = self.backing.join(RENAMED_FILE);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| io_errno(&e))?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_errno(&e))?;
+        st.renamed.insert(key.clone(), base.to_string());
+        f.write_all(format!("{} {base}\n", key.0).as_bytes())
+            .map_err(|e| io_errno(&e))
+    }
+
     fn listing<'a>(&self, st: &'a mut State, folder: &str) -> Result<&'a mut Listing, Errno> {
         if !st.listings.contains_key(folder) {
             let entries = self.source.messages(folder).map_err(|e| errno(&e))?;
@@ -626,6 +696,7 @@ impl<S: MaildirSource> Tree<S> {
                 &self.keywords(folder),
                 st.pending.get(folder),
                 st.bare.get(folder),
+                &st.renamed,
             );
             st.listings.insert(folder.to_string(), l);
         }
@@ -1232,8 +1303,13 @@ impl<S: MaildirSource> Tree<S> {
                 if Sub::from_name(name).is_some() {
                     return Err(Errno::EEXIST);
                 }
-                if f == INBOX && name.starts_with('.') && dir_folder(name).is_some() {
-                    return Err(Errno::EPERM);
+                // A dot-file at the root is a local file (mbsync's `.uidvalidity` and
+                // `.mbsyncstate`) unless a folder has that name.
+                if f == INBOX
+                    && let Some(g) = dir_folder(name)
+                    && self.folders(&mut st)?.contains(&g)
+                {
+                    return Err(Errno::EEXIST);
                 }
             }
             Place::Sub(_, Sub::Tmp) => {}
@@ -1537,12 +1613,17 @@ impl<S: MaildirSource> Tree<S> {
                 let (base, mut flags) = keywords.parse_name(newname);
                 // Keywords the name cannot carry (no letter here) stay as they are.
                 flags.keywords.extend(keywords.hidden(&e.flags));
-                if base != e.base {
-                    // The engine keeps one base name per message.
-                    return Err(Errno::EPERM);
+                // A new base name (mbsync's `,U=<uid>`) is this mount's, not the engine's.
+                let rebased = base != e.base;
+                if rebased && (base.is_empty() || base.contains(['/', ':'])) {
+                    return Err(Errno::EINVAL);
+                }
+                if rebased && st.renamed.len() >= MAX_RENAMED && !st.renamed.contains_key(&e.key) {
+                    return Err(Errno::ENOSPC);
                 }
                 if let Some(Child::Message(_, ref other)) = existing
                     && other.key == e.key
+                    && !rebased
                 {
                     return Ok(()); // rename onto itself
                 }
@@ -1570,7 +1651,20 @@ impl<S: MaildirSource> Tree<S> {
                 let done = engine();
                 let mut st = self.lock();
                 let now = match done {
-                    Ok(now) => now,
+                    Ok(mut now) => {
+                        // A new base, or a renamed message moved to another folder (a new
+                        // key there) keeps the name the client gave it.
+                        if rebased || (now.key != e.key && st.renamed.contains_key(&e.key)) {
+                            st.renamed.remove(&e.key);
+                            // The engine has changed: a name not kept on disk is still shown
+                            // until the next mount (the delivered base comes back then).
+                            let _ = self.remember_base(&mut st, &now.key, &base);
+                        }
+                        if st.renamed.contains_key(&now.key) {
+                            now.base = base.clone();
+                        }
+                        now
+                    }
                     Err(err) => {
                         // Part of it may have happened: read both folders afresh.
                         st.listings.remove(&f);
@@ -2033,15 +2127,74 @@ mod tests {
             t.tree.lookup(ROOT, &"x".repeat(256)),
             Err(Errno::ENAMETOOLONG)
         );
-        assert_eq!(
-            t.tree.rename(fcur, "1.b:2,S", fcur, "2.c:2,S", false),
-            Err(Errno::EPERM)
-        );
-        // The rename that only changes flags goes through; noreplace onto itself fails.
+        // The rename that only changes flags goes through.
         t.tree
             .rename(fcur, "1.b:2,S", fcur, "1.b:2,RS", false)
             .unwrap();
         assert_eq!(names(&t, ".F/cur"), vec!["1.b:2,RS"]);
+    }
+
+    #[test]
+    fn base_name_renames_are_kept_across_mounts_and_moves() {
+        let t = setup(1000);
+        write_file(&t, "tmp", "1.b.host", b"Subject: b\r\n\r\nb\r\n");
+        let (tmp, new, cur) = (
+            ino(&t, "tmp").unwrap(),
+            ino(&t, "new").unwrap(),
+            ino(&t, "cur").unwrap(),
+        );
+        t.tree
+            .rename(tmp, "1.b.host", new, "1.b.host", false)
+            .unwrap();
+        let before = ino(&t, "new/1.b.host").unwrap();
+        // mbsync: the UID goes into the base name, in place, with a flag change.
+        t.tree
+            .rename(new, "1.b.host", cur, "1.b.host,U=7:2,S", false)
+            .unwrap();
+        assert_eq!(names(&t, "cur"), vec!["1.b.host,U=7:2,S"]);
+        assert!(names(&t, "new").is_empty());
+        assert_eq!(ino(&t, "cur/1.b.host,U=7:2,S").unwrap(), before);
+        assert_eq!(cat(&t, "cur/1.b.host,U=7:2,S"), b"Subject: b\r\n\r\nb\r\n");
+        let m = t.tree.source().messages("INBOX").unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].flags, Flags::from_letters("S"));
+        // Flag changes keep the name; so does a move to another folder.
+        t.tree
+            .rename(cur, "1.b.host,U=7:2,S", cur, "1.b.host,U=7:2,FS", false)
+            .unwrap();
+        assert_eq!(names(&t, "cur"), vec!["1.b.host,U=7:2,FS"]);
+        t.tree.mkdir(ROOT, ".A").unwrap();
+        t.tree.mkdir(ino(&t, ".A").unwrap(), "cur").unwrap();
+        let acur = ino(&t, ".A/cur").unwrap();
+        t.tree
+            .rename(cur, "1.b.host,U=7:2,FS", acur, "1.b.host,U=7:2,FS", false)
+            .unwrap();
+        assert_eq!(names(&t, ".A/cur"), vec!["1.b.host,U=7:2,FS"]);
+        // Not a way around the grammar.
+        assert_eq!(
+            t.tree
+                .rename(acur, "1.b.host,U=7:2,FS", acur, ":2,S", false),
+            Err(Errno::EINVAL)
+        );
+        // A new tree on the same backing directory (a remount) shows the same name; the
+        // state file is not reachable through the mount.
+        let again = Tree::new(
+            Arc::clone(&t.tree.source),
+            &t._dir.0,
+            Owner { uid: 8, gid: 8 },
+        )
+        .unwrap();
+        let a = again.lookup(ROOT, ".A").unwrap().ino;
+        let c = again.lookup(a, "cur").unwrap().ino;
+        assert!(again.lookup(c, "1.b.host,U=7:2,FS").is_ok());
+        assert_eq!(again.lookup(ROOT, "..peerpost"), Err(Errno::ENOENT));
+        assert!(
+            !again
+                .readdir(ROOT)
+                .unwrap()
+                .iter()
+                .any(|d| d.name.contains("peerpost"))
+        );
     }
 
     #[test]
