@@ -359,13 +359,28 @@ fn mail_survives_remount_and_sigkill() {
     let ls = "(cd cur && ls | sed 's|^|cur/|'); (cd new && ls | sed 's|^|new/|')";
     assert_eq!(sh(&mnt, ls), listing);
     assert_eq!(sh(&mnt, "cat dovecot-uidlist"), "1 V1 N2\n");
-    // SIGKILL with the auto-unmount helper (fusermount3 on PATH): the next start mounts
-    // again whether the helper has already unmounted or left a stale mount behind.
+    // A flag change answered just before a SIGKILL (queued for the engine, journaled) is
+    // not lost. SIGKILL with the auto-unmount helper (fusermount3 on PATH): the next start
+    // mounts again whether the helper has already unmounted or left a stale mount behind.
+    sh(&mnt, "mv new/200.y.host 'cur/200.y.host:2,FS'");
     m.kill9();
     let Some(mut m) = MountProcess::start(&t, &mnt, None) else {
         return;
     };
+    let listing = "cur/100.x.host:2,S\ncur/200.y.host:2,FS\ncur/500.k.host:2,S\n";
     assert_eq!(sh(&mnt, ls), listing);
+    let start = Instant::now();
+    for n in 0.. {
+        let files = engine_files(&t, &format!("after-kill-{n}"));
+        if files.contains(&"cur/200.y.host:2,FS".to_string()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the flag change never reached the engine: {files:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SIGKILL without the helper (fusermount3 not on PATH) leaves a stale mount; the next
     // start clears it.
     m.stop();

@@ -354,7 +354,11 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Renames in the directory are durable once it returns: flag changes included.
+        match self.tree.flush_flags() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

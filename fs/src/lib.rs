@@ -10,6 +10,7 @@
 //! `<internal-date-secs>.<id-prefix>.peerpost:2,<flags>` with flags in ASCII order.
 
 pub mod adapter;
+pub mod deferred;
 pub mod inode;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
@@ -42,6 +43,7 @@ pub struct MountOptions {
 /// A mounted Maildir; unmounted on drop.
 pub struct Mount<S: MaildirSource> {
     session: Option<fuser::BackgroundSession>,
+    flusher: Option<std::thread::JoinHandle<()>>,
     notifier: fuser::Notifier,
     waker: Option<notify::Waker>,
     tree: Arc<Tree<S>>,
@@ -76,8 +78,15 @@ impl<S: MaildirSource> Mount<S> {
         let session =
             fuser::spawn_mount(adapter::Adapter::new(Arc::clone(&tree)), mountpoint, &cfg)?;
         let notifier = session.notifier();
+        let flusher = {
+            let tree = Arc::clone(&tree);
+            std::thread::Builder::new()
+                .name("fuse-flags".into())
+                .spawn(move || tree.run_flusher())?
+        };
         Ok(Mount {
             session: Some(session),
+            flusher: Some(flusher),
             notifier,
             waker: Some(notify::Waker::spawn()?),
             tree,
@@ -148,6 +157,19 @@ impl<S: MaildirSource> Mount<S> {
         let Some(session) = self.session.take() else {
             return Ok(Unmounted::Clean);
         };
+        let unmounted = self.end_session(session);
+        // Flag changes answered during the mount's life reach the engine before we return.
+        self.tree.stop_flusher();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+        let flushed = self.tree.flush_flags();
+        let unmounted = unmounted?;
+        flushed.map_err(|e| io::Error::other(format!("flag changes not committed: {e:?}")))?;
+        Ok(unmounted)
+    }
+
+    fn end_session(&mut self, session: fuser::BackgroundSession) -> io::Result<Unmounted> {
         // fuser's own unmount (through the auto_unmount helper) was seen to leave the mount
         // in place and the join hanging: unmount here (lazily), then abort the connection
         // through fusectl where it is mounted, so every FUSE thread returns even if a
@@ -224,6 +246,15 @@ impl<S: MaildirSource> Drop for Mount<S> {
 
 /// A folder, by its IMAP-style name: `INBOX`, `Sent`, `Archive/2024`.
 pub type FolderName = String;
+
+/// One flag change of [`MaildirSource::set_flags_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagChange {
+    pub folder: FolderName,
+    pub key: MessageKey,
+    pub flags: Flags,
+    pub seen_by_reader: bool,
+}
 
 /// A message's stable identity (the engine's content id, hex), the same on every device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -375,6 +406,18 @@ pub trait MaildirSource: Send + Sync + 'static {
         flags: Flags,
         seen_by_reader: bool,
     ) -> Result<()>;
+    /// Several flag changes at once, each as [`MaildirSource::set_flags`] would make it (one
+    /// durable commit where the engine can); changes to messages gone from their folder since
+    /// are skipped.
+    fn set_flags_many(&self, changes: Vec<FlagChange>) -> Result<()> {
+        for c in changes {
+            match self.set_flags(&c.folder, &c.key, c.flags, c.seen_by_reader) {
+                Ok(()) | Err(SourceError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     /// Renamed into another folder; returns the message as it is there.
     fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> Result<MessageEntry>;
     /// Hard-linked into another folder (Dovecot's copy); returns the copy.

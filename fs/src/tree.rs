@@ -23,11 +23,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use fuser::Errno;
 
+use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
 use crate::notify::WAKE_NAME;
 use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceError};
@@ -354,6 +355,8 @@ struct State {
     fresh: HashMap<String, u8>,
     /// Per folder: messages the client named without `:2,` in `cur/` (shown so).
     bare: HashMap<String, HashSet<MessageKey>>,
+    /// Flag changes answered, not yet committed by the engine.
+    deferred: Deferred,
     /// Base names the client gave messages on this mount (mbsync appends `,U=<uid>`), by
     /// message key; the engine keeps the base it was delivered with. Kept in
     /// [`RENAMED_FILE`], so they survive a remount.
@@ -391,6 +394,9 @@ pub const MAX_RENAMED: usize = 500_000;
 /// each, appended; the last line of a key wins. Not reachable through the mount: the tree
 /// shows only files of the backing directory, and `..peerpost` is no folder's directory.
 pub const RENAMED_FILE: &str = "..peerpost/basenames";
+
+/// The backing directory's private state (base names, the flag journal).
+pub const STATE_DIR: &str = "..peerpost";
 
 /// Reads [`RENAMED_FILE`]; malformed lines are skipped. Rewrites it compacted when it holds
 /// more than twice the live entries.
@@ -455,7 +461,21 @@ pub struct Tree<S: MaildirSource> {
     /// Serializes operations that change the engine. The slow part of them (the engine's
     /// durable commit) runs without `state`, so lookups, reads and listings go on meanwhile.
     write: Mutex<()>,
+    /// The flusher's wake-up (see [`Tree::run_flusher`]).
+    flush: Mutex<FlushState>,
+    flush_cv: Condvar,
+    /// One flush at a time.
+    flushing: Mutex<()>,
 }
+
+#[derive(Debug, Default)]
+struct FlushState {
+    wanted: bool,
+    stopped: bool,
+}
+
+/// How long the flusher lets flag changes gather before it commits them.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 
 impl<S: MaildirSource> std::fmt::Debug for Tree<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -541,10 +561,18 @@ impl<S: MaildirSource> Tree<S> {
                 fresh: HashMap::new(),
                 bare: HashMap::new(),
                 renamed: load_renamed(backing),
+                deferred: Deferred::load(&backing.join(STATE_DIR)),
             }),
+            flush: Mutex::new(FlushState::default()),
+            flush_cv: Condvar::new(),
+            flushing: Mutex::new(()),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
         tree.write_subscriptions();
+        // Flag changes a killed daemon had answered: committed by the first flush.
+        if tree.flags_pending() {
+            tree.signal_flush();
+        }
         Ok(tree)
     }
 
@@ -669,6 +697,72 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
+    /// Commits the queued flag changes before an operation that must see them (`needed`),
+    /// if there are any. A failure is left to the flusher's retries.
+    fn settle(&self, needed: bool) {
+        if needed && self.flags_pending() {
+            let _ = self.flush_flags();
+        }
+    }
+
+    /// Asks the flusher to commit the queued flag changes soon.
+    pub fn signal_flush(&self) {
+        let mut f = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        f.wanted = true;
+        self.flush_cv.notify_one();
+    }
+
+    /// The flusher: commits queued flag changes [`FLUSH_DELAY`] after the first of them, until
+    /// [`Tree::stop_flusher`]. A failed commit is retried a second later. Run it on a thread
+    /// of its own (it calls the engine).
+    pub fn run_flusher(&self) {
+        loop {
+            {
+                let mut f = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+                while !f.wanted && !f.stopped {
+                    f = self
+                        .flush_cv
+                        .wait_timeout(f, Duration::from_secs(1))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                if f.stopped {
+                    return;
+                }
+                f.wanted = false;
+            }
+            std::thread::sleep(FLUSH_DELAY);
+            if self.flush_flags().is_err() {
+                std::thread::sleep(Duration::from_secs(1));
+                self.signal_flush();
+            }
+        }
+    }
+
+    /// Ends [`Tree::run_flusher`] (what is queued stays: call [`Tree::flush_flags`]).
+    pub fn stop_flusher(&self) {
+        let mut f = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        f.stopped = true;
+        self.flush_cv.notify_all();
+    }
+
+    /// Commits the queued flag changes to the engine now (one batch).
+    pub fn flush_flags(&self) -> Result<(), Errno> {
+        let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = self.lock().deferred.take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let r = self.source.set_flags_many(batch);
+        self.lock().deferred.done(r.is_ok());
+        r.map_err(|e| errno(&e))
+    }
+
+    /// Whether flag changes wait for the engine.
+    pub fn flags_pending(&self) -> bool {
+        !self.lock().deferred.is_empty()
+    }
+
     /// Records that the message `key` is shown with base name `base` on this mount (in memory
     /// at once; the error is about keeping it on disk).
     fn remember_base(&self, st: &mut State, key: &MessageKey, base: &str) -> Result<(), Errno> {
@@ -690,7 +784,16 @@ impl<S: MaildirSource> Tree<S> {
 
     fn listing<'a>(&self, st: &'a mut State, folder: &str) -> Result<&'a mut Listing, Errno> {
         if !st.listings.contains_key(folder) {
-            let entries = self.source.messages(folder).map_err(|e| errno(&e))?;
+            let mut entries = self.source.messages(folder).map_err(|e| errno(&e))?;
+            // Flag changes answered but not committed yet are shown as made.
+            for e in &mut entries {
+                if let Some(c) = st.deferred.get(folder, &e.key) {
+                    e.flags = c.flags.clone();
+                    if c.seen_by_reader {
+                        e.recent = false;
+                    }
+                }
+            }
             let l = Listing::build(
                 entries,
                 &self.keywords(folder),
@@ -1263,7 +1366,8 @@ impl<S: MaildirSource> Tree<S> {
     /// disk flushes. Other local files (Dovecot's index and uidlist) are synced.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
-            Handle::Message(_) | Handle::Dir(_) | Handle::Local { in_tmp: true, .. } => Ok(()),
+            Handle::Message(_) | Handle::Dir(_) => self.flush_flags(),
+            Handle::Local { in_tmp: true, .. } => Ok(()),
             Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
         }
     }
@@ -1422,6 +1526,7 @@ impl<S: MaildirSource> Tree<S> {
     /// `rmdir`: a folder with no messages and no local files left; `cur`/`new`/`tmp` when
     /// empty (a no-op: they exist as long as their folder).
     pub fn rmdir(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        self.settle(true);
         let _w = self.write_lock();
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
@@ -1552,6 +1657,16 @@ impl<S: MaildirSource> Tree<S> {
         noreplace: bool,
     ) -> Result<(), Errno> {
         check_name(newname)?;
+        // Queued flag changes go first, unless this is one more of them (a rename within one
+        // folder's new/ and cur/): a move, copy or folder rename must find them committed.
+        let same_folder = {
+            let mut st = self.lock();
+            matches!(
+                (self.place(&mut st, parent), self.place(&mut st, newparent)),
+                (Ok(Place::Sub(a, _)), Ok(Place::Sub(b, _))) if a == b
+            )
+        };
+        self.settle(!same_folder);
         let _w = self.write_lock();
         let mut st = self.lock();
         let from_place = self.place(&mut st, parent)?;
@@ -1629,8 +1744,22 @@ impl<S: MaildirSource> Tree<S> {
                 }
                 let seen_by_reader = *sub == Sub::Cur && e.recent;
                 let old_key = NodeKey::Message(f.clone(), e.key.clone());
-                // The engine's commits run without the state lock.
-                drop(st);
+                // Within the folder, a flag change is queued: answered now, committed with
+                // others in one batch (deferred.rs). A full queue commits it here.
+                let changes = flags != e.flags || seen_by_reader;
+                let queued = *to == f
+                    && (!changes
+                        || st
+                            .deferred
+                            .push(
+                                &f,
+                                &e.key,
+                                Change {
+                                    flags: flags.clone(),
+                                    seen_by_reader,
+                                },
+                            )
+                            .is_ok());
                 let engine = || -> Result<MessageEntry, SourceError> {
                     let moved = if *to != f {
                         self.source.move_to(&f, &e.key, to)?
@@ -1648,8 +1777,22 @@ impl<S: MaildirSource> Tree<S> {
                     }
                     Ok(now)
                 };
-                let done = engine();
-                let mut st = self.lock();
+                let (mut st, done) = if queued {
+                    let mut now = e.clone();
+                    if changes {
+                        now.flags = flags.clone();
+                        if seen_by_reader {
+                            now.recent = false;
+                        }
+                        self.signal_flush();
+                    }
+                    (st, Ok(now))
+                } else {
+                    // The engine's commits run without the state lock.
+                    drop(st);
+                    let done = engine();
+                    (self.lock(), done)
+                };
                 let now = match done {
                     Ok(mut now) => {
                         // A new base, or a renamed message moved to another folder (a new
@@ -1760,7 +1903,14 @@ impl<S: MaildirSource> Tree<S> {
             };
             let mut flags = e.flags.clone();
             flags.keywords.extend(resolved);
-            if self.source.set_flags(folder, &key, flags, false).is_err() {
+            // Queued behind the flag changes answered before it (deferred.rs), in order.
+            let change = Change {
+                flags: flags.clone(),
+                seen_by_reader: false,
+            };
+            if st.deferred.push(folder, &key, change).is_ok() {
+                self.signal_flush();
+            } else if self.source.set_flags(folder, &key, flags, false).is_err() {
                 still.insert(key, letters);
             }
         }
@@ -1797,6 +1947,7 @@ impl<S: MaildirSource> Tree<S> {
     /// copy); a message linked into `tmp/` becomes a local file with its bytes; local files
     /// link as usual.
     pub fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr, Errno> {
+        self.settle(true);
         check_name(newname)?;
         let _w = self.write_lock();
         let mut st = self.lock();
@@ -1915,6 +2066,13 @@ mod tests {
         }
     }
 
+    /// The source, once the queued flag changes are committed (a mount's flusher does it
+    /// within milliseconds; these tests have no flusher).
+    fn flushed(t: &T) -> &Arc<MemorySource> {
+        t.tree.flush_flags().unwrap();
+        t.tree.source()
+    }
+
     fn ino(t: &T, path: &str) -> Result<u64, Errno> {
         let mut i = ROOT;
         for part in path.split('/').filter(|p| !p.is_empty()) {
@@ -1986,7 +2144,7 @@ mod tests {
             .unwrap();
         assert!(names(&t, "new").is_empty());
         assert_eq!(names(&t, "cur"), vec!["1.a.host:2,FS"]);
-        let m = t.tree.source().messages("INBOX").unwrap();
+        let m = flushed(&t).messages("INBOX").unwrap();
         assert_eq!(m[0].flags, Flags::from_letters("FS"));
         assert!(!m[0].recent);
         // A folder, a move into it, a copy back by link, an expunge by unlink.
@@ -2010,20 +2168,17 @@ mod tests {
         let moved = ino(&t, ".Archive/cur/1.a.host:2,S").unwrap();
         t.tree.link(moved, cur, "1.a.host:2,S").unwrap();
         assert_eq!(names(&t, "cur"), vec!["1.a.host:2,S"]);
-        assert_eq!(t.tree.source().messages("INBOX").unwrap().len(), 1);
+        assert_eq!(flushed(&t).messages("INBOX").unwrap().len(), 1);
         t.tree.unlink(acur, "1.a.host:2,S").unwrap();
-        assert!(t.tree.source().messages("Archive").unwrap().is_empty());
+        assert!(flushed(&t).messages("Archive").unwrap().is_empty());
         assert_eq!(ino(&t, ".Archive/cur/1.a.host:2,S"), Err(Errno::ENOENT));
         // Folder rename and delete.
         t.tree
             .rename(ROOT, ".Archive", ROOT, ".Old.2024", false)
             .unwrap();
-        assert_eq!(
-            t.tree.source().folders().unwrap(),
-            vec!["INBOX", "Old/2024"]
-        );
+        assert_eq!(flushed(&t).folders().unwrap(), vec!["INBOX", "Old/2024"]);
         t.tree.rmdir(ROOT, ".Old.2024").unwrap();
-        assert_eq!(t.tree.source().folders().unwrap(), vec!["INBOX"]);
+        assert_eq!(flushed(&t).folders().unwrap(), vec!["INBOX"]);
     }
 
     #[test]
@@ -2155,7 +2310,7 @@ mod tests {
         assert!(names(&t, "new").is_empty());
         assert_eq!(ino(&t, "cur/1.b.host,U=7:2,S").unwrap(), before);
         assert_eq!(cat(&t, "cur/1.b.host,U=7:2,S"), b"Subject: b\r\n\r\nb\r\n");
-        let m = t.tree.source().messages("INBOX").unwrap();
+        let m = flushed(&t).messages("INBOX").unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].flags, Flags::from_letters("S"));
         // Flag changes keep the name; so does a move to another folder.
@@ -2222,7 +2377,7 @@ mod tests {
         assert_eq!(names(&t, "new"), vec!["5.x"]);
         let a = t.tree.lookup(ino(&t, "new").unwrap(), "5.x").unwrap();
         assert_eq!(a.mtime, UNIX_EPOCH + Duration::from_secs(5));
-        t.tree.source().create_folder("Work").unwrap();
+        flushed(&t).create_folder("Work").unwrap();
         assert_eq!(t.tree.refresh_folders(), vec![(ROOT, ".Work".to_string())]);
         assert_eq!(names(&t, ""), vec![".Work", "cur", "new", "tmp"]);
         let _ = e;
@@ -2250,16 +2405,16 @@ mod tests {
             .rename(cur, "1.k:2,S", cur, "1.k:2,Sab", false)
             .unwrap();
         assert_eq!(names(&t, "cur"), vec!["1.k:2,Sab"]);
-        let m = &t.tree.source().messages("INBOX").unwrap()[0];
+        let m = &flushed(&t).messages("INBOX").unwrap()[0];
         let kws: Vec<&str> = m.flags.keywords.iter().map(String::as_str).collect();
         assert_eq!(kws, vec!["$Label1", "Work"]);
         t.tree
             .rename(cur, "1.k:2,Sab", cur, "1.k:2,Sb", false)
             .unwrap();
-        let m = &t.tree.source().messages("INBOX").unwrap()[0];
+        let m = &flushed(&t).messages("INBOX").unwrap()[0];
         assert_eq!(m.flags.keywords.len(), 1);
         // A keyword without a letter here is not shown and survives flag renames.
-        let src = t.tree.source();
+        let src = flushed(&t);
         let mut f = m.flags.clone();
         f.keywords.insert("Unlettered".into());
         src.set_flags("INBOX", &m.key, f, false).unwrap();
@@ -2268,7 +2423,7 @@ mod tests {
         t.tree
             .rename(cur, "1.k:2,Sb", cur, "1.k:2,FSb", false)
             .unwrap();
-        let m = &src.messages("INBOX").unwrap()[0];
+        let m = &flushed(&t).messages("INBOX").unwrap()[0];
         assert!(m.flags.keywords.contains("Unlettered") && m.flags.flagged);
         // Dovecot's real order: the message is renamed with a new letter first, the map
         // written after. The name is kept as given meanwhile; the keyword lands then.
@@ -2291,7 +2446,7 @@ mod tests {
                 false,
             )
             .unwrap();
-        let m = &src.messages("INBOX").unwrap()[0];
+        let m = &flushed(&t).messages("INBOX").unwrap()[0];
         assert!(m.flags.keywords.contains("Later"), "{:?}", m.flags);
         assert_eq!(names(&t, "cur"), vec!["1.k:2,FSbc"]);
         // Unknown letters are dropped (the map has no `z`).
@@ -2342,7 +2497,7 @@ mod tests {
         t.tree.rename(tmp, "5.o", new, "5.o", false).unwrap();
         t.tree.rename(new, "5.o", cur, "5.o", false).unwrap();
         assert_eq!(names(&t, "cur"), vec!["5.o"]);
-        assert!(!t.tree.source().messages("INBOX").unwrap()[0].recent);
+        assert!(!flushed(&t).messages("INBOX").unwrap()[0].recent);
         t.tree.rename(cur, "5.o", cur, "5.o:2,S", false).unwrap();
         assert_eq!(names(&t, "cur"), vec!["5.o:2,S"]);
         write_file(&t, "tmp", "6.o", b"y");
@@ -2436,7 +2591,7 @@ mod tests {
     #[test]
     fn subscriptions_follow_the_engine_and_dovecot() {
         let t = setup(1000);
-        let src = t.tree.source();
+        let src = flushed(&t);
         src.create_folder("Work/Sub").unwrap();
         src.create_folder("Sent").unwrap();
         src.set_subscribed("Work/Sub", true).unwrap();
@@ -2458,7 +2613,7 @@ mod tests {
     #[test]
     fn duplicate_base_names_stay_unique() {
         let t = setup(1000);
-        let src = t.tree.source();
+        let src = flushed(&t);
         for _ in 0..2 {
             src.deliver(
                 "INBOX",

@@ -176,6 +176,21 @@ impl MaildirSource for FsSource {
         )
     }
 
+    fn set_flags_many(&self, changes: Vec<pfs::FlagChange>) -> pfs::Result<()> {
+        let items = changes
+            .into_iter()
+            .filter_map(|c| {
+                let e = entry_of(&c.key).ok()?;
+                let flags = Flags {
+                    bits: bits(&c.flags),
+                    keywords: c.flags.keywords,
+                };
+                Some((c.folder, e, flags, c.seen_by_reader))
+            })
+            .collect();
+        self.run(self.mb.set_flags_each(items)).map(|_| ())
+    }
+
     fn move_to(&self, from: &str, key: &MessageKey, to: &str) -> pfs::Result<pfs::MessageEntry> {
         let e = [entry_of(key)?];
         let v = self.run(self.mb.move_to(from, &e, to))?;

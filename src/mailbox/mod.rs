@@ -973,58 +973,46 @@ impl Mailbox {
                     Some(rec) if rec.folder == folder_id => {}
                     _ => return Err(Error::NoSuchMessage),
                 }
-                let current = e.crdt.flags(*entry);
-                let (set, clear, set_kw, clear_kw) = match mode {
-                    FlagMode::Add => (
-                        flags.bits,
-                        0,
-                        flags.keywords.iter().cloned().collect(),
-                        Vec::new(),
-                    ),
-                    FlagMode::Remove => (
-                        0,
-                        flags.bits,
-                        Vec::new(),
-                        flags.keywords.iter().cloned().collect(),
-                    ),
-                    FlagMode::Replace => (
-                        flags.bits,
-                        !flags.bits & 0x3f,
-                        flags.keywords.iter().cloned().collect(),
-                        current
-                            .keywords
-                            .difference(&flags.keywords)
-                            .cloned()
-                            .collect(),
-                    ),
-                };
-                // Only what changes is written (so a no-op STORE does not bump MODSEQ).
-                let set = set & !current.bits;
-                let clear = clear & current.bits;
-                let set_kw: Vec<String> = set_kw
-                    .into_iter()
-                    .filter(|k: &String| !current.keywords.contains(k))
-                    .collect();
-                let clear_kw: Vec<String> = clear_kw
-                    .into_iter()
-                    .filter(|k: &String| current.keywords.contains(k))
-                    .collect();
-                let reader = seen_by_reader && e.crdt.recent(*entry);
-                if set == 0 && clear == 0 && set_kw.is_empty() && clear_kw.is_empty() && !reader {
-                    continue;
-                }
-                ops.push(Op::SetFlags {
-                    entries: vec![*entry],
-                    set,
-                    clear,
-                    set_keywords: set_kw,
-                    clear_keywords: clear_kw,
-                    seen_by_reader: reader,
-                });
+                ops.extend(flag_op(&e, *entry, mode, flags, seen_by_reader));
             }
         }
         self.commit(ops, Vec::new()).await?;
         Ok(())
+    }
+
+    /// Sets each entry's flags to its own value (system flags and keywords replaced) in one
+    /// durable commit: a batch of flag changes made elsewhere (the FUSE mount's renames).
+    /// Entries no longer in the folder named with them are skipped (moved or expunged since).
+    /// Returns how many entries changed.
+    pub async fn set_flags_each(
+        &self,
+        items: Vec<(String, EntryId, Flags, bool)>,
+    ) -> Result<usize> {
+        let _w = self.inner.write.lock().await;
+        for (_, _, flags, _) in &items {
+            for k in &flags.keywords {
+                if !model::valid_keyword(k) {
+                    return Err(Error::InvalidName(k.clone(), "not a valid keyword"));
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        {
+            let e = self.read_engine();
+            for (folder, entry, flags, seen) in &items {
+                let Some(folder_id) = find(&e, folder).map(|f| f.id) else {
+                    continue;
+                };
+                match e.crdt.entry(*entry) {
+                    Some(rec) if rec.folder == folder_id => {}
+                    _ => continue,
+                }
+                ops.extend(flag_op(&e, *entry, FlagMode::Replace, flags, *seen));
+            }
+        }
+        let n = ops.len();
+        self.commit(ops, Vec::new()).await?;
+        Ok(n)
     }
 
     /// Copies entries into another folder; returns (source entry, new message) pairs.
@@ -1213,4 +1201,62 @@ impl Mailbox {
         .await?;
         Ok(())
     }
+}
+
+/// The op that changes `entry`'s flags as asked (only what changes is written, so a no-op
+/// STORE does not bump MODSEQ); `None` when nothing changes.
+fn flag_op(
+    e: &Engine,
+    entry: EntryId,
+    mode: FlagMode,
+    flags: &Flags,
+    seen_by_reader: bool,
+) -> Option<Op> {
+    let current = e.crdt.flags(entry);
+    let (set, clear, set_kw, clear_kw) = match mode {
+        FlagMode::Add => (
+            flags.bits,
+            0,
+            flags.keywords.iter().cloned().collect(),
+            Vec::new(),
+        ),
+        FlagMode::Remove => (
+            0,
+            flags.bits,
+            Vec::new(),
+            flags.keywords.iter().cloned().collect(),
+        ),
+        FlagMode::Replace => (
+            flags.bits,
+            !flags.bits & 0x3f,
+            flags.keywords.iter().cloned().collect(),
+            current
+                .keywords
+                .difference(&flags.keywords)
+                .cloned()
+                .collect(),
+        ),
+    };
+    let set = set & !current.bits;
+    let clear = clear & current.bits;
+    let set_kw: Vec<String> = set_kw
+        .into_iter()
+        .filter(|k: &String| !current.keywords.contains(k))
+        .collect();
+    let clear_kw: Vec<String> = clear_kw
+        .into_iter()
+        .filter(|k: &String| current.keywords.contains(k))
+        .collect();
+    let reader = seen_by_reader && e.crdt.recent(entry);
+    if set == 0 && clear == 0 && set_kw.is_empty() && clear_kw.is_empty() && !reader {
+        return None;
+    }
+    Some(Op::SetFlags {
+        entries: vec![entry],
+        set,
+        clear,
+        set_keywords: set_kw,
+        clear_keywords: clear_kw,
+        seen_by_reader: reader,
+    })
 }
