@@ -245,10 +245,10 @@ fn show_changes(
                 match ids {
                     Some(ids) => {
                         let names: Vec<String> = mb
-                            .folders()
+                            .folder_names()
                             .into_iter()
-                            .filter(|f| ids.contains(&f.id))
-                            .map(|f| f.name)
+                            .filter(|f| ids.contains(&f.0))
+                            .map(|f| f.1)
                             .collect();
                         mount.engine_changed_in(Some(&names));
                     }

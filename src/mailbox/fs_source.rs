@@ -125,7 +125,7 @@ fn entry(m: &MessageInfo) -> pfs::MessageEntry {
 
 impl MaildirSource for FsSource {
     fn folders(&self) -> pfs::Result<Vec<pfs::FolderName>> {
-        Ok(self.mb.folders().into_iter().map(|f| f.name).collect())
+        Ok(self.mb.folder_names().into_iter().map(|f| f.1).collect())
     }
 
     fn messages(&self, folder: &str) -> pfs::Result<Vec<pfs::MessageEntry>> {
@@ -236,10 +236,10 @@ impl MaildirSource for FsSource {
     fn subscriptions(&self) -> pfs::Result<Vec<pfs::FolderName>> {
         Ok(self
             .mb
-            .folders()
+            .folder_names()
             .into_iter()
-            .filter(|f| f.subscribed)
-            .map(|f| f.name)
+            .filter(|f| f.2)
+            .map(|f| f.1)
             .collect())
     }
 

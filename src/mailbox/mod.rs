@@ -793,6 +793,17 @@ impl Mailbox {
         e.crdt.folders().into_iter().map(|f| info(&e, f)).collect()
     }
 
+    /// Every visible folder's id, name and subscription, INBOX first: [`Mailbox::folders`]
+    /// without the message counts, which cost a pass over the whole mailbox.
+    pub fn folder_names(&self) -> Vec<(FolderId, String, bool)> {
+        let e = self.read_engine();
+        e.crdt
+            .folders()
+            .into_iter()
+            .map(|f| (f.id, f.name, f.subscribed))
+            .collect()
+    }
+
     /// A folder by name (`inbox` in any case is INBOX). Costs one pass over that folder's
     /// messages (for the unseen and recent counts), not over the mailbox.
     pub fn folder(&self, name: &str) -> Option<FolderInfo> {
