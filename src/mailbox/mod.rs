@@ -839,6 +839,36 @@ impl Mailbox {
             .collect()
     }
 
+    /// Some messages of a folder by entry, under one read lock: `None` for an entry no longer
+    /// there. For sessions that keep their own sequence-number map (IMAP) and must not re-list
+    /// a large folder per command.
+    pub fn messages_by_entry(
+        &self,
+        folder: FolderId,
+        entries: &[EntryId],
+    ) -> Vec<Option<MessageInfo>> {
+        let e = self.read_engine();
+        let u = e.uids.get(&folder);
+        entries
+            .iter()
+            .map(|entry| {
+                let rec = e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
+                let (uid, modseq) = *u?.by_entry.get(entry)?;
+                Some(MessageInfo {
+                    entry: *entry,
+                    uid,
+                    modseq,
+                    object: rec.message.object,
+                    size: rec.message.size,
+                    internal_date: rec.message.internal_date,
+                    flags: e.crdt.flags(*entry),
+                    recent: e.crdt.recent(*entry),
+                    maildir_name: rec.message.maildir_name.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// A canonical description of the merged state (folders → messages and flags), equal on
     /// every device that has seen the same ops.
     pub fn canonical(&self) -> BTreeMap<String, Vec<(String, String, bool)>> {
