@@ -218,6 +218,15 @@ fn guess_tag(buf: &[u8]) -> String {
     }
 }
 
+/// Does the line end with a non-synchronizing literal's announcement, `{123+}`?
+fn announces_non_sync_literal(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_suffix(b"+}\r\n") else {
+        return false;
+    };
+    let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && rest.len() > digits && rest[rest.len() - digits - 1] == b'{'
+}
+
 impl Session {
     pub fn tls(&self) -> bool {
         self.conn.io.get_ref().is_tls()
@@ -400,6 +409,13 @@ impl Session {
                 }
                 Err(CommandDecodeError::Incomplete) | Err(CommandDecodeError::Failed) => {
                     let tag = guess_tag(&buf);
+                    if announces_non_sync_literal(&buf) {
+                        // A literal the parser refused (its length is beyond 32 bits): its
+                        // bytes are on their way and cannot be skipped cheaply.
+                        self.conn
+                            .line(&format!("{tag} BAD [TOOBIG] literal too large"));
+                        return Ok(Next::Close(Some("literal too large")));
+                    }
                     let what = if buf.iter().any(|b| !b.is_ascii()) {
                         "syntax error (8-bit data outside a literal?)"
                     } else {
