@@ -839,6 +839,22 @@ impl Mailbox {
             .collect()
     }
 
+    /// The cheap listing of a folder an IMAP session keeps: (uid, entry, modseq, seen) by UID.
+    pub fn uid_map(&self, folder: FolderId) -> Vec<(u32, EntryId, u64, bool)> {
+        let e = self.read_engine();
+        let Some(u) = e.uids.get(&folder) else {
+            return Vec::new();
+        };
+        u.by_uid
+            .iter()
+            .filter(|(_, entry)| e.crdt.entry(**entry).is_some())
+            .map(|(uid, entry)| {
+                let modseq = u.by_entry.get(entry).map_or(0, |(_, m)| *m);
+                (*uid, *entry, modseq, e.crdt.flags(*entry).has(Flag::Seen))
+            })
+            .collect()
+    }
+
     /// Some messages of a folder by entry, under one read lock: `None` for an entry no longer
     /// there. For sessions that keep their own sequence-number map (IMAP) and must not re-list
     /// a large folder per command.

@@ -15,16 +15,11 @@ pub(super) fn select(s: &mut Session, name: &str, read_only: bool) -> Reply {
     let Some(info) = s.ctx.mailbox.folder(name) else {
         return Reply::No(format!("[NONEXISTENT] no folder named {name:?}"));
     };
-    let msgs: Vec<Msg> = s
-        .ctx
-        .mailbox
-        .messages_of(info.id)
+    let map = s.ctx.mailbox.uid_map(info.id);
+    let first_unseen = map.iter().position(|m| !m.3);
+    let msgs: Vec<Msg> = map
         .into_iter()
-        .map(|m| Msg {
-            uid: m.uid,
-            entry: m.entry,
-            modseq: m.modseq,
-        })
+        .map(|(uid, entry, modseq, _)| Msg { uid, entry, modseq })
         .collect();
     let out = &mut s.conn;
     out.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)");
@@ -45,16 +40,8 @@ pub(super) fn select(s: &mut Session, name: &str, read_only: bool) -> Reply {
         "* OK [UIDNEXT {}] predicted next UID",
         info.uidnext
     ));
-    if info.unseen > 0 {
-        let entries: Vec<EntryId> = msgs.iter().map(|m| m.entry).collect();
-        let infos = s.ctx.mailbox.messages_by_entry(info.id, &entries);
-        if let Some(i) = infos
-            .iter()
-            .position(|m| m.as_ref().is_some_and(|m| !m.flags.has(Flag::Seen)))
-        {
-            s.conn
-                .line(&format!("* OK [UNSEEN {}] first unseen message", i + 1));
-        }
+    if let Some(i) = first_unseen {
+        out.line(&format!("* OK [UNSEEN {}] first unseen message", i + 1));
     }
     let n = msgs.len();
     s.state = State::Selected(Box::new(Selected {
