@@ -245,3 +245,249 @@ fn mutt_over_imap_reads_flags_moves_and_deletes() {
         "moved into Archive:\n{state}"
     );
 }
+
+const OFF_LOOPBACK: &str = r#"
+import imaplib, ssl, sys
+port, cert = int(sys.argv[1]), sys.argv[2]
+m = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+assert "LOGINDISABLED" in m.capabilities and "AUTH=PLAIN" not in m.capabilities, m.capabilities
+try:
+    m.login("alice", "secret-password")
+    raise SystemExit("FAILED: plaintext LOGIN accepted on a non-loopback listener")
+except imaplib.IMAP4.error as e:
+    assert "PRIVACYREQUIRED" in str(e), e
+ctx = ssl.create_default_context(cafile=cert)
+ctx.check_hostname = False
+m.starttls(ssl_context=ctx)
+assert "AUTH=PLAIN" in m.capabilities, m.capabilities
+assert m.login("alice", "secret-password")[0] == "OK"
+m.logout()
+print("ALL OK")
+"#;
+
+#[test]
+fn plaintext_login_is_refused_off_loopback_until_starttls() {
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    // A listener on all addresses is not loopback, whoever connects.
+    let mut child = Command::new(BIN)
+        .arg("--home")
+        .arg(t.home())
+        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--imap", "0.0.0.0:0", "--imaps", "off", "--pop3", "off"])
+        .args(["--pop3s", "off", "--smtp", "off"])
+        .env_remove("PEERPOST_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let node = Node {
+        child,
+        imap: 0,
+        imaps: 0,
+        smtp: 0,
+    };
+    let mut port = None;
+    while port.is_none() {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "node exited early");
+        if let Some(a) = line.strip_prefix("imap listening on ") {
+            port = Some(a.trim().rsplit(':').next().unwrap().to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    let f = t.file("off-loopback.py", OFF_LOOPBACK);
+    let o = Command::new("python3")
+        .arg(f)
+        .arg(port.unwrap())
+        .arg(t.home().join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("ALL OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(node);
+}
+
+/// Server side of the mbsync test: "box subject|flags" lines, or with "change": flags the
+/// first note \Answered and APPENDs a message, server side.
+const SERVER: &str = r#"
+import imaplib, re, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+if sys.argv[2] == "change":
+    m.select("INBOX")
+    typ, data = m.search(None, "SUBJECT", '"first note"')
+    m.store(data[0].split()[0], "+FLAGS", "(\\Answered)")
+    m.append("INBOX", None, None, b"Subject: from the server\r\n\r\nnew\r\n")
+else:
+    for box in ["INBOX", "Local"]:
+        if m.select(box, readonly=True)[0] != "OK":
+            continue
+        typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for d in data:
+            if isinstance(d, tuple):
+                subj = d[1].decode().strip().split(": ", 1)[1]
+                flags = re.search(r"FLAGS \(([^)]*)\)", d[0].decode()).group(1)
+                print("%s %s|%s" % (box, subj, flags))
+m.logout()
+"#;
+
+/// Message files of a local Maildir folder: (file name, contents).
+fn maildir_files(dir: &Path) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            for e in rd.flatten() {
+                let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+                v.push((e.file_name().to_string_lossy().into_owned(), content));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn mbsync_syncs_both_ways_twice() {
+    if Command::new("mbsync").arg("--version").output().is_err() {
+        eprintln!("mbsync missing: skipped (apt-get install isync)");
+        return;
+    }
+    let t = TestHome::new();
+    let node = start(&t);
+    let py = |code: &str, name: &str, args: &[String]| {
+        let o = Command::new("python3")
+            .arg(t.file(name, code))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    py(DELIVER, "deliver.py", &[node.smtp.to_string()]);
+    let local = t.dir.path().join("mbsync");
+    std::fs::create_dir_all(&local).unwrap();
+    let rc = t.file(
+        "mbsyncrc",
+        &format!(
+            "IMAPAccount pp\nHost 127.0.0.1\nPort {}\nUser alice\nPass secret-password\n\
+             SSLType None\nAuthMechs LOGIN\n\nIMAPStore remote\nAccount pp\n\n\
+             MaildirStore local\nPath {l}/\nInbox {l}/INBOX\nSubFolders Verbatim\n\n\
+             Channel pp\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\n\
+             Expunge Both\nSyncState *\n",
+            node.imap,
+            l = local.display()
+        ),
+    );
+    let mbsync = || {
+        let o = Command::new("mbsync")
+            .arg("-c")
+            .arg(&rc)
+            .arg("-a")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mbsync failed:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // Down: the three messages arrive, byte for byte.
+    mbsync();
+    let inbox = local.join("INBOX");
+    let files = maildir_files(&inbox);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|(_, c)| c.contains("body of the second note"))
+    );
+
+    // Up: flag one, delete one, add one, and a new folder with a message.
+    let find = |subject: &str| {
+        maildir_files(&inbox)
+            .into_iter()
+            .find(|(_, c)| c.contains(subject))
+            .map(|(n, _)| n)
+            .unwrap()
+    };
+    let path_of = |name: &str| {
+        ["cur", "new"]
+            .iter()
+            .map(|s| inbox.join(s).join(name))
+            .find(|p| p.exists())
+            .unwrap()
+    };
+    let first = find("first note");
+    let flagged = match first.split_once(":2,") {
+        Some((base, flags)) => format!("{base}:2,F{flags}"),
+        None => format!("{first}:2,F"),
+    };
+    std::fs::rename(path_of(&first), inbox.join("cur").join(&flagged)).unwrap();
+    std::fs::remove_file(path_of(&find("second note"))).unwrap();
+    std::fs::write(
+        inbox.join("cur/1700000000.local.host:2,S"),
+        "Subject: written locally\r\n\r\nlocal\r\n",
+    )
+    .unwrap();
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(local.join("Local").join(d)).unwrap();
+    }
+    std::fs::write(
+        local.join("Local/new/1700000001.local.host"),
+        "Subject: in a local folder\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    mbsync();
+    let state = py(SERVER, "server.py", &[node.imap.to_string(), "list".into()]);
+    let has = |prefix: &str| state.lines().any(|l| l.starts_with(prefix));
+    assert!(has("INBOX first note|\\Flagged"), "{state}");
+    assert!(!has("INBOX second note"), "{state}");
+    assert!(has("INBOX written locally|\\Seen"), "{state}");
+    assert!(has("INBOX third note"), "{state}");
+    assert!(has("Local in a local folder"), "{state}");
+
+    // Down again: a flag and a message from the server side.
+    py(
+        SERVER,
+        "server.py",
+        &[node.imap.to_string(), "change".into()],
+    );
+    mbsync();
+    let files = maildir_files(&inbox);
+    assert!(
+        files
+            .iter()
+            .any(|(n, c)| c.contains("body of the first note")
+                && n.rsplit(":2,")
+                    .next()
+                    .is_some_and(|f| f.contains('F') && f.contains('R'))),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|(_, c)| c.contains("from the server")),
+        "{files:?}"
+    );
+    assert_eq!(files.len(), 4, "{files:?}");
+
+    // And once more: nothing left to do on either side.
+    mbsync();
+    assert_eq!(
+        maildir_files(&inbox),
+        files,
+        "a second sync changed the Maildir"
+    );
+    let again = py(SERVER, "server.py", &[node.imap.to_string(), "list".into()]);
+    assert_eq!(
+        again.lines().filter(|l| l.starts_with("INBOX")).count(),
+        4,
+        "{again}"
+    );
+}

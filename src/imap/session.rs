@@ -522,6 +522,7 @@ impl Session {
             return;
         };
         let mut relist = std::mem::take(&mut sel.lagged);
+        let mut folders_changed = false;
         let mut flagged: Vec<EntryId> = Vec::new();
         let mut stash = std::mem::take(&mut sel.stash).into_iter();
         loop {
@@ -556,12 +557,25 @@ impl Session {
                         }
                     }
                 }
+                Ok(Change::Folders) => folders_changed = true,
                 Ok(_) => {}
                 Err(TryRecvError::Lagged(_)) => relist = true,
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
         sel.quiet.clear();
+        if folders_changed || relist {
+            // Renamed by another client: follow it (the engine's calls take names).
+            if let Some(f) = self
+                .ctx
+                .mailbox
+                .folders()
+                .into_iter()
+                .find(|f| f.id == sel.id)
+            {
+                sel.name = f.name;
+            }
+        }
         if relist {
             let now = self.ctx.mailbox.messages_of(sel.id);
             let live: HashSet<u32> = now.iter().map(|m| m.uid).collect();

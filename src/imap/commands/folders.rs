@@ -3,7 +3,7 @@
 use imap_codec::imap_types::mailbox::ListMailbox;
 use imap_codec::imap_types::status::StatusDataItemName;
 
-use super::no;
+use super::{no, uidvalidity};
 use crate::imap::out;
 use crate::imap::session::{Reply, Session};
 use crate::mailbox::Flag;
@@ -182,9 +182,13 @@ pub(super) fn list(
     Reply::Ok(format!("{what} completed"))
 }
 
-pub(super) fn status(s: &mut Session, name: &str, items: &[StatusDataItemName]) -> Reply {
+pub(super) async fn status(s: &mut Session, name: &str, items: &[StatusDataItemName]) -> Reply {
     let Some(info) = s.ctx.mailbox.folder(name) else {
         return Reply::No(format!("[NONEXISTENT] no folder named {name:?}"));
+    };
+    let validity = match uidvalidity(s, &info).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let mut parts = Vec::new();
     for item in items {
@@ -192,9 +196,7 @@ pub(super) fn status(s: &mut Session, name: &str, items: &[StatusDataItemName]) 
             StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", info.exists)),
             StatusDataItemName::Recent => parts.push(format!("RECENT {}", info.recent)),
             StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", info.uidnext)),
-            StatusDataItemName::UidValidity => {
-                parts.push(format!("UIDVALIDITY {}", info.uidvalidity.max(1)))
-            }
+            StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {validity}")),
             StatusDataItemName::Unseen => parts.push(format!("UNSEEN {}", info.unseen)),
             StatusDataItemName::Deleted => {
                 let n = s

@@ -74,8 +74,8 @@ pub(super) async fn dispatch(
         _ if !authed => Reply::Bad("log in first".into()),
 
         // ----- authenticated -----
-        CommandBody::Select { mailbox, .. } => select::select(s, &name(&mailbox), false),
-        CommandBody::Examine { mailbox, .. } => select::select(s, &name(&mailbox), true),
+        CommandBody::Select { mailbox, .. } => select::select(s, &name(&mailbox), false).await,
+        CommandBody::Examine { mailbox, .. } => select::select(s, &name(&mailbox), true).await,
         CommandBody::Create { mailbox } => folders::create(s, &name(&mailbox)).await,
         CommandBody::Delete { mailbox } => folders::delete(s, &name(&mailbox)).await,
         CommandBody::Rename { from, to } => folders::rename(s, &name(&from), &name(&to)).await,
@@ -92,7 +92,7 @@ pub(super) async fn dispatch(
         CommandBody::Status {
             mailbox,
             item_names,
-        } => folders::status(s, &name(&mailbox), &item_names),
+        } => folders::status(s, &name(&mailbox), &item_names).await,
         CommandBody::Append {
             mailbox,
             flags,
@@ -177,6 +177,14 @@ pub(super) fn name(m: &ImapMailbox<'_>) -> String {
             n.strip_suffix('/').map(str::to_string).unwrap_or(n)
         }
     }
+}
+
+/// A folder's UIDVALIDITY, allocated if no message was ever numbered in it.
+pub(super) async fn uidvalidity(s: &Session, info: &mailbox::FolderInfo) -> Result<u32, Reply> {
+    if info.uidvalidity != 0 {
+        return Ok(info.uidvalidity);
+    }
+    s.ctx.mailbox.uidvalidity(info.id).await.map_err(no)
 }
 
 /// The engine's error as a tagged NO.

@@ -4,16 +4,20 @@ use std::collections::HashSet;
 
 use imap_codec::imap_types::sequence::SequenceSet;
 
-use super::{no, resolve, sel};
+use super::{no, resolve, sel, uidvalidity};
 use crate::imap::session::{Msg, Reply, Selected, Session, State};
 use crate::mailbox::{EntryId, Flag};
 
-pub(super) fn select(s: &mut Session, name: &str, read_only: bool) -> Reply {
+pub(super) async fn select(s: &mut Session, name: &str, read_only: bool) -> Reply {
     // Leaving the current folder first (RFC 3501: even if the new SELECT fails).
     s.state = State::Authenticated;
     let feed = s.ctx.mailbox.subscribe();
     let Some(info) = s.ctx.mailbox.folder(name) else {
         return Reply::No(format!("[NONEXISTENT] no folder named {name:?}"));
+    };
+    let validity = match uidvalidity(s, &info).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let map = s.ctx.mailbox.uid_map(info.id);
     let first_unseen = map.iter().position(|m| !m.3);
@@ -32,10 +36,7 @@ pub(super) fn select(s: &mut Session, name: &str, read_only: bool) -> Reply {
     }
     out.line(&format!("* {} EXISTS", msgs.len()));
     out.line(&format!("* {} RECENT", info.recent));
-    out.line(&format!(
-        "* OK [UIDVALIDITY {}] UIDs valid",
-        info.uidvalidity.max(1)
-    ));
+    out.line(&format!("* OK [UIDVALIDITY {validity}] UIDs valid"));
     out.line(&format!(
         "* OK [UIDNEXT {}] predicted next UID",
         info.uidnext
