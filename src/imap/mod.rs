@@ -13,10 +13,12 @@
 //!   not re-list the folder.
 //! * [`mime`]: parsed messages, with a bounded cache of ENVELOPE/BODYSTRUCTURE by object id
 //!   (content-addressed, so never stale).
+//! * [`seen`]: `\Seen` set by FETCH, committed in groups across sessions.
 
 mod commands;
 mod mime;
 mod out;
+mod seen;
 mod session;
 
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct Context {
     pub max_literal: u32,
     /// Rendered ENVELOPE and BODYSTRUCTURE by message object.
     pub(crate) cache: Arc<mime::Cache>,
+    /// `\Seen` by FETCH, committed in groups.
+    pub(crate) seen: Arc<seen::Seen>,
 }
 
 impl Context {
@@ -53,6 +57,7 @@ impl Context {
             tls,
             max_literal: DEFAULT_MAX_LITERAL,
             cache: Arc::new(mime::Cache::default()),
+            seen: Arc::new(seen::Seen::default()),
         }
     }
 }

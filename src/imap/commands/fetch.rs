@@ -12,7 +12,7 @@ use super::{resolve, sel};
 use crate::imap::mime::{self, Target};
 use crate::imap::out;
 use crate::imap::session::{Reply, Session};
-use crate::mailbox::{EntryId, Flag, FlagMode, Flags};
+use crate::mailbox::{EntryId, Flag};
 
 enum Item {
     Uid,
@@ -133,13 +133,7 @@ pub(super) async fn fetch(
             .map(|m| m.entry)
             .collect();
         if !unseen.is_empty() {
-            let seen = Flags::default().with(Flag::Seen);
-            match s
-                .ctx
-                .mailbox
-                .set_flags(&name, &unseen, FlagMode::Add, &seen, true)
-                .await
-            {
+            match s.ctx.seen.mark(&s.ctx.mailbox, &name, unseen.clone()).await {
                 Ok(()) => {
                     for m in infos.iter_mut().flatten() {
                         if unseen.contains(&m.entry) {
