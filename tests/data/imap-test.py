@@ -399,6 +399,11 @@ def hostile():
     lines = until(b"+")
     send(b"hello\r\n")
     check(until(b"d3")[-1].startswith(b"d3 OK"), "sync literal after pipelining")
+    body = b"Subject: literal+\r\n\r\nno continuation needed\r\n"
+    send(b"d31 APPEND INBOX (\\Seen) {%d+}\r\n" % len(body) + body + b"\r\n")
+    lines = until(b"d31")
+    check(lines[-1].startswith(b"d31 OK [APPENDUID") and not any(l.startswith(b"+") for l in lines),
+          "LITERAL+ APPEND without a continuation: %r" % lines)
     send(b"d4 STORE 1 +FLAGS (\\Seen)\r\nd5 LOGOUT\r\n")
     lines = until(b"d5")
     check(any(l.startswith(b"d4 OK") for l in lines) and any(l.startswith(b"* BYE") for l in lines), "logout")
