@@ -688,3 +688,25 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_literal_announcements() {
+        assert_eq!(guess_tag(b"a1 FETCH 1 (FLAGS)\r\n"), "a1");
+        assert_eq!(guess_tag(b"\x00garbage\r\n"), "*");
+        assert_eq!(guess_tag(b"* NOOP\r\n"), "*");
+        assert!(announces_non_sync_literal(
+            b"c1 APPEND INBOX {10000000000+}\r\n"
+        ));
+        assert!(!announces_non_sync_literal(
+            b"c1 APPEND INBOX {10000000000}\r\n"
+        ));
+        assert!(!announces_non_sync_literal(b"c1 APPEND INBOX +}\r\n"));
+        assert!(!announces_non_sync_literal(
+            b"{5+}\r\n".get(1..).unwrap_or_default()
+        ));
+    }
+}

@@ -301,3 +301,60 @@ pub(super) fn uid_set(uids: &[u32]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::imap::session::Msg;
+    use crate::mailbox::OpId;
+
+    fn selected(uids: &[u32]) -> Selected {
+        let id = |i: u32| OpId {
+            device: 1,
+            seq: u64::from(i),
+            idx: 0,
+        };
+        Selected {
+            name: "INBOX".into(),
+            id: id(0),
+            read_only: false,
+            msgs: uids
+                .iter()
+                .map(|u| Msg {
+                    uid: *u,
+                    entry: id(*u),
+                    modseq: 1,
+                })
+                .collect(),
+            feed: tokio::sync::broadcast::channel(1).1,
+            gone: Vec::new(),
+            quiet: HashSet::new(),
+            announced_exists: uids.len(),
+            stash: Vec::new(),
+            lagged: false,
+        }
+    }
+
+    fn set(s: &str) -> SequenceSet {
+        SequenceSet::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn sequence_sets() {
+        let sel = selected(&[3, 5, 9]);
+        assert_eq!(resolve(&sel, &set("1:*"), false), vec![0, 1, 2]);
+        assert_eq!(
+            resolve(&sel, &set("2,2,7"), false),
+            vec![1],
+            "beyond the end is ignored"
+        );
+        assert_eq!(resolve(&sel, &set("4:*"), true), vec![1, 2]);
+        // RFC 3501: n:* includes the last message even when n is above every UID.
+        assert_eq!(resolve(&sel, &set("10:*"), true), vec![2]);
+        assert_eq!(resolve(&sel, &set("1:4294967295"), true), vec![0, 1, 2]);
+        assert!(resolve(&selected(&[]), &set("1:*"), true).is_empty());
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+    }
+}
