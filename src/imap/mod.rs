@@ -20,6 +20,7 @@ mod mime;
 mod out;
 mod seen;
 mod session;
+mod utf7;
 
 use std::sync::Arc;
 

@@ -33,9 +33,9 @@ pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
-/// Appends a mailbox name: an atom-safe name as is, otherwise quoted (names are UTF-8).
+/// Appends a folder name, in modified UTF-7 (the engine's names are UTF-8).
 pub fn mailbox(out: &mut Vec<u8>, name: &str) {
-    string(out, name.as_bytes());
+    string(out, super::utf7::encode(name).as_bytes());
 }
 
 /// `(\Seen \Flagged kw …)`.

@@ -111,10 +111,11 @@ pub(crate) fn matches(pattern: &[char], name: &[char]) -> bool {
 }
 
 fn pattern_text(lm: &ListMailbox<'_>) -> String {
-    match lm {
+    let raw = match lm {
         ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
         ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
-    }
+    };
+    crate::imap::utf7::decode(&raw).unwrap_or(raw)
 }
 
 pub(super) fn list(

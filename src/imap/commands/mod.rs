@@ -173,7 +173,9 @@ pub(super) fn name(m: &ImapMailbox<'_>) -> String {
     match m {
         ImapMailbox::Inbox => "INBOX".into(),
         ImapMailbox::Other(o) => {
-            let n = String::from_utf8_lossy(o.as_ref()).into_owned();
+            let raw = String::from_utf8_lossy(o.as_ref());
+            // Modified UTF-7 on the wire; a name that is not valid in it is taken as is.
+            let n = crate::imap::utf7::decode(&raw).unwrap_or_else(|| raw.into_owned());
             n.strip_suffix('/').map(str::to_string).unwrap_or(n)
         }
     }
