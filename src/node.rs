@@ -25,7 +25,7 @@ use crate::overlay::{self, Event};
 use crate::server::Limits;
 use crate::server::auth::{Authenticator, HashSource};
 use crate::store::Store;
-use crate::{pop3, smtp, tls};
+use crate::{imap, pop3, smtp, tls};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -70,6 +70,8 @@ pub struct NodeConfig {
 pub struct MailConfig {
     pub pop3: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
+    pub imap: Option<SocketAddr>,
+    pub imaps: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -332,6 +334,28 @@ async fn start_mail(
                 pop3::serve(
                     l,
                     pop3_ctx.clone(),
+                    implicit,
+                    Limits::default(),
+                    cancel.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+    }
+    // IMAP (STARTTLS) and IMAPS.
+    let imap_ctx = imap::Context::new(
+        mailbox.clone(),
+        Arc::clone(&pop3_ctx.auth),
+        Some(acceptor.clone()),
+    );
+    for (what, addr, implicit) in [("imap", mail.imap, false), ("imaps", mail.imaps, true)] {
+        if let Some(addr) = addr {
+            let l = bind(what, addr).await?;
+            bound.push((what, l.local_addr().unwrap_or(addr)));
+            tasks.spawn(
+                imap::serve(
+                    l,
+                    imap_ctx.clone(),
                     implicit,
                     Limits::default(),
                     cancel.clone(),

@@ -18,7 +18,7 @@ struct Running {
 }
 
 /// `run` on a free loopback port, overlay only (the mail servers are tested elsewhere).
-const RUN: [&str; 10] = [
+const RUN: [&str; 14] = [
     "run",
     "--no-mdns",
     "--listen",
@@ -28,6 +28,10 @@ const RUN: [&str; 10] = [
     "--pop3s",
     "off",
     "--smtp",
+    "off",
+    "--imap",
+    "off",
+    "--imaps",
     "off",
 ];
 

@@ -48,6 +48,7 @@ fn run_serves_smtp_intake_and_pop3_on_one_mailbox() {
         .arg("--home")
         .arg(t.home())
         .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--imap", "off", "--imaps", "off"])
         .args([
             "--pop3",
             "127.0.0.1:0",

@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 // `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.
 mod fs;
+// The IMAP server through `peerpost run`: imaplib (every command, STARTTLS, IMAPS, IDLE), hostile input, mutt.
+mod imap;
 // Erasure-coded bundles in a 20-node ring: 60 % of the nodes (the owner too) fail, mail survives.
 mod durability;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.

@@ -1,5 +1,5 @@
 //! `peerpost run`: join the overlay, publish this user's directory record, serve peers, the
-//! control socket and the mail servers (POP3, POP3S, SMTP intake) until SIGINT or SIGTERM.
+//! control socket and the mail servers (IMAP, IMAPS, POP3, POP3S, SMTP intake) until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +35,12 @@ pub struct Args {
     /// Serve POP3 over implicit TLS here instead of pop3.tls_listen; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub pop3s: Option<Listen>,
+    /// Serve IMAP (with STARTTLS) here instead of imap.listen; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub imap: Option<Listen>,
+    /// Serve IMAP over implicit TLS here instead of imap.tls_listen; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub imaps: Option<Listen>,
     /// Serve the SMTP intake here instead of smtp.intake; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub smtp: Option<Listen>,
@@ -109,6 +115,8 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     nc.mail = Some(MailConfig {
         pop3: pick(args.pop3, config.pop3.listen),
         pop3s: pick(args.pop3s, config.pop3.tls_listen),
+        imap: pick(args.imap, config.imap.listen),
+        imaps: pick(args.imaps, config.imap.tls_listen),
         smtp: pick(args.smtp, config.smtp.intake),
         tls_cert: config.tls.cert.clone(),
         tls_key: config.tls.key.clone(),

@@ -244,6 +244,25 @@ fn info(e: &Engine, f: crdt::FolderView) -> FolderInfo {
     }
 }
 
+/// A folder's first head row: a new UIDVALIDITY (above every one handed out), UIDNEXT 1.
+fn fresh_head(tx: &mut Tx<'_, '_>, now: u32) -> Result<[u8; 16]> {
+    let last = tx
+        .get(Table::FolderUids, &LAST_UIDVALIDITY_KEY)?
+        .and_then(|v| v.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0);
+    let validity = now.max(last.saturating_add(1)).max(1);
+    tx.put(
+        Table::FolderUids,
+        &LAST_UIDVALIDITY_KEY,
+        &validity.to_be_bytes(),
+    )?;
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&validity.to_be_bytes());
+    h[4..8].copy_from_slice(&1u32.to_be_bytes());
+    Ok(h)
+}
+
 /// Numbers entries inside a transaction: a UID for each new one (UIDVALIDITY for a folder seen
 /// for the first time), a MODSEQ for each change, a "gone" mark for each removal. Rows already
 /// present are reused, so numbering the same change twice (two processes) gives one answer.
@@ -260,23 +279,7 @@ fn number_rows(
             Some(h) => *h,
             None => match tx.get(Table::FolderUids, &fkey)? {
                 Some(v) if v.len() == 16 => v.try_into().unwrap_or([0; 16]),
-                _ => {
-                    let last = tx
-                        .get(Table::FolderUids, &LAST_UIDVALIDITY_KEY)?
-                        .and_then(|v| v.try_into().ok())
-                        .map(u32::from_be_bytes)
-                        .unwrap_or(0);
-                    let validity = now.max(last.saturating_add(1)).max(1);
-                    tx.put(
-                        Table::FolderUids,
-                        &LAST_UIDVALIDITY_KEY,
-                        &validity.to_be_bytes(),
-                    )?;
-                    let mut h = [0u8; 16];
-                    h[0..4].copy_from_slice(&validity.to_be_bytes());
-                    h[4..8].copy_from_slice(&1u32.to_be_bytes());
-                    h
-                }
+                _ => fresh_head(tx, now)?,
             },
         };
         let mut ukey = [0u8; 40];
@@ -838,6 +841,88 @@ impl Mailbox {
                 Some(MessageInfo {
                     entry: *entry,
                     uid: *uid,
+                    modseq,
+                    object: rec.message.object,
+                    size: rec.message.size,
+                    internal_date: rec.message.internal_date,
+                    flags: e.crdt.flags(*entry),
+                    recent: e.crdt.recent(*entry),
+                    maildir_name: rec.message.maildir_name.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// A folder's UIDVALIDITY, allocated now if none of its messages has been numbered yet:
+    /// an IMAP client must see the same value before and after the first message arrives.
+    pub async fn uidvalidity(&self, folder: FolderId) -> Result<u32> {
+        if let Some(u) = self.read_engine().uids.get(&folder)
+            && u.uidvalidity != 0
+        {
+            return Ok(u.uidvalidity);
+        }
+        let _w = self.inner.write.lock().await;
+        let now = (now_ms() / 1000) as u32;
+        let head = self
+            .inner
+            .store
+            .transact(move |tx| -> Result<[u8; 16]> {
+                let fkey = folder.to_bytes();
+                if let Some(v) = tx.get(Table::FolderUids, &fkey)?
+                    && let Ok(h) = <[u8; 16]>::try_from(v.as_slice())
+                {
+                    return Ok(h);
+                }
+                let h = fresh_head(tx, now)?;
+                tx.put(Table::FolderUids, &fkey, &h)?;
+                Ok(h)
+            })
+            .await?;
+        let mut e = self.write_engine();
+        let f = e.uids.entry(folder).or_default();
+        if f.uidvalidity == 0 {
+            f.uidvalidity = u32::from_be_bytes(head[0..4].try_into().unwrap_or([0; 4]));
+            f.uidnext = f
+                .uidnext
+                .max(u32::from_be_bytes(head[4..8].try_into().unwrap_or([0; 4])));
+        }
+        Ok(f.uidvalidity)
+    }
+
+    /// The cheap listing of a folder an IMAP session keeps: (uid, entry, modseq, seen) by UID.
+    pub fn uid_map(&self, folder: FolderId) -> Vec<(u32, EntryId, u64, bool)> {
+        let e = self.read_engine();
+        let Some(u) = e.uids.get(&folder) else {
+            return Vec::new();
+        };
+        u.by_uid
+            .iter()
+            .filter(|(_, entry)| e.crdt.entry(**entry).is_some())
+            .map(|(uid, entry)| {
+                let modseq = u.by_entry.get(entry).map_or(0, |(_, m)| *m);
+                (*uid, *entry, modseq, e.crdt.flags(*entry).has(Flag::Seen))
+            })
+            .collect()
+    }
+
+    /// Some messages of a folder by entry, under one read lock: `None` for an entry no longer
+    /// there. For sessions that keep their own sequence-number map (IMAP) and must not re-list
+    /// a large folder per command.
+    pub fn messages_by_entry(
+        &self,
+        folder: FolderId,
+        entries: &[EntryId],
+    ) -> Vec<Option<MessageInfo>> {
+        let e = self.read_engine();
+        let u = e.uids.get(&folder);
+        entries
+            .iter()
+            .map(|entry| {
+                let rec = e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
+                let (uid, modseq) = *u?.by_entry.get(entry)?;
+                Some(MessageInfo {
+                    entry: *entry,
+                    uid,
                     modseq,
                     object: rec.message.object,
                     size: rec.message.size,

@@ -4,6 +4,11 @@
 //! After each failure from an address its next answer is delayed (0.25 s, 0.5 s, … up to 8 s);
 //! after [`LOCKOUT_AFTER`] failures in [`WINDOW`] the address is refused without a check until
 //! the window has passed. The table of addresses is bounded.
+//!
+//! A successful check is remembered for [`VERIFIED_FOR`] (as a digest of user and password
+//! under a random per-process key, tied to the stored hash it was checked against), so mail
+//! clients that log in for every action do not pay Argon2 each time; a changed password hash
+//! or a different password is checked in full.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,6 +22,16 @@ use crate::crypto::password;
 pub const LOCKOUT_AFTER: u32 = 20;
 pub const WINDOW: Duration = Duration::from_secs(600);
 const MAX_TRACKED: usize = 4096;
+/// How long a verified (user, password) is remembered.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(600);
+const MAX_VERIFIED: usize = 8;
+
+/// A remembered successful login.
+struct Verified {
+    stored_hash: String,
+    digest: [u8; 32],
+    at: Instant,
+}
 
 /// Where the current password hash comes from (the home's `password` file, in practice).
 pub type HashSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -40,6 +55,9 @@ pub struct Authenticator {
     address: String,
     hash: HashSource,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Random key of the remembered-login digests (`None`: no remembering).
+    cache_key: Option<[u8; 32]>,
+    verified: Mutex<Vec<Verified>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -54,6 +72,8 @@ impl Authenticator {
             address: address.to_lowercase(),
             hash,
             failures: Mutex::new(HashMap::new()),
+            cache_key: crate::crypto::random_bytes().ok(),
+            verified: Mutex::new(Vec::new()),
         }
     }
 
@@ -65,6 +85,20 @@ impl Authenticator {
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, Vec<Verified>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn digest(&self, user: &str, pass: &str) -> Option<[u8; 32]> {
+        let key = self.cache_key?;
+        let mut b = Vec::with_capacity(32 + user.len() + 1 + pass.len());
+        b.extend_from_slice(&key);
+        b.extend_from_slice(user.to_lowercase().as_bytes());
+        b.push(0);
+        b.extend_from_slice(pass.as_bytes());
+        Some(crate::crypto::hash(&b))
     }
 
     /// Checks a login. Never faster than the throttle allows for this address.
@@ -84,14 +118,41 @@ impl Authenticator {
         }
         let ok = self.user_matches(user) && {
             let hash = (self.hash)();
-            let pass = pass.to_string();
-            match hash {
-                Some(h) => tokio::task::spawn_blocking(move || {
-                    password::verify_password(&pass, &h).unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false),
-                None => false,
+            let digest = self.digest(user, pass);
+            let remembered = match (&hash, digest) {
+                (Some(h), Some(d)) => self.verified().iter().any(|v| {
+                    v.stored_hash == *h && v.digest == d && now.duration_since(v.at) < VERIFIED_FOR
+                }),
+                _ => false,
+            };
+            if remembered {
+                true
+            } else {
+                let pass = pass.to_string();
+                match hash {
+                    Some(h) => {
+                        let checked = h.clone();
+                        let ok = tokio::task::spawn_blocking(move || {
+                            password::verify_password(&pass, &checked).unwrap_or(false)
+                        })
+                        .await
+                        .unwrap_or(false);
+                        if let (true, Some(d)) = (ok, digest) {
+                            let mut v = self.verified();
+                            v.retain(|x| x.digest != d && now.duration_since(x.at) < VERIFIED_FOR);
+                            if v.len() >= MAX_VERIFIED {
+                                v.remove(0);
+                            }
+                            v.push(Verified {
+                                stored_hash: h,
+                                digest: d,
+                                at: now,
+                            });
+                        }
+                        ok
+                    }
+                    None => false,
+                }
             }
         };
         if ok {
@@ -122,6 +183,27 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_login_follows_the_stored_hash() {
+        let current = Arc::new(Mutex::new(password::hash_password("one").unwrap()));
+        let c = Arc::clone(&current);
+        let a = Authenticator::new(
+            "alice@example.org",
+            Arc::new(move || Some(c.lock().unwrap().clone())),
+        );
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(a.check(ip, "alice", "one").await, Outcome::Ok);
+        assert_eq!(a.check(ip, "alice", "one").await, Outcome::Ok, "remembered");
+        assert_eq!(a.check(ip, "alice", "two").await, Outcome::Denied);
+        *current.lock().unwrap() = password::hash_password("two").unwrap();
+        assert_eq!(
+            a.check(ip, "alice", "one").await,
+            Outcome::Denied,
+            "passwd applies at once"
+        );
+        assert_eq!(a.check(ip, "alice", "two").await, Outcome::Ok);
+    }
 
     fn auth() -> Authenticator {
         let h = password::hash_password("right").unwrap();

@@ -1,0 +1,376 @@
+//! FETCH and UID FETCH: FLAGS, INTERNALDATE, RFC822[.HEADER|.TEXT|.SIZE], ENVELOPE, BODY,
+//! BODYSTRUCTURE, BODY[section]<partial>, BODY.PEEK, UID. A non-peek body fetch sets \Seen.
+
+use std::borrow::Cow;
+
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::sequence::SequenceSet;
+
+use super::{resolve, sel};
+use crate::imap::mime::{self, Target};
+use crate::imap::out;
+use crate::imap::session::{Reply, Session};
+use crate::mailbox::{EntryId, Flag};
+
+enum Item {
+    Uid,
+    Flags,
+    InternalDate,
+    Size,
+    Envelope,
+    Body,
+    BodyStructure,
+    Rfc822,
+    Rfc822Header,
+    Rfc822Text,
+    Section {
+        section: Option<Section<'static>>,
+        partial: Option<(u32, u32)>,
+        peek: bool,
+    },
+}
+
+impl Item {
+    fn needs_bytes(&self) -> bool {
+        matches!(
+            self,
+            Item::Rfc822 | Item::Rfc822Header | Item::Rfc822Text | Item::Section { .. }
+        )
+    }
+
+    fn sets_seen(&self) -> bool {
+        matches!(
+            self,
+            Item::Rfc822 | Item::Rfc822Text | Item::Section { peek: false, .. }
+        )
+    }
+}
+
+fn items(m: MacroOrMessageDataItemNames<'static>) -> Result<Vec<Item>, &'static str> {
+    let names = match m {
+        MacroOrMessageDataItemNames::Macro(Macro::Fast) => {
+            return Ok(vec![Item::Flags, Item::InternalDate, Item::Size]);
+        }
+        MacroOrMessageDataItemNames::Macro(Macro::All) => {
+            return Ok(vec![
+                Item::Flags,
+                Item::InternalDate,
+                Item::Size,
+                Item::Envelope,
+            ]);
+        }
+        MacroOrMessageDataItemNames::Macro(Macro::Full) => {
+            return Ok(vec![
+                Item::Flags,
+                Item::InternalDate,
+                Item::Size,
+                Item::Envelope,
+                Item::Body,
+            ]);
+        }
+        MacroOrMessageDataItemNames::Macro(_) => return Err("unknown macro"),
+        MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+    };
+    names
+        .into_iter()
+        .map(|n| {
+            Ok(match n {
+                MessageDataItemName::Body => Item::Body,
+                MessageDataItemName::BodyExt {
+                    section,
+                    partial,
+                    peek,
+                } => Item::Section {
+                    section,
+                    partial: partial.map(|(o, n)| (o, n.get())),
+                    peek,
+                },
+                MessageDataItemName::BodyStructure => Item::BodyStructure,
+                MessageDataItemName::Envelope => Item::Envelope,
+                MessageDataItemName::Flags => Item::Flags,
+                MessageDataItemName::InternalDate => Item::InternalDate,
+                MessageDataItemName::Rfc822 => Item::Rfc822,
+                MessageDataItemName::Rfc822Header => Item::Rfc822Header,
+                MessageDataItemName::Rfc822Size => Item::Size,
+                MessageDataItemName::Rfc822Text => Item::Rfc822Text,
+                MessageDataItemName::Uid => Item::Uid,
+                _ => return Err("BINARY and MODSEQ are not supported"),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn fetch(
+    s: &mut Session,
+    set: &SequenceSet,
+    names: MacroOrMessageDataItemNames<'static>,
+    uid: bool,
+) -> std::io::Result<Reply> {
+    let mut items = match items(names) {
+        Ok(i) => i,
+        Err(e) => return Ok(Reply::Bad(e.into())),
+    };
+    if uid && !items.iter().any(|i| matches!(i, Item::Uid)) {
+        items.insert(0, Item::Uid);
+    }
+    let Some(cur) = sel(s) else {
+        return Ok(Reply::Bad("no folder selected".into()));
+    };
+    let idx = resolve(cur, set, uid);
+    let (folder, name, read_only) = (cur.id, cur.name.clone(), cur.read_only);
+    let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
+    let mut infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
+
+    // \Seen first, so the answers show it.
+    let mut seen_now = std::collections::HashSet::new();
+    if !read_only && items.iter().any(Item::sets_seen) {
+        let unseen: Vec<EntryId> = infos
+            .iter()
+            .flatten()
+            .filter(|m| !m.flags.has(Flag::Seen))
+            .map(|m| m.entry)
+            .collect();
+        if !unseen.is_empty() {
+            match s.ctx.seen.mark(&s.ctx.mailbox, &name, unseen.clone()).await {
+                Ok(()) => {
+                    for m in infos.iter_mut().flatten() {
+                        if unseen.contains(&m.entry) {
+                            m.flags.set(Flag::Seen, true);
+                        }
+                    }
+                    seen_now.extend(unseen.iter().copied());
+                    if let Some(cur) = sel(s) {
+                        cur.quiet.extend(unseen);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "setting \\Seen on FETCH"),
+            }
+        }
+    }
+    let wants_flags = items.iter().any(|i| matches!(i, Item::Flags));
+    let needs_bytes = items.iter().any(Item::needs_bytes);
+    let needs_parse = items
+        .iter()
+        .any(|i| matches!(i, Item::Envelope | Item::Body | Item::BodyStructure));
+    let mut failed = 0usize;
+    for (i, info) in idx.iter().zip(infos) {
+        let Some(info) = info else {
+            continue;
+        };
+        let rendered = if needs_parse {
+            s.ctx.cache.get(&info.object)
+        } else {
+            None
+        };
+        let raw = if needs_bytes || (needs_parse && rendered.is_none()) {
+            match s.ctx.mailbox.read(info.entry).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "FETCH read failed");
+                    failed += 1;
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let rendered = match (rendered, &raw) {
+            (Some(r), _) => Some(r),
+            (None, Some(raw)) if needs_parse => Some(s.ctx.cache.get_or_render(info.object, raw)),
+            _ => None,
+        };
+        let o = &mut s.conn.out;
+        o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+        let mut first = true;
+        let mut sep = |o: &mut Vec<u8>| {
+            if !first {
+                o.push(b' ');
+            }
+            first = false;
+        };
+        for item in &items {
+            sep(o);
+            match item {
+                Item::Uid => o.extend_from_slice(format!("UID {}", info.uid).as_bytes()),
+                Item::Flags => {
+                    o.extend_from_slice(b"FLAGS ");
+                    out::flags(o, &info.flags);
+                }
+                Item::InternalDate => {
+                    o.extend_from_slice(b"INTERNALDATE ");
+                    o.extend_from_slice(out::date_time(info.internal_date).as_bytes());
+                }
+                Item::Size => o.extend_from_slice(format!("RFC822.SIZE {}", info.size).as_bytes()),
+                Item::Envelope | Item::Body | Item::BodyStructure => {
+                    let (label, bytes): (&[u8], &[u8]) = match (item, &rendered) {
+                        (Item::Envelope, Some(r)) => (b"ENVELOPE ", &r.envelope),
+                        (Item::Body, Some(r)) => (b"BODY ", &r.body),
+                        (_, Some(r)) => (b"BODYSTRUCTURE ", &r.bodystructure),
+                        _ => (b"ENVELOPE ", b"NIL"),
+                    };
+                    o.extend_from_slice(label);
+                    o.extend_from_slice(bytes);
+                }
+                Item::Rfc822 | Item::Rfc822Header | Item::Rfc822Text => {
+                    let raw = raw.as_deref().map_or(&[][..], |r| r.as_slice());
+                    let h = mime::header_len(raw);
+                    let (label, bytes): (&[u8], &[u8]) = match item {
+                        Item::Rfc822 => (b"RFC822 ", raw),
+                        Item::Rfc822Header => (b"RFC822.HEADER ", &raw[..h]),
+                        _ => (b"RFC822.TEXT ", &raw[h..]),
+                    };
+                    o.extend_from_slice(label);
+                    out::literal(o, bytes);
+                }
+                Item::Section {
+                    section, partial, ..
+                } => {
+                    let raw = raw.as_deref().map_or(&[][..], |r| r.as_slice());
+                    let bytes = section_bytes(raw, section.as_ref());
+                    o.extend_from_slice(b"BODY[");
+                    section_name(o, section.as_ref());
+                    o.push(b']');
+                    match partial {
+                        Some((origin, count)) => {
+                            let start = (*origin as usize).min(bytes.len());
+                            let end = start.saturating_add(*count as usize).min(bytes.len());
+                            o.extend_from_slice(format!("<{origin}> ").as_bytes());
+                            out::literal(o, &bytes[start..end]);
+                        }
+                        None => {
+                            o.push(b' ');
+                            out::literal(o, &bytes);
+                        }
+                    }
+                }
+            }
+        }
+        if !wants_flags && seen_now.contains(&info.entry) {
+            sep(o);
+            o.extend_from_slice(b"FLAGS ");
+            out::flags(o, &info.flags);
+        }
+        o.extend_from_slice(b")\r\n");
+        s.conn.flush_if_big().await?;
+    }
+    Ok(if failed == 0 {
+        Reply::Ok("FETCH completed".into())
+    } else {
+        Reply::No(format!(
+            "[UNAVAILABLE] {failed} messages could not be read now"
+        ))
+    })
+}
+
+fn part_path(p: &imap_codec::imap_types::fetch::Part) -> Vec<u32> {
+    p.0.as_ref().iter().map(|n| n.get()).collect()
+}
+
+fn write_path(o: &mut Vec<u8>, p: &Option<imap_codec::imap_types::fetch::Part>, dot: bool) {
+    if let Some(p) = p {
+        let s: Vec<String> = part_path(p).iter().map(u32::to_string).collect();
+        o.extend_from_slice(s.join(".").as_bytes());
+        if dot {
+            o.push(b'.');
+        }
+    }
+}
+
+/// Echoes a section spec: `1.2.HEADER.FIELDS (SUBJECT FROM)`.
+fn section_name(o: &mut Vec<u8>, section: Option<&Section<'_>>) {
+    let Some(section) = section else {
+        return;
+    };
+    let names = |o: &mut Vec<u8>, list: &[imap_codec::imap_types::core::AString<'_>]| {
+        o.extend_from_slice(b" (");
+        for (i, n) in list.iter().enumerate() {
+            if i > 0 {
+                o.push(b' ');
+            }
+            let b: &[u8] = n.as_ref();
+            if !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_graphic() && !b"()\"\\{}%*[]".contains(c))
+            {
+                o.extend_from_slice(b);
+            } else {
+                out::string(o, b);
+            }
+        }
+        o.push(b')');
+    };
+    match section {
+        Section::Part(p) => write_path(o, &Some(p.clone()), false),
+        Section::Header(p) => {
+            write_path(o, p, true);
+            o.extend_from_slice(b"HEADER");
+        }
+        Section::HeaderFields(p, list) => {
+            write_path(o, p, true);
+            o.extend_from_slice(b"HEADER.FIELDS");
+            names(o, list.as_ref());
+        }
+        Section::HeaderFieldsNot(p, list) => {
+            write_path(o, p, true);
+            o.extend_from_slice(b"HEADER.FIELDS.NOT");
+            names(o, list.as_ref());
+        }
+        Section::Text(p) => {
+            write_path(o, p, true);
+            o.extend_from_slice(b"TEXT");
+        }
+        Section::Mime(p) => {
+            write_path(o, &Some(p.clone()), true);
+            o.extend_from_slice(b"MIME");
+        }
+    }
+}
+
+/// Header-ish sections of a message's bytes.
+fn of_message<'a>(raw: &'a [u8], section: &Section<'_>) -> Cow<'a, [u8]> {
+    let h = mime::header_len(raw);
+    let names = |list: &[imap_codec::imap_types::core::AString<'_>]| -> Vec<Vec<u8>> {
+        list.iter().map(|n| n.as_ref().to_vec()).collect()
+    };
+    match section {
+        Section::Header(_) => Cow::Borrowed(&raw[..h]),
+        Section::Text(_) => Cow::Borrowed(&raw[h..]),
+        Section::HeaderFields(_, l) => {
+            Cow::Owned(mime::header_fields(&raw[..h], &names(l.as_ref()), false))
+        }
+        Section::HeaderFieldsNot(_, l) => {
+            Cow::Owned(mime::header_fields(&raw[..h], &names(l.as_ref()), true))
+        }
+        Section::Part(_) | Section::Mime(_) => Cow::Borrowed(raw),
+    }
+}
+
+/// The bytes a section names; empty when the message has no such part.
+fn section_bytes<'a>(raw: &'a [u8], section: Option<&Section<'_>>) -> Cow<'a, [u8]> {
+    let Some(section) = section else {
+        return Cow::Borrowed(raw);
+    };
+    let path = match section {
+        Section::Part(p) | Section::Mime(p) => Some(part_path(p)),
+        Section::Header(p) | Section::Text(p) => p.as_ref().map(part_path),
+        Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _) => p.as_ref().map(part_path),
+    };
+    let Some(path) = path else {
+        return of_message(raw, section);
+    };
+    let Some(msg) = mime::parse(raw) else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(Target::Part(part, praw)) = mime::resolve(&msg, &path) else {
+        return Cow::Borrowed(&[]);
+    };
+    let (header, body) = mime::part_bytes(part, praw);
+    match section {
+        Section::Part(_) => Cow::Owned(body.to_vec()),
+        Section::Mime(_) => Cow::Owned(header.to_vec()),
+        // HEADER/TEXT of a part: the part is a message/rfc822; its body is that message.
+        other => Cow::Owned(of_message(body, other).into_owned()),
+    }
+}

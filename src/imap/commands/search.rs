@@ -1,0 +1,284 @@
+//! SEARCH and UID SEARCH: every RFC 3501 key, CHARSET UTF-8/US-ASCII. Text keys match
+//! case-insensitively (ASCII) against the raw header field or its decoded value, and BODY/TEXT
+//! against the raw message bytes.
+
+use std::sync::Arc;
+
+use imap_codec::imap_types::datetime::NaiveDate;
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+
+use super::{resolve, sel};
+use crate::imap::mime;
+use crate::imap::session::{Reply, Selected, Session};
+use crate::mailbox::{EntryId, Flag, MessageInfo};
+
+fn needs_bytes(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::And(v) => v.as_ref().iter().any(needs_bytes),
+        SearchKey::Not(k) => needs_bytes(k),
+        SearchKey::Or(a, b) => needs_bytes(a) || needs_bytes(b),
+        SearchKey::Bcc(_)
+        | SearchKey::Body(_)
+        | SearchKey::Cc(_)
+        | SearchKey::From(_)
+        | SearchKey::Header(..)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Text(_)
+        | SearchKey::To(_) => true,
+        _ => false,
+    }
+}
+
+/// Case-insensitive (ASCII) substring test.
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.len() > hay.len() {
+        return false;
+    }
+    let first = needle[0].to_ascii_lowercase();
+    let last = hay.len() - needle.len();
+    let mut i = 0;
+    while i <= last {
+        match hay[i..=last]
+            .iter()
+            .position(|b| b.to_ascii_lowercase() == first)
+        {
+            Some(p) => i += p,
+            None => return false,
+        }
+        if hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+fn day(d: &NaiveDate) -> i64 {
+    d.as_ref()
+        .and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp())
+        .div_euclid(86_400)
+}
+
+/// One message being tested, its bytes read once if any key needs them.
+struct Candidate<'a> {
+    seq: u32,
+    info: &'a MessageInfo,
+    raw: Option<&'a [u8]>,
+    header_len: usize,
+}
+
+impl Candidate<'_> {
+    fn header(&self) -> &[u8] {
+        self.raw.map_or(&[][..], |r| &r[..self.header_len])
+    }
+
+    /// Does any field `name` contain `needle` (raw, or decoded by mail-parser)?
+    fn field_has(&self, name: &[u8], needle: &[u8]) -> bool {
+        let fields = mime::fields(self.header());
+        let mut encoded = false;
+        for (n, f) in &fields {
+            if !n.trim_ascii().eq_ignore_ascii_case(name) {
+                continue;
+            }
+            let v = mime::field_value(f);
+            if contains(&v, needle) {
+                return true;
+            }
+            encoded |= contains(&v, b"=?");
+        }
+        if !encoded {
+            return false;
+        }
+        // Encoded words: compare with the decoded value as well.
+        let raw = self.raw.unwrap_or_default();
+        let Some(m) = mime::parse(&raw[..self.header_len]) else {
+            return false;
+        };
+        let name = String::from_utf8_lossy(name);
+        m.headers().iter().any(|h| {
+            h.name.as_str().eq_ignore_ascii_case(&name)
+                && decoded(h.value()).is_some_and(|v| contains(v.as_bytes(), needle))
+        })
+    }
+
+    fn sent_day(&self) -> Option<i64> {
+        let raw = self.raw?;
+        let m = mime::parse(&raw[..self.header_len])?;
+        Some(m.date()?.to_timestamp().div_euclid(86_400))
+    }
+
+    fn matches(&self, k: &SearchKey<'_>, sel: &Selected, largest_uid: u32) -> bool {
+        let f = &self.info.flags;
+        let idate = self.info.internal_date.div_euclid(86_400);
+        match k {
+            SearchKey::And(v) => v.as_ref().iter().all(|k| self.matches(k, sel, largest_uid)),
+            SearchKey::SequenceSet(set) => in_set(set, self.seq, sel.msgs.len() as u32),
+            SearchKey::Uid(set) => in_set(set, self.info.uid, largest_uid),
+            SearchKey::All => true,
+            SearchKey::Answered => f.has(Flag::Replied),
+            SearchKey::Deleted => f.has(Flag::Trashed),
+            SearchKey::Draft => f.has(Flag::Draft),
+            SearchKey::Flagged => f.has(Flag::Flagged),
+            SearchKey::Seen => f.has(Flag::Seen),
+            SearchKey::Unanswered => !f.has(Flag::Replied),
+            SearchKey::Undeleted => !f.has(Flag::Trashed),
+            SearchKey::Undraft => !f.has(Flag::Draft),
+            SearchKey::Unflagged => !f.has(Flag::Flagged),
+            SearchKey::Unseen => !f.has(Flag::Seen),
+            SearchKey::Recent => self.info.recent,
+            SearchKey::New => self.info.recent && !f.has(Flag::Seen),
+            SearchKey::Old => !self.info.recent,
+            SearchKey::Keyword(k) => has_keyword(self.info, k.as_ref()),
+            SearchKey::Unkeyword(k) => !has_keyword(self.info, k.as_ref()),
+            SearchKey::Larger(n) => self.info.size > u64::from(*n),
+            SearchKey::Smaller(n) => self.info.size < u64::from(*n),
+            SearchKey::Before(d) => idate < day(d),
+            SearchKey::On(d) => idate == day(d),
+            SearchKey::Since(d) => idate >= day(d),
+            SearchKey::SentBefore(d) => self.sent_day().is_some_and(|x| x < day(d)),
+            SearchKey::SentOn(d) => self.sent_day().is_some_and(|x| x == day(d)),
+            SearchKey::SentSince(d) => self.sent_day().is_some_and(|x| x >= day(d)),
+            SearchKey::Not(k) => !self.matches(k, sel, largest_uid),
+            SearchKey::Or(a, b) => {
+                self.matches(a, sel, largest_uid) || self.matches(b, sel, largest_uid)
+            }
+            SearchKey::Bcc(v) => self.field_has(b"bcc", v.as_ref()),
+            SearchKey::Cc(v) => self.field_has(b"cc", v.as_ref()),
+            SearchKey::From(v) => self.field_has(b"from", v.as_ref()),
+            SearchKey::To(v) => self.field_has(b"to", v.as_ref()),
+            SearchKey::Subject(v) => self.field_has(b"subject", v.as_ref()),
+            SearchKey::Header(name, v) => self.field_has(name.as_ref(), v.as_ref()),
+            SearchKey::Body(v) => self
+                .raw
+                .is_some_and(|r| contains(&r[self.header_len..], v.as_ref())),
+            SearchKey::Text(v) => self.raw.is_some_and(|r| contains(r, v.as_ref())),
+        }
+    }
+}
+
+fn decoded(v: &mail_parser::HeaderValue<'_>) -> Option<String> {
+    use mail_parser::{Address, HeaderValue};
+    match v {
+        HeaderValue::Text(t) => Some(t.to_string()),
+        HeaderValue::TextList(l) => Some(l.join(" ")),
+        HeaderValue::Address(a) => {
+            let list: Vec<&mail_parser::Addr<'_>> = match a {
+                Address::List(l) => l.iter().collect(),
+                Address::Group(g) => g.iter().flat_map(|g| g.addresses.iter()).collect(),
+            };
+            Some(
+                list.iter()
+                    .map(|x| {
+                        format!(
+                            "{} <{}>",
+                            x.name.as_deref().unwrap_or(""),
+                            x.address.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        }
+        _ => None,
+    }
+}
+
+fn has_keyword(info: &MessageInfo, k: &str) -> bool {
+    if k.eq_ignore_ascii_case("$Forwarded") {
+        return info.flags.has(Flag::Passed);
+    }
+    info.flags
+        .keywords
+        .iter()
+        .any(|x| x.eq_ignore_ascii_case(k))
+}
+
+fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
+    super::ranges(set, largest)
+        .iter()
+        .any(|(lo, hi)| (*lo..=*hi).contains(&n))
+}
+
+pub(super) async fn search(
+    s: &mut Session,
+    charset: Option<&str>,
+    criteria: &[SearchKey<'_>],
+    uid: bool,
+) -> std::io::Result<Reply> {
+    if let Some(c) = charset
+        && !c.eq_ignore_ascii_case("UTF-8")
+        && !c.eq_ignore_ascii_case("US-ASCII")
+    {
+        return Ok(Reply::No(
+            "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into(),
+        ));
+    }
+    let Some(cur) = sel(s) else {
+        return Ok(Reply::Bad("no folder selected".into()));
+    };
+    let all = SequenceSet::try_from("1:*").ok();
+    let idx = match &all {
+        Some(a) => resolve(cur, a, false),
+        None => (0..cur.msgs.len()).collect(),
+    };
+    let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
+    let folder = cur.id;
+    let largest_uid = cur.msgs.last().map_or(0, |m| m.uid);
+    let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
+    let bytes = criteria.iter().any(needs_bytes);
+    let mut hits: Vec<u32> = Vec::new();
+    for (i, info) in idx.iter().zip(infos.iter()) {
+        let Some(info) = info else { continue };
+        let raw: Option<Arc<Vec<u8>>> = if bytes {
+            match s.ctx.mailbox.read(info.entry).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SEARCH read failed");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(cur) = sel(s) else {
+            return Ok(Reply::Bad("no folder selected".into()));
+        };
+        let c = Candidate {
+            seq: *i as u32 + 1,
+            info,
+            raw: raw.as_deref().map(|r| r.as_slice()),
+            header_len: raw.as_deref().map_or(0, |r| mime::header_len(r)),
+        };
+        if criteria.iter().all(|k| c.matches(k, cur, largest_uid)) {
+            hits.push(if uid { info.uid } else { *i as u32 + 1 });
+        }
+    }
+    let mut line = String::from("* SEARCH");
+    for h in hits {
+        line.push(' ');
+        line.push_str(&h.to_string());
+    }
+    s.conn.line(&line);
+    Ok(Reply::Ok("SEARCH completed".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn substring() {
+        assert!(contains(b"Hello World", b"world"));
+        assert!(contains(b"abc", b""));
+        assert!(!contains(b"abc", b"abcd"));
+        assert!(contains(b"aaab", b"AAB"));
+    }
+}

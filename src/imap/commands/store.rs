@@ -1,0 +1,141 @@
+//! STORE (+/-FLAGS[.SILENT]), COPY and MOVE (with UIDPLUS's COPYUID), and their UID forms.
+
+use imap_codec::imap_types::flag::{Flag as ImapFlag, StoreResponse, StoreType};
+use imap_codec::imap_types::sequence::SequenceSet;
+
+use super::{flags_from, no, resolve, sel, uid_set};
+use crate::imap::out;
+use crate::imap::session::{Reply, Session};
+use crate::mailbox::{EntryId, FlagMode};
+
+pub(super) async fn store(
+    s: &mut Session,
+    set: &SequenceSet,
+    kind: StoreType,
+    response: StoreResponse,
+    flags: &[ImapFlag<'_>],
+    uid: bool,
+) -> Reply {
+    let Some(cur) = sel(s) else {
+        return Reply::Bad("no folder selected".into());
+    };
+    if cur.read_only {
+        return Reply::No("[READ-ONLY] the folder is open read-only".into());
+    }
+    let idx = resolve(cur, set, uid);
+    let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
+    let (folder, name) = (cur.id, cur.name.clone());
+    // This session reports these itself (or, with .SILENT, not at all).
+    cur.quiet.extend(entries.iter().copied());
+    let mode = match kind {
+        StoreType::Add => FlagMode::Add,
+        StoreType::Remove => FlagMode::Remove,
+        StoreType::Replace => FlagMode::Replace,
+    };
+    let wanted = flags_from(flags);
+    // Messages expunged meanwhile by someone else are skipped (RFC 3501 allows either).
+    let live: Vec<EntryId> = s
+        .ctx
+        .mailbox
+        .messages_by_entry(folder, &entries)
+        .into_iter()
+        .flatten()
+        .map(|m| m.entry)
+        .collect();
+    if let Err(e) = s
+        .ctx
+        .mailbox
+        .set_flags(&name, &live, mode, &wanted, false)
+        .await
+    {
+        return no(e);
+    }
+    if response == StoreResponse::Answer {
+        for (i, info) in idx
+            .iter()
+            .zip(s.ctx.mailbox.messages_by_entry(folder, &entries))
+        {
+            let Some(info) = info else { continue };
+            let o = &mut s.conn.out;
+            o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+            if uid {
+                o.extend_from_slice(format!("UID {} ", info.uid).as_bytes());
+            }
+            o.extend_from_slice(b"FLAGS ");
+            out::flags(o, &info.flags);
+            o.extend_from_slice(b")\r\n");
+        }
+    }
+    Reply::Ok("STORE completed".into())
+}
+
+pub(super) async fn copy(
+    s: &mut Session,
+    set: &SequenceSet,
+    to: &str,
+    uid: bool,
+    moving: bool,
+) -> Reply {
+    let Some(cur) = sel(s) else {
+        return Reply::Bad("no folder selected".into());
+    };
+    if moving && cur.read_only {
+        return Reply::No("[READ-ONLY] the folder is open read-only".into());
+    }
+    let idx = resolve(cur, set, uid);
+    let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
+    let src_uid: std::collections::HashMap<EntryId, u32> = idx
+        .iter()
+        .map(|i| (cur.msgs[*i].entry, cur.msgs[*i].uid))
+        .collect();
+    let (folder, name) = (cur.id, cur.name.clone());
+    let Some(target) = s.ctx.mailbox.folder(to) else {
+        return Reply::No(format!("[TRYCREATE] no folder named {to:?}"));
+    };
+    let live: Vec<EntryId> = s
+        .ctx
+        .mailbox
+        .messages_by_entry(folder, &entries)
+        .into_iter()
+        .flatten()
+        .map(|m| m.entry)
+        .collect();
+    if live.is_empty() {
+        return Reply::Ok(
+            if moving {
+                "MOVE completed"
+            } else {
+                "COPY completed"
+            }
+            .into(),
+        );
+    }
+    let done = if moving {
+        s.ctx.mailbox.move_to(&name, &live, &target.name).await
+    } else {
+        s.ctx.mailbox.copy(&name, &live, &target.name).await
+    };
+    let pairs = match done {
+        Ok(p) => p,
+        Err(e) => return no(e),
+    };
+    let validity = s
+        .ctx
+        .mailbox
+        .folder(&target.name)
+        .map_or(target.uidvalidity, |f| f.uidvalidity)
+        .max(1);
+    let from: Vec<u32> = pairs
+        .iter()
+        .filter_map(|(e, _)| src_uid.get(e).copied())
+        .collect();
+    let into: Vec<u32> = pairs.iter().map(|(_, m)| m.uid).collect();
+    let code = format!("[COPYUID {validity} {} {}]", uid_set(&from), uid_set(&into));
+    if moving {
+        // RFC 6851: COPYUID in an untagged OK before the EXPUNGEs.
+        s.conn.line(&format!("* OK {code} moved"));
+        Reply::Ok("MOVE completed".into())
+    } else {
+        Reply::Ok(format!("{code} COPY completed"))
+    }
+}

@@ -1,0 +1,504 @@
+//! Messages as IMAP sees them: ENVELOPE, BODY/BODYSTRUCTURE, body sections, and the header
+//! and text tests of SEARCH. Parsing is mail-parser's; the raw header block and its fields are
+//! split here (the fast path of BODY[HEADER…] and header searches needs no MIME parse).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mail_parser::{Address, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+
+use super::out;
+use crate::crypto::ObjectId;
+
+/// Rendered once per message content (content-addressed: never stale).
+#[derive(Debug)]
+pub struct Rendered {
+    pub envelope: Vec<u8>,
+    pub body: Vec<u8>,
+    pub bodystructure: Vec<u8>,
+}
+
+/// ENVELOPE/BODYSTRUCTURE by object id, bounded.
+#[derive(Debug, Default)]
+pub struct Cache {
+    map: Mutex<HashMap<ObjectId, Arc<Rendered>>>,
+}
+
+const CACHE_ENTRIES: usize = 50_000;
+
+impl Cache {
+    pub fn get(&self, object: &ObjectId) -> Option<Arc<Rendered>> {
+        self.lock().get(object).cloned()
+    }
+
+    pub fn get_or_render(&self, object: ObjectId, raw: &[u8]) -> Arc<Rendered> {
+        if let Some(r) = self.lock().get(&object) {
+            return Arc::clone(r);
+        }
+        let r = Arc::new(render(raw));
+        let mut m = self.lock();
+        if m.len() >= CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(object, Arc::clone(&r));
+        r
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Arc<Rendered>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    MessageParser::default().parse(raw)
+}
+
+fn render(raw: &[u8]) -> Rendered {
+    let mut envelope = Vec::new();
+    let mut body = Vec::new();
+    let mut bodystructure = Vec::new();
+    match parse(raw) {
+        Some(m) => {
+            write_envelope(&mut envelope, &m, raw);
+            write_body(&mut body, &m, 0, false);
+            write_body(&mut bodystructure, &m, 0, true);
+        }
+        None => {
+            // Not a parsable message: an empty envelope and a text/plain body.
+            envelope.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
+            let lines = raw.iter().filter(|b| **b == b'\n').count();
+            let b = format!(
+                "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" {} {lines})",
+                raw.len()
+            );
+            body.extend_from_slice(b.as_bytes());
+            bodystructure.extend_from_slice(b.as_bytes());
+        }
+    }
+    Rendered {
+        envelope,
+        body,
+        bodystructure,
+    }
+}
+
+// ----- raw header block -----
+
+/// Length of the header block including the blank line that ends it.
+pub fn header_len(raw: &[u8]) -> usize {
+    let mut i = 0;
+    while i < raw.len() {
+        // At the start of a line: is it empty?
+        if raw[i..].starts_with(b"\r\n") {
+            return i + 2;
+        }
+        if raw[i] == b'\n' {
+            return i + 1;
+        }
+        match raw[i..].iter().position(|b| *b == b'\n') {
+            Some(p) => i += p + 1,
+            None => return raw.len(),
+        }
+    }
+    raw.len()
+}
+
+/// The fields of a header block: (name, whole field bytes including its line ends).
+pub fn fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut i = 0;
+    while i < header.len() {
+        let end = header[i..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(header.len(), |p| i + p + 1);
+        let line = &header[i..end];
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = out.last_mut() {
+                let start = last.1.as_ptr() as usize - header.as_ptr() as usize;
+                last.1 = &header[start..end];
+            }
+        } else if let Some(colon) = line.iter().position(|b| *b == b':') {
+            out.push((&line[..colon], line));
+        }
+        i = end;
+    }
+    out
+}
+
+/// The value of a field, unfolded and trimmed.
+pub fn field_value(field: &[u8]) -> Vec<u8> {
+    let colon = field.iter().position(|b| *b == b':').map_or(0, |p| p + 1);
+    let v: Vec<u8> = field[colon..]
+        .iter()
+        .copied()
+        .filter(|b| *b != b'\r' && *b != b'\n')
+        .collect();
+    v.trim_ascii().to_vec()
+}
+
+/// HEADER.FIELDS / HEADER.FIELDS.NOT of a header block, with the closing blank line.
+pub fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, field) in fields(header) {
+        let hit = names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.trim_ascii()));
+        if hit != not {
+            out.extend_from_slice(field);
+            if !field.ends_with(b"\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+// ----- sections -----
+
+/// Where a section path leads.
+pub enum Target<'m, 'x> {
+    /// The message itself (or a message/rfc822 part's message).
+    Message(&'m Message<'x>),
+    /// A leaf or multipart part, with the raw bytes its offsets refer to.
+    Part(&'m MessagePart<'x>, &'m [u8]),
+}
+
+/// Follows a part path (`1.2.3`) from the message root.
+pub fn resolve<'m, 'x>(msg: &'m Message<'x>, path: &[u32]) -> Option<Target<'m, 'x>> {
+    let mut cur = Target::Message(msg);
+    for n in path {
+        let n = *n as usize;
+        let (part, raw) = match cur {
+            Target::Message(m) => (m.parts.first()?, m.raw_message.as_ref()),
+            Target::Part(p, raw) => match &p.body {
+                PartType::Message(m) => (m.parts.first()?, m.raw_message.as_ref()),
+                _ => (p, raw),
+            },
+        };
+        let owner = match cur {
+            Target::Message(m) => m,
+            Target::Part(p, _) => match &p.body {
+                PartType::Message(m) => m,
+                _ => {
+                    // A leaf has only part 1 (itself) when it is the body of a message.
+                    return None;
+                }
+            },
+        };
+        cur = match &part.body {
+            PartType::Multipart(children) => {
+                let id = *children.get(n.checked_sub(1)?)?;
+                Target::Part(owner.parts.get(id as usize)?, raw)
+            }
+            _ if n == 1 => Target::Part(part, raw),
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Bytes of a part: (header, body) slices of its raw message.
+pub fn part_bytes<'r>(p: &MessagePart<'_>, raw: &'r [u8]) -> (&'r [u8], &'r [u8]) {
+    let h0 = (p.offset_header as usize).min(raw.len());
+    let b0 = (p.offset_body as usize).clamp(h0, raw.len());
+    let e = (p.offset_end as usize).clamp(b0, raw.len());
+    (&raw[h0..b0], &raw[b0..e])
+}
+
+// ----- ENVELOPE -----
+
+fn write_envelope(o: &mut Vec<u8>, m: &Message<'_>, raw: &[u8]) {
+    let header = &raw[..header_len(raw).min(raw.len())];
+    let fields = fields(header);
+    let raw_field = |name: &str| -> Option<Vec<u8>> {
+        fields
+            .iter()
+            .find(|(n, _)| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, f)| field_value(f))
+    };
+    o.push(b'(');
+    out::nstring(o, raw_field("Date").as_deref());
+    o.push(b' ');
+    out::nstring(o, raw_field("Subject").as_deref());
+    let from = m.from();
+    for a in [
+        from,
+        m.sender().or(from),
+        m.reply_to().or(from),
+        m.to(),
+        m.cc(),
+        m.bcc(),
+    ] {
+        o.push(b' ');
+        addresses(o, a);
+    }
+    o.push(b' ');
+    out::nstring(o, raw_field("In-Reply-To").as_deref());
+    o.push(b' ');
+    out::nstring(o, raw_field("Message-ID").as_deref());
+    o.push(b')');
+}
+
+fn one_address(o: &mut Vec<u8>, name: Option<&str>, addr: Option<&str>) {
+    o.push(b'(');
+    out::nstring(o, name.map(str::as_bytes));
+    o.extend_from_slice(b" NIL ");
+    let (local, host) = match addr {
+        Some(a) => match a.rsplit_once('@') {
+            Some((l, h)) => (Some(l), Some(h)),
+            None => (Some(a), None),
+        },
+        None => (None, None),
+    };
+    out::nstring(o, local.map(str::as_bytes));
+    o.push(b' ');
+    out::nstring(o, host.map(str::as_bytes));
+    o.push(b')');
+}
+
+fn addresses(o: &mut Vec<u8>, a: Option<&Address<'_>>) {
+    let Some(a) = a else {
+        o.extend_from_slice(b"NIL");
+        return;
+    };
+    let start = o.len();
+    o.push(b'(');
+    match a {
+        Address::List(list) => {
+            for x in list {
+                one_address(o, x.name.as_deref(), x.address.as_deref());
+            }
+        }
+        Address::Group(groups) => {
+            for g in groups {
+                if let Some(name) = g.name.as_deref() {
+                    // RFC 3501 group syntax: (NIL NIL "group" NIL) … (NIL NIL NIL NIL).
+                    o.extend_from_slice(b"(NIL NIL ");
+                    out::string(o, name.as_bytes());
+                    o.extend_from_slice(b" NIL)");
+                    for x in &g.addresses {
+                        one_address(o, x.name.as_deref(), x.address.as_deref());
+                    }
+                    o.extend_from_slice(b"(NIL NIL NIL NIL)");
+                } else {
+                    for x in &g.addresses {
+                        one_address(o, x.name.as_deref(), x.address.as_deref());
+                    }
+                }
+            }
+        }
+    }
+    if o.len() == start + 1 {
+        o.truncate(start);
+        o.extend_from_slice(b"NIL");
+    } else {
+        o.push(b')');
+    }
+}
+
+// ----- BODY / BODYSTRUCTURE -----
+
+fn upper(s: &str) -> Vec<u8> {
+    s.to_ascii_uppercase().into_bytes()
+}
+
+fn write_params(
+    o: &mut Vec<u8>,
+    attrs: Option<&[mail_parser::Attribute<'_>]>,
+    extra: &[(&str, &str)],
+) {
+    let mut items: Vec<(Vec<u8>, Vec<u8>)> = attrs
+        .unwrap_or_default()
+        .iter()
+        .map(|a| (upper(&a.name), a.value.as_bytes().to_vec()))
+        .collect();
+    for (k, v) in extra {
+        if !items.iter().any(|(n, _)| n == k.as_bytes()) {
+            items.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+        }
+    }
+    if items.is_empty() {
+        o.extend_from_slice(b"NIL");
+        return;
+    }
+    o.push(b'(');
+    for (i, (k, v)) in items.iter().enumerate() {
+        if i > 0 {
+            o.push(b' ');
+        }
+        out::string(o, k);
+        o.push(b' ');
+        out::string(o, v);
+    }
+    o.push(b')');
+}
+
+fn write_ext(o: &mut Vec<u8>, p: &MessagePart<'_>) {
+    // disposition, language, location
+    o.push(b' ');
+    match p.content_disposition() {
+        Some(d) => {
+            o.push(b'(');
+            out::string(o, &upper(d.ctype()));
+            o.push(b' ');
+            write_params(o, d.attributes(), &[]);
+            o.push(b')');
+        }
+        None => o.extend_from_slice(b"NIL"),
+    }
+    o.push(b' ');
+    match p.content_language().as_text_list() {
+        Some(l) if !l.is_empty() => {
+            o.push(b'(');
+            for (i, x) in l.iter().enumerate() {
+                if i > 0 {
+                    o.push(b' ');
+                }
+                out::string(o, x.as_bytes());
+            }
+            o.push(b')');
+        }
+        _ => match p.content_language().as_text() {
+            Some(t) => out::string(o, t.as_bytes()),
+            None => o.extend_from_slice(b"NIL"),
+        },
+    }
+    o.push(b' ');
+    out::nstring(o, p.content_location().map(str::as_bytes));
+}
+
+fn write_body(o: &mut Vec<u8>, m: &Message<'_>, id: usize, ext: bool) {
+    let Some(p) = m.parts.get(id) else {
+        o.extend_from_slice(b"NIL");
+        return;
+    };
+    let raw = m.raw_message.as_ref();
+    let ct = p.content_type();
+    match &p.body {
+        PartType::Multipart(children) => {
+            o.push(b'(');
+            for c in children {
+                write_body(o, m, *c as usize, ext);
+            }
+            if children.is_empty() {
+                // RFC 3501 needs at least one part.
+                o.extend_from_slice(
+                    b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0)",
+                );
+            }
+            o.push(b' ');
+            let sub = ct.and_then(|c| c.subtype()).unwrap_or("mixed");
+            out::string(o, &upper(sub));
+            if ext {
+                o.push(b' ');
+                write_params(o, ct.and_then(|c| c.attributes()), &[]);
+                write_ext(o, p);
+            }
+            o.push(b')');
+        }
+        body => {
+            let (_, bytes) = part_bytes(p, raw);
+            let (ty, sub) = match ct {
+                Some(c) => (
+                    c.ctype().to_string(),
+                    c.subtype()
+                        .unwrap_or(match c.ctype().to_ascii_lowercase().as_str() {
+                            "text" => "plain",
+                            _ => "octet-stream",
+                        })
+                        .to_string(),
+                ),
+                None => match body {
+                    PartType::Message(_) => ("message".into(), "rfc822".into()),
+                    _ => ("text".into(), "plain".into()),
+                },
+            };
+            let is_text = ty.eq_ignore_ascii_case("text");
+            o.push(b'(');
+            out::string(o, &upper(&ty));
+            o.push(b' ');
+            out::string(o, &upper(&sub));
+            o.push(b' ');
+            let charset_default: &[(&str, &str)] = if is_text {
+                &[("CHARSET", "US-ASCII")]
+            } else {
+                &[]
+            };
+            write_params(o, ct.and_then(|c| c.attributes()), charset_default);
+            o.push(b' ');
+            out::nstring(o, p.content_id().map(str::as_bytes));
+            o.push(b' ');
+            out::nstring(o, p.content_description().map(str::as_bytes));
+            o.push(b' ');
+            let enc = p.content_transfer_encoding().unwrap_or("7BIT");
+            out::string(o, &upper(enc));
+            o.extend_from_slice(format!(" {}", bytes.len()).as_bytes());
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            if let PartType::Message(nested) = body {
+                if ty.eq_ignore_ascii_case("message") {
+                    o.push(b' ');
+                    write_envelope(o, nested, nested.raw_message.as_ref());
+                    o.push(b' ');
+                    write_body(o, nested, 0, ext);
+                    o.extend_from_slice(format!(" {lines}").as_bytes());
+                }
+            } else if is_text {
+                o.extend_from_slice(format!(" {lines}").as_bytes());
+            }
+            if ext {
+                o.extend_from_slice(b" NIL");
+                write_ext(o, p);
+            }
+            o.push(b')');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.org, \"C D\" <cd@x.y>\r\nSubject: hi\r\n there\r\nMessage-ID: <1@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n";
+
+    #[test]
+    fn envelope_and_structure() {
+        let r = render(MSG);
+        let env = String::from_utf8(r.envelope.clone()).unwrap();
+        assert!(
+            env.starts_with("(NIL \"hi there\" ((\"Alice\" NIL \"alice\" \"example.org\"))"),
+            "{env}"
+        );
+        assert!(
+            env.contains("((NIL NIL \"bob\" \"example.org\")(\"C D\" NIL \"cd\" \"x.y\"))"),
+            "{env}"
+        );
+        assert!(env.ends_with(" NIL \"<1@x>\")"), "{env}");
+        let bs = String::from_utf8(r.bodystructure).unwrap();
+        assert!(
+            bs.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" "),
+            "{bs}"
+        );
+        assert!(
+            bs.contains("(\"APPLICATION\" \"PDF\" NIL NIL NIL \"BASE64\" "),
+            "{bs}"
+        );
+        assert!(bs.contains(" \"MIXED\" (\"BOUNDARY\" \"b\")"), "{bs}");
+        let m = parse(MSG).unwrap();
+        let Some(Target::Part(p, raw)) = resolve(&m, &[1]) else {
+            panic!("part 1")
+        };
+        assert!(part_bytes(p, raw).1.starts_with(b"hello"));
+        assert!(resolve(&m, &[3]).is_none());
+    }
+
+    #[test]
+    fn header_helpers() {
+        let h = &MSG[..header_len(MSG)];
+        assert!(h.ends_with(b"boundary=b\r\n\r\n"));
+        let f = header_fields(h, &[b"subject".to_vec()], false);
+        assert_eq!(f, b"Subject: hi\r\n there\r\n\r\n");
+        assert_eq!(field_value(fields(h)[2].1), b"hi there");
+    }
+}

@@ -1,0 +1,89 @@
+//! The IMAP server (RFC 3501 IMAP4rev1 with IDLE, UIDPLUS, MOVE, LITERAL+, NAMESPACE, ID,
+//! ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS) on the mailbox engine.
+//!
+//! The only module that uses imap-codec (command parsing) and mail-parser (ENVELOPE,
+//! BODYSTRUCTURE, sections, SEARCH). Responses are written by [`out`].
+//!
+//! * [`session`]: one task per connection: framing (lines into a bounded buffer, literals
+//!   checked against the limit before a byte of them is read), the state machine
+//!   NotAuthenticated → Authenticated → Selected → Logout, STARTTLS, IDLE.
+//! * [`commands`]: one file per command group.
+//! * A selected folder is a [`session::Selected`]: the session's own seq ↔ uid map, kept up to
+//!   date from the engine's change feed (a lagging feed means re-list and diff), so commands do
+//!   not re-list the folder.
+//! * [`mime`]: parsed messages, with a bounded cache of ENVELOPE/BODYSTRUCTURE by object id
+//!   (content-addressed, so never stale).
+//! * [`seen`]: `\Seen` set by FETCH, committed in groups across sessions.
+
+mod commands;
+mod mime;
+mod out;
+mod seen;
+mod session;
+mod utf7;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::mailbox::Mailbox;
+use crate::server::auth::Authenticator;
+use crate::server::{self, Limits};
+use crate::tls::Acceptor;
+
+/// Largest literal accepted (an APPENDed message, a long search string).
+pub const DEFAULT_MAX_LITERAL: u32 = 50 * 1024 * 1024;
+
+/// What every IMAP session shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub mailbox: Mailbox,
+    pub auth: Arc<Authenticator>,
+    /// For STARTTLS (and implicit TLS).
+    pub tls: Option<Acceptor>,
+    /// Largest literal (and so message) accepted.
+    pub max_literal: u32,
+    /// Rendered ENVELOPE and BODYSTRUCTURE by message object.
+    pub(crate) cache: Arc<mime::Cache>,
+    /// `\Seen` by FETCH, committed in groups.
+    pub(crate) seen: Arc<seen::Seen>,
+}
+
+impl Context {
+    pub fn new(mailbox: Mailbox, auth: Arc<Authenticator>, tls: Option<Acceptor>) -> Context {
+        Context {
+            mailbox,
+            auth,
+            tls,
+            max_literal: DEFAULT_MAX_LITERAL,
+            cache: Arc::new(mime::Cache::default()),
+            seen: Arc::new(seen::Seen::default()),
+        }
+    }
+}
+
+/// Serves IMAP on `listener` until `shutdown`. With `implicit_tls`, connections start with a
+/// TLS handshake (IMAPS, port 993's protocol).
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Context,
+    implicit_tls: bool,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let tls = if implicit_tls { ctx.tls.clone() } else { None };
+    let ctx = Arc::new(ctx);
+    server::serve(
+        "imap",
+        listener,
+        tls,
+        limits,
+        shutdown,
+        move |stream, peer, token| {
+            let ctx = Arc::clone(&ctx);
+            async move { session::run(stream, peer, ctx, token).await }
+        },
+    )
+    .await;
+}

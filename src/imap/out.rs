@@ -1,0 +1,118 @@
+//! Writing responses: strings (quoted or literal), flags, dates.
+
+use crate::mailbox::{Flag, Flags};
+
+/// Appends an IMAP string: quoted when it is short 7-bit text, a literal otherwise.
+pub fn string(out: &mut Vec<u8>, s: &[u8]) {
+    let quotable = s.len() <= 1024 && s.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t');
+    if quotable {
+        out.push(b'"');
+        for b in s {
+            if *b == b'"' || *b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(*b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, s);
+    }
+}
+
+/// Appends a literal.
+pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    out.extend_from_slice(s);
+}
+
+/// Appends NIL or a string.
+pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// Appends a folder name, in modified UTF-7 (the engine's names are UTF-8).
+pub fn mailbox(out: &mut Vec<u8>, name: &str) {
+    string(out, super::utf7::encode(name).as_bytes());
+}
+
+/// `(\Seen \Flagged kw …)`.
+pub fn flags(out: &mut Vec<u8>, f: &Flags) {
+    out.push(b'(');
+    let mut first = true;
+    for flag in Flag::ALL {
+        if f.has(flag) {
+            if !first {
+                out.push(b' ');
+            }
+            first = false;
+            out.extend_from_slice(flag.imap().as_bytes());
+        }
+    }
+    for k in &f.keywords {
+        if !first {
+            out.push(b' ');
+        }
+        first = false;
+        out.extend_from_slice(k.as_bytes());
+    }
+    out.push(b')');
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Days since 1970-01-01 → (year, month 1-12, day 1-31) (Howard Hinnant's algorithm).
+pub fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// An INTERNALDATE: `"17-Jul-1996 02:44:25 +0000"` (UTC), quotes included.
+pub fn date_time(secs: i64) -> String {
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "\"{:02}-{}-{:04} {:02}:{:02}:{:02} +0000\"",
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_dates() {
+        let mut o = Vec::new();
+        string(&mut o, b"a \"b\" \\c");
+        assert_eq!(o, b"\"a \\\"b\\\" \\\\c\"");
+        let mut o = Vec::new();
+        string(&mut o, "é".as_bytes());
+        assert_eq!(o, b"{2}\r\n\xc3\xa9");
+        assert_eq!(date_time(0), "\"01-Jan-1970 00:00:00 +0000\"");
+        assert_eq!(date_time(1_700_000_000), "\"14-Nov-2023 22:13:20 +0000\"");
+        let mut o = Vec::new();
+        flags(
+            &mut o,
+            &Flags::default().with(Flag::Seen).with(Flag::Trashed),
+        );
+        assert_eq!(o, b"(\\Seen \\Deleted)");
+    }
+}

@@ -1,0 +1,493 @@
+//! The IMAP server through `peerpost run`: Python's imaplib drives every command (plain,
+//! STARTTLS, implicit TLS), two sessions watch each other, IDLE is woken by mail arriving over
+//! the SMTP intake; hostile input over raw sockets leaves the server answering; and real mutt
+//! reads, flags, moves and deletes over imap://.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{BIN, Mutt, TestHome};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+
+struct Node {
+    child: Child,
+    imap: u16,
+    imaps: u16,
+    smtp: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SIGTERM: the node says BYE to its sessions and stops cleanly.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start(t: &TestHome) -> Node {
+    t.init("alice@example.org");
+    let mut child = Command::new(BIN)
+        .arg("--home")
+        .arg(t.home())
+        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
+        .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
+        .env_remove("PEERPOST_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut imap, mut imaps, mut smtp) = (None, None, None);
+    let started = Instant::now();
+    let port = |l: &str| l.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    while imap.is_none() || imaps.is_none() || smtp.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node did not report its servers"
+        );
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("node exited early");
+        }
+        if let Some(a) = line.strip_prefix("imap listening on ") {
+            imap = Some(port(a));
+        }
+        if let Some(a) = line.strip_prefix("imaps listening on ") {
+            imaps = Some(port(a));
+        }
+        if let Some(a) = line.strip_prefix("smtp listening on ") {
+            smtp = Some(port(a));
+        }
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    Node {
+        child,
+        imap: imap.unwrap(),
+        imaps: imaps.unwrap(),
+        smtp: smtp.unwrap(),
+    }
+}
+
+fn script(t: &TestHome, node: &Node, part: &str) {
+    let o = Command::new("python3")
+        .arg(format!("{DATA}/imap-test.py"))
+        .args([
+            node.imap.to_string(),
+            node.imaps.to_string(),
+            node.smtp.to_string(),
+        ])
+        .arg(t.home().join("tls/cert.pem"))
+        .arg(part)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && stdout.contains("ALL OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn imaplib_drives_every_command_two_sessions_and_idle() {
+    let t = TestHome::new();
+    let node = start(&t);
+    script(&t, &node, "commands");
+}
+
+#[test]
+fn hostile_input_is_refused_and_the_server_keeps_serving() {
+    let t = TestHome::new();
+    let mut node = start(&t);
+    script(&t, &node, "hostile");
+    assert!(
+        node.child.try_wait().unwrap().is_none(),
+        "the node died under hostile input"
+    );
+}
+
+const DELIVER: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+for i, subj in enumerate(["first note", "second note", "third note"]):
+    s.sendmail("bob@example.net", ["alice@example.org"],
+        ("From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: %s\r\n"
+         "Date: Mon, 02 Oct 2023 10:0%d:00 +0000\r\n\r\nbody of the %s\r\n" % (subj, i, subj)).encode())
+s.quit()
+"#;
+
+/// What the server holds afterwards, through imaplib: "subject|flags" per INBOX message, then
+/// the Archive subjects.
+const INSPECT: &str = r#"
+import imaplib, re, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+for box in ["INBOX", "Archive"]:
+    m.select(box, readonly=True)
+    typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    for d in data:
+        if isinstance(d, tuple):
+            subj = d[1].decode().strip().split(": ", 1)[1]
+            flags = re.search(r"FLAGS \(([^)]*)\)", d[0].decode()).group(1)
+            print("%s %s|%s" % (box, subj, flags))
+m.logout()
+"#;
+
+#[test]
+fn mutt_over_imap_reads_flags_moves_and_deletes() {
+    if !Mutt::available() {
+        eprintln!("mutt or tmux missing: skipped (scripts/setup --test installs them)");
+        return;
+    }
+    let t = TestHome::new();
+    let node = start(&t);
+    let py = |code: &str, name: &str| {
+        let f = t.file(name, code);
+        let o = Command::new("python3")
+            .arg(f)
+            .arg(if name == "deliver.py" {
+                node.smtp.to_string()
+            } else {
+                node.imap.to_string()
+            })
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    py(DELIVER, "deliver.py");
+    let url = format!("imap://alice:secret-password@127.0.0.1:{}/INBOX", node.imap);
+    let mutt = Mutt::start(
+        &t,
+        "imap",
+        Path::new(&url),
+        &format!(
+            "set ssl_starttls=no\nset ssl_force_tls=no\nset imap_passive=yes\n\
+             set imap_check_subscribed=no\nset sort=mailbox-order\nset confirmappend=no\n\
+             set delete=yes\nset folder=imap://alice:secret-password@127.0.0.1:{}/\n\
+             set index_format=\"@@ %4C %Z %s\"\n",
+            node.imap
+        ),
+    );
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = mutt.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mutt never showed {what:?}:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // List.
+    let screen = wait_for("third note");
+    assert!(
+        screen.contains("first note") && screen.contains("second note"),
+        "{screen}"
+    );
+    // Read the first message.
+    mutt.keys("Enter");
+    wait_for("body of the first note");
+    mutt.keys("q");
+    wait_for("@@");
+    // Flag the second.
+    mutt.keys("2");
+    mutt.keys("Enter");
+    mutt.keys("F");
+    // Move the third to Archive (save, then delete).
+    mutt.keys("3");
+    mutt.keys("Enter");
+    mutt.keys("s");
+    wait_for("Save to mailbox");
+    mutt.keys("C-u");
+    for c in "=Archive".chars() {
+        mutt.keys(&c.to_string());
+    }
+    mutt.keys("Enter");
+    // Delete the first.
+    mutt.keys("1");
+    mutt.keys("Enter");
+    mutt.keys("d");
+    // Write the changes back.
+    mutt.keys("$");
+    std::thread::sleep(Duration::from_millis(800));
+    mutt.keys("q");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(mutt);
+
+    let state = py(INSPECT, "inspect.py");
+    let lines: Vec<&str> = state.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("INBOX second note|") && l.contains("\\Flagged")),
+        "flagged:\n{state}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("INBOX first note")),
+        "deleted:\n{state}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("INBOX third note")),
+        "moved away:\n{state}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("Archive third note")),
+        "moved into Archive:\n{state}"
+    );
+}
+
+const OFF_LOOPBACK: &str = r#"
+import imaplib, ssl, sys
+port, cert = int(sys.argv[1]), sys.argv[2]
+m = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+assert "LOGINDISABLED" in m.capabilities and "AUTH=PLAIN" not in m.capabilities, m.capabilities
+try:
+    m.login("alice", "secret-password")
+    raise SystemExit("FAILED: plaintext LOGIN accepted on a non-loopback listener")
+except imaplib.IMAP4.error as e:
+    assert "PRIVACYREQUIRED" in str(e), e
+ctx = ssl.create_default_context(cafile=cert)
+ctx.check_hostname = False
+m.starttls(ssl_context=ctx)
+assert "AUTH=PLAIN" in m.capabilities, m.capabilities
+assert m.login("alice", "secret-password")[0] == "OK"
+m.logout()
+print("ALL OK")
+"#;
+
+#[test]
+fn plaintext_login_is_refused_off_loopback_until_starttls() {
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    // A listener on all addresses is not loopback, whoever connects.
+    let mut child = Command::new(BIN)
+        .arg("--home")
+        .arg(t.home())
+        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--imap", "0.0.0.0:0", "--imaps", "off", "--pop3", "off"])
+        .args(["--pop3s", "off", "--smtp", "off"])
+        .env_remove("PEERPOST_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let node = Node {
+        child,
+        imap: 0,
+        imaps: 0,
+        smtp: 0,
+    };
+    let mut port = None;
+    while port.is_none() {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "node exited early");
+        if let Some(a) = line.strip_prefix("imap listening on ") {
+            port = Some(a.trim().rsplit(':').next().unwrap().to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    let f = t.file("off-loopback.py", OFF_LOOPBACK);
+    let o = Command::new("python3")
+        .arg(f)
+        .arg(port.unwrap())
+        .arg(t.home().join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("ALL OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(node);
+}
+
+/// Server side of the mbsync test: "box subject|flags" lines, or with "change": flags the
+/// first note \Answered and APPENDs a message, server side.
+const SERVER: &str = r#"
+import imaplib, re, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+if sys.argv[2] == "change":
+    m.select("INBOX")
+    typ, data = m.search(None, "SUBJECT", '"first note"')
+    m.store(data[0].split()[0], "+FLAGS", "(\\Answered)")
+    m.append("INBOX", None, None, b"Subject: from the server\r\n\r\nnew\r\n")
+else:
+    for box in ["INBOX", "Local"]:
+        if m.select(box, readonly=True)[0] != "OK":
+            continue
+        typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for d in data:
+            if isinstance(d, tuple):
+                subj = d[1].decode().strip().split(": ", 1)[1]
+                flags = re.search(r"FLAGS \(([^)]*)\)", d[0].decode()).group(1)
+                print("%s %s|%s" % (box, subj, flags))
+m.logout()
+"#;
+
+/// Message files of a local Maildir folder: (file name, contents).
+fn maildir_files(dir: &Path) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            for e in rd.flatten() {
+                let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+                v.push((e.file_name().to_string_lossy().into_owned(), content));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn mbsync_syncs_both_ways_twice() {
+    if Command::new("mbsync").arg("--version").output().is_err() {
+        eprintln!("mbsync missing: skipped (apt-get install isync)");
+        return;
+    }
+    let t = TestHome::new();
+    let node = start(&t);
+    let py = |code: &str, name: &str, args: &[String]| {
+        let o = Command::new("python3")
+            .arg(t.file(name, code))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    py(DELIVER, "deliver.py", &[node.smtp.to_string()]);
+    let local = t.dir.path().join("mbsync");
+    std::fs::create_dir_all(&local).unwrap();
+    let rc = t.file(
+        "mbsyncrc",
+        &format!(
+            "IMAPAccount pp\nHost 127.0.0.1\nPort {}\nUser alice\nPass secret-password\n\
+             SSLType None\nAuthMechs LOGIN\n\nIMAPStore remote\nAccount pp\n\n\
+             MaildirStore local\nPath {l}/\nInbox {l}/INBOX\nSubFolders Verbatim\n\n\
+             Channel pp\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\n\
+             Expunge Both\nSyncState *\n",
+            node.imap,
+            l = local.display()
+        ),
+    );
+    let mbsync = || {
+        let o = Command::new("mbsync")
+            .arg("-c")
+            .arg(&rc)
+            .arg("-a")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mbsync failed:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // Down: the three messages arrive, byte for byte.
+    mbsync();
+    let inbox = local.join("INBOX");
+    let files = maildir_files(&inbox);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|(_, c)| c.contains("body of the second note"))
+    );
+
+    // Up: flag one, delete one, add one, and a new folder with a message.
+    let find = |subject: &str| {
+        maildir_files(&inbox)
+            .into_iter()
+            .find(|(_, c)| c.contains(subject))
+            .map(|(n, _)| n)
+            .unwrap()
+    };
+    let path_of = |name: &str| {
+        ["cur", "new"]
+            .iter()
+            .map(|s| inbox.join(s).join(name))
+            .find(|p| p.exists())
+            .unwrap()
+    };
+    let first = find("first note");
+    let flagged = match first.split_once(":2,") {
+        Some((base, flags)) => format!("{base}:2,F{flags}"),
+        None => format!("{first}:2,F"),
+    };
+    std::fs::rename(path_of(&first), inbox.join("cur").join(&flagged)).unwrap();
+    std::fs::remove_file(path_of(&find("second note"))).unwrap();
+    std::fs::write(
+        inbox.join("cur/1700000000.local.host:2,S"),
+        "Subject: written locally\r\n\r\nlocal\r\n",
+    )
+    .unwrap();
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(local.join("Local").join(d)).unwrap();
+    }
+    std::fs::write(
+        local.join("Local/new/1700000001.local.host"),
+        "Subject: in a local folder\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    mbsync();
+    let state = py(SERVER, "server.py", &[node.imap.to_string(), "list".into()]);
+    let has = |prefix: &str| state.lines().any(|l| l.starts_with(prefix));
+    assert!(has("INBOX first note|\\Flagged"), "{state}");
+    assert!(!has("INBOX second note"), "{state}");
+    assert!(has("INBOX written locally|\\Seen"), "{state}");
+    assert!(has("INBOX third note"), "{state}");
+    assert!(has("Local in a local folder"), "{state}");
+
+    // Down again: a flag and a message from the server side.
+    py(
+        SERVER,
+        "server.py",
+        &[node.imap.to_string(), "change".into()],
+    );
+    mbsync();
+    let files = maildir_files(&inbox);
+    assert!(
+        files
+            .iter()
+            .any(|(n, c)| c.contains("body of the first note")
+                && n.rsplit(":2,")
+                    .next()
+                    .is_some_and(|f| f.contains('F') && f.contains('R'))),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|(_, c)| c.contains("from the server")),
+        "{files:?}"
+    );
+    assert_eq!(files.len(), 4, "{files:?}");
+
+    // And once more: nothing left to do on either side.
+    mbsync();
+    assert_eq!(
+        maildir_files(&inbox),
+        files,
+        "a second sync changed the Maildir"
+    );
+    let again = py(SERVER, "server.py", &[node.imap.to_string(), "list".into()]);
+    assert_eq!(
+        again.lines().filter(|l| l.starts_with("INBOX")).count(),
+        4,
+        "{again}"
+    );
+}
