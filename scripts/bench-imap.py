@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """IMAP load driver for scripts/bench-imap: the same workload against each server, in turn.
 
-usage: bench-imap.py [--clients C] [--fetches F] NAME=HOST:PORT:USER:PASS ...
+usage: bench-imap.py [--clients C] [--fetches F] [--stores S] [--repeat R]
+                    NAME=HOST:PORT:USER:PASS ...
 
 Per server: first the SELECT time of INBOX (median of 5, one client, after a warm-up
 session), then C client processes at once, each: LOGIN, SELECT INBOX, FETCH 1:* (FLAGS),
 F x FETCH n (ENVELOPE BODY[]) (n from a fixed seed, the same for every server), SEARCH TEXT,
-STORE n +FLAGS (\\Flagged), LOGOUT. Prints ops/s (all operations of all clients over the
-wall time) and p50/p95 per operation, servers side by side.
+S x STORE n +FLAGS/-FLAGS (\\Flagged), LOGOUT. Prints ops/s (all operations of all clients
+over the wall time) and p50/p95 per operation, servers side by side; with --repeat R, the
+servers take turns R times and every figure is the median of the R runs.
 """
 import argparse
 import imaplib
@@ -26,7 +28,7 @@ def connect(spec):
 
 
 def client(args):
-    spec, seed, fetches = args
+    spec, seed, fetches, stores = args
     rnd = random.Random(seed)
     lat = {op: [] for op in OPS}
 
@@ -52,8 +54,10 @@ def client(args):
     needle = '"harness-%d@example.org"' % rnd.randint(0, n - 1)
     typ, data = timed("search_text", lambda: m.search(None, "TEXT", needle))
     assert len(data[0].split()) == 1, data
-    i = rnd.randint(1, n)
-    timed("store", lambda: m.store(str(i), "+FLAGS", "(\\Flagged)"))
+    for k in range(stores):
+        i = rnd.randint(1, n)
+        op = "+FLAGS" if k % 2 == 0 else "-FLAGS"
+        timed("store", lambda: m.store(str(i), op, "(\\Flagged)"))
     timed("logout", lambda: m.logout())
     return lat
 
@@ -76,11 +80,11 @@ def pct(v, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-def run(spec, clients, fetches):
+def run(spec, clients, fetches, stores):
     sel = select_time(spec)
     with multiprocessing.Pool(clients) as pool:
         t = time.perf_counter()
-        results = pool.map(client, [(spec, 1000 + c, fetches) for c in range(clients)])
+        results = pool.map(client, [(spec, 1000 + c, fetches, stores) for c in range(clients)])
         wall = time.perf_counter() - t
     lat = {op: [x for r in results for x in r[op]] for op in OPS}
     total = sum(len(v) for v in lat.values())
@@ -91,27 +95,33 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--fetches", type=int, default=200)
+    ap.add_argument("--stores", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("servers", nargs="+")
     a = ap.parse_args()
-    res = {}
-    for s in a.servers:
-        name, rest = s.split("=", 1)
-        spec = rest.split(":", 3)
-        res[name] = run(spec, a.clients, a.fetches)
-    names = list(res)
+    runs = {}
+    for _ in range(a.repeat):
+        for s in a.servers:
+            name, rest = s.split("=", 1)
+            spec = rest.split(":", 3)
+            runs.setdefault(name, []).append(run(spec, a.clients, a.fetches, a.stores))
+    names = list(runs)
+    med = lambda n, f: statistics.median(f(r) for r in runs[n])
     print("%d clients x (login, SELECT, FETCH 1:* FLAGS, %d x FETCH ENVELOPE BODY[], "
-          "SEARCH TEXT, STORE, logout)" % (a.clients, a.fetches))
+          "SEARCH TEXT, %d x STORE, logout); medians of %d runs"
+          % (a.clients, a.fetches, a.stores, a.repeat))
     print("%-22s" % "" + "".join("%24s" % n for n in names))
-    print("%-22s" % "ops/s (all clients)" + "".join("%24.0f" % res[n]["ops_s"] for n in names))
-    print("%-22s" % "wall time s" + "".join("%24.2f" % res[n]["wall"] for n in names))
-    print("%-22s" % "SELECT INBOX ms" + "".join("%24.1f" % (res[n]["select_10k"] * 1e3) for n in names))
+    print("%-22s" % "ops/s (all clients)" + "".join("%24.0f" % med(n, lambda r: r["ops_s"]) for n in names))
+    print("%-22s" % "wall time s" + "".join("%24.2f" % med(n, lambda r: r["wall"]) for n in names))
+    print("%-22s" % "SELECT INBOX ms" + "".join("%24.1f" % (med(n, lambda r: r["select_10k"]) * 1e3) for n in names))
     for op in OPS:
-        cells = "".join("%24s" % ("%.2f / %.2f" % (pct(res[n]["lat"][op], 50) * 1e3,
-                                                   pct(res[n]["lat"][op], 95) * 1e3)) for n in names)
+        cells = "".join("%24s" % ("%.2f / %.2f" % (med(n, lambda r: pct(r["lat"][op], 50)) * 1e3,
+                                                   med(n, lambda r: pct(r["lat"][op], 95)) * 1e3))
+                        for n in names)
         print("%-22s" % (op + " p50/p95 ms") + cells)
     if len(names) == 2:
         a_, b_ = names
-        print("ratio %s/%s ops/s: %.2f" % (a_, b_, res[a_]["ops_s"] / res[b_]["ops_s"]))
+        print("ratio %s/%s ops/s: %.2f" % (a_, b_, med(a_, lambda r: r["ops_s"]) / med(b_, lambda r: r["ops_s"])))
 
 
 if __name__ == "__main__":

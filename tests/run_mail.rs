@@ -144,6 +144,7 @@ fn run_mounts_the_maildir_and_unmounts_at_exit() {
         .arg(t.home())
         .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
+        .args(["--imap", "off", "--imaps", "off"])
         .arg("--mount")
         .arg(&mnt)
         .env_remove("PEERPOST_HOME")
