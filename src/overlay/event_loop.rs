@@ -527,6 +527,9 @@ async fn serve(store: &Store, request: Request, limit: u64) -> Response {
             Err(_) => Response::Refused(Refusal::Internal),
         },
         Request::Notify { .. } => Response::Refused(Refusal::Invalid),
+        Request::InboxPut { .. } | Request::InboxList { .. } | Request::InboxAck { .. } => {
+            super::inbox::serve(store, request).await
+        }
     }
 }
 

@@ -21,7 +21,10 @@
 mod behaviour;
 pub mod directory;
 mod event_loop;
+mod inbox;
 pub mod protocol;
+
+pub use inbox::device_peer_id;
 
 use std::time::{Duration, Instant};
 
