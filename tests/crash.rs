@@ -29,6 +29,7 @@ fn start_node(t: &TestHome) -> (Node, String) {
         .arg(t.home())
         .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
+        .args(["--submission", "off"])
         .env_remove("PEERPOST_HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -18,7 +18,7 @@ struct Running {
 }
 
 /// `run` on a free loopback port, overlay only (the mail servers are tested elsewhere).
-const RUN: [&str; 10] = [
+const RUN: [&str; 12] = [
     "run",
     "--no-mdns",
     "--listen",
@@ -28,6 +28,8 @@ const RUN: [&str; 10] = [
     "--pop3s",
     "off",
     "--smtp",
+    "off",
+    "--submission",
     "off",
 ];
 

@@ -55,6 +55,8 @@ fn run_serves_smtp_intake_and_pop3_on_one_mailbox() {
             "off",
             "--smtp",
             "127.0.0.1:0",
+            "--submission",
+            "off",
         ])
         .env_remove("PEERPOST_HOME")
         .stdin(Stdio::null())

@@ -12,6 +12,7 @@ pub mod open;
 pub mod passwd;
 pub mod run;
 pub mod secret;
+pub mod send;
 pub mod status;
 pub mod sync;
 
@@ -64,6 +65,9 @@ pub enum Command {
     Sync(sync::Args),
     /// Serve the mailbox as a Maildir over FUSE (for Dovecot and mutt) until Ctrl-C.
     Mount(mount::Args),
+    /// Send a message read on stdin through the running node, like sendmail (mutt: set
+    /// sendmail="peerpost send").
+    Send(send::Args),
 }
 
 impl Cli {
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::execute(args, &home),
         Command::Sync(args) => sync::execute(args, &home),
         Command::Mount(args) => mount::execute(args, &home),
+        Command::Send(args) => send::execute(args, &home),
     }
 }
 

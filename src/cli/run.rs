@@ -1,5 +1,6 @@
 //! `peerpost run`: join the overlay, publish this user's directory record, serve peers, the
-//! control socket and the mail servers (POP3, POP3S, SMTP intake) until SIGINT or SIGTERM.
+//! control socket and the mail servers (POP3, POP3S, SMTP intake and submission) with
+//! delivery until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +39,10 @@ pub struct Args {
     /// Serve the SMTP intake here instead of smtp.intake; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub smtp: Option<Listen>,
+    /// Serve SMTP submission (AUTH, any recipient) here instead of smtp.submission; "off"
+    /// disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub submission: Option<Listen>,
 }
 
 /// A listen address given on the command line: an address or "off".
@@ -108,6 +113,8 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         password: std::sync::Arc::new(move || password_home.load_password_hash().ok()),
         max_message_size: config.smtp.max_message_size,
         hostname: hostname(),
+        submission: pick(args.submission, config.smtp.submission),
+        delivery: delivery_config(&config),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -141,6 +148,29 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         node.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// Delivery's settings from `[delivery]` and `[smarthost]`.
+fn delivery_config(config: &Config) -> crate::delivery::Config {
+    use crate::config::SmarthostTls;
+    use crate::delivery::{Smarthost, TlsMode};
+    let mut dc = crate::delivery::Config::new(&config.address, &hostname());
+    dc.give_up_after = config.delivery.give_up_after;
+    dc.retry_first = config.delivery.retry_first;
+    dc.retry_max = config.delivery.retry_max;
+    dc.collect_every = config.delivery.collect_every;
+    dc.smarthost = config.smarthost.as_ref().map(|sh| Smarthost {
+        host: sh.host.clone(),
+        port: sh.port,
+        tls: match sh.tls {
+            SmarthostTls::None => TlsMode::None,
+            SmarthostTls::StartTls => TlsMode::StartTls,
+            SmarthostTls::Tls => TlsMode::Tls,
+        },
+        user: sh.user.clone(),
+        password_file: sh.password_file.clone(),
+    });
+    dc
 }
 
 async fn wait_for_signal() -> Result<()> {

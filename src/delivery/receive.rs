@@ -1,0 +1,234 @@
+//! The inbound side: delivery notices from notifications and from the DHT inbox, verified
+//! against the sender's directory record, stored into INBOX once, and acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::notice::{Body, Notice};
+use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs, rfc5322_date};
+use crate::crypto::{ContentKey, Envelope, ObjectId};
+use crate::mailbox::{Flags, NewMessage};
+use crate::overlay::{LookupError, protocol};
+
+/// What became of one offered notice.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// Stored in INBOX now, or earlier (a duplicate); acknowledged.
+    Stored,
+    /// Not for us, unreadable or forged: acknowledged when possible so it is not offered
+    /// again, never stored.
+    Dropped,
+    /// Could not be handled now (no sender record yet, object not reachable, another task is
+    /// on it): left in the DHT inbox for the next collection.
+    Later,
+}
+
+impl Delivery {
+    pub(super) async fn run_notifications(
+        self,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        cancel: CancellationToken,
+    ) {
+        let permits = Arc::new(Semaphore::new(MAX_RECEIVING));
+        let mut tasks = JoinSet::new();
+        loop {
+            let payload = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    if this.receive(payload).await == Received::Later {
+                        this.inner.collect.notify_one();
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        tasks.shutdown().await;
+    }
+
+    /// Collects the DHT inbox at start, every `collect_every`, and when a notification could
+    /// not be handled on its own.
+    pub(super) async fn run_collector(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wait = match self.collect().await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(target: "peerpost::_events::delivery", stored = n, "collected the DHT inbox");
+                    }
+                    backoff = Duration::from_secs(1);
+                    self.inner.config.collect_every
+                }
+                Err(e) => {
+                    // At start the overlay may not know a peer yet: retry soon.
+                    tracing::debug!("inbox collection: {e}");
+                    backoff = (backoff * 2).min(self.inner.config.collect_every);
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.inner.collect.notified() => {
+                    // Give a burst of notifications a moment to settle.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Lists this user's DHT inbox and receives every entry; returns how many were stored.
+    pub async fn collect(&self) -> Result<usize, Error> {
+        let key = protocol::inbox_key(&self.inner.config.address);
+        let entries = self
+            .inner
+            .client
+            .inbox_list(key)
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut stored = 0;
+        for e in entries {
+            if self.receive(e).await == Received::Stored {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn receive(&self, envelope: Vec<u8>) -> Received {
+        let entry = crate::crypto::hash(&envelope);
+        let opened = match Envelope::from_bytes(envelope).and_then(|e| e.open(&self.inner.keys)) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!("dropped an unreadable delivery notice: {e}");
+                return Received::Dropped;
+            }
+        };
+        let notice = match Notice::decode(&opened.payload) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("dropped a malformed delivery notice: {e}");
+                return Received::Dropped;
+            }
+        };
+        let me = &self.inner.config.address;
+        if notice.recipient != *me {
+            tracing::warn!(recipient = %notice.recipient, "dropped a notice addressed to someone else");
+            self.ack(entry, &notice).await;
+            return Received::Dropped;
+        }
+        let mut id_input = opened.sender.to_vec();
+        id_input.extend_from_slice(&notice.msg_id);
+        let id = crate::crypto::hash(&id_input);
+        if !lock(&self.inner.receiving).insert(id) {
+            return Received::Later;
+        }
+        let outcome = self.store_once(id, &opened.sender, &notice).await;
+        lock(&self.inner.receiving).remove(&id);
+        if outcome != Received::Later {
+            self.ack(entry, &notice).await;
+        }
+        outcome
+    }
+
+    async fn store_once(&self, id: [u8; 32], signer: &[u8; 32], n: &Notice) -> Received {
+        let store = &self.inner.store;
+        match store.delivered_has(id).await {
+            Ok(true) => return Received::Stored,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!("cannot check earlier deliveries: {e}");
+                return Received::Later;
+            }
+        }
+        // The envelope's signer must be the key the sender's address publishes.
+        let fingerprint = match self.inner.client.lookup(&n.sender).await {
+            Ok(found) if found.record.keys.sign == *signer => found.record.keys.fingerprint(),
+            Ok(_) => {
+                tracing::warn!(
+                    target: "peerpost::_events::delivery",
+                    sender = %n.sender,
+                    "SECURITY WARNING: a message claiming to be from {} is signed by another key; dropped",
+                    n.sender
+                );
+                return Received::Dropped;
+            }
+            Err(LookupError::Address(..)) => return Received::Dropped,
+            Err(e) => {
+                tracing::debug!(sender = %n.sender, "cannot verify the sender yet: {e}");
+                return Received::Later;
+            }
+        };
+        let body = match &n.body {
+            Body::Inline(b) => b.clone(),
+            Body::Object { id, key, len } => {
+                let obj = match self.inner.client.get_object(ObjectId(*id)).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::debug!("message object not reachable yet: {e}");
+                        return Received::Later;
+                    }
+                };
+                match obj.open(&ContentKey::from_bytes(*key)) {
+                    Ok(b) if b.len() == *len as usize => b,
+                    _ => {
+                        tracing::warn!(sender = %n.sender, "message object does not open with its key; dropped");
+                        return Received::Dropped;
+                    }
+                }
+            }
+        };
+        let now = now_secs();
+        let host = &self.inner.config.hostname;
+        let mut bytes = format!(
+            "Authentication-Results: {host}; peerpost=pass (signed by the key {fingerprint} \
+             that the directory publishes) smtp.mailfrom={sender}\r\n\
+             Received: from {sender} by {host} (peerpost) via the overlay\r\n\
+             \tid {id}; {date}\r\n",
+            sender = n.sender,
+            id = crate::crypto::hex(&n.msg_id),
+            date = rfc5322_date(now),
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        let msg = NewMessage {
+            bytes,
+            internal_date: now as i64,
+            flags: Flags::default(),
+            recent: true,
+            maildir_name: None,
+        };
+        if let Err(e) = self.inner.mailbox.append("INBOX", msg).await {
+            tracing::warn!("cannot store an arriving message: {e}");
+            return Received::Later;
+        }
+        if let Err(e) = store.delivered_mark(id, now).await {
+            tracing::warn!("cannot remember a delivery: {e}");
+        }
+        tracing::info!(target: "peerpost::_events::delivery", sender = %n.sender, "message received");
+        Received::Stored
+    }
+
+    async fn ack(&self, entry: [u8; 32], n: &Notice) {
+        let key = protocol::inbox_key(&self.inner.config.address);
+        if let Err(e) = self.inner.client.inbox_ack(key, entry, n.ack_secret).await {
+            tracing::debug!("inbox ack: {e}");
+        }
+    }
+}
