@@ -125,7 +125,7 @@ impl Node {
 
     /// Every message in INBOX, over POP3.
     fn inbox(&self) -> Vec<String> {
-        pop3_all(self.pop3, &self.address)
+        pop3_all(self.pop3, &self.address, PASSWORD)
     }
 
     fn cert(&self) -> PathBuf {
@@ -133,7 +133,7 @@ impl Node {
     }
 }
 
-fn pop3_all(port: u16, user: &str) -> Vec<String> {
+fn pop3_all(port: u16, user: &str, password: &str) -> Vec<String> {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -150,7 +150,7 @@ fn pop3_all(port: u16, user: &str) -> Vec<String> {
     };
     cmd(&mut w, &mut r, "");
     cmd(&mut w, &mut r, &format!("USER {user}"));
-    cmd(&mut w, &mut r, &format!("PASS {PASSWORD}"));
+    cmd(&mut w, &mut r, &format!("PASS {password}"));
     let stat = cmd(&mut w, &mut r, "STAT");
     let n: usize = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut out = Vec::new();
@@ -612,4 +612,52 @@ fn smarthost_outage_is_retried_a_5xx_bounces_and_hostile_input_is_refused() {
     );
     assert!(say(&mut r, &mut w, b"QUIT").starts_with("221 "));
     assert_eq!(count(&bob.inbox(), "too big"), 0);
+}
+
+#[test]
+fn demo_delivers_the_welcome_and_stops_on_ctrl_c() {
+    let t = TestHome::new();
+    let dir = t.dir.path().join("ring");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--nodes", "3", "--dir", dir.to_str().unwrap()])
+        .env_remove("PEERPOST_HOME")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut pop3 = None;
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "demo ended early: {seen}"
+        );
+        seen.push_str(&line);
+        if let Some(p) = line.trim().strip_prefix("POP3:  127.0.0.1:") {
+            pop3 = p.parse::<u16>().ok();
+        }
+        if line.contains("runs until Ctrl-C") {
+            break;
+        }
+    }
+    assert!(seen.contains("in bob's INBOX"), "{seen}");
+    // What it prints works: bob's POP3 serves the welcome, verified as alice's.
+    let inbox = pop3_all(pop3.unwrap(), "bob@demo.test", "bob-password");
+    assert_eq!(inbox.len(), 1);
+    assert!(
+        inbox[0].contains("Subject: Welcome to peerpost")
+            && inbox[0].contains("peerpost=pass")
+            && inbox[0].contains("smtp.mailfrom=alice@demo.test"),
+        "{}",
+        inbox[0]
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(status.success() && rest.contains("stopped"), "{rest}");
 }

@@ -71,6 +71,42 @@ fn hostname() -> String {
 }
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
+    let (nc, store, address) = prepare(&args, home)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(nc, store).await?;
+        let peer = node.client().peer_id();
+        // Report the bound addresses (ports chosen by the system for `…/tcp/0`).
+        for _ in 0..40 {
+            if let Ok(s) = node.client().status().await
+                && !s.listen.is_empty()
+            {
+                for a in &s.listen {
+                    println!("listening on {a}/p2p/{peer}");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (what, addr) in node.servers() {
+            println!("{what} listening on {addr}");
+        }
+        println!(
+            "peerpost: node {peer} running for {address}; stop with Ctrl-C (SIGINT) or SIGTERM"
+        );
+        wait_for_signal().await?;
+        eprintln!("peerpost: stopping");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// The node `run` would start in `home` (also used by `demo`, which runs several in one
+/// process): its config, its open store, and the user's address.
+pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, String)> {
     let config = Config::load(&home.config(), home.root())?;
     if let Some(psk) = &config.overlay.psk_file {
         // Joining the global ring when a private one was asked for would leak the ring's
@@ -116,38 +152,7 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         submission: pick(args.submission, config.smtp.submission),
         delivery: delivery_config(&config),
     });
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let node = Node::start(nc, store).await?;
-        let peer = node.client().peer_id();
-        // Report the bound addresses (ports chosen by the system for `…/tcp/0`).
-        for _ in 0..40 {
-            if let Ok(s) = node.client().status().await
-                && !s.listen.is_empty()
-            {
-                for a in &s.listen {
-                    println!("listening on {a}/p2p/{peer}");
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for (what, addr) in node.servers() {
-            println!("{what} listening on {addr}");
-        }
-        println!(
-            "peerpost: node {peer} running for {}; stop with Ctrl-C (SIGINT) or SIGTERM",
-            identity.address
-        );
-        wait_for_signal().await?;
-        eprintln!("peerpost: stopping");
-        node.shutdown().await;
-        anyhow::Ok(())
-    })
+    Ok((nc, store, identity.address))
 }
 
 /// Delivery's settings from `[delivery]` and `[smarthost]`.

@@ -221,7 +221,12 @@ impl Delivery {
         if let Err(e) = store.delivered_mark(id, now).await {
             tracing::warn!("cannot remember a delivery: {e}");
         }
-        tracing::info!(target: "peerpost::_events::delivery", sender = %n.sender, "message received");
+        tracing::info!(
+            target: "peerpost::_events::delivery",
+            sender = %n.sender,
+            queue_id = %crate::crypto::hex(&n.msg_id),
+            "message received"
+        );
         Received::Stored
     }
 
