@@ -380,6 +380,7 @@ fn overlay_users_and_an_outside_address_get_the_message_once() {
         .args(["--auth-password", PASSWORD])
         .args(["--header", "Subject: via swaks", "--body", "swaks body"])
         .output();
+    let swaks_ran = swaks.is_ok();
     match swaks {
         Ok(o) => {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
@@ -454,6 +455,29 @@ fn overlay_users_and_an_outside_address_get_the_message_once() {
         .home
         .run_stdin(&["send", "bob@flow.test"], Some("Subject: x\n\ny\n"))
         .failure(&["no node is running"]);
+
+    // Every submitted message has its copy in alice's Sent.
+    let export = t.dir.path().join("export");
+    alice
+        .home
+        .run(&["export", export.to_str().unwrap()])
+        .success();
+    let sent: Vec<String> = crate::util::walk(&export.join(".Sent"))
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    for needle in [
+        "<one@flow.test>",
+        "Subject: via swaks",
+        "while you were out",
+        "<kill@flow.test>",
+    ] {
+        if needle.contains("swaks") && !swaks_ran {
+            continue;
+        }
+        assert_eq!(count(&sent, needle), 1, "Sent has {needle}: {sent:?}");
+    }
 }
 
 /// Sends each line (pipelined), then reads replies until the server closes.
