@@ -6,8 +6,8 @@
 //! - a recipient with a directory record gets a delivery notice ([`notice`]) sealed to its
 //!   keys (HPKE) and signed by ours (crypto::envelope); bodies over 48 KiB go as a sealed
 //!   object into the overlay. The envelope is left in the recipient's DHT inbox (on the
-//!   peers closest to `inbox_key(address)`), then pushed as a notification to each of the
-//!   recipient's devices (peer ids from the record's device keys). The notice is always left
+//!   peers closest to `inbox_key(address)`) and, at the same time, pushed as a notification
+//!   to each of the recipient's devices (peer ids from the record's device keys). The notice is always left
 //!   in the DHT inbox: a notification's answer only says the bytes arrived, not that the
 //!   message was stored;
 //! - a recipient without a record goes to the smarthost ([`smarthost`]) when one is
@@ -30,9 +30,10 @@ mod queue;
 mod receive;
 pub mod smarthost;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc};
@@ -40,7 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::crypto::UserKeys;
+use crate::crypto::{DirectoryRecord, UserKeys};
 use crate::mailbox::Mailbox;
 use crate::overlay;
 use crate::store::Store;
@@ -54,6 +55,10 @@ pub const MAX_QUEUED: u64 = 100_000;
 const MAX_ATTEMPTS_IN_FLIGHT: usize = 64;
 /// Notifications and inbox entries being received at once.
 const MAX_RECEIVING: usize = 32;
+/// How long a verified directory record is reused before it is looked up again, and how many
+/// are kept.
+const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_CACHED_RECORDS: usize = 4096;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -127,6 +132,8 @@ struct Inner {
     /// Delivery ids being received (so a notification and a collected entry of one message
     /// do not both land).
     receiving: Mutex<HashSet<[u8; 32]>>,
+    /// Recently looked-up directory records (verified and pinned by the overlay).
+    records: Mutex<HashMap<String, (DirectoryRecord, Instant)>>,
 }
 
 impl Delivery {
@@ -148,6 +155,7 @@ impl Delivery {
                 collect: Notify::new(),
                 sending: Mutex::new(HashSet::new()),
                 receiving: Mutex::new(HashSet::new()),
+                records: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -171,6 +179,31 @@ impl Delivery {
                 .run_notifications(notifications, cancel)
                 .in_current_span(),
         );
+    }
+
+    /// The directory record of `address`: from the cache when it was looked up in the last
+    /// [`RECORD_TTL`], else from the overlay (`fresh` forces the lookup).
+    async fn record(
+        &self,
+        address: &str,
+        fresh: bool,
+    ) -> Result<DirectoryRecord, overlay::LookupError> {
+        if !fresh
+            && let Some((r, at)) = lock(&self.inner.records).get(address)
+            && at.elapsed() < RECORD_TTL
+        {
+            return Ok(r.clone());
+        }
+        let found = self.inner.client.lookup(address).await?;
+        let mut cache = lock(&self.inner.records);
+        if cache.len() >= MAX_CACHED_RECORDS {
+            cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
+            if cache.len() >= MAX_CACHED_RECORDS {
+                cache.clear();
+            }
+        }
+        cache.insert(address.to_string(), (found.record.clone(), Instant::now()));
+        Ok(found.record)
     }
 
     /// Recipient rows still in the outbound queue.

@@ -308,8 +308,9 @@ impl Delivery {
 
     async fn route(&self, q: &Queued, msg: &[u8; 16], rcpt: &str, attempts: u32) -> Outcome {
         let client = &self.inner.client;
-        match client.lookup(rcpt).await {
-            Ok(found) => self.send_overlay(&found.record, msg, q).await,
+        // A retry looks the recipient up afresh (its devices or keys may have changed).
+        match self.record(rcpt, attempts > 0).await {
+            Ok(record) => self.send_overlay(&record, msg, q).await,
             Err(LookupError::NotFound(_)) => {
                 let connected = client.status().await.map(|s| !s.connected.is_empty());
                 if !connected.unwrap_or(false) {
@@ -388,11 +389,10 @@ impl Delivery {
         };
         let key = protocol::inbox_key(&record.address);
         let ack_hash = crate::crypto::hash(&ack_secret);
-        if let Err(e) = client.inbox_put(key, ack_hash, env.clone()).await {
-            return temp(format!(
-                "cannot leave the message in the recipient's inbox: {e}"
-            ));
-        }
+        // The push and the inbox entry go out together: a recipient that stores the pushed
+        // copy before the entry lands acknowledges it when it next collects (it stores a
+        // message id once).
+        let put = client.inbox_put(key, ack_hash, env.clone());
         let pushes = record
             .devices
             .iter()
@@ -406,7 +406,12 @@ impl Delivery {
                     }
                 }
             });
-        futures::future::join_all(pushes).await;
+        let (put, _) = futures::future::join(put, futures::future::join_all(pushes)).await;
+        if let Err(e) = put {
+            return temp(format!(
+                "cannot leave the message in the recipient's inbox: {e}"
+            ));
+        }
         Outcome::Done
     }
 }

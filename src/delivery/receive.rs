@@ -157,9 +157,14 @@ impl Delivery {
                 return Received::Later;
             }
         }
-        // The envelope's signer must be the key the sender's address publishes.
-        let fingerprint = match self.inner.client.lookup(&n.sender).await {
-            Ok(found) if found.record.keys.sign == *signer => found.record.keys.fingerprint(),
+        // The envelope's signer must be the key the sender's address publishes (a cached
+        // record that disagrees is looked up again before the message is refused).
+        let mut record = self.record(&n.sender, false).await;
+        if matches!(&record, Ok(r) if r.keys.sign != *signer) {
+            record = self.record(&n.sender, true).await;
+        }
+        let fingerprint = match record {
+            Ok(r) if r.keys.sign == *signer => r.keys.fingerprint(),
             Ok(_) => {
                 tracing::warn!(
                     target: "peerpost::_events::delivery",
@@ -218,15 +223,15 @@ impl Delivery {
             tracing::warn!("cannot store an arriving message: {e}");
             return Received::Later;
         }
-        if let Err(e) = store.delivered_mark(id, now).await {
-            tracing::warn!("cannot remember a delivery: {e}");
-        }
         tracing::info!(
             target: "peerpost::_events::delivery",
             sender = %n.sender,
             queue_id = %crate::crypto::hex(&n.msg_id),
             "message received"
         );
+        if let Err(e) = store.delivered_mark(id, now).await {
+            tracing::warn!("cannot remember a delivery: {e}");
+        }
         Received::Stored
     }
 
