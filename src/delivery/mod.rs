@@ -1,8 +1,9 @@
 //! Delivery: mail leaving this user for others, and mail from other overlay users arriving.
 //!
-//! Outbound ([`queue`]): a submitted message is copied into Sent and written, with one row
-//! per recipient, into the persistent outbound queue (store table `outbox`) in durable
-//! commits before the submitter hears 250. A worker task takes due recipient rows:
+//! Outbound ([`queue`]): a submitted message is written, with one row per recipient and one
+//! for its copy into Sent, into the persistent outbound queue (store table `outbox`) in one
+//! durable commit before the submitter hears 250. A worker task makes the Sent copy and takes
+//! due recipient rows:
 //! - a recipient with a directory record gets a delivery notice ([`notice`]) sealed to its
 //!   keys (HPKE) and signed by ours (crypto::envelope); bodies over 48 KiB go as a sealed
 //!   object into the overlay. The envelope is left in the recipient's DHT inbox (on the
@@ -10,7 +11,8 @@
 //!   to each of the recipient's devices (peer ids from the record's device keys). The notice is always left
 //!   in the DHT inbox: a notification's answer only says the bytes arrived, not that the
 //!   message was stored;
-//! - a recipient without a record goes to the smarthost ([`smarthost`]) when one is
+//! - a recipient without a record (in two lookups, the second after `retry_first`: one miss
+//!   may be a node that just started) goes to the smarthost ([`smarthost`]) when one is
 //!   configured;
 //! - failures are retried with exponential backoff; a permanent failure, or
 //!   `give_up_after`, puts a DSN (RFC 3464, [`dsn`]) into the sender's INBOX.

@@ -18,6 +18,8 @@ use crate::wire::{Reader, Writer};
 
 const MSG: u8 = 0;
 const RCPT: u8 = 1;
+/// The copy into Sent is still to be made.
+const SENT: u8 = 2;
 const ROW_VERSION: u8 = 1;
 /// Recipient rows looked at per pass of the worker.
 const SCAN: usize = 10_000;
@@ -100,8 +102,9 @@ impl Delivery {
         ContentKey::from_bytes(crate::crypto::hash(&m))
     }
 
-    /// Accepts a message from this user for `rcpts`: a copy into Sent, then the queue rows,
-    /// each durable before this returns. Returns the queue id (hex).
+    /// Accepts a message from this user for `rcpts`: the message, a row per recipient and a
+    /// row for the copy into Sent, in one durable commit (the worker makes the Sent copy
+    /// right after). Returns the queue id (hex).
     pub async fn submit(&self, rcpts: &[String], message: Vec<u8>) -> Result<String, Error> {
         let mut list: Vec<String> = Vec::new();
         for r in rcpts {
@@ -119,26 +122,15 @@ impl Delivery {
         }
         let now = now_secs();
         let msg: [u8; 16] = crate::crypto::random_bytes()?;
-        self.inner
-            .mailbox
-            .append(
-                "Sent",
-                NewMessage {
-                    bytes: message.clone(),
-                    internal_date: now as i64,
-                    flags: Flags::default().with(Flag::Seen),
-                    recent: false,
-                    maildir_name: None,
-                },
-            )
-            .await?;
         let sealed = SealedObject::seal_with_key(&message, &self.outbox_key())?;
         let mut head = Writer::new();
         head.u8(ROW_VERSION)
             .u64(now)
             .bytes8(self.inner.config.address.as_bytes())
             .fixed(sealed.as_bytes());
-        let mut rows = vec![(msg_key(&msg), head.into_vec())];
+        let mut sent = vec![SENT];
+        sent.extend_from_slice(&msg);
+        let mut rows = vec![(msg_key(&msg), head.into_vec()), (sent, Vec::new())];
         for r in &list {
             let row = RcptRow {
                 due: now,
@@ -174,8 +166,25 @@ impl Delivery {
         attempts.shutdown().await;
     }
 
-    /// Starts attempts for due recipient rows; returns how long until the next one is due.
+    /// Starts the pending Sent copies and attempts for due recipient rows; returns how long
+    /// until the next one is due.
     async fn dispatch(&self, attempts: &mut JoinSet<()>) -> Result<Duration, Error> {
+        for (key, _) in self.inner.store.outbox_scan(vec![SENT], SCAN).await? {
+            if attempts.len() >= MAX_ATTEMPTS_IN_FLIGHT {
+                break;
+            }
+            if !lock(&self.inner.sending).insert(key.clone()) {
+                continue;
+            }
+            let this = self.clone();
+            attempts.spawn(
+                async move {
+                    this.copy_to_sent(&key).await;
+                    lock(&this.inner.sending).remove(&key);
+                }
+                .in_current_span(),
+            );
+        }
         let rows = self.inner.store.outbox_scan(vec![RCPT], SCAN).await?;
         let now = now_secs();
         let mut next = IDLE_PASS;
@@ -226,6 +235,40 @@ impl Delivery {
             sender,
             bytes,
         }))
+    }
+
+    /// Appends the queued message to Sent and drops its Sent row (a crash in between makes a
+    /// second copy, never none).
+    async fn copy_to_sent(&self, key: &[u8]) {
+        let Some(msg) = key.get(1..17).and_then(|m| <[u8; 16]>::try_from(m).ok()) else {
+            return;
+        };
+        let queued = match self.load(&msg).await {
+            Ok(Some(q)) => q,
+            Ok(None) => {
+                let _ = self.inner.store.outbox_finish(msg, key.to_vec()).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("cannot read a queued message: {e}");
+                return;
+            }
+        };
+        let copy = NewMessage {
+            bytes: queued.bytes,
+            internal_date: queued.queued as i64,
+            flags: Flags::default().with(Flag::Seen),
+            recent: false,
+            maildir_name: None,
+        };
+        match self.inner.mailbox.append("Sent", copy).await {
+            Ok(_) => {
+                if let Err(e) = self.inner.store.outbox_finish(msg, key.to_vec()).await {
+                    tracing::warn!("cannot finish the Sent row: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot copy into Sent: {e}"),
+        }
     }
 
     async fn attempt(&self, key: &[u8], row: RcptRow) {
@@ -312,9 +355,17 @@ impl Delivery {
         match self.record(rcpt, attempts > 0).await {
             Ok(record) => self.send_overlay(&record, msg, q).await,
             Err(LookupError::NotFound(_)) => {
-                let connected = client.status().await.map(|s| !s.connected.is_empty());
-                if !connected.unwrap_or(false) {
+                let settled = client
+                    .status()
+                    .await
+                    .map(|s| !s.connected.is_empty() && s.routing_table > 0);
+                if !settled.unwrap_or(false) {
                     return Outcome::Temporary("no overlay peer is reachable".into());
+                }
+                // One miss may be a node that just started (or a record being republished):
+                // only a second one sends overlay-less mail out through the smarthost.
+                if attempts == 0 {
+                    return Outcome::Temporary(format!("no directory record for {rcpt} yet"));
                 }
                 match &self.inner.config.smarthost {
                     Some(sh) => match smarthost::send(sh, &q.sender, rcpt, &q.bytes).await {

@@ -96,15 +96,18 @@ impl Store {
         .await
     }
 
-    /// Deletes the recipient row `key` of message `msg` (16 bytes), and the message row too
-    /// when it was the last recipient. Durable on return.
+    /// Deletes the row `key` (a recipient's or the pending Sent copy's) of message `msg`
+    /// (16 bytes), and the message row too when no such row is left. Durable on return.
     pub async fn outbox_finish(&self, msg: [u8; 16], key: Vec<u8>) -> Result<()> {
         self.blocking(move |s| {
             let mut wtxn = s.env.write_txn()?;
             s.flow.outbox.delete(&mut wtxn, &key)?;
-            let mut prefix = vec![1u8];
-            prefix.extend_from_slice(&msg);
-            let more = s.flow.outbox.prefix_iter(&wtxn, &prefix)?.next().is_some();
+            let mut more = false;
+            for kind in [1u8, 2] {
+                let mut prefix = vec![kind];
+                prefix.extend_from_slice(&msg);
+                more |= s.flow.outbox.prefix_iter(&wtxn, &prefix)?.next().is_some();
+            }
             if !more {
                 let mut head = vec![0u8];
                 head.extend_from_slice(&msg);
@@ -279,9 +282,11 @@ mod tests {
                 (key(0, ""), b"m".to_vec()),
                 (key(1, "a@x"), b"r".to_vec()),
                 (key(1, "b@x"), b"r".to_vec()),
+                (key(2, ""), Vec::new()),
             ])
             .await
             .unwrap();
+        store.outbox_finish(msg, key(2, "")).await.unwrap();
         store.outbox_finish(msg, key(1, "a@x")).await.unwrap();
         assert_eq!(store.outbox_len().await.unwrap(), 2);
         assert_eq!(store.outbox_scan(vec![1], 10).await.unwrap().len(), 1);

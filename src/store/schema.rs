@@ -111,10 +111,11 @@ pub const DB_PINS: &str = "pins";
 ///   address ‖ sealed object (crypto::content) of the message bytes, under the user's outbox
 ///   key` (`msg` is 16 random bytes chosen at submission);
 /// - `0x01 ‖ [16] msg ‖ recipient (UTF-8, normalized)` → one recipient still to do:
-///   `u8 version = 1 ‖ u64 next attempt (unix s) ‖ u32 attempts ‖ bytes16 last error`.
+///   `u8 version = 1 ‖ u64 next attempt (unix s) ‖ u32 attempts ‖ bytes16 last error`;
+/// - `0x02 ‖ [16] msg` → (empty) the copy into Sent is still to be made.
 ///
-/// A recipient row is deleted once its copy is handed over (or bounced); the message row goes
-/// with its last recipient row. Recipient rows are scanned without reading message bodies.
+/// A recipient row is deleted once its copy is handed over (or bounced), the Sent row once
+/// the copy is in Sent; the message row goes with the last of them. Recipient rows are scanned without reading message bodies.
 pub const DB_OUTBOX: &str = "outbox";
 /// `delivered`: messages already put into INBOX, so a redelivery (sender restart, a
 /// notification and a collected inbox entry for one message) lands once. Key: BLAKE3(sender
