@@ -53,8 +53,10 @@ pub use smarthost::{Smarthost, TlsMode};
 /// Most messages the outbound queue takes (recipient rows); submission is refused with 452
 /// beyond it.
 pub const MAX_QUEUED: u64 = 100_000;
-/// Recipients being attempted at once.
-const MAX_ATTEMPTS_IN_FLIGHT: usize = 64;
+/// Recipients being attempted at once. Each attempt opens up to four overlay streams (three
+/// inbox puts and a push) to a handful of peers, and a peer takes 16 concurrent streams per
+/// protocol and connection before it drops new ones: more in flight would lose pushes.
+const MAX_ATTEMPTS_IN_FLIGHT: usize = 8;
 /// Notifications and inbox entries being received at once.
 const MAX_RECEIVING: usize = 32;
 /// How long a verified directory record is reused before it is looked up again, and how many

@@ -4,6 +4,10 @@
 //! A holder cannot read an entry, and only the recipient (who alone can open the envelope and
 //! learn the secret) can remove one.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use libp2p::PeerId;
 
 use super::protocol::{
@@ -12,6 +16,13 @@ use super::protocol::{
 };
 use super::{BlobError, Client, MAX_PUT_CANDIDATES, now_secs};
 use crate::store::{InboxPut, Store};
+
+/// How long the closest peers of an inbox key are reused, and how many keys are remembered:
+/// a Kademlia query per message would dominate the time to deliver it.
+const PEERS_TTL: Duration = Duration::from_secs(30);
+const MAX_CACHED_KEYS: usize = 1024;
+
+pub(super) type PeerCache = Arc<Mutex<HashMap<[u8; 32], (Vec<PeerId>, Instant)>>>;
 
 /// The libp2p peer id of a device, from its Ed25519 public key (as directory records list
 /// them); `None` for bytes that are not a valid key.
@@ -83,6 +94,33 @@ fn stored(v: &[u8]) -> u64 {
 }
 
 impl Client {
+    /// The closest peers of an inbox key, from the cache unless `fresh`.
+    async fn inbox_holders(&self, key: [u8; 32], fresh: bool) -> Result<Vec<PeerId>, BlobError> {
+        let cached = {
+            let c = self.inbox_peers.lock().unwrap_or_else(|p| p.into_inner());
+            c.get(&key)
+                .filter(|(_, at)| at.elapsed() < PEERS_TTL)
+                .map(|(p, _)| p.clone())
+        };
+        if let Some(p) = cached
+            && !fresh
+        {
+            return Ok(p);
+        }
+        let peers = self.closest_peers(key).await?;
+        let mut c = self.inbox_peers.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= MAX_CACHED_KEYS {
+            c.retain(|_, (_, at)| at.elapsed() < PEERS_TTL);
+            if c.len() >= MAX_CACHED_KEYS {
+                c.clear();
+            }
+        }
+        if !peers.is_empty() {
+            c.insert(key, (peers.clone(), Instant::now()));
+        }
+        Ok(peers)
+    }
+
     /// Leaves `envelope` in the inbox `key` on the `blob_replicas` closest peers (trying
     /// further ones when a close one refuses). Returns how many hold it (at least one).
     pub async fn inbox_put(
@@ -91,8 +129,22 @@ impl Client {
         ack_hash: [u8; 32],
         envelope: Vec<u8>,
     ) -> Result<usize, BlobError> {
+        match self.inbox_put_once(key, ack_hash, &envelope, false).await {
+            Ok(n) => Ok(n),
+            // The cached holders may have gone: ask the DHT again.
+            Err(_) => self.inbox_put_once(key, ack_hash, &envelope, true).await,
+        }
+    }
+
+    async fn inbox_put_once(
+        &self,
+        key: [u8; 32],
+        ack_hash: [u8; 32],
+        envelope: &[u8],
+        fresh: bool,
+    ) -> Result<usize, BlobError> {
         let wanted = self.blob_replicas.max(1);
-        let candidates = self.closest_peers(key).await?;
+        let candidates = self.inbox_holders(key, fresh).await?;
         let mut held = 0;
         let mut next = candidates.into_iter().take(MAX_PUT_CANDIDATES);
         while held < wanted {
@@ -104,7 +156,7 @@ impl Client {
                 let req = Request::InboxPut {
                     key,
                     ack_hash,
-                    envelope: envelope.clone(),
+                    envelope: envelope.to_vec(),
                 };
                 async move { (*p, self.request(*p, req).await) }
             });
@@ -136,7 +188,7 @@ impl Client {
                 }
             }
         }
-        let peers = self.closest_peers(key).await?;
+        let peers = self.inbox_holders(key, true).await?;
         let asks = peers
             .into_iter()
             .take(self.blob_replicas.max(1) * 2)
@@ -162,7 +214,7 @@ impl Client {
     ) -> Result<(), BlobError> {
         let req = Request::InboxAck { key, entry, secret };
         let _ = serve(&self.store, req.clone()).await;
-        let peers = self.closest_peers(key).await?;
+        let peers = self.inbox_holders(key, false).await?;
         let acks = peers
             .into_iter()
             .take(self.blob_replicas.max(1) * 2)
