@@ -59,6 +59,12 @@ pub const MAX_QUEUED: u64 = 100_000;
 const MAX_ATTEMPTS_IN_FLIGHT: usize = 8;
 /// Notifications and inbox entries being received at once.
 const MAX_RECEIVING: usize = 32;
+/// An inbox entry to acknowledge: (entry id, ack secret).
+type Ack = ([u8; 32], [u8; 32]);
+
+/// Acknowledgements waiting to be sent, and sent at once.
+const MAX_PENDING_ACKS: usize = 4096;
+const MAX_ACKS_IN_FLIGHT: usize = 8;
 /// How long a verified directory record is reused before it is looked up again, and how many
 /// are kept.
 const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -131,6 +137,11 @@ struct Inner {
     wake: Notify,
     /// Wakes the collector (a notification could not be handled on its own).
     collect: Notify,
+    /// Inbox entries to acknowledge (entry id, ack secret), sent by a task of their own so
+    /// that receiving does not wait on the holders. Full: the entry is acknowledged at a
+    /// later collection instead.
+    acks: mpsc::Sender<Ack>,
+    acks_rx: Mutex<Option<mpsc::Receiver<Ack>>>,
     /// Recipient rows being attempted (by key).
     sending: Mutex<HashSet<Vec<u8>>>,
     /// Delivery ids being received (so a notification and a collected entry of one message
@@ -148,6 +159,7 @@ impl Delivery {
         store: Store,
         mailbox: Mailbox,
     ) -> Delivery {
+        let (acks, acks_rx) = mpsc::channel(MAX_PENDING_ACKS);
         Delivery {
             inner: Arc::new(Inner {
                 config,
@@ -157,6 +169,8 @@ impl Delivery {
                 mailbox,
                 wake: Notify::new(),
                 collect: Notify::new(),
+                acks,
+                acks_rx: Mutex::new(Some(acks_rx)),
                 sending: Mutex::new(HashSet::new()),
                 receiving: Mutex::new(HashSet::new()),
                 records: Mutex::new(HashMap::new()),
@@ -180,9 +194,12 @@ impl Delivery {
         tasks.spawn(self.clone().run_collector(cancel.clone()).in_current_span());
         tasks.spawn(
             self.clone()
-                .run_notifications(notifications, cancel)
+                .run_notifications(notifications, cancel.clone())
                 .in_current_span(),
         );
+        if let Some(rx) = lock(&self.inner.acks_rx).take() {
+            tasks.spawn(self.clone().run_acks(rx, cancel).in_current_span());
+        }
     }
 
     /// The directory record of `address`: from the cache when it was looked up in the last

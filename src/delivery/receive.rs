@@ -45,8 +45,12 @@ impl Delivery {
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break;
+            // Never wait here: a full handler would fill the channel and the node would drop
+            // pushes unseen. A push that finds every slot taken waits in the DHT inbox, and
+            // the collector is told to fetch it.
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                self.inner.collect.notify_one();
+                continue;
             };
             let this = self.clone();
             tasks.spawn(
@@ -69,11 +73,14 @@ impl Delivery {
         loop {
             let wait = match self.collect().await {
                 Ok(n) => {
+                    backoff = Duration::from_secs(1);
                     if n > 0 {
                         tracing::info!(target: "peerpost::_events::delivery", stored = n, "collected the DHT inbox");
+                        // A list answer holds at most 32 entries: there may be more.
+                        Duration::from_millis(200)
+                    } else {
+                        self.inner.config.collect_every
                     }
-                    backoff = Duration::from_secs(1);
-                    self.inner.config.collect_every
                 }
                 Err(e) => {
                     // At start the overlay may not know a peer yet: retry soon.
@@ -236,9 +243,44 @@ impl Delivery {
     }
 
     async fn ack(&self, entry: [u8; 32], n: &Notice) {
-        let key = protocol::inbox_key(&self.inner.config.address);
-        if let Err(e) = self.inner.client.inbox_ack(key, entry, n.ack_secret).await {
-            tracing::debug!("inbox ack: {e}");
+        if self.inner.acks.try_send((entry, n.ack_secret)).is_err() {
+            tracing::debug!("ack queue full; the entry is acknowledged at a later collection");
         }
+    }
+
+    /// Sends the queued acknowledgements to the inbox holders, a few at a time.
+    pub(super) async fn run_acks(
+        self,
+        mut rx: mpsc::Receiver<super::Ack>,
+        cancel: CancellationToken,
+    ) {
+        let key = protocol::inbox_key(&self.inner.config.address);
+        let mut tasks = JoinSet::new();
+        loop {
+            if tasks.len() >= super::MAX_ACKS_IN_FLIGHT {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
+            let (entry, secret) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                a = rx.recv() => match a {
+                    Some(a) => a,
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let client = self.inner.client.clone();
+            tasks.spawn(
+                async move {
+                    if let Err(e) = client.inbox_ack(key, entry, secret).await {
+                        tracing::debug!("inbox ack: {e}");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        tasks.shutdown().await;
     }
 }
