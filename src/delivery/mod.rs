@@ -232,7 +232,7 @@ impl Delivery {
         Ok(self
             .inner
             .store
-            .outbox_scan(vec![1], usize::MAX)
+            .outbox_scan(vec![1], MAX_QUEUED as usize)
             .await?
             .len() as u64)
     }
