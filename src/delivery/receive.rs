@@ -284,3 +284,84 @@ impl Delivery {
         tasks.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::{DeviceKey, DirectoryRecord, UserKeys};
+    use crate::mailbox::Mailbox;
+    use crate::overlay::{self, TransportKind};
+    use crate::store::Store;
+
+    /// One node whose overlay holds alice's record (published locally): bob's delivery must
+    /// drop a notice claiming to be alice's but signed by another key, and store alice's own
+    /// notice once however often it is offered.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_forged_sender_is_dropped_and_a_message_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sized(dir.path(), 1 << 30).unwrap();
+        let device = DeviceKey::generate().unwrap();
+        let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
+        let port = u64::from_be_bytes(crate::crypto::random_bytes::<8>().unwrap()) | 1;
+        oc.listen = vec![overlay::memory_addr(port)];
+        let cancel = CancellationToken::new();
+        let (client, _events, task) = overlay::spawn(oc, store.clone(), cancel.clone()).unwrap();
+        let (alice, bob, mallory) = (
+            UserKeys::generate().unwrap(),
+            UserKeys::generate().unwrap(),
+            UserKeys::generate().unwrap(),
+        );
+        let now = now_secs();
+        let rec = DirectoryRecord::new(&alice, "alice@t.test", vec![[1; 32]], now, now, 3600);
+        let _ = client.publish(rec.unwrap()).await; // no peers: kept locally
+        let mailbox = Mailbox::open(
+            store.clone(),
+            UserKeys::from_seed(*bob.seed()),
+            device.public(),
+        )
+        .await
+        .unwrap();
+        let d = Delivery::new(
+            super::super::Config::new("bob@t.test", "node.test"),
+            UserKeys::from_seed(*bob.seed()),
+            client,
+            store,
+            mailbox.clone(),
+        );
+        let envelope = |signer: &UserKeys, id: u8| {
+            let n = Notice {
+                msg_id: [id; 16],
+                sent: now,
+                sender: "alice@t.test".into(),
+                recipient: "bob@t.test".into(),
+                ack_secret: [id; 32],
+                body: Body::Inline(b"Subject: hi\r\n\r\nbody\r\n".to_vec()),
+            };
+            Envelope::seal(signer, &bob.public().enc, &n.encode())
+                .unwrap()
+                .into_bytes()
+        };
+        assert_eq!(d.receive(envelope(&mallory, 1)).await, Received::Dropped);
+        assert!(mailbox.messages("INBOX").unwrap().is_empty());
+        assert_eq!(d.receive(envelope(&alice, 2)).await, Received::Stored);
+        assert_eq!(d.receive(envelope(&alice, 2)).await, Received::Stored);
+        let inbox = mailbox.messages("INBOX").unwrap();
+        assert_eq!(inbox.len(), 1, "stored once");
+        let text = mailbox.read(inbox[0].entry).await.unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.starts_with("Authentication-Results: node.test; peerpost=pass")
+                && text.contains("smtp.mailfrom=alice@t.test")
+                && text.ends_with("Subject: hi\r\n\r\nbody\r\n"),
+            "{text}"
+        );
+        // Garbage and notices sealed to someone else are dropped, not stored.
+        assert_eq!(d.receive(vec![1, 2, 3]).await, Received::Dropped);
+        let other = UserKeys::generate().unwrap();
+        let n = Envelope::seal(&alice, &other.public().enc, b"x").unwrap();
+        assert_eq!(d.receive(n.into_bytes()).await, Received::Dropped);
+        cancel.cancel();
+        let _ = task.await;
+    }
+}
