@@ -1,5 +1,5 @@
 //! Mail flow through real `peerpost run` processes on 127.0.0.1: submission (smtplib with
-//! STARTTLS + AUTH, swaks, `peerpost send`) to overlay users and to an outside address via a
+//! STARTTLS + AUTH, swaks, `peerpost send`, mutt with `sendmail="peerpost send"`) to overlay users and to an outside address via a
 //! smarthost sink; a recipient offline at send time; `kill -9` right after the 250; retries
 //! while the smarthost is down; a bounce (DSN) on 5xx; and the submission port's refusals.
 
@@ -389,6 +389,31 @@ fn overlay_users_and_an_outside_address_get_the_message_once() {
             });
         }
         Err(_) => eprintln!("swaks not installed: its part is skipped"),
+    }
+
+    // mutt in batch mode with `set sendmail="peerpost send"`, when installed.
+    if Command::new("mutt").arg("-v").output().is_ok() {
+        let sendmail = format!("{BIN} --home {} send", alice.home.home().display());
+        let set = format!("set from=alice@flow.test record=\"\" sendmail=\"{sendmail}\"");
+        let mut mutt = Command::new("mutt")
+            .args(["-n", "-F", "/dev/null", "-e", &set, "-s", "via mutt"])
+            .arg("bob@flow.test")
+            .env("HOME", t.dir.path())
+            .env_remove("PEERPOST_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        mutt.stdin
+            .take()
+            .unwrap()
+            .write_all(b"mutt body\n")
+            .unwrap();
+        assert!(mutt.wait().unwrap().success(), "mutt could not send");
+        eventually("bob has the mutt message", 30, || {
+            (count(&bob.inbox(), "Subject: via mutt") == 1).then_some(())
+        });
     }
 
     // 3. Bob offline at send time: `peerpost send -t` through alice's node; bob collects
