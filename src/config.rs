@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -45,6 +46,8 @@ pub struct FileConfig {
     pub durability: DurabilitySection,
     pub smarthost: SmarthostSection,
     pub maildir: MaildirSection,
+    // --- mail flow (issue #7) ---
+    pub delivery: DeliverySection,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -177,12 +180,46 @@ impl Default for DurabilitySection {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmarthostSection {
-    pub url: String,
-    pub username: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: String,
+    pub user: String,
     pub password_file: String,
+}
+
+impl Default for SmarthostSection {
+    fn default() -> Self {
+        SmarthostSection {
+            host: String::new(),
+            port: 587,
+            tls: "starttls".into(),
+            user: String::new(),
+            password_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    pub give_up_after: String,
+    pub retry_first: String,
+    pub retry_max: String,
+    pub collect_every: String,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            give_up_after: "5d".into(),
+            retry_first: "5s".into(),
+            retry_max: "10m".into(),
+            collect_every: "60s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +254,7 @@ pub struct Config {
     pub durability: DurabilityConfig,
     pub smarthost: Option<SmarthostConfig>,
     pub maildir: MaildirConfig,
+    pub delivery: DeliveryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,9 +302,26 @@ pub struct DurabilityConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmarthostConfig {
-    pub url: String,
-    pub username: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub tls: SmarthostTls,
+    pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmarthostTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    pub give_up_after: Duration,
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    pub collect_every: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -418,23 +473,56 @@ impl Validator<'_> {
                 format!("{lp} is not between 0 and 1 (exclusive)"),
             ));
         }
-        let smarthost = if f.smarthost.url.is_empty() {
+        let smarthost = if f.smarthost.host.is_empty() {
             None
         } else {
-            let url = &f.smarthost.url;
-            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) || url.len() < 8 {
+            let sh = &f.smarthost;
+            if sh
+                .host
+                .contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+            {
                 return Err(self.err(
-                    "smarthost.url",
-                    format!("{url:?} must look like smtp://host:587 or smtps://host:465"),
+                    "smarthost.host",
+                    format!("{:?} must be a host name or IP address", sh.host),
                 ));
             }
+            let tls = match sh.tls.as_str() {
+                "none" => SmarthostTls::None,
+                "starttls" => SmarthostTls::StartTls,
+                "tls" => SmarthostTls::Tls,
+                other => {
+                    return Err(self.err(
+                        "smarthost.tls",
+                        format!("{other:?} must be \"none\", \"starttls\" or \"tls\""),
+                    ));
+                }
+            };
+            if sh.port == 0 {
+                return Err(self.err("smarthost.port", "must not be 0"));
+            }
             Some(SmarthostConfig {
-                url: url.clone(),
-                username: Some(f.smarthost.username.clone()).filter(|s| !s.is_empty()),
-                password_file: Some(&f.smarthost.password_file)
+                host: sh.host.clone(),
+                port: sh.port,
+                tls,
+                user: Some(sh.user.clone()).filter(|s| !s.is_empty()),
+                password_file: Some(&sh.password_file)
                     .filter(|s| !s.is_empty())
                     .map(|p| self.path(p)),
             })
+        };
+        let duration = |key: &str, v: &str| {
+            parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                self.err(
+                    key,
+                    format!("{v:?} is not a duration (e.g. \"30s\", \"10m\", \"5d\")"),
+                )
+            })
+        };
+        let delivery = DeliveryConfig {
+            give_up_after: duration("delivery.give_up_after", &f.delivery.give_up_after)?,
+            retry_first: duration("delivery.retry_first", &f.delivery.retry_first)?,
+            retry_max: duration("delivery.retry_max", &f.delivery.retry_max)?,
+            collect_every: duration("delivery.collect_every", &f.delivery.collect_every)?,
         };
         if f.tls.cert.is_empty() || f.tls.key.is_empty() {
             return Err(self.err("tls.cert", "the certificate and key paths must be set"));
@@ -478,6 +566,7 @@ impl Validator<'_> {
                 loss_probability: lp,
             },
             smarthost,
+            delivery,
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),
@@ -496,6 +585,23 @@ pub fn expand_path(v: &str, home: &Path) -> PathBuf {
     }
     let p = PathBuf::from(v);
     if p.is_absolute() { p } else { home.join(p) }
+}
+
+/// Parses "500ms", "30s", "10m", "2h", "5d" (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(secs)?))
 }
 
 /// Parses "10GiB", "500 MB", "1024" (bytes). Binary (KiB, MiB, GiB, TiB) and decimal units.
@@ -590,11 +696,14 @@ failure_fraction = 0.6
 loss_probability = 1e-6
 
 [smarthost]
-# Mail to people outside the overlay leaves through this relay (STARTTLS), e.g.
-# "smtp://mail.example.org:587". "" = such mail bounces.
-url = ""
-username = ""
-# File holding the relay password.
+# Mail to people outside the overlay (no directory record) leaves through this relay, e.g.
+# host = "mail.example.org". "" = such mail bounces.
+host = ""
+port = 587
+# "starttls" (required), "tls" (implicit, port 465) or "none" (a relay on loopback only).
+tls = "starttls"
+# Relay login; the password is the first line of password_file.
+user = ""
 password_file = ""
 
 [maildir]
@@ -605,6 +714,15 @@ mount = false
 path = "~/Maildir"
 # User that owns the files on the mount (Dovecot refuses root); "" = the invoking user.
 owner = ""
+
+[delivery]
+# Mail not delivered after this long bounces back to you (a DSN in your INBOX).
+give_up_after = "5d"
+# First retry after a temporary failure; the delay doubles up to retry_max.
+retry_first = "5s"
+retry_max = "10m"
+# How often your node collects mail left for you in the overlay while it was offline.
+collect_every = "60s"
 "#
     )
 }

@@ -1,8 +1,11 @@
 //! The control socket of a running node: `control.sock` in the home, a Unix socket (mode
 //! 0600, so only the node's user can talk to it) with one JSON object per line each way.
 //!
-//! Requests: `{"op":"status"}`, `{"op":"lookup","address":"bob@example.org"}`.
-//! Replies: `{"ok":true,"status":{…}}`, `{"ok":true,"lookup":{…}}`, `{"ok":false,"error":"…"}`.
+//! Requests: `{"op":"status"}`, `{"op":"lookup","address":"bob@example.org"}`,
+//! `{"op":"send","recipients":[…],"size":N}` followed by exactly N bytes of message (at most
+//! [`MAX_SEND`]; `peerpost send`).
+//! Replies: `{"ok":true,"status":{…}}`, `{"ok":true,"lookup":{…}}`, `{"ok":true,"queued":"ID"}`,
+//! `{"ok":false,"error":"…"}`.
 //! A request line is at most [`MAX_LINE`] bytes; at most [`MAX_CLIENTS`] connections are served
 //! at once; an idle connection is closed after [`IDLE`].
 
@@ -52,8 +55,18 @@ pub enum Error {
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Lookup { address: String },
+    Lookup {
+        address: String,
+    },
+    /// The message follows the request line: `size` raw bytes.
+    Send {
+        recipients: Vec<String>,
+        size: u64,
+    },
 }
+
+/// Largest message `send` takes over the socket.
+pub const MAX_SEND: u64 = crate::crypto::content::MAX_PLAINTEXT as u64;
 
 /// `status` of a running node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -87,6 +100,8 @@ struct Reply {
     lookup: Option<LookupReply>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued: Option<String>,
 }
 
 pub fn socket_path(home: &Path) -> PathBuf {
@@ -97,6 +112,8 @@ pub fn socket_path(home: &Path) -> PathBuf {
 pub struct Context {
     pub address: String,
     pub client: overlay::Client,
+    /// For `send` (None when the node runs no mail).
+    pub delivery: Option<crate::delivery::Delivery>,
 }
 
 /// Binds the socket (refusing if a node already answers on it; removing a stale one).
@@ -164,6 +181,20 @@ async fn handle(stream: UnixStream, ctx: &Context) {
             error_reply("request line too long")
         } else {
             match serde_json::from_str::<Request>(line.trim()) {
+                Ok(Request::Send { recipients, size }) => {
+                    if size > MAX_SEND {
+                        let e = format!("message of {size} bytes is over the limit of {MAX_SEND}");
+                        let _ = write_reply(&mut write, &error_reply(&e)).await;
+                        return;
+                    }
+                    reader.get_mut().set_limit(size);
+                    let mut message = vec![0u8; size as usize];
+                    let read = tokio::time::timeout(IDLE, reader.read_exact(&mut message)).await;
+                    if !matches!(read, Ok(Ok(_))) {
+                        return;
+                    }
+                    send(ctx, recipients, message).await
+                }
                 Ok(req) => answer(req, ctx).await,
                 Err(e) => error_reply(&format!("bad request: {e}")),
             }
@@ -183,6 +214,38 @@ fn error_reply(e: &str) -> Reply {
         status: None,
         lookup: None,
         error: Some(e.to_string()),
+        queued: None,
+    }
+}
+
+async fn write_reply(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_string(reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+    out.push('\n');
+    write.write_all(out.as_bytes()).await
+}
+
+async fn send(ctx: &Context, recipients: Vec<String>, message: Vec<u8>) -> Reply {
+    let Some(delivery) = &ctx.delivery else {
+        return error_reply("this node runs no mail servers");
+    };
+    match delivery.submit(&recipients, message).await {
+        Ok(id) => Reply {
+            queued: Some(id),
+            ..error_reply("")
+        }
+        .ok(),
+        Err(e) => error_reply(&e.to_string()),
+    }
+}
+
+impl Reply {
+    fn ok(mut self) -> Reply {
+        self.ok = true;
+        self.error = None;
+        self
     }
 }
 
@@ -197,6 +260,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                 }),
                 lookup: None,
                 error: None,
+                queued: None,
             },
             Err(e) => error_reply(&e.to_string()),
         },
@@ -219,15 +283,26 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                         elapsed_ms: u64::try_from(found.elapsed.as_millis()).unwrap_or(u64::MAX),
                     }),
                     error: None,
+                    queued: None,
                 }
             }
             Err(e) => error_reply(&e.to_string()),
         },
+        Request::Send { .. } => error_reply("send carries a message body"),
     }
 }
 
 /// Client side: sends one request to the node running in `home` and returns its reply.
 pub async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, Error> {
+    call_with(home, req, &[]).await
+}
+
+/// [`call`] with bytes written after the request line (the message of a `send`).
+pub async fn call_with(
+    home: &Path,
+    req: &Request,
+    body: &[u8],
+) -> Result<serde_json::Value, Error> {
     let path = socket_path(home);
     let stream = UnixStream::connect(&path)
         .await
@@ -243,6 +318,7 @@ pub async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, Error
     let mut line = serde_json::to_string(req).map_err(|e| Error::Protocol(e.to_string()))?;
     line.push('\n');
     write.write_all(line.as_bytes()).await.map_err(io)?;
+    write.write_all(body).await.map_err(io)?;
     let mut reader = BufReader::new(read.take(MAX_REPLY as u64));
     let mut reply = String::new();
     tokio::time::timeout(IDLE, reader.read_line(&mut reply))

@@ -9,6 +9,7 @@
 //! * [`home`]: the files of a node's home directory and their permissions.
 //! * [`tls`]: the servers' certificate (generated at `init`).
 //! * [`mailbox`]: the mailbox engine: folders, flags, UIDs, device logs that merge.
+//! * [`delivery`]: the outbound queue (overlay, smarthost, bounces) and arriving mail.
 //! * [`imap`]: the IMAP server (the only module using imap-codec and mail-parser).
 //! * [`pop3`]: the POP3 server (INBOX), on the shared listener layer in [`server`].
 //! * [`smtp`]: the SMTP intake: mail for this node's user, into INBOX.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod delivery;
 pub mod durability;
 pub mod home;
 pub mod imap;

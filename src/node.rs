@@ -3,8 +3,10 @@
 //! stops them in reverse order.
 //!
 //! Start-up order: store (opened by the caller) → overlay (listen, dial bootstrap peers) →
-//! control socket → mailbox engine and the mail servers (POP3, POP3S, SMTP intake), when
-//! configured → publisher (publishes this user's directory record, retries with backoff
+//! control socket (bound) → mailbox engine and the mail servers (POP3, POP3S, SMTP intake,
+//! SMTP submission) with delivery (queue worker, inbox collector, notification handler; the
+//! overlay's notifications are handed to it), when configured → control socket (served) →
+//! publisher (publishes this user's directory record, retries with backoff
 //! while no peer accepts it, republishes well before expiry). Every task belongs to the
 //! node's `JoinSet` and stops when its cancellation token fires.
 
@@ -20,6 +22,7 @@ use tracing::Instrument;
 
 use crate::control;
 use crate::crypto::{DirectoryRecord, UserKeys};
+use crate::delivery::{self, Delivery};
 use crate::mailbox::Mailbox;
 use crate::overlay::{self, Event};
 use crate::server::Limits;
@@ -80,6 +83,11 @@ pub struct MailConfig {
     pub max_message_size: u64,
     /// The name in SMTP greetings and Received headers.
     pub hostname: String,
+    // --- mail flow (issue #7) ---
+    /// The SMTP submission listener (AUTH, any recipient), if wanted.
+    pub submission: Option<SocketAddr>,
+    /// Delivery's timings and smarthost (its address and hostname are the node's).
+    pub delivery: delivery::Config,
 }
 
 impl NodeConfig {
@@ -112,6 +120,7 @@ pub struct Node {
     publisher: Publisher,
     mailbox: Option<Mailbox>,
     servers: Vec<(&'static str, SocketAddr)>,
+    delivery: Option<Delivery>,
 }
 
 #[derive(Clone)]
@@ -187,6 +196,9 @@ impl Node {
             }
             .in_current_span(),
         );
+        // Notifications go to delivery (when the node runs mail); a full channel drops them:
+        // the notice waits in the DHT inbox for the next collection.
+        let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
         let ev_cancel = cancel.clone();
         tasks.spawn(
             async move {
@@ -196,8 +208,10 @@ impl Node {
                         ev = events.recv() => match ev {
                             Some(Event::Listening(addr)) => tracing::debug!(%addr, "listening"),
                             Some(Event::Notification { from, payload }) => {
-                                // Delivery (the mail layer) will consume these.
-                                tracing::info!(%from, bytes = payload.len(), "notification received");
+                                tracing::debug!(%from, bytes = payload.len(), "notification received");
+                                if notify_tx.try_send(payload).is_err() {
+                                    tracing::debug!("notification not handed to delivery (busy or off)");
+                                }
                             }
                             None => break,
                         }
@@ -206,29 +220,31 @@ impl Node {
             }
             .in_current_span(),
         );
+        // Bound first (a second node in this home is refused before any port is taken),
+        // served once delivery exists (the socket's `send` hands messages to it).
+        let mut control_listener = None;
         if let Some(path) = &config.control_socket {
-            let listener = match control::bind(path).await {
-                Ok(l) => l,
+            match control::bind(path).await {
+                Ok(l) => control_listener = Some((l, path.clone())),
                 Err(e) => {
                     cancel.cancel();
                     return Err(e.into());
                 }
             };
-            let ctx = control::Context {
-                address: config.address.clone(),
-                client: client.clone(),
-            };
-            tasks.spawn(
-                control::serve(listener, path.clone(), ctx, cancel.clone()).in_current_span(),
-            );
         }
         let mut mailbox = None;
         let mut servers = Vec::new();
+        let mut delivery = None;
         if let Some(mail) = &config.mail {
-            match start_mail(mail, &config, &store, &cancel, &mut tasks).await {
-                Ok((mb, bound)) => {
+            let started = start_mail(mail, &config, &store, &client, &cancel, &mut tasks).await;
+            match started.map(|(mb, bound, d)| {
+                d.spawn(&mut tasks, cancel.clone(), notify_rx);
+                (mb, bound, d)
+            }) {
+                Ok((mb, bound, d)) => {
                     mailbox = Some(mb);
                     servers = bound;
+                    delivery = Some(d);
                 }
                 Err(e) => {
                     cancel.cancel();
@@ -236,6 +252,14 @@ impl Node {
                     return Err(e);
                 }
             }
+        }
+        if let Some((listener, path)) = control_listener {
+            let ctx = control::Context {
+                address: config.address.clone(),
+                client: client.clone(),
+                delivery: delivery.clone(),
+            };
+            tasks.spawn(control::serve(listener, path, ctx, cancel.clone()).in_current_span());
         }
         let publisher = Publisher {
             client: client.clone(),
@@ -261,7 +285,13 @@ impl Node {
             publisher,
             mailbox,
             servers,
+            delivery,
         })
+    }
+
+    /// Delivery (outbound queue, arriving mail), when the node runs the mail servers.
+    pub fn delivery(&self) -> Option<&Delivery> {
+        self.delivery.as_ref()
     }
 
     /// The mailbox engine, when the node runs the mail servers.
@@ -305,9 +335,10 @@ async fn start_mail(
     mail: &MailConfig,
     config: &NodeConfig,
     store: &Store,
+    client: &overlay::Client,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<(Mailbox, Vec<(&'static str, SocketAddr)>), Error> {
+) -> Result<(Mailbox, Vec<(&'static str, SocketAddr)>, Delivery), Error> {
     let keys = UserKeys::from_seed(*config.user_keys.seed());
     let mailbox = Mailbox::open(store.clone(), keys, config.device_public).await?;
     let acceptor = tls::Acceptor::load(&mail.tls_cert, &mail.tls_key)?;
@@ -323,7 +354,7 @@ async fn start_mail(
     let mut bound = Vec::new();
     let pop3_ctx = pop3::Context {
         mailbox: mailbox.clone(),
-        auth,
+        auth: Arc::clone(&auth),
         tls: Some(acceptor.clone()),
     };
     for (what, addr, implicit) in [("pop3", mail.pop3, false), ("pop3s", mail.pop3s, true)] {
@@ -372,7 +403,35 @@ async fn start_mail(
             local: vec![config.address.to_lowercase()],
             hostname: mail.hostname.clone(),
             max_message_size: mail.max_message_size,
+            tls: Some(acceptor.clone()),
+            mode: smtp::Mode::Intake,
+        };
+        tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
+    }
+    // --- mail flow (issue #7): delivery and the submission listener ---
+    let mut dc = mail.delivery.clone();
+    dc.address = config.address.to_lowercase();
+    dc.hostname = mail.hostname.clone();
+    let delivery = Delivery::new(
+        dc,
+        UserKeys::from_seed(*config.user_keys.seed()),
+        client.clone(),
+        store.clone(),
+        mailbox.clone(),
+    );
+    if let Some(addr) = mail.submission {
+        let l = bind("submission", addr).await?;
+        bound.push(("submission", l.local_addr().unwrap_or(addr)));
+        let ctx = smtp::Context {
+            mailbox: mailbox.clone(),
+            local: vec![config.address.to_lowercase()],
+            hostname: mail.hostname.clone(),
+            max_message_size: mail.max_message_size,
             tls: Some(acceptor),
+            mode: smtp::Mode::Submission {
+                auth,
+                delivery: delivery.clone(),
+            },
         };
         tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
     }
@@ -394,7 +453,7 @@ async fn start_mail(
         }
         .in_current_span(),
     );
-    Ok((mailbox, bound))
+    Ok((mailbox, bound, delivery))
 }
 
 /// Many full nodes in one process over the memory transport (tests and benchmarks).

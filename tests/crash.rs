@@ -30,6 +30,7 @@ fn start_node(t: &TestHome) -> (Node, String) {
         .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
         .args(["--imap", "off", "--imaps", "off"])
+        .args(["--submission", "off"])
         .env_remove("PEERPOST_HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

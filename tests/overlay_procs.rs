@@ -18,7 +18,7 @@ struct Running {
 }
 
 /// `run` on a free loopback port, overlay only (the mail servers are tested elsewhere).
-const RUN: [&str; 14] = [
+const RUN: [&str; 16] = [
     "run",
     "--no-mdns",
     "--listen",
@@ -32,6 +32,8 @@ const RUN: [&str; 14] = [
     "--imap",
     "off",
     "--imaps",
+    "off",
+    "--submission",
     "off",
 ];
 

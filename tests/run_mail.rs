@@ -56,6 +56,8 @@ fn run_serves_smtp_intake_and_pop3_on_one_mailbox() {
             "off",
             "--smtp",
             "127.0.0.1:0",
+            "--submission",
+            "off",
         ])
         .env_remove("PEERPOST_HOME")
         .stdin(Stdio::null())
@@ -144,7 +146,7 @@ fn run_mounts_the_maildir_and_unmounts_at_exit() {
         .arg(t.home())
         .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
-        .args(["--imap", "off", "--imaps", "off"])
+        .args(["--imap", "off", "--imaps", "off", "--submission", "off"])
         .arg("--mount")
         .arg(&mnt)
         .env_remove("PEERPOST_HOME")

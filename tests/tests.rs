@@ -12,6 +12,8 @@ mod fs;
 mod imap;
 // Erasure-coded bundles in a 20-node ring: 60 % of the nodes (the owner too) fail, mail survives.
 mod durability;
+// Mail flow through real nodes: submission, the overlay (online and offline), smarthost, bounces.
+mod flow;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
 // import (Maildir++, mbox) then export through the binary: same bytes, flags, folders, dates; mutt reads it.

@@ -2,6 +2,7 @@
 //! `execute`. Only subcommands that work are listed; `send` and `restore` arrive with the
 //! layers they need.
 
+pub mod demo;
 pub mod export;
 pub mod import;
 pub mod init;
@@ -12,6 +13,7 @@ pub mod open;
 pub mod passwd;
 pub mod run;
 pub mod secret;
+pub mod send;
 pub mod status;
 pub mod sync;
 
@@ -64,6 +66,12 @@ pub enum Command {
     Sync(sync::Args),
     /// Serve the mailbox as a Maildir over FUSE (for Dovecot and mutt) until Ctrl-C.
     Mount(mount::Args),
+    /// Send a message read on stdin through the running node, like sendmail (mutt: set
+    /// sendmail="peerpost send").
+    Send(send::Args),
+    /// Start a 5-node ring on this machine (alice, bob, … @demo.test), send bob a welcome
+    /// message from alice over the overlay, and print how to read it; Ctrl-C stops it.
+    Demo(demo::Args),
 }
 
 impl Cli {
@@ -86,6 +94,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::execute(args, &home),
         Command::Sync(args) => sync::execute(args, &home),
         Command::Mount(args) => mount::execute(args, &home),
+        Command::Send(args) => send::execute(args, &home),
+        Command::Demo(args) => demo::execute(args),
     }
 }
 

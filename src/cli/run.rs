@@ -1,5 +1,6 @@
 //! `peerpost run`: join the overlay, publish this user's directory record, serve peers, the
-//! control socket and the mail servers (IMAP, IMAPS, POP3, POP3S, SMTP intake) until SIGINT or SIGTERM.
+//! control socket and the mail servers (IMAP, IMAPS, POP3, POP3S, SMTP intake and
+//! submission) with delivery, and optionally the FUSE Maildir, until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,15 +36,19 @@ pub struct Args {
     /// Serve POP3 over implicit TLS here instead of pop3.tls_listen; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub pop3s: Option<Listen>,
+    /// Serve the SMTP intake here instead of smtp.intake; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub smtp: Option<Listen>,
+    /// Serve SMTP submission (AUTH, any recipient) here instead of smtp.submission; "off"
+    /// disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub submission: Option<Listen>,
     /// Serve IMAP (with STARTTLS) here instead of imap.listen; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub imap: Option<Listen>,
     /// Serve IMAP over implicit TLS here instead of imap.tls_listen; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub imaps: Option<Listen>,
-    /// Serve the SMTP intake here instead of smtp.intake; "off" disables it.
-    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
-    pub smtp: Option<Listen>,
     /// Also mount the mailbox as a Maildir over FUSE, at PATH or at maildir.path
     /// (`~/Maildir`); `maildir.mount = true` in the config does the same. Unmounted at exit.
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
@@ -79,52 +84,8 @@ fn hostname() -> String {
 }
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
+    let (nc, store, address) = prepare(&args, home)?;
     let config = Config::load(&home.config(), home.root())?;
-    if let Some(psk) = &config.overlay.psk_file {
-        // Joining the global ring when a private one was asked for would leak the ring's
-        // traffic: refuse until pnet support lands.
-        bail!(
-            "overlay.psk_file = {:?}: private rings are not supported yet; \
-             remove the setting to join the global ring",
-            psk.display().to_string()
-        );
-    }
-    let identity = home.load_identity()?;
-    let user_keys = super::key::load_user_keys(home, args.passphrase_file.as_deref())?;
-    let device = home.load_device_key()?;
-    let store = Store::open(&home.store())?;
-
-    let mut oc = overlay::Config::new(*device.seed(), TransportKind::Network);
-    let listen = if args.listen.is_empty() {
-        &config.overlay.listen
-    } else {
-        &args.listen
-    };
-    oc.listen = overlay::parse_addrs(listen)?;
-    let mut bootstrap = config.overlay.bootstrap.clone();
-    bootstrap.extend(args.bootstrap.iter().cloned());
-    oc.bootstrap = overlay::parse_addrs(&bootstrap)?;
-    oc.mdns = config.overlay.mdns && !args.no_mdns;
-    oc.max_connections = config.overlay.max_connections;
-    oc.contribution = config.storage.contribution;
-
-    let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
-    nc.control_socket = Some(control::socket_path(home.root()));
-    let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
-    let password_home = home.clone();
-    nc.mail = Some(MailConfig {
-        pop3: pick(args.pop3, config.pop3.listen),
-        pop3s: pick(args.pop3s, config.pop3.tls_listen),
-        imap: pick(args.imap, config.imap.listen),
-        imaps: pick(args.imaps, config.imap.tls_listen),
-        smtp: pick(args.smtp, config.smtp.intake),
-        tls_cert: config.tls.cert.clone(),
-        tls_key: config.tls.key.clone(),
-        password: std::sync::Arc::new(move || password_home.load_password_hash().ok()),
-        max_message_size: config.smtp.max_message_size,
-        hostname: hostname(),
-    });
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -184,9 +145,8 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         _ => None,
     };
     println!(
-        "peerpost: node {} running for {}; stop with Ctrl-C (SIGINT) or SIGTERM",
-        node.client().peer_id(),
-        identity.address
+        "peerpost: node {} running for {address}; stop with Ctrl-C (SIGINT) or SIGTERM",
+        node.client().peer_id()
     );
     let waited = rt.block_on(wait_for_signal());
     eprintln!("peerpost: stopping");
@@ -195,6 +155,82 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     waited?;
     unmounted?;
     Ok(())
+}
+
+/// The node `run` would start in `home` (also used by `demo`, which runs several in one
+/// process): its config, its open store, and the user's address.
+pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, String)> {
+    let config = Config::load(&home.config(), home.root())?;
+    if let Some(psk) = &config.overlay.psk_file {
+        // Joining the global ring when a private one was asked for would leak the ring's
+        // traffic: refuse until pnet support lands.
+        bail!(
+            "overlay.psk_file = {:?}: private rings are not supported yet; \
+             remove the setting to join the global ring",
+            psk.display().to_string()
+        );
+    }
+    let identity = home.load_identity()?;
+    let user_keys = super::key::load_user_keys(home, args.passphrase_file.as_deref())?;
+    let device = home.load_device_key()?;
+    let store = Store::open(&home.store())?;
+
+    let mut oc = overlay::Config::new(*device.seed(), TransportKind::Network);
+    let listen = if args.listen.is_empty() {
+        &config.overlay.listen
+    } else {
+        &args.listen
+    };
+    oc.listen = overlay::parse_addrs(listen)?;
+    let mut bootstrap = config.overlay.bootstrap.clone();
+    bootstrap.extend(args.bootstrap.iter().cloned());
+    oc.bootstrap = overlay::parse_addrs(&bootstrap)?;
+    oc.mdns = config.overlay.mdns && !args.no_mdns;
+    oc.max_connections = config.overlay.max_connections;
+    oc.contribution = config.storage.contribution;
+
+    let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
+    nc.control_socket = Some(control::socket_path(home.root()));
+    let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
+    let password_home = home.clone();
+    nc.mail = Some(MailConfig {
+        pop3: pick(args.pop3, config.pop3.listen),
+        pop3s: pick(args.pop3s, config.pop3.tls_listen),
+        smtp: pick(args.smtp, config.smtp.intake),
+        tls_cert: config.tls.cert.clone(),
+        tls_key: config.tls.key.clone(),
+        password: std::sync::Arc::new(move || password_home.load_password_hash().ok()),
+        max_message_size: config.smtp.max_message_size,
+        hostname: hostname(),
+        submission: pick(args.submission, config.smtp.submission),
+        imap: pick(args.imap, config.imap.listen),
+        imaps: pick(args.imaps, config.imap.tls_listen),
+        delivery: delivery_config(&config),
+    });
+    Ok((nc, store, identity.address))
+}
+
+/// Delivery's settings from `[delivery]` and `[smarthost]`.
+fn delivery_config(config: &Config) -> crate::delivery::Config {
+    use crate::config::SmarthostTls;
+    use crate::delivery::{Smarthost, TlsMode};
+    let mut dc = crate::delivery::Config::new(&config.address, &hostname());
+    dc.give_up_after = config.delivery.give_up_after;
+    dc.retry_first = config.delivery.retry_first;
+    dc.retry_max = config.delivery.retry_max;
+    dc.collect_every = config.delivery.collect_every;
+    dc.smarthost = config.smarthost.as_ref().map(|sh| Smarthost {
+        host: sh.host.clone(),
+        port: sh.port,
+        tls: match sh.tls {
+            SmarthostTls::None => TlsMode::None,
+            SmarthostTls::StartTls => TlsMode::StartTls,
+            SmarthostTls::Tls => TlsMode::Tls,
+        },
+        user: sh.user.clone(),
+        password_file: sh.password_file.clone(),
+    });
+    dc
 }
 
 async fn wait_for_signal() -> Result<()> {

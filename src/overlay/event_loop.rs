@@ -449,16 +449,18 @@ impl EventLoop {
         if self.banned.contains(&peer) {
             return refuse(self, channel, Refusal::Invalid);
         }
-        let inflight = self.inflight.get(&peer).copied().unwrap_or(0);
-        if inflight >= self.config.max_inflight_per_peer || self.tasks.len() >= MAX_INBOUND_TASKS {
-            return refuse(self, channel, Refusal::Busy);
-        }
+        // A notification costs no store task (it is handed to the owner, whose event channel
+        // bounds it), so the blob in-flight limits do not refuse it.
         if let Request::Notify { payload } = request {
             self.emit(Event::Notification {
                 from: peer,
                 payload,
             });
             return self.respond(channel, Response::Ack, true);
+        }
+        let inflight = self.inflight.get(&peer).copied().unwrap_or(0);
+        if inflight >= self.config.max_inflight_per_peer || self.tasks.len() >= MAX_INBOUND_TASKS {
+            return refuse(self, channel, Refusal::Busy);
         }
         *self.inflight.entry(peer).or_insert(0) += 1;
         let store = self.store.clone();
@@ -527,6 +529,9 @@ async fn serve(store: &Store, request: Request, limit: u64) -> Response {
             Err(_) => Response::Refused(Refusal::Internal),
         },
         Request::Notify { .. } => Response::Refused(Refusal::Invalid),
+        Request::InboxPut { .. } | Request::InboxList { .. } | Request::InboxAck { .. } => {
+            super::inbox::serve(store, request).await
+        }
     }
 }
 

@@ -21,7 +21,10 @@
 mod behaviour;
 pub mod directory;
 mod event_loop;
+mod inbox;
 pub mod protocol;
+
+pub use inbox::device_peer_id;
 
 use std::time::{Duration, Instant};
 
@@ -254,6 +257,8 @@ pub struct Client {
     store: Store,
     ring_authority: Option<[u8; 32]>,
     blob_replicas: usize,
+    /// Recently found closest peers of DHT inbox keys (mail flow).
+    inbox_peers: inbox::PeerCache,
 }
 
 /// Starts the overlay: binds the listen addresses, dials the bootstrap peers, and runs the
@@ -283,6 +288,7 @@ pub fn spawn(
         store: store.clone(),
         ring_authority: config.ring_authority,
         blob_replicas: config.blob_replicas,
+        inbox_peers: Default::default(),
     };
     let event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, store, config);
     let handle = tokio::spawn(tracing::Instrument::in_current_span(event_loop.run(cancel)));

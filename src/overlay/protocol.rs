@@ -52,6 +52,38 @@ const HAS_ANSWER: u8 = 0x83;
 const ACK: u8 = 0x84;
 const REFUSED: u8 = 0x90;
 
+// --- DHT inboxes (mail flow), on `/peerpost/blob/1`, frame version 1 ---
+//
+// Requests: `INBOX_PUT` ([32] inbox key ‖ [32] ack hash ‖ u32 len ‖ envelope ≤ MAX_INBOX_ENTRY),
+// `INBOX_LIST` ([32] inbox key), `INBOX_ACK` ([32] inbox key ‖ [32] entry id ‖ [32] ack
+// secret, accepted when BLAKE3(secret) is the entry's ack hash). Response: `INBOX_ENTRIES`
+// (u16 count ≤ MAX_INBOX_LIST ‖ count × (u32 len ‖ envelope)); PUT answers `STORED` or
+// `REFUSED`, ACK answers `ACK` or `REFUSED not-found`.
+const INBOX_PUT: u8 = 0x10;
+const INBOX_LIST: u8 = 0x11;
+const INBOX_ACK: u8 = 0x12;
+const INBOX_ENTRIES: u8 = 0x85;
+/// Largest DHT inbox entry (a sealed delivery notice).
+pub const MAX_INBOX_ENTRY: usize = MAX_NOTIFY;
+/// Most entries one `INBOX_LIST` answer carries (≤ 32 × 65 KiB, within one frame).
+pub const MAX_INBOX_LIST: usize = 32;
+/// Entries a holder keeps per recipient inbox, and in all inboxes together.
+pub const MAX_INBOX_PER_RECIPIENT: usize = 256;
+pub const MAX_INBOX_TOTAL: u64 = 16 * 1024;
+/// A holder drops inbox entries older than this.
+pub const INBOX_ENTRY_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+/// Domain separation of DHT inbox keys.
+pub const INBOX_KEY_CONTEXT: &[u8] = b"peerpost inbox v1";
+
+/// The DHT key of an address's inbox: BLAKE3("peerpost inbox v1" ‖ address), the address
+/// already normalized.
+pub fn inbox_key(normalized_address: &str) -> [u8; 32] {
+    let mut m = Vec::with_capacity(INBOX_KEY_CONTEXT.len() + normalized_address.len());
+    m.extend_from_slice(INBOX_KEY_CONTEXT);
+    m.extend_from_slice(normalized_address.as_bytes());
+    crate::crypto::hash(&m)
+}
+
 /// The DHT key of an address's directory record: BLAKE3("peerpost dir v1" ‖ address), the
 /// address already normalized.
 pub fn directory_key(normalized_address: &str) -> [u8; 32] {
@@ -93,6 +125,20 @@ pub enum Request {
     Notify {
         payload: Vec<u8>,
     },
+    /// Hold `envelope` in the inbox `key` until acknowledged with the preimage of `ack_hash`.
+    InboxPut {
+        key: [u8; 32],
+        ack_hash: [u8; 32],
+        envelope: Vec<u8>,
+    },
+    InboxList {
+        key: [u8; 32],
+    },
+    InboxAck {
+        key: [u8; 32],
+        entry: [u8; 32],
+        secret: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +161,7 @@ pub enum Response {
     HasAnswer(bool),
     Ack,
     Refused(Refusal),
+    InboxEntries { entries: Vec<Vec<u8>> },
 }
 
 impl Request {
@@ -134,6 +181,19 @@ impl Request {
             Request::Notify { payload } => {
                 w.u8(NOTIFY).bytes32(payload);
             }
+            Request::InboxPut {
+                key,
+                ack_hash,
+                envelope,
+            } => {
+                w.u8(INBOX_PUT).fixed(key).fixed(ack_hash).bytes32(envelope);
+            }
+            Request::InboxList { key } => {
+                w.u8(INBOX_LIST).fixed(key);
+            }
+            Request::InboxAck { key, entry, secret } => {
+                w.u8(INBOX_ACK).fixed(key).fixed(entry).fixed(secret);
+            }
         }
         w.into_vec()
     }
@@ -145,7 +205,9 @@ impl Request {
         let kind = header(&mut r)?;
         let notify = protocol == NOTIFY_PROTOCOL;
         let req = match kind {
-            STORE | FETCH | HAS if notify => return Err(FrameError::WrongProtocol(kind)),
+            STORE | FETCH | HAS | INBOX_PUT | INBOX_LIST | INBOX_ACK if notify => {
+                return Err(FrameError::WrongProtocol(kind));
+            }
             NOTIFY if !notify => return Err(FrameError::WrongProtocol(kind)),
             STORE => {
                 let id = r.array("id")?;
@@ -159,6 +221,19 @@ impl Request {
             HAS => Request::Has { id: r.array("id")? },
             NOTIFY => Request::Notify {
                 payload: r.bytes32("notification", MAX_NOTIFY)?.to_vec(),
+            },
+            INBOX_PUT => Request::InboxPut {
+                key: r.array("inbox key")?,
+                ack_hash: r.array("ack hash")?,
+                envelope: r.bytes32("inbox entry", MAX_INBOX_ENTRY)?.to_vec(),
+            },
+            INBOX_LIST => Request::InboxList {
+                key: r.array("inbox key")?,
+            },
+            INBOX_ACK => Request::InboxAck {
+                key: r.array("inbox key")?,
+                entry: r.array("entry id")?,
+                secret: r.array("ack secret")?,
             },
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -186,6 +261,13 @@ impl Response {
             }
             Response::Refused(why) => {
                 w.u8(REFUSED).u8(*why as u8);
+            }
+            Response::InboxEntries { entries } => {
+                let n = entries.len().min(MAX_INBOX_LIST);
+                w.u8(INBOX_ENTRIES).u16(n as u16);
+                for e in entries.iter().take(n) {
+                    w.bytes32(e);
+                }
             }
         }
         w.into_vec()
@@ -224,6 +306,22 @@ impl Response {
                     .into());
                 }
             }),
+            INBOX_ENTRIES => {
+                let n = usize::from(r.u16("entry count")?);
+                if n > MAX_INBOX_LIST {
+                    return Err(DecodeError::TooLong {
+                        field: "inbox entries",
+                        len: n,
+                        max: MAX_INBOX_LIST,
+                    }
+                    .into());
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(r.bytes32("inbox entry", MAX_INBOX_ENTRY)?.to_vec());
+                }
+                Response::InboxEntries { entries }
+            }
             other => return Err(FrameError::UnknownKind(other)),
         };
         r.finish("response frame")?;
@@ -334,6 +432,37 @@ mod tests {
         ] {
             assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
         }
+    }
+
+    #[test]
+    fn inbox_messages_round_trip_and_stay_on_the_blob_protocol() {
+        for req in [
+            Request::InboxPut {
+                key: [1; 32],
+                ack_hash: [2; 32],
+                envelope: vec![3; 500],
+            },
+            Request::InboxList { key: [4; 32] },
+            Request::InboxAck {
+                key: [5; 32],
+                entry: [6; 32],
+                secret: [7; 32],
+            },
+        ] {
+            assert_eq!(Request::decode(&req.encode(), BLOB_PROTOCOL).unwrap(), req);
+            assert!(matches!(
+                Request::decode(&req.encode(), NOTIFY_PROTOCOL),
+                Err(FrameError::WrongProtocol(_))
+            ));
+        }
+        let resp = Response::InboxEntries {
+            entries: vec![vec![1; 10], vec![], vec![2; 3]],
+        };
+        assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        let mut w = Writer::new();
+        w.u8(VERSION).u8(INBOX_ENTRIES).u16(1000);
+        assert!(Response::decode(w.as_slice()).is_err(), "count bounded");
+        assert_ne!(inbox_key("a@b"), directory_key("a@b"));
     }
 
     #[test]

@@ -1,10 +1,17 @@
-//! The SMTP intake (RFC 5321 ESMTP with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
-//! ENHANCEDSTATUSCODES, STARTTLS): mail for this node's user — e.g. a copy forwarded by the
-//! legacy mail server — goes into INBOX. The only module that imports smtp-proto.
+//! The SMTP servers (RFC 5321 ESMTP with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+//! ENHANCEDSTATUSCODES, STARTTLS), one session loop in two [`Mode`]s. The only module that
+//! imports smtp-proto.
 //!
-//! The reply to DATA is 250 only after the message is durably in the store (the engine's
-//! append commits with fsync). Recipients that are not local are refused (5.1.1); delivery to
-//! other overlay users and submission with AUTH come with the mail-flow issue.
+//! - **Intake**: mail for this node's user — e.g. a copy forwarded by the legacy mail server —
+//!   goes into INBOX. Recipients that are not local are refused (5.1.1): the intake stays
+//!   local-only, so it is never an open relay (other overlay users are reached through
+//!   submission).
+//! - **Submission** (RFC 6409): AUTH PLAIN / LOGIN (RFC 4954) against the user's password,
+//!   throttled per client address, and offered only over TLS or on loopback; MAIL FROM must
+//!   be the user's own address; any recipient; the message goes to `delivery` (a copy into
+//!   Sent and the persistent outbound queue).
+//!
+//! Either way the reply to DATA is 250 only after the message is durably in the store.
 
 mod session;
 
@@ -13,7 +20,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::Delivery;
 use crate::mailbox::Mailbox;
+use crate::server::auth::Authenticator;
 use crate::server::{self, Limits};
 use crate::tls::Acceptor;
 
@@ -28,6 +37,19 @@ pub struct Context {
     /// Largest message accepted (SIZE).
     pub max_message_size: u64,
     pub tls: Option<Acceptor>,
+    pub mode: Mode,
+}
+
+/// What a listener is for.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Mail for the local user, no authentication.
+    Intake,
+    /// Mail from the local user to anyone, after AUTH.
+    Submission {
+        auth: Arc<Authenticator>,
+        delivery: Delivery,
+    },
 }
 
 /// Serves the intake on `listener` until `shutdown`.
@@ -38,8 +60,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let ctx = Arc::new(ctx);
+    let name = match ctx.mode {
+        Mode::Intake => "smtp",
+        Mode::Submission { .. } => "submission",
+    };
     server::serve(
-        "smtp",
+        name,
         listener,
         None,
         limits,

@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8,
-    EXT_START_TLS,
+    AUTH_LOGIN, AUTH_PLAIN, EXT_8BIT_MIME, EXT_AUTH, EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING,
+    EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
 };
 use smtp_proto::{EhloResponse, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::Context;
+use super::{Context, Mode};
 use crate::mailbox::{Flags, NewMessage};
 use crate::server::Peer;
+use crate::server::auth::Outcome;
 use crate::tls::SessionStream;
 
 /// RFC 5321 §4.5.3.2: at least 5 minutes per command; less while nobody has said hello.
@@ -23,6 +24,8 @@ const TIMEOUT_DATA: Duration = Duration::from_secs(600);
 const MAX_RECIPIENTS: usize = 100;
 const MAX_ERRORS: u32 = 20;
 const READ_CHUNK: usize = 16 * 1024;
+/// Longest AUTH continuation line (base64 of a user name and password).
+const MAX_AUTH_LINE: usize = 4096;
 
 #[derive(Default)]
 struct Envelope {
@@ -102,6 +105,9 @@ async fn session(
         .await?;
     let mut receiver = RequestReceiver::default();
     let mut env = Envelope::default();
+    let submission = matches!(ctx.mode, Mode::Submission { .. });
+    // RFC 4954: the login holds until QUIT (or STARTTLS, which starts the session over).
+    let mut authed = false;
     let mut errors = 0u32;
     let mut discarding = false;
     loop {
@@ -172,6 +178,10 @@ async fn session(
                 if ctx.tls.is_some() && !conn.io.is_tls() {
                     ehlo.capabilities |= EXT_START_TLS;
                 }
+                if submission && !authed && (conn.io.is_tls() || peer.is_loopback()) {
+                    ehlo.capabilities |= EXT_AUTH;
+                    ehlo.auth_mechanisms = AUTH_PLAIN | AUTH_LOGIN;
+                }
                 ehlo.size = ctx.max_message_size as usize;
                 let mut out = Vec::new();
                 ehlo.write(&mut out)?;
@@ -203,11 +213,17 @@ async fn session(
                 conn.reply("220 2.0.0 Ready to start TLS\r\n").await?;
                 conn.io = conn.io.upgrade(&acceptor).await?;
                 env = Envelope::default();
+                authed = false;
                 receiver = RequestReceiver::default();
             }
             Request::Mail { from } => {
                 if env.helo.is_none() {
                     conn.reply("503 5.5.1 Say EHLO first\r\n").await?;
+                } else if submission && !authed {
+                    conn.reply("530 5.7.0 Authentication required\r\n").await?;
+                } else if submission && !ctx.local.contains(&from.address.to_lowercase()) {
+                    conn.reply("553 5.7.1 You may send only as your own address\r\n")
+                        .await?;
                 } else if env.from.is_some() {
                     conn.reply("503 5.5.1 Sender already given\r\n").await?;
                 } else if from.size as u64 > ctx.max_message_size {
@@ -228,9 +244,14 @@ async fn session(
                     conn.reply("503 5.5.1 MAIL FROM first\r\n").await?;
                 } else if env.rcpts.len() >= MAX_RECIPIENTS {
                     conn.reply("452 4.5.3 Too many recipients\r\n").await?;
-                } else if ctx.local.contains(&addr) {
-                    env.rcpts.push(addr);
+                } else if ctx.local.contains(&addr) || (submission && valid_address(&addr)) {
+                    if !env.rcpts.contains(&addr) {
+                        env.rcpts.push(addr);
+                    }
                     conn.reply("250 2.1.5 Recipient OK\r\n").await?;
+                } else if submission {
+                    conn.reply("501 5.1.3 Invalid recipient address\r\n")
+                        .await?;
                 } else {
                     conn.reply("550 5.1.1 Not a local address of this node (relaying denied)\r\n")
                         .await?;
@@ -299,6 +320,25 @@ async fn session(
                 );
                 let mut bytes = received.into_bytes();
                 bytes.extend_from_slice(&message);
+                if let Mode::Submission { delivery, .. } = &ctx.mode {
+                    // Return-Path belongs to final delivery, not to submission.
+                    if let Some(i) = bytes.iter().position(|b| *b == b'\n') {
+                        bytes.drain(..=i);
+                    }
+                    match delivery.submit(&rcpts, bytes).await {
+                        Ok(id) => conn.reply(&format!("250 2.0.0 Queued as {id}\r\n")).await?,
+                        Err(crate::delivery::Error::QueueFull(_)) => {
+                            conn.reply("452 4.3.1 Outbound queue full; try again later\r\n")
+                                .await?
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "submission failed");
+                            conn.reply("451 4.3.0 Could not queue the message; try again later\r\n")
+                                .await?
+                        }
+                    }
+                    continue;
+                }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
@@ -329,9 +369,55 @@ async fn session(
                 }
             }
             Request::Bdat { .. } => conn.reply("502 5.5.1 CHUNKING is not offered\r\n").await?,
-            Request::Auth { .. } => {
-                conn.reply("502 5.5.1 AUTH is offered on the submission port only\r\n")
-                    .await?
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                let Mode::Submission { auth, .. } = &ctx.mode else {
+                    conn.reply("502 5.5.1 AUTH is offered on the submission port only\r\n")
+                        .await?;
+                    continue;
+                };
+                if authed {
+                    conn.reply("503 5.5.1 Already authenticated\r\n").await?;
+                    continue;
+                }
+                if !conn.io.is_tls() && !peer.is_loopback() {
+                    conn.reply("538 5.7.11 Encryption required: STARTTLS first\r\n")
+                        .await?;
+                    continue;
+                }
+                let creds = match sasl(&mut conn, mechanism, initial_response, shutdown).await? {
+                    Sasl::Credentials(user, pass) => (user, pass),
+                    Sasl::Reply(text) => {
+                        errors += 1;
+                        conn.reply(text).await?;
+                        if errors > MAX_ERRORS {
+                            return conn.reply("421 4.7.0 Too many errors, closing\r\n").await;
+                        }
+                        continue;
+                    }
+                    Sasl::Closed => return Ok(()),
+                };
+                match auth.check(peer.addr.ip(), &creds.0, &creds.1).await {
+                    Outcome::Ok => {
+                        authed = true;
+                        conn.reply("235 2.7.0 Authentication successful\r\n")
+                            .await?;
+                    }
+                    Outcome::Denied => {
+                        errors += 1;
+                        conn.reply("535 5.7.8 Authentication credentials invalid\r\n")
+                            .await?;
+                    }
+                    Outcome::Throttled => {
+                        return conn
+                            .reply(
+                                "421 4.7.0 Too many failed logins from your address; closing\r\n",
+                            )
+                            .await;
+                    }
+                }
             }
             Request::Rset => {
                 env.from = None;
@@ -351,6 +437,136 @@ async fn session(
             _ => conn.reply("502 5.5.1 Command not implemented\r\n").await?,
         }
     }
+}
+
+enum Sasl {
+    Credentials(String, String),
+    /// The exchange failed: answer this.
+    Reply(&'static str),
+    Closed,
+}
+
+/// Runs the SASL exchange of AUTH PLAIN or LOGIN (RFC 4616, draft-murchison-sasl-login).
+async fn sasl(
+    conn: &mut Conn,
+    mechanism: u64,
+    initial: String,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Sasl> {
+    let next = async |conn: &mut Conn, prompt: &str| -> std::io::Result<Option<Vec<u8>>> {
+        conn.reply(prompt).await?;
+        let Some(line) = read_line(conn, shutdown).await else {
+            return Ok(None);
+        };
+        Ok(Some(line))
+    };
+    let decode = |b: &[u8]| -> Option<String> {
+        let t = std::str::from_utf8(b).ok()?.trim();
+        if t == "*" {
+            return None;
+        }
+        String::from_utf8(base64_decode(t)?).ok()
+    };
+    const BAD: &str = "501 5.5.2 Cannot decode the response\r\n";
+    if mechanism == AUTH_PLAIN {
+        let resp = if initial.is_empty() || initial == "=" {
+            match next(conn, "334 \r\n").await? {
+                Some(l) => l,
+                None => return Ok(Sasl::Closed),
+            }
+        } else {
+            initial.into_bytes()
+        };
+        let Some(text) = decode(&resp) else {
+            return Ok(Sasl::Reply(BAD));
+        };
+        // authzid NUL authcid NUL passwd
+        let mut parts = text.split('\0');
+        let (Some(authz), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(Sasl::Reply(BAD));
+        };
+        if !authz.is_empty() && !authz.eq_ignore_ascii_case(user) {
+            return Ok(Sasl::Reply("535 5.7.8 Cannot act for another user\r\n"));
+        }
+        Ok(Sasl::Credentials(user.to_string(), pass.to_string()))
+    } else if mechanism == AUTH_LOGIN {
+        let user = if initial.is_empty() {
+            match next(conn, "334 VXNlcm5hbWU6\r\n").await? {
+                Some(l) => l,
+                None => return Ok(Sasl::Closed),
+            }
+        } else {
+            initial.into_bytes()
+        };
+        let Some(user) = decode(&user) else {
+            return Ok(Sasl::Reply(BAD));
+        };
+        let Some(pass) = next(conn, "334 UGFzc3dvcmQ6\r\n").await? else {
+            return Ok(Sasl::Closed);
+        };
+        let Some(pass) = decode(&pass) else {
+            return Ok(Sasl::Reply(BAD));
+        };
+        Ok(Sasl::Credentials(user, pass))
+    } else {
+        Ok(Sasl::Reply("504 5.5.4 Mechanism not supported\r\n"))
+    }
+}
+
+/// One line from the client (without its end), at most [`MAX_AUTH_LINE`] bytes; `None` when
+/// the client goes away, stalls, or sends more.
+async fn read_line(conn: &mut Conn, shutdown: &CancellationToken) -> Option<Vec<u8>> {
+    loop {
+        if let Some(i) = conn.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = conn.buf.drain(..=i).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Some(line);
+        }
+        if conn.buf.len() > MAX_AUTH_LINE {
+            return None;
+        }
+        match conn.fill(TIMEOUT_COMMAND, shutdown).await {
+            Got::Data => {}
+            _ => return None,
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        match chunk.len() {
+            4 => out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]),
+            3 => out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8]),
+            2 => out.push((n >> 16) as u8),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn valid_address(a: &str) -> bool {
+    crate::crypto::record::normalize_address(a).is_ok()
 }
 
 /// RFC 5321 §4.4 trace header.
@@ -410,7 +626,22 @@ fn httpdate(t: std::time::SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::httpdate;
+    use super::{base64_decode, httpdate};
+
+    #[test]
+    fn base64() {
+        assert_eq!(
+            base64_decode("AGFsaWNlAHNlY3JldA==").as_deref(),
+            Some(&b"\0alice\0secret"[..])
+        );
+        assert_eq!(
+            base64_decode("VXNlcm5hbWU6").as_deref(),
+            Some(&b"Username:"[..])
+        );
+        assert_eq!(base64_decode("YQ").as_deref(), Some(&b"a"[..]));
+        assert!(base64_decode("a").is_none());
+        assert!(base64_decode("!!!!").is_none());
+    }
 
     #[test]
     fn dates() {

@@ -9,6 +9,7 @@
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
 //!   reported as corrupt, never returned.
 
+mod flow;
 mod overlay;
 pub mod schema;
 
@@ -20,6 +21,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use thiserror::Error;
 
 use crate::crypto::{ObjectId, SealedObject};
+pub use flow::InboxPut;
 pub use overlay::{HeldPut, HeldStats, Pin};
 pub use schema::Table;
 
@@ -99,6 +101,7 @@ struct Inner {
     objects: Db,
     tables: [Db; 5],
     overlay: overlay::Tables,
+    flow: flow::Tables,
 }
 
 impl Inner {
@@ -187,6 +190,7 @@ impl Store {
             }
         };
         let overlay = overlay::Tables::create(&env).map_err(open_err)?;
+        let flow = flow::Tables::create(&env).map_err(open_err)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -195,6 +199,7 @@ impl Store {
                 objects,
                 tables,
                 overlay,
+                flow,
             }),
         })
     }

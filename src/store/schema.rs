@@ -49,6 +49,9 @@ pub const ALL: &[&str] = &[
     DB_SYNC,
     DB_HELD,
     DB_PINS,
+    DB_OUTBOX,
+    DB_DELIVERED,
+    DB_INBOX,
 ];
 
 /// The tables other modules may read and write through [`crate::store::Tx`] (objects have
@@ -100,3 +103,25 @@ pub const META_HELD_BYTES: &[u8] = b"held_bytes";
 /// `pins`: trust on first use of directory keys. Key: the normalized address (UTF-8).
 /// Value: `u8 version = 1 ‖ [32] user Ed25519 key ‖ [32] user X25519 key`.
 pub const DB_PINS: &str = "pins";
+
+// --- mail-flow tables (delivery) ---
+
+/// `outbox`: the persistent outbound queue. Two kinds of rows, by the key's first byte:
+/// - `0x00 ‖ [16] msg` → the message: `u8 version = 1 ‖ u64 queued (unix s) ‖ bytes8 sender
+///   address ‖ sealed object (crypto::content) of the message bytes, under the user's outbox
+///   key` (`msg` is 16 random bytes chosen at submission);
+/// - `0x01 ‖ [16] msg ‖ recipient (UTF-8, normalized)` → one recipient still to do:
+///   `u8 version = 1 ‖ u64 next attempt (unix s) ‖ u32 attempts ‖ bytes16 last error`;
+/// - `0x02 ‖ [16] msg` → (empty) the copy into Sent is still to be made.
+///
+/// A recipient row is deleted once its copy is handed over (or bounced), the Sent row once
+/// the copy is in Sent; the message row goes with the last of them. Recipient rows are scanned without reading message bodies.
+pub const DB_OUTBOX: &str = "outbox";
+/// `delivered`: messages already put into INBOX, so a redelivery (sender restart, a
+/// notification and a collected inbox entry for one message) lands once. Key: BLAKE3(sender
+/// Ed25519 key ‖ message id) (32). Value: u64 unix time of delivery.
+pub const DB_DELIVERED: &str = "delivered";
+/// `inbox`: entries this node holds in other users' DHT inboxes. Key: [32] inbox key
+/// (overlay::protocol::inbox_key) ‖ [32] entry id (BLAKE3 of the envelope). Value:
+/// `u64 stored (unix s) ‖ [32] ack hash ‖ envelope bytes`.
+pub const DB_INBOX: &str = "inbox";

@@ -1,0 +1,277 @@
+//! Delivery: mail leaving this user for others, and mail from other overlay users arriving.
+//!
+//! Outbound ([`queue`]): a submitted message is written, with one row per recipient and one
+//! for its copy into Sent, into the persistent outbound queue (store table `outbox`) in one
+//! durable commit before the submitter hears 250. A worker task makes the Sent copy and takes
+//! due recipient rows:
+//! - a recipient with a directory record gets a delivery notice ([`notice`]) sealed to its
+//!   keys (HPKE) and signed by ours (crypto::envelope); bodies over 48 KiB go as a sealed
+//!   object into the overlay. The envelope is left in the recipient's DHT inbox (on the
+//!   peers closest to `inbox_key(address)`) and, at the same time, pushed as a notification
+//!   to each of the recipient's devices (peer ids from the record's device keys). The notice is always left
+//!   in the DHT inbox: a notification's answer only says the bytes arrived, not that the
+//!   message was stored;
+//! - a recipient without a record (in two lookups, the second after `retry_first`: one miss
+//!   may be a node that just started) goes to the smarthost ([`smarthost`]) when one is
+//!   configured;
+//! - failures are retried with exponential backoff; a permanent failure, or
+//!   `give_up_after`, puts a DSN (RFC 3464, [`dsn`]) into the sender's INBOX.
+//!
+//! Inbound ([`receive`]): notifications, and the DHT inbox collected at start and every
+//! `collect_every`, are opened, checked against the sender's directory record (the
+//! envelope's signing key must be the one the sender's address publishes), put into INBOX
+//! with an `Authentication-Results` header naming the verified sender, remembered (store
+//! table `delivered`, so a message lands once however often it is offered), and
+//! acknowledged (removed from the DHT inbox).
+//!
+//! Must not know: SMTP, the listeners, libp2p (it goes through `overlay::Client`).
+
+pub mod dsn;
+pub mod notice;
+mod queue;
+mod receive;
+pub mod smarthost;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::crypto::{DirectoryRecord, UserKeys};
+use crate::mailbox::Mailbox;
+use crate::overlay;
+use crate::store::Store;
+
+pub use smarthost::{Smarthost, TlsMode};
+
+/// Most messages the outbound queue takes (recipient rows); submission is refused with 452
+/// beyond it.
+pub const MAX_QUEUED: u64 = 100_000;
+/// Recipients being attempted at once. Each attempt opens up to four overlay streams (three
+/// inbox puts and a push) to a handful of peers, and a peer takes 16 concurrent streams per
+/// protocol and connection before it drops new ones: more in flight would lose pushes.
+const MAX_ATTEMPTS_IN_FLIGHT: usize = 8;
+/// Notifications and inbox entries being received at once.
+const MAX_RECEIVING: usize = 32;
+/// An inbox entry to acknowledge: (entry id, ack secret).
+type Ack = ([u8; 32], [u8; 32]);
+
+/// Acknowledgements waiting to be sent, and sent at once.
+const MAX_PENDING_ACKS: usize = 4096;
+const MAX_ACKS_IN_FLIGHT: usize = 8;
+/// How long a verified directory record is reused before it is looked up again, and how many
+/// are kept.
+const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_CACHED_RECORDS: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("the store failed: {0}")]
+    Store(#[from] crate::store::Error),
+    #[error("the mailbox failed: {0}")]
+    Mailbox(#[from] crate::mailbox::Error),
+    #[error("cannot seal: {0}")]
+    Crypto(#[from] crate::crypto::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the outbound queue is full ({0} recipients waiting)")]
+    QueueFull(u64),
+}
+
+/// How delivery behaves (node.rs builds it from the config).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This user's address (the sender of what is submitted, the recipient of what arrives).
+    pub address: String,
+    /// The name in Received / Authentication-Results headers and DSNs.
+    pub hostname: String,
+    /// A message not delivered after this long bounces.
+    pub give_up_after: Duration,
+    /// First retry delay; it doubles up to `retry_max`.
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    /// How often the DHT inbox is collected (besides at start and on notifications).
+    pub collect_every: Duration,
+    pub smarthost: Option<Smarthost>,
+}
+
+impl Config {
+    pub fn new(address: &str, hostname: &str) -> Config {
+        Config {
+            address: address.to_lowercase(),
+            hostname: hostname.to_string(),
+            give_up_after: Duration::from_secs(5 * 24 * 3600),
+            retry_first: Duration::from_secs(5),
+            retry_max: Duration::from_secs(600),
+            collect_every: Duration::from_secs(60),
+            smarthost: None,
+        }
+    }
+}
+
+/// Cloneable handle on delivery.
+#[derive(Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Delivery({})", self.inner.config.address)
+    }
+}
+
+struct Inner {
+    config: Config,
+    keys: UserKeys,
+    client: overlay::Client,
+    store: Store,
+    mailbox: Mailbox,
+    /// Wakes the queue worker when something was queued.
+    wake: Notify,
+    /// Wakes the collector (a notification could not be handled on its own).
+    collect: Notify,
+    /// Inbox entries to acknowledge (entry id, ack secret), sent by a task of their own so
+    /// that receiving does not wait on the holders. Full: the entry is acknowledged at a
+    /// later collection instead.
+    acks: mpsc::Sender<Ack>,
+    acks_rx: Mutex<Option<mpsc::Receiver<Ack>>>,
+    /// Recipient rows being attempted (by key).
+    sending: Mutex<HashSet<Vec<u8>>>,
+    /// Delivery ids being received (so a notification and a collected entry of one message
+    /// do not both land).
+    receiving: Mutex<HashSet<[u8; 32]>>,
+    /// Recently looked-up directory records (verified and pinned by the overlay).
+    records: Mutex<HashMap<String, (DirectoryRecord, Instant)>>,
+}
+
+impl Delivery {
+    pub fn new(
+        config: Config,
+        keys: UserKeys,
+        client: overlay::Client,
+        store: Store,
+        mailbox: Mailbox,
+    ) -> Delivery {
+        let (acks, acks_rx) = mpsc::channel(MAX_PENDING_ACKS);
+        Delivery {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                client,
+                store,
+                mailbox,
+                wake: Notify::new(),
+                collect: Notify::new(),
+                acks,
+                acks_rx: Mutex::new(Some(acks_rx)),
+                sending: Mutex::new(HashSet::new()),
+                receiving: Mutex::new(HashSet::new()),
+                records: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.inner.config.address
+    }
+
+    /// Starts the queue worker, the inbox collector and the notification handler (which reads
+    /// the overlay's notification payloads from `notifications`).
+    pub fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        cancel: CancellationToken,
+        notifications: mpsc::Receiver<Vec<u8>>,
+    ) {
+        tasks.spawn(self.clone().run_queue(cancel.clone()).in_current_span());
+        tasks.spawn(self.clone().run_collector(cancel.clone()).in_current_span());
+        tasks.spawn(
+            self.clone()
+                .run_notifications(notifications, cancel.clone())
+                .in_current_span(),
+        );
+        if let Some(rx) = lock(&self.inner.acks_rx).take() {
+            tasks.spawn(self.clone().run_acks(rx, cancel).in_current_span());
+        }
+    }
+
+    /// The directory record of `address`: from the cache when it was looked up in the last
+    /// [`RECORD_TTL`], else from the overlay (`fresh` forces the lookup).
+    async fn record(
+        &self,
+        address: &str,
+        fresh: bool,
+    ) -> Result<DirectoryRecord, overlay::LookupError> {
+        if !fresh
+            && let Some((r, at)) = lock(&self.inner.records).get(address)
+            && at.elapsed() < RECORD_TTL
+        {
+            return Ok(r.clone());
+        }
+        let found = self.inner.client.lookup(address).await?;
+        let mut cache = lock(&self.inner.records);
+        if cache.len() >= MAX_CACHED_RECORDS {
+            cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
+            if cache.len() >= MAX_CACHED_RECORDS {
+                cache.clear();
+            }
+        }
+        cache.insert(address.to_string(), (found.record.clone(), Instant::now()));
+        Ok(found.record)
+    }
+
+    /// Recipient rows still in the outbound queue.
+    pub async fn queued(&self) -> Result<u64, Error> {
+        Ok(self
+            .inner
+            .store
+            .outbox_scan(vec![1], MAX_QUEUED as usize)
+            .await?
+            .len() as u64)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An RFC 5322 date in UTC.
+pub fn rfc5322_date(secs: u64) -> String {
+    let secs = secs as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(m - 1).clamp(0, 11) as usize];
+    format!(
+        "{wd}, {d} {mon} {y} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

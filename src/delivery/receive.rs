@@ -1,0 +1,367 @@
+//! The inbound side: delivery notices from notifications and from the DHT inbox, verified
+//! against the sender's directory record, stored into INBOX once, and acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::notice::{Body, Notice};
+use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs, rfc5322_date};
+use crate::crypto::{ContentKey, Envelope, ObjectId};
+use crate::mailbox::{Flags, NewMessage};
+use crate::overlay::{LookupError, protocol};
+
+/// What became of one offered notice.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// Stored in INBOX now, or earlier (a duplicate); acknowledged.
+    Stored,
+    /// Not for us, unreadable or forged: acknowledged when possible so it is not offered
+    /// again, never stored.
+    Dropped,
+    /// Could not be handled now (no sender record yet, object not reachable, another task is
+    /// on it): left in the DHT inbox for the next collection.
+    Later,
+}
+
+impl Delivery {
+    pub(super) async fn run_notifications(
+        self,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        cancel: CancellationToken,
+    ) {
+        let permits = Arc::new(Semaphore::new(MAX_RECEIVING));
+        let mut tasks = JoinSet::new();
+        loop {
+            let payload = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            // Never wait here: a full handler would fill the channel and the node would drop
+            // pushes unseen. A push that finds every slot taken waits in the DHT inbox, and
+            // the collector is told to fetch it.
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                self.inner.collect.notify_one();
+                continue;
+            };
+            let this = self.clone();
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    if this.receive(payload).await == Received::Later {
+                        this.inner.collect.notify_one();
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        tasks.shutdown().await;
+    }
+
+    /// Collects the DHT inbox at start, every `collect_every`, and when a notification could
+    /// not be handled on its own.
+    pub(super) async fn run_collector(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wait = match self.collect().await {
+                Ok(n) => {
+                    backoff = Duration::from_secs(1);
+                    if n > 0 {
+                        tracing::info!(target: "peerpost::_events::delivery", stored = n, "collected the DHT inbox");
+                        // A list answer holds at most 32 entries: there may be more.
+                        Duration::from_millis(200)
+                    } else {
+                        self.inner.config.collect_every
+                    }
+                }
+                Err(e) => {
+                    // At start the overlay may not know a peer yet: retry soon.
+                    tracing::debug!("inbox collection: {e}");
+                    backoff = (backoff * 2).min(self.inner.config.collect_every);
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.inner.collect.notified() => {
+                    // Give a burst of notifications a moment to settle.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Lists this user's DHT inbox and receives every entry; returns how many were stored.
+    pub async fn collect(&self) -> Result<usize, Error> {
+        let key = protocol::inbox_key(&self.inner.config.address);
+        let entries = self
+            .inner
+            .client
+            .inbox_list(key)
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut stored = 0;
+        for e in entries {
+            if self.receive(e).await == Received::Stored {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn receive(&self, envelope: Vec<u8>) -> Received {
+        let entry = crate::crypto::hash(&envelope);
+        let opened = match Envelope::from_bytes(envelope).and_then(|e| e.open(&self.inner.keys)) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!("dropped an unreadable delivery notice: {e}");
+                return Received::Dropped;
+            }
+        };
+        let notice = match Notice::decode(&opened.payload) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("dropped a malformed delivery notice: {e}");
+                return Received::Dropped;
+            }
+        };
+        let me = &self.inner.config.address;
+        if notice.recipient != *me {
+            tracing::warn!(recipient = %notice.recipient, "dropped a notice addressed to someone else");
+            self.ack(entry, &notice).await;
+            return Received::Dropped;
+        }
+        let mut id_input = opened.sender.to_vec();
+        id_input.extend_from_slice(&notice.msg_id);
+        let id = crate::crypto::hash(&id_input);
+        if !lock(&self.inner.receiving).insert(id) {
+            return Received::Later;
+        }
+        let outcome = self.store_once(id, &opened.sender, &notice).await;
+        lock(&self.inner.receiving).remove(&id);
+        if outcome != Received::Later {
+            self.ack(entry, &notice).await;
+        }
+        outcome
+    }
+
+    async fn store_once(&self, id: [u8; 32], signer: &[u8; 32], n: &Notice) -> Received {
+        let store = &self.inner.store;
+        match store.delivered_has(id).await {
+            Ok(true) => return Received::Stored,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!("cannot check earlier deliveries: {e}");
+                return Received::Later;
+            }
+        }
+        // The envelope's signer must be the key the sender's address publishes (a cached
+        // record that disagrees is looked up again before the message is refused).
+        let mut record = self.record(&n.sender, false).await;
+        if matches!(&record, Ok(r) if r.keys.sign != *signer) {
+            record = self.record(&n.sender, true).await;
+        }
+        let fingerprint = match record {
+            Ok(r) if r.keys.sign == *signer => r.keys.fingerprint(),
+            Ok(_) => {
+                tracing::warn!(
+                    target: "peerpost::_events::delivery",
+                    sender = %n.sender,
+                    "SECURITY WARNING: a message claiming to be from {} is signed by another key; dropped",
+                    n.sender
+                );
+                return Received::Dropped;
+            }
+            Err(LookupError::Address(..)) => return Received::Dropped,
+            Err(e) => {
+                tracing::debug!(sender = %n.sender, "cannot verify the sender yet: {e}");
+                return Received::Later;
+            }
+        };
+        let body = match &n.body {
+            Body::Inline(b) => b.clone(),
+            Body::Object { id, key, len } => {
+                let obj = match self.inner.client.get_object(ObjectId(*id)).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::debug!("message object not reachable yet: {e}");
+                        return Received::Later;
+                    }
+                };
+                match obj.open(&ContentKey::from_bytes(*key)) {
+                    Ok(b) if b.len() == *len as usize => b,
+                    _ => {
+                        tracing::warn!(sender = %n.sender, "message object does not open with its key; dropped");
+                        return Received::Dropped;
+                    }
+                }
+            }
+        };
+        let now = now_secs();
+        let host = &self.inner.config.hostname;
+        let mut bytes = format!(
+            "Authentication-Results: {host}; peerpost=pass (signed by the key {fingerprint} \
+             that the directory publishes) smtp.mailfrom={sender}\r\n\
+             Received: from {sender} by {host} (peerpost) via the overlay\r\n\
+             \tid {id}; {date}\r\n",
+            sender = n.sender,
+            id = crate::crypto::hex(&n.msg_id),
+            date = rfc5322_date(now),
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        let msg = NewMessage {
+            bytes,
+            internal_date: now as i64,
+            flags: Flags::default(),
+            recent: true,
+            maildir_name: None,
+        };
+        if let Err(e) = self.inner.mailbox.append("INBOX", msg).await {
+            tracing::warn!("cannot store an arriving message: {e}");
+            return Received::Later;
+        }
+        tracing::info!(
+            target: "peerpost::_events::delivery",
+            sender = %n.sender,
+            queue_id = %crate::crypto::hex(&n.msg_id),
+            "message received"
+        );
+        if let Err(e) = store.delivered_mark(id, now).await {
+            tracing::warn!("cannot remember a delivery: {e}");
+        }
+        Received::Stored
+    }
+
+    async fn ack(&self, entry: [u8; 32], n: &Notice) {
+        if self.inner.acks.try_send((entry, n.ack_secret)).is_err() {
+            tracing::debug!("ack queue full; the entry is acknowledged at a later collection");
+        }
+    }
+
+    /// Sends the queued acknowledgements to the inbox holders, a few at a time.
+    pub(super) async fn run_acks(
+        self,
+        mut rx: mpsc::Receiver<super::Ack>,
+        cancel: CancellationToken,
+    ) {
+        let key = protocol::inbox_key(&self.inner.config.address);
+        let mut tasks = JoinSet::new();
+        loop {
+            if tasks.len() >= super::MAX_ACKS_IN_FLIGHT {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
+            let (entry, secret) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                a = rx.recv() => match a {
+                    Some(a) => a,
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let client = self.inner.client.clone();
+            tasks.spawn(
+                async move {
+                    if let Err(e) = client.inbox_ack(key, entry, secret).await {
+                        tracing::debug!("inbox ack: {e}");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        tasks.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::{DeviceKey, DirectoryRecord, UserKeys};
+    use crate::mailbox::Mailbox;
+    use crate::overlay::{self, TransportKind};
+    use crate::store::Store;
+
+    /// One node whose overlay holds alice's record (published locally): bob's delivery must
+    /// drop a notice claiming to be alice's but signed by another key, and store alice's own
+    /// notice once however often it is offered.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_forged_sender_is_dropped_and_a_message_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sized(dir.path(), 1 << 30).unwrap();
+        let device = DeviceKey::generate().unwrap();
+        let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
+        let port = u64::from_be_bytes(crate::crypto::random_bytes::<8>().unwrap()) | 1;
+        oc.listen = vec![overlay::memory_addr(port)];
+        let cancel = CancellationToken::new();
+        let (client, _events, task) = overlay::spawn(oc, store.clone(), cancel.clone()).unwrap();
+        let (alice, bob, mallory) = (
+            UserKeys::generate().unwrap(),
+            UserKeys::generate().unwrap(),
+            UserKeys::generate().unwrap(),
+        );
+        let now = now_secs();
+        let rec = DirectoryRecord::new(&alice, "alice@t.test", vec![[1; 32]], now, now, 3600);
+        let _ = client.publish(rec.unwrap()).await; // no peers: kept locally
+        let mailbox = Mailbox::open(
+            store.clone(),
+            UserKeys::from_seed(*bob.seed()),
+            device.public(),
+        )
+        .await
+        .unwrap();
+        let d = Delivery::new(
+            super::super::Config::new("bob@t.test", "node.test"),
+            UserKeys::from_seed(*bob.seed()),
+            client,
+            store,
+            mailbox.clone(),
+        );
+        let envelope = |signer: &UserKeys, id: u8| {
+            let n = Notice {
+                msg_id: [id; 16],
+                sent: now,
+                sender: "alice@t.test".into(),
+                recipient: "bob@t.test".into(),
+                ack_secret: [id; 32],
+                body: Body::Inline(b"Subject: hi\r\n\r\nbody\r\n".to_vec()),
+            };
+            Envelope::seal(signer, &bob.public().enc, &n.encode())
+                .unwrap()
+                .into_bytes()
+        };
+        assert_eq!(d.receive(envelope(&mallory, 1)).await, Received::Dropped);
+        assert!(mailbox.messages("INBOX").unwrap().is_empty());
+        assert_eq!(d.receive(envelope(&alice, 2)).await, Received::Stored);
+        assert_eq!(d.receive(envelope(&alice, 2)).await, Received::Stored);
+        let inbox = mailbox.messages("INBOX").unwrap();
+        assert_eq!(inbox.len(), 1, "stored once");
+        let text = mailbox.read(inbox[0].entry).await.unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.starts_with("Authentication-Results: node.test; peerpost=pass")
+                && text.contains("smtp.mailfrom=alice@t.test")
+                && text.ends_with("Subject: hi\r\n\r\nbody\r\n"),
+            "{text}"
+        );
+        // Garbage and notices sealed to someone else are dropped, not stored.
+        assert_eq!(d.receive(vec![1, 2, 3]).await, Received::Dropped);
+        let other = UserKeys::generate().unwrap();
+        let n = Envelope::seal(&alice, &other.public().enc, b"x").unwrap();
+        assert_eq!(d.receive(n.into_bytes()).await, Received::Dropped);
+        cancel.cancel();
+        let _ = task.await;
+    }
+}

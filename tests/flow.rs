@@ -1,0 +1,716 @@
+//! Mail flow through real `peerpost run` processes on 127.0.0.1: submission (smtplib with
+//! STARTTLS + AUTH, swaks, `peerpost send`, mutt with `sendmail="peerpost send"`) to overlay users and to an outside address via a
+//! smarthost sink; a recipient offline at send time; `kill -9` right after the 250; retries
+//! while the smarthost is down; a bounce (DSN) on 5xx; and the submission port's refusals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{BIN, TestHome};
+
+const PASSWORD: &str = "secret-password";
+
+struct Node {
+    home: TestHome,
+    address: String,
+    child: Option<Child>,
+    listen: String,
+    pop3: u16,
+    smtp: u16,
+    submission: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn port_of(line: &str) -> u16 {
+    line.trim().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+impl Node {
+    fn new(address: &str, tune: &[(&str, &str)]) -> Node {
+        let home = TestHome::new();
+        home.init(address);
+        let path = home.path("config.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        for (from, to) in [
+            ("retry_first = \"5s\"", "retry_first = \"1s\""),
+            ("retry_max = \"10m\"", "retry_max = \"1s\""),
+            ("collect_every = \"60s\"", "collect_every = \"2s\""),
+        ]
+        .iter()
+        .chain(tune)
+        {
+            assert!(config.contains(from), "config lacks {from}");
+            config = config.replace(from, to);
+        }
+        std::fs::write(&path, config).unwrap();
+        Node {
+            home,
+            address: address.to_string(),
+            child: None,
+            listen: String::new(),
+            pop3: 0,
+            smtp: 0,
+            submission: 0,
+        }
+    }
+
+    fn start(&mut self, bootstrap: Option<&str>) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home").arg(self.home.home()).args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--pop3",
+            "127.0.0.1:0",
+            "--pop3s",
+            "off",
+            "--smtp",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+            "--imap",
+            "off",
+            "--imaps",
+            "off",
+        ]);
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        cmd.env_remove("PEERPOST_HOME")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn peerpost run");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "node exited early");
+            if let Some(a) = line.strip_prefix("listening on ") {
+                if self.listen.is_empty() || !a.contains("/udp/") {
+                    self.listen = a.trim().to_string();
+                }
+            } else if let Some(a) = line.strip_prefix("pop3 listening on ") {
+                self.pop3 = port_of(a);
+            } else if let Some(a) = line.strip_prefix("smtp listening on ") {
+                self.smtp = port_of(a);
+            } else if let Some(a) = line.strip_prefix("submission listening on ") {
+                self.submission = port_of(a);
+            } else if line.starts_with("peerpost: node") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in out.lines() {});
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Every message in INBOX, over POP3.
+    fn inbox(&self) -> Vec<String> {
+        pop3_all(self.pop3, &self.address, PASSWORD)
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.home.path("tls/cert.pem")
+    }
+}
+
+fn pop3_all(port: u16, user: &str, password: &str) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut cmd = |w: &mut TcpStream, r: &mut BufReader<TcpStream>, c: &str| -> String {
+        if !c.is_empty() {
+            w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        }
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("+OK"), "{c}: {line}");
+        line.clone()
+    };
+    cmd(&mut w, &mut r, "");
+    cmd(&mut w, &mut r, &format!("USER {user}"));
+    cmd(&mut w, &mut r, &format!("PASS {password}"));
+    let stat = cmd(&mut w, &mut r, "STAT");
+    let n: usize = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut out = Vec::new();
+    for i in 1..=n {
+        cmd(&mut w, &mut r, &format!("RETR {i}"));
+        let mut msg = String::new();
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            if l == ".\r\n" || l.is_empty() {
+                break;
+            }
+            msg.push_str(l.strip_prefix('.').unwrap_or(&l));
+        }
+        out.push(msg);
+    }
+    cmd(&mut w, &mut r, "QUIT");
+    out
+}
+
+fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Messages in `inbox` containing `needle`.
+fn count(inbox: &[String], needle: &str) -> usize {
+    inbox.iter().filter(|m| m.contains(needle)).count()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Sink {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sink {
+    fn start(port: u16, dir: &Path) -> Sink {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/util/sink.py");
+        let mut child = Command::new("python3")
+            .args([script, &port.to_string(), dir.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Sink {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        v.sort();
+        v.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SUBMIT: &str = r#"
+import smtplib, ssl, sys
+port, cert, sender, rcpts, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(","), sys.argv[5]
+msg = open(path, "rb").read()
+def check(cond, what):
+    if not cond:
+        print("FAILED:", what); sys.exit(1)
+s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+s.ehlo("client.test")
+code, _ = s.mail(sender)
+check(code == 530, "MAIL before AUTH must be refused, got %d" % code)
+s.rset()
+ctx = ssl.create_default_context(cafile=cert); ctx.check_hostname = False
+s.starttls(context=ctx)
+s.ehlo("client.test")
+check(s.has_extn("auth") and "PLAIN" in s.esmtp_features["auth"], "AUTH PLAIN offered")
+try:
+    s.login(sender, "wrong"); check(False, "a wrong password was accepted")
+except smtplib.SMTPAuthenticationError as e:
+    check(e.smtp_code == 535, "535 for a wrong password")
+s.login(sender, "secret-password")
+code, _ = s.mail("mallory@evil.test")
+check(code == 553, "sending as someone else must be refused, got %d" % code)
+s.rset()
+refused = s.sendmail(sender, rcpts, msg)
+check(refused == {}, "refused: %r" % refused)
+s.quit()
+print("OK")
+"#;
+
+fn submit(t: &TestHome, node: &Node, rcpts: &[&str], message: &str) {
+    let script = t.file("submit.py", SUBMIT);
+    let msg = t.file("msg.eml", message);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.submission.to_string())
+        .arg(node.cert())
+        .arg(&node.address)
+        .arg(rcpts.join(","))
+        .arg(&msg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn overlay_users_and_an_outside_address_get_the_message_once() {
+    let sink_port = free_port();
+    let sink_dir = TestHome::new();
+    let sink = Sink::start(sink_port, sink_dir.dir.path());
+    let port_line = format!("port = {sink_port}");
+    let mut alice = Node::new(
+        "alice@flow.test",
+        &[
+            ("host = \"\"", "host = \"127.0.0.1\""),
+            ("port = 587", &port_line),
+            ("tls = \"starttls\"", "tls = \"none\""),
+        ],
+    );
+    let mut bob = Node::new("bob@flow.test", &[]);
+    let mut carol = Node::new("carol@flow.test", &[]);
+    let mut dave = Node::new("dave@flow.test", &[]);
+    alice.start(None);
+    let boot = alice.listen.clone();
+    for n in [&mut bob, &mut carol, &mut dave] {
+        n.start(Some(&boot));
+    }
+    // Every record is published before mail goes out (else: retried, slower).
+    for n in [&bob, &carol, &dave] {
+        eventually("the directory resolves every user", 30, || {
+            let r = alice.home.run(&["lookup", &n.address]);
+            r.output.status.success().then_some(())
+        });
+    }
+
+    // 1. smtplib: STARTTLS + AUTH, three overlay users and one outside address.
+    let t = TestHome::new();
+    let body = "From: Alice <alice@flow.test>\r\nTo: bob@flow.test, carol@flow.test, dave@flow.test\r\nSubject: hello ring\r\nMessage-ID: <one@flow.test>\r\n\r\n.dot-led line\r\ncaf\u{e9} body\r\n";
+    submit(
+        &t,
+        &alice,
+        &[
+            "bob@flow.test",
+            "carol@flow.test",
+            "dave@flow.test",
+            "outside@elsewhere.example",
+        ],
+        body,
+    );
+    for n in [&bob, &carol, &dave] {
+        let inbox = eventually("the overlay users have it", 30, || {
+            let i = n.inbox();
+            (count(&i, "<one@flow.test>") == 1).then_some(i)
+        });
+        let m = inbox
+            .iter()
+            .find(|m| m.contains("<one@flow.test>"))
+            .unwrap();
+        assert!(
+            m.starts_with("Authentication-Results: ")
+                && m.contains("peerpost=pass")
+                && m.contains("smtp.mailfrom=alice@flow.test"),
+            "{m}"
+        );
+        assert!(
+            m.ends_with("Subject: hello ring\r\nMessage-ID: <one@flow.test>\r\n\r\n.dot-led line\r\ncaf\u{e9} body\r\n"),
+            "headers and body intact: {m}"
+        );
+    }
+    let out = eventually("the smarthost got the outside copy", 30, || {
+        let m = sink.messages();
+        (!m.is_empty()).then_some(m)
+    });
+    assert!(
+        out[0].starts_with("X-Sink-Rcpt: outside@elsewhere.example\r\n")
+            && out[0].contains("Subject: hello ring"),
+        "{}",
+        out[0]
+    );
+
+    // 2. swaks (AUTH PLAIN over STARTTLS) to bob.
+    let swaks = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", alice.submission)])
+        .args([
+            "--from",
+            "alice@flow.test",
+            "--to",
+            "bob@flow.test",
+            "--tls",
+        ])
+        .args(["--auth", "PLAIN", "--auth-user", "alice@flow.test"])
+        .args(["--auth-password", PASSWORD])
+        .args(["--header", "Subject: via swaks", "--body", "swaks body"])
+        .output();
+    let swaks_ran = swaks.is_ok();
+    match swaks {
+        Ok(o) => {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+            eventually("bob has the swaks message", 30, || {
+                (count(&bob.inbox(), "Subject: via swaks") == 1).then_some(())
+            });
+        }
+        Err(_) => eprintln!("swaks not installed: its part is skipped"),
+    }
+
+    // mutt in batch mode with `set sendmail="peerpost send"`, when installed.
+    if Command::new("mutt").arg("-v").output().is_ok() {
+        let sendmail = format!("{BIN} --home {} send", alice.home.home().display());
+        let set = format!("set from=alice@flow.test record=\"\" sendmail=\"{sendmail}\"");
+        let mut mutt = Command::new("mutt")
+            .args(["-n", "-F", "/dev/null", "-e", &set, "-s", "via mutt"])
+            .arg("bob@flow.test")
+            .env("HOME", t.dir.path())
+            .env_remove("PEERPOST_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        mutt.stdin
+            .take()
+            .unwrap()
+            .write_all(b"mutt body\n")
+            .unwrap();
+        assert!(mutt.wait().unwrap().success(), "mutt could not send");
+        eventually("bob has the mutt message", 30, || {
+            (count(&bob.inbox(), "Subject: via mutt") == 1).then_some(())
+        });
+    }
+
+    // 3. Bob offline at send time: `peerpost send -t` through alice's node; bob collects
+    //    it from his DHT inbox when he starts.
+    bob.stop();
+    let sent = alice.home.run_stdin(
+        &["send", "-t", "-f", "alice@flow.test"],
+        Some("To: Bob <bob@flow.test>\nBcc: carol@flow.test\nSubject: while you were out\n\nhi bob\n"),
+    );
+    sent.success();
+    eventually("carol (Bcc) has it", 30, || {
+        (count(&carol.inbox(), "Subject: while you were out") == 1).then_some(())
+    });
+    bob.start(Some(&boot));
+    let inbox = eventually("bob collects it when he starts", 30, || {
+        let i = bob.inbox();
+        (count(&i, "Subject: while you were out") == 1).then_some(i)
+    });
+    let m = inbox
+        .iter()
+        .find(|m| m.contains("while you were out"))
+        .unwrap();
+    assert!(m.contains("peerpost=pass") && !m.contains("Bcc:"), "{m}");
+    assert!(m.ends_with("\r\n\r\nhi bob\r\n"), "{m}");
+
+    // 4. kill -9 right after the 250: nothing lost, nothing twice.
+    submit(
+        &t,
+        &alice,
+        &["carol@flow.test"],
+        "Subject: survives kill\r\nMessage-ID: <kill@flow.test>\r\n\r\nstill here\r\n",
+    );
+    alice.kill9();
+    let via_bob = bob.listen.clone();
+    alice.start(Some(&via_bob));
+    eventually("carol has it after alice restarts", 30, || {
+        (count(&carol.inbox(), "<kill@flow.test>") >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&carol.inbox(), "<kill@flow.test>"),
+        1,
+        "delivered once"
+    );
+    assert_eq!(count(&bob.inbox(), "<one@flow.test>"), 1, "no redelivery");
+    assert_eq!(sink.messages().len(), 1, "the smarthost copy went once");
+
+    // 5. Intake stays local: an overlay address is refused there (no open relay).
+    let mut s = TcpStream::connect(("127.0.0.1", bob.smtp)).unwrap();
+    let replies = chat(
+        &mut s,
+        &[
+            "EHLO x",
+            "MAIL FROM:<a@b.example>",
+            "RCPT TO:<carol@flow.test>",
+            "QUIT",
+        ],
+    );
+    assert!(replies.contains("\r\n550 5.1.1"), "{replies}");
+
+    // 6. `peerpost send` with the node down fails clearly.
+    alice.stop();
+    alice
+        .home
+        .run_stdin(&["send", "bob@flow.test"], Some("Subject: x\n\ny\n"))
+        .failure(&["no node is running"]);
+
+    // Every submitted message has its copy in alice's Sent.
+    let export = t.dir.path().join("export");
+    alice
+        .home
+        .run(&["export", export.to_str().unwrap()])
+        .success();
+    let sent: Vec<String> = crate::util::walk(&export.join(".Sent"))
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    for needle in [
+        "<one@flow.test>",
+        "Subject: via swaks",
+        "while you were out",
+        "<kill@flow.test>",
+    ] {
+        if needle.contains("swaks") && !swaks_ran {
+            continue;
+        }
+        assert_eq!(count(&sent, needle), 1, "Sent has {needle}: {sent:?}");
+    }
+}
+
+/// Sends each line (pipelined), then reads replies until the server closes.
+fn chat(s: &mut TcpStream, lines: &[&str]) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for l in lines {
+        s.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// One command, one reply (multi-line replies read to their last line).
+fn say(r: &mut BufReader<TcpStream>, w: &mut TcpStream, line: &[u8]) -> String {
+    w.write_all(line).unwrap();
+    w.write_all(b"\r\n").unwrap();
+    let mut out = String::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        out.push_str(&l);
+        if l.len() < 4 || l.as_bytes()[3] != b'-' {
+            break;
+        }
+    }
+    out
+}
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn smarthost_outage_is_retried_a_5xx_bounces_and_hostile_input_is_refused() {
+    let sink_port = free_port();
+    let sink_dir = TestHome::new();
+    let port_line = format!("port = {sink_port}");
+    let mut alice = Node::new(
+        "alice@edge.test",
+        &[
+            ("host = \"\"", "host = \"127.0.0.1\""),
+            ("port = 587", &port_line),
+            ("tls = \"starttls\"", "tls = \"none\""),
+            (
+                "max_message_size = \"50MiB\"",
+                "max_message_size = \"64KiB\"",
+            ),
+        ],
+    );
+    let mut bob = Node::new("bob@edge.test", &[]);
+    alice.start(None);
+    bob.start(Some(&alice.listen.clone()));
+
+    // The sink is down: the message waits in the queue, and goes once it is up.
+    alice
+        .home
+        .run_stdin(
+            &[
+                "send",
+                "out@elsewhere.example",
+                "reject-me@elsewhere.example",
+            ],
+            Some("Subject: queued\n\nwaiting\n"),
+        )
+        .success();
+    std::thread::sleep(Duration::from_secs(3));
+    let sink = Sink::start(sink_port, sink_dir.dir.path());
+    let got = eventually("the sink gets it after it starts", 30, || {
+        let m = sink.messages();
+        (!m.is_empty()).then_some(m)
+    });
+    assert!(got[0].contains("Subject: queued") && got[0].contains("out@elsewhere.example"));
+
+    // The 550 for the other recipient bounces into alice's INBOX as an RFC 3464 report.
+    let inbox = eventually("a DSN reaches alice", 30, || {
+        let i = alice.inbox();
+        (count(&i, "report-type=delivery-status") == 1).then_some(i)
+    });
+    let dsn = &inbox[0];
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; reject-me@elsewhere.example")
+            && dsn.contains("Action: failed")
+            && dsn.contains("550")
+            && dsn.contains("Subject: queued"),
+        "{dsn}"
+    );
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "the accepted recipient got it once"
+    );
+
+    // Hostile input on the submission port, over a raw socket.
+    let s = TcpStream::connect(("127.0.0.1", alice.submission)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut greet = String::new();
+    r.read_line(&mut greet).unwrap();
+    assert!(greet.starts_with("220 "), "{greet}");
+    assert!(say(&mut r, &mut w, b"EHLO raw.test").contains("AUTH PLAIN LOGIN"));
+    let relay = say(&mut r, &mut w, b"MAIL FROM:<alice@edge.test>");
+    assert!(relay.starts_with("530 "), "no open relay: {relay}");
+    let long = vec![b'A'; 10_000];
+    assert!(say(&mut r, &mut w, &long).starts_with("500 "));
+    assert!(say(&mut r, &mut w, b"\x00\x01\xff\xfe garbage").starts_with("50"));
+    assert!(
+        say(&mut r, &mut w, b"NOOP").starts_with("250 "),
+        "session alive"
+    );
+    // Guessing is throttled: each failure answers later than the one before.
+    let started = Instant::now();
+    for _ in 0..3 {
+        let bad = b64(b"\0alice@edge.test\0guess");
+        let reply = say(&mut r, &mut w, format!("AUTH PLAIN {bad}").as_bytes());
+        assert!(reply.starts_with("535 "), "{reply}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "three failures took only {:?}",
+        started.elapsed()
+    );
+    let good = b64(format!("\0alice@edge.test\0{PASSWORD}").as_bytes());
+    assert!(say(&mut r, &mut w, format!("AUTH PLAIN {good}").as_bytes()).starts_with("235 "));
+    let big = say(&mut r, &mut w, b"MAIL FROM:<alice@edge.test> SIZE=100000");
+    assert!(big.starts_with("552 "), "over SIZE: {big}");
+    assert!(say(&mut r, &mut w, b"MAIL FROM:<alice@edge.test>").starts_with("250 "));
+    assert!(say(&mut r, &mut w, b"RCPT TO:<bob@edge.test>").starts_with("250 "));
+    assert!(say(&mut r, &mut w, b"DATA").starts_with("354 "));
+    let mut data = b"Subject: too big\r\n\r\n".to_vec();
+    for _ in 0..1000 {
+        data.extend_from_slice(&[b'x'; 100]);
+        data.extend_from_slice(b"\r\n");
+    }
+    w.write_all(&data).unwrap();
+    assert!(
+        say(&mut r, &mut w, b".").starts_with("552 "),
+        "over SIZE in DATA"
+    );
+    assert!(say(&mut r, &mut w, b"QUIT").starts_with("221 "));
+    assert_eq!(count(&bob.inbox(), "too big"), 0);
+}
+
+#[test]
+fn demo_delivers_the_welcome_and_stops_on_ctrl_c() {
+    let t = TestHome::new();
+    let dir = t.dir.path().join("ring");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--nodes", "3", "--dir", dir.to_str().unwrap()])
+        .env_remove("PEERPOST_HOME")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut pop3 = None;
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "demo ended early: {seen}"
+        );
+        seen.push_str(&line);
+        if let Some(p) = line.trim().strip_prefix("POP3:  127.0.0.1:") {
+            pop3 = p.parse::<u16>().ok();
+        }
+        if line.contains("runs until Ctrl-C") {
+            break;
+        }
+    }
+    assert!(seen.contains("in bob's INBOX"), "{seen}");
+    // What it prints works: bob's POP3 serves the welcome, verified as alice's.
+    let inbox = pop3_all(pop3.unwrap(), "bob@demo.test", "bob-password");
+    assert_eq!(inbox.len(), 1);
+    assert!(
+        inbox[0].contains("Subject: Welcome to peerpost")
+            && inbox[0].contains("peerpost=pass")
+            && inbox[0].contains("smtp.mailfrom=alice@demo.test"),
+        "{}",
+        inbox[0]
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(status.success() && rest.contains("stopped"), "{rest}");
+}
