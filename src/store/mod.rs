@@ -9,6 +9,7 @@
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
 //!   reported as corrupt, never returned.
 
+mod backup;
 mod overlay;
 pub mod schema;
 
@@ -99,6 +100,7 @@ struct Inner {
     objects: Db,
     tables: [Db; 5],
     overlay: overlay::Tables,
+    backup: backup::Tables,
 }
 
 impl Inner {
@@ -187,6 +189,7 @@ impl Store {
             }
         };
         let overlay = overlay::Tables::create(&env).map_err(open_err)?;
+        let backup = backup::Tables::create(&env).map_err(open_err)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -195,6 +198,7 @@ impl Store {
                 objects,
                 tables,
                 overlay,
+                backup,
             }),
         })
     }

@@ -49,6 +49,7 @@ pub const ALL: &[&str] = &[
     DB_SYNC,
     DB_HELD,
     DB_PINS,
+    DB_BACKUP,
 ];
 
 /// The tables other modules may read and write through [`crate::store::Tx`] (objects have
@@ -100,3 +101,16 @@ pub const META_HELD_BYTES: &[u8] = b"held_bytes";
 /// `pins`: trust on first use of directory keys. Key: the normalized address (UTF-8).
 /// Value: `u8 version = 1 ‖ [32] user Ed25519 key ‖ [32] user X25519 key`.
 pub const DB_PINS: &str = "pins";
+
+// --- durability tables (backup of the user's mailbox into the ring) ---
+
+/// `backup`: what this node has placed in the ring for its user (docs/design.md, "Backup").
+/// A new database: older builds never open it, so the schema version is unchanged.
+/// Keys (first byte names the row kind):
+/// - `b'r' ‖ [32] bundle id` → a receipt entry (durability::backup format): the bundles of
+///   the user's backup, found again from the ring's index on a fresh home;
+/// - `b'o' ‖ [32] object id` → empty: this sealed object is in a placed bundle;
+/// - `b'l' ‖ u64 device ‖ u64 seq` → empty: this log entry is in a placed bundle;
+/// - `b's'` → `u64 root seq ‖ receipt entry of the current index bundle`;
+/// - `b'q'` → u64 repairs done (fragments re-created by this node).
+pub const DB_BACKUP: &str = "backup";
