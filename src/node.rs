@@ -488,6 +488,9 @@ fn spawn_durability(
                                 tracing::info!(?r, "backup pass");
                             }
                         }
+                        Err(durability::backup::Error::NoPeers) => {
+                            tracing::debug!("backup waits for a peer");
+                        }
                         Err(e) => tracing::warn!("backup pass failed (retried): {e}"),
                     }
                 }

@@ -359,3 +359,93 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
     );
     ring.shutdown().await;
 }
+
+/// The real binary: a `peerpost run` backs its mailbox up into a two-node ring on loopback;
+/// after it is gone, `peerpost restore --phrase` in a brand-new home rebuilds the mailbox from
+/// the other node. A phrase with no backup gets a clear error.
+#[test]
+fn restore_through_the_binary_from_the_phrase_alone() {
+    use crate::overlay_procs::{eventually, start};
+    use crate::util::{Engine, TestHome};
+
+    // Alice's mailbox, backed up within a second of a change.
+    let alice = TestHome::new();
+    alice.init("alice@procs.test");
+    let cfg = alice.path("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("backup_every_secs = 300", "backup_every_secs = 1"),
+    )
+    .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..25)
+        .map(|i| format!("Subject: restore {i}\r\n\r\nbody {i}\r\n").into_bytes())
+        .collect();
+    let seed = {
+        let e = Engine::open(&alice);
+        for b in &bodies {
+            let msg = NewMessage {
+                bytes: b.clone(),
+                internal_date: 1_700_000_000,
+                flags: Flags::default().with(Flag::Seen),
+                recent: false,
+                maildir_name: None,
+            };
+            e.rt.block_on(e.mailbox.append("INBOX", msg)).unwrap();
+        }
+        *e.home.load_user_keys(None).unwrap().seed()
+    };
+    let words = alice.file("phrase", &phrase::encode(&seed));
+
+    let holder = TestHome::new();
+    holder.init("holder@procs.test");
+    let holder = start(holder, None);
+    let mut alice = start(alice, Some(&holder.listen));
+    // Bodies, log and index bundles (one fragment and one lease each on the only peer).
+    eventually("alice's backup reaches the other node", || {
+        let st = holder.home.run(&["status", "--json"]).json();
+        (st["node"]["held_blobs"].as_u64().unwrap_or(0) >= 6).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    unsafe { libc::kill(alice.child.id() as i32, libc::SIGTERM) };
+    alice.child.wait().unwrap();
+
+    let fresh = TestHome::new();
+    let pw = fresh.file("pw", "another-password\n");
+    let restore = |home: &TestHome, words: &std::path::Path| {
+        home.run(&[
+            "restore",
+            "--phrase",
+            "--phrase-file",
+            words.to_str().unwrap(),
+            "--address",
+            "alice@procs.test",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &holder.listen,
+        ])
+    };
+    let out = restore(&fresh, &words).success();
+    assert!(
+        out.stdout().contains("25 messages"),
+        "{}\n{}",
+        out.stdout(),
+        out.stderr()
+    );
+    let e = Engine::open(&fresh);
+    assert_eq!(e.inbox(), bodies);
+    let seen = e.mailbox.messages("INBOX").unwrap();
+    assert!(seen.iter().all(|m| m.flags.has(Flag::Seen)));
+    drop(e);
+
+    let stranger = TestHome::new();
+    let other = stranger.file("phrase", &phrase::encode(&[9; 32]));
+    restore(&stranger, &other).failure(&["no backup of this key was found"]);
+    let mut holder = holder;
+    unsafe { libc::kill(holder.child.id() as i32, libc::SIGTERM) };
+    holder.child.wait().unwrap();
+}

@@ -1,6 +1,5 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
-//! `execute`. Only subcommands that work are listed; `send` and `restore` arrive with the
-//! layers they need.
+//! `execute`. Only subcommands that work are listed; `send` arrives with the layer it needs.
 
 pub mod export;
 pub mod import;
@@ -10,6 +9,7 @@ pub mod lookup;
 pub mod mount;
 pub mod open;
 pub mod passwd;
+pub mod restore;
 pub mod run;
 pub mod secret;
 pub mod status;
@@ -64,6 +64,8 @@ pub enum Command {
     Sync(sync::Args),
     /// Serve the mailbox as a Maildir over FUSE (for Dovecot and mutt) until Ctrl-C.
     Mount(mount::Args),
+    /// Rebuild the mailbox from the ring with the recovery phrase alone (a new machine).
+    Restore(restore::Args),
 }
 
 impl Cli {
@@ -86,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::execute(args, &home),
         Command::Sync(args) => sync::execute(args, &home),
         Command::Mount(args) => mount::execute(args, &home),
+        Command::Restore(args) => restore::execute(args, &home),
     }
 }
 

@@ -96,6 +96,12 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     oc.contribution = config.storage.contribution;
 
     let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
+    if let Some(d) = &mut nc.durability {
+        d.backup.failure_fraction = config.durability.failure_fraction;
+        d.backup.target_loss = config.durability.loss_probability;
+        d.backup_every = config.durability.backup_every;
+        d.tick = d.tick.min(d.backup_every);
+    }
     nc.control_socket = Some(control::socket_path(home.root()));
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
     let password_home = home.clone();
