@@ -246,7 +246,7 @@ impl Node {
                 &config,
                 &client,
                 &store,
-                mailbox.is_some(),
+                mailbox.clone(),
                 &cancel,
                 &mut tasks,
             );
@@ -426,7 +426,7 @@ fn spawn_durability(
     config: &NodeConfig,
     client: &overlay::Client,
     store: &Store,
-    backup: bool,
+    mailbox: Option<Mailbox>,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
@@ -456,9 +456,19 @@ fn spawn_durability(
         }
         .in_current_span(),
     );
-    if !backup {
+    let Some(mailbox) = mailbox else {
         return;
-    }
+    };
+    // The user's share of the ring: contribution ÷ overhead, first for a large ring, then for
+    // the ring as the backup passes see it.
+    let contribution = config.overlay.contribution;
+    let (ff, target) = (d.backup.failure_fraction, d.backup.target_loss);
+    mailbox.set_quota(Some(durability::backup::quota(
+        contribution,
+        None,
+        ff,
+        target,
+    )));
     let keys = UserKeys::from_seed(*config.user_keys.seed());
     let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone());
     let (token, cfg) = (cancel.clone(), d.clone());
@@ -484,6 +494,10 @@ fn spawn_durability(
                     match b.run_once(last_pass.is_none()).await {
                         Ok(r) => {
                             last_pass = Some(tokio::time::Instant::now());
+                            if let Ok(p) = b.params().await {
+                                let q = (contribution as f64 / p.overhead()) as u64;
+                                mailbox.set_quota(Some(q));
+                            }
                             if r.bundles > 0 {
                                 tracing::info!(?r, "backup pass");
                             }

@@ -449,3 +449,64 @@ fn restore_through_the_binary_from_the_phrase_alone() {
     unsafe { libc::kill(holder.child.id() as i32, libc::SIGTERM) };
     holder.child.wait().unwrap();
 }
+
+/// Quota: over it, the engine's append fails with a typed error; SMTP answers 452 4.2.2 while
+/// the message would fit an emptier mailbox and 552 5.2.2 when it alone exceeds the quota.
+#[test]
+fn appends_over_quota_fail_and_smtp_says_mailbox_full() {
+    use std::io::Write;
+
+    use crate::smtp::{raw, reply, start};
+    use crate::util::TestHome;
+
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    let server = start(&t, 1 << 20);
+    let e = &server.engine;
+    e.mailbox.set_quota(Some(6_000));
+    let msg = |n: usize| NewMessage {
+        bytes: vec![b'x'; n],
+        internal_date: 0,
+        flags: Flags::default(),
+        recent: true,
+        maildir_name: None,
+    };
+    e.rt.block_on(e.mailbox.append("INBOX", msg(2_000)))
+        .unwrap();
+    e.rt.block_on(e.mailbox.append("INBOX", msg(2_000)))
+        .unwrap();
+    let err = e.rt.block_on(e.mailbox.append("INBOX", msg(2_000)));
+    assert!(
+        matches!(
+            err,
+            Err(peerpost::mailbox::Error::OverQuota { quota: 6_000, .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(e.mailbox.messages("INBOX").unwrap().len(), 2);
+
+    let deliver = |size: usize| {
+        let (mut r, mut w) = raw(server.addr);
+        reply(&mut r);
+        for cmd in [
+            "EHLO client.test\r\n",
+            "MAIL FROM:<bob@example.org>\r\n",
+            "RCPT TO:<alice@example.org>\r\n",
+            "DATA\r\n",
+        ] {
+            w.write_all(cmd.as_bytes()).unwrap();
+            reply(&mut r);
+        }
+        let body = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "y".repeat(size));
+        w.write_all(body.as_bytes()).unwrap();
+        reply(&mut r)
+    };
+    let small = deliver(2_500);
+    assert!(small.starts_with("452 4.2.2"), "{small}");
+    let huge = deliver(8_000);
+    assert!(huge.starts_with("552 5.2.2"), "{huge}");
+    assert_eq!(e.mailbox.messages("INBOX").unwrap().len(), 2);
+    // Room again (the quota grew with the ring): the same message is taken.
+    e.mailbox.set_quota(Some(60_000));
+    assert!(deliver(2_500).starts_with("250 "));
+}

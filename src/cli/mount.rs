@@ -70,11 +70,19 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
 
     let rt = open::runtime()?;
     let mb = rt.block_on(open::mailbox(home, args.passphrase_file.as_deref()))?;
+    // The user's share of the ring (durability, issue #6): contribution ÷ overhead.
+    let quota = crate::durability::backup::quota(
+        config.storage.contribution,
+        None,
+        config.durability.failure_fraction,
+        config.durability.loss_probability,
+    );
+    mb.set_quota(Some(quota));
     let source = FsSource::new(
         mb.clone(),
         rt.handle().clone(),
         config.smtp.max_message_size,
-        config.storage.contribution,
+        quota,
     );
     let opts = MountOptions {
         owner,

@@ -325,6 +325,17 @@ pub async fn entries(store: &Store) -> Result<Vec<Entry>, Error> {
         .collect()
 }
 
+/// What a user may store with `contribution` bytes given to the ring: the contribution divided
+/// by the storage overhead n/k of the calculator's choice (for a ring of `ring` peers, or a
+/// large one), since every byte backed up costs n/k bytes on others' disks.
+pub fn quota(contribution: u64, ring: Option<usize>, failure_fraction: f64, target: f64) -> u64 {
+    let max_n = ring.map_or(params::MAX_N, |r| {
+        params::MAX_N.min((r - r / 4).clamp(1, 256) as u16)
+    });
+    let p = params::choose(ring, failure_fraction, target, max_n).params;
+    (contribution as f64 / p.overhead()) as u64
+}
+
 /// How backups are made.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
