@@ -1,7 +1,8 @@
 //! The control socket of a running node: `control.sock` in the home, a Unix socket (mode
 //! 0600, so only the node's user can talk to it) with one JSON object per line each way.
 //!
-//! Requests: `{"op":"status"}`, `{"op":"lookup","address":"bob@example.org"}`.
+//! Requests: `{"op":"status"}`, `{"op":"lookup","address":"bob@example.org"}`,
+//! `{"op":"durability"}` (the user's backup, fragments located in the ring).
 //! Replies: `{"ok":true,"status":{…}}`, `{"ok":true,"lookup":{…}}`, `{"ok":false,"error":"…"}`.
 //! A request line is at most [`MAX_LINE`] bytes; at most [`MAX_CLIENTS`] connections are served
 //! at once; an idle connection is closed after [`IDLE`].
@@ -53,6 +54,7 @@ pub enum Error {
 pub enum Request {
     Status,
     Lookup { address: String },
+    Durability,
 }
 
 /// `status` of a running node.
@@ -87,6 +89,8 @@ struct Reply {
     lookup: Option<LookupReply>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durability: Option<crate::durability::status::DurabilityStatus>,
 }
 
 pub fn socket_path(home: &Path) -> PathBuf {
@@ -97,6 +101,9 @@ pub fn socket_path(home: &Path) -> PathBuf {
 pub struct Context {
     pub address: String,
     pub client: overlay::Client,
+    /// The node's store and the failure fraction its backup is made for (durability).
+    pub store: crate::store::Store,
+    pub failure_fraction: f64,
 }
 
 /// Binds the socket (refusing if a node already answers on it; removing a stale one).
@@ -183,6 +190,7 @@ fn error_reply(e: &str) -> Reply {
         status: None,
         lookup: None,
         error: Some(e.to_string()),
+        durability: None,
     }
 }
 
@@ -197,9 +205,24 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                 }),
                 lookup: None,
                 error: None,
+                durability: None,
             },
             Err(e) => error_reply(&e.to_string()),
         },
+        Request::Durability => {
+            let st =
+                crate::durability::status::check(&ctx.client, &ctx.store, ctx.failure_fraction);
+            match st.await {
+                Ok(d) => Reply {
+                    ok: true,
+                    status: None,
+                    lookup: None,
+                    error: None,
+                    durability: Some(d),
+                },
+                Err(e) => error_reply(&e.to_string()),
+            }
+        }
         Request::Lookup { address } => match ctx.client.lookup(&address).await {
             Ok(found) => {
                 let r = &found.record;
@@ -219,6 +242,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                         elapsed_ms: u64::try_from(found.elapsed.as_millis()).unwrap_or(u64::MAX),
                     }),
                     error: None,
+                    durability: None,
                 }
             }
             Err(e) => error_reply(&e.to_string()),
@@ -260,6 +284,17 @@ pub async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, Error
         ));
     }
     Ok(v)
+}
+
+/// Blocking convenience for the CLI: the durability of the user's backup as the running node
+/// finds it in the ring, or `None` if no node runs.
+pub fn durability_blocking(home: &Path) -> Option<crate::durability::status::DurabilityStatus> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let v = rt.block_on(call(home, &Request::Durability)).ok()?;
+    serde_json::from_value(v.get("durability")?.clone()).ok()
 }
 
 /// Blocking convenience for the CLI: status of the running node, or `None` if none runs.

@@ -220,6 +220,11 @@ impl Node {
             let ctx = control::Context {
                 address: config.address.clone(),
                 client: client.clone(),
+                store: store.clone(),
+                failure_fraction: config
+                    .durability
+                    .as_ref()
+                    .map_or(0.6, |d| d.backup.failure_fraction),
             };
             tasks.spawn(
                 control::serve(listener, path.clone(), ctx, cancel.clone()).in_current_span(),

@@ -407,6 +407,19 @@ fn restore_through_the_binary_from_the_phrase_alone() {
         (st["node"]["held_blobs"].as_u64().unwrap_or(0) >= 6).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
+    // `status` shows the backup: bundles, every fragment found, the loss probability now.
+    let st = alice.home.run(&["status", "--json"]).success().json();
+    let d = &st["durability"];
+    assert!(d["body_bundles"].as_u64() >= Some(1), "{d}");
+    assert!(d["root_seq"].as_u64().is_some(), "{d}");
+    let checked = d["checked"].as_array().unwrap();
+    assert!(checked.len() >= 3, "{d}");
+    for b in checked {
+        assert_eq!(b["found"], b["n"], "{d}");
+    }
+    assert!(d["loss_now"].as_f64().is_some(), "{d}");
+    let human = alice.home.run(&["status"]).success().stdout();
+    assert!(human.contains("fragments found"), "{human}");
     unsafe { libc::kill(alice.child.id() as i32, libc::SIGTERM) };
     alice.child.wait().unwrap();
 

@@ -14,6 +14,7 @@ pub mod params;
 pub mod repair;
 pub mod restore;
 pub mod ring;
+pub mod status;
 
 pub use codec::{ErasureCodec, ReedSolomon8};
 pub use fragment::{Fragment, Manifest, make_fragments, pack, placement_key, rebuild, unpack};
