@@ -519,6 +519,10 @@ fn spawn_durability(
                         Ok(st) => tracing::info!(?st, "backup maintenance pass"),
                         Err(e) => tracing::warn!("backup maintenance failed: {e}"),
                     }
+                    // A fresh expiry for the root even when no mail came in.
+                    if let Err(e) = b.republish().await {
+                        tracing::warn!("backup root not republished: {e}");
+                    }
                 }
             }
         }
