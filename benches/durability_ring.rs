@@ -6,6 +6,7 @@
 //! of the ring fail at once beside the calculator's prediction. No thresholds: figures only.
 //!
 //!   PEERPOST_BENCH_NODES=60 PEERPOST_BENCH_MESSAGES=10000 PEERPOST_BENCH_TRIAL_BUNDLES=60
+//!   PEERPOST_BENCH_FRACTIONS=0.6,0.7,0.8 (failure trials; empty: none)
 
 #![allow(clippy::unwrap_used)]
 
@@ -256,7 +257,11 @@ fn main() {
     println!("{}", "-".repeat(100));
     rt.block_on(async {
         mailbox_bench(nodes, messages).await;
-        for f in [0.6, 0.7, 0.8] {
+        let fractions = std::env::var("PEERPOST_BENCH_FRACTIONS").unwrap_or("0.6,0.7,0.8".into());
+        for f in fractions
+            .split(',')
+            .filter_map(|f| f.trim().parse::<f64>().ok())
+        {
             failure_trial(nodes, trial, f).await;
         }
     });

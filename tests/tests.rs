@@ -8,7 +8,8 @@ mod cli;
 mod crash;
 // `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.
 mod fs;
-// Erasure-coded bundles in a 20-node ring: 60 % of the nodes (the owner too) fail, mail survives.
+// Durability: 60 % of a ring (the owners too) fail, mail survives, holders repair, `restore`
+// rebuilds mailboxes from the phrase (in-process and through the binary); quota.
 mod durability;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.
 mod formats;
