@@ -342,10 +342,8 @@ fn help_lists_only_working_subcommands() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["init", "passwd", "key", "status", "mount"] {
+    for cmd in ["init", "passwd", "key", "status", "mount", "restore"] {
         assert!(help.contains(cmd), "{help}");
     }
-    for absent in ["restore", "send"] {
-        assert!(!help.contains(&format!("  {absent} ")), "{help}");
-    }
+    assert!(!help.contains("  send "), "{help}");
 }

@@ -358,7 +358,13 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
         started.elapsed()
     );
     // Nobody renews the leases any more: once they end, a holder drops what it held.
-    let holder = ring.node(live[0]);
+    // (A survivor of the failure that is still running: the owners' nodes are gone now.)
+    let survivor = ring
+        .live_indices()
+        .into_iter()
+        .find(|i| *i < NODES)
+        .unwrap();
+    let holder = ring.node(survivor);
     let before = holder.client().status().await.unwrap().held_blobs;
     assert!(before > 0);
     let later = std::time::SystemTime::now()
