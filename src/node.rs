@@ -599,6 +599,17 @@ pub mod testing {
     /// address space).
     const TEST_MAP_SIZE: usize = 1 << 30;
 
+    /// A fresh device key and an overlay config listening on a random `/memory/N` address.
+    fn memory_node() -> Result<(DeviceKey, overlay::Config, Multiaddr), String> {
+        let device = DeviceKey::generate().map_err(|e| e.to_string())?;
+        let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
+        let port =
+            u64::from_be_bytes(crate::crypto::random_bytes::<8>().map_err(|e| e.to_string())?) | 1;
+        let listen = overlay::memory_addr(port);
+        oc.listen = vec![listen.clone()];
+        Ok((device, oc, listen))
+    }
+
     /// A ring of nodes; `nodes[i]` is `None` once killed.
     pub struct Ring {
         pub nodes: Vec<Option<Node>>,
@@ -624,13 +635,7 @@ pub mod testing {
         };
         for i in 0..n {
             let user = UserKeys::generate().map_err(|e| e.to_string())?;
-            let device = DeviceKey::generate().map_err(|e| e.to_string())?;
-            let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
-            let port =
-                u64::from_be_bytes(crate::crypto::random_bytes::<8>().map_err(|e| e.to_string())?)
-                    | 1;
-            let listen = overlay::memory_addr(port);
-            oc.listen = vec![listen.clone()];
+            let (device, mut oc, listen) = memory_node()?;
             if let Some(first) = ring.listen.first() {
                 oc.bootstrap = vec![first.clone()];
             }
@@ -721,13 +726,7 @@ pub mod testing {
         /// (durability tests: a fresh machine for `restore`).
         pub async fn join(&mut self, base: &Path) -> Result<(usize, [u8; 32]), String> {
             let i = self.nodes.len();
-            let device = DeviceKey::generate().map_err(|e| e.to_string())?;
-            let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
-            let port =
-                u64::from_be_bytes(crate::crypto::random_bytes::<8>().map_err(|e| e.to_string())?)
-                    | 1;
-            let listen = overlay::memory_addr(port);
-            oc.listen = vec![listen.clone()];
+            let (device, mut oc, listen) = memory_node()?;
             oc.bootstrap = self
                 .live_indices()
                 .into_iter()

@@ -13,7 +13,6 @@ use crate::crypto::{UserKeys, phrase};
 use crate::durability::restore::Progress;
 use crate::home::Home;
 use crate::node::{self, Node, NodeConfig};
-use crate::overlay::{self, TransportKind};
 use crate::store::Store;
 
 /// How long restore waits for a first peer.
@@ -85,20 +84,16 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     let config = Config::load(&home.config(), home.root())?;
     let device = home.load_device_key()?;
     let store = Store::open(&home.store())?;
-    let mut oc = overlay::Config::new(*device.seed(), TransportKind::Network);
-    let listen = if args.listen.is_empty() {
-        &config.overlay.listen
-    } else {
-        &args.listen
-    };
-    oc.listen = overlay::parse_addrs(listen)?;
-    let mut bootstrap = config.overlay.bootstrap.clone();
-    bootstrap.extend(args.bootstrap.iter().cloned());
-    if bootstrap.is_empty() && (!config.overlay.mdns || args.no_mdns) {
+    let mut oc = super::run::overlay_config(
+        &config,
+        *device.seed(),
+        &args.listen,
+        &args.bootstrap,
+        args.no_mdns,
+    )?;
+    if oc.bootstrap.is_empty() && !oc.mdns {
         bail!("no peer to join: give --bootstrap MULTIADDR or set overlay.bootstrap");
     }
-    oc.bootstrap = overlay::parse_addrs(&bootstrap)?;
-    oc.mdns = config.overlay.mdns && !args.no_mdns;
     oc.contribution = config.storage.contribution;
     let mut nc = NodeConfig::new(&identity.address, keys, device.public(), oc);
     nc.auto_publish = false;

@@ -44,7 +44,7 @@ pub const MAX_LEASE_SECS: u64 = 400 * 24 * 3600;
 pub const MAX_LEASE: usize = 1 + 32 + 2 + 2 + 8 + 32 * fragment::MAX_N;
 /// Peers asked for one fragment when locating it.
 const LOCATE_CANDIDATES: usize = ring::ASK;
-/// Peers a re-created fragment may go to (the closest ones, as for a first placement).
+/// Peers a re-created fragment may double up on (the closest ones).
 const PLACE_CANDIDATES: usize = ring::CANDIDATES;
 /// Fragments located at once.
 const PARALLEL: usize = 16;
@@ -299,13 +299,19 @@ async fn repair_located(
         let closest = client
             .closest_peers(placement_key(&lease.bundle, i as u16))
             .await?;
-        // A peer without a fragment of this bundle if there is one; when the ring has fewer
-        // live peers than fragments, fragments double up (nearest first).
-        let closest: Vec<PeerId> = closest.into_iter().take(PLACE_CANDIDATES).collect();
+        // The closest peer without a fragment of this bundle if there is one (as a first
+        // placement does); when the ring has fewer live peers than fragments, fragments double
+        // up on the nearest.
+        let closest: Vec<PeerId> = closest.into_iter().take(LOCATE_CANDIDATES).collect();
         let order: Vec<PeerId> = closest
             .iter()
             .filter(|p| !used.contains(*p))
-            .chain(closest.iter().filter(|p| used.contains(*p)))
+            .chain(
+                closest
+                    .iter()
+                    .take(PLACE_CANDIDATES)
+                    .filter(|p| used.contains(*p)),
+            )
             .copied()
             .collect();
         for peer in order {
@@ -377,6 +383,21 @@ pub struct PassStats {
     pub bytes_fetched: u64,
     /// Expired fragments and leases dropped.
     pub expired: usize,
+}
+
+impl PassStats {
+    /// Adds one bundle's repair (and the fragments re-created to the store's repair count).
+    async fn count(&mut self, store: &Store, r: BundleRepair) -> Result<(), RepairError> {
+        self.bundles_checked += 1;
+        self.fragments_recreated += r.recreated;
+        self.bytes_sent += r.bytes_sent;
+        self.bytes_fetched += r.bytes_fetched;
+        self.bundles_lost += usize::from(r.lost);
+        if r.recreated > 0 {
+            super::backup::add_repairs(store, r.recreated as u64).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A holder's maintenance pass: for every bundle with a lease held here, drop what has expired,
@@ -468,17 +489,8 @@ pub async fn holder_pass(
         if deferred {
             continue;
         }
-        stats.bundles_checked += 1;
         let r = repair_bundle(client, Some(store), codec, &lease).await?;
-        stats.fragments_recreated += r.recreated;
-        stats.bytes_sent += r.bytes_sent;
-        stats.bytes_fetched += r.bytes_fetched;
-        if r.lost {
-            stats.bundles_lost += 1;
-        }
-        if r.recreated > 0 {
-            super::backup::add_repairs(store, r.recreated as u64).await?;
-        }
+        stats.count(store, r).await?;
         tokio::time::sleep(limits.pause).await;
     }
     Ok(stats)
@@ -503,16 +515,7 @@ pub async fn owner_pass(
         let holders = locate(client, None, receipt).await;
         let r = repair_located(client, codec, &lease, receipt, holders.clone()).await?;
         give_lease(client, &lease, &holders).await;
-        stats.bundles_checked += 1;
-        stats.fragments_recreated += r.recreated;
-        stats.bytes_sent += r.bytes_sent;
-        stats.bytes_fetched += r.bytes_fetched;
-        if r.lost {
-            stats.bundles_lost += 1;
-        }
-        if r.recreated > 0 {
-            super::backup::add_repairs(store, r.recreated as u64).await?;
-        }
+        stats.count(store, r).await?;
         tokio::time::sleep(limits.pause).await;
     }
     Ok(stats)

@@ -21,10 +21,12 @@ use crate::crypto::{self, ObjectId, SealedObject};
 use crate::overlay::protocol::{Request, Response};
 use crate::overlay::{self, PeerId};
 
-/// A fragment is placed on one of the this many peers closest to its placement key.
+/// When every peer close to a placement key already holds a fragment of the bundle, a
+/// fragment doubles up on one of this many closest peers.
 pub(crate) const CANDIDATES: usize = 8;
-/// Peers asked for one fragment before giving up on it (more than [`CANDIDATES`]: two nodes'
-/// views of "the closest peers" differ a little, more so right after many peers failed).
+/// A fragment goes to one of this many peers closest to its placement key (the closest that
+/// holds no other fragment of the bundle), and readers ask that many: two nodes' views of "the
+/// closest peers" differ a little, more so right after many peers failed.
 pub(crate) const ASK: usize = 20;
 /// Fragments stored or fetched at once.
 const PARALLEL: usize = 16;
@@ -69,9 +71,9 @@ pub async fn store(
     let (bundle_bytes, bundle) = pack(objects)?;
     let fragments = make_fragments(codec, &bundle_bytes, params)?;
     // The closest peers of every placement key (looked up concurrently), then a distinct peer
-    // per fragment: the closest one not yet used among the CANDIDATES closest (readers ask
-    // those), or the closest one when all of them hold a fragment already. Stores run
-    // concurrently, falling back to the next closest when a peer refuses.
+    // per fragment: the closest one not yet used among the ASK closest (readers ask those), or
+    // the closest one when all of them hold a fragment already. Stores run concurrently,
+    // falling back to the next closest when a peer refuses.
     let keys: Vec<[u8; 32]> = fragments
         .iter()
         .map(|f| placement_key(&bundle, f.index))
@@ -80,7 +82,7 @@ pub async fn store(
     let mut used: HashSet<PeerId> = HashSet::new();
     let mut plans: Vec<(Vec<u8>, Vec<PeerId>)> = Vec::with_capacity(fragments.len());
     for (f, closest) in fragments.iter().zip(closest_sets) {
-        let closest: Vec<PeerId> = closest?.into_iter().take(CANDIDATES).collect();
+        let closest: Vec<PeerId> = closest?.into_iter().take(ASK).collect();
         let target = closest
             .iter()
             .find(|p| !used.contains(*p))
