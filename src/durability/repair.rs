@@ -44,7 +44,7 @@ pub const MAX_LEASE_SECS: u64 = 400 * 24 * 3600;
 pub const MAX_LEASE: usize = 1 + 32 + 2 + 2 + 8 + 32 * fragment::MAX_N;
 /// Peers asked for one fragment when locating it.
 const LOCATE_CANDIDATES: usize = ring::ASK;
-/// Peers a re-created fragment may double up on (the closest ones).
+/// Peers a re-created fragment may go to (the closest ones).
 const PLACE_CANDIDATES: usize = ring::CANDIDATES;
 /// Fragments located at once.
 const PARALLEL: usize = 16;
@@ -299,19 +299,15 @@ async fn repair_located(
         let closest = client
             .closest_peers(placement_key(&lease.bundle, i as u16))
             .await?;
-        // The closest peer without a fragment of this bundle if there is one (as a first
-        // placement does); when the ring has fewer live peers than fragments, fragments double
-        // up on the nearest.
-        let closest: Vec<PeerId> = closest.into_iter().take(LOCATE_CANDIDATES).collect();
+        // One of the nearest peers, one without a fragment of this bundle first: after a
+        // failure, peers' views of the closest peers differ most at the far end, so a
+        // re-created fragment stays near its key (doubling up when the ring has fewer live
+        // peers than fragments) rather than risk a place readers do not ask.
+        let closest: Vec<PeerId> = closest.into_iter().take(PLACE_CANDIDATES).collect();
         let order: Vec<PeerId> = closest
             .iter()
             .filter(|p| !used.contains(*p))
-            .chain(
-                closest
-                    .iter()
-                    .take(PLACE_CANDIDATES)
-                    .filter(|p| used.contains(*p)),
-            )
+            .chain(closest.iter().filter(|p| used.contains(*p)))
             .copied()
             .collect();
         for peer in order {
