@@ -169,6 +169,8 @@ impl Default for StorageSection {
 pub struct DurabilitySection {
     pub failure_fraction: f64,
     pub loss_probability: f64,
+    /// Longest new mail waits before it is placed in the ring (issue #6).
+    pub backup_every_secs: u64,
 }
 
 impl Default for DurabilitySection {
@@ -176,6 +178,7 @@ impl Default for DurabilitySection {
         DurabilitySection {
             failure_fraction: 0.6,
             loss_probability: 1e-6,
+            backup_every_secs: 300,
         }
     }
 }
@@ -298,6 +301,7 @@ pub struct StorageConfig {
 pub struct DurabilityConfig {
     pub failure_fraction: f64,
     pub loss_probability: f64,
+    pub backup_every: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -473,6 +477,13 @@ impl Validator<'_> {
                 format!("{lp} is not between 0 and 1 (exclusive)"),
             ));
         }
+        let be = f.durability.backup_every_secs;
+        if !(1..=86_400).contains(&be) {
+            return Err(self.err(
+                "durability.backup_every_secs",
+                format!("{be} is not between 1 and 86400"),
+            ));
+        }
         let smarthost = if f.smarthost.host.is_empty() {
             None
         } else {
@@ -564,6 +575,7 @@ impl Validator<'_> {
             durability: DurabilityConfig {
                 failure_fraction: ff,
                 loss_probability: lp,
+                backup_every: std::time::Duration::from_secs(be),
             },
             smarthost,
             delivery,
@@ -694,6 +706,9 @@ contribution = "10GiB"
 failure_fraction = 0.6
 # ... with at most this probability of losing any one message.
 loss_probability = 1e-6
+# New mail is backed up into the ring when a bundle (1 MiB) fills, or after this many
+# seconds at the latest.
+backup_every_secs = 300
 
 [smarthost]
 # Mail to people outside the overlay (no directory record) leaves through this relay, e.g.

@@ -3,8 +3,10 @@
 //!
 //! Requests: `{"op":"status"}`, `{"op":"lookup","address":"bob@example.org"}`,
 //! `{"op":"send","recipients":[…],"size":N}` followed by exactly N bytes of message (at most
-//! [`MAX_SEND`]; `peerpost send`).
+//! [`MAX_SEND`]; `peerpost send`),
+//! `{"op":"durability"}` (the user's backup, fragments located in the ring).
 //! Replies: `{"ok":true,"status":{…}}`, `{"ok":true,"lookup":{…}}`, `{"ok":true,"queued":"ID"}`,
+//! `{"ok":true,"durability":{…}}`,
 //! `{"ok":false,"error":"…"}`.
 //! A request line is at most [`MAX_LINE`] bytes; at most [`MAX_CLIENTS`] connections are served
 //! at once; an idle connection is closed after [`IDLE`].
@@ -63,6 +65,7 @@ pub enum Request {
         recipients: Vec<String>,
         size: u64,
     },
+    Durability,
 }
 
 /// Largest message `send` takes over the socket.
@@ -102,6 +105,7 @@ struct Reply {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queued: Option<String>,
+    durability: Option<crate::durability::status::DurabilityStatus>,
 }
 
 pub fn socket_path(home: &Path) -> PathBuf {
@@ -114,6 +118,9 @@ pub struct Context {
     pub client: overlay::Client,
     /// For `send` (None when the node runs no mail).
     pub delivery: Option<crate::delivery::Delivery>,
+    /// The node's store and the failure fraction its backup is made for (durability).
+    pub store: crate::store::Store,
+    pub failure_fraction: f64,
 }
 
 /// Binds the socket (refusing if a node already answers on it; removing a stale one).
@@ -215,6 +222,7 @@ fn error_reply(e: &str) -> Reply {
         lookup: None,
         error: Some(e.to_string()),
         queued: None,
+        durability: None,
     }
 }
 
@@ -261,9 +269,25 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                 lookup: None,
                 error: None,
                 queued: None,
+                durability: None,
             },
             Err(e) => error_reply(&e.to_string()),
         },
+        Request::Durability => {
+            let st =
+                crate::durability::status::check(&ctx.client, &ctx.store, ctx.failure_fraction);
+            match st.await {
+                Ok(d) => Reply {
+                    ok: true,
+                    status: None,
+                    lookup: None,
+                    error: None,
+                    queued: None,
+                    durability: Some(d),
+                },
+                Err(e) => error_reply(&e.to_string()),
+            }
+        }
         Request::Lookup { address } => match ctx.client.lookup(&address).await {
             Ok(found) => {
                 let r = &found.record;
@@ -284,6 +308,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                     }),
                     error: None,
                     queued: None,
+                    durability: None,
                 }
             }
             Err(e) => error_reply(&e.to_string()),
@@ -336,6 +361,17 @@ pub async fn call_with(
         ));
     }
     Ok(v)
+}
+
+/// Blocking convenience for the CLI: the durability of the user's backup as the running node
+/// finds it in the ring, or `None` if no node runs.
+pub fn durability_blocking(home: &Path) -> Option<crate::durability::status::DurabilityStatus> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let v = rt.block_on(call(home, &Request::Durability)).ok()?;
+    serde_json::from_value(v.get("durability")?.clone()).ok()
 }
 
 /// Blocking convenience for the CLI: status of the running node, or `None` if none runs.

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::control;
 use crate::crypto::{DirectoryRecord, UserKeys};
 use crate::delivery::{self, Delivery};
+use crate::durability;
 use crate::mailbox::Mailbox;
 use crate::overlay::{self, Event};
 use crate::server::Limits;
@@ -67,6 +68,9 @@ pub struct NodeConfig {
     pub control_socket: Option<PathBuf>,
     /// The mailbox engine and the mail servers, if wanted.
     pub mail: Option<MailConfig>,
+    /// Backup of the mailbox into the ring and maintenance of fragments held for others
+    /// (durability, issue #6); `None`: off (the test rings drive passes themselves).
+    pub durability: Option<DurabilityConfig>,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -107,6 +111,7 @@ impl NodeConfig {
             auto_publish: true,
             control_socket: None,
             mail: None,
+            durability: Some(DurabilityConfig::default()),
         }
     }
 }
@@ -258,8 +263,24 @@ impl Node {
                 address: config.address.clone(),
                 client: client.clone(),
                 delivery: delivery.clone(),
+                store: store.clone(),
+                failure_fraction: config
+                    .durability
+                    .as_ref()
+                    .map_or(0.6, |d| d.backup.failure_fraction),
             };
             tasks.spawn(control::serve(listener, path, ctx, cancel.clone()).in_current_span());
+        }
+        if let Some(d) = &config.durability {
+            spawn_durability(
+                d,
+                &config,
+                &client,
+                &store,
+                mailbox.clone(),
+                &cancel,
+                &mut tasks,
+            );
         }
         let publisher = Publisher {
             client: client.clone(),
@@ -456,6 +477,196 @@ async fn start_mail(
     Ok((mailbox, bound, delivery))
 }
 
+// --- durability (issue #6): backup of the user's mailbox into the ring, maintenance of the
+// fragments this node holds, and restore from the phrase ---
+
+/// When the durability tasks run.
+#[derive(Debug, Clone)]
+pub struct DurabilityConfig {
+    pub backup: durability::backup::BackupConfig,
+    /// How often the backup task looks for new mail.
+    pub tick: Duration,
+    /// Longest new mail waits for a bundle to fill before it is placed anyway.
+    pub backup_every: Duration,
+    /// The owner's repair and lease renewal pass over its own bundles.
+    pub maintain_every: Duration,
+    /// The holders' pass over the fragments held for others (repair when owners are away,
+    /// expiry of fragments nobody renews).
+    pub holder_every: Duration,
+    pub limits: durability::repair::RepairLimits,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            backup: durability::backup::BackupConfig::default(),
+            tick: Duration::from_secs(15),
+            backup_every: Duration::from_secs(300),
+            maintain_every: Duration::from_secs(6 * 3600),
+            holder_every: Duration::from_secs(3600),
+            limits: durability::repair::RepairLimits::default(),
+        }
+    }
+}
+
+fn spawn_durability(
+    d: &DurabilityConfig,
+    config: &NodeConfig,
+    client: &overlay::Client,
+    store: &Store,
+    mailbox: Option<Mailbox>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    use durability::backup::Backup;
+    let (c, s, token, cfg) = (client.clone(), store.clone(), cancel.clone(), d.clone());
+    tasks.spawn(
+        async move {
+            // A first pass after the ring had time to fill the routing table.
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + cfg.holder_every.min(Duration::from_secs(600)),
+                cfg.holder_every,
+            );
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {
+                        let pass = durability::repair::holder_pass(
+                            &c, &s, &durability::ReedSolomon8, cfg.limits, overlay::now_secs(),
+                        );
+                        match pass.await {
+                            Ok(st) => tracing::info!(?st, "holder maintenance pass"),
+                            Err(e) => tracing::warn!("holder maintenance failed: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    let Some(mailbox) = mailbox else {
+        return;
+    };
+    // The user's share of the ring: contribution ÷ overhead, first for a large ring, then for
+    // the ring as the backup passes see it.
+    let contribution = config.overlay.contribution;
+    let (ff, target) = (d.backup.failure_fraction, d.backup.target_loss);
+    mailbox.set_quota(Some(durability::backup::quota(
+        contribution,
+        None,
+        ff,
+        target,
+    )));
+    let keys = UserKeys::from_seed(*config.user_keys.seed());
+    let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone());
+    let (token, cfg) = (cancel.clone(), d.clone());
+    tasks.spawn(
+        async move {
+            let mut tick = tokio::time::interval(cfg.tick);
+            let mut last_pass: Option<tokio::time::Instant> = None;
+            let mut last_maintain = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let due = last_pass.is_none_or(|t| t.elapsed() >= cfg.backup_every);
+                let full = match b.pending().await {
+                    Ok((bodies, logs)) => bodies + logs >= cfg.backup.bundle_bytes,
+                    Err(e) => {
+                        tracing::warn!("backup: {e}");
+                        false
+                    }
+                };
+                if due || full {
+                    match b.run_once(last_pass.is_none()).await {
+                        Ok(r) => {
+                            last_pass = Some(tokio::time::Instant::now());
+                            if let Ok(p) = b.params().await {
+                                let q = (contribution as f64 / p.overhead()) as u64;
+                                mailbox.set_quota(Some(q));
+                            }
+                            if r.bundles > 0 {
+                                tracing::info!(?r, "backup pass");
+                            }
+                        }
+                        Err(durability::backup::Error::NoPeers) => {
+                            tracing::debug!("backup waits for a peer");
+                        }
+                        Err(e) => tracing::warn!("backup pass failed (retried): {e}"),
+                    }
+                }
+                if last_maintain.elapsed() >= cfg.maintain_every {
+                    last_maintain = tokio::time::Instant::now();
+                    match b.maintain(cfg.limits).await {
+                        Ok(st) => tracing::info!(?st, "backup maintenance pass"),
+                        Err(e) => tracing::warn!("backup maintenance failed: {e}"),
+                    }
+                    // A fresh expiry for the root even when no mail came in.
+                    if let Err(e) = b.republish().await {
+                        tracing::warn!("backup root not republished: {e}");
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// What [`restore_mailbox`] rebuilt.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreSummary {
+    pub bundles: usize,
+    pub bytes: u64,
+    pub objects: usize,
+    pub log_entries: usize,
+    pub folders: usize,
+    pub messages: usize,
+}
+
+/// Restores a user's mailbox from the ring into `store` (a fresh home's): bodies into the
+/// store, log entries verified and merged by the engine. Returns the opened engine.
+pub async fn restore_mailbox(
+    client: &overlay::Client,
+    store: &Store,
+    keys: &UserKeys,
+    device_public: [u8; 32],
+    progress: &(dyn Fn(durability::restore::Progress) + Sync),
+) -> Result<(Mailbox, RestoreSummary), RestoreError> {
+    let restored = durability::restore::restore(client, store, keys, progress).await?;
+    let mailbox = Mailbox::open(
+        store.clone(),
+        UserKeys::from_seed(*keys.seed()),
+        device_public,
+    )
+    .await?;
+    let log_entries = restored.entries.len();
+    let mut entries = restored.entries;
+    while !entries.is_empty() {
+        let rest = entries.split_off(entries.len().min(2048));
+        mailbox.merge_entries(entries).await?;
+        entries = rest;
+    }
+    let folders = mailbox.folders();
+    let summary = RestoreSummary {
+        bundles: restored.bundles,
+        bytes: restored.bytes,
+        objects: restored.objects,
+        log_entries,
+        folders: folders.len(),
+        messages: folders.iter().map(|f| f.exists).sum(),
+    };
+    Ok((mailbox, summary))
+}
+
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Ring(#[from] durability::restore::RestoreError),
+    #[error("the restored mailbox was refused: {0}")]
+    Mailbox(#[from] crate::mailbox::Error),
+}
+
 /// Many full nodes in one process over the memory transport (tests and benchmarks).
 pub mod testing {
     use std::path::Path;
@@ -470,6 +681,17 @@ pub mod testing {
     /// LMDB map size of a test node (the default 1 TiB × 100 nodes would exhaust the
     /// address space).
     const TEST_MAP_SIZE: usize = 1 << 30;
+
+    /// A fresh device key and an overlay config listening on a random `/memory/N` address.
+    fn memory_node() -> Result<(DeviceKey, overlay::Config, Multiaddr), String> {
+        let device = DeviceKey::generate().map_err(|e| e.to_string())?;
+        let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
+        let port =
+            u64::from_be_bytes(crate::crypto::random_bytes::<8>().map_err(|e| e.to_string())?) | 1;
+        let listen = overlay::memory_addr(port);
+        oc.listen = vec![listen.clone()];
+        Ok((device, oc, listen))
+    }
 
     /// A ring of nodes; `nodes[i]` is `None` once killed.
     pub struct Ring {
@@ -496,13 +718,7 @@ pub mod testing {
         };
         for i in 0..n {
             let user = UserKeys::generate().map_err(|e| e.to_string())?;
-            let device = DeviceKey::generate().map_err(|e| e.to_string())?;
-            let mut oc = overlay::Config::new(*device.seed(), TransportKind::Memory);
-            let port =
-                u64::from_be_bytes(crate::crypto::random_bytes::<8>().map_err(|e| e.to_string())?)
-                    | 1;
-            let listen = overlay::memory_addr(port);
-            oc.listen = vec![listen.clone()];
+            let (device, mut oc, listen) = memory_node()?;
             if let Some(first) = ring.listen.first() {
                 oc.bootstrap = vec![first.clone()];
             }
@@ -511,6 +727,7 @@ pub mod testing {
                 .map_err(|e| e.to_string())?;
             let mut nc = NodeConfig::new(&address_of(i), user, device.public(), oc);
             nc.auto_publish = false;
+            nc.durability = None;
             let span = tracing::info_span!("node", id = i);
             let node = Node::start(nc, store)
                 .instrument(span)
@@ -585,6 +802,44 @@ pub mod testing {
             if let Some(node) = self.nodes[i].take() {
                 node.shutdown().await;
             }
+        }
+
+        /// Starts one more node under `base` (store `node{i}`), bootstrapped from a live node,
+        /// and waits until its routing table is filled; returns its index and its device key
+        /// (durability tests: a fresh machine for `restore`).
+        pub async fn join(&mut self, base: &Path) -> Result<(usize, [u8; 32]), String> {
+            let i = self.nodes.len();
+            let (device, mut oc, listen) = memory_node()?;
+            oc.bootstrap = self
+                .live_indices()
+                .into_iter()
+                .take(3)
+                .map(|j| self.listen[j].clone())
+                .collect();
+            let store = Store::open_sized(&base.join(format!("node{i}")), TEST_MAP_SIZE)
+                .map_err(|e| e.to_string())?;
+            let user = UserKeys::generate().map_err(|e| e.to_string())?;
+            let mut nc = NodeConfig::new(&address_of(i), user, device.public(), oc);
+            nc.auto_publish = false;
+            nc.durability = None;
+            let node = Node::start(nc, store)
+                .instrument(tracing::info_span!("node", id = i))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.listen
+                .push(overlay::with_peer(listen, node.client().peer_id()));
+            self.addresses.push(address_of(i));
+            wait_for(|| async { routing_table(&node).await >= 1 }).await?;
+            let want = self.live_indices().len().min(8);
+            for _ in 0..40 {
+                if routing_table(&node).await >= want {
+                    break;
+                }
+                let _ = node.client().bootstrap().await;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            self.nodes.push(Some(node));
+            Ok((i, device.public()))
         }
 
         pub async fn shutdown(mut self) {

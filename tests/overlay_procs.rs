@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::util::{BIN, TestHome};
 
-struct Running {
-    home: TestHome,
-    child: Child,
-    listen: String,
+pub(crate) struct Running {
+    pub(crate) home: TestHome,
+    pub(crate) child: Child,
+    pub(crate) listen: String,
 }
 
 /// `run` on a free loopback port, overlay only (the mail servers are tested elsewhere).
@@ -37,7 +37,7 @@ const RUN: [&str; 16] = [
     "off",
 ];
 
-fn start(home: TestHome, bootstrap: Option<&str>) -> Running {
+pub(crate) fn start(home: TestHome, bootstrap: Option<&str>) -> Running {
     let mut cmd = Command::new(BIN);
     cmd.arg("--home").arg(home.home()).args(RUN);
     if let Some(b) = bootstrap {
@@ -66,7 +66,7 @@ fn start(home: TestHome, bootstrap: Option<&str>) -> Running {
     }
 }
 
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(v) = f() {

@@ -12,14 +12,14 @@ use peerpost::smtp;
 
 use crate::util::{Engine, Running, TestHome};
 
-struct Server {
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     cert: std::path::PathBuf,
-    engine: Engine,
+    pub(crate) engine: Engine,
     _running: Running,
 }
 
-fn start(t: &TestHome, max: u64) -> Server {
+pub(crate) fn start(t: &TestHome, max: u64) -> Server {
     let engine = Engine::open(t);
     let ctx = smtp::Context {
         mailbox: engine.mailbox.clone(),
@@ -152,13 +152,13 @@ fn swaks_delivers_when_installed() {
     assert!(String::from_utf8_lossy(&inbox[0]).contains("Subject: via swaks"));
 }
 
-fn raw(addr: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
+pub(crate) fn raw(addr: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     (BufReader::new(s.try_clone().unwrap()), s)
 }
 
-fn reply(r: &mut BufReader<TcpStream>) -> String {
+pub(crate) fn reply(r: &mut BufReader<TcpStream>) -> String {
     // The last line of a (possibly multi-line) reply.
     loop {
         let mut l = String::new();

@@ -10,7 +10,8 @@ mod crash;
 mod fs;
 // The IMAP server through `peerpost run`: imaplib (every command, STARTTLS, IMAPS, IDLE), hostile input, mutt.
 mod imap;
-// Erasure-coded bundles in a 20-node ring: 60 % of the nodes (the owner too) fail, mail survives.
+// Durability: 60 % of a ring (the owners too) fail, mail survives, holders repair, `restore`
+// rebuilds mailboxes from the phrase (in-process and through the binary); quota.
 mod durability;
 // Mail flow through real nodes: submission, the overlay (online and offline), smarthost, bounces.
 mod flow;

@@ -1,6 +1,5 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
-//! `execute`. Only subcommands that work are listed; `send` and `restore` arrive with the
-//! layers they need.
+//! `execute`. Only subcommands that work are listed; `send` arrives with the layer it needs.
 
 pub mod demo;
 pub mod export;
@@ -11,6 +10,7 @@ pub mod lookup;
 pub mod mount;
 pub mod open;
 pub mod passwd;
+pub mod restore;
 pub mod run;
 pub mod secret;
 pub mod send;
@@ -72,6 +72,8 @@ pub enum Command {
     /// Start a 5-node ring on this machine (alice, bob, … @demo.test), send bob a welcome
     /// message from alice over the overlay, and print how to read it; Ctrl-C stops it.
     Demo(demo::Args),
+    /// Rebuild the mailbox from the ring with the recovery phrase alone (a new machine).
+    Restore(restore::Args),
 }
 
 impl Cli {
@@ -96,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::execute(args, &home),
         Command::Send(args) => send::execute(args, &home),
         Command::Demo(args) => demo::execute(args),
+        Command::Restore(args) => restore::execute(args, &home),
     }
 }
 

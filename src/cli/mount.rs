@@ -121,12 +121,15 @@ impl Served {
             // Dovecot's index files hold headers: as private as the mount itself.
             std::fs::set_permissions(&backing, std::fs::Permissions::from_mode(0o700))?;
         }
-        let source = FsSource::new(
-            mb.clone(),
-            rt.clone(),
-            config.smtp.max_message_size,
+        // The user's share of the ring (durability): contribution ÷ overhead.
+        let quota = crate::durability::backup::quota(
             config.storage.contribution,
+            None,
+            config.durability.failure_fraction,
+            config.durability.loss_probability,
         );
+        mb.set_quota(Some(quota));
+        let source = FsSource::new(mb.clone(), rt.clone(), config.smtp.max_message_size, quota);
         let opts = MountOptions {
             owner,
             backing,

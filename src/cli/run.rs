@@ -71,6 +71,29 @@ fn listen_addr(s: &str) -> std::result::Result<Listen, String> {
         .map_err(|_| format!("{s:?} is not IP:PORT (or \"off\")"))
 }
 
+/// The overlay's config from the file, with the command line's listen addresses (instead of
+/// the configured ones), bootstrap peers (added) and `--no-mdns` (`run` and `restore`).
+pub(crate) fn overlay_config(
+    config: &Config,
+    device_seed: [u8; 32],
+    listen: &[String],
+    bootstrap: &[String],
+    no_mdns: bool,
+) -> Result<overlay::Config> {
+    let mut oc = overlay::Config::new(device_seed, TransportKind::Network);
+    let listen = if listen.is_empty() {
+        &config.overlay.listen
+    } else {
+        listen
+    };
+    oc.listen = overlay::parse_addrs(listen)?;
+    let mut peers = config.overlay.bootstrap.clone();
+    peers.extend(bootstrap.iter().cloned());
+    oc.bootstrap = overlay::parse_addrs(&peers)?;
+    oc.mdns = config.overlay.mdns && !no_mdns;
+    Ok(oc)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -175,21 +198,23 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     let device = home.load_device_key()?;
     let store = Store::open(&home.store())?;
 
-    let mut oc = overlay::Config::new(*device.seed(), TransportKind::Network);
-    let listen = if args.listen.is_empty() {
-        &config.overlay.listen
-    } else {
-        &args.listen
-    };
-    oc.listen = overlay::parse_addrs(listen)?;
-    let mut bootstrap = config.overlay.bootstrap.clone();
-    bootstrap.extend(args.bootstrap.iter().cloned());
-    oc.bootstrap = overlay::parse_addrs(&bootstrap)?;
-    oc.mdns = config.overlay.mdns && !args.no_mdns;
+    let mut oc = overlay_config(
+        &config,
+        *device.seed(),
+        &args.listen,
+        &args.bootstrap,
+        args.no_mdns,
+    )?;
     oc.max_connections = config.overlay.max_connections;
     oc.contribution = config.storage.contribution;
 
     let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
+    if let Some(d) = &mut nc.durability {
+        d.backup.failure_fraction = config.durability.failure_fraction;
+        d.backup.target_loss = config.durability.loss_probability;
+        d.backup_every = config.durability.backup_every;
+        d.tick = d.tick.min(d.backup_every);
+    }
     nc.control_socket = Some(control::socket_path(home.root()));
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
     let password_home = home.clone();

@@ -7,8 +7,33 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::control::{self, NodeStatus};
 use crate::crypto;
+use crate::durability::status::DurabilityStatus;
 use crate::home::Home;
 use crate::store::{Store, StoreStats};
+
+fn print_durability(d: &DurabilityStatus) {
+    match d.root_seq {
+        None => println!("backup:             none yet"),
+        Some(seq) => println!(
+            "backup:             {} bundles of mail, {} of log ({} bytes), root seq {seq}",
+            d.body_bundles, d.log_bundles, d.bytes
+        ),
+    }
+    println!("  repairs done:    {} fragments re-created", d.repairs);
+    if let (Some(ring), Some(loss)) = (d.ring, d.loss_now) {
+        println!(
+            "  in the ring:     {} peers known; P(loss) if {:.0} % failed now: {loss:.1e}",
+            ring,
+            d.failure_fraction * 100.0
+        );
+        for b in &d.checked {
+            println!(
+                "    {} {:<7} {:>3}/{:<3} fragments found (any {} rebuild it)",
+                b.bundle, b.kind, b.found, b.n, b.k
+            );
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,6 +55,9 @@ struct Status {
     store: StoreStats,
     /// The running node, or null when none runs in this home.
     node: Option<NodeStatus>,
+    /// The user's backup in the ring: from the store, and checked in the ring by the running
+    /// node when there is one (durability, issue #6).
+    durability: Option<DurabilityStatus>,
 }
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
@@ -38,10 +66,16 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         .err()
         .map(|e| e.to_string());
     let store = Store::open(&home.store())?;
-    let stats = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(store.stats())?;
+        .context("cannot start the async runtime")?;
+    let stats = rt.block_on(store.stats())?;
+    let node = control::status_blocking(home.root());
+    let durability = match node {
+        Some(_) => control::durability_blocking(home.root()),
+        None => None,
+    }
+    .or_else(|| rt.block_on(crate::durability::status::local(&store)).ok());
     let status = Status {
         home: home.root().display().to_string(),
         address: id.address,
@@ -52,7 +86,8 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         config_ok: config_error.is_none(),
         config_error,
         store: stats,
-        node: control::status_blocking(home.root()),
+        node,
+        durability,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -100,6 +135,11 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                 );
             }
         }
+    }
+    if !args.json
+        && let Some(d) = &status.durability
+    {
+        print_durability(d);
     }
     if let Some(e) = status.config_error {
         anyhow::bail!("{e}");

@@ -7,10 +7,14 @@
 //! [`ring`] stores a bundle's fragments on distinct peers and reads them back (any `k`
 //! verified fragments). The repair loop, quota and restore from the phrase build on it.
 
+pub mod backup;
 pub mod codec;
 pub mod fragment;
 pub mod params;
+pub mod repair;
+pub mod restore;
 pub mod ring;
+pub mod status;
 
 pub use codec::{ErasureCodec, ReedSolomon8};
 pub use fragment::{Fragment, Manifest, make_fragments, pack, placement_key, rebuild, unpack};

@@ -9,8 +9,9 @@
 
 use std::collections::HashSet;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use thiserror::Error;
 
 use super::codec::ErasureCodec;
@@ -20,8 +21,13 @@ use crate::crypto::{self, ObjectId, SealedObject};
 use crate::overlay::protocol::{Request, Response};
 use crate::overlay::{self, PeerId};
 
-/// Peers asked for one fragment before giving up on it.
-const CANDIDATES: usize = 8;
+/// When every peer close to a placement key already holds a fragment of the bundle, a
+/// fragment doubles up on one of this many closest peers.
+pub(crate) const CANDIDATES: usize = 8;
+/// A fragment goes to one of this many peers closest to its placement key (the closest that
+/// holds no other fragment of the bundle), and readers ask that many: two nodes' views of "the
+/// closest peers" differ a little, more so right after many peers failed.
+pub(crate) const ASK: usize = 20;
 /// Fragments stored or fetched at once.
 const PARALLEL: usize = 16;
 
@@ -64,26 +70,26 @@ pub async fn store(
 ) -> Result<Receipt, RingError> {
     let (bundle_bytes, bundle) = pack(objects)?;
     let fragments = make_fragments(codec, &bundle_bytes, params)?;
-    // Choose a distinct peer per fragment (the closest one not yet used), then store them
-    // concurrently, falling back to the next closest when a peer refuses.
+    // The closest peers of every placement key (looked up concurrently), then a distinct peer
+    // per fragment: the closest one not yet used among the ASK closest (readers ask those), or
+    // the closest one when all of them hold a fragment already. Stores run concurrently,
+    // falling back to the next closest when a peer refuses.
+    let keys: Vec<[u8; 32]> = fragments
+        .iter()
+        .map(|f| placement_key(&bundle, f.index))
+        .collect();
+    let closest_sets = closest_of_all(client, &keys).await;
     let mut used: HashSet<PeerId> = HashSet::new();
     let mut plans: Vec<(Vec<u8>, Vec<PeerId>)> = Vec::with_capacity(fragments.len());
-    for f in &fragments {
-        let closest = client
-            .closest_peers(placement_key(&bundle, f.index))
-            .await?;
+    for (f, closest) in fragments.iter().zip(closest_sets) {
+        let closest: Vec<PeerId> = closest?.into_iter().take(ASK).collect();
         let target = closest
             .iter()
             .find(|p| !used.contains(*p))
             .or(closest.first())
             .copied();
         let mut tries: Vec<PeerId> = target.into_iter().collect();
-        tries.extend(
-            closest
-                .iter()
-                .filter(|p| Some(**p) != target)
-                .take(CANDIDATES - 1),
-        );
+        tries.extend(closest.iter().filter(|p| Some(**p) != target));
         if let Some(t) = target {
             used.insert(t);
         }
@@ -123,9 +129,39 @@ pub async fn store(
     })
 }
 
+/// The closest peers of each key, looked up `PARALLEL` at a time.
+fn closest_of_all<'a>(
+    client: &'a overlay::Client,
+    keys: &'a [[u8; 32]],
+) -> BoxFuture<'a, Vec<Result<Vec<PeerId>, overlay::Error>>> {
+    futures::stream::iter(keys.iter().map(move |k| client.closest_peers(*k)))
+        .buffered(PARALLEL)
+        .collect()
+        .boxed()
+}
+
+/// Asks one peer for fragment `index` of `bundle`; returns it verified.
+pub(crate) async fn fetch_from(
+    client: &overlay::Client,
+    peer: PeerId,
+    bundle: &ObjectId,
+    index: u16,
+    blob: [u8; 32],
+) -> Option<Fragment> {
+    match client.request(peer, Request::Fetch { id: blob }).await {
+        Ok(Response::Found { bytes }) if crypto::hash(&bytes) == blob => {
+            match Fragment::decode(&bytes) {
+                Ok(f) if f.index == index && f.manifest.bundle == *bundle => Some(f),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Asks the fragment's last known holder, then the peers closest to its placement key; returns
 /// it verified.
-async fn fetch_one(
+pub(crate) async fn fetch_one(
     client: &overlay::Client,
     bundle: &ObjectId,
     index: u16,
@@ -134,12 +170,7 @@ async fn fetch_one(
 ) -> Option<Fragment> {
     let mut candidates: Vec<PeerId> = hint.into_iter().collect();
     if let Ok(closest) = client.closest_peers(placement_key(bundle, index)).await {
-        candidates.extend(
-            closest
-                .into_iter()
-                .filter(|p| Some(*p) != hint)
-                .take(CANDIDATES),
-        );
+        candidates.extend(closest.into_iter().filter(|p| Some(*p) != hint).take(ASK));
     }
     for peer in candidates {
         match client.request(peer, Request::Fetch { id: blob }).await {

@@ -59,6 +59,7 @@ fn source_error(e: Error) -> SourceError {
         Error::NoSuchFolder(_) | Error::NoSuchMessage => SourceError::NotFound,
         Error::FolderExists(_) => SourceError::Exists,
         Error::TooLarge { .. } => SourceError::TooLarge,
+        Error::OverQuota { .. } => SourceError::NoSpace,
         Error::ContentMissing(_) => SourceError::Unavailable,
         Error::InvalidName(..) | Error::NotAllowed(_) | Error::Empty => {
             SourceError::Invalid(e.to_string())
@@ -226,7 +227,7 @@ impl MaildirSource for FsSource {
 
     fn quota(&self) -> pfs::Result<(u64, u64)> {
         let stats = self.run(async { Ok(self.mb.store().stats().await?) })?;
-        Ok((stats.object_bytes, self.quota))
+        Ok((stats.object_bytes, self.mb.quota().unwrap_or(self.quota)))
     }
 
     fn max_message_size(&self) -> u64 {
@@ -251,6 +252,16 @@ impl MaildirSource for FsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_quota_is_enospc() {
+        let e = Error::OverQuota {
+            used: 9,
+            quota: 10,
+            needed: 2,
+        };
+        assert!(matches!(source_error(e), SourceError::NoSpace));
+    }
 
     #[test]
     fn keys_round_trip_and_garbage_is_not_found() {

@@ -65,6 +65,11 @@ pub enum Error {
     TooLarge { size: u64, max: u64 },
     #[error("the content of message {0} is missing from the local store")]
     ContentMissing(ObjectId),
+    /// The user's storage in the ring is used up (durability: contribution ÷ overhead).
+    /// SMTP answers 452 4.2.2 (552 5.2.2 when the message alone exceeds the quota), IMAP
+    /// `NO [OVERQUOTA]`, FUSE ENOSPC.
+    #[error("over quota: {used} of {quota} bytes used, {needed} more needed")]
+    OverQuota { used: u64, quota: u64, needed: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -195,6 +200,8 @@ struct Inner {
     write: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<Change>,
     cache: Mutex<Cache>,
+    /// Bytes of sealed bodies this user may keep (0: no limit); see [`Mailbox::set_quota`].
+    quota: std::sync::atomic::AtomicU64,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -391,6 +398,7 @@ impl Mailbox {
             write: tokio::sync::Mutex::new(()),
             changes,
             cache: Mutex::new(Cache::new(CACHE_BYTES)),
+            quota: std::sync::atomic::AtomicU64::new(0),
         });
         let mb = Mailbox { inner };
         mb.load_uids().await?;
@@ -422,6 +430,21 @@ impl Mailbox {
 
     pub fn device(&self) -> DeviceId {
         self.inner.device
+    }
+
+    /// Limits the sealed bodies this mailbox keeps (`None`: no limit); appends beyond it fail
+    /// with [`Error::OverQuota`]. The node sets it from the durability layer's quota.
+    pub fn set_quota(&self, bytes: Option<u64>) {
+        self.inner
+            .quota
+            .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn quota(&self) -> Option<u64> {
+        match self.inner.quota.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            q => Some(q),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -981,6 +1004,18 @@ impl Mailbox {
     ) -> Result<Vec<MessageInfo>> {
         let _w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
+        if let Some(quota) = self.quota() {
+            // A sealed body is its plaintext plus a 42-byte header and tag.
+            let needed: u64 = msgs.iter().map(|m| m.bytes.len() as u64 + 42).sum();
+            let used = self.inner.store.stats().await?.object_bytes;
+            if used.saturating_add(needed) > quota {
+                return Err(Error::OverQuota {
+                    used,
+                    quota,
+                    needed,
+                });
+            }
+        }
         let mut out = Vec::with_capacity(msgs.len());
         let mut msgs = msgs.into_iter().peekable();
         while msgs.peek().is_some() {

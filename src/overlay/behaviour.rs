@@ -147,7 +147,8 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         peer_id,
         kad::store::MemoryStoreConfig {
             max_records: MAX_RECORDS,
-            max_value_bytes: crate::crypto::record::MAX_RECORD,
+            // Directory records and backup roots (durability, issue #6).
+            max_value_bytes: crate::crypto::record::MAX_RECORD.max(super::backup_root::MAX_ROOT),
             max_providers_per_key: 0,
             max_provided_keys: 0,
         },

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::protocol::{KAD_PROTOCOL, Refusal, Request, Response};
-use super::{Command, Config, Event, RecordsFound, RequestError, Status, directory, now_secs};
+use super::{
+    Command, Config, Event, RecordsFound, RequestError, Status, backup_root, directory, now_secs,
+};
 use crate::crypto::DirectoryRecord;
 use crate::store::{HeldPut, Store};
 
@@ -61,6 +63,8 @@ pub(crate) struct EventLoop {
     banned: HashSet<PeerId>,
     /// Test hook: serve corrupted blobs (a hostile holder).
     corrupt_fetches: bool,
+    // --- backup roots (durability, issue #6) ---
+    root_lookups: HashMap<QueryId, PendingRootLookup>,
 }
 
 impl EventLoop {
@@ -86,6 +90,7 @@ impl EventLoop {
             scores: HashMap::new(),
             banned: HashSet::new(),
             corrupt_fetches: false,
+            root_lookups: HashMap::new(),
         }
     }
 
@@ -175,6 +180,9 @@ impl EventLoop {
                 self.requests.insert(id, reply);
             }
             Command::CorruptFetches(on) => self.corrupt_fetches = on,
+            Command::PutBackupRoot { .. } | Command::GetBackupRoots { .. } => {
+                self.on_backup_root_command(command)
+            }
             Command::Penalize { peer, reason } => {
                 // Peer ids cost nothing to make: the books on them are bounded too.
                 if self.scores.len() >= MAX_TRACKED_PEERS && !self.scores.contains_key(&peer) {
@@ -277,6 +285,9 @@ impl EventLoop {
                 stats,
                 ..
             } => match result {
+                QueryResult::GetRecord(res) if self.root_lookups.contains_key(&id) => {
+                    self.on_root_found(id, res, step.last)
+                }
                 QueryResult::GetRecord(res) => {
                     let requests = stats.num_requests();
                     let Some(pending) = self.lookups.get_mut(&id) else {
@@ -362,6 +373,9 @@ impl EventLoop {
     /// An inbound PUT_VALUE: stored only if valid, newest, and not a key change.
     fn on_inbound_record(&mut self, source: PeerId, mut record: kad::Record) {
         use libp2p::kad::store::RecordStore;
+        if backup_root::is_root(&record.value) {
+            return self.on_inbound_backup_root(source, record);
+        }
         let now = now_secs();
         let new = match directory::validate(&record.value, record.key.as_ref(), now) {
             Ok(r) => r,
@@ -549,4 +563,134 @@ fn is_forgery(e: &directory::RecordError) -> bool {
 fn expires_instant(record: &DirectoryRecord) -> Option<Instant> {
     let left = record.expires.saturating_sub(now_secs());
     Instant::now().checked_add(std::time::Duration::from_secs(left))
+}
+
+// --- backup roots (durability, issue #6): a second kind of DHT value, validated like
+// directory records (overlay/backup_root.rs) ---
+
+/// Valid remote copies of a backup root after which a lookup stops.
+const ROOT_LOOKUP_ENOUGH: usize = 4;
+
+struct PendingRootLookup {
+    reply: oneshot::Sender<Vec<Vec<u8>>>,
+    key: [u8; 32],
+    roots: Vec<Vec<u8>>,
+    remote: usize,
+}
+
+impl EventLoop {
+    fn on_backup_root_command(&mut self, command: Command) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match command {
+            Command::PutBackupRoot {
+                key,
+                bytes,
+                expires,
+                reply,
+            } => {
+                let mut rec = kad::Record::new(RecordKey::new(&key), bytes);
+                let left = expires.saturating_sub(now_secs());
+                rec.expires = Instant::now().checked_add(std::time::Duration::from_secs(left));
+                match kad.put_record(rec, Quorum::One) {
+                    Ok(id) => {
+                        self.publishes.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Command::GetBackupRoots { key, reply } => {
+                let id = kad.get_record(RecordKey::new(&key));
+                self.root_lookups.insert(
+                    id,
+                    PendingRootLookup {
+                        reply,
+                        key,
+                        roots: Vec::new(),
+                        remote: 0,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_root_found(&mut self, id: QueryId, res: kad::GetRecordResult, last: bool) {
+        let Some(pending) = self.root_lookups.get_mut(&id) else {
+            return;
+        };
+        let mut done = last;
+        match res {
+            Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                match backup_root::validate(&found.record.value, &pending.key, now_secs()) {
+                    Ok(_) => {
+                        if found.peer.is_some() {
+                            pending.remote += 1;
+                        }
+                        if !pending.roots.contains(&found.record.value) {
+                            pending.roots.push(found.record.value);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = ?found.peer, "refused backup root: {e}");
+                        if let Some(p) = found.peer
+                            && !matches!(e, backup_root::RootError::Expired)
+                        {
+                            self.on_command(Command::Penalize {
+                                peer: p,
+                                reason: "served an invalid backup root",
+                            });
+                        }
+                    }
+                }
+                if self
+                    .root_lookups
+                    .get(&id)
+                    .is_some_and(|p| p.remote >= ROOT_LOOKUP_ENOUGH)
+                {
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                    done = true;
+                }
+            }
+            Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => done = true,
+        }
+        if done && let Some(p) = self.root_lookups.remove(&id) {
+            let _ = p.reply.send(p.roots);
+        }
+    }
+
+    /// An inbound PUT_VALUE of a backup root: kept if valid and not older than the held one.
+    fn on_inbound_backup_root(&mut self, source: PeerId, mut record: kad::Record) {
+        use libp2p::kad::store::RecordStore;
+        let now = now_secs();
+        let new = match backup_root::validate(&record.value, record.key.as_ref(), now) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%source, "refused inbound backup root: {e}");
+                if !matches!(e, backup_root::RootError::Expired) {
+                    self.on_command(Command::Penalize {
+                        peer: source,
+                        reason: "sent an invalid backup root",
+                    });
+                }
+                return;
+            }
+        };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Some(held) = kad.store_mut().get(&record.key)
+            && let Ok(held) = backup_root::validate(&held.value, record.key.as_ref(), now)
+            && let Err(e) = backup_root::may_replace(&held, &new)
+        {
+            tracing::debug!(%source, "refused inbound backup root: {e}");
+            return;
+        }
+        let left = new.expires.saturating_sub(now);
+        record.expires = Instant::now().checked_add(std::time::Duration::from_secs(left));
+        if let Err(e) = kad.store_mut().put(record) {
+            tracing::debug!(%source, "backup root not stored: {e}");
+        }
+    }
 }

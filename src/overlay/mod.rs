@@ -19,6 +19,8 @@
 //! [`EventLoop`]: event_loop::EventLoop
 
 mod behaviour;
+// Backup roots (durability, issue #6).
+pub mod backup_root;
 pub mod directory;
 mod event_loop;
 mod inbox;
@@ -247,6 +249,17 @@ pub(crate) enum Command {
         reason: &'static str,
     },
     CorruptFetches(bool),
+    // --- backup roots (durability, issue #6) ---
+    PutBackupRoot {
+        key: [u8; 32],
+        bytes: Vec<u8>,
+        expires: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    GetBackupRoots {
+        key: [u8; 32],
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
 }
 
 /// Cloneable handle on the overlay. Every method is cancel-safe for the caller.
@@ -532,6 +545,44 @@ impl Client {
         let bytes = self.get_blob_at(*id.as_bytes(), *id.as_bytes()).await?;
         SealedObject::from_bytes_verified(bytes, &id)
             .map_err(|e| BlobError::NotFound(format!("{id}: {e}")))
+    }
+}
+
+// --- backup roots (durability, issue #6) ---
+impl Client {
+    /// Publishes a user's signed backup root (overlay/backup_root.rs) on the peers closest to
+    /// its key; it is kept locally even when no peer accepts it.
+    pub async fn publish_backup_root(&self, bytes: Vec<u8>) -> Result<(), PublishError> {
+        let root = backup_root::validate_own(&bytes, now_secs())
+            .map_err(|e| PublishError::NoPeers(e.to_string()))?;
+        let key = backup_root::key(&root.user);
+        let expires = root.expires;
+        self.call(|reply| Command::PutBackupRoot {
+            key,
+            bytes,
+            expires,
+            reply,
+        })
+        .await?
+        .map_err(PublishError::NoPeers)
+    }
+
+    /// The valid backup roots of a user found in the ring, newest (highest `seq`) first.
+    pub async fn backup_roots(
+        &self,
+        user_sign_public: &[u8; 32],
+    ) -> Result<Vec<backup_root::BackupRoot>, Error> {
+        let key = backup_root::key(user_sign_public);
+        let found = self
+            .call(|reply| Command::GetBackupRoots { key, reply })
+            .await?;
+        let now = now_secs();
+        let mut roots: Vec<_> = found
+            .iter()
+            .filter_map(|b| backup_root::validate(b, &key, now).ok())
+            .collect();
+        roots.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        Ok(roots)
     }
 }
 

@@ -361,6 +361,15 @@ async fn session(
                         conn.reply(&format!("250 2.0.0 Stored as UID {}\r\n", m.uid))
                             .await?
                     }
+                    Err(crate::mailbox::Error::OverQuota { quota, needed, .. }) => {
+                        // Permanent when the message alone exceeds the quota (RFC 3463 x.2.2).
+                        conn.reply(if needed > quota {
+                            "552 5.2.2 Mailbox full: the message exceeds the quota\r\n"
+                        } else {
+                            "452 4.2.2 Mailbox full; try again later\r\n"
+                        })
+                        .await?
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "SMTP delivery failed");
                         conn.reply("451 4.3.0 Could not store the message; try again later\r\n")

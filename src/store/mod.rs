@@ -9,6 +9,7 @@
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
 //!   reported as corrupt, never returned.
 
+mod backup;
 mod flow;
 mod overlay;
 pub mod schema;
@@ -102,6 +103,7 @@ struct Inner {
     tables: [Db; 5],
     overlay: overlay::Tables,
     flow: flow::Tables,
+    backup: backup::Tables,
 }
 
 impl Inner {
@@ -191,6 +193,7 @@ impl Store {
         };
         let overlay = overlay::Tables::create(&env).map_err(open_err)?;
         let flow = flow::Tables::create(&env).map_err(open_err)?;
+        let backup = backup::Tables::create(&env).map_err(open_err)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -200,6 +203,7 @@ impl Store {
                 tables,
                 overlay,
                 flow,
+                backup,
             }),
         })
     }

@@ -9,7 +9,7 @@ use super::{Error, Result, Store, read_u64, schema};
 const META_HELD: &[u8] = schema::META_HELD_BYTES;
 
 pub(super) struct Tables {
-    held: Database<'static, Bytes, Bytes>,
+    pub(super) held: Database<'static, Bytes, Bytes>,
     pins: Database<'static, Bytes, Bytes>,
 }
 

@@ -52,6 +52,7 @@ pub const ALL: &[&str] = &[
     DB_OUTBOX,
     DB_DELIVERED,
     DB_INBOX,
+    DB_BACKUP,
 ];
 
 /// The tables other modules may read and write through [`crate::store::Tx`] (objects have
@@ -125,3 +126,16 @@ pub const DB_DELIVERED: &str = "delivered";
 /// (overlay::protocol::inbox_key) ‖ [32] entry id (BLAKE3 of the envelope). Value:
 /// `u64 stored (unix s) ‖ [32] ack hash ‖ envelope bytes`.
 pub const DB_INBOX: &str = "inbox";
+
+// --- durability tables (backup of the user's mailbox into the ring) ---
+
+/// `backup`: what this node has placed in the ring for its user (docs/design.md, "Backup").
+/// A new database: older builds never open it, so the schema version is unchanged.
+/// Keys (first byte names the row kind):
+/// - `b'r' ‖ [32] bundle id` → a receipt entry (durability::backup format): the bundles of
+///   the user's backup, found again from the ring's index on a fresh home;
+/// - `b'o' ‖ [32] object id` → empty: this sealed object is in a placed bundle;
+/// - `b'l' ‖ u64 device ‖ u64 seq` → empty: this log entry is in a placed bundle;
+/// - `b's'` → `u64 root seq ‖ receipt entry of the current index bundle`;
+/// - `b'q'` → u64 repairs done (fragments re-created by this node).
+pub const DB_BACKUP: &str = "backup";

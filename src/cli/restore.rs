@@ -1,0 +1,166 @@
+//! `peerpost restore --phrase`: on a fresh machine, rebuild the whole mailbox (folders, flags,
+//! message bodies) from the ring with nothing but the recovery phrase.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use zeroize::Zeroizing;
+
+use super::secret;
+use crate::config::Config;
+use crate::crypto::{UserKeys, phrase};
+use crate::durability::restore::Progress;
+use crate::home::Home;
+use crate::node::{self, Node, NodeConfig};
+use crate::store::Store;
+
+/// How long restore waits for a first peer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Restore from a recovery phrase, read from --phrase-file, the terminal or standard input.
+    #[arg(long, required = true)]
+    pub phrase: bool,
+    /// File holding the recovery phrase.
+    #[arg(long, value_name = "FILE")]
+    pub phrase_file: Option<PathBuf>,
+    /// The mail address of the key; needed when this home has no identity yet (it is then
+    /// created as `key import --phrase` would).
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<String>,
+    /// Protect the imported key with the passphrase in this file (new home only).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The IMAP/POP3/SMTP password for this node, from this file (new home only).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Also dial this peer (repeatable; added to overlay.bootstrap).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Listen on this multiaddr instead of overlay.listen (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Turn off mDNS discovery on the local network.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+pub fn execute(args: Args, home: &Home) -> Result<()> {
+    let text = secret::phrase(args.phrase_file.as_deref())?;
+    let seed =
+        Zeroizing::new(phrase::decode(&text).context("the recovery phrase was not accepted")?);
+    let keys = UserKeys::from_seed(*seed);
+    eprintln!(
+        "Phrase accepted: user fingerprint {}",
+        keys.public().fingerprint()
+    );
+    match home.load_identity() {
+        Ok(id) => {
+            if id.user_keys().map(|k| k.fingerprint()) != Some(keys.public().fingerprint()) {
+                bail!(
+                    "this home belongs to {} with another key; restore into a new home \
+                     (--home DIR) or replace it with `peerpost key import --phrase --force`",
+                    id.address
+                );
+            }
+        }
+        Err(_) => {
+            let Some(address) = &args.address else {
+                bail!("this home has no identity yet: give --address ADDR (the key's address)");
+            };
+            super::init::provision(
+                home,
+                address,
+                UserKeys::from_seed(*seed),
+                args.password_file.as_deref(),
+                args.passphrase_file.as_deref(),
+                false,
+            )?;
+        }
+    }
+    let identity = home.load_identity()?;
+    let config = Config::load(&home.config(), home.root())?;
+    let device = home.load_device_key()?;
+    let store = Store::open(&home.store())?;
+    let mut oc = super::run::overlay_config(
+        &config,
+        *device.seed(),
+        &args.listen,
+        &args.bootstrap,
+        args.no_mdns,
+    )?;
+    if oc.bootstrap.is_empty() && !oc.mdns {
+        bail!("no peer to join: give --bootstrap MULTIADDR or set overlay.bootstrap");
+    }
+    oc.contribution = config.storage.contribution;
+    let mut nc = NodeConfig::new(&identity.address, keys, device.public(), oc);
+    nc.auto_publish = false;
+    nc.durability = None;
+
+    let rt = super::open::runtime()?;
+    rt.block_on(async move {
+        let started = Instant::now();
+        let node = Node::start(nc, store).await?;
+        let joined = async {
+            loop {
+                if node
+                    .client()
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.routing_table > 0)
+                {
+                    let _ = node.client().bootstrap().await;
+                    // Let the bootstrap fill the table a little before the first lookup.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(JOIN_TIMEOUT, joined).await.is_err() {
+            node.shutdown().await;
+            bail!(
+                "no peer answered within {}s: check --bootstrap / overlay.bootstrap",
+                JOIN_TIMEOUT.as_secs()
+            );
+        }
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "restoring {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let progress = |p: Progress| match p {
+            Progress::Found { bytes, .. } => bar.set_length(bytes),
+            Progress::Bundle { bytes } => bar.inc(bytes),
+        };
+        let keys = UserKeys::from_seed(*seed);
+        let res = node::restore_mailbox(
+            node.client(),
+            node.store(),
+            &keys,
+            device.public(),
+            &progress,
+        )
+        .await;
+        bar.finish_and_clear();
+        node.shutdown().await;
+        let (_, s) = res.context("restore failed")?;
+        println!(
+            "Restored the mailbox of {}: {} messages in {} folders ({} log entries, {} bundles, \
+             {:.1} MiB) in {:.1}s",
+            identity.address,
+            s.messages,
+            s.folders,
+            s.log_entries,
+            s.bundles,
+            s.bytes as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
+        anyhow::Ok(())
+    })
+}
