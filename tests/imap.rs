@@ -28,7 +28,15 @@ impl Drop for Node {
 }
 
 fn start(t: &TestHome) -> Node {
+    start_with(t, |c| c)
+}
+
+/// [`start`], with `edit` applied to the config `init` wrote.
+fn start_with(t: &TestHome, edit: impl Fn(String) -> String) -> Node {
     t.init("alice@example.org");
+    let config = t.home().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit(text)).unwrap();
     let mut child = Command::new(BIN)
         .arg("--home")
         .arg(t.home())
@@ -491,4 +499,50 @@ fn mbsync_syncs_both_ways_twice() {
         4,
         "{again}"
     );
+}
+
+const OVER_QUOTA: &str = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+small = b"Subject: fits\r\n\r\n" + b"x" * 1000 + b"\r\n"
+big = b"Subject: too big\r\n\r\n" + b"y" * 100000 + b"\r\n"
+print(m.append("INBOX", None, None, small)[0])
+try:
+    typ, data = m.append("INBOX", None, None, big)
+    print(typ, data)
+except imaplib.IMAP4.error as e:
+    print("NO", e)
+m.select("INBOX")
+print("exists", m.search(None, "ALL")[1][0].decode())
+m.logout()
+"#;
+
+/// Over the user's share of the ring (storage.contribution ÷ overhead), APPEND gets
+/// `NO [OVERQUOTA]` and nothing is stored; what fits is taken.
+#[test]
+fn append_over_quota_is_refused_with_overquota() {
+    let t = TestHome::new();
+    let node = start_with(&t, |c| {
+        c.replace("contribution = \"10GiB\"", "contribution = \"64KiB\"")
+    });
+    let script = t.file("quota.py", OVER_QUOTA);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "OK", "{text}");
+    assert!(
+        lines[1].starts_with("NO") && lines[1].contains("OVERQUOTA"),
+        "{text}"
+    );
+    assert_eq!(lines[2], "exists 1", "{text}");
 }

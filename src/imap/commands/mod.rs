@@ -197,6 +197,7 @@ pub(super) fn no(e: mailbox::Error) -> Reply {
         E::FolderExists(n) => Reply::No(format!("[ALREADYEXISTS] a folder named {n:?} exists")),
         E::InvalidName(..) | E::NotAllowed(_) | E::Empty => Reply::No(format!("[CANNOT] {e}")),
         E::TooLarge { .. } => Reply::No(format!("[TOOBIG] {e}")),
+        E::OverQuota { .. } => Reply::No(format!("[OVERQUOTA] {e}")),
         E::NoSuchMessage => Reply::No("[EXPUNGEISSUED] some messages are gone".into()),
         other => {
             tracing::warn!(error = %other, "IMAP command failed in the engine");
