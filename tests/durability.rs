@@ -254,10 +254,16 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
         entries.push(es);
     }
 
-    // 60 % of the nodes fail at the same moment, chosen at random (the seed is printed).
-    let seed = peerpost::crypto::random_bytes::<8>()
-        .map(u64::from_be_bytes)
-        .unwrap();
+    // 60 % of the nodes fail at the same moment, chosen at random (the seed is printed;
+    // PEERPOST_DURABILITY_SEED=0x… repeats a run's choice).
+    let seed = std::env::var("PEERPOST_DURABILITY_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| {
+            peerpost::crypto::random_bytes::<8>()
+                .map(u64::from_be_bytes)
+                .unwrap()
+        });
     let mut order: Vec<usize> = (0..NODES).collect();
     shuffle(&mut order, seed);
     let doomed: Vec<usize> = order[..NODES * 6 / 10].to_vec();

@@ -52,7 +52,8 @@ pub enum Command {
     /// Show, export or import the user's keys.
     #[command(subcommand)]
     Key(key::Command),
-    /// Join the overlay, publish this user's directory record and serve peers until stopped.
+    /// Join the overlay and serve this user's mail (IMAP, POP3, SMTP intake and submission,
+    /// delivery, backup into the ring; --mount for the Maildir) and peers until stopped.
     Run(run::Args),
     /// Look up an address in the directory through the running node.
     Lookup(lookup::Args),
