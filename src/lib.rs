@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod date;
 pub mod delivery;
 pub mod durability;
 pub mod home;

@@ -179,7 +179,7 @@ async fn ring(
              sealed to your key and signed by mine. No mail server was involved.\r\n\r\n\
              Alice\r\n",
             a = alice.address(),
-            date = crate::delivery::rfc5322_date(super::now_secs()),
+            date = crate::date::rfc5322(super::now_secs() as i64),
             n = std::process::id(),
         );
         let started = Instant::now();

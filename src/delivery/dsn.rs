@@ -2,8 +2,6 @@
 //! report-type=delivery-status`) put into the sender's own INBOX when a recipient cannot be
 //! reached: a permanent refusal, or no success within `give_up_after`.
 
-use super::rfc5322_date;
-
 /// One recipient that could not be reached.
 #[derive(Debug, Clone)]
 pub struct Failed<'a> {
@@ -83,8 +81,8 @@ pub fn build(
         host = clean(hostname),
         sender = clean(sender),
         rcpt = clean(recipient),
-        date = rfc5322_date(now),
-        arrival = rfc5322_date(arrival),
+        date = crate::date::rfc5322(now as i64),
+        arrival = crate::date::rfc5322(arrival as i64),
         diag = clean(diagnostic),
         status = clean(status),
     )

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::notice::{Body, Notice};
-use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs, rfc5322_date};
+use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs};
 use crate::crypto::{ContentKey, Envelope, ObjectId};
 use crate::mailbox::{Flags, NewMessage};
 use crate::overlay::{LookupError, protocol};
@@ -215,7 +215,7 @@ impl Delivery {
              \tid {id}; {date}\r\n",
             sender = n.sender,
             id = crate::crypto::hex(&n.msg_id),
-            date = rfc5322_date(now),
+            date = crate::date::rfc5322(now as i64),
         )
         .into_bytes();
         bytes.extend_from_slice(&body);

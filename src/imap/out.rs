@@ -61,32 +61,14 @@ pub fn flags(out: &mut Vec<u8>, f: &Flags) {
     out.push(b')');
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// Days since 1970-01-01 → (year, month 1-12, day 1-31) (Howard Hinnant's algorithm).
-pub fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// An INTERNALDATE: `"17-Jul-1996 02:44:25 +0000"` (UTC), quotes included.
 pub fn date_time(secs: i64) -> String {
-    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let (y, m, d) = crate::date::civil_from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
     format!(
         "\"{:02}-{}-{:04} {:02}:{:02}:{:02} +0000\"",
         d,
-        MONTHS[(m - 1) as usize],
+        crate::date::MONTHS[(m - 1) as usize],
         y,
         t / 3600,
         t / 60 % 60,

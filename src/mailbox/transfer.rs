@@ -235,12 +235,7 @@ fn parse_from_line(line: &[u8]) -> Option<i64> {
     if parts.len() < 7 {
         return None;
     }
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[3])? as i64
-        + 1;
+    let month = crate::date::MONTHS.iter().position(|m| *m == parts[3])? as i64 + 1;
     let day: i64 = parts[4].parse().ok()?;
     let hms: Vec<i64> = parts[5]
         .split(':')
@@ -250,17 +245,12 @@ fn parse_from_line(line: &[u8]) -> Option<i64> {
     if hms.len() != 3 || !(1..=31).contains(&day) {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    Some(
+        crate::date::days_from_civil(year, month, day) * 86400
+            + hms[0] * 3600
+            + hms[1] * 60
+            + hms[2],
+    )
 }
 
 /// The value of a header in the message's header block (first occurrence).

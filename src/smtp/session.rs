@@ -588,7 +588,11 @@ fn received_header(
     tls: bool,
 ) -> String {
     let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(200).collect() };
-    let date = httpdate(std::time::SystemTime::now());
+    let date = crate::date::rfc5322(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
     // Final delivery: the envelope sender as Return-Path (RFC 5321 §4.4), then the trace.
     format!(
         "Return-Path: <{}>\r\nReceived: from {} ([{}])\r\n\tby {} (peerpost) with {} id {}\r\n\tfor <{}>; {}\r\n",
@@ -603,39 +607,9 @@ fn received_header(
     )
 }
 
-/// An RFC 5322 date in UTC.
-fn httpdate(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(m - 1) as usize];
-    format!(
-        "{wd}, {d} {mon} {y} {:02}:{:02}:{:02} +0000",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{base64_decode, httpdate};
+    use super::base64_decode;
 
     #[test]
     fn base64() {
@@ -650,15 +624,5 @@ mod tests {
         assert_eq!(base64_decode("YQ").as_deref(), Some(&b"a"[..]));
         assert!(base64_decode("a").is_none());
         assert!(base64_decode("!!!!").is_none());
-    }
-
-    #[test]
-    fn dates() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        assert_eq!(httpdate(t), "Tue, 14 Nov 2023 22:13:20 +0000");
-        assert_eq!(
-            httpdate(std::time::UNIX_EPOCH),
-            "Thu, 1 Jan 1970 00:00:00 +0000"
-        );
     }
 }
