@@ -859,19 +859,8 @@ impl Mailbox {
         u.by_uid
             .iter()
             .filter_map(|(uid, entry)| {
-                let rec = e.crdt.entry(*entry)?;
                 let modseq = u.by_entry.get(entry).map_or(0, |(_, m)| *m);
-                Some(MessageInfo {
-                    entry: *entry,
-                    uid: *uid,
-                    modseq,
-                    object: rec.message.object,
-                    size: rec.message.size,
-                    internal_date: rec.message.internal_date,
-                    flags: e.crdt.flags(*entry),
-                    recent: e.crdt.recent(*entry),
-                    maildir_name: rec.message.maildir_name.clone(),
-                })
+                message_info(&e, *entry, *uid, modseq)
             })
             .collect()
     }
@@ -941,19 +930,9 @@ impl Mailbox {
         entries
             .iter()
             .map(|entry| {
-                let rec = e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
+                e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
                 let (uid, modseq) = *u?.by_entry.get(entry)?;
-                Some(MessageInfo {
-                    entry: *entry,
-                    uid,
-                    modseq,
-                    object: rec.message.object,
-                    size: rec.message.size,
-                    internal_date: rec.message.internal_date,
-                    flags: e.crdt.flags(*entry),
-                    recent: e.crdt.recent(*entry),
-                    maildir_name: rec.message.maildir_name.clone(),
-                })
+                message_info(&e, *entry, uid, modseq)
             })
             .collect()
     }
@@ -1060,20 +1039,8 @@ impl Mailbox {
             let e = self.read_engine();
             let u = e.uids.get(&folder_id);
             for id in ids {
-                if let (Some(rec), Some((uid, modseq))) =
-                    (e.crdt.entry(id), u.and_then(|u| u.by_entry.get(&id)))
-                {
-                    out.push(MessageInfo {
-                        entry: id,
-                        uid: *uid,
-                        modseq: *modseq,
-                        object: rec.message.object,
-                        size: rec.message.size,
-                        internal_date: rec.message.internal_date,
-                        flags: e.crdt.flags(id),
-                        recent: e.crdt.recent(id),
-                        maildir_name: rec.message.maildir_name.clone(),
-                    });
+                if let Some((uid, modseq)) = u.and_then(|u| u.by_entry.get(&id)) {
+                    out.extend(message_info(&e, id, *uid, *modseq));
                 }
             }
         }
@@ -1332,6 +1299,22 @@ impl Mailbox {
         .await?;
         Ok(())
     }
+}
+
+/// What the engine knows of `entry` with its numbering here (`None` if it is not a live entry).
+fn message_info(e: &Engine, entry: EntryId, uid: u32, modseq: u64) -> Option<MessageInfo> {
+    let rec = e.crdt.entry(entry)?;
+    Some(MessageInfo {
+        entry,
+        uid,
+        modseq,
+        object: rec.message.object,
+        size: rec.message.size,
+        internal_date: rec.message.internal_date,
+        flags: e.crdt.flags(entry),
+        recent: e.crdt.recent(entry),
+        maildir_name: rec.message.maildir_name.clone(),
+    })
 }
 
 /// The op that changes `entry`'s flags as asked (only what changes is written, so a no-op
