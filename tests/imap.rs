@@ -3,28 +3,20 @@
 //! the SMTP intake; hostile input over raw sockets leaves the server answering; and real mutt
 //! reads, flags, moves and deletes over imap://.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, Mutt, TestHome};
+use crate::util::{Mutt, RunNode, TestHome};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
+/// A node serving IMAP, IMAPS and the SMTP intake, with their ports.
 struct Node {
-    child: Child,
+    run: RunNode,
     imap: u16,
     imaps: u16,
     smtp: u16,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SIGTERM: the node says BYE to its sessions and stops cleanly.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
 }
 
 fn start(t: &TestHome) -> Node {
@@ -37,48 +29,17 @@ fn start_with(t: &TestHome, edit: impl Fn(String) -> String) -> Node {
     let config = t.home().join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, edit(text)).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--home")
-        .arg(t.home())
-        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
-        .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
-        .args(["--submission", "off"])
-        .env_remove("PEERPOST_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut imap, mut imaps, mut smtp) = (None, None, None);
-    let started = Instant::now();
-    let port = |l: &str| l.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    while imap.is_none() || imaps.is_none() || smtp.is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "node did not report its servers"
-        );
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("node exited early");
-        }
-        if let Some(a) = line.strip_prefix("imap listening on ") {
-            imap = Some(port(a));
-        }
-        if let Some(a) = line.strip_prefix("imaps listening on ") {
-            imaps = Some(port(a));
-        }
-        if let Some(a) = line.strip_prefix("smtp listening on ") {
-            smtp = Some(port(a));
-        }
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
+    let on = [
+        ("imap", "127.0.0.1:0"),
+        ("imaps", "127.0.0.1:0"),
+        ("smtp", "127.0.0.1:0"),
+    ];
+    let run = RunNode::start(t, &on, &[]);
     Node {
-        child,
-        imap: imap.unwrap(),
-        imaps: imaps.unwrap(),
-        smtp: smtp.unwrap(),
+        imap: run.port("imap"),
+        imaps: run.port("imaps"),
+        smtp: run.port("smtp"),
+        run,
     }
 }
 
@@ -115,7 +76,7 @@ fn hostile_input_is_refused_and_the_server_keeps_serving() {
     let mut node = start(&t);
     script(&t, &node, "hostile");
     assert!(
-        node.child.try_wait().unwrap().is_none(),
+        node.run.child.try_wait().unwrap().is_none(),
         "the node died under hostile input"
     );
 }
@@ -279,38 +240,12 @@ fn plaintext_login_is_refused_off_loopback_until_starttls() {
     let t = TestHome::new();
     t.init("alice@example.org");
     // A listener on all addresses is not loopback, whoever connects.
-    let mut child = Command::new(BIN)
-        .arg("--home")
-        .arg(t.home())
-        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(["--imap", "0.0.0.0:0", "--imaps", "off", "--pop3", "off"])
-        .args(["--pop3s", "off", "--smtp", "off", "--submission", "off"])
-        .env_remove("PEERPOST_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let node = Node {
-        child,
-        imap: 0,
-        imaps: 0,
-        smtp: 0,
-    };
-    let mut port = None;
-    while port.is_none() {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "node exited early");
-        if let Some(a) = line.strip_prefix("imap listening on ") {
-            port = Some(a.trim().rsplit(':').next().unwrap().to_string());
-        }
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
+    let node = RunNode::start(&t, &[("imap", "0.0.0.0:0")], &[]);
+    let port = node.port("imap").to_string();
     let f = t.file("off-loopback.py", OFF_LOOPBACK);
     let o = Command::new("python3")
         .arg(f)
-        .arg(port.unwrap())
+        .arg(&port)
         .arg(t.home().join("tls/cert.pem"))
         .output()
         .unwrap();

@@ -2,21 +2,10 @@
 //! its POP3 server byte for byte (after the trace lines), and mail another process imports
 //! into the same home shows up without a restart.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, TestHome};
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SIGTERM: the node stops its servers and the overlay cleanly.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
+use crate::util::{RunNode, TestHome};
 
 const SCRIPT: &str = r#"
 import poplib, smtplib, sys, time
@@ -44,54 +33,13 @@ p.quit()
 fn run_serves_smtp_intake_and_pop3_on_one_mailbox() {
     let t = TestHome::new();
     t.init("alice@example.org");
-    let mut child = Command::new(BIN)
-        .arg("--home")
-        .arg(t.home())
-        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(["--imap", "off", "--imaps", "off"])
-        .args([
-            "--pop3",
-            "127.0.0.1:0",
-            "--pop3s",
-            "off",
-            "--smtp",
-            "127.0.0.1:0",
-            "--submission",
-            "off",
-        ])
-        .env_remove("PEERPOST_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let node = Node(child);
-    let (mut pop3, mut smtp) = (None, None);
-    let started = Instant::now();
-    while pop3.is_none() || smtp.is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "node did not report its servers"
-        );
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("node exited early");
-        }
-        if let Some(a) = line.strip_prefix("pop3 listening on ") {
-            pop3 = Some(a.trim().rsplit(':').next().unwrap().to_string());
-        }
-        if let Some(a) = line.strip_prefix("smtp listening on ") {
-            smtp = Some(a.trim().rsplit(':').next().unwrap().to_string());
-        }
-    }
-    // Keep draining stdout so the node never blocks on a full pipe.
-    std::thread::spawn(move || for _ in out.lines() {});
+    let node = RunNode::start(&t, &[("pop3", "127.0.0.1:0"), ("smtp", "127.0.0.1:0")], &[]);
+    let (pop3, smtp) = (node.port("pop3").to_string(), node.port("smtp").to_string());
     let script = t.file("mail.py", SCRIPT);
     let run = |want: &str| {
         let o = Command::new("python3")
             .arg(&script)
-            .args([smtp.as_deref().unwrap(), pop3.as_deref().unwrap(), want])
+            .args([smtp.as_str(), pop3.as_str(), want])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -141,46 +89,25 @@ fn run_mounts_the_maildir_and_unmounts_at_exit() {
     let t = TestHome::new();
     t.init("alice@example.org");
     let mnt = t.dir.path().join("Maildir");
-    let mut child = Command::new(BIN)
-        .arg("--home")
-        .arg(t.home())
-        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(["--pop3", "off", "--pop3s", "off", "--smtp", "127.0.0.1:0"])
-        .args(["--imap", "off", "--imaps", "off", "--submission", "off"])
-        .arg("--mount")
-        .arg(&mnt)
-        .env_remove("PEERPOST_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut node = Node(child);
-    let (mut smtp, mut mounted) = (None, false);
-    let started = Instant::now();
-    while smtp.is_none() || !mounted {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let mut err = String::new();
-            use std::io::Read;
-            let _ = node.0.stderr.take().unwrap().read_to_string(&mut err);
-            if err.contains("Permission denied") || err.contains("Operation not permitted") {
-                eprintln!("skipped: mounting is not permitted here: {err}");
-                return;
-            }
-            panic!("node exited early: {err}");
+    let mount = ["--mount", mnt.to_str().unwrap()];
+    let node = match RunNode::try_start(&t, &[("smtp", "127.0.0.1:0")], &mount) {
+        Ok(n) => n,
+        Err(err)
+            if err.contains("Permission denied") || err.contains("Operation not permitted") =>
+        {
+            eprintln!("skipped: mounting is not permitted here: {err}");
+            return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no mount reported"
-        );
-        if let Some(a) = line.strip_prefix("smtp listening on ") {
-            smtp = Some(a.trim().rsplit(':').next().unwrap().to_string());
-        }
-        mounted |= line.starts_with("maildir mounted at ");
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
+        Err(err) => panic!("node exited early: {err}"),
+    };
+    assert!(
+        node.started
+            .iter()
+            .any(|l| l.starts_with("maildir mounted at ")),
+        "no mount reported: {:?}",
+        node.started
+    );
+    let smtp = node.port("smtp").to_string();
     assert!(std::fs::read_dir(mnt.join("cur")).is_ok(), "cur/ missing");
     let send = Command::new("python3")
         .args([
@@ -188,7 +115,7 @@ fn run_mounts_the_maildir_and_unmounts_at_exit() {
             "import smtplib,sys; s=smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10); \
              s.sendmail('bob@example.net', ['alice@example.org'], \
              b'Subject: to the mount\\r\\n\\r\\nhello\\r\\n'); s.quit()",
-            smtp.as_deref().unwrap(),
+            smtp.as_str(),
         ])
         .status()
         .unwrap();

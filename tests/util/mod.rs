@@ -346,3 +346,97 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A `peerpost run` child on 127.0.0.1 with every mail listener off except those `on` names
+/// (`("imap", "127.0.0.1:0")`, …), plus `extra` arguments. Started once it has printed its
+/// last start-up line; `ports` holds each server's bound port by name. SIGTERM and a wait on
+/// drop.
+pub struct RunNode {
+    pub child: std::process::Child,
+    pub ports: std::collections::HashMap<String, u16>,
+    /// Every line the node printed up to its start-up line.
+    pub started: Vec<String>,
+}
+
+const LISTENERS: [&str; 6] = ["pop3", "pop3s", "smtp", "submission", "imap", "imaps"];
+
+impl RunNode {
+    pub fn start(t: &TestHome, on: &[(&str, &str)], extra: &[&str]) -> RunNode {
+        Self::try_start(t, on, extra).unwrap_or_else(|err| panic!("node exited early: {err}"))
+    }
+
+    /// [`RunNode::start`], or the node's stderr if it exited before it was up.
+    pub fn try_start(t: &TestHome, on: &[(&str, &str)], extra: &[&str]) -> Result<RunNode, String> {
+        use std::io::{BufRead, BufReader, Read};
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home").arg(t.home()).args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]);
+        for what in LISTENERS {
+            let value = on
+                .iter()
+                .find(|(w, _)| *w == what)
+                .map_or("off", |(_, v)| v);
+            cmd.arg(format!("--{what}")).arg(value);
+        }
+        let mut child = cmd
+            .args(extra)
+            .env_remove("PEERPOST_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut node = RunNode {
+            child,
+            ports: Default::default(),
+            started: Vec::new(),
+        };
+        let started = std::time::Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "node did not finish starting: {:?}",
+                node.started
+            );
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let mut err = String::new();
+                let _ = node.child.stderr.take().unwrap().read_to_string(&mut err);
+                return Err(err);
+            }
+            if let Some((what, addr)) = line.trim().split_once(" listening on ")
+                && let Some(port) = addr.rsplit(':').next().and_then(|p| p.parse().ok())
+            {
+                node.ports.insert(what.to_string(), port);
+            }
+            let last = line.starts_with("peerpost: node");
+            node.started.push(line);
+            if last {
+                break;
+            }
+        }
+        // Keep draining both pipes so the node never blocks on a full one.
+        std::thread::spawn(move || for _ in out.lines() {});
+        let mut err = node.child.stderr.take().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Ok(node)
+    }
+
+    pub fn port(&self, what: &str) -> u16 {
+        self.ports[what]
+    }
+}
+
+impl Drop for RunNode {
+    fn drop(&mut self) {
+        // SIGTERM: the node stops its servers (BYE to sessions) and the overlay cleanly.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
