@@ -37,6 +37,10 @@ struct RcptRow {
     last_error: String,
 }
 
+/// When this process started (unix seconds): queued rows older than that may have been
+/// worked on by a process that was killed.
+static PROCESS_STARTED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(now_secs);
+
 impl RcptRow {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -147,6 +151,7 @@ impl Delivery {
     }
 
     pub(super) async fn run_queue(self, cancel: CancellationToken) {
+        std::sync::LazyLock::force(&PROCESS_STARTED);
         let mut attempts: JoinSet<()> = JoinSet::new();
         loop {
             let wait = match self.dispatch(&mut attempts).await {
@@ -237,8 +242,8 @@ impl Delivery {
         }))
     }
 
-    /// Appends the queued message to Sent and drops its Sent row (a crash in between makes a
-    /// second copy, never none).
+    /// Appends the queued message to Sent and drops its Sent row (a crash in between is seen
+    /// at the next start: the copy is not made twice).
     async fn copy_to_sent(&self, key: &[u8]) {
         let Some(msg) = key.get(1..17).and_then(|m| <[u8; 16]>::try_from(m).ok()) else {
             return;
@@ -254,12 +259,29 @@ impl Delivery {
                 return;
             }
         };
+        // The copy is named after the queued message, so a process killed between the append
+        // and the row's removal does not copy it twice: a message queued before this process
+        // started is looked for in Sent first.
+        let name = format!(
+            "{}.{}.sent",
+            queued.queued,
+            msg.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        if queued.queued <= *PROCESS_STARTED
+            && let Ok(sent) = self.inner.mailbox.messages("Sent")
+            && sent.iter().any(|m| m.maildir_name == name)
+        {
+            if let Err(e) = self.inner.store.outbox_finish(msg, key.to_vec()).await {
+                tracing::warn!("cannot finish the Sent row: {e}");
+            }
+            return;
+        }
         let copy = NewMessage {
             bytes: queued.bytes,
             internal_date: queued.queued as i64,
             flags: Flags::default().with(Flag::Seen),
             recent: false,
-            maildir_name: None,
+            maildir_name: Some(name),
         };
         match self.inner.mailbox.append("Sent", copy).await {
             Ok(_) => {
