@@ -54,9 +54,11 @@ pub use smarthost::{Smarthost, TlsMode};
 /// beyond it.
 pub const MAX_QUEUED: u64 = 100_000;
 /// Recipients being attempted at once. Each attempt opens up to four overlay streams (three
-/// inbox puts and a push) to a handful of peers, and a peer takes 16 concurrent streams per
-/// protocol and connection before it drops new ones: more in flight would lose pushes.
-const MAX_ATTEMPTS_IN_FLIGHT: usize = 8;
+/// inbox puts and a push), at most one of a protocol to each peer, and a peer takes
+/// `overlay::MAX_STREAMS` concurrent streams per protocol and connection before it drops new
+/// ones: half of that leaves room for the other traffic (acks, collections). Over slow links
+/// an attempt takes a round trip, so this also bounds the rate: 16 per round trip.
+const MAX_ATTEMPTS_IN_FLIGHT: usize = overlay::MAX_STREAMS / 2;
 /// Notifications and inbox entries being received at once.
 const MAX_RECEIVING: usize = 32;
 /// An inbox entry to acknowledge: (entry id, ack secret).

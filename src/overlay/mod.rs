@@ -26,6 +26,7 @@ mod event_loop;
 mod inbox;
 pub mod protocol;
 
+pub use behaviour::MAX_STREAMS;
 pub use inbox::device_peer_id;
 
 use std::time::{Duration, Instant};
@@ -77,7 +78,8 @@ pub struct Config {
     pub ring_authority: Option<[u8; 32]>,
     pub request_timeout: Duration,
     pub query_timeout: Duration,
-    /// Inbound blob requests one peer may have in flight.
+    /// Inbound blob requests one peer may have in flight (a sender has up to 16 deliveries
+    /// in flight, each with one inbox put to every holder).
     pub max_inflight_per_peer: usize,
 }
 
@@ -96,7 +98,7 @@ impl Config {
             ring_authority: None,
             request_timeout: Duration::from_secs(30),
             query_timeout: Duration::from_secs(30),
-            max_inflight_per_peer: 8,
+            max_inflight_per_peer: 16,
         }
     }
 }
