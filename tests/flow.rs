@@ -370,6 +370,23 @@ fn overlay_users_and_an_outside_address_get_the_message_once() {
         out[0]
     );
 
+    // 1b. A message longer than one overlay object (9 MiB: three sealed parts) arrives whole.
+    let mut big = String::from("Subject: the big one\r\nMessage-ID: <big@flow.test>\r\n\r\n");
+    let mut line = 0;
+    while big.len() < 9 << 20 {
+        big.push_str(&format!("{line:08} {}\r\n", "x".repeat(68)));
+        line += 1;
+    }
+    big.push_str("the end\r\n");
+    submit(&t, &alice, &["dave@flow.test"], &big);
+    let inbox = eventually("dave has the 9 MiB message", 60, || {
+        let i = dave.inbox();
+        (count(&i, "<big@flow.test>") == 1).then_some(i)
+    });
+    let m = inbox.iter().find(|m| m.contains("<big@flow.test>")).unwrap();
+    assert!(m.contains("peerpost=pass"), "sender verified");
+    assert!(m.ends_with(&big), "all {} bytes, in order", big.len());
+
     // 2. swaks (AUTH PLAIN over STARTTLS) to bob.
     let swaks = Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{}", alice.submission)])

@@ -151,6 +151,8 @@ struct Inner {
     receiving: Mutex<HashSet<[u8; 32]>>,
     /// Recently looked-up directory records (verified and pinned by the overlay).
     records: Mutex<HashMap<String, (DirectoryRecord, Instant)>>,
+    /// Arriving messages of several overlay objects being put together (each up to 64 MiB).
+    assembling: tokio::sync::Semaphore,
 }
 
 impl Delivery {
@@ -176,6 +178,7 @@ impl Delivery {
                 sending: Mutex::new(HashSet::new()),
                 receiving: Mutex::new(HashSet::new()),
                 records: Mutex::new(HashMap::new()),
+                assembling: tokio::sync::Semaphore::new(2),
             }),
         }
     }

@@ -10,8 +10,14 @@
 //!   bytes8  recipient address (normalized)
 //!   [32]    ack secret (the DHT inbox entry is removed by whoever shows it)
 //!   u8      body kind: 1 = inline ‖ bytes32 message (≤ MAX_INLINE)
-//!                      2 = object ‖ [32] object id ‖ [32] content key ‖ u32 length
+//!                      2 = object ‖ part
+//!                      3 = parts ‖ u8 count (2..=MAX_PARTS) ‖ count × part
+//!   part:   [32] object id ‖ [32] content key ‖ u32 length (≤ MAX_PART)
 //! ```
+//!
+//! A message longer than one overlay object is cut into parts of `MAX_PART` bytes (the last
+//! one shorter), each sealed under its own key; the parts' lengths add up to at most
+//! `MAX_MESSAGE`.
 
 use crate::wire::{DecodeError, Reader, Writer};
 
@@ -19,17 +25,51 @@ pub const VERSION: u8 = 1;
 /// Messages up to this size travel inside the notice (one round trip fewer); larger ones are
 /// sealed objects in the overlay.
 pub const MAX_INLINE: usize = 48 * 1024;
+/// The most plaintext one sealed overlay object carries (a blob holds the seal's overhead
+/// too).
+pub const MAX_PART: usize = crate::overlay::protocol::MAX_BLOB - 1024;
+/// The longest message the overlay carries (the largest `smtp.max_message_size`).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Parts of one message: enough for `MAX_MESSAGE`.
+pub const MAX_PARTS: usize = MAX_MESSAGE.div_ceil(MAX_PART);
 const INLINE: u8 = 1;
 const OBJECT: u8 = 2;
+const PARTS: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Inline(Vec<u8>),
-    Object {
-        id: [u8; 32],
-        key: [u8; 32],
-        len: u32,
-    },
+    /// One sealed object per part, in order (one part: body kind 2).
+    Objects(Vec<Part>),
+}
+
+/// One sealed overlay object of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub id: [u8; 32],
+    pub key: [u8; 32],
+    pub len: u32,
+}
+
+impl Part {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&self.id).fixed(&self.key).u32(self.len);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Part, DecodeError> {
+        let part = Part {
+            id: r.array("object id")?,
+            key: r.array("content key")?,
+            len: r.u32("length")?,
+        };
+        if part.len as usize > MAX_PART || part.len == 0 {
+            return Err(DecodeError::Invalid {
+                field: "length",
+                why: "a part is empty or longer than one overlay object",
+            });
+        }
+        Ok(part)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +95,15 @@ impl Notice {
             Body::Inline(b) => {
                 w.u8(INLINE).bytes32(b);
             }
-            Body::Object { id, key, len } => {
-                w.u8(OBJECT).fixed(id).fixed(key).u32(*len);
+            Body::Objects(parts) if parts.len() == 1 => {
+                w.u8(OBJECT);
+                parts[0].encode(&mut w);
+            }
+            Body::Objects(parts) => {
+                w.u8(PARTS).u8(parts.len() as u8);
+                for p in parts {
+                    p.encode(&mut w);
+                }
             }
         }
         w.into_vec()
@@ -83,11 +130,26 @@ impl Notice {
         let ack_secret = r.array("ack secret")?;
         let body = match r.u8("body kind")? {
             INLINE => Body::Inline(r.bytes32("body", MAX_INLINE)?.to_vec()),
-            OBJECT => Body::Object {
-                id: r.array("object id")?,
-                key: r.array("content key")?,
-                len: r.u32("length")?,
-            },
+            OBJECT => Body::Objects(vec![Part::decode(&mut r)?]),
+            PARTS => {
+                let count = r.u8("part count")? as usize;
+                if !(2..=MAX_PARTS).contains(&count) {
+                    return Err(DecodeError::Invalid {
+                        field: "part count",
+                        why: "out of range",
+                    });
+                }
+                let parts = (0..count)
+                    .map(|_| Part::decode(&mut r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if parts.iter().map(|p| p.len as usize).sum::<usize>() > MAX_MESSAGE {
+                    return Err(DecodeError::Invalid {
+                        field: "parts",
+                        why: "longer than the largest message",
+                    });
+                }
+                Body::Objects(parts)
+            }
             _ => {
                 return Err(DecodeError::Invalid {
                     field: "body kind",
@@ -111,30 +173,78 @@ impl Notice {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
+
+    fn notice(body: Body) -> Notice {
+        Notice {
+            msg_id: [9; 16],
+            sent: 1_700_000_000,
+            sender: "alice@demo.test".into(),
+            recipient: "bob@demo.test".into(),
+            ack_secret: [3; 32],
+            body,
+        }
+    }
+
+    fn part(n: u8, len: u32) -> Part {
+        Part {
+            id: [n; 32],
+            key: [n ^ 0xff; 32],
+            len,
+        }
+    }
 
     #[test]
     fn notices_round_trip_and_truncations_fail() {
         for body in [
             Body::Inline(b"Subject: x\r\n\r\nhi\r\n".to_vec()),
-            Body::Object {
-                id: [1; 32],
-                key: [2; 32],
-                len: 70_000,
-            },
+            Body::Objects(vec![part(1, 70_000)]),
+            Body::Objects(vec![part(1, MAX_PART as u32), part(2, 5)]),
         ] {
-            let n = Notice {
-                msg_id: [9; 16],
-                sent: 1_700_000_000,
-                sender: "alice@demo.test".into(),
-                recipient: "bob@demo.test".into(),
-                ack_secret: [3; 32],
-                body,
-            };
+            let n = notice(body);
             let enc = n.encode();
             assert_eq!(Notice::decode(&enc).unwrap(), n);
             for cut in 0..enc.len() {
                 assert!(Notice::decode(&enc[..cut]).is_err());
             }
+        }
+        // One object keeps body kind 2 (what nodes before parts understand).
+        let one = notice(Body::Objects(vec![part(1, 70_000)])).encode();
+        assert_eq!(one[one.len() - 69], OBJECT);
+    }
+
+    #[test]
+    fn parts_beyond_the_bounds_are_refused() {
+        let too_many = vec![part(1, 1); MAX_PARTS + 1];
+        assert!(Notice::decode(&notice(Body::Objects(too_many)).encode()).is_err());
+        let too_long = vec![part(1, MAX_PART as u32); MAX_PARTS];
+        const { assert!(MAX_PARTS * MAX_PART > MAX_MESSAGE) };
+        assert!(Notice::decode(&notice(Body::Objects(too_long)).encode()).is_err());
+        let oversized_part = vec![part(1, MAX_PART as u32 + 1), part(2, 1)];
+        assert!(Notice::decode(&notice(Body::Objects(oversized_part)).encode()).is_err());
+        let empty_part = vec![part(1, 0)];
+        assert!(Notice::decode(&notice(Body::Objects(empty_part)).encode()).is_err());
+        // The largest notice still fits one notification.
+        let largest = notice(Body::Objects(vec![part(1, 1); MAX_PARTS]));
+        assert!(largest.encode().len() < crate::overlay::protocol::MAX_NOTIFY / 4);
+    }
+
+    proptest! {
+        #[test]
+        fn any_notice_round_trips(
+            inline in proptest::collection::vec(any::<u8>(), 0..512),
+            lens in proptest::collection::vec(1..=MAX_PART as u32, 1..4),
+            use_parts: bool,
+            sent: u64,
+        ) {
+            let body = if use_parts {
+                Body::Objects(lens.iter().enumerate().map(|(i, l)| part(i as u8, *l)).collect())
+            } else {
+                Body::Inline(inline)
+            };
+            let mut n = notice(body);
+            n.sent = sent;
+            prop_assert_eq!(Notice::decode(&n.encode()).unwrap(), n);
         }
     }
 }

@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::notice::{Body, MAX_INLINE, Notice};
+use super::notice::{Body, MAX_INLINE, MAX_MESSAGE, MAX_PART, Notice, Part};
 use super::smarthost::{self, Failure};
 use super::{Delivery, Error, MAX_ATTEMPTS_IN_FLIGHT, MAX_QUEUED, dsn, lock, now_secs};
 use crate::crypto::record::normalize_address;
@@ -28,6 +28,8 @@ const IDLE_PASS: Duration = Duration::from_secs(30);
 /// A recipient without a directory record and with no smarthost configured bounces after
 /// this many attempts (a record may appear a moment later: a node just started).
 const NO_ROUTE_ATTEMPTS: u32 = 3;
+/// Parts of a long message being sealed and stored at once (each up to 4 MiB).
+const PARTS_IN_FLIGHT: usize = 2;
 /// Time allowed for a notification push to one device.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -414,6 +416,44 @@ impl Delivery {
         }
     }
 
+    /// Seals a message too long for a notice into overlay objects of at most `MAX_PART`
+    /// bytes, each under its own key, and stores them (a few at a time).
+    async fn put_parts(&self, bytes: &[u8]) -> Result<Vec<Part>, Outcome> {
+        if bytes.len() > MAX_MESSAGE {
+            return Err(Outcome::Permanent {
+                status: "5.3.4".into(),
+                diagnostic: format!(
+                    "{} bytes is more than the overlay carries ({MAX_MESSAGE} bytes)",
+                    bytes.len()
+                ),
+            });
+        }
+        let mut parts = Vec::with_capacity(bytes.len().div_ceil(MAX_PART));
+        for group in bytes.chunks(MAX_PART * PARTS_IN_FLIGHT) {
+            let puts = group.chunks(MAX_PART).map(|c| self.put_part(c));
+            parts.extend(
+                futures::future::try_join_all(puts)
+                    .await
+                    .map_err(Outcome::Temporary)?,
+            );
+        }
+        Ok(parts)
+    }
+
+    async fn put_part(&self, chunk: &[u8]) -> Result<Part, String> {
+        let (obj, key) = SealedObject::seal(chunk).map_err(|e| e.to_string())?;
+        self.inner
+            .client
+            .put_object(&obj)
+            .await
+            .map_err(|e| format!("cannot store the message in the overlay: {e}"))?;
+        Ok(Part {
+            id: *obj.id().as_bytes(),
+            key: *key.as_bytes(),
+            len: chunk.len() as u32,
+        })
+    }
+
     /// Seals the message for the record's keys, leaves the notice in the recipient's DHT
     /// inbox and pushes it to the recipient's devices.
     async fn send_overlay(&self, record: &DirectoryRecord, msg: &[u8; 16], q: &Queued) -> Outcome {
@@ -425,27 +465,9 @@ impl Delivery {
         let body = if q.bytes.len() <= MAX_INLINE {
             Body::Inline(q.bytes.clone())
         } else {
-            if q.bytes.len() > protocol::MAX_BLOB - 1024 {
-                return Outcome::Permanent {
-                    status: "5.3.4".into(),
-                    diagnostic: format!(
-                        "{} bytes is more than the overlay carries in one object ({} bytes)",
-                        q.bytes.len(),
-                        protocol::MAX_BLOB - 1024
-                    ),
-                };
-            }
-            let (obj, key) = match SealedObject::seal(&q.bytes) {
-                Ok(s) => s,
-                Err(e) => return temp(e.to_string()),
-            };
-            if let Err(e) = client.put_object(&obj).await {
-                return temp(format!("cannot store the message in the overlay: {e}"));
-            }
-            Body::Object {
-                id: *obj.id().as_bytes(),
-                key: *key.as_bytes(),
-                len: q.bytes.len() as u32,
+            match self.put_parts(&q.bytes).await {
+                Ok(parts) => Body::Objects(parts),
+                Err(outcome) => return outcome,
             }
         };
         let notice = Notice {

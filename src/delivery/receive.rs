@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::notice::{Body, Notice};
+use super::notice::{Body, Notice, Part};
 use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs};
 use crate::crypto::{ContentKey, Envelope, ObjectId};
 use crate::mailbox::{Flags, NewMessage};
@@ -189,22 +189,15 @@ impl Delivery {
         };
         let body = match &n.body {
             Body::Inline(b) => b.clone(),
-            Body::Object { id, key, len } => {
-                let obj = match self.inner.client.get_object(ObjectId(*id)).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::debug!("message object not reachable yet: {e}");
-                        return Received::Later;
+            Body::Objects(parts) => match self.fetch_parts(parts).await {
+                Ok(b) => b,
+                Err(outcome) => {
+                    if outcome == Received::Dropped {
+                        tracing::warn!(sender = %n.sender, "a message object does not open with its key; dropped");
                     }
-                };
-                match obj.open(&ContentKey::from_bytes(*key)) {
-                    Ok(b) if b.len() == *len as usize => b,
-                    _ => {
-                        tracing::warn!(sender = %n.sender, "message object does not open with its key; dropped");
-                        return Received::Dropped;
-                    }
+                    return outcome;
                 }
-            }
+            },
         };
         let now = now_secs();
         let host = &self.inner.config.hostname;
@@ -240,6 +233,41 @@ impl Delivery {
             tracing::warn!("cannot remember a delivery: {e}");
         }
         Received::Stored
+    }
+
+    /// Fetches and opens a message's overlay objects, in order (a few at a time; at most two
+    /// long messages are put together at once, so memory stays bounded).
+    async fn fetch_parts(&self, parts: &[Part]) -> Result<Vec<u8>, Received> {
+        let _slot = self
+            .inner
+            .assembling
+            .acquire()
+            .await
+            .map_err(|_| Received::Later)?;
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len as usize).sum());
+        for group in parts.chunks(2) {
+            let fetched = futures::future::join_all(group.iter().map(|p| self.fetch_part(p))).await;
+            for part in fetched {
+                out.extend_from_slice(&part?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch_part(&self, p: &Part) -> Result<Vec<u8>, Received> {
+        let obj = self
+            .inner
+            .client
+            .get_object(ObjectId(p.id))
+            .await
+            .map_err(|e| {
+                tracing::debug!("message object not reachable yet: {e}");
+                Received::Later
+            })?;
+        match obj.open(&ContentKey::from_bytes(p.key)) {
+            Ok(b) if b.len() == p.len as usize => Ok(b),
+            _ => Err(Received::Dropped),
+        }
     }
 
     async fn ack(&self, entry: [u8; 32], n: &Notice) {
