@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::{Dmarc, Policy as DmarcPolicy};
 use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
@@ -33,8 +34,9 @@ use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::spf::Spf;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcOutput, DmarcResult, DnsError,
-    DnssecStatus, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache, SpfOutput, Txt,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
+    DnsError, DnssecStatus, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache,
+    SpfOutput, Txt,
 };
 
 /// The longest one message's checks may take (all lookups together).
@@ -205,7 +207,12 @@ impl Verifier {
         let mut dkim_pass = 0;
         match AuthenticatedMessage::parse(message) {
             Some(parsed) => {
-                let dkim = a.verify_dkim(r.params(&parsed)).await;
+                let dkim: Vec<DkimOutput> = a
+                    .verify_dkim(r.params(&parsed))
+                    .await
+                    .into_iter()
+                    .map(|o| body_hash_fails(o, &parsed))
+                    .collect();
                 dkim_count = dkim.len();
                 dkim_pass = dkim
                     .iter()
@@ -272,6 +279,29 @@ impl Verifier {
             }
         }
         Verdict::Accept { header }
+    }
+}
+
+/// mail-auth calls a signature whose body hash does not match "neutral"; RFC 6376 §6.1.3
+/// makes it a failure (PERMFAIL "body hash did not verify"), and RFC 8601 §2.7.1 reports
+/// that as `dkim=fail`. (DMARC only looks for passes, so this changes only the header.)
+fn body_hash_fails<'x>(o: DkimOutput<'x>, parsed: &'x AuthenticatedMessage<'x>) -> DkimOutput<'x> {
+    let DkimResult::Neutral(e @ mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch)) =
+        o.result()
+    else {
+        return o;
+    };
+    let signature = o.signature().and_then(|sig| {
+        parsed
+            .dkim_headers
+            .iter()
+            .map(|h| &h.header)
+            .find(|s| std::ptr::eq(*s, sig))
+    });
+    let fail = DkimOutput::fail(e.clone());
+    match signature {
+        Some(sig) => fail.with_signature(sig),
+        None => fail,
     }
 }
 
@@ -774,6 +804,97 @@ mod tests {
         }
         let long = format!("example.org TXT \"{}\"\n", "a".repeat(MAX_LINE));
         assert!(err(&long).message.contains("longer than"));
+    }
+
+    fn verifier(policy: Policy) -> (tempfile::TempDir, Verifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.txt");
+        std::fs::write(
+            &path,
+            "example.org TXT \"v=spf1 ip4:192.0.2.1 -all\"\n\
+             _dmarc.example.org TXT \"v=DMARC1; p=reject\"\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            policy,
+            dns_records: Some(path),
+        };
+        (dir, Verifier::new(&settings, "mx.test").unwrap())
+    }
+
+    const UNSIGNED: &[u8] = b"From: bob@example.org\r\nSubject: x\r\n\r\nhi\r\n";
+
+    #[tokio::test]
+    async fn unsigned_mail_says_dkim_none_and_dmarc_follows_spf() {
+        let (_d, v) = verifier(Policy::Enforce);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let Verdict::Accept { header } = v
+            .check(UNSIGNED, ip, "[192.0.2.1]", "bob@example.org")
+            .await
+        else {
+            panic!("refused")
+        };
+        assert!(
+            header.starts_with("Authentication-Results: mx.test;\r\n\tdkim=none;"),
+            "{header}"
+        );
+        assert!(header.contains("smtp.mailfrom=bob@example.org"), "{header}");
+        assert!(
+            header.contains("dmarc=pass header.from=example.org"),
+            "{header}"
+        );
+        assert!(
+            header.ends_with("\r\n") && !header.contains("\n\r\n"),
+            "{header}"
+        );
+        // From another address SPF fails, nothing passes DMARC, p=reject: refused.
+        let other: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        let v2 = v
+            .check(UNSIGNED, other, "evil.example", "bob@example.org")
+            .await;
+        assert_eq!(
+            v2,
+            Verdict::Refuse("550 5.7.1 Rejected by the DMARC policy of example.org\r\n".into())
+        );
+    }
+
+    /// A name server that never answers: the checks hit the timeout, which is temporary.
+    #[tokio::test]
+    async fn timeouts_are_temporary() {
+        use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig};
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut ns = NameServerConfig::udp(silent.local_addr().unwrap().ip());
+        let mut conn = ConnectionConfig::udp();
+        conn.port = silent.local_addr().unwrap().port();
+        ns.connections = vec![conn];
+        let verifier = |policy| Verifier {
+            authenticator: MessageAuthenticator::new(
+                ResolverConfig::from_name_servers(vec![ns.clone()]),
+                ResolverOpts::default(),
+            )
+            .unwrap(),
+            records: Records::default(),
+            authserv_id: "mx.test".into(),
+            policy,
+            timeout: Duration::from_millis(300),
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let started = Instant::now();
+        let got = verifier(Policy::Enforce)
+            .check(UNSIGNED, ip, "h.example", "bob@example.org")
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(
+            matches!(&got, Verdict::Refuse(r) if r.starts_with("451 4.7.0")),
+            "{got:?}"
+        );
+        let got = verifier(Policy::Tag)
+            .check(UNSIGNED, ip, "h.example", "bob@example.org")
+            .await;
+        assert!(
+            matches!(&got, Verdict::Accept { header } if header.contains("dmarc=temperror")),
+            "{got:?}"
+        );
     }
 
     #[test]
