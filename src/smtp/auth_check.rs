@@ -274,7 +274,12 @@ impl Verifier {
                         clean(d.domain())
                     ));
                 }
-                DmarcResult::TempError(_) => return Verdict::Refuse(TEMP_REPLY.to_string()),
+                // Retry unless the policy is known and would not reject anyway.
+                DmarcResult::TempError(_)
+                    if d.dmarc_record().is_none() || d.policy() == DmarcPolicy::Reject =>
+                {
+                    return Verdict::Refuse(TEMP_REPLY.to_string());
+                }
                 _ => {}
             }
         }
@@ -893,6 +898,54 @@ mod tests {
             .await;
         assert!(
             matches!(&got, Verdict::Accept { header } if header.contains("dmarc=temperror")),
+            "{got:?}"
+        );
+    }
+
+    /// A name server answering SERVFAIL to everything: a temporary DNS error.
+    #[tokio::test]
+    async fn servfail_is_temporary() {
+        use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let server = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf)
+                    && n >= 12
+                {
+                    buf[2] |= 0x80; // a response
+                    buf[3] = 0x80 | 2; // RA, SERVFAIL
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        let mut ns = NameServerConfig::udp(addr.ip());
+        let mut conn = ConnectionConfig::udp();
+        conn.port = addr.port();
+        ns.connections = vec![conn];
+        let v = Verifier {
+            authenticator: MessageAuthenticator::new(
+                ResolverConfig::from_name_servers(vec![ns]),
+                ResolverOpts::default(),
+            )
+            .unwrap(),
+            records: Records::default(),
+            authserv_id: "mx.test".into(),
+            policy: Policy::Enforce,
+            timeout: Duration::from_secs(10),
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let got = v.check(UNSIGNED, ip, "h.example", "bob@example.org").await;
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+        assert!(
+            matches!(&got, Verdict::Refuse(r) if r.starts_with("451 4.7.0")),
             "{got:?}"
         );
     }
