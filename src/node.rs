@@ -43,6 +43,8 @@ pub enum Error {
     Mailbox(#[from] crate::mailbox::Error),
     #[error(transparent)]
     Tls(#[from] tls::LoadError),
+    #[error(transparent)]
+    MailAuth(#[from] smtp::auth_check::Error),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Listen {
         what: &'static str,
@@ -92,6 +94,8 @@ pub struct MailConfig {
     pub submission: Option<SocketAddr>,
     /// Delivery's timings and smarthost (its address and hostname are the node's).
     pub delivery: delivery::Config,
+    /// DKIM/SPF/DMARC checks on the SMTP intake (`[smtp] verify`); `None`: off.
+    pub verify: Option<smtp::auth_check::Settings>,
 }
 
 impl NodeConfig {
@@ -417,6 +421,14 @@ async fn start_mail(
         }
     }
     if let Some(addr) = mail.smtp {
+        // The records file is read (and refused with its line number) before we listen.
+        let verify = match &mail.verify {
+            Some(s) => Some(Arc::new(smtp::auth_check::Verifier::new(
+                s,
+                &mail.hostname,
+            )?)),
+            None => None,
+        };
         let l = bind("smtp", addr).await?;
         bound.push(("smtp", l.local_addr().unwrap_or(addr)));
         let ctx = smtp::Context {
@@ -425,7 +437,7 @@ async fn start_mail(
             hostname: mail.hostname.clone(),
             max_message_size: mail.max_message_size,
             tls: Some(acceptor.clone()),
-            mode: smtp::Mode::Intake,
+            mode: smtp::Mode::Intake { verify },
         };
         tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
     }

@@ -27,7 +27,7 @@ pub(crate) fn start(t: &TestHome, max: u64) -> Server {
         hostname: "node.test".into(),
         max_message_size: max,
         tls: Some(engine.acceptor()),
-        mode: smtp::Mode::Intake,
+        mode: smtp::Mode::Intake { verify: None },
     };
     let (listener, addr) = engine.listener();
     let running = Running::start(&engine.rt, move |shutdown| {

@@ -231,8 +231,24 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         imap: pick(args.imap, config.imap.listen),
         imaps: pick(args.imaps, config.imap.tls_listen),
         delivery: delivery_config(&config),
+        verify: verify_settings(&config),
     });
     Ok((nc, store, identity.address))
+}
+
+/// The intake's DKIM/SPF/DMARC checks from `[smtp] verify` and `dns_records`.
+fn verify_settings(config: &Config) -> Option<crate::smtp::auth_check::Settings> {
+    use crate::config::SmtpVerify;
+    use crate::smtp::auth_check::{Policy, Settings};
+    let policy = match config.smtp.verify {
+        SmtpVerify::Off => return None,
+        SmtpVerify::Tag => Policy::Tag,
+        SmtpVerify::Enforce => Policy::Enforce,
+    };
+    Some(Settings {
+        policy,
+        dns_records: config.smtp.dns_records.clone(),
+    })
 }
 
 /// Delivery's settings from `[delivery]` and `[smarthost]`.

@@ -12,7 +12,9 @@
 //!   Sent and the persistent outbound queue).
 //!
 //! Either way the reply to DATA is 250 only after the message is durably in the store.
+//! On the intake, DKIM/SPF/DMARC are checked before that when configured ([`auth_check`]).
 
+pub mod auth_check;
 mod session;
 
 use std::sync::Arc;
@@ -43,8 +45,12 @@ pub struct Context {
 /// What a listener is for.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// Mail for the local user, no authentication.
-    Intake,
+    /// Mail for the local user, no authentication; `verify`: DKIM/SPF/DMARC checks
+    /// (`[smtp] verify`), `None` when off. Submission has no such field: authenticated
+    /// mail is never checked this way.
+    Intake {
+        verify: Option<Arc<auth_check::Verifier>>,
+    },
     /// Mail from the local user to anyone, after AUTH.
     Submission {
         auth: Arc<Authenticator>,
@@ -61,7 +67,7 @@ pub async fn serve(
 ) {
     let ctx = Arc::new(ctx);
     let name = match ctx.mode {
-        Mode::Intake => "smtp",
+        Mode::Intake { .. } => "smtp",
         Mode::Submission { .. } => "submission",
     };
     server::serve(

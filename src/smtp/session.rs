@@ -12,6 +12,7 @@ use smtp_proto::{EhloResponse, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::auth_check::{Verdict, strip_own_results};
 use super::{Context, Mode};
 use crate::mailbox::{Flags, NewMessage};
 use crate::server::Peer;
@@ -319,6 +320,23 @@ async fn session(
                     conn.io.is_tls(),
                 );
                 let mut bytes = received.into_bytes();
+                if let Mode::Intake {
+                    verify: Some(verifier),
+                } = &ctx.mode
+                {
+                    // Checked before anything is stored; the 250 still waits for the store.
+                    let helo = env.helo.as_deref().unwrap_or("");
+                    match verifier.check(&message, peer.addr.ip(), helo, &from).await {
+                        Verdict::Accept { header } => {
+                            message = strip_own_results(&message, verifier.authserv_id());
+                            bytes.extend_from_slice(header.as_bytes());
+                        }
+                        Verdict::Refuse(reply) => {
+                            conn.reply(&reply).await?;
+                            continue;
+                        }
+                    }
+                }
                 bytes.extend_from_slice(&message);
                 if let Mode::Submission { delivery, .. } = &ctx.mode {
                     // Return-Path belongs to final delivery, not to submission.
