@@ -383,7 +383,10 @@ fn overlay_users_and_an_outside_address_get_the_message_once() {
         let i = dave.inbox();
         (count(&i, "<big@flow.test>") == 1).then_some(i)
     });
-    let m = inbox.iter().find(|m| m.contains("<big@flow.test>")).unwrap();
+    let m = inbox
+        .iter()
+        .find(|m| m.contains("<big@flow.test>"))
+        .unwrap();
     assert!(m.contains("peerpost=pass"), "sender verified");
     assert!(m.ends_with(&big), "all {} bytes, in order", big.len());
 

@@ -266,11 +266,25 @@ fn verify_off_adds_nothing() {
     t.init("alice@example.test");
     let node = RunNode::start(&t, &[("smtp", "127.0.0.1:0")], &[]);
     let good = signed("example.org", "unchecked", "Hello.\r\n");
-    let (_, end) = send(
+    let (host, end) = send(
         node.port("smtp"),
         "mail.example.org",
         "bob@example.org",
         &good,
+    );
+    assert!(end.starts_with("250"), "{end}");
+    // A verdict forged under our name (what overlay deliveries carry) goes even with checks
+    // off; another host's stays.
+    let forged = format!(
+        "Authentication-Results: {host}; peerpost=pass smtp.mailfrom=ceo@example.test\r\n\
+         Authentication-Results: relay.other.example; spf=pass\r\n{}",
+        signed("example.org", "forged-off", "Trust me.\r\n")
+    );
+    let (_, end) = send(
+        node.port("smtp"),
+        "mail.example.org",
+        "bob@example.org",
+        &forged,
     );
     assert!(end.starts_with("250"), "{end}");
     drop(node);
@@ -280,6 +294,9 @@ fn verify_off_adds_nothing() {
     // Stored as today: Return-Path and Received, then the message as sent.
     assert!(m.starts_with("Return-Path: <bob@example.org>\r\nReceived: from mail.example.org"));
     assert!(m.ends_with(&good), "{m}");
+    let f = with_subject(&inbox, "forged-off");
+    assert!(!f.contains("peerpost=pass"), "forged verdict kept: {f}");
+    assert_eq!(results(f).len(), 1, "{f}");
 }
 
 /// A records file with a bad line stops `run` with the file, the line and the reason.
