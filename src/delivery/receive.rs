@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::notice::{Body, Notice, Part};
 use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs};
 use crate::crypto::{ContentKey, Envelope, ObjectId};
-use crate::mailbox::{Flags, NewMessage};
+use crate::mailbox::{AlsoWrite, Flags, NewMessage};
 use crate::overlay::{LookupError, protocol};
 
 /// What became of one offered notice.
@@ -219,7 +219,10 @@ impl Delivery {
             recent: true,
             maildir_name: None,
         };
-        if let Err(e) = self.inner.mailbox.append("INBOX", msg).await {
+        // The message and the record that it arrived share one commit: a crash cannot leave
+        // it in INBOX unremembered (and stored again when the notice is offered again).
+        let remember: AlsoWrite = Box::new(move |tx| tx.delivered_mark(id, now));
+        if let Err(e) = self.inner.mailbox.append_with("INBOX", msg, remember).await {
             tracing::warn!("cannot store an arriving message: {e}");
             return Received::Later;
         }
@@ -229,9 +232,6 @@ impl Delivery {
             queue_id = %crate::crypto::hex(&n.msg_id),
             "message received"
         );
-        if let Err(e) = store.delivered_mark(id, now).await {
-            tracing::warn!("cannot remember a delivery: {e}");
-        }
         Received::Stored
     }
 

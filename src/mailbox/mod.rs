@@ -39,6 +39,9 @@ use crdt::{Effect, State};
 use log::LogEntry;
 pub use model::{DeviceId, EntryId, Flag, Flags, FolderId, MessageRef, Op, OpId, Role};
 
+/// A caller's write that joins a mailbox commit ([`Mailbox::append_with`]).
+pub type AlsoWrite = Box<dyn FnOnce(&mut Tx<'_, '_>) -> store::Result<()> + Send + 'static>;
+
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
@@ -511,6 +514,16 @@ impl Mailbox {
     /// Appends one log entry with `ops` (and the sealed bodies they refer to), applies it, and
     /// numbers what it changed. Returns the ids of the entry's ops.
     async fn commit(&self, ops: Vec<Op>, objects: Vec<SealedObject>) -> Result<Vec<OpId>> {
+        self.commit_with(ops, objects, None).await
+    }
+
+    /// [`Mailbox::commit`], with `also` written in the same transaction.
+    async fn commit_with(
+        &self,
+        ops: Vec<Op>,
+        objects: Vec<SealedObject>,
+        also: Option<AlsoWrite>,
+    ) -> Result<Vec<OpId>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -528,6 +541,9 @@ impl Mailbox {
             .transact(move |tx| -> Result<(u64, Vec<Numbered>)> {
                 for o in &objects {
                     tx.put_object(o)?;
+                }
+                if let Some(also) = also {
+                    also(tx)?;
                 }
                 let seq = tx.append_log(device, |seq| {
                     LogEntry {
@@ -981,6 +997,28 @@ impl Mailbox {
         folder: &str,
         msgs: Vec<NewMessage>,
     ) -> Result<Vec<MessageInfo>> {
+        self.append_inner(folder, msgs, None).await
+    }
+
+    /// Appends one message, and makes the caller's `also` write in the same durable commit
+    /// (e.g. delivery remembering that this message arrived: both or neither survive a
+    /// crash).
+    pub async fn append_with(
+        &self,
+        folder: &str,
+        msg: NewMessage,
+        also: AlsoWrite,
+    ) -> Result<MessageInfo> {
+        let mut v = self.append_inner(folder, vec![msg], Some(also)).await?;
+        v.pop().ok_or(Error::NoSuchMessage)
+    }
+
+    async fn append_inner(
+        &self,
+        folder: &str,
+        msgs: Vec<NewMessage>,
+        mut also: Option<AlsoWrite>,
+    ) -> Result<Vec<MessageInfo>> {
         let _w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         if let Some(quota) = self.quota() {
@@ -1035,7 +1073,10 @@ impl Mailbox {
                 });
                 objects.push(sealed);
             }
-            let ids = self.commit(ops, objects).await?;
+            let last = msgs.peek().is_none();
+            let ids = self
+                .commit_with(ops, objects, if last { also.take() } else { None })
+                .await?;
             let e = self.read_engine();
             let u = e.uids.get(&folder_id);
             for id in ids {

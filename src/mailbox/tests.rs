@@ -532,3 +532,34 @@ async fn a_move_into_the_same_folder_changes_nothing() {
     );
     assert_eq!(d.mb.messages("INBOX").unwrap().len(), 1);
 }
+
+/// `append_with`: the caller's write and the message share one commit. A failing write
+/// leaves no message (and no log entry); a good one is there with the message, also after
+/// reopening.
+#[tokio::test]
+async fn append_with_commits_the_callers_write_with_the_message_or_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = UserKeys::from_seed([7; 32]);
+    let dk = DeviceKey::from_seed([8; 32]);
+    let store = Store::open(dir.path()).unwrap();
+    let mb = Mailbox::open(store.clone(), keys, dk.public())
+        .await
+        .unwrap();
+    let entries = mb.log_entries().await.unwrap().len();
+    let fail: AlsoWrite = Box::new(|_tx| Err(store::Error::DiskFull));
+    assert!(mb.append_with("INBOX", msg("lost"), fail).await.is_err());
+    assert!(mb.messages("INBOX").unwrap().is_empty());
+    assert_eq!(mb.log_entries().await.unwrap().len(), entries);
+    let id = [5u8; 32];
+    let mark: AlsoWrite = Box::new(move |tx| tx.delivered_mark(id, 1));
+    mb.append_with("INBOX", msg("kept"), mark).await.unwrap();
+    assert!(store.delivered_has(id).await.unwrap());
+    assert_eq!(mb.messages("INBOX").unwrap().len(), 1);
+    drop(mb);
+    let keys = UserKeys::from_seed([7; 32]);
+    let mb = Mailbox::open(store.clone(), keys, dk.public())
+        .await
+        .unwrap();
+    assert_eq!(mb.messages("INBOX").unwrap().len(), 1);
+    assert!(store.delivered_has(id).await.unwrap());
+}

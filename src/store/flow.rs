@@ -128,17 +128,6 @@ impl Store {
         .await
     }
 
-    /// Remembers a delivery id (durable on return).
-    pub async fn delivered_mark(&self, id: [u8; 32], when: u64) -> Result<()> {
-        self.blocking(move |s| {
-            let mut wtxn = s.env.write_txn()?;
-            s.flow.delivered.put(&mut wtxn, &id, &when.to_be_bytes())?;
-            wtxn.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Holds an entry of the DHT inbox `key` unless that inbox has `per_key` entries or all
     /// inboxes together have `total`. Entries older than `expire_before` (unix s) in that
     /// inbox are dropped first. Durable when it returns `Stored`.
@@ -228,6 +217,18 @@ fn stored_at(v: &[u8]) -> u64 {
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0)
+}
+
+impl super::Tx<'_, '_> {
+    /// Remembers a delivery id in this transaction (with the message it delivered, so a crash
+    /// cannot keep one without the other).
+    pub fn delivered_mark(&mut self, id: [u8; 32], when: u64) -> Result<()> {
+        self.inner
+            .flow
+            .delivered
+            .put(self.txn, &id, &when.to_be_bytes())?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
