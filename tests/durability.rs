@@ -319,7 +319,15 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
         });
         for st in futures::future::join_all(passes).await {
             let st = st.unwrap();
-            assert_eq!(st.bundles_lost, 0, "seed {seed:#x}");
+            // A pass that finds fewer than k holders (its lookups timed out on a loaded
+            // machine) reports the bundle lost and leaves it to the next round; whether
+            // anything is really lost is what the survivors' stores say below.
+            if st.bundles_lost > 0 {
+                eprintln!(
+                    "repair round {round}: a pass saw {} bundles short of k",
+                    st.bundles_lost
+                );
+            }
             recreated += st.fragments_recreated;
         }
         // Every fragment of every bundle must be on some survivor (the stores are the ground
