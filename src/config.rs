@@ -196,6 +196,7 @@ pub struct SmarthostSection {
     pub tls: String,
     pub user: String,
     pub password_file: String,
+    pub ca_file: String,
 }
 
 impl Default for SmarthostSection {
@@ -206,6 +207,7 @@ impl Default for SmarthostSection {
             tls: "starttls".into(),
             user: String::new(),
             password_file: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -328,6 +330,8 @@ pub struct SmarthostConfig {
     pub tls: SmarthostTls,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM certificates trusted for the relay instead of the built-in web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,6 +538,9 @@ impl Validator<'_> {
                 tls,
                 user: Some(sh.user.clone()).filter(|s| !s.is_empty()),
                 password_file: Some(&sh.password_file)
+                    .filter(|s| !s.is_empty())
+                    .map(|p| self.path(p)),
+                ca_file: Some(&sh.ca_file)
                     .filter(|s| !s.is_empty())
                     .map(|p| self.path(p)),
             })
@@ -760,6 +767,9 @@ tls = "starttls"
 # Relay login; the password is the first line of password_file.
 user = ""
 password_file = ""
+# The relay's certificate is checked against the web's root CAs; a relay with a private CA
+# or a self-signed certificate: the PEM file of the certificates to trust instead.
+ca_file = ""
 
 [maildir]
 # Whether `peerpost run` also mounts your mail as a Maildir over FUSE (needs /dev/fuse;

@@ -89,7 +89,7 @@ impl Node {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(self.log());
         let mut child = cmd.spawn().expect("spawn peerpost run");
         let mut out = BufReader::new(child.stdout.take().unwrap());
         loop {
@@ -125,6 +125,15 @@ impl Node {
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();
         }
+    }
+
+    /// The node's stderr (its log), appended to by every start.
+    fn log(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path("node.log"))
+            .unwrap()
     }
 
     /// Every message in INBOX, over POP3.
@@ -206,9 +215,15 @@ struct Sink {
 
 impl Sink {
     fn start(port: u16, dir: &Path) -> Sink {
+        Sink::start_with(port, dir, &[])
+    }
+
+    /// With sink.py's options (`--starttls CERT KEY`, `--tls CERT KEY`, `--auth U:P`).
+    fn start_with(port: u16, dir: &Path, options: &[&str]) -> Sink {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/util/sink.py");
         let mut child = Command::new("python3")
             .args([script, &port.to_string(), dir.to_str().unwrap()])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -574,6 +589,84 @@ fn b64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The smarthost over STARTTLS and over implicit TLS, logging in, with a relay whose
+/// certificate is self-signed: refused (the message waits in the queue) until `ca_file`
+/// trusts it, then delivered from the queue.
+#[test]
+fn smarthost_over_starttls_and_tls_logs_in_and_checks_the_certificate() {
+    let relay = TestHome::new();
+    relay.init("relay@relay.test");
+    let (cert, key) = (relay.path("tls/cert.pem"), relay.path("tls/key.pem"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let pw = relay.file("relay-password", "s3cret pass\n");
+    for (tls, flag) in [("starttls", "--starttls"), ("tls", "--tls")] {
+        let sink_port = free_port();
+        let sink_dir = TestHome::new();
+        let sink = Sink::start_with(
+            sink_port,
+            sink_dir.dir.path(),
+            &[flag, cert, key, "--auth", "relay-user:s3cret pass"],
+        );
+        let port_line = format!("port = {sink_port}");
+        let tls_line = format!("tls = \"{tls}\"");
+        let pw_line = format!("password_file = \"{}\"", pw.display());
+        let mut alice = Node::new(
+            "alice@tls.test",
+            &[
+                ("host = \"\"", "host = \"127.0.0.1\""),
+                ("port = 587", &port_line),
+                ("tls = \"starttls\"", &tls_line),
+                ("user = \"\"", "user = \"relay-user\""),
+                ("password_file = \"\"", &pw_line),
+            ],
+        );
+        // Outside mail is only routed once a peer answers that the address has no record.
+        let mut bob = Node::new("bob@tls.test", &[]);
+        alice.start(None);
+        bob.start(Some(&alice.listen.clone()));
+        alice
+            .home
+            .run_stdin(
+                &["send", "out@elsewhere.example"],
+                Some(&format!("Subject: via {tls}\n\nbody\n")),
+            )
+            .success();
+        if tls == "starttls" {
+            // The relay's certificate is not from a web CA: nothing goes out, and the queue
+            // says why.
+            eventually("the relay's certificate is refused", 30, || {
+                let log = std::fs::read_to_string(alice.home.path("node.log")).unwrap();
+                log.contains("UnknownIssuer").then_some(())
+            });
+            assert!(sink.messages().is_empty(), "sent to an untrusted relay");
+            alice.stop();
+        } else {
+            alice.stop();
+        }
+        let config = alice.home.path("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("ca_file = \"\"", &format!("ca_file = \"{cert}\"")),
+        )
+        .unwrap();
+        alice.start(Some(&bob.listen.clone()));
+        let got = eventually("the relay gets it", 30, || {
+            let m = sink.messages();
+            (!m.is_empty()).then_some(m)
+        });
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains(&format!("X-Sink-TLS: {tls}\r\n"))
+                && got[0].contains("X-Sink-Auth: relay-user\r\n")
+                && got[0].contains(&format!("Subject: via {tls}")),
+            "{}",
+            got[0]
+        );
+        alice.stop();
+    }
 }
 
 #[test]

@@ -270,6 +270,7 @@ fn delivery_config(config: &Config) -> crate::delivery::Config {
         },
         user: sh.user.clone(),
         password_file: sh.password_file.clone(),
+        ca_file: sh.ca_file.clone(),
     });
     dc
 }

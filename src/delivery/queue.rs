@@ -394,7 +394,12 @@ impl Delivery {
                 match &self.inner.config.smarthost {
                     Some(sh) => match smarthost::send(sh, &q.sender, rcpt, &q.bytes).await {
                         Ok(()) => Outcome::Done,
-                        Err(Failure::Temporary(e)) => Outcome::Temporary(e),
+                        Err(Failure::Temporary(e)) => {
+                            // A relay that is down or refuses us (TLS, login) needs the
+                            // user's eyes: the mail waits until it is fixed or gives up.
+                            tracing::warn!(%rcpt, "smarthost: {e}; the message stays queued");
+                            Outcome::Temporary(e)
+                        }
                         Err(Failure::Permanent { status, diagnostic }) => {
                             Outcome::Permanent { status, diagnostic }
                         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 /// Time allowed for one whole relay conversation.
@@ -33,6 +33,8 @@ pub struct Smarthost {
     pub tls: TlsMode,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM certificates to trust for the relay instead of the built-in web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How one relay attempt ended, when it did not succeed.
@@ -65,7 +67,17 @@ pub async fn send(sh: &Smarthost, from: &str, rcpt: &str, bytes: &[u8]) -> Resul
     let tls = match sh.tls {
         TlsMode::None => Tls::None,
         TlsMode::StartTls | TlsMode::Tls => {
-            let params = TlsParameters::new(sh.host.clone()).map_err(|e| temp(e.to_string()))?;
+            let mut params = TlsParameters::builder(sh.host.clone());
+            if let Some(path) = &sh.ca_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| temp(format!("cannot read {}: {e}", path.display())))?;
+                let certs = Certificate::from_pem(&pem)
+                    .map_err(|e| temp(format!("{}: {e}", path.display())))?;
+                params = params
+                    .certificate_store(CertificateStore::None)
+                    .add_root_certificate(certs);
+            }
+            let params = params.build().map_err(|e| temp(e.to_string()))?;
             if sh.tls == TlsMode::Tls {
                 Tls::Wrapper(params)
             } else {
