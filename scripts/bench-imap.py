@@ -50,7 +50,7 @@ def client(args):
     for _ in range(fetches):
         i = rnd.randint(1, n)
         typ, data = timed("fetch_env_body", lambda: m.fetch(str(i), "(ENVELOPE BODY[])"))
-        assert isinstance(data[0], tuple) and len(data[0][1]) > 0
+        assert isinstance(data[0], tuple) and len(data[0][1]) > 0, (spec[1], i, typ, data)
     needle = '"harness-%d@example.org"' % rnd.randint(0, n - 1)
     typ, data = timed("search_text", lambda: m.search(None, "TEXT", needle))
     assert len(data[0].split()) == 1, data

@@ -14,9 +14,22 @@ use fuser::{
 use crate::MaildirSource;
 use crate::tree::{Attr, Kind, OpenMode, Tree};
 
-/// How long the kernel may cache names and attributes. Changes made by the engine are also
-/// pushed with `inval_entry` (see `notify.rs`); the TTL bounds what a missed one costs.
+/// How long the kernel may cache names and attributes of directories (their mtime is what
+/// mutt polls). Changes made by the engine are also pushed with `inval_entry` and
+/// `inval_inode` (see `notify.rs`); the TTL bounds what a missed one costs.
 pub const TTL: Duration = Duration::from_secs(1);
+/// The same for files. A message's bytes never change under its inode, and a local file only
+/// changes through the kernel, which keeps its own cache right; so a Dovecot `SEARCH TEXT`
+/// over 10,000 files does not LOOKUP each of them again every second.
+pub const FILE_TTL: Duration = Duration::from_secs(30);
+
+/// The TTL for an attribute reply.
+fn ttl(a: &Attr) -> &'static Duration {
+    match a.kind {
+        Kind::Dir => &TTL,
+        Kind::File => &FILE_TTL,
+    }
+}
 
 /// The filesystem the kernel talks to.
 pub struct Adapter<S: MaildirSource> {
@@ -73,14 +86,14 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         match name(n).and_then(|n| self.tree.lookup(parent.0, n)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.tree.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -108,7 +121,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
             TimeOrNow::Now => SystemTime::now(),
         });
         match self.tree.setattr(ino.0, size, mtime, mode) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -123,7 +136,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         reply: ReplyEntry,
     ) {
         match name(n).and_then(|n| self.tree.mkdir(parent.0, n)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -177,7 +190,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         reply: ReplyEntry,
     ) {
         match name(newname).and_then(|n| self.tree.link(ino.0, newparent.0, n)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -237,7 +250,9 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing is buffered here (writes reach the local file at once): ENOSYS tells the
+        // kernel never to send FLUSH again, one round trip less at every close().
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -270,6 +285,11 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.tree.opendir(ino.0) {
+            // The kernel may keep the listing between opens (Dovecot lists cur/ at every
+            // SELECT): a name changed through the kernel drops it, and so do the engine's
+            // changes (`inval_inode` on the directory, `Mount::publish`).
+            // Not FOPEN_CACHE_DIR: with the kernel keeping listings, Dovecot under the
+            // bench-fs-imap load read names that were gone (FETCH answered BODY[] NIL).
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -336,7 +356,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
                 INodeNo(e.ino),
                 i as u64 + 1,
                 &e.name,
-                &TTL,
+                ttl(&a),
                 &file_attr(&a),
                 Generation(0),
             ) {
@@ -406,7 +426,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     ) {
         match name(n).and_then(|n| self.tree.create(parent.0, n, OpenMode::from_flags(flags))) {
             Ok((a, fh)) => reply.created(
-                &TTL,
+                ttl(&a),
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),

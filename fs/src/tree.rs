@@ -23,7 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use fuser::Errno;
@@ -325,7 +325,14 @@ fn sub_of(e: &MessageEntry) -> Sub {
 /// An open file.
 #[derive(Debug)]
 enum Handle {
-    Message(Arc<Vec<u8>>),
+    /// A message, its bytes fetched at the first read: with the kernel keeping a message's
+    /// pages across opens (FOPEN_KEEP_CACHE), most opens never read (Dovecot's SEARCH TEXT
+    /// opens every file again), and then cost no decryption.
+    Message {
+        key: MessageKey,
+        size: u64,
+        bytes: OnceLock<Arc<Vec<u8>>>,
+    },
     /// A directory's entries as of `opendir` (or the last rewind): `readdir` offsets index
     /// this snapshot, so a directory changing while it is read (mutt and `ls | while mv`
     /// do that) neither repeats nor skips names.
@@ -1292,18 +1299,17 @@ impl<S: MaildirSource> Tree<S> {
                 if mode.write || mode.truncate {
                     return Err(Errno::EACCES);
                 }
+                let mut st = self.lock();
                 let size = {
-                    let mut st = self.lock();
                     let l = self.listing(&mut st, &f)?;
                     l.entries.get(&k).ok_or(Errno::ENOENT)?.size
                 };
-                // The bytes are fetched outside the lock (the engine may decrypt or fetch).
-                let bytes = self.source.read(&k).map_err(|e| errno(&e))?;
-                if bytes.len() as u64 != size {
-                    return Err(Errno::EIO);
-                }
-                let mut st = self.lock();
-                self.add_handle(&mut st, Handle::Message(bytes))
+                let h = Handle::Message {
+                    key: k,
+                    size,
+                    bytes: OnceLock::new(),
+                };
+                self.add_handle(&mut st, h)
             }
             NodeKey::Local(b) => {
                 let mut st = self.lock();
@@ -1319,7 +1325,23 @@ impl<S: MaildirSource> Tree<S> {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         match &*self.handle(fh)? {
             Handle::Dir(_) => Err(Errno::EISDIR),
-            Handle::Message(bytes) => {
+            Handle::Message {
+                key,
+                size: expected,
+                bytes,
+            } => {
+                let bytes = match bytes.get() {
+                    Some(b) => b,
+                    None => {
+                        // Fetched outside the lock (the engine may decrypt or fetch); two
+                        // first reads at once both fetch, one copy is kept.
+                        let b = self.source.read(key).map_err(|e| errno(&e))?;
+                        if b.len() as u64 != *expected {
+                            return Err(Errno::EIO);
+                        }
+                        bytes.get_or_init(|| b)
+                    }
+                };
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len());
@@ -1346,7 +1368,7 @@ impl<S: MaildirSource> Tree<S> {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         match &*self.handle(fh)? {
-            Handle::Message(_) => Err(Errno::EACCES),
+            Handle::Message { .. } => Err(Errno::EACCES),
             Handle::Dir(_) => Err(Errno::EISDIR),
             Handle::Local { file, in_tmp, .. } => {
                 let end = offset.saturating_add(data.len() as u64);
@@ -1366,7 +1388,7 @@ impl<S: MaildirSource> Tree<S> {
     /// disk flushes. Other local files (Dovecot's index and uidlist) are synced.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
-            Handle::Message(_) | Handle::Dir(_) => self.flush_flags(),
+            Handle::Message { .. } | Handle::Dir(_) => self.flush_flags(),
             Handle::Local { in_tmp: true, .. } => Ok(()),
             Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
         }
@@ -1375,7 +1397,7 @@ impl<S: MaildirSource> Tree<S> {
     /// Whether `fh` is an open message (immutable bytes: the kernel may cache them).
     pub fn is_message_handle(&self, fh: u64) -> bool {
         self.handle(fh)
-            .is_ok_and(|h| matches!(&*h, Handle::Message(_)))
+            .is_ok_and(|h| matches!(&*h, Handle::Message { .. }))
     }
 
     pub fn release(&self, fh: u64) {
