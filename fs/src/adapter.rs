@@ -355,7 +355,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         // Renames in the directory are durable once it returns: flag changes included.
-        match self.tree.flush_flags() {
+        match self.tree.flush() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
