@@ -56,15 +56,18 @@ impl<S: MaildirSource> Tree<S> {
         keywords: &KeywordMap,
         entries: &mut Vec<MessageEntry>,
     ) {
+        let inflight: HashSet<u64> = st.deliveries.inflight_of(folder).map(|d| d.id).collect();
         let mut shown = Vec::new();
+        let mut hide = HashSet::new();
         for d in st.deliveries.of_folder(folder) {
             let (e, bare) = provisional_entry(d, keywords);
-            if d.uncertain || st.deliveries.inflight_of(folder).any(|i| i.id == d.id) {
-                entries.retain(|r| {
-                    (&r.base, r.size, r.internal_date) != (&e.base, e.size, e.internal_date)
-                });
+            if d.uncertain || inflight.contains(&d.id) {
+                hide.insert((e.base.clone(), e.size, e.internal_date));
             }
             shown.push((e, bare));
+        }
+        if !hide.is_empty() {
+            entries.retain(|r| !hide.contains(&(r.base.clone(), r.size, r.internal_date)));
         }
         for (e, bare) in shown {
             st.set_bare(folder, &e.key, bare);
