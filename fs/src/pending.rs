@@ -285,6 +285,11 @@ impl Pending {
             .find(|d| d.id == id)
     }
 
+    /// Deliveries queued (not counting a batch being committed).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.inflight.is_empty()
     }

@@ -482,6 +482,9 @@ struct FlushState {
 
 /// How long the flusher lets flag changes gather before it commits them.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
+/// How long the flusher lets deliveries gather (fewer, larger commits), unless a full batch
+/// ([`crate::pending::MAX_BATCH`]) is queued sooner.
+pub const DELIVERY_DELAY: Duration = Duration::from_millis(50);
 
 impl<S: MaildirSource> std::fmt::Debug for Tree<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -741,6 +744,7 @@ impl<S: MaildirSource> Tree<S> {
                 f.wanted = false;
             }
             std::thread::sleep(FLUSH_DELAY);
+            self.gather_deliveries();
             if self.flush().is_err() {
                 std::thread::sleep(Duration::from_secs(1));
                 self.signal_flush();
@@ -1278,19 +1282,27 @@ impl<S: MaildirSource> Tree<S> {
 
     fn open_local(&self, rel: &str, mode: OpenMode, create: bool) -> Result<File, Errno> {
         let path = self.local_path(rel);
-        if create && let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| io_errno(&e))?;
+        let open = || {
+            OpenOptions::new()
+                .read(mode.read || !mode.write)
+                .write(mode.write)
+                .append(mode.append)
+                .truncate(mode.truncate)
+                .create(create)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        match open() {
+            // The backing directory is made on first use (not on every create: deliveries).
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_errno(&e))?;
+                }
+                open().map_err(|e| io_errno(&e))
+            }
+            r => r.map_err(|e| io_errno(&e)),
         }
-        OpenOptions::new()
-            .read(mode.read || !mode.write)
-            .write(mode.write)
-            .append(mode.append)
-            .truncate(mode.truncate)
-            .create(create)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| io_errno(&e))
     }
 
     /// Opens a file; returns a handle for read/write/release.
@@ -1990,7 +2002,10 @@ impl<S: MaildirSource> Tree<S> {
     /// copy); a message linked into `tmp/` becomes a local file with its bytes; local files
     /// link as usual.
     pub fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr, Errno> {
-        self.settle(true);
+        // A copy of a message must find its queued changes committed; a `tmp/` file linked
+        // into `new/` (a delivery) need not wait for the others.
+        let message = matches!(self.lock().inodes.key(ino), Some(NodeKey::Message(..)));
+        self.settle(message);
         check_name(newname)?;
         let _w = self.write_lock();
         let mut st = self.lock();

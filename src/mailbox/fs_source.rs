@@ -8,8 +8,8 @@
 //! passes back the ones a name cannot show, so a flag rename keeps them).
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use peerpost_fs::{self as pfs, MaildirSource, MessageKey, SourceError};
 use tokio::runtime::Handle;
@@ -26,7 +26,12 @@ pub struct FsSource {
     rt: Handle,
     max_message_size: u64,
     quota: u64,
+    /// [`FsSource::used_bytes`]'s last answer.
+    used: Arc<Mutex<Option<(Instant, u64)>>>,
 }
+
+/// How long the store's size is taken as known for the quota check of a delivery.
+pub const USED_TTL: Duration = Duration::from_millis(500);
 
 impl FsSource {
     /// `rt` must not be the runtime of the calling thread (FUSE threads are not tokio's).
@@ -36,7 +41,24 @@ impl FsSource {
             rt,
             max_message_size,
             quota,
+            used: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The store's bytes, as of at most [`USED_TTL`] ago (every delivery through the mount
+    /// checks the quota: a store read per rename would cost more than the rename). The
+    /// mount's own queued deliveries are counted by the caller; the engine checks again at
+    /// commit.
+    fn used_bytes(&self) -> pfs::Result<u64> {
+        let mut cached = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, used)) = *cached
+            && at.elapsed() < USED_TTL
+        {
+            return Ok(used);
+        }
+        let used = self.run(async { Ok(self.mb.store().stats().await?.object_bytes) })?;
+        *cached = Some((Instant::now(), used));
+        Ok(used)
     }
 
     pub fn mailbox(&self) -> &Mailbox {
@@ -221,7 +243,7 @@ impl MaildirSource for FsSource {
             )));
         }
         if let Some(quota) = self.mb.quota() {
-            let used = self.run(async { Ok(self.mb.store().stats().await?.object_bytes) })?;
+            let used = self.used_bytes()?;
             // As the engine counts: a sealed body is its plaintext plus 42 bytes.
             let needed = size + 42;
             if used.saturating_add(queued).saturating_add(needed) > quota {

@@ -28,6 +28,19 @@ impl<S: MaildirSource> Tree<S> {
         d.and(f)
     }
 
+    /// Waits (at most [`DELIVERY_DELAY`]) while deliveries keep arriving and no full batch
+    /// is queued: a commit costs about the same for 10 messages as for 256.
+    pub(super) fn gather_deliveries(&self) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < DELIVERY_DELAY {
+            let queued = self.lock().deliveries.queued();
+            if queued == 0 || queued >= pending::MAX_BATCH {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Whether deliveries wait for the engine.
     pub fn deliveries_pending(&self) -> bool {
         !self.lock().deliveries.is_empty()
