@@ -20,6 +20,8 @@ def deliver(root, n, do_fsync, tag):
     for d in ("cur", "new", "tmp"):
         os.makedirs(f"{root}/{d}", exist_ok=True)
     pid = os.getpid()
+    # do_fsync 2: the file and then new/ (the rename durable too: Maildir's full contract).
+    dfd = os.open(f"{root}/new", os.O_RDONLY | os.O_DIRECTORY) if do_fsync == 2 else None
     t0 = time.perf_counter()
     for i in range(n):
         name = f"{int(time.time())}.M{i}P{pid}{tag}.bench"
@@ -32,7 +34,12 @@ def deliver(root, n, do_fsync, tag):
         finally:
             os.close(fd)
         os.rename(tmp, f"{root}/new/{name}")
-    return {"seconds": time.perf_counter() - t0, "count": n, "bytes": n * len(BODY)}
+        if dfd is not None:
+            os.fsync(dfd)
+    seconds = time.perf_counter() - t0
+    if dfd is not None:
+        os.close(dfd)
+    return {"seconds": seconds, "count": n, "bytes": n * len(BODY)}
 
 
 def scan(d):
@@ -75,7 +82,7 @@ def populate(d, n_big, n_read):
 def main():
     cmd = sys.argv[1]
     if cmd == "deliver":
-        r = deliver(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] if len(sys.argv) > 5 else "")
+        r = deliver(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "")
     elif cmd == "scan":
         r = scan(sys.argv[2])
     elif cmd == "read":

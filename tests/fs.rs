@@ -362,22 +362,29 @@ fn mail_survives_remount_and_sigkill() {
     // A flag change answered just before a SIGKILL (queued for the engine, journaled) is
     // not lost. SIGKILL with the auto-unmount helper (fusermount3 on PATH): the next start
     // mounts again whether the helper has already unmounted or left a stale mount behind.
-    sh(&mnt, "mv new/200.y.host 'cur/200.y.host:2,FS'");
+    // So is a delivery (journaled, its file in the pending directory: pending.rs).
+    sh(
+        &mnt,
+        "mv new/200.y.host 'cur/200.y.host:2,FS' && printf 'Subject: late\\n\\nz\\n' > tmp/600.d.host && mv tmp/600.d.host new/600.d.host",
+    );
     m.kill9();
     let Some(mut m) = MountProcess::start(&t, &mnt, None) else {
         return;
     };
-    let listing = "cur/100.x.host:2,S\ncur/200.y.host:2,FS\ncur/500.k.host:2,S\n";
+    let listing = "cur/100.x.host:2,S\ncur/200.y.host:2,FS\ncur/500.k.host:2,S\nnew/600.d.host\n";
     assert_eq!(sh(&mnt, ls), listing);
+    assert_eq!(sh(&mnt, "cat new/600.d.host"), "Subject: late\n\nz\n");
     let start = Instant::now();
     for n in 0.. {
         let files = engine_files(&t, &format!("after-kill-{n}"));
-        if files.contains(&"cur/200.y.host:2,FS".to_string()) {
+        if files.contains(&"cur/200.y.host:2,FS".to_string())
+            && files.iter().filter(|f| f.contains("600.d.host")).count() == 1
+        {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "the flag change never reached the engine: {files:?}"
+            "the flag change or the delivery never reached the engine: {files:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -18,17 +18,15 @@ use crate::tree::{Attr, Kind, OpenMode, Tree};
 /// mutt polls). Changes made by the engine are also pushed with `inval_entry` and
 /// `inval_inode` (see `notify.rs`); the TTL bounds what a missed one costs.
 pub const TTL: Duration = Duration::from_secs(1);
-/// The same for files. A message's bytes never change under its inode, and a local file only
-/// changes through the kernel, which keeps its own cache right; so a Dovecot `SEARCH TEXT`
-/// over 10,000 files does not LOOKUP each of them again every second.
-pub const FILE_TTL: Duration = Duration::from_secs(30);
+/// The same for messages: their bytes never change under an inode and their names change
+/// through the kernel or with an invalidation, so a Dovecot `SEARCH TEXT` over 10,000 files
+/// does not LOOKUP each of them again every second. (Local files keep `TTL`: the tree writes
+/// some itself, e.g. `subscriptions`.)
+pub const MESSAGE_TTL: Duration = Duration::from_secs(30);
 
 /// The TTL for an attribute reply.
 fn ttl(a: &Attr) -> &'static Duration {
-    match a.kind {
-        Kind::Dir => &TTL,
-        Kind::File => &FILE_TTL,
-    }
+    if a.message { &MESSAGE_TTL } else { &TTL }
 }
 
 /// The filesystem the kernel talks to.
@@ -375,7 +373,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         // Renames in the directory are durable once it returns: flag changes included.
-        match self.tree.flush_flags() {
+        match self.tree.flush() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

@@ -118,6 +118,11 @@ impl Inodes {
         i
     }
 
+    /// Whether the key has a number (it was shown).
+    pub fn contains(&self, key: &NodeKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
     pub fn key(&self, ino: u64) -> Option<&NodeKey> {
         self.by_ino.get(&ino)
     }

@@ -15,6 +15,7 @@ pub mod inode;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod notify;
+pub mod pending;
 pub mod tree;
 
 use std::collections::BTreeSet;
@@ -158,14 +159,20 @@ impl<S: MaildirSource> Mount<S> {
             return Ok(Unmounted::Clean);
         };
         let unmounted = self.end_session(session);
-        // Flag changes answered during the mount's life reach the engine before we return.
+        // Deliveries and flag changes answered during the mount's life reach the engine
+        // before we return.
         self.tree.stop_flusher();
         if let Some(f) = self.flusher.take() {
             let _ = f.join();
         }
-        let flushed = self.tree.flush_flags();
+        let flushed = self.tree.flush();
         let unmounted = unmounted?;
-        flushed.map_err(|e| io::Error::other(format!("flag changes not committed: {e:?}")))?;
+        flushed.map_err(|e| {
+            io::Error::other(format!(
+                "deliveries or flag changes not committed (kept, committed at the next \
+                 start): {e:?}"
+            ))
+        })?;
         Ok(unmounted)
     }
 
@@ -397,6 +404,36 @@ pub trait MaildirSource: Send + Sync + 'static {
     fn read(&self, key: &MessageKey) -> Result<Arc<Vec<u8>>>;
     /// A new message written into `tmp/` and renamed (or linked) into `new/` or `cur/`.
     fn deliver(&self, folder: &str, msg: NewMessage) -> Result<MessageEntry>;
+    /// Several deliveries, each as [`MaildirSource::deliver`] would make it, in one durable
+    /// commit where the engine can (the mount's queued deliveries, at most
+    /// [`pending::MAX_BATCH`] at once). One result per message, in order: an `Ok` is in
+    /// the engine, an `Err` is not.
+    fn deliver_many(&self, msgs: Vec<(FolderName, NewMessage)>) -> Vec<Result<MessageEntry>> {
+        msgs.into_iter()
+            .map(|(folder, m)| self.deliver(&folder, m))
+            .collect()
+    }
+    /// Whether a delivery of `size` bytes named `base` with `flags` into `folder` would be
+    /// accepted now, with `queued` bytes of deliveries accepted but not committed yet: a
+    /// delivery answered before its commit is checked here, so the commit does not fail
+    /// later. Default: the message size limit and the quota.
+    fn check_delivery(
+        &self,
+        _folder: &str,
+        _base: &str,
+        _flags: &Flags,
+        size: u64,
+        queued: u64,
+    ) -> Result<()> {
+        if size > self.max_message_size() {
+            return Err(SourceError::TooLarge);
+        }
+        let (used, allowed) = self.quota()?;
+        if used.saturating_add(queued).saturating_add(size) > allowed {
+            return Err(SourceError::NoSpace);
+        }
+        Ok(())
+    }
     /// Flags changed (rename within a folder); `seen_by_reader` when it left `new/`.
     /// Other flags the engine keeps (IMAP keywords) are left alone.
     fn set_flags(

@@ -15,6 +15,8 @@ struct State {
     quota: u64,
     max_message: u64,
     subscribed: std::collections::BTreeSet<FolderName>,
+    /// Deliveries fail (a test's broken engine).
+    failing: bool,
 }
 
 /// Folders and messages in a mutex; message keys are a counter in hex.
@@ -52,6 +54,13 @@ impl MemorySource {
         self
     }
 
+    /// Makes every delivery fail with an I/O error (or work again).
+    pub fn fail_deliveries(&self, on: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.failing = on;
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut s = self
             .state
@@ -67,6 +76,9 @@ impl State {
     }
 
     fn deliver(&mut self, folder: &str, msg: NewMessage) -> Result<MessageEntry> {
+        if self.failing {
+            return Err(SourceError::Io("deliveries made to fail".into()));
+        }
         if msg.bytes.len() as u64 > self.max_message {
             return Err(SourceError::TooLarge);
         }

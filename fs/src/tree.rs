@@ -28,9 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use fuser::Errno;
 
+mod deliveries;
+
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
 use crate::notify::WAKE_NAME;
+use crate::pending::{How, Pending, is_provisional};
 use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceError};
 
 /// The longest name in a directory (Linux NAME_MAX).
@@ -67,6 +70,10 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// A message: its bytes never change and its name only through the kernel or with an
+    /// invalidation, so the kernel may cache it long. Local files are also written by the
+    /// tree itself (`subscriptions`), unseen by the kernel.
+    pub message: bool,
 }
 
 /// One line of `readdir`.
@@ -364,6 +371,8 @@ struct State {
     bare: HashMap<String, HashSet<MessageKey>>,
     /// Flag changes answered, not yet committed by the engine.
     deferred: Deferred,
+    /// Deliveries answered, not yet committed by the engine (pending.rs).
+    deliveries: Pending,
     /// Base names the client gave messages on this mount (mbsync appends `,U=<uid>`), by
     /// message key; the engine keeps the base it was delivered with. Kept in
     /// [`RENAMED_FILE`], so they survive a remount.
@@ -402,7 +411,8 @@ pub const MAX_RENAMED: usize = 500_000;
 /// shows only files of the backing directory, and `..peerpost` is no folder's directory.
 pub const RENAMED_FILE: &str = "..peerpost/basenames";
 
-/// The backing directory's private state (base names, the flag journal).
+/// The backing directory's private state (base names, the flag and delivery journals, the
+/// pending deliveries' files).
 pub const STATE_DIR: &str = "..peerpost";
 
 /// Reads [`RENAMED_FILE`]; malformed lines are skipped. Rewrites it compacted when it holds
@@ -483,6 +493,9 @@ struct FlushState {
 
 /// How long the flusher lets flag changes gather before it commits them.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
+/// How long the flusher lets deliveries gather (fewer, larger commits), unless a full batch
+/// ([`crate::pending::MAX_BATCH`]) is queued sooner.
+pub const DELIVERY_DELAY: Duration = Duration::from_millis(50);
 
 impl<S: MaildirSource> std::fmt::Debug for Tree<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -569,6 +582,7 @@ impl<S: MaildirSource> Tree<S> {
                 bare: HashMap::new(),
                 renamed: load_renamed(backing),
                 deferred: Deferred::load(&backing.join(STATE_DIR)),
+                deliveries: Pending::load(&backing.join(STATE_DIR)),
             }),
             flush: Mutex::new(FlushState::default()),
             flush_cv: Condvar::new(),
@@ -576,8 +590,9 @@ impl<S: MaildirSource> Tree<S> {
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
         tree.write_subscriptions();
-        // Flag changes a killed daemon had answered: committed by the first flush.
-        if tree.flags_pending() {
+        // Flag changes and deliveries a killed daemon had answered: committed by the first
+        // flush.
+        if tree.flags_pending() || tree.deliveries_pending() {
             tree.signal_flush();
         }
         Ok(tree)
@@ -704,11 +719,11 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
-    /// Commits the queued flag changes before an operation that must see them (`needed`),
-    /// if there are any. A failure is left to the flusher's retries.
+    /// Commits the queued deliveries and flag changes before an operation that must see
+    /// them (`needed`), if there are any. A failure is left to the flusher's retries.
     fn settle(&self, needed: bool) {
-        if needed && self.flags_pending() {
-            let _ = self.flush_flags();
+        if needed && (self.flags_pending() || self.deliveries_pending()) {
+            let _ = self.flush();
         }
     }
 
@@ -719,7 +734,8 @@ impl<S: MaildirSource> Tree<S> {
         self.flush_cv.notify_one();
     }
 
-    /// The flusher: commits queued flag changes [`FLUSH_DELAY`] after the first of them, until
+    /// The flusher: commits queued deliveries and flag changes [`FLUSH_DELAY`] after the
+    /// first of them, until
     /// [`Tree::stop_flusher`]. A failed commit is retried a second later. Run it on a thread
     /// of its own (it calls the engine).
     pub fn run_flusher(&self) {
@@ -739,14 +755,15 @@ impl<S: MaildirSource> Tree<S> {
                 f.wanted = false;
             }
             std::thread::sleep(FLUSH_DELAY);
-            if self.flush_flags().is_err() {
+            self.gather_deliveries();
+            if self.flush().is_err() {
                 std::thread::sleep(Duration::from_secs(1));
                 self.signal_flush();
             }
         }
     }
 
-    /// Ends [`Tree::run_flusher`] (what is queued stays: call [`Tree::flush_flags`]).
+    /// Ends [`Tree::run_flusher`] (what is queued stays: call [`Tree::flush`]).
     pub fn stop_flusher(&self) {
         let mut f = self.flush.lock().unwrap_or_else(|p| p.into_inner());
         f.stopped = true;
@@ -801,9 +818,12 @@ impl<S: MaildirSource> Tree<S> {
                     }
                 }
             }
+            let keywords = self.keywords(folder);
+            // So are deliveries.
+            Self::overlay_deliveries(st, folder, &keywords, &mut entries);
             let l = Listing::build(
                 entries,
-                &self.keywords(folder),
+                &keywords,
                 st.pending.get(folder),
                 st.bare.get(folder),
                 &st.renamed,
@@ -1022,6 +1042,7 @@ impl<S: MaildirSource> Tree<S> {
             nlink,
             uid: self.owner.uid,
             gid: self.owner.gid,
+            message: false,
         }
     }
 
@@ -1070,6 +1091,7 @@ impl<S: MaildirSource> Tree<S> {
                     nlink: 1,
                     uid: self.owner.uid,
                     gid: self.owner.gid,
+                    message: true,
                 })
             }
             NodeKey::Local(b) => {
@@ -1087,6 +1109,7 @@ impl<S: MaildirSource> Tree<S> {
                     nlink: m.nlink() as u32,
                     uid: self.owner.uid,
                     gid: self.owner.gid,
+                    message: false,
                 })
             }
         }
@@ -1134,6 +1157,7 @@ impl<S: MaildirSource> Tree<S> {
                 nlink: m.nlink() as u32,
                 uid: self.owner.uid,
                 gid: self.owner.gid,
+                message: false,
             });
         }
         let mut st = self.lock();
@@ -1273,27 +1297,45 @@ impl<S: MaildirSource> Tree<S> {
 
     fn open_local(&self, rel: &str, mode: OpenMode, create: bool) -> Result<File, Errno> {
         let path = self.local_path(rel);
-        if create && let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| io_errno(&e))?;
+        let open = || {
+            OpenOptions::new()
+                .read(mode.read || !mode.write)
+                .write(mode.write)
+                .append(mode.append)
+                .truncate(mode.truncate)
+                .create(create)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        match open() {
+            // The backing directory is made on first use (not on every create: deliveries).
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_errno(&e))?;
+                }
+                open().map_err(|e| io_errno(&e))
+            }
+            r => r.map_err(|e| io_errno(&e)),
         }
-        OpenOptions::new()
-            .read(mode.read || !mode.write)
-            .write(mode.write)
-            .append(mode.append)
-            .truncate(mode.truncate)
-            .create(create)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| io_errno(&e))
     }
 
     /// Opens a file; returns a handle for read/write/release.
     pub fn open(&self, ino: u64, mode: OpenMode) -> Result<u64, Errno> {
-        let key = {
+        let mut key = {
             let st = self.lock();
             self.key(&st, ino)?
         };
+        if let NodeKey::Message(_, k) = &key
+            && is_provisional(k)
+        {
+            if let Some(fh) = self.open_pending(k, mode)? {
+                return Ok(fh);
+            }
+            // Committed meanwhile: the node has the engine's key now.
+            let st = self.lock();
+            key = self.key(&st, ino)?;
+        }
         match key {
             NodeKey::Message(f, k) => {
                 if mode.write || mode.truncate {
@@ -1382,13 +1424,15 @@ impl<S: MaildirSource> Tree<S> {
     }
 
     /// A file in `tmp/` is not synced: it becomes part of the mailbox only when it is renamed
-    /// into `new/` or `cur/`, and that rename commits its bytes durably in the engine's one
-    /// transaction; a `tmp/` file left by a crash is garbage to every Maildir reader anyway
-    /// (they delete stale tmp files). Syncing it as well would only double the delivery's
-    /// disk flushes. Other local files (Dovecot's index and uidlist) are synced.
+    /// into `new/` or `cur/`, and is durable once the directory is fsync'd (Maildir's
+    /// contract): that commits its bytes in the engine's transaction (pending.rs); a `tmp/`
+    /// file left by a crash is garbage to every Maildir reader anyway (they delete stale tmp
+    /// files). Syncing it as well would only double the delivery's disk flushes. Other local
+    /// files (Dovecot's index and uidlist) are synced; a message or directory commits what
+    /// is queued.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
-            Handle::Message { .. } | Handle::Dir(_) => self.flush_flags(),
+            Handle::Message { .. } | Handle::Dir(_) => self.flush(),
             Handle::Local { in_tmp: true, .. } => Ok(()),
             Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
         }
@@ -1587,10 +1631,14 @@ impl<S: MaildirSource> Tree<S> {
 
     /// `unlink`: a message is expunged, a local file removed.
     pub fn unlink(&self, parent: u64, name: &str) -> Result<(), Errno> {
+        // A delivery not committed yet is committed first.
+        let pending = self.is_pending_name(&mut self.lock(), parent, name);
+        self.settle(pending);
         let _w = self.write_lock();
         let mut st = self.lock();
         let place = self.place(&mut st, parent)?;
         match self.child(&mut st, &place, name)? {
+            Child::Message(_, e) if is_provisional(&e.key) => Err(Errno::EIO),
             Child::Message(f, e) => {
                 drop(st);
                 self.source.expunge(&f, &e.key).map_err(|e| errno(&e))?;
@@ -1681,14 +1729,18 @@ impl<S: MaildirSource> Tree<S> {
         check_name(newname)?;
         // Queued flag changes go first, unless this is one more of them (a rename within one
         // folder's new/ and cur/): a move, copy or folder rename must find them committed.
-        let same_folder = {
+        // Deliveries not committed yet are committed before anything else touches them.
+        let (same_folder, pending) = {
             let mut st = self.lock();
-            matches!(
+            let same = matches!(
                 (self.place(&mut st, parent), self.place(&mut st, newparent)),
                 (Ok(Place::Sub(a, _)), Ok(Place::Sub(b, _))) if a == b
-            )
+            );
+            let pending = self.is_pending_name(&mut st, parent, name)
+                || self.is_pending_name(&mut st, newparent, newname);
+            (same, pending)
         };
-        self.settle(!same_folder);
+        self.settle(!same_folder || pending);
         let _w = self.write_lock();
         let mut st = self.lock();
         let from_place = self.place(&mut st, parent)?;
@@ -1698,16 +1750,27 @@ impl<S: MaildirSource> Tree<S> {
         if noreplace && existing.is_some() {
             return Err(Errno::EEXIST);
         }
+        // Still pending after the settle above: the engine refused it for now.
+        let provisional = |c: &Child| matches!(c, Child::Message(_, e) if is_provisional(&e.key));
+        if provisional(&src) || existing.as_ref().is_some_and(provisional) {
+            return Err(Errno::EIO);
+        }
         match (src, &to_place) {
-            // Delivery.
+            // Delivery: queued (pending.rs), or, when the queue cannot take it, now.
             (Child::Local(rel, Some(_)), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
                 let b = fs::symlink_metadata(self.local_path(&rel))
                     .map_err(|e| io_errno(&e))?
                     .ino();
-                let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
-                let mut st = g;
-                let entry = delivered?;
-                let _ = fs::remove_file(self.local_path(&rel));
+                let queued = self.queue_delivery(&mut st, &rel, to, *sub, newname, How::Move);
+                let (mut st, entry) = match queued {
+                    Some(r) => (st, r?),
+                    None => {
+                        let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
+                        let entry = delivered?;
+                        let _ = fs::remove_file(self.local_path(&rel));
+                        (g, entry)
+                    }
+                };
                 st.local_path.remove(&b);
                 let new_key = NodeKey::Message(to.clone(), entry.key);
                 st.inodes.rekey(&NodeKey::Local(b), &new_key);
@@ -1969,7 +2032,10 @@ impl<S: MaildirSource> Tree<S> {
     /// copy); a message linked into `tmp/` becomes a local file with its bytes; local files
     /// link as usual.
     pub fn link(&self, ino: u64, newparent: u64, newname: &str) -> Result<Attr, Errno> {
-        self.settle(true);
+        // A copy of a message must find its queued changes committed; a `tmp/` file linked
+        // into `new/` (a delivery) need not wait for the others.
+        let message = matches!(self.lock().inodes.key(ino), Some(NodeKey::Message(..)));
+        self.settle(message);
         check_name(newname)?;
         let _w = self.write_lock();
         let mut st = self.lock();
@@ -1979,6 +2045,7 @@ impl<S: MaildirSource> Tree<S> {
             return Err(Errno::EEXIST);
         }
         match (&key, &to_place) {
+            (NodeKey::Message(_, k), _) if is_provisional(k) => Err(Errno::EIO),
             (NodeKey::Message(f, k), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
                 let e = self
                     .listing(&mut st, f)?
@@ -2023,9 +2090,14 @@ impl<S: MaildirSource> Tree<S> {
             }
             (NodeKey::Local(b), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
                 let rel = Self::local_rel_of(&st, *b)?;
-                let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
-                let mut st = g;
-                let entry = delivered?;
+                let (mut st, entry) =
+                    match self.queue_delivery(&mut st, &rel, to, *sub, newname, How::Link) {
+                        Some(r) => (st, r?),
+                        None => {
+                            let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
+                            (g, delivered?)
+                        }
+                    };
                 self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
             }
             (NodeKey::Local(b), _) => {
@@ -2091,7 +2163,7 @@ mod tests {
     /// The source, once the queued flag changes are committed (a mount's flusher does it
     /// within milliseconds; these tests have no flusher).
     fn flushed(t: &T) -> &Arc<MemorySource> {
-        t.tree.flush_flags().unwrap();
+        t.tree.flush().unwrap();
         t.tree.source()
     }
 

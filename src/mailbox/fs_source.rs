@@ -8,8 +8,8 @@
 //! passes back the ones a name cannot show, so a flag rename keeps them).
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use peerpost_fs::{self as pfs, MaildirSource, MessageKey, SourceError};
 use tokio::runtime::Handle;
@@ -26,7 +26,12 @@ pub struct FsSource {
     rt: Handle,
     max_message_size: u64,
     quota: u64,
+    /// [`FsSource::used_bytes`]'s last answer.
+    used: Arc<Mutex<Option<(Instant, u64)>>>,
 }
+
+/// How long the store's size is taken as known for the quota check of a delivery.
+pub const USED_TTL: Duration = Duration::from_millis(500);
 
 impl FsSource {
     /// `rt` must not be the runtime of the calling thread (FUSE threads are not tokio's).
@@ -36,7 +41,24 @@ impl FsSource {
             rt,
             max_message_size,
             quota,
+            used: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The store's bytes, as of at most [`USED_TTL`] ago (every delivery through the mount
+    /// checks the quota: a store read per rename would cost more than the rename). The
+    /// mount's own queued deliveries are counted by the caller; the engine checks again at
+    /// commit.
+    fn used_bytes(&self) -> pfs::Result<u64> {
+        let mut cached = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, used)) = *cached
+            && at.elapsed() < USED_TTL
+        {
+            return Ok(used);
+        }
+        let used = self.run(async { Ok(self.mb.store().stats().await?.object_bytes) })?;
+        *cached = Some((Instant::now(), used));
+        Ok(used)
     }
 
     pub fn mailbox(&self) -> &Mailbox {
@@ -113,6 +135,19 @@ fn bits(f: &pfs::Flags) -> u8 {
         .fold(0, |acc, (i, on)| if *on { acc | (1 << i) } else { acc })
 }
 
+fn new_message(msg: pfs::NewMessage) -> NewMessage {
+    NewMessage {
+        bytes: msg.bytes,
+        internal_date: msg.internal_date,
+        flags: Flags {
+            bits: bits(&msg.flags),
+            keywords: msg.flags.keywords,
+        },
+        recent: msg.recent,
+        maildir_name: Some(msg.base),
+    }
+}
+
 fn entry(m: &MessageInfo) -> pfs::MessageEntry {
     pfs::MessageEntry {
         key: message_key(m.entry),
@@ -143,20 +178,79 @@ impl MaildirSource for FsSource {
         if msg.bytes.len() as u64 > self.max_message_size {
             return Err(SourceError::TooLarge);
         }
-        let m = self.run(self.mb.append(
-            folder,
-            NewMessage {
-                bytes: msg.bytes,
-                internal_date: msg.internal_date,
-                flags: Flags {
-                    bits: bits(&msg.flags),
-                    keywords: msg.flags.keywords.clone(),
-                },
-                recent: msg.recent,
-                maildir_name: Some(msg.base),
-            },
-        ))?;
+        let m = self.run(self.mb.append(folder, new_message(msg)))?;
         Ok(entry(&m))
+    }
+
+    /// One engine commit for the batch. If it fails, each message is tried alone (one
+    /// commit each), so one the engine refuses does not hold back the others; not after a
+    /// timeout, though (the commit may still land: the caller retries, looking first).
+    fn deliver_many(
+        &self,
+        msgs: Vec<(pfs::FolderName, pfs::NewMessage)>,
+    ) -> Vec<pfs::Result<pfs::MessageEntry>> {
+        let n = msgs.len();
+        if msgs
+            .iter()
+            .any(|(_, m)| m.bytes.len() as u64 > self.max_message_size)
+            || n < 2
+        {
+            return msgs.into_iter().map(|(f, m)| self.deliver(&f, m)).collect();
+        }
+        let items = msgs
+            .iter()
+            .map(|(f, m)| (f.clone(), new_message(m.clone())))
+            .collect();
+        match self.run(self.mb.append_many(items)) {
+            Ok(v) if v.len() == n => v.iter().map(|m| Ok(entry(m))).collect(),
+            Ok(_) | Err(SourceError::Unavailable) => {
+                vec![Err(SourceError::Unavailable); n]
+            }
+            Err(_) => msgs.into_iter().map(|(f, m)| self.deliver(&f, m)).collect(),
+        }
+    }
+
+    /// What the engine's append would refuse: too large, empty, a bad base name or keyword,
+    /// over the engine's quota (when one is set) counting what is queued.
+    fn check_delivery(
+        &self,
+        _folder: &str,
+        base: &str,
+        flags: &pfs::Flags,
+        size: u64,
+        queued: u64,
+    ) -> pfs::Result<()> {
+        if size > self.max_message_size {
+            return Err(SourceError::TooLarge);
+        }
+        if size == 0 {
+            return Err(source_error(Error::Empty));
+        }
+        if !super::maildir::valid_base(base) {
+            return Err(source_error(Error::InvalidName(
+                base.to_string(),
+                "not a Maildir base name",
+            )));
+        }
+        if let Some(k) = flags
+            .keywords
+            .iter()
+            .find(|k| !super::model::valid_keyword(k))
+        {
+            return Err(source_error(Error::InvalidName(
+                k.clone(),
+                "not a valid keyword",
+            )));
+        }
+        if let Some(quota) = self.mb.quota() {
+            let used = self.used_bytes()?;
+            // As the engine counts: a sealed body is its plaintext plus 42 bytes.
+            let needed = size + 42;
+            if used.saturating_add(queued).saturating_add(needed) > quota {
+                return Err(SourceError::NoSpace);
+            }
+        }
+        Ok(())
     }
 
     fn set_flags(

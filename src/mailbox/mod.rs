@@ -997,7 +997,37 @@ impl Mailbox {
         folder: &str,
         msgs: Vec<NewMessage>,
     ) -> Result<Vec<MessageInfo>> {
-        self.append_inner(folder, msgs, None).await
+        let _w = self.inner.write.lock().await;
+        let folder_id = self.folder_id(folder)?;
+        self.check_quota(msgs.iter()).await?;
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let chunk = msgs.by_ref().take(BATCH).map(|m| (folder_id, m)).collect();
+            out.extend(self.append_locked(chunk, None).await?);
+        }
+        Ok(out)
+    }
+
+    /// Appends messages, each to its own folder, in ONE log entry (one durable commit), all
+    /// or none: what the FUSE mount's queued deliveries become. Returns them in order.
+    pub async fn append_many(&self, items: Vec<(String, NewMessage)>) -> Result<Vec<MessageInfo>> {
+        let _w = self.inner.write.lock().await;
+        let mut ids: HashMap<String, FolderId> = HashMap::new();
+        let mut msgs = Vec::with_capacity(items.len());
+        for (folder, m) in items {
+            let id = match ids.get(&folder) {
+                Some(id) => *id,
+                None => {
+                    let id = self.folder_id(&folder)?;
+                    ids.insert(folder, id);
+                    id
+                }
+            };
+            msgs.push((id, m));
+        }
+        self.check_quota(msgs.iter().map(|(_, m)| m)).await?;
+        self.append_locked(msgs, None).await
     }
 
     /// Appends one message, and makes the caller's `also` write in the same durable commit
@@ -1009,21 +1039,20 @@ impl Mailbox {
         msg: NewMessage,
         also: AlsoWrite,
     ) -> Result<MessageInfo> {
-        let mut v = self.append_inner(folder, vec![msg], Some(also)).await?;
+        let _w = self.inner.write.lock().await;
+        let folder_id = self.folder_id(folder)?;
+        self.check_quota(std::iter::once(&msg)).await?;
+        let mut v = self
+            .append_locked(vec![(folder_id, msg)], Some(also))
+            .await?;
         v.pop().ok_or(Error::NoSuchMessage)
     }
 
-    async fn append_inner(
-        &self,
-        folder: &str,
-        msgs: Vec<NewMessage>,
-        mut also: Option<AlsoWrite>,
-    ) -> Result<Vec<MessageInfo>> {
-        let _w = self.inner.write.lock().await;
-        let folder_id = self.folder_id(folder)?;
+    /// Refuses messages that would take the store over its quota (if one is set).
+    async fn check_quota(&self, msgs: impl Iterator<Item = &NewMessage>) -> Result<()> {
         if let Some(quota) = self.quota() {
             // A sealed body is its plaintext plus a 42-byte header and tag.
-            let needed: u64 = msgs.iter().map(|m| m.bytes.len() as u64 + 42).sum();
+            let needed: u64 = msgs.map(|m| m.bytes.len() as u64 + 42).sum();
             let used = self.inner.store.stats().await?.object_bytes;
             if used.saturating_add(needed) > quota {
                 return Err(Error::OverQuota {
@@ -1033,56 +1062,61 @@ impl Mailbox {
                 });
             }
         }
-        let mut out = Vec::with_capacity(msgs.len());
-        let mut msgs = msgs.into_iter().peekable();
-        while msgs.peek().is_some() {
-            let chunk: Vec<NewMessage> = msgs.by_ref().take(BATCH).collect();
-            let mut ops = Vec::with_capacity(chunk.len());
-            let mut objects = Vec::with_capacity(chunk.len());
-            for m in chunk {
-                if m.bytes.is_empty() {
-                    return Err(Error::Empty);
-                }
-                let (sealed, key) = SealedObject::seal(&m.bytes)?;
-                let object = sealed.id();
-                let maildir_name = match m.maildir_name {
-                    Some(n) => {
-                        if !maildir::valid_base(&n) {
-                            return Err(Error::InvalidName(n, "not a Maildir base name"));
-                        }
-                        n
-                    }
-                    None => maildir::derived_base(m.internal_date, &object),
-                };
-                for k in &m.flags.keywords {
-                    if !model::valid_keyword(k) {
-                        return Err(Error::InvalidName(k.clone(), "not a valid keyword"));
-                    }
-                }
-                ops.push(Op::Add {
-                    folder: folder_id,
-                    message: MessageRef {
-                        object,
-                        key: *key.as_bytes(),
-                        size: m.bytes.len() as u64,
-                        internal_date: m.internal_date,
-                        maildir_name,
-                    },
-                    flags: m.flags,
-                    recent: m.recent,
-                });
-                objects.push(sealed);
+        Ok(())
+    }
+
+    /// One log entry adding `msgs` (each to its folder), with `also` in its commit; the write
+    /// lock is held by the caller. Returns the messages as numbered, in order.
+    async fn append_locked(
+        &self,
+        msgs: Vec<(FolderId, NewMessage)>,
+        also: Option<AlsoWrite>,
+    ) -> Result<Vec<MessageInfo>> {
+        let mut ops = Vec::with_capacity(msgs.len());
+        let mut objects = Vec::with_capacity(msgs.len());
+        let mut folders = Vec::with_capacity(msgs.len());
+        for (folder_id, m) in msgs {
+            if m.bytes.is_empty() {
+                return Err(Error::Empty);
             }
-            let last = msgs.peek().is_none();
-            let ids = self
-                .commit_with(ops, objects, if last { also.take() } else { None })
-                .await?;
-            let e = self.read_engine();
-            let u = e.uids.get(&folder_id);
-            for id in ids {
-                if let Some((uid, modseq)) = u.and_then(|u| u.by_entry.get(&id)) {
-                    out.extend(message_info(&e, id, *uid, *modseq));
+            let (sealed, key) = SealedObject::seal(&m.bytes)?;
+            let object = sealed.id();
+            let maildir_name = match m.maildir_name {
+                Some(n) => {
+                    if !maildir::valid_base(&n) {
+                        return Err(Error::InvalidName(n, "not a Maildir base name"));
+                    }
+                    n
                 }
+                None => maildir::derived_base(m.internal_date, &object),
+            };
+            for k in &m.flags.keywords {
+                if !model::valid_keyword(k) {
+                    return Err(Error::InvalidName(k.clone(), "not a valid keyword"));
+                }
+            }
+            ops.push(Op::Add {
+                folder: folder_id,
+                message: MessageRef {
+                    object,
+                    key: *key.as_bytes(),
+                    size: m.bytes.len() as u64,
+                    internal_date: m.internal_date,
+                    maildir_name,
+                },
+                flags: m.flags,
+                recent: m.recent,
+            });
+            objects.push(sealed);
+            folders.push(folder_id);
+        }
+        let ids = self.commit_with(ops, objects, also).await?;
+        let e = self.read_engine();
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, folder_id) in ids.into_iter().zip(folders) {
+            let u = e.uids.get(&folder_id);
+            if let Some((uid, modseq)) = u.and_then(|u| u.by_entry.get(&id)) {
+                out.extend(message_info(&e, id, *uid, *modseq));
             }
         }
         Ok(out)

@@ -563,3 +563,33 @@ async fn append_with_commits_the_callers_write_with_the_message_or_neither() {
     assert_eq!(mb.messages("INBOX").unwrap().len(), 1);
     assert!(store.delivered_has(id).await.unwrap());
 }
+
+#[tokio::test]
+async fn append_many_is_one_log_entry_across_folders_all_or_none() {
+    let d = device(7, 1).await;
+    let mb = &d.mb;
+    let before = mb.log_entries().await.unwrap().len();
+    let v = mb
+        .append_many(vec![
+            ("INBOX".into(), msg("a")),
+            ("Archive".into(), msg("b")),
+            ("INBOX".into(), msg("c")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(mb.log_entries().await.unwrap().len(), before + 1);
+    let uids: Vec<(u32, u64)> = v.iter().map(|m| (m.uid, m.size)).collect();
+    assert_eq!(uids, vec![(1, 17), (1, 17), (2, 17)]);
+    assert_eq!(&*mb.read(v[1].entry).await.unwrap(), &msg("b").bytes);
+    assert_eq!(mb.messages("Archive").unwrap().len(), 1);
+    // One bad message: nothing is appended.
+    let mut empty = msg("x");
+    empty.bytes.clear();
+    assert!(matches!(
+        mb.append_many(vec![("INBOX".into(), msg("d")), ("INBOX".into(), empty)])
+            .await,
+        Err(Error::Empty)
+    ));
+    assert_eq!(mb.messages("INBOX").unwrap().len(), 2);
+    assert_eq!(mb.log_entries().await.unwrap().len(), before + 1);
+}

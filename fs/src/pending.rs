@@ -1,0 +1,421 @@
+//! Deliveries answered before the engine commits them.
+//!
+//! A delivery (a `tmp/` file renamed or linked into `new/` or `cur/`) is answered at once:
+//! the journal gets a line naming it (written, not flushed), the file is renamed (or, for
+//! `link`, hard-linked) into the local pending directory, and the tree shows a provisional
+//! entry under the name the client gave. A flusher commits the queue to the engine in
+//! batches of [`MAX_BATCH`] (one durable commit each); `fsync`/`fsyncdir` on the mount, an
+//! operation on a pending message and an unmount commit it before they return.
+//!
+//! Durability follows Maildir's contract: a delivery is durable once the client has fsync'd
+//! the directory it renamed into (that commits the queue). Before that, a killed daemon
+//! loses nothing (the journal line and the file are in the kernel's page cache; the next
+//! start reads them back and delivers them); a crash of the machine may lose deliveries not
+//! followed by an fsync of the directory, as it may on a disk file system.
+//!
+//! Exactly once: the journal line is written before the file moves (a line whose file is
+//! missing is a rename that never returned: skipped), and a committed delivery's file is
+//! removed before its line. A delivery read back from a journal, or retried after a failed
+//! commit, is "uncertain" (the engine may have it already): the flusher first looks for a
+//! message in its folder with the same base name, size and date, and takes that one.
+//!
+//! Journal lines (format 1): `1 <folder, hex> <n|c> <name, hex> <internal date> <pending
+//! id>`. Malformed lines are skipped.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::inode::Sub;
+use crate::{FolderName, MessageKey};
+
+/// Deliveries queued at most (beyond: renames deliver synchronously).
+pub const MAX_QUEUED: usize = 10_000;
+/// Bytes of queued deliveries at most (beyond: renames deliver synchronously).
+pub const MAX_QUEUED_BYTES: u64 = 256 << 20;
+/// Deliveries per engine commit.
+pub const MAX_BATCH: usize = 256;
+
+const JOURNAL: &str = "deliveries.journal";
+const FLUSHING: &str = "deliveries.flushing";
+/// Under the state directory: the pending files, named by their id.
+const FILES: &str = "pending";
+/// The key prefix of provisional entries (never a real key: those are hex).
+const PROVISIONAL: &str = "~pending.";
+
+/// One delivery waiting for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: u64,
+    pub folder: FolderName,
+    /// `new` or `cur`.
+    pub sub: Sub,
+    /// The file name the client gave (base and flags).
+    pub name: String,
+    pub internal_date: i64,
+    pub size: u64,
+    /// The engine may have it already (read back from a journal, or a commit failed).
+    pub uncertain: bool,
+}
+
+impl Delivery {
+    /// The key of its provisional entry.
+    pub fn key(&self) -> MessageKey {
+        provisional_key(self.id)
+    }
+}
+
+pub fn provisional_key(id: u64) -> MessageKey {
+    MessageKey(format!("{PROVISIONAL}{id}"))
+}
+
+/// Whether a key names a delivery not committed yet.
+pub fn is_provisional(key: &MessageKey) -> bool {
+    key.0.starts_with(PROVISIONAL)
+}
+
+/// How the file gets into the pending directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// `rename`: the `tmp/` file moves.
+    Move,
+    /// `link`: the `tmp/` file stays (a hard link is made).
+    Link,
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn line(d: &Delivery) -> String {
+    format!(
+        "1 {} {} {} {} {}\n",
+        hex(&d.folder),
+        if d.sub == Sub::New { "n" } else { "c" },
+        hex(&d.name),
+        d.internal_date,
+        d.id
+    )
+}
+
+fn parse(line: &str) -> Option<Delivery> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let ["1", folder, sub, name, date, id] = f.as_slice() else {
+        return None;
+    };
+    let sub = match *sub {
+        "n" => Sub::New,
+        "c" => Sub::Cur,
+        _ => return None,
+    };
+    let name = unhex(name)?;
+    if name.is_empty() || name.len() > crate::tree::MAX_NAME || name.contains('/') {
+        return None;
+    }
+    Some(Delivery {
+        id: id.parse().ok()?,
+        folder: unhex(folder)?,
+        sub,
+        name,
+        internal_date: date.parse().ok()?,
+        size: 0,
+        uncertain: true,
+    })
+}
+
+/// The queue, the batch being committed, and the journal.
+#[derive(Debug)]
+pub struct Pending {
+    dir: PathBuf,
+    queue: VecDeque<Delivery>,
+    inflight: Vec<Delivery>,
+    bytes: u64,
+    next_id: u64,
+    journal: Option<File>,
+}
+
+impl Pending {
+    /// Opens the queue kept in `dir` (the tree's state directory): deliveries a killed
+    /// daemon journaled, whose files are there, are queued again (uncertain), and the
+    /// journal is rewritten with just them.
+    pub fn load(dir: &Path) -> Pending {
+        let mut p = Pending {
+            dir: dir.to_path_buf(),
+            queue: VecDeque::new(),
+            inflight: Vec::new(),
+            bytes: 0,
+            next_id: 1,
+            journal: None,
+        };
+        // Ids are never reused while a file of that id exists.
+        if let Ok(rd) = fs::read_dir(dir.join(FILES)) {
+            for e in rd.flatten() {
+                if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                    p.next_id = p.next_id.max(id.saturating_add(1));
+                }
+            }
+        }
+        let mut found = false;
+        let mut seen = std::collections::HashSet::new();
+        for name in [FLUSHING, JOURNAL] {
+            let Ok(text) = fs::read_to_string(dir.join(name)) else {
+                continue;
+            };
+            found = true;
+            for mut d in text.lines().filter_map(parse) {
+                if !seen.insert(d.id) {
+                    continue;
+                }
+                let Ok(m) = fs::symlink_metadata(p.file(d.id)) else {
+                    continue; // the rename never happened, or it was committed
+                };
+                d.size = m.len();
+                p.bytes += d.size;
+                p.queue.push_back(d);
+            }
+        }
+        if found {
+            let text: String = p.queue.iter().map(line).collect();
+            let tmp = dir.join("deliveries.tmp");
+            if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, dir.join(JOURNAL)).is_ok() {
+                let _ = fs::remove_file(dir.join(FLUSHING));
+            }
+        }
+        p
+    }
+
+    /// The pending file of a delivery.
+    pub fn file(&self, id: u64) -> PathBuf {
+        self.dir.join(FILES).join(id.to_string())
+    }
+
+    /// Whether one more delivery of `size` bytes fits the queue.
+    pub fn has_room(&self, size: u64) -> bool {
+        self.queue.len() + self.inflight.len() < MAX_QUEUED
+            && self.bytes.saturating_add(size) <= MAX_QUEUED_BYTES
+    }
+
+    /// Bytes queued or being committed (for the quota check).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Queues the delivery of the local file `from` (its mtime is the internal date):
+    /// journaled first, then the file is moved (or linked) into the pending directory. On
+    /// error nothing is queued (and the file is where it was); the caller delivers
+    /// synchronously then.
+    pub fn push(
+        &mut self,
+        folder: &str,
+        sub: Sub,
+        name: &str,
+        from: &Path,
+        how: How,
+    ) -> io::Result<Delivery> {
+        let meta = fs::symlink_metadata(from)?;
+        let (size, internal_date) = (meta.len(), meta.mtime());
+        if !self.has_room(size) {
+            return Err(io::Error::other("delivery queue full"));
+        }
+        if self.journal.is_none() {
+            fs::create_dir_all(self.dir.join(FILES))?;
+            self.journal = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(self.dir.join(JOURNAL))?,
+            );
+        }
+        let d = Delivery {
+            id: self.next_id,
+            folder: folder.to_string(),
+            sub,
+            name: name.to_string(),
+            internal_date,
+            size,
+            uncertain: false,
+        };
+        self.next_id += 1;
+        if let Some(j) = self.journal.as_mut() {
+            j.write_all(line(&d).as_bytes())?;
+        }
+        // A line whose file never arrived is skipped when read back.
+        match how {
+            How::Move => fs::rename(from, self.file(d.id))?,
+            How::Link => fs::hard_link(from, self.file(d.id))?,
+        }
+        self.bytes += size;
+        self.queue.push_back(d.clone());
+        Ok(d)
+    }
+
+    /// Deliveries of a folder, queued or being committed.
+    pub fn of_folder<'a>(&'a self, folder: &'a str) -> impl Iterator<Item = &'a Delivery> {
+        self.queue
+            .iter()
+            .chain(self.inflight.iter())
+            .filter(move |d| d.folder == folder)
+    }
+
+    /// Deliveries of a folder being committed.
+    pub fn inflight_of<'a>(&'a self, folder: &'a str) -> impl Iterator<Item = &'a Delivery> {
+        self.inflight.iter().filter(move |d| d.folder == folder)
+    }
+
+    /// The delivery behind a provisional key.
+    pub fn get(&self, key: &MessageKey) -> Option<&Delivery> {
+        let id: u64 = key.0.strip_prefix(PROVISIONAL)?.parse().ok()?;
+        self.queue
+            .iter()
+            .chain(self.inflight.iter())
+            .find(|d| d.id == id)
+    }
+
+    /// Deliveries queued (not counting a batch being committed).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty()
+    }
+
+    /// Hands the queue over for commits: it becomes the in-flight batch (still shown), and
+    /// the journal is set aside until [`Pending::finish`]. Empty while a batch is in flight.
+    pub fn take(&mut self) -> Vec<Delivery> {
+        if self.queue.is_empty() || !self.inflight.is_empty() {
+            return Vec::new();
+        }
+        self.journal = None;
+        let _ = fs::rename(self.dir.join(JOURNAL), self.dir.join(FLUSHING));
+        self.inflight = self.queue.drain(..).collect();
+        self.inflight.clone()
+    }
+
+    /// These deliveries of the in-flight batch are in the engine: their files go.
+    pub fn committed(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(i) = self.inflight.iter().position(|d| d.id == *id) {
+                let d = self.inflight.swap_remove(i);
+                self.bytes = self.bytes.saturating_sub(d.size);
+                let _ = fs::remove_file(self.file(d.id));
+            }
+        }
+    }
+
+    /// The in-flight batch is over: what was not committed is queued (and journaled) again,
+    /// ahead of what came meanwhile, marked uncertain.
+    pub fn finish(&mut self) {
+        let mut back = std::mem::take(&mut self.inflight);
+        back.sort_by_key(|d| d.id);
+        for mut d in back.into_iter().rev() {
+            d.uncertain = true;
+            self.queue.push_front(d);
+        }
+        // Rewritten whole: the set-aside journal goes only once every line is elsewhere.
+        let text: String = self.queue.iter().map(line).collect();
+        let tmp = self.dir.join("deliveries.tmp");
+        self.journal = None;
+        if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, self.dir.join(JOURNAL)).is_ok() {
+            let _ = fs::remove_file(self.dir.join(FLUSHING));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("peerpost-pending-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn lines_round_trip_and_garbage_is_skipped() {
+        let d = Delivery {
+            id: 42,
+            folder: "Archive/2024 x".into(),
+            sub: Sub::Cur,
+            name: "1.a.host:2,FS".into(),
+            internal_date: -5,
+            size: 0,
+            uncertain: true,
+        };
+        assert_eq!(parse(line(&d).trim_end()), Some(d));
+        for bad in [
+            "",
+            "1 41 n 41 5",
+            "2 41 n 41 5 1",
+            "1 41 x 41 5 1",
+            "1 41 n 2f 5 1",
+            "1 41 n 41 x 1",
+            "1 41 n 41 5 1 extra",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_killed_daemons_queue_comes_back_and_failures_requeue() {
+        let d = dir();
+        let src = d.join("src");
+        fs::create_dir_all(&src).unwrap();
+        let mut p = Pending::load(&d.join("state"));
+        for n in 0..3 {
+            fs::write(src.join(format!("m{n}")), b"abc").unwrap();
+            let m = src.join(format!("m{n}"));
+            p.push("INBOX", Sub::New, &format!("{n}.x"), &m, How::Move)
+                .unwrap();
+        }
+        assert!(!src.join("m0").exists());
+        drop(p);
+        // Killed: the three come back, uncertain.
+        let mut p = Pending::load(&d.join("state"));
+        let batch = p.take();
+        assert_eq!(batch.len(), 3);
+        assert!(batch.iter().all(|b| b.uncertain && b.size == 3));
+        assert!(p.get(&batch[0].key()).is_some(), "in flight is still found");
+        // Killed mid-commit after the first was committed: two come back.
+        p.committed(&[batch[0].id]);
+        drop(p);
+        let mut p = Pending::load(&d.join("state"));
+        let batch = p.take();
+        assert_eq!(batch.len(), 2);
+        // A failed commit keeps them, ahead of newer ones; ids are not reused.
+        fs::write(src.join("m9"), b"z").unwrap();
+        let newer = p
+            .push("INBOX", Sub::New, "9.x", &src.join("m9"), How::Link)
+            .unwrap();
+        assert!(src.join("m9").exists(), "a link leaves the tmp file");
+        assert!(batch.iter().all(|b| b.id < newer.id));
+        p.finish();
+        let again = p.take();
+        assert_eq!(again.len(), 3);
+        assert_eq!(again[2].id, newer.id);
+        p.committed(&again.iter().map(|d| d.id).collect::<Vec<_>>());
+        p.finish();
+        assert!(p.is_empty() && p.bytes() == 0);
+        drop(p);
+        assert!(Pending::load(&d.join("state")).is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+}
