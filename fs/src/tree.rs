@@ -1423,17 +1423,18 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
-    /// A file in `tmp/` is not synced: it becomes part of the mailbox only when it is renamed
-    /// into `new/` or `cur/`, and is durable once the directory is fsync'd (Maildir's
-    /// contract): that commits its bytes in the engine's transaction (pending.rs); a `tmp/`
-    /// file left by a crash is garbage to every Maildir reader anyway (they delete stale tmp
-    /// files). Syncing it as well would only double the delivery's disk flushes. Other local
-    /// files (Dovecot's index and uidlist) are synced; a message or directory commits what
-    /// is queued.
+    /// A file in `tmp/` has its bytes synced, as on a disk: a delivery agent that fsyncs the
+    /// file before the rename (and not the directory after it, as many do) has its bytes on
+    /// disk when the rename is queued (pending.rs), and the rename itself is as durable as a
+    /// disk's un-synced rename; `fsync` of the directory commits it to the engine. Other
+    /// local files (Dovecot's index and uidlist) are synced; a message or directory commits
+    /// what is queued.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         match &*self.handle(fh)? {
             Handle::Message { .. } | Handle::Dir(_) => self.flush(),
-            Handle::Local { in_tmp: true, .. } => Ok(()),
+            Handle::Local {
+                file, in_tmp: true, ..
+            } => file.sync_data().map_err(|e| io_errno(&e)),
             Handle::Local { file, .. } => file.sync_all().map_err(|e| io_errno(&e)),
         }
     }
