@@ -1,0 +1,136 @@
+//! Giving back the process's mapping of LMDB pages it is done with.
+//!
+//! LMDB reads through a read-only shared memory map of `data.mdb`. Every page a read touches
+//! stays mapped, and the kernel maps the cached pages around a faulting one too (fault-around,
+//! 64 KiB), so each page counts in the process's resident set until the process ends: a mount
+//! that had read 10,000 messages of a 100,000-message store held 200 MiB of the file. The
+//! pages are the kernel's page cache, reclaimable, but the resident set is what users and the
+//! benchmark target see. [`Map::release`] drops the mapping of a range after its bytes were
+//! copied out (`madvise(MADV_DONTNEED)`): the pages stay in the page cache, and a later read
+//! maps them again (a minor fault). Only the mapping is dropped, never data: LMDB's map is
+//! read-only (no `MDB_WRITEMAP`), so it never holds anything the file does not.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The kernel's fault-around window: the most a single fault maps around its page.
+const WINDOW: usize = 64 * 1024;
+
+/// Object reads between two releases of the whole map.
+const READS_PER_SWEEP: u32 = 256;
+
+/// The address range of the environment's map.
+#[derive(Debug)]
+pub struct Map {
+    start: usize,
+    len: usize,
+    /// Object reads since the last sweep.
+    reads: AtomicU32,
+}
+
+impl Map {
+    /// The map of `file` (LMDB's `data.mdb`), found in `/proc/self/maps` (LMDB does not tell
+    /// where it mapped the file). An empty range (nothing is ever released) if not found.
+    pub fn find(file: &Path) -> Map {
+        let none = Map {
+            start: 0,
+            len: 0,
+            reads: AtomicU32::new(0),
+        };
+        let Ok(file) = std::fs::canonicalize(file) else {
+            return none;
+        };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return none;
+        };
+        let mut range: Option<(usize, usize)> = None;
+        for line in maps.lines() {
+            // "start-end perms offset dev inode   path"
+            let mut parts = line.splitn(6, ' ');
+            let (Some(addrs), Some(path)) = (parts.next(), parts.nth(4)) else {
+                continue;
+            };
+            if Path::new(path.trim_start()) != file {
+                continue;
+            }
+            let Some((a, b)) = addrs.split_once('-') else {
+                continue;
+            };
+            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            range = Some(range.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+        }
+        match range {
+            Some((a, b)) if b > a => Map {
+                start: a,
+                len: b - a,
+                reads: AtomicU32::new(0),
+            },
+            _ => none,
+        }
+    }
+
+    /// Bytes covered (0: the map was not found).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// After an object read: drops the mapping of the value's pages at once, and every
+    /// [`READS_PER_SWEEP`] reads that of the whole map, since the B-tree leaf each lookup
+    /// went through (and the 64 KiB around it) stays mapped too; with reads spread over 100k
+    /// messages that was 10 KiB per message read.
+    pub fn object_read(&self, value: &[u8]) {
+        self.release(value);
+        if self.reads.fetch_add(1, Ordering::Relaxed) % READS_PER_SWEEP == READS_PER_SWEEP - 1 {
+            self.release_all();
+        }
+    }
+
+    /// Drops the mapping of the fault-around windows that `bytes` (a slice of the map) lies
+    /// in. Slices outside the map, and failures, are ignored: this only saves memory.
+    pub fn release(&self, bytes: &[u8]) {
+        let at = bytes.as_ptr() as usize;
+        let end = self.start.saturating_add(self.len);
+        if self.start == 0 || at < self.start || at.saturating_add(bytes.len()) > end {
+            return;
+        }
+        let from = (at & !(WINDOW - 1)).max(self.start);
+        let to = at
+            .saturating_add(bytes.len())
+            .div_ceil(WINDOW)
+            .saturating_mul(WINDOW)
+            .min(end);
+        self.advise(from, to);
+    }
+
+    /// Drops the mapping of the whole map (after a bulk read, such as replaying the logs).
+    pub fn release_all(&self) {
+        if self.start != 0 {
+            self.advise(self.start, self.start + self.len);
+        }
+    }
+
+    fn advise(&self, from: usize, to: usize) {
+        // Page-aligned: the map starts on a page, WINDOW is a multiple of every page size.
+        let from = from & !(page_size() - 1);
+        if to <= from {
+            return;
+        }
+        // SAFETY: [from, to) lies inside LMDB's map, a read-only MAP_SHARED file mapping that
+        // lives as long as the environment (which outlives `self`, held beside it). For such
+        // a mapping MADV_DONTNEED only removes page-table entries: a later access (LMDB's, or
+        // a slice still borrowed by a reader) faults the same file page back in, unchanged.
+        unsafe {
+            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
+}
