@@ -131,8 +131,9 @@ impl MaildirSource for FsSource {
     }
 
     fn messages(&self, folder: &str) -> pfs::Result<Vec<pfs::MessageEntry>> {
-        let v = self.mb.messages(folder).map_err(source_error)?;
-        Ok(v.iter().map(entry).collect())
+        self.mb
+            .messages_map(folder, |m| entry(&m))
+            .map_err(source_error)
     }
 
     fn read(&self, key: &MessageKey) -> pfs::Result<Arc<Vec<u8>>> {
