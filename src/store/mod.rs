@@ -276,6 +276,7 @@ impl Store {
                     .map_err(Error::from)?;
             }
             wtxn.commit().map_err(Error::from)?;
+            inner.map.wrote();
             Ok(out)
         })
         .await
