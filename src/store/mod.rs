@@ -310,7 +310,7 @@ impl Store {
                 return Ok(None);
             };
             let copy = bytes.to_vec();
-            s.map.object_read(bytes);
+            s.map.object_read();
             SealedObject::from_bytes_verified(copy, &id)
                 .map(Some)
                 .map_err(|e| Error::Corrupt {
@@ -460,7 +460,7 @@ macro_rules! read_methods {
                 return Ok(None);
             };
             let copy = bytes.to_vec();
-            self.inner.map.object_read(bytes);
+            self.inner.map.object_read();
             SealedObject::from_bytes_verified(copy, id)
                 .map(Some)
                 .map_err(|e| Error::Corrupt {
@@ -612,8 +612,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.inner.map.len() > 0, "data.mdb's map is found");
-        let objs: Vec<SealedObject> = (0..16u32)
-            .map(|i| SealedObject::seal(&vec![i as u8; 512 * 1024]).unwrap().0)
+        let objs: Vec<SealedObject> = (0..128u32)
+            .map(|i| SealedObject::seal(&vec![i as u8; 64 * 1024]).unwrap().0)
             .collect();
         let ids = store.put_objects(objs.clone()).await.unwrap();
         store.release_resident();
@@ -625,7 +625,7 @@ mod tests {
         }
         let grew = mapped_kib(&file).saturating_sub(before);
         // Without the release every page read stays mapped: 8 MiB and more.
-        assert!(grew < 1024, "data.mdb's resident pages grew by {grew} KiB");
+        assert!(grew < 2048, "data.mdb's resident pages grew by {grew} KiB");
     }
 
     #[tokio::test]
