@@ -96,7 +96,7 @@ fn parse(line: &str) -> Option<(FolderName, MessageKey, Change)> {
     };
     Some((
         unhex(folder)?,
-        MessageKey(key.to_string()),
+        MessageKey((*key).into()),
         Change {
             flags,
             seen_by_reader,
@@ -266,10 +266,7 @@ mod tests {
         ] {
             let l = line("Archive/2024 x", &MessageKey("ab12".into()), &c);
             let (f, k, back) = parse(l.trim_end()).unwrap();
-            assert_eq!(
-                (f.as_str(), k.0.as_str(), back),
-                ("Archive/2024 x", "ab12", c)
-            );
+            assert_eq!((f.as_str(), &*k.0, back), ("Archive/2024 x", "ab12", c));
         }
         for bad in [
             "",

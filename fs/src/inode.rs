@@ -57,25 +57,58 @@ pub enum NodeKey {
 }
 
 impl NodeKey {
-    fn tag_and_text(&self) -> (u8, String) {
+    /// The hashed bytes: a tag, then the key's text (parts joined by NUL).
+    fn hash(&self) -> u64 {
+        let mut h = Fnv::new();
         match self {
-            NodeKey::Root => (0, String::new()),
-            NodeKey::Folder(f) => (1, f.clone()),
-            NodeKey::Sub(f, s) => (2, format!("{f}\0{}", s.name())),
-            NodeKey::Message(f, k) => (3, format!("{f}\0{}", k.0)),
-            NodeKey::Local(b) => (4, b.to_string()),
+            NodeKey::Root => h.feed(&[0]),
+            NodeKey::Folder(f) => {
+                h.feed(&[1]);
+                h.feed(f.as_bytes());
+            }
+            NodeKey::Sub(f, s) => {
+                h.feed(&[2]);
+                h.feed(f.as_bytes());
+                h.feed(&[0]);
+                h.feed(s.name().as_bytes());
+            }
+            NodeKey::Message(f, k) => {
+                h.feed(&[3]);
+                h.feed(f.as_bytes());
+                h.feed(&[0]);
+                h.feed(k.0.as_bytes());
+            }
+            NodeKey::Local(b) => {
+                h.feed(&[4]);
+                h.feed(b.to_string().as_bytes());
+            }
+        }
+        h.0
+    }
+}
+
+/// FNV-1a, 64 bits, fed in pieces (no key is formatted into a string to be hashed).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 }
 
 /// FNV-1a, 64 bits: fixed forever (inode numbers must not change between builds).
 pub fn fnv1a(tag: u8, text: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in std::iter::once(tag).chain(text.iter().copied()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    let mut h = Fnv::new();
+    h.feed(&[tag]);
+    h.feed(text);
+    h.0
 }
 
 /// The preferred number of a key.
@@ -83,44 +116,61 @@ pub fn preferred(key: &NodeKey) -> u64 {
     if *key == NodeKey::Root {
         return ROOT;
     }
-    let (tag, text) = key.tag_and_text();
-    let h = fnv1a(tag, text.as_bytes());
     // Keep clear of the fixed numbers and of u64::MAX (FUSE reserves nothing else).
-    FIRST_HASHED + h % (u64::MAX - 2 * FIRST_HASHED)
+    FIRST_HASHED + key.hash() % (u64::MAX - 2 * FIRST_HASHED)
 }
 
-/// The two-way map between keys and numbers for one mount.
+/// The two-way map between keys and numbers for one mount. Each key is held once: a key's
+/// number is its [`preferred`] one unless `moved` says otherwise (a collision took the next
+/// free number, or a rename kept the old node's), so looking a key up is one hash and one
+/// probe of `by_ino` (with 100k messages listed, a second full map of keys cost 20 MiB).
 #[derive(Debug, Default)]
 pub struct Inodes {
     by_ino: HashMap<u64, NodeKey>,
-    by_key: HashMap<NodeKey, u64>,
+    /// The keys whose number is not their preferred one.
+    moved: HashMap<NodeKey, u64>,
 }
 
 impl Inodes {
     pub fn new() -> Inodes {
         let mut t = Inodes::default();
         t.by_ino.insert(ROOT, NodeKey::Root);
-        t.by_key.insert(NodeKey::Root, ROOT);
         t
+    }
+
+    /// The number of a known key.
+    fn find(&self, key: &NodeKey) -> Option<u64> {
+        if let Some(i) = self.moved.get(key) {
+            return Some(*i);
+        }
+        let i = preferred(key);
+        (self.by_ino.get(&i) == Some(key)).then_some(i)
+    }
+
+    /// Records `key` under number `i`.
+    fn place(&mut self, key: NodeKey, i: u64) {
+        if i != preferred(&key) {
+            self.moved.insert(key.clone(), i);
+        }
+        self.by_ino.insert(i, key);
     }
 
     /// The number of a key, assigning one on first sight.
     pub fn ino(&mut self, key: &NodeKey) -> u64 {
-        if let Some(i) = self.by_key.get(key) {
-            return *i;
+        if let Some(i) = self.find(key) {
+            return i;
         }
         let mut i = preferred(key);
         while self.by_ino.contains_key(&i) || i < FIRST_HASHED || i == u64::MAX {
             i = i.wrapping_add(1).max(FIRST_HASHED);
         }
-        self.by_ino.insert(i, key.clone());
-        self.by_key.insert(key.clone(), i);
+        self.place(key.clone(), i);
         i
     }
 
     /// Whether the key has a number (it was shown).
     pub fn contains(&self, key: &NodeKey) -> bool {
-        self.by_key.contains_key(key)
+        self.find(key).is_some()
     }
 
     pub fn key(&self, ino: u64) -> Option<&NodeKey> {
@@ -133,18 +183,17 @@ impl Inodes {
         if from == to {
             return;
         }
-        if let Some(old) = self.by_key.remove(to) {
-            self.by_ino.remove(&old);
-        }
-        if let Some(i) = self.by_key.remove(from) {
-            self.by_ino.insert(i, to.clone());
-            self.by_key.insert(to.clone(), i);
+        self.remove(to);
+        if let Some(i) = self.find(from) {
+            self.moved.remove(from);
+            self.place(to.clone(), i);
         }
     }
 
     /// Forgets a node that no longer exists (its number may be handed out again).
     pub fn remove(&mut self, key: &NodeKey) {
-        if let Some(i) = self.by_key.remove(key) {
+        if let Some(i) = self.find(key) {
+            self.moved.remove(key);
             self.by_ino.remove(&i);
         }
     }
@@ -196,5 +245,124 @@ mod tests {
         assert_eq!(t.key(i1), Some(&k3));
         t.remove(&k3);
         assert_eq!(t.key(i1), None);
+    }
+
+    /// The number formula as first written (the key formatted into text, then hashed): the
+    /// streaming hash must give the same numbers, or every inode changes between builds.
+    fn preferred_by_text(key: &NodeKey) -> u64 {
+        let (tag, text) = match key {
+            NodeKey::Root => return ROOT,
+            NodeKey::Folder(f) => (1, f.clone()),
+            NodeKey::Sub(f, s) => (2, format!("{f}\0{}", s.name())),
+            NodeKey::Message(f, k) => (3, format!("{f}\0{}", k.0)),
+            NodeKey::Local(b) => (4, b.to_string()),
+        };
+        FIRST_HASHED + fnv1a(tag, text.as_bytes()) % (u64::MAX - 2 * FIRST_HASHED)
+    }
+
+    /// The two-map table the one-map table replaced: the reference model.
+    #[derive(Default)]
+    struct Model {
+        by_ino: HashMap<u64, NodeKey>,
+        by_key: HashMap<NodeKey, u64>,
+    }
+
+    impl Model {
+        fn ino(&mut self, key: &NodeKey, taken: &dyn Fn(u64) -> bool) -> u64 {
+            if let Some(i) = self.by_key.get(key) {
+                return *i;
+            }
+            let mut i = preferred(key);
+            while self.by_ino.contains_key(&i) || taken(i) {
+                i = i.wrapping_add(1).max(FIRST_HASHED);
+            }
+            self.by_ino.insert(i, key.clone());
+            self.by_key.insert(key.clone(), i);
+            i
+        }
+        fn rekey(&mut self, from: &NodeKey, to: &NodeKey) {
+            if from == to {
+                return;
+            }
+            if let Some(old) = self.by_key.remove(to) {
+                self.by_ino.remove(&old);
+            }
+            if let Some(i) = self.by_key.remove(from) {
+                self.by_ino.insert(i, to.clone());
+                self.by_key.insert(to.clone(), i);
+            }
+        }
+        fn remove(&mut self, key: &NodeKey) {
+            if let Some(i) = self.by_key.remove(key) {
+                self.by_ino.remove(&i);
+            }
+        }
+    }
+
+    fn key_strategy() -> impl proptest::strategy::Strategy<Value = NodeKey> {
+        use proptest::prelude::*;
+        let name = prop::sample::select(vec!["INBOX", "A", "A/B", "\u{e9}t\u{e9}", ""]);
+        prop_oneof![
+            name.clone().prop_map(|f| NodeKey::Folder(f.to_string())),
+            (name.clone(), 0..3usize).prop_map(|(f, s)| NodeKey::Sub(f.to_string(), Sub::ALL[s])),
+            (name, 0..6u8).prop_map(|(f, k)| NodeKey::Message(
+                f.to_string(),
+                MessageKey(format!("{k:040x}").into())
+            )),
+            (0..6u64).prop_map(NodeKey::Local),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streaming_hash_matches_the_text_formula(k in key_strategy(), text in ".{0,40}") {
+            proptest::prop_assert_eq!(preferred(&k), preferred_by_text(&k));
+            let m = NodeKey::Message(text.clone(), MessageKey(text.into()));
+            proptest::prop_assert_eq!(preferred(&m), preferred_by_text(&m));
+        }
+
+        /// Any sequence of lookups, renames and removals, with collisions forced by squatting
+        /// preferred numbers, numbers and resolves keys exactly as the two-map table did.
+        #[test]
+        fn one_map_table_agrees_with_the_two_map_model(
+            ops in proptest::collection::vec((0..4u8, key_strategy(), key_strategy()), 1..60)
+        ) {
+            let mut t = Inodes::new();
+            let mut m = Model::default();
+            m.by_ino.insert(ROOT, NodeKey::Root);
+            m.by_key.insert(NodeKey::Root, ROOT);
+            for (op, a, b) in ops {
+                match op {
+                    0 => {
+                        let i = t.ino(&a);
+                        proptest::prop_assert_eq!(i, m.ino(&a, &|_| false));
+                    }
+                    1 => {
+                        t.rekey(&a, &b);
+                        m.rekey(&a, &b);
+                    }
+                    2 => {
+                        t.remove(&a);
+                        m.remove(&a);
+                    }
+                    _ => {
+                        // A stranger squats b's preferred number (a collision).
+                        let p = preferred(&b);
+                        if let std::collections::hash_map::Entry::Vacant(v) = t.by_ino.entry(p) {
+                            let squat = NodeKey::Local(1_000_000 + p % 1000);
+                            v.insert(squat.clone());
+                            m.by_ino.insert(p, squat);
+                        }
+                    }
+                }
+                for (i, k) in &m.by_ino {
+                    proptest::prop_assert_eq!(t.key(*i), Some(k));
+                }
+                proptest::prop_assert_eq!(t.len(), m.by_ino.len());
+                for (k, i) in &m.by_key {
+                    proptest::prop_assert_eq!(t.find(k), Some(*i));
+                }
+            }
+        }
     }
 }

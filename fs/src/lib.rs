@@ -264,8 +264,10 @@ pub struct FlagChange {
 }
 
 /// A message's stable identity (the engine's content id, hex), the same on every device.
+/// Shared, not copied: the tree holds one key per message in several indexes (listing, names,
+/// inode numbers), and a clone is a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageKey(pub String);
+pub struct MessageKey(pub Arc<str>);
 
 /// Maildir flags (the `:2,` suffix): the system letters, and IMAP keywords, which a name
 /// carries as letters `a`–`z` through the folder's `dovecot-keywords` file.

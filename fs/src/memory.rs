@@ -87,7 +87,7 @@ impl State {
         }
         self.folder(folder)?;
         self.next += 1;
-        let key = MessageKey(format!("{:032x}", self.next));
+        let key = MessageKey(format!("{:032x}", self.next).into());
         let entry = MessageEntry {
             key: key.clone(),
             base: msg.base,

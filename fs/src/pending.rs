@@ -68,7 +68,7 @@ impl Delivery {
 }
 
 pub fn provisional_key(id: u64) -> MessageKey {
-    MessageKey(format!("{PROVISIONAL}{id}"))
+    MessageKey(format!("{PROVISIONAL}{id}").into())
 }
 
 /// Whether a key names a delivery not committed yet.

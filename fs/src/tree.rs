@@ -114,14 +114,16 @@ impl OpenMode {
     }
 }
 
-/// A folder's messages as files: by key, and by name in `new/` and in `cur/`.
+/// A folder's messages as files: by key, and by name in `new/` and in `cur/`. A message's key
+/// and its file name are each allocated once and shared by the maps (`Arc<str>`): with 100k
+/// messages, a copy per map cost ~40 MiB.
 #[derive(Debug)]
 struct Listing {
     entries: HashMap<MessageKey, MessageEntry>,
     /// Where each entry is shown (kept, so a removal finds the name it had).
-    shown: HashMap<MessageKey, (Sub, String)>,
-    new: HashMap<String, MessageKey>,
-    cur: HashMap<String, MessageKey>,
+    shown: HashMap<MessageKey, (Sub, Arc<str>)>,
+    new: HashMap<Arc<str>, MessageKey>,
+    cur: HashMap<Arc<str>, MessageKey>,
     /// mtime of `new/` and `cur/`: when a name in them last changed (mutt polls these).
     mtime: [SystemTime; 2],
 }
@@ -166,7 +168,7 @@ impl Listing {
         l
     }
 
-    fn names(&mut self, sub: Sub) -> &mut HashMap<String, MessageKey> {
+    fn names(&mut self, sub: Sub) -> &mut HashMap<Arc<str>, MessageKey> {
         if sub == Sub::New {
             &mut self.new
         } else {
@@ -181,15 +183,17 @@ impl Listing {
     fn insert(&mut self, mut e: MessageEntry, keywords: &KeywordMap, extra: &[char], bare: bool) {
         self.remove(&e.key);
         let mut name = keywords.file_name_with(&e, extra, bare);
-        if self.new.contains_key(&name) || self.cur.contains_key(&name) {
+        if self.new.contains_key(name.as_str()) || self.cur.contains_key(name.as_str()) {
             let suffix: String = e.key.0.chars().take(8).collect();
             e.base = format!("{}.{suffix}", e.base);
             name = keywords.file_name_with(&e, extra, bare);
         }
         let sub = sub_of(&e);
         self.touch(sub);
-        self.names(sub).insert(name.clone(), e.key.clone());
+        let name: Arc<str> = name.into();
+        self.names(sub).insert(Arc::clone(&name), e.key.clone());
         self.shown.insert(e.key.clone(), (sub, name));
+        e.base.shrink_to_fit();
         self.entries.insert(e.key.clone(), e);
     }
 
@@ -432,8 +436,8 @@ fn load_renamed(backing: &Path) -> HashMap<MessageKey, String> {
         if k.is_empty() || base.is_empty() || base.contains(['/', ':']) || base.len() > MAX_NAME {
             continue;
         }
-        if map.len() < MAX_RENAMED || map.contains_key(&MessageKey(k.to_string())) {
-            map.insert(MessageKey(k.to_string()), base.to_string());
+        if map.len() < MAX_RENAMED || map.contains_key(&MessageKey(k.into())) {
+            map.insert(MessageKey(k.into()), base.to_string());
         }
     }
     if lines > 2 * map.len() + 100 {
@@ -861,10 +865,10 @@ impl<S: MaildirSource> Tree<S> {
             };
             let before = changed.len();
             for name in o.keys().filter(|k| !n.contains_key(*k)) {
-                changed.push((sub, name.clone()));
+                changed.push((sub, name.to_string()));
             }
             for name in n.keys().filter(|k| !o.contains_key(*k)) {
-                changed.push((sub, name.clone()));
+                changed.push((sub, name.to_string()));
             }
             // Unchanged directories keep their mtime (pollers would rescan otherwise).
             new.mtime[i] = if changed.len() > before {
@@ -1209,17 +1213,18 @@ impl<S: MaildirSource> Tree<S> {
                 out.push(dir(parent, ".."));
                 if *s != Sub::Tmp {
                     let l = self.listing(&mut st, f)?;
-                    let names: Vec<(String, MessageKey)> = l
+                    let names: Vec<(Arc<str>, MessageKey)> = l
                         .names(*s)
                         .iter()
-                        .map(|(n, k)| (n.clone(), k.clone()))
+                        .map(|(n, k)| (Arc::clone(n), k.clone()))
                         .collect();
+                    out.reserve(names.len());
                     for (name, k) in names {
                         let i = st.inodes.ino(&NodeKey::Message(f.clone(), k));
                         out.push(DirEntry {
                             ino: i,
                             kind: Kind::File,
-                            name,
+                            name: name.to_string(),
                         });
                     }
                 }

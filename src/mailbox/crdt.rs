@@ -88,24 +88,74 @@ pub struct EntryRec {
     pub added: Stamp,
 }
 
+/// An entry's flag registers. The six system flags are six last-writer-wins registers (value,
+/// stamp), stored compactly: nearly every entry's were all assigned once, by its add, at one
+/// stamp, so one stamp stands for all of them until a later op assigns one differently
+/// (then each gets its own). 72 bytes instead of 272 per message.
 #[derive(Debug, Clone, Default)]
 struct FlagRegs {
-    sys: [Option<(bool, Stamp)>; 6],
-    keywords: BTreeMap<String, (bool, Stamp)>,
+    /// Register values, bit per [`Flag`].
+    on: u8,
+    /// Registers assigned at all (the others are empty: any assignment wins).
+    assigned: u8,
     /// "Seen by a mail reader" (moved from new/ to cur/): a grow-only flag.
     seen_by_reader: bool,
+    stamps: SysStamps,
+    keywords: BTreeMap<String, (bool, Stamp)>,
+}
+
+/// The stamps of the assigned system registers.
+#[derive(Debug, Clone)]
+enum SysStamps {
+    /// Every assigned register has this stamp.
+    One(Stamp),
+    /// Per register, by [`Flag`] (entries of unassigned registers mean nothing).
+    Each(Box<[Stamp; 6]>),
+}
+
+impl Default for SysStamps {
+    fn default() -> SysStamps {
+        SysStamps::One(Stamp::default())
+    }
 }
 
 impl FlagRegs {
-    fn assign_sys(&mut self, f: Flag, on: bool, stamp: Stamp) -> bool {
-        let slot = &mut self.sys[f as usize];
-        match slot {
-            Some((_, s)) if *s >= stamp => false,
-            _ => {
-                *slot = Some((on, stamp));
-                true
-            }
+    /// A system register: (value, stamp), `None` if never assigned.
+    fn sys(&self, f: Flag) -> Option<(bool, Stamp)> {
+        let bit = f.bit();
+        if self.assigned & bit == 0 {
+            return None;
         }
+        let stamp = match &self.stamps {
+            SysStamps::One(s) => *s,
+            SysStamps::Each(a) => a[f as usize],
+        };
+        Some((self.on & bit != 0, stamp))
+    }
+
+    fn assign_sys(&mut self, f: Flag, on: bool, stamp: Stamp) -> bool {
+        if let Some((_, s)) = self.sys(f)
+            && s >= stamp
+        {
+            return false;
+        }
+        let bit = f.bit();
+        match &mut self.stamps {
+            SysStamps::One(s) if *s == stamp || self.assigned & !bit == 0 => *s = stamp,
+            SysStamps::One(s) => {
+                let mut each = Box::new([*s; 6]);
+                each[f as usize] = stamp;
+                self.stamps = SysStamps::Each(each);
+            }
+            SysStamps::Each(a) => a[f as usize] = stamp,
+        }
+        self.assigned |= bit;
+        if on {
+            self.on |= bit;
+        } else {
+            self.on &= !bit;
+        }
+        true
     }
 
     fn assign_kw(&mut self, k: &str, on: bool, stamp: Stamp) -> bool {
@@ -297,7 +347,7 @@ impl State {
         let mut out = Flags::default();
         if let Some(regs) = self.flags.get(&e) {
             for f in Flag::ALL {
-                if let Some((true, _)) = regs.sys[f as usize] {
+                if let Some((true, _)) = regs.sys(f) {
                     out.set(f, true);
                 }
             }
@@ -394,5 +444,52 @@ impl State {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod flag_regs_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The compact registers answer every assignment and read as six separate
+        /// (value, stamp) registers do (the form they replaced).
+        #[test]
+        fn compact_registers_agree_with_six_separate_ones(
+            ops in proptest::collection::vec((0..6usize, any::<bool>(), 0..4u64, 0..3u64), 0..40)
+        ) {
+            let mut regs = FlagRegs::default();
+            let mut model: [Option<(bool, Stamp)>; 6] = [None; 6];
+            for (f, on, hlc, seq) in ops {
+                let flag = Flag::ALL[f];
+                let stamp = Stamp { hlc, op: (1, seq, 0) };
+                let want = match model[f] {
+                    Some((_, s)) if s >= stamp => false,
+                    _ => {
+                        model[f] = Some((on, stamp));
+                        true
+                    }
+                };
+                prop_assert_eq!(regs.assign_sys(flag, on, stamp), want);
+                for g in Flag::ALL {
+                    prop_assert_eq!(regs.sys(g), model[g as usize]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_add_keeps_one_stamp_for_all_six() {
+        let mut regs = FlagRegs::default();
+        let stamp = Stamp {
+            hlc: 5,
+            op: (1, 1, 0),
+        };
+        for f in Flag::ALL {
+            regs.assign_sys(f, f == Flag::Seen, stamp);
+        }
+        assert!(matches!(regs.stamps, SysStamps::One(s) if s == stamp));
+        assert!(std::mem::size_of::<FlagRegs>() <= 80);
     }
 }

@@ -97,7 +97,8 @@ pub fn message_key(entry: EntryId) -> MessageKey {
             .to_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
-            .collect(),
+            .collect::<String>()
+            .into(),
     )
 }
 
@@ -165,13 +166,16 @@ impl MaildirSource for FsSource {
     }
 
     fn messages(&self, folder: &str) -> pfs::Result<Vec<pfs::MessageEntry>> {
-        let v = self.mb.messages(folder).map_err(source_error)?;
-        Ok(v.iter().map(entry).collect())
+        self.mb
+            .messages_map(folder, |m| entry(&m))
+            .map_err(source_error)
     }
 
     fn read(&self, key: &MessageKey) -> pfs::Result<Arc<Vec<u8>>> {
         let e = entry_of(key)?;
-        self.run(self.mb.read(e))
+        // The kernel's page cache holds what the mount serves (its pages are kept between
+        // opens): the engine's cache would be a second copy.
+        self.run(self.mb.read_uncached(e))
     }
 
     fn deliver(&self, folder: &str, msg: pfs::NewMessage) -> pfs::Result<pfs::MessageEntry> {
@@ -369,7 +373,7 @@ mod tests {
         assert_eq!(entry_of(&k), Ok(id));
         for bad in ["", "zz", &"g".repeat(40), &"é".repeat(20)] {
             assert_eq!(
-                entry_of(&MessageKey(bad.to_string())),
+                entry_of(&MessageKey(bad.into())),
                 Err(SourceError::NotFound)
             );
         }

@@ -593,3 +593,24 @@ async fn append_many_is_one_log_entry_across_folders_all_or_none() {
     assert_eq!(mb.messages("INBOX").unwrap().len(), 2);
     assert_eq!(mb.log_entries().await.unwrap().len(), before + 1);
 }
+
+/// The mount's reads (`read_uncached`) leave the decrypted-message cache as it is: the kernel
+/// keeps those pages, a second copy here only cost memory (issue #4, item e).
+#[tokio::test]
+async fn uncached_reads_keep_nothing_but_use_a_hit() {
+    let d = device(7, 1).await;
+    let mb = &d.mb;
+    let a = mb.append("INBOX", msg("one")).await.unwrap();
+    let b = mb.append("INBOX", msg("two")).await.unwrap();
+    let used = || mb.cache().used();
+    let one = mb.read_uncached(a.entry).await.unwrap();
+    assert!(String::from_utf8_lossy(&one).contains("one"));
+    assert_eq!(used(), 0, "an uncached read keeps nothing");
+    let two = mb.read(b.entry).await.unwrap();
+    assert_eq!(used(), two.len());
+    let again = mb.read_uncached(b.entry).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&two, &again),
+        "a cached message is served from the cache"
+    );
+}
