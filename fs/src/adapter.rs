@@ -40,6 +40,19 @@ impl<S: MaildirSource> Adapter<S> {
     }
 }
 
+/// The attributes of a negative entry: node id 0.
+const NEGATIVE: Attr = Attr {
+    ino: 0,
+    kind: Kind::File,
+    size: 0,
+    mtime: std::time::UNIX_EPOCH,
+    perm: 0,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    message: false,
+};
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
@@ -85,6 +98,11 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         match name(n).and_then(|n| self.tree.lookup(parent.0, n)) {
             Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
+            // A missing name is remembered for `TTL` (node id 0: a negative entry). Dovecot
+            // looks for its absent `dovecot.index.cache` before every message it reads, a
+            // LOOKUP each time otherwise. Names the engine adds are invalidated like others
+            // (`inval_entry` drops negative entries too).
+            Err(Errno::ENOENT) => reply.entry(&TTL, &file_attr(&NEGATIVE), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
