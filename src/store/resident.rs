@@ -46,7 +46,7 @@ impl Map {
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
             return none;
         };
-        let mut range: Option<(usize, usize)> = None;
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
         for line in maps.lines() {
             // "start-end perms offset dev inode   path"
             let mut parts = line.splitn(6, ' ');
@@ -63,8 +63,17 @@ impl Map {
             else {
                 continue;
             };
-            range = Some(range.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+            ranges.push((a, b));
         }
+        // One map, possibly listed in several adjacent pieces. Anything else (the file mapped
+        // twice, with other memory between): nothing is released, rather than advise memory
+        // that is not LMDB's.
+        ranges.sort_unstable();
+        let contiguous = ranges.windows(2).all(|w| w[0].1 == w[1].0);
+        let range = match (ranges.first(), ranges.last()) {
+            (Some(first), Some(last)) if contiguous => Some((first.0, last.1)),
+            _ => None,
+        };
         match range {
             Some((a, b)) if b > a => Map {
                 start: a,
