@@ -18,18 +18,17 @@
 //! a rename into another folder's `new/`/`cur/` is a move, `link` is a copy, `unlink` an
 //! expunge, and `mkdir`/`rmdir`/`rename` of `.Name` at the root manage folders.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use fuser::Errno;
 
 mod deliveries;
-mod implicit;
 
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
@@ -369,8 +368,6 @@ struct State {
     /// A path (relative to the backing directory) of each local file known, by its backing
     /// inode number.
     local_path: HashMap<u64, String>,
-    /// Local files taken out of sight but kept readable by inode (implicit.rs), oldest first.
-    buried: VecDeque<(u64, Instant)>,
     /// Folders made by `mkdir` in this mount whose cur/new/tmp are not all made yet
     /// (bit per [`Sub`]); other folders have all three.
     fresh: HashMap<String, u8>,
@@ -490,8 +487,6 @@ pub struct Tree<S: MaildirSource> {
     flush_cv: Condvar,
     /// One flush at a time.
     flushing: Mutex<()>,
-    /// Handles kept for requests the kernel sends without one (implicit.rs).
-    kept: Mutex<implicit::Kept>,
 }
 
 #[derive(Debug, Default)]
@@ -573,8 +568,6 @@ impl<S: MaildirSource> Tree<S> {
     /// A tree over `source`, keeping local files under `backing` (created if missing).
     pub fn new(source: Arc<S>, backing: &Path, owner: Owner) -> io::Result<Tree<S>> {
         fs::create_dir_all(backing.join("tmp"))?;
-        // Files buried by a previous run: nobody has them open any more.
-        let _ = fs::remove_dir_all(backing.join(implicit::GONE_DIR));
         let tree = Tree {
             source,
             backing: backing.to_path_buf(),
@@ -589,7 +582,6 @@ impl<S: MaildirSource> Tree<S> {
                 next_handle: 1,
                 pending: HashMap::new(),
                 local_path: HashMap::new(),
-                buried: VecDeque::new(),
                 fresh: HashMap::new(),
                 bare: HashMap::new(),
                 renamed: load_renamed(backing),
@@ -599,7 +591,6 @@ impl<S: MaildirSource> Tree<S> {
             flush: Mutex::new(FlushState::default()),
             flush_cv: Condvar::new(),
             flushing: Mutex::new(()),
-            kept: Mutex::new(implicit::Kept::default()),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
         tree.write_subscriptions();
@@ -1379,11 +1370,7 @@ impl<S: MaildirSource> Tree<S> {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        self.read_handle(&*self.handle(fh)?, offset, size)
-    }
-
-    fn read_handle(&self, h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        match h {
+        match &*self.handle(fh)? {
             Handle::Dir(_) => Err(Errno::EISDIR),
             Handle::Message {
                 key,
@@ -1673,11 +1660,13 @@ impl<S: MaildirSource> Tree<S> {
             Child::Local(rel, _) => {
                 let path = self.local_path(&rel);
                 let m = fs::symlink_metadata(&path).map_err(|e| io_errno(&e))?;
+                fs::remove_file(&path).map_err(|e| io_errno(&e))?;
                 if st.local_path.get(&m.ino()) == Some(&rel) {
                     st.local_path.remove(&m.ino());
                 }
-                // Its last name: kept readable by inode a while (a program may have it open).
-                self.bury(&mut st, &rel).map_err(|e| io_errno(&e))?;
+                if m.nlink() <= 1 {
+                    st.inodes.remove(&NodeKey::Local(m.ino()));
+                }
                 Ok(())
             }
             Child::Folder(_) | Child::Sub(..) => Err(Errno::EISDIR),
@@ -1811,19 +1800,6 @@ impl<S: MaildirSource> Tree<S> {
                 let to_path = self.local_path(&new_rel);
                 if let Some(p) = to_path.parent() {
                     fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
-                }
-                // The file replaced keeps its bytes for whoever has it open (Dovecot's
-                // readers of `dovecot-uidlist` while another process renames a new one in).
-                if let Some(Child::Local(old_rel, _)) = &existing
-                    && *old_rel != rel
-                    && fs::symlink_metadata(self.local_path(old_rel))
-                        .map(|m| m.ino())
-                        .ok()
-                        != fs::symlink_metadata(self.local_path(&rel))
-                            .map(|m| m.ino())
-                            .ok()
-                {
-                    let _ = self.bury(&mut st, old_rel);
                 }
                 fs::rename(self.local_path(&rel), &to_path).map_err(|e| io_errno(&e))?;
                 self.local_key(&mut st, &new_rel)?;
@@ -2051,9 +2027,7 @@ impl<S: MaildirSource> Tree<S> {
                 Ok(())
             }
             Some(Child::Local(rel, _)) => {
-                if self.bury(st, &rel).is_err() {
-                    let _ = fs::remove_file(self.local_path(&rel));
-                }
+                let _ = fs::remove_file(self.local_path(&rel));
                 Ok(())
             }
             _ => Ok(()),
@@ -2242,62 +2216,6 @@ mod tests {
         let b = t.tree.read(fh, 0, 1 << 20).unwrap();
         t.tree.release(fh);
         b
-    }
-
-    #[test]
-    fn handle_less_reads_writes_and_fsyncs_work_and_keep_few_handles() {
-        let t = setup(1000);
-        // A local file, written and read without handles (O_APPEND appends).
-        let notes = write_file(&t, "", "notes", b"hello");
-        assert_eq!(t.tree.write_ino(notes, 0, b"J", false).unwrap(), 1);
-        assert_eq!(t.tree.write_ino(notes, 0, b" world", true).unwrap(), 6);
-        assert_eq!(t.tree.read_ino(notes, 0, 100).unwrap(), b"Jello world");
-        t.tree.fsync_ino(notes).unwrap();
-        // Replaced by a rename, then unlinked: the old inodes stay readable (a program may
-        // have them open), out of sight.
-        let fresh = write_file(&t, "", "notes.lock", b"new notes");
-        t.tree
-            .rename(ROOT, "notes.lock", ROOT, "notes", false)
-            .unwrap();
-        assert_eq!(t.tree.read_ino(notes, 0, 100).unwrap(), b"Jello world");
-        assert_eq!(t.tree.getattr(notes, None).unwrap().size, 11);
-        assert_eq!(t.tree.read_ino(fresh, 0, 100).unwrap(), b"new notes");
-        t.tree.unlink(ROOT, "notes").unwrap();
-        assert_eq!(t.tree.read_ino(fresh, 0, 100).unwrap(), b"new notes");
-        assert_eq!(names(&t, ""), vec!["cur", "new", "tmp"]);
-        assert_eq!(t.tree.lookup(ROOT, "notes"), Err(Errno::ENOENT));
-        // Messages, read by inode; writing one is refused; few handles stay open.
-        let mut inos = Vec::new();
-        for n in 0..(implicit::KEPT + 4) {
-            let name = format!("{n}.a.host");
-            let body = format!("Subject: {n}\r\n\r\nbody\r\n");
-            write_file(&t, "tmp", &name, body.as_bytes());
-            let (tmp, new) = (ino(&t, "tmp").unwrap(), ino(&t, "new").unwrap());
-            t.tree.rename(tmp, &name, new, &name, false).unwrap();
-            let m = ino(&t, &format!("new/{name}")).unwrap();
-            assert_eq!(t.tree.read_ino(m, 0, 4096).unwrap(), body.as_bytes());
-            assert_eq!(t.tree.read_ino(m, 0, 8).unwrap(), b"Subject:");
-            inos.push((m, body));
-        }
-        t.tree.flush().unwrap();
-        // Committed: same inodes, same bytes (the kept handle of a provisional entry is not
-        // reused for the committed one).
-        for (m, body) in &inos {
-            assert_eq!(t.tree.read_ino(*m, 0, 4096).unwrap(), body.as_bytes());
-        }
-        assert_eq!(
-            t.tree.write_ino(inos[0].0, 0, b"x", false),
-            Err(Errno::EACCES)
-        );
-        t.tree.fsync_ino(inos[0].0).unwrap();
-        let open = t.tree.lock().handles.len();
-        assert!(open <= implicit::KEPT, "{open} handles left open");
-        // An expunged message's inode reads nothing, kept handle or not.
-        let name = names(&t, "new")[0].clone();
-        let m = ino(&t, &format!("new/{name}")).unwrap();
-        t.tree.read_ino(m, 0, 10).unwrap();
-        t.tree.unlink(ino(&t, "new").unwrap(), &name).unwrap();
-        assert!(t.tree.read_ino(m, 0, 10).is_err());
     }
 
     #[test]
