@@ -43,11 +43,12 @@ pub struct Deferred {
     journal: Option<File>,
 }
 
-fn hex(s: &str) -> String {
+/// A journal field: UTF-8 as hex (names may hold spaces). Also the deliveries' journal's.
+pub(crate) fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<String> {
+pub(crate) fn unhex(s: &str) -> Option<String> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

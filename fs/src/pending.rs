@@ -28,6 +28,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::deferred::{hex, unhex};
 use crate::inode::Sub;
 use crate::{FolderName, MessageKey};
 
@@ -83,21 +84,6 @@ pub enum How {
     Move,
     /// `link`: the `tmp/` file stays (a hard link is made).
     Link,
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
 }
 
 fn line(d: &Delivery) -> String {
