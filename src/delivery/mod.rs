@@ -61,6 +61,9 @@ pub const MAX_QUEUED: u64 = 100_000;
 const MAX_ATTEMPTS_IN_FLIGHT: usize = overlay::MAX_STREAMS / 2;
 /// Notifications and inbox entries being received at once.
 const MAX_RECEIVING: usize = 32;
+/// Parts of a long message being sealed and stored, or fetched and opened, at once (each up
+/// to 4 MiB).
+const PARTS_IN_FLIGHT: usize = 2;
 /// An inbox entry to acknowledge: (entry id, ack secret).
 type Ack = ([u8; 32], [u8; 32]);
 

@@ -9,7 +9,9 @@ use tracing::Instrument;
 
 use super::notice::{Body, MAX_INLINE, MAX_MESSAGE, MAX_PART, Notice, Part};
 use super::smarthost::{self, Failure};
-use super::{Delivery, Error, MAX_ATTEMPTS_IN_FLIGHT, MAX_QUEUED, dsn, lock, now_secs};
+use super::{
+    Delivery, Error, MAX_ATTEMPTS_IN_FLIGHT, MAX_QUEUED, PARTS_IN_FLIGHT, dsn, lock, now_secs,
+};
 use crate::crypto::record::normalize_address;
 use crate::crypto::{ContentKey, DirectoryRecord, Envelope, SealedObject};
 use crate::mailbox::{Flag, Flags, NewMessage};
@@ -28,8 +30,6 @@ const IDLE_PASS: Duration = Duration::from_secs(30);
 /// A recipient without a directory record and with no smarthost configured bounces after
 /// this many attempts (a record may appear a moment later: a node just started).
 const NO_ROUTE_ATTEMPTS: u32 = 3;
-/// Parts of a long message being sealed and stored at once (each up to 4 MiB).
-const PARTS_IN_FLIGHT: usize = 2;
 /// Time allowed for a notification push to one device.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 

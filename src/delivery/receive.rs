@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::notice::{Body, Notice, Part};
-use super::{Delivery, Error, MAX_RECEIVING, lock, now_secs};
+use super::{Delivery, Error, MAX_RECEIVING, PARTS_IN_FLIGHT, lock, now_secs};
 use crate::crypto::{ContentKey, Envelope, ObjectId};
 use crate::mailbox::{AlsoWrite, Flags, NewMessage};
 use crate::overlay::{LookupError, protocol};
@@ -245,7 +245,7 @@ impl Delivery {
             .await
             .map_err(|_| Received::Later)?;
         let mut out = Vec::with_capacity(parts.iter().map(|p| p.len as usize).sum());
-        for group in parts.chunks(2) {
+        for group in parts.chunks(PARTS_IN_FLIGHT) {
             let fetched = futures::future::join_all(group.iter().map(|p| self.fetch_part(p))).await;
             for part in fetched {
                 out.extend_from_slice(&part?);
