@@ -813,14 +813,8 @@ impl<S: MaildirSource> Tree<S> {
     fn listing<'a>(&self, st: &'a mut State, folder: &str) -> Result<&'a mut Listing, Errno> {
         if !st.listings.contains_key(folder) {
             let mut entries = self.source.messages(folder).map_err(|e| errno(&e))?;
-            // Flag changes answered but not committed yet are shown as made.
             for e in &mut entries {
-                if let Some(c) = st.deferred.get(folder, &e.key) {
-                    e.flags = c.flags.clone();
-                    if c.seen_by_reader {
-                        e.recent = false;
-                    }
-                }
+                Self::overlay_deferred(st, folder, e);
             }
             let keywords = self.keywords(folder);
             // So are deliveries.
@@ -837,6 +831,104 @@ impl<S: MaildirSource> Tree<S> {
         st.listings.get_mut(folder).ok_or(Errno::EIO)
     }
 
+    /// A flag change answered but not committed yet is shown as made.
+    fn overlay_deferred(st: &State, folder: &str, e: &mut MessageEntry) {
+        if let Some(c) = st.deferred.get(folder, &e.key) {
+            e.flags = c.flags.clone();
+            if c.seen_by_reader {
+                e.recent = false;
+            }
+        }
+    }
+
+    /// Re-reads `keys` of a folder from the engine and updates the cached listing in place,
+    /// as [`Tree::refresh_folder`] would show them; returns the names that changed. A change
+    /// the mount made itself (a committed batch of deliveries, a flag change) is shown
+    /// already: nothing changes then, and the directories keep their mtime. Rebuilding the
+    /// whole listing for each of the mount's own commits cost more than the commits (1,861
+    /// rebuilds of an 18,000-message folder in one benchmark run).
+    pub fn refresh_messages(&self, folder: &str, keys: &[MessageKey]) -> Vec<(u64, String)> {
+        let mut st = self.lock();
+        if !st.listings.contains_key(folder) {
+            return Vec::new();
+        }
+        let keywords = self.keywords(folder);
+        let hide = Self::hidden_by_deliveries(&st, folder, &keywords);
+        let mut changed = Vec::new();
+        let mut gone = Vec::new();
+        for key in keys {
+            let fresh = match self.source.message(folder, key) {
+                Ok(e) => e,
+                Err(_) => {
+                    // The folder went away (its removal is shown with the folder list), or
+                    // the engine failed: re-read the whole folder.
+                    drop(st);
+                    return self.refresh_folder(folder);
+                }
+            };
+            let fresh = fresh.map(|mut e| {
+                Self::overlay_deferred(&st, folder, &mut e);
+                if let Some(b) = st.renamed.get(&e.key) {
+                    e.base = b.clone();
+                }
+                e
+            });
+            let extra = st
+                .pending
+                .get(folder)
+                .and_then(|p| p.get(key))
+                .cloned()
+                .unwrap_or_default();
+            let bare = st.bare.get(folder).is_some_and(|b| b.contains(key));
+            let Some(l) = st.listings.get_mut(folder) else {
+                break;
+            };
+            let before = l.shown.get(key).cloned();
+            match fresh {
+                // Stands for a pending delivery: shown under its provisional key until then.
+                Some(e) if hide.contains(&(e.base.clone(), e.size, e.internal_date)) => {}
+                Some(e) => {
+                    let mtime = l.mtime;
+                    l.insert(e, &keywords, &extra, bare);
+                    let after = l.shown.get(key).cloned();
+                    if after == before {
+                        l.mtime = mtime;
+                        continue;
+                    }
+                    changed.extend(before);
+                    changed.extend(after);
+                }
+                None => {
+                    if l.remove(key).is_some() {
+                        changed.extend(before);
+                        gone.push(key.clone());
+                    }
+                }
+            }
+        }
+        for k in gone {
+            Self::forget_message(&mut st, folder, &k);
+        }
+        changed
+            .into_iter()
+            .map(|(sub, name)| {
+                let ino = st.inodes.ino(&NodeKey::Sub(folder.to_string(), sub));
+                (ino, name.to_string())
+            })
+            .collect()
+    }
+
+    /// A message gone from a folder (expunged or moved elsewhere) gives up its number and
+    /// the names kept for it, so a long mount does not grow without bound.
+    fn forget_message(st: &mut State, folder: &str, k: &MessageKey) {
+        st.inodes
+            .remove(&NodeKey::Message(folder.to_string(), k.clone()));
+        if let Some(p) = st.pending.get_mut(folder) {
+            p.remove(k);
+        }
+        st.set_bare(folder, k, false);
+    }
+
     /// Forgets what is cached of a folder's messages (the engine changed it); returns the
     /// names (directory inode, name) that changed, for the kernel's cache.
     pub fn refresh_folder(&self, folder: &str) -> Vec<(u64, String)> {
@@ -847,8 +939,6 @@ impl<S: MaildirSource> Tree<S> {
         let Ok(new) = self.listing(&mut st, folder) else {
             return Vec::new();
         };
-        // Messages gone from the folder (expunged or moved elsewhere) give up their numbers
-        // and the names kept for them, so a long mount does not grow without bound.
         let gone: Vec<MessageKey> = old
             .entries
             .keys()
@@ -878,12 +968,7 @@ impl<S: MaildirSource> Tree<S> {
             };
         }
         for k in gone {
-            st.inodes
-                .remove(&NodeKey::Message(folder.to_string(), k.clone()));
-            if let Some(p) = st.pending.get_mut(folder) {
-                p.remove(&k);
-            }
-            st.set_bare(folder, &k, false);
+            Self::forget_message(&mut st, folder, &k);
         }
         changed
             .into_iter()
@@ -2481,6 +2566,114 @@ mod tests {
         assert_eq!(t.tree.refresh_folders(), vec![(ROOT, ".Work".to_string())]);
         assert_eq!(names(&t, ""), vec![".Work", "cur", "new", "tmp"]);
         let _ = e;
+    }
+
+    #[test]
+    fn refreshing_named_messages_shows_what_a_full_refresh_shows() {
+        let t = setup(1000);
+        let (tmp, new, cur) = (
+            ino(&t, "tmp").unwrap(),
+            ino(&t, "new").unwrap(),
+            ino(&t, "cur").unwrap(),
+        );
+        for i in 0..4 {
+            let name = format!("{i}.m.host");
+            write_file(&t, "tmp", &name, format!("Subject: {i}\r\n\r\n").as_bytes());
+            let to = if i < 2 {
+                (new, name.clone())
+            } else {
+                (cur, format!("{name}:2,S"))
+            };
+            t.tree.rename(tmp, &name, to.0, &to.1, false).unwrap();
+        }
+        let src = Arc::clone(flushed(&t));
+        let keys: Vec<MessageKey> = src
+            .messages("INBOX")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys.len(), 4);
+        // The mount's own commits are shown already: nothing changes, mtimes stay.
+        let before = (
+            t.tree.getattr(new, None).unwrap(),
+            t.tree.getattr(cur, None).unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.tree.refresh_messages("INBOX", &keys), vec![]);
+        let after = (
+            t.tree.getattr(new, None).unwrap(),
+            t.tree.getattr(cur, None).unwrap(),
+        );
+        assert_eq!(
+            (before.0.mtime, before.1.mtime),
+            (after.0.mtime, after.1.mtime)
+        );
+
+        // Changes made elsewhere: a flag change, an expunge, a new message.
+        let seen = Flags {
+            seen: true,
+            flagged: true,
+            ..Flags::default()
+        };
+        let by_base = |b: &str| {
+            src.messages("INBOX")
+                .unwrap()
+                .into_iter()
+                .find(|e| e.base == b)
+                .unwrap()
+        };
+        let (flagged, gone) = (by_base("0.m.host"), by_base("2.m.host"));
+        src.set_flags("INBOX", &flagged.key, seen, true).unwrap();
+        let gone_ino = ino(&t, "cur/2.m.host:2,S").unwrap();
+        src.expunge("INBOX", &gone.key).unwrap();
+        let added = src
+            .deliver(
+                "INBOX",
+                NewMessage {
+                    bytes: b"x".to_vec(),
+                    internal_date: 9,
+                    flags: Flags::default(),
+                    recent: true,
+                    base: "9.x".into(),
+                },
+            )
+            .unwrap();
+        let mut changed: Vec<(u64, String)> = t.tree.refresh_messages(
+            "INBOX",
+            &[
+                flagged.key.clone(),
+                gone.key.clone(),
+                added.key.clone(),
+                keys[3].clone(),
+            ],
+        );
+        changed.sort();
+        let mut want = vec![
+            (new, "0.m.host".to_string()),
+            (new, "9.x".to_string()),
+            (cur, "0.m.host:2,FS".to_string()),
+            (cur, "2.m.host:2,S".to_string()),
+        ];
+        want.sort();
+        assert_eq!(changed, want);
+        // The same names as a tree that lists the folder afresh.
+        let fresh = setup(1000);
+        let other = Tree::new(Arc::clone(&src), &fresh._dir.0, Owner { uid: 8, gid: 8 }).unwrap();
+        let fresh = T {
+            tree: other,
+            _dir: fresh._dir,
+        };
+        for d in ["new", "cur"] {
+            assert_eq!(names(&t, d), names(&fresh, d), "{d}/");
+        }
+        // The expunged message gave up its inode number.
+        assert_eq!(
+            t.tree.getattr(gone_ino, None).map(|_| ()),
+            Err(Errno::ENOENT)
+        );
+        // A folder the engine no longer has: the whole folder is re-read, no panic.
+        assert!(t.tree.refresh_messages("Nowhere", &keys).is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `peerpost mount [MOUNTPOINT]`: the mailbox as a Maildir over FUSE, until SIGINT/SIGTERM.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use peerpost_fs::{Mount, MountOptions, Owner, Unmounted};
+use peerpost_fs::{Changes, Mount, MountOptions, Owner, Unmounted};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::open;
 use crate::config::Config;
 use crate::home::Home;
-use crate::mailbox::fs_source::FsSource;
-use crate::mailbox::{Change, FolderId, Mailbox};
+use crate::mailbox::fs_source::{FsSource, message_key};
+use crate::mailbox::{Change, EntryId, FolderId, Mailbox};
 
 /// How often the engine looks for entries other processes wrote (`peerpost import`, …).
 const REFRESH: Duration = Duration::from_millis(250);
@@ -155,9 +155,8 @@ impl Served {
         // Engine changes (this process's, other processes' via refresh, the overlay's)
         // reach the mount from a plain thread: it calls into the kernel and through the
         // mount, which a tokio worker must not do.
-        // Which folders changed since the last showing (None: all of them, after a lag).
-        let pending: Arc<Mutex<Option<HashSet<FolderId>>>> =
-            Arc::new(Mutex::new(Some(HashSet::new())));
+        // What changed since the last showing.
+        let pending: Arc<Mutex<Unshown>> = Arc::default();
         let (changed_tx, changed_rx) = sync_channel::<()>(1);
         let shower = {
             let mount = Arc::clone(&mount);
@@ -176,26 +175,11 @@ impl Served {
             loop {
                 match feed.recv().await {
                     Ok(change) => {
-                        let folder = match change {
-                            Change::Added { folder, .. }
-                            | Change::Removed { folder, .. }
-                            | Change::Flags { folder, .. } => Some(folder),
-                            Change::Folders => None,
-                        };
-                        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-                        if let (Some(set), Some(f)) = (p.as_mut(), folder) {
-                            // Bounded: beyond it, every folder is re-read.
-                            if set.len() < 10_000 {
-                                set.insert(f);
-                            } else {
-                                *p = None;
-                            }
-                        }
-                        drop(p);
+                        lock(&pending).note(&change);
                         signal(&changed_tx);
                     }
                     Err(RecvError::Lagged(_)) => {
-                        *pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        lock(&pending).all = true;
                         signal(&changed_tx);
                     }
                     Err(RecvError::Closed) => break,
@@ -229,11 +213,58 @@ impl Served {
     }
 }
 
-/// The shower thread: after each signal (debounced), tells the mount which folders changed.
+/// Messages named per showing at most; beyond, the folder is re-read whole.
+const MAX_UNSHOWN: usize = 10_000;
+
+/// The engine's changes not shown through the mount yet.
+#[derive(Debug, Default)]
+struct Unshown {
+    /// Everything may have changed (the feed lagged): every folder is re-read.
+    all: bool,
+    /// The folder list or subscriptions changed.
+    folders: bool,
+    /// Per folder, the entries that changed (`None`: re-read the folder).
+    messages: HashMap<FolderId, Option<HashSet<EntryId>>>,
+    /// Entries named in `messages`.
+    named: usize,
+}
+
+impl Unshown {
+    fn note(&mut self, change: &Change) {
+        let (folder, entry) = match change {
+            Change::Added { folder, entry, .. }
+            | Change::Removed { folder, entry, .. }
+            | Change::Flags { folder, entry, .. } => (*folder, *entry),
+            Change::Folders => {
+                self.folders = true;
+                return;
+            }
+        };
+        let slot = self
+            .messages
+            .entry(folder)
+            .or_insert_with(|| Some(HashSet::new()));
+        if let Some(set) = slot {
+            if self.named < MAX_UNSHOWN {
+                self.named += usize::from(set.insert(entry));
+            } else {
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The shower thread: after each signal (debounced), tells the mount what changed. The
+/// mount's own commits come back through here too: naming the messages (not the folder)
+/// lets it see they are shown already instead of re-reading the folder.
 fn show_changes(
     mount: &Mount<FsSource>,
     mb: &Mailbox,
-    pending: &Mutex<Option<HashSet<FolderId>>>,
+    pending: &Mutex<Unshown>,
     changed_rx: std::sync::mpsc::Receiver<()>,
 ) {
     loop {
@@ -241,22 +272,29 @@ fn show_changes(
             Ok(()) => {
                 std::thread::sleep(DEBOUNCE);
                 while changed_rx.try_recv().is_ok() {}
-                let ids = pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(HashSet::new());
-                match ids {
-                    Some(ids) => {
-                        let names: Vec<String> = mb
-                            .folder_names()
-                            .into_iter()
-                            .filter(|f| ids.contains(&f.0))
-                            .map(|f| f.1)
-                            .collect();
-                        mount.engine_changed_in(Some(&names));
-                    }
-                    None => mount.engine_changed(),
+                let unshown = std::mem::take(&mut *lock(pending));
+                if unshown.all {
+                    mount.engine_changed();
+                    continue;
                 }
+                let names: HashMap<FolderId, String> = mb
+                    .folder_names()
+                    .into_iter()
+                    .map(|(id, name, _)| (id, name))
+                    .collect();
+                let messages = unshown
+                    .messages
+                    .into_iter()
+                    .filter_map(|(id, entries)| {
+                        let name = names.get(&id)?.clone();
+                        let keys = entries.map(|set| set.into_iter().map(message_key).collect());
+                        Some((name, keys))
+                    })
+                    .collect();
+                mount.show(&Changes {
+                    folders: unshown.folders,
+                    messages,
+                });
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,

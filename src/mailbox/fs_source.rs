@@ -171,6 +171,15 @@ impl MaildirSource for FsSource {
             .map_err(source_error)
     }
 
+    fn message(&self, folder: &str, key: &MessageKey) -> pfs::Result<Option<pfs::MessageEntry>> {
+        let Ok(e) = entry_of(key) else {
+            return Ok(None);
+        };
+        self.mb
+            .message_map(folder, e, |m| entry(&m))
+            .map_err(source_error)
+    }
+
     fn read(&self, key: &MessageKey) -> pfs::Result<Arc<Vec<u8>>> {
         let e = entry_of(key)?;
         // The kernel's page cache holds what the mount serves (its pages are kept between

@@ -888,6 +888,23 @@ impl Mailbox {
         Ok(self.messages_mapped(id, f))
     }
 
+    /// One message of a folder by entry, turned into a `T` (`None`: not in that folder). The
+    /// FUSE mount checks the messages a change names against what it shows, instead of
+    /// listing the whole folder again.
+    pub fn message_map<T>(
+        &self,
+        folder: &str,
+        entry: EntryId,
+        f: impl FnOnce(MessageInfo) -> T,
+    ) -> Result<Option<T>> {
+        let id = self.folder_id(folder)?;
+        let e = self.read_engine();
+        let Some(&(uid, modseq)) = e.uids.get(&id).and_then(|u| u.by_entry.get(&entry)) else {
+            return Ok(None);
+        };
+        Ok(message_info(&e, entry, uid, modseq).map(f))
+    }
+
     fn messages_mapped<T>(&self, folder: FolderId, mut f: impl FnMut(MessageInfo) -> T) -> Vec<T> {
         let e = self.read_engine();
         let Some(u) = e.uids.get(&folder) else {

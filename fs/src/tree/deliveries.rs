@@ -69,16 +69,12 @@ impl<S: MaildirSource> Tree<S> {
         keywords: &KeywordMap,
         entries: &mut Vec<MessageEntry>,
     ) {
-        let inflight: HashSet<u64> = st.deliveries.inflight_of(folder).map(|d| d.id).collect();
-        let mut shown = Vec::new();
-        let mut hide = HashSet::new();
-        for d in st.deliveries.of_folder(folder) {
-            let (e, bare) = provisional_entry(d, keywords);
-            if d.uncertain || inflight.contains(&d.id) {
-                hide.insert((e.base.clone(), e.size, e.internal_date));
-            }
-            shown.push((e, bare));
-        }
+        let hide = Self::hidden_by_deliveries(st, folder, keywords);
+        let shown: Vec<(MessageEntry, bool)> = st
+            .deliveries
+            .of_folder(folder)
+            .map(|d| provisional_entry(d, keywords))
+            .collect();
         if !hide.is_empty() {
             entries.retain(|r| !hide.contains(&(r.base.clone(), r.size, r.internal_date)));
         }
@@ -86,6 +82,24 @@ impl<S: MaildirSource> Tree<S> {
             st.set_bare(folder, &e.key, bare);
             entries.push(e);
         }
+    }
+
+    /// The engine entries (base, size, date) a pending delivery stands for: the ones being
+    /// committed, or read back from a journal after a kill (the engine may have them).
+    pub(super) fn hidden_by_deliveries(
+        st: &State,
+        folder: &str,
+        keywords: &KeywordMap,
+    ) -> HashSet<(String, u64, i64)> {
+        let inflight: HashSet<u64> = st.deliveries.inflight_of(folder).map(|d| d.id).collect();
+        st.deliveries
+            .of_folder(folder)
+            .filter(|d| d.uncertain || inflight.contains(&d.id))
+            .map(|d| {
+                let (e, _) = provisional_entry(d, keywords);
+                (e.base, e.size, e.internal_date)
+            })
+            .collect()
     }
 
     /// Answers a delivery of the local file `rel` as `name` in `to`'s `sub` before the engine
