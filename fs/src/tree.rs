@@ -18,17 +18,18 @@
 //! a rename into another folder's `new/`/`cur/` is a move, `link` is a copy, `unlink` an
 //! expunge, and `mkdir`/`rmdir`/`rename` of `.Name` at the root manage folders.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use fuser::Errno;
 
 mod deliveries;
+mod implicit;
 
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
@@ -368,6 +369,8 @@ struct State {
     /// A path (relative to the backing directory) of each local file known, by its backing
     /// inode number.
     local_path: HashMap<u64, String>,
+    /// Local files taken out of sight but kept readable by inode (implicit.rs), oldest first.
+    buried: VecDeque<(u64, Instant)>,
     /// Folders made by `mkdir` in this mount whose cur/new/tmp are not all made yet
     /// (bit per [`Sub`]); other folders have all three.
     fresh: HashMap<String, u8>,
@@ -487,6 +490,8 @@ pub struct Tree<S: MaildirSource> {
     flush_cv: Condvar,
     /// One flush at a time.
     flushing: Mutex<()>,
+    /// Handles kept for requests the kernel sends without one (implicit.rs).
+    kept: Mutex<implicit::Kept>,
 }
 
 #[derive(Debug, Default)]
@@ -568,6 +573,8 @@ impl<S: MaildirSource> Tree<S> {
     /// A tree over `source`, keeping local files under `backing` (created if missing).
     pub fn new(source: Arc<S>, backing: &Path, owner: Owner) -> io::Result<Tree<S>> {
         fs::create_dir_all(backing.join("tmp"))?;
+        // Files buried by a previous run: nobody has them open any more.
+        let _ = fs::remove_dir_all(backing.join(implicit::GONE_DIR));
         let tree = Tree {
             source,
             backing: backing.to_path_buf(),
@@ -582,6 +589,7 @@ impl<S: MaildirSource> Tree<S> {
                 next_handle: 1,
                 pending: HashMap::new(),
                 local_path: HashMap::new(),
+                buried: VecDeque::new(),
                 fresh: HashMap::new(),
                 bare: HashMap::new(),
                 renamed: load_renamed(backing),
@@ -591,6 +599,7 @@ impl<S: MaildirSource> Tree<S> {
             flush: Mutex::new(FlushState::default()),
             flush_cv: Condvar::new(),
             flushing: Mutex::new(()),
+            kept: Mutex::new(implicit::Kept::default()),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
         tree.write_subscriptions();
@@ -1121,6 +1130,20 @@ impl<S: MaildirSource> Tree<S> {
         st.local_path.get(&b).cloned().ok_or(Errno::ENOENT)
     }
 
+    /// [`Tree::local_rel_of`], checked to still hold that file, for opening or changing it.
+    /// The name may hold another file by now (replaced by a rename, or unlinked and made
+    /// again): opening or truncating that in this inode's stead would show a process another
+    /// file's bytes under the inode it had (Dovecot read a corrupted index then, or died of
+    /// SIGBUS when a short read made the kernel shrink the inode). The caller holds the
+    /// state lock, which keeps the tree's own renames out meanwhile.
+    fn local_rel_checked(&self, st: &State, b: u64) -> Result<String, Errno> {
+        let rel = Self::local_rel_of(st, b)?;
+        match fs::symlink_metadata(self.local_path(&rel)) {
+            Ok(m) if m.ino() == b => Ok(rel),
+            _ => Err(Errno::ESTALE),
+        }
+    }
+
     fn dir_attr(&self, ino: u64, nlink: u32) -> Attr {
         Attr {
             ino,
@@ -1195,7 +1218,12 @@ impl<S: MaildirSource> Tree<S> {
                     size: m.len(),
                     mtime: m.modified().unwrap_or(UNIX_EPOCH),
                     perm: (m.mode() & 0o777) as u16,
-                    nlink: m.nlink() as u32,
+                    // A buried file has no name left, as an open file unlinked on a disk.
+                    nlink: if rel.starts_with(implicit::GONE_DIR) {
+                        0
+                    } else {
+                        m.nlink() as u32
+                    },
                     uid: self.owner.uid,
                     gid: self.owner.gid,
                     message: false,
@@ -1445,7 +1473,7 @@ impl<S: MaildirSource> Tree<S> {
             }
             NodeKey::Local(b) => {
                 let mut st = self.lock();
-                let rel = Self::local_rel_of(&st, b)?;
+                let rel = self.local_rel_checked(&st, b)?;
                 let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
                 let file = self.open_local(&rel, mode, false)?;
                 self.add_handle(&mut st, Handle::Local { file, in_tmp, ino })
@@ -1455,7 +1483,11 @@ impl<S: MaildirSource> Tree<S> {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        match &*self.handle(fh)? {
+        self.read_handle(&*self.handle(fh)?, offset, size)
+    }
+
+    fn read_handle(&self, h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        match h {
             Handle::Dir(_) => Err(Errno::EISDIR),
             Handle::Message {
                 key,
@@ -1613,7 +1645,7 @@ impl<S: MaildirSource> Tree<S> {
         match &key {
             NodeKey::Message(..) if size.is_some() => return Err(Errno::EACCES),
             NodeKey::Local(b) => {
-                let rel = Self::local_rel_of(&st, *b)?;
+                let rel = self.local_rel_checked(&st, *b)?;
                 let path = self.local_path(&rel);
                 if let Some(size) = size {
                     let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
@@ -1745,13 +1777,11 @@ impl<S: MaildirSource> Tree<S> {
             Child::Local(rel, _) => {
                 let path = self.local_path(&rel);
                 let m = fs::symlink_metadata(&path).map_err(|e| io_errno(&e))?;
-                fs::remove_file(&path).map_err(|e| io_errno(&e))?;
                 if st.local_path.get(&m.ino()) == Some(&rel) {
                     st.local_path.remove(&m.ino());
                 }
-                if m.nlink() <= 1 {
-                    st.inodes.remove(&NodeKey::Local(m.ino()));
-                }
+                // Its last name: kept readable by inode a while (a program may have it open).
+                self.bury(&mut st, &rel).map_err(|e| io_errno(&e))?;
                 Ok(())
             }
             Child::Folder(_) | Child::Sub(..) => Err(Errno::EISDIR),
@@ -1885,6 +1915,19 @@ impl<S: MaildirSource> Tree<S> {
                 let to_path = self.local_path(&new_rel);
                 if let Some(p) = to_path.parent() {
                     fs::create_dir_all(p).map_err(|e| io_errno(&e))?;
+                }
+                // The file replaced keeps its bytes for whoever has it open (Dovecot's
+                // readers of `dovecot-uidlist` while another process renames a new one in).
+                if let Some(Child::Local(old_rel, _)) = &existing
+                    && *old_rel != rel
+                    && fs::symlink_metadata(self.local_path(old_rel))
+                        .map(|m| m.ino())
+                        .ok()
+                        != fs::symlink_metadata(self.local_path(&rel))
+                            .map(|m| m.ino())
+                            .ok()
+                {
+                    let _ = self.bury(&mut st, old_rel);
                 }
                 fs::rename(self.local_path(&rel), &to_path).map_err(|e| io_errno(&e))?;
                 self.local_key(&mut st, &new_rel)?;
@@ -2112,7 +2155,9 @@ impl<S: MaildirSource> Tree<S> {
                 Ok(())
             }
             Some(Child::Local(rel, _)) => {
-                let _ = fs::remove_file(self.local_path(&rel));
+                if self.bury(st, &rel).is_err() {
+                    let _ = fs::remove_file(self.local_path(&rel));
+                }
                 Ok(())
             }
             _ => Ok(()),
@@ -2301,6 +2346,109 @@ mod tests {
         let b = t.tree.read(fh, 0, 1 << 20).unwrap();
         t.tree.release(fh);
         b
+    }
+
+    #[test]
+    fn handle_less_reads_writes_and_fsyncs_work_and_keep_few_handles() {
+        let t = setup(1000);
+        // A local file, written and read without handles (O_APPEND appends).
+        let notes = write_file(&t, "", "notes", b"hello");
+        assert_eq!(t.tree.write_ino(notes, 0, b"J", false).unwrap(), 1);
+        assert_eq!(t.tree.write_ino(notes, 0, b" world", true).unwrap(), 6);
+        assert_eq!(t.tree.read_ino(notes, 0, 100).unwrap(), b"Jello world");
+        t.tree.fsync_ino(notes).unwrap();
+        // Replaced by a rename, then unlinked: the old inodes stay readable (a program may
+        // have them open), out of sight.
+        let fresh = write_file(&t, "", "notes.lock", b"new notes");
+        t.tree
+            .rename(ROOT, "notes.lock", ROOT, "notes", false)
+            .unwrap();
+        assert_eq!(t.tree.read_ino(notes, 0, 100).unwrap(), b"Jello world");
+        assert_eq!(t.tree.getattr(notes, None).unwrap().size, 11);
+        assert_eq!(t.tree.read_ino(fresh, 0, 100).unwrap(), b"new notes");
+        t.tree.unlink(ROOT, "notes").unwrap();
+        assert_eq!(t.tree.read_ino(fresh, 0, 100).unwrap(), b"new notes");
+        assert_eq!(names(&t, ""), vec!["cur", "new", "tmp"]);
+        assert_eq!(t.tree.lookup(ROOT, "notes"), Err(Errno::ENOENT));
+        // Messages, read by inode; writing one is refused; few handles stay open.
+        let mut inos = Vec::new();
+        for n in 0..(implicit::KEPT + 4) {
+            let name = format!("{n}.a.host");
+            let body = format!("Subject: {n}\r\n\r\nbody\r\n");
+            write_file(&t, "tmp", &name, body.as_bytes());
+            let (tmp, new) = (ino(&t, "tmp").unwrap(), ino(&t, "new").unwrap());
+            t.tree.rename(tmp, &name, new, &name, false).unwrap();
+            let m = ino(&t, &format!("new/{name}")).unwrap();
+            assert_eq!(t.tree.read_ino(m, 0, 4096).unwrap(), body.as_bytes());
+            assert_eq!(t.tree.read_ino(m, 0, 8).unwrap(), b"Subject:");
+            inos.push((m, body));
+        }
+        t.tree.flush().unwrap();
+        // Committed: same inodes, same bytes (the kept handle of a provisional entry is not
+        // reused for the committed one).
+        for (m, body) in &inos {
+            assert_eq!(t.tree.read_ino(*m, 0, 4096).unwrap(), body.as_bytes());
+        }
+        assert_eq!(
+            t.tree.write_ino(inos[0].0, 0, b"x", false),
+            Err(Errno::EACCES)
+        );
+        t.tree.fsync_ino(inos[0].0).unwrap();
+        let open = t.tree.lock().handles.len();
+        assert!(open <= implicit::KEPT, "{open} handles left open");
+        // An expunged message's inode reads nothing, kept handle or not.
+        let name = names(&t, "new")[0].clone();
+        let m = ino(&t, &format!("new/{name}")).unwrap();
+        t.tree.read_ino(m, 0, 10).unwrap();
+        t.tree.unlink(ino(&t, "new").unwrap(), &name).unwrap();
+        assert!(t.tree.read_ino(m, 0, 10).is_err());
+    }
+
+    #[test]
+    fn a_replaced_local_file_stays_readable_until_the_kernel_forgets_it() {
+        let t = setup(1000);
+        let old = write_file(&t, "", "dovecot.index", b"old index");
+        write_file(&t, "", "dovecot.index.tmp", b"new index");
+        t.tree
+            .rename(ROOT, "dovecot.index.tmp", ROOT, "dovecot.index", false)
+            .unwrap();
+        let gone = t._dir.0.join(implicit::GONE_DIR);
+        let buried = || fs::read_dir(&gone).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(buried(), 1);
+        // A process that mapped the old file faults its pages in long after the rename.
+        assert_eq!(t.tree.read_ino(old, 0, 100).unwrap(), b"old index");
+        let a = t.tree.getattr(old, None).unwrap();
+        assert_eq!((a.size, a.nlink), (9, 0));
+        // The kernel forgets other inodes: nothing happens to it.
+        t.tree.forget(ino(&t, "dovecot.index").unwrap());
+        t.tree.forget(ino(&t, "cur").unwrap());
+        assert_eq!(t.tree.read_ino(old, 4, 5).unwrap(), b"index");
+        // The kernel forgets it: nobody has it open any more, and it goes.
+        t.tree.forget(old);
+        assert_eq!(buried(), 0);
+        assert!(t.tree.read_ino(old, 0, 100).is_err());
+        assert_eq!(cat(&t, "dovecot.index"), b"new index");
+    }
+
+    #[test]
+    fn an_inode_whose_name_holds_another_file_is_stale_not_that_file() {
+        let t = setup(1000);
+        let old = write_file(&t, "", "dovecot.index.cache", b"old cache");
+        // The name is made to hold another file behind the inode's back.
+        let backing = t._dir.0.clone();
+        fs::write(backing.join("other"), b"another file").unwrap();
+        fs::rename(backing.join("other"), backing.join("dovecot.index.cache")).unwrap();
+        let rd = OpenMode::from_flags(libc::O_RDONLY);
+        assert_eq!(t.tree.open(old, rd), Err(Errno::ESTALE));
+        assert_eq!(t.tree.read_ino(old, 0, 100), Err(Errno::ESTALE));
+        assert_eq!(t.tree.write_ino(old, 0, b"x", false), Err(Errno::ESTALE));
+        assert_eq!(
+            t.tree.setattr(old, Some(0), None, None).map(|_| ()),
+            Err(Errno::ESTALE)
+        );
+        assert_eq!(t.tree.getattr(old, None).map(|_| ()), Err(Errno::ENOENT));
+        // The file now under the name is untouched, and found under its own inode.
+        assert_eq!(cat(&t, "dovecot.index.cache"), b"another file");
     }
 
     #[test]
