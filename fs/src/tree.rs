@@ -29,6 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use fuser::Errno;
 
 mod deliveries;
+mod prefetch;
+pub use prefetch::WINDOW as PREFETCH_WINDOW;
 
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
@@ -487,6 +489,8 @@ pub struct Tree<S: MaildirSource> {
     flush_cv: Condvar,
     /// One flush at a time.
     flushing: Mutex<()>,
+    /// Listing orders, for hints of the messages a reader reads next (prefetch.rs).
+    readahead: prefetch::Readahead,
 }
 
 #[derive(Debug, Default)]
@@ -591,6 +595,7 @@ impl<S: MaildirSource> Tree<S> {
             flush: Mutex::new(FlushState::default()),
             flush_cv: Condvar::new(),
             flushing: Mutex::new(()),
+            readahead: prefetch::Readahead::default(),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
         tree.write_subscriptions();
@@ -1218,6 +1223,8 @@ impl<S: MaildirSource> Tree<S> {
                         .iter()
                         .map(|(n, k)| (Arc::clone(n), k.clone()))
                         .collect();
+                    self.readahead
+                        .listed(ino, names.iter().map(|(_, k)| k.clone()).collect());
                     out.reserve(names.len());
                     for (name, k) in names {
                         let i = st.inodes.ino(&NodeKey::Message(f.clone(), k));
@@ -1380,6 +1387,7 @@ impl<S: MaildirSource> Tree<S> {
                 let bytes = match bytes.get() {
                     Some(b) => b,
                     None => {
+                        self.prefetch_after(key);
                         // Fetched outside the lock (the engine may decrypt or fetch); two
                         // first reads at once both fetch, one copy is kept.
                         let b = self.source.read(key).map_err(|e| errno(&e))?;
