@@ -3,7 +3,8 @@
 //! * Every database name and key encoding lives in [`schema`]; the store records its schema
 //!   version and refuses to open a store written by a newer one.
 //! * The facade owns the blocking boundary: every public operation is `async` and runs its LMDB
-//!   transaction on tokio's blocking pool, so no async worker thread ever waits on the disk.
+//!   transaction on tokio's blocking pool, so no async worker thread ever waits on the disk
+//!   (except [`Store::get_object_blocking`], for plain OS threads that may wait: FUSE's).
 //! * A write returns only after its transaction committed, and LMDB's default mode syncs on
 //!   commit: what a caller was told is stored survives a crash or a SIGKILL.
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
