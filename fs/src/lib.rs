@@ -539,6 +539,12 @@ pub trait MaildirSource: Send + Sync + 'static {
     fn set_subscribed(&self, _folder: &str, _subscribed: bool) -> Result<()> {
         Ok(())
     }
+    /// A hint (readahead): these messages, in this order, will likely be read soon. Must
+    /// return at once (called on a FUSE thread, before the read that prompted it): a source
+    /// that has work to do for it queues that work and drops what does not fit. The tree
+    /// hints each message of a listing at most once, at most [`tree::PREFETCH_WINDOW`] keys
+    /// per call. Default: nothing.
+    fn prefetch(&self, _keys: &[MessageKey]) {}
 }
 
 #[cfg(test)]

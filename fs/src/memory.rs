@@ -17,6 +17,8 @@ struct State {
     subscribed: std::collections::BTreeSet<FolderName>,
     /// Deliveries fail (a test's broken engine).
     failing: bool,
+    /// Every [`MaildirSource::prefetch`] call's keys, in order.
+    prefetched: Vec<Vec<MessageKey>>,
 }
 
 /// Folders and messages in a mutex; message keys are a counter in hex.
@@ -59,6 +61,11 @@ impl MemorySource {
         if let Ok(mut s) = self.state.lock() {
             s.failing = on;
         }
+    }
+
+    /// The keys of every [`MaildirSource::prefetch`] call so far, one list per call.
+    pub fn prefetched(&self) -> Vec<Vec<MessageKey>> {
+        self.with(|s| Ok(s.prefetched.clone())).unwrap_or_default()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
@@ -234,6 +241,13 @@ impl MaildirSource for MemorySource {
 
     fn quota(&self) -> Result<(u64, u64)> {
         self.with(|s| Ok((s.used(), s.quota)))
+    }
+
+    fn prefetch(&self, keys: &[MessageKey]) {
+        let _ = self.with(|s| {
+            s.prefetched.push(keys.to_vec());
+            Ok(())
+        });
     }
 
     fn max_message_size(&self) -> u64 {

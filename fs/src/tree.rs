@@ -30,6 +30,8 @@ pub use fuser::Errno;
 
 mod deliveries;
 mod implicit;
+mod prefetch;
+pub use prefetch::WINDOW as PREFETCH_WINDOW;
 
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
@@ -492,6 +494,8 @@ pub struct Tree<S: MaildirSource> {
     flushing: Mutex<()>,
     /// Handles kept for requests the kernel sends without one (implicit.rs).
     kept: Mutex<implicit::Kept>,
+    /// Listing orders, for hints of the messages a reader reads next (prefetch.rs).
+    readahead: prefetch::Readahead,
 }
 
 #[derive(Debug, Default)]
@@ -600,6 +604,7 @@ impl<S: MaildirSource> Tree<S> {
             flush_cv: Condvar::new(),
             flushing: Mutex::new(()),
             kept: Mutex::new(implicit::Kept::default()),
+            readahead: prefetch::Readahead::default(),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
         tree.write_subscriptions();
@@ -1331,6 +1336,8 @@ impl<S: MaildirSource> Tree<S> {
                         .iter()
                         .map(|(n, k)| (Arc::clone(n), k.clone()))
                         .collect();
+                    self.readahead
+                        .listed(ino, names.iter().map(|(_, k)| k.clone()).collect());
                     out.reserve(names.len());
                     for (name, k) in names {
                         let i = st.inodes.ino(&NodeKey::Message(f.clone(), k));
@@ -1497,6 +1504,7 @@ impl<S: MaildirSource> Tree<S> {
                 let bytes = match bytes.get() {
                     Some(b) => b,
                     None => {
+                        self.prefetch_after(key);
                         // Fetched outside the lock (the engine may decrypt or fetch); two
                         // first reads at once both fetch, one copy is kept.
                         let b = self.source.read(key).map_err(|e| errno(&e))?;

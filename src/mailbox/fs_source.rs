@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use peerpost_fs::{self as pfs, MaildirSource, MessageKey, SourceError};
 use tokio::runtime::Handle;
 
+use super::readahead::Readahead;
 use super::{EntryId, Error, FlagMode, Flags, Mailbox, MessageInfo, NewMessage, OpId};
 
 /// The longest a FUSE request waits for the engine.
@@ -28,6 +29,8 @@ pub struct FsSource {
     quota: u64,
     /// [`FsSource::used_bytes`]'s last answer.
     used: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// The queue of readahead hints (readahead.rs).
+    readahead: Readahead,
 }
 
 /// How long the store's size is taken as known for the quota check of a delivery.
@@ -37,11 +40,12 @@ impl FsSource {
     /// `rt` must not be the runtime of the calling thread (FUSE threads are not tokio's).
     pub fn new(mb: Mailbox, rt: Handle, max_message_size: u64, quota: u64) -> FsSource {
         FsSource {
-            mb,
-            rt,
+            mb: mb.clone(),
+            rt: rt.clone(),
             max_message_size,
             quota,
             used: Arc::new(Mutex::new(None)),
+            readahead: Readahead::start(mb, &rt),
         }
     }
 
@@ -184,7 +188,10 @@ impl MaildirSource for FsSource {
         let e = entry_of(key)?;
         // The kernel's page cache holds what the mount serves (its pages are kept between
         // opens): the engine's cache would be a second copy.
-        self.run(self.mb.read_uncached(e))
+        // On this thread (FUSE threads may block; the body is read from the local store
+        // only): the blocking pool's two thread hand-offs cost more than the read of a
+        // cached page (issue #4 c).
+        self.mb.read_uncached_blocking(e).map_err(source_error)
     }
 
     fn deliver(&self, folder: &str, msg: pfs::NewMessage) -> pfs::Result<pfs::MessageEntry> {
@@ -353,6 +360,13 @@ impl MaildirSource for FsSource {
 
     fn set_subscribed(&self, folder: &str, subscribed: bool) -> pfs::Result<()> {
         self.run(self.mb.subscribe_folder(folder, subscribed))
+    }
+
+    /// Queued for the readahead task, never waited for (keys that are not entries are
+    /// skipped; a hint that finds the queue full is dropped).
+    fn prefetch(&self, keys: &[MessageKey]) {
+        let entries: Vec<EntryId> = keys.iter().filter_map(|k| entry_of(k).ok()).collect();
+        self.readahead.hint(entries);
     }
 }
 

@@ -20,6 +20,7 @@ pub mod fs_source;
 pub mod log;
 pub mod maildir;
 pub mod model;
+pub mod readahead;
 #[cfg(test)]
 mod tests;
 pub mod transfer;

@@ -3,7 +3,8 @@
 //! * Every database name and key encoding lives in [`schema`]; the store records its schema
 //!   version and refuses to open a store written by a newer one.
 //! * The facade owns the blocking boundary: every public operation is `async` and runs its LMDB
-//!   transaction on tokio's blocking pool, so no async worker thread ever waits on the disk.
+//!   transaction on tokio's blocking pool, so no async worker thread ever waits on the disk
+//!   (except [`Store::get_object_blocking`], for plain OS threads that may wait: FUSE's).
 //! * A write returns only after its transaction committed, and LMDB's default mode syncs on
 //!   commit: what a caller was told is stored survives a crash or a SIGKILL.
 //! * Values are checked on the way out: an object whose bytes no longer hash to its id is
@@ -12,6 +13,7 @@
 mod backup;
 mod flow;
 mod overlay;
+mod prefetch;
 mod resident;
 pub mod schema;
 
@@ -25,6 +27,7 @@ use thiserror::Error;
 use crate::crypto::{ObjectId, SealedObject};
 pub use flow::InboxPut;
 pub use overlay::{HeldPut, HeldStats, Pin};
+pub use prefetch::{MAX_BYTES as PREFETCH_MAX_BYTES, MAX_OBJECTS as PREFETCH_MAX_OBJECTS};
 pub use schema::Table;
 
 #[derive(Debug, Error)]
@@ -321,6 +324,26 @@ impl Store {
         .await
     }
 
+    /// [`Store::get_object`] on the calling thread, which waits for the disk: only for
+    /// plain OS threads that may block (the FUSE mount's), never from async code. Saves the
+    /// two thread hand-offs of the blocking pool on each read of a message through the mount.
+    pub fn get_object_blocking(&self, id: ObjectId) -> Result<Option<SealedObject>> {
+        let s = &self.inner;
+        let rtxn = s.env.read_txn()?;
+        let Some(bytes) = s.objects.get(&rtxn, &schema::object_key(&id))? else {
+            return Ok(None);
+        };
+        let copy = bytes.to_vec();
+        drop(rtxn);
+        s.map.object_read();
+        SealedObject::from_bytes_verified(copy, &id)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                id,
+                why: e.to_string(),
+            })
+    }
+
     pub async fn has_object(&self, id: ObjectId) -> Result<bool> {
         self.blocking(move |s| {
             let rtxn = s.env.read_txn()?;
@@ -585,7 +608,7 @@ mod tests {
     }
 
     /// KiB of `file` mapped in this process (Rss of its mappings in /proc/self/smaps).
-    fn mapped_kib(file: &Path) -> u64 {
+    pub(super) fn mapped_kib(file: &Path) -> u64 {
         let file = std::fs::canonicalize(file).unwrap();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut ours = false;

@@ -11,10 +11,15 @@
 //! read-only (no `MDB_WRITEMAP`), so it never holds anything the file does not.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Object reads between two releases of the whole map.
 const READS_PER_SWEEP: u32 = 64;
+/// The unit of [`Map::will_need`]'s readahead (a power of two): objects stored at the same
+/// time sit next to each other in the file, and a folder's messages were mostly stored
+/// together (an import, a day's mail), so the chunk around one object often holds the next
+/// ones; a larger chunk reads more that no one asked for where they were not.
+pub const CHUNK: usize = 256 << 10;
 /// Write transactions between two releases of the whole map (each reads the B-tree paths it
 /// copies through the map: 2,000 deliveries left 78 MiB of the file mapped).
 const WRITES_PER_SWEEP: u32 = 32;
@@ -28,6 +33,8 @@ pub struct Map {
     reads: AtomicU32,
     /// Write transactions since the last sweep.
     writes: AtomicU32,
+    /// The kernel's read-around was switched off ([`Map::will_need`]).
+    random: AtomicBool,
 }
 
 impl Map {
@@ -39,6 +46,7 @@ impl Map {
             len: 0,
             reads: AtomicU32::new(0),
             writes: AtomicU32::new(0),
+            random: AtomicBool::new(false),
         };
         let Ok(file) = std::fs::canonicalize(file) else {
             return none;
@@ -80,6 +88,7 @@ impl Map {
                 len: b - a,
                 reads: AtomicU32::new(0),
                 writes: AtomicU32::new(0),
+                random: AtomicBool::new(false),
             },
             _ => none,
         }
@@ -102,12 +111,85 @@ impl Map {
         }
     }
 
+    /// After `n` object lookups that read no value (a prefetch, `prefetch.rs`): counted as
+    /// object reads, the mapping dropped when they cross a multiple of [`READS_PER_SWEEP`].
+    pub fn looked_up(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let before = self.reads.fetch_add(n, Ordering::Relaxed);
+        if before / READS_PER_SWEEP != before.wrapping_add(n) / READS_PER_SWEEP {
+            self.release_all();
+        }
+    }
+
     /// After a write transaction committed: every [`WRITES_PER_SWEEP`] of them, drops the
     /// mapping of the whole map.
     pub fn wrote(&self) {
         if self.writes.fetch_add(1, Ordering::Relaxed) % WRITES_PER_SWEEP == WRITES_PER_SWEEP - 1 {
             self.release_all();
         }
+    }
+
+    /// Asks the kernel to start reading the pages of these ranges (values inside the map),
+    /// each widened to the [`CHUNK`] around it, into the page cache (`madvise(MADV_WILLNEED)`,
+    /// for `prefetch.rs`): the call does not wait for the disk and maps nothing into the
+    /// process. Returns how many ranges were advised (none outside the map, or when the map
+    /// was not found).
+    ///
+    /// The first call also switches off the kernel's read-around for the map
+    /// (`MADV_RANDOM`): without it every page fault of a cold lookup reads the device's whole
+    /// readahead window (`read_ahead_kb`, 8 MiB on the benchmark's disk) around the B-tree
+    /// page, which in a store of random-keyed objects is mostly pages no one asked for. A
+    /// process that prefetches says what it will read instead.
+    pub fn will_need(&self, ranges: &[(usize, usize)]) -> usize {
+        if self.len == 0 {
+            return 0;
+        }
+        if !self.random.swap(true, Ordering::Relaxed) {
+            // SAFETY: the whole map: see `advise`. MADV_RANDOM only changes the kernel's
+            // readahead policy for this mapping.
+            unsafe {
+                libc::madvise(self.start as *mut libc::c_void, self.len, libc::MADV_RANDOM);
+            }
+        }
+        let align = CHUNK.max(page_size());
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+        for &(start, len) in ranges {
+            let Some(end) = start.checked_add(len) else {
+                continue;
+            };
+            if len == 0 || start < self.start || end > self.start + self.len {
+                continue;
+            }
+            let from = (start - self.start) & !(align - 1);
+            let to = (end - self.start).div_ceil(align).saturating_mul(align);
+            spans.push((from, to.min(self.len)));
+        }
+        let advised = spans.len();
+        // Neighbouring objects (stored at the same time) share chunks: one call per run.
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (a, b) in spans {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        for (a, b) in merged {
+            // SAFETY: [start + a, start + b) is page-aligned and inside LMDB's map (checked
+            // above), a read-only MAP_SHARED file mapping that lives as long as the
+            // environment. For such a mapping MADV_WILLNEED only starts readahead of the
+            // file's pages into the page cache: it changes no memory and maps no page.
+            unsafe {
+                libc::madvise(
+                    (self.start + a) as *mut libc::c_void,
+                    b - a,
+                    libc::MADV_WILLNEED,
+                );
+            }
+        }
+        advised
     }
 
     /// Drops the mapping of the whole map (after a bulk read, such as replaying the logs).
@@ -128,5 +210,14 @@ impl Map {
         unsafe {
             libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED);
         }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    match usize::try_from(p) {
+        Ok(p) if p.is_power_of_two() => p,
+        _ => 4096,
     }
 }
