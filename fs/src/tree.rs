@@ -909,25 +909,36 @@ impl<S: MaildirSource> Tree<S> {
                         l.mtime = mtime;
                         continue;
                     }
-                    changed.extend(before);
-                    changed.extend(after);
+                    changed.extend(before.map(|(s, n)| (s, n.to_string())));
+                    changed.extend(after.map(|(s, n)| (s, n.to_string())));
                 }
                 None => {
                     if l.remove(key).is_some() {
-                        changed.extend(before);
+                        changed.extend(before.map(|(s, n)| (s, n.to_string())));
                         gone.push(key.clone());
                     }
                 }
             }
         }
+        Self::refreshed(&mut st, folder, gone, changed)
+    }
+
+    /// The end of a refresh: messages `gone` from the folder are forgotten, and the names
+    /// `changed` (in `new/` or `cur/`) are given with their directory's inode number.
+    fn refreshed(
+        st: &mut State,
+        folder: &str,
+        gone: Vec<MessageKey>,
+        changed: Vec<(Sub, String)>,
+    ) -> Vec<(u64, String)> {
         for k in gone {
-            Self::forget_message(&mut st, folder, &k);
+            Self::forget_message(st, folder, &k);
         }
         changed
             .into_iter()
             .map(|(sub, name)| {
                 let ino = st.inodes.ino(&NodeKey::Sub(folder.to_string(), sub));
-                (ino, name.to_string())
+                (ino, name)
             })
             .collect()
     }
@@ -981,16 +992,7 @@ impl<S: MaildirSource> Tree<S> {
                 old.mtime[i]
             };
         }
-        for k in gone {
-            Self::forget_message(&mut st, folder, &k);
-        }
-        changed
-            .into_iter()
-            .map(|(sub, name)| {
-                let ino = st.inodes.ino(&NodeKey::Sub(folder.to_string(), sub));
-                (ino, name)
-            })
-            .collect()
+        Self::refreshed(&mut st, folder, gone, changed)
     }
 
     /// Forgets the folder list (folders were created, renamed or deleted elsewhere); returns

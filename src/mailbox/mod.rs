@@ -1011,24 +1011,28 @@ impl Mailbox {
     }
 
     async fn read_with(&self, entry: EntryId, keep: bool) -> Result<Arc<Vec<u8>>> {
-        let message = {
-            let e = self.read_engine();
-            Arc::clone(&e.crdt.entry(entry).ok_or(Error::NoSuchMessage)?.message)
+        let message = match self.body(entry)? {
+            Body::Cached(hit) => return Ok(hit),
+            Body::Stored(message) => message,
         };
-        if let Some(hit) = self.cache().get(&message.object) {
-            return Ok(hit);
-        }
-        let sealed = self
-            .inner
-            .store
-            .get_object(message.object)
-            .await?
-            .ok_or(Error::ContentMissing(message.object))?;
-        let plain = Arc::new(sealed.open(&message.content_key())?);
+        let sealed = self.inner.store.get_object(message.object).await?;
+        let plain = open_stored(&message, sealed)?;
         if keep {
             self.cache().insert(message.object, Arc::clone(&plain));
         }
         Ok(plain)
+    }
+
+    /// Where an entry's body is.
+    fn body(&self, entry: EntryId) -> Result<Body> {
+        let message = {
+            let e = self.read_engine();
+            Arc::clone(&e.crdt.entry(entry).ok_or(Error::NoSuchMessage)?.message)
+        };
+        Ok(match self.cache().get(&message.object) {
+            Some(hit) => Body::Cached(hit),
+            None => Body::Stored(message),
+        })
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -1429,6 +1433,18 @@ impl Mailbox {
 }
 
 /// What the engine knows of `entry` with its numbering here (`None` if it is not a live entry).
+/// Where a message's body is: in the cache, or to be read from the store.
+enum Body {
+    Cached(Arc<Vec<u8>>),
+    Stored(Arc<MessageRef>),
+}
+
+/// A body read from the store (`None`: not held here), opened.
+fn open_stored(message: &MessageRef, sealed: Option<SealedObject>) -> Result<Arc<Vec<u8>>> {
+    let sealed = sealed.ok_or(Error::ContentMissing(message.object))?;
+    Ok(Arc::new(sealed.open(&message.content_key())?))
+}
+
 fn message_info(e: &Engine, entry: EntryId, uid: u32, modseq: u64) -> Option<MessageInfo> {
     let rec = e.crdt.entry(entry)?;
     Some(MessageInfo {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use super::{EntryId, Error, Mailbox, Result};
+use super::{Body, EntryId, Mailbox, Result, open_stored};
 use crate::crypto::ObjectId;
 use crate::store::PREFETCH_MAX_OBJECTS;
 
@@ -43,22 +43,13 @@ impl Mailbox {
 impl Mailbox {
     /// [`Mailbox::read_uncached`] on the calling thread (which waits for the disk): for the
     /// FUSE mount's threads, plain OS threads that may block, never for async code. The
-    /// message's body must be stored here (else [`Error::ContentMissing`]: nothing is
+    /// message's body must be stored here (else [`super::Error::ContentMissing`]: nothing is
     /// fetched from the network on this path).
     pub fn read_uncached_blocking(&self, entry: EntryId) -> Result<Arc<Vec<u8>>> {
-        let message = {
-            let e = self.read_engine();
-            Arc::clone(&e.crdt.entry(entry).ok_or(Error::NoSuchMessage)?.message)
-        };
-        if let Some(hit) = self.cache().get(&message.object) {
-            return Ok(hit);
+        match self.body(entry)? {
+            Body::Cached(hit) => Ok(hit),
+            Body::Stored(m) => open_stored(&m, self.inner.store.get_object_blocking(m.object)?),
         }
-        let sealed = self
-            .inner
-            .store
-            .get_object_blocking(message.object)?
-            .ok_or(Error::ContentMissing(message.object))?;
-        Ok(Arc::new(sealed.open(&message.content_key())?))
     }
 }
 
@@ -94,7 +85,7 @@ impl Readahead {
 mod tests {
     use super::*;
     use crate::crypto::{DeviceKey, UserKeys};
-    use crate::mailbox::{Flags, NewMessage};
+    use crate::mailbox::{Error, Flags, NewMessage};
     use crate::store::Store;
 
     /// The mount's read path on a plain thread gives the same bytes as the async one, an

@@ -127,6 +127,23 @@ impl std::fmt::Debug for Store {
 
 const META_OBJECT_BYTES: &[u8] = b"object_bytes";
 
+/// An object's bytes, verified against its id.
+fn read_object(s: &Inner, id: ObjectId) -> Result<Option<SealedObject>> {
+    let rtxn = s.env.read_txn()?;
+    let Some(bytes) = s.objects.get(&rtxn, &schema::object_key(&id))? else {
+        return Ok(None);
+    };
+    let copy = bytes.to_vec();
+    drop(rtxn);
+    s.map.object_read();
+    SealedObject::from_bytes_verified(copy, &id)
+        .map(Some)
+        .map_err(|e| Error::Corrupt {
+            id,
+            why: e.to_string(),
+        })
+}
+
 impl Store {
     /// Opens (creating if needed) the store in directory `dir`. Blocking: call it at start-up
     /// or from `spawn_blocking`. Must not be called twice for one directory in one process.
@@ -307,41 +324,14 @@ impl Store {
 
     /// Fetches an object, verifying that its bytes still hash to its id.
     pub async fn get_object(&self, id: ObjectId) -> Result<Option<SealedObject>> {
-        self.blocking(move |s| {
-            let rtxn = s.env.read_txn()?;
-            let Some(bytes) = s.objects.get(&rtxn, &schema::object_key(&id))? else {
-                return Ok(None);
-            };
-            let copy = bytes.to_vec();
-            s.map.object_read();
-            SealedObject::from_bytes_verified(copy, &id)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    id,
-                    why: e.to_string(),
-                })
-        })
-        .await
+        self.blocking(move |s| read_object(s, id)).await
     }
 
     /// [`Store::get_object`] on the calling thread, which waits for the disk: only for
     /// plain OS threads that may block (the FUSE mount's), never from async code. Saves the
     /// two thread hand-offs of the blocking pool on each read of a message through the mount.
     pub fn get_object_blocking(&self, id: ObjectId) -> Result<Option<SealedObject>> {
-        let s = &self.inner;
-        let rtxn = s.env.read_txn()?;
-        let Some(bytes) = s.objects.get(&rtxn, &schema::object_key(&id))? else {
-            return Ok(None);
-        };
-        let copy = bytes.to_vec();
-        drop(rtxn);
-        s.map.object_read();
-        SealedObject::from_bytes_verified(copy, &id)
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                id,
-                why: e.to_string(),
-            })
+        read_object(&self.inner, id)
     }
 
     pub async fn has_object(&self, id: ObjectId) -> Result<bool> {
