@@ -2235,7 +2235,7 @@ impl<S: MaildirSource> Tree<S> {
                 self.attr_of(&mut st, &key)
             }
             (NodeKey::Local(b), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
-                let rel = Self::local_rel_of(&st, *b)?;
+                let rel = self.local_rel_checked(&st, *b)?;
                 let (mut st, entry) =
                     match self.queue_delivery(&mut st, &rel, to, *sub, newname, How::Link) {
                         Some(r) => (st, r?),
@@ -2247,7 +2247,7 @@ impl<S: MaildirSource> Tree<S> {
                 self.attr_of(&mut st, &NodeKey::Message(to.clone(), entry.key))
             }
             (NodeKey::Local(b), _) => {
-                let rel = Self::local_rel_of(&st, *b)?;
+                let rel = self.local_rel_checked(&st, *b)?;
                 let new_rel = Self::local_rel(&to_place, newname);
                 let path = self.local_path(&new_rel);
                 if let Some(p) = path.parent() {
@@ -2457,6 +2457,16 @@ mod tests {
             Err(Errno::ESTALE)
         );
         assert_eq!(t.tree.getattr(old, None).map(|_| ()), Err(Errno::ENOENT));
+        assert_eq!(
+            t.tree.link(old, ROOT, "copy").map(|_| ()),
+            Err(Errno::ESTALE)
+        );
+        let new = ino(&t, "new").unwrap();
+        assert_eq!(
+            t.tree.link(old, new, "1.x.host").map(|_| ()),
+            Err(Errno::ESTALE)
+        );
+        assert!(names(&t, "new").is_empty());
         // The file now under the name is untouched, and found under its own inode.
         assert_eq!(cat(&t, "dovecot.index.cache"), b"another file");
     }
