@@ -2314,17 +2314,26 @@ mod tests {
     }
 
     fn ino(t: &T, path: &str) -> Result<u64, Errno> {
+        ino_in(&t.tree, path)
+    }
+
+    fn names(t: &T, path: &str) -> Vec<String> {
+        names_in(&t.tree, path)
+    }
+
+    /// The inode number of `path` (relative to the mount's root), by lookups.
+    pub(super) fn ino_in(tree: &Tree<MemorySource>, path: &str) -> Result<u64, Errno> {
         let mut i = ROOT;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            i = t.tree.lookup(i, part)?.ino;
+            i = tree.lookup(i, part)?.ino;
         }
         Ok(i)
     }
 
-    fn names(t: &T, path: &str) -> Vec<String> {
-        let mut v: Vec<String> = t
-            .tree
-            .readdir(ino(t, path).unwrap())
+    /// The names in directory `path`, sorted, without `.` and `..`.
+    pub(super) fn names_in(tree: &Tree<MemorySource>, path: &str) -> Vec<String> {
+        let mut v: Vec<String> = tree
+            .readdir(ino_in(tree, path).unwrap())
             .unwrap()
             .into_iter()
             .map(|d| d.name)

@@ -339,24 +339,11 @@ mod tests {
         }
 
         fn ino(&self, path: &str) -> Result<u64, Errno> {
-            let mut i = ROOT;
-            for part in path.split('/').filter(|p| !p.is_empty()) {
-                i = self.tree.lookup(i, part)?.ino;
-            }
-            Ok(i)
+            super::super::tests::ino_in(&self.tree, path)
         }
 
         fn names(&self, dir: &str) -> Vec<String> {
-            let mut v: Vec<String> = self
-                .tree
-                .readdir(self.ino(dir).unwrap())
-                .unwrap()
-                .into_iter()
-                .map(|d| d.name)
-                .filter(|n| n != "." && n != "..")
-                .collect();
-            v.sort();
-            v
+            super::super::tests::names_in(&self.tree, dir)
         }
 
         /// Writes `tmp/<name>` and renames it to `<to>/<target>`.
