@@ -43,6 +43,17 @@ pub struct Deferred {
     journal: Option<File>,
 }
 
+/// Replaces the journal `journal` in `dir` with `text` (through a temporary file and a
+/// rename), then removes the set-aside journal `flushing`: only once every line is in the
+/// new journal (if it cannot be written, both stay and are read back at the next start).
+/// Also the deliveries' journal's.
+pub(crate) fn replace_journal(dir: &Path, journal: &str, flushing: &str, text: &str) {
+    let tmp = dir.join(format!("{journal}.tmp"));
+    if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, dir.join(journal)).is_ok() {
+        let _ = fs::remove_file(dir.join(flushing));
+    }
+}
+
 /// A journal field: UTF-8 as hex (names may hold spaces). Also the deliveries' journal's.
 pub(crate) fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
@@ -133,10 +144,7 @@ impl Deferred {
                     text.push_str(&line(folder, key, c));
                 }
             }
-            let tmp = dir.join("flags.tmp");
-            if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, dir.join(JOURNAL)).is_ok() {
-                let _ = fs::remove_file(dir.join(FLUSHING));
-            }
+            replace_journal(dir, JOURNAL, FLUSHING, &text);
         }
         d
     }

@@ -28,7 +28,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::deferred::{hex, unhex};
+use crate::deferred::{hex, replace_journal, unhex};
 use crate::inode::Sub;
 use crate::{FolderName, MessageKey};
 
@@ -175,10 +175,7 @@ impl Pending {
         }
         if found {
             let text: String = p.queue.iter().map(line).collect();
-            let tmp = dir.join("deliveries.tmp");
-            if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, dir.join(JOURNAL)).is_ok() {
-                let _ = fs::remove_file(dir.join(FLUSHING));
-            }
+            replace_journal(dir, JOURNAL, FLUSHING, &text);
         }
         p
     }
@@ -314,11 +311,8 @@ impl Pending {
         }
         // Rewritten whole: the set-aside journal goes only once every line is elsewhere.
         let text: String = self.queue.iter().map(line).collect();
-        let tmp = self.dir.join("deliveries.tmp");
         self.journal = None;
-        if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, self.dir.join(JOURNAL)).is_ok() {
-            let _ = fs::remove_file(self.dir.join(FLUSHING));
-        }
+        replace_journal(&self.dir, JOURNAL, FLUSHING, &text);
     }
 }
 
