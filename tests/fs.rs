@@ -505,6 +505,26 @@ fn bad_input_gets_the_right_errno() {
         errno(std::fs::create_dir(mnt.join("not-a-folder"))),
         Some(libc::EPERM)
     );
+    // Files are made with MKNOD (the mount answers CREATE with ENOSYS): O_EXCL still
+    // refuses a name that exists, and leaves its bytes; only regular files are made.
+    let excl = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(mnt.join("tmp/plain"));
+    assert_eq!(errno(excl.map(drop)), Some(libc::EEXIST));
+    assert!(
+        std::fs::read_to_string(mnt.join("tmp/plain"))
+            .unwrap()
+            .starts_with("Subject")
+    );
+    let fifo = std::ffi::CString::new(mnt.join("tmp/fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    assert!(!mnt.join("tmp/fifo").exists());
     // Nothing of it reached the engine.
     assert_eq!(
         engine_files(&t, "bad"),

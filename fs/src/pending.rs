@@ -38,11 +38,16 @@ pub const MAX_QUEUED: usize = 10_000;
 pub const MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// Deliveries per engine commit.
 pub const MAX_BATCH: usize = 256;
+/// Emptied files of committed deliveries kept for new `tmp/` files, at most.
+pub const MAX_SPARE: usize = 1024;
 
 const JOURNAL: &str = "deliveries.journal";
 const FLUSHING: &str = "deliveries.flushing";
 /// Under the state directory: the pending files, named by their id.
 const FILES: &str = "pending";
+/// Under the state directory: emptied files of committed deliveries, named by a number,
+/// waiting to become new `tmp/` files ([`Pending::take_spare`]).
+const SPARE: &str = "spare";
 /// The key prefix of provisional entries (never a real key: those are hex).
 const PROVISIONAL: &str = "~pending.";
 
@@ -131,6 +136,20 @@ pub struct Pending {
     bytes: u64,
     next_id: u64,
     journal: Option<File>,
+    /// Numbers of the files in the spare directory.
+    spare: Vec<u64>,
+    next_spare: u64,
+}
+
+/// What [`Pending::take_spare`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spare {
+    /// The spare file is at the path now (empty, mode 0600).
+    Taken,
+    /// The name exists: nothing moved.
+    Exists,
+    /// No spare file (or it could not be moved there): create one.
+    None,
 }
 
 impl Pending {
@@ -145,7 +164,11 @@ impl Pending {
             bytes: 0,
             next_id: 1,
             journal: None,
+            spare: Vec::new(),
+            next_spare: 0,
         };
+        // Spare files are not worth checking after a restart: they go.
+        let _ = fs::remove_dir_all(dir.join(SPARE));
         // Ids are never reused while a file of that id exists.
         if let Ok(rd) = fs::read_dir(dir.join(FILES)) {
             for e in rd.flatten() {
@@ -295,7 +318,69 @@ impl Pending {
             if let Some(i) = self.inflight.iter().position(|d| d.id == *id) {
                 let d = self.inflight.swap_remove(i);
                 self.bytes = self.bytes.saturating_sub(d.size);
-                let _ = fs::remove_file(self.file(d.id));
+                self.recycle(&self.file(d.id));
+            }
+        }
+    }
+
+    /// A committed delivery's file: emptied and kept as a spare (a later `tmp/` file), or
+    /// removed. On a disk that is busy deleting files (ext4 without a journal, as here, skips
+    /// recently freed inodes one by one when it makes a file), a delivery then neither frees
+    /// nor allocates an inode.
+    fn recycle(&mut self, path: &Path) {
+        let kept = self.spare.len() < MAX_SPARE && {
+            let n = self.next_spare;
+            let to = self.dir.join(SPARE).join(n.to_string());
+            // Only a file no other name holds (a `link` delivery leaves its `tmp/` file).
+            let emptied = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .and_then(|f| {
+                    if f.metadata()?.nlink() != 1 {
+                        return Err(io::Error::other("linked"));
+                    }
+                    f.set_len(0)?;
+                    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                });
+            let moved = emptied.and_then(|()| match fs::rename(path, &to) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(self.dir.join(SPARE))?;
+                    fs::rename(path, &to)
+                }
+                r => r,
+            });
+            if moved.is_ok() {
+                self.next_spare += 1;
+                self.spare.push(n);
+            }
+            moved.is_ok()
+        };
+        if !kept {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Moves a spare file to `to` (a new `tmp/` file), unless `to` exists
+    /// (`renameat2(RENAME_NOREPLACE)`, so `O_EXCL` holds). The caller sets its mtime.
+    pub fn take_spare(&mut self, to: &Path) -> Spare {
+        let Some(n) = self.spare.pop() else {
+            return Spare::None;
+        };
+        let from = self.dir.join(SPARE).join(n.to_string());
+        match rename_noreplace(&from, to) {
+            Ok(()) => Spare::Taken,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.spare.push(n);
+                Spare::Exists
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
+                self.spare.push(n); // `to`'s directory is not made yet
+                Spare::None
+            }
+            Err(_) => {
+                let _ = fs::remove_file(&from);
+                Spare::None
             }
         }
     }
@@ -313,6 +398,29 @@ impl Pending {
         let text: String = self.queue.iter().map(line).collect();
         self.journal = None;
         replace_journal(&self.dir, JOURNAL, FLUSHING, &text);
+    }
+}
+
+/// `renameat2(from, to, RENAME_NOREPLACE)`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that live across the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -397,5 +505,45 @@ mod tests {
         drop(p);
         assert!(Pending::load(&d.join("state")).is_empty());
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn spare_files_are_bounded_moved_without_replacing_and_dropped_at_restart() {
+        let d = dir();
+        let src = d.join("src");
+        fs::create_dir_all(&src).unwrap();
+        let state = d.join("state");
+        let mut p = Pending::load(&state);
+        let n = MAX_SPARE + 3;
+        for i in 0..n {
+            let m = src.join(format!("m{i}"));
+            fs::write(&m, b"abc").unwrap();
+            p.push("INBOX", Sub::New, &format!("{i}.x"), &m, How::Move)
+                .unwrap();
+        }
+        let ids: Vec<u64> = p.take().iter().map(|d| d.id).collect();
+        p.committed(&ids);
+        p.finish();
+        assert_eq!(fs::read_dir(state.join(FILES)).unwrap().count(), 0);
+        let spare = || fs::read_dir(state.join(SPARE)).unwrap().count();
+        assert_eq!(spare(), MAX_SPARE, "bounded: the rest were removed");
+
+        let to = src.join("new-tmp-file");
+        assert_eq!(p.take_spare(&to), Spare::Taken);
+        let m = fs::metadata(&to).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o777, m.nlink()), (0, 0o600, 1));
+        assert_eq!(spare(), MAX_SPARE - 1);
+        fs::write(&to, b"mine").unwrap();
+        assert_eq!(p.take_spare(&to), Spare::Exists);
+        assert_eq!(fs::read(&to).unwrap(), b"mine");
+        assert_eq!(spare(), MAX_SPARE - 1);
+        // A directory not made yet: no spare is lost.
+        assert_eq!(p.take_spare(&src.join("no/such/dir")), Spare::None);
+        assert_eq!(spare(), MAX_SPARE - 1);
+
+        drop(p);
+        let mut p = Pending::load(&state);
+        assert!(!state.join(SPARE).exists());
+        assert_eq!(p.take_spare(&src.join("after-restart")), Spare::None);
     }
 }

@@ -36,7 +36,7 @@ pub use prefetch::WINDOW as PREFETCH_WINDOW;
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
 use crate::notify::WAKE_NAME;
-use crate::pending::{How, Pending, is_provisional};
+use crate::pending::{How, Pending, Spare, is_provisional};
 use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceError};
 
 /// The longest name in a directory (Linux NAME_MAX).
@@ -102,6 +102,8 @@ pub struct OpenMode {
     pub read: bool,
     pub truncate: bool,
     pub append: bool,
+    /// With create: fail with EEXIST if the name exists (`O_EXCL`, and MKNOD).
+    pub exclusive: bool,
 }
 
 impl OpenMode {
@@ -113,6 +115,7 @@ impl OpenMode {
             write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             truncate: flags & libc::O_TRUNC != 0,
             append: flags & libc::O_APPEND != 0,
+            exclusive: flags & libc::O_EXCL != 0,
         }
     }
 }
@@ -1431,6 +1434,7 @@ impl<S: MaildirSource> Tree<S> {
                 .append(mode.append)
                 .truncate(mode.truncate)
                 .create(create)
+                .create_new(create && mode.exclusive)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
@@ -1618,15 +1622,26 @@ impl<S: MaildirSource> Tree<S> {
             Place::Sub(_, Sub::Tmp) => {}
         }
         let rel = Self::local_rel(&place, name);
-        let file = self.open_local(
-            &rel,
-            OpenMode {
-                write: true,
-                ..mode
-            },
-            true,
-        )?;
         let in_tmp = matches!(place, Place::Sub(_, Sub::Tmp));
+        let mode = OpenMode {
+            write: true,
+            ..mode
+        };
+        let spare = if in_tmp {
+            st.deliveries.take_spare(&self.local_path(&rel))
+        } else {
+            Spare::None
+        };
+        let file = match spare {
+            Spare::Exists if mode.exclusive => return Err(Errno::EEXIST),
+            Spare::Taken => {
+                let f = self.open_local(&rel, mode, false)?;
+                f.set_modified(SystemTime::now())
+                    .map_err(|e| io_errno(&e))?;
+                f
+            }
+            Spare::Exists | Spare::None => self.open_local(&rel, mode, true)?,
+        };
         let key = self.local_key(&mut st, &rel)?;
         let attr = self.attr_of(&mut st, &key)?;
         let fh = self.add_handle(

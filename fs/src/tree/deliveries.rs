@@ -574,4 +574,58 @@ mod tests {
         assert_eq!(t.engine(), vec![("1.l".to_string(), b"linked".to_vec())]);
         assert_eq!(t.ino("new/1.l").unwrap(), m.ino);
     }
+
+    #[test]
+    fn committed_delivery_files_become_new_tmp_files_that_start_empty() {
+        let t = setup();
+        let tmp = t.ino("tmp").unwrap();
+        for i in 0..3 {
+            t.deliver(&format!("{i}.t"), "new", &format!("{i}.m"), b"0123456789");
+        }
+        // A `link` delivery whose tmp/ file is still there when the batch is committed.
+        let (a, fh) = t
+            .tree
+            .create(tmp, "kept.l", OpenMode::from_flags(libc::O_WRONLY))
+            .unwrap();
+        t.tree.write(fh, 0, b"linked").unwrap();
+        t.tree.release(fh);
+        t.tree.link(a.ino, t.ino("new").unwrap(), "kept.m").unwrap();
+        t.tree.flush().unwrap();
+        assert_eq!(t.pending_files(), 0);
+        let spare = t.dir.join(STATE_DIR).join("spare");
+        assert_eq!(
+            fs::read_dir(&spare).unwrap().count(),
+            3,
+            "the linked file is not reused"
+        );
+        assert_eq!(t.cat("tmp/kept.l"), b"linked");
+        assert_eq!(t.cat("new/kept.m"), b"linked");
+
+        // New tmp/ files are the spare ones: empty, dated now, and a name that exists is
+        // refused with O_EXCL, its file untouched and the spare kept.
+        let excl = OpenMode::from_flags(libc::O_WRONLY | libc::O_EXCL);
+        assert_eq!(
+            t.tree.create(tmp, "kept.l", excl).err(),
+            Some(Errno::EEXIST)
+        );
+        assert_eq!(t.cat("tmp/kept.l"), b"linked");
+        assert_eq!(fs::read_dir(&spare).unwrap().count(), 3);
+        let before = SystemTime::now() - Duration::from_secs(2);
+        let (a, fh) = t.tree.create(tmp, "n.t", excl).unwrap();
+        t.tree.release(fh);
+        assert_eq!(a.size, 0);
+        assert!(a.mtime >= before, "a reused file is dated now");
+        assert_eq!(fs::read_dir(&spare).unwrap().count(), 2);
+        assert_eq!(t.cat("tmp/n.t"), b"");
+        let (_, fh) = t.tree.create(tmp, "n2.t", excl).unwrap();
+        t.tree.write(fh, 0, b"abc").unwrap();
+        t.tree.release(fh);
+        t.tree
+            .rename(tmp, "n2.t", t.ino("new").unwrap(), "n2.m", false)
+            .unwrap();
+        t.tree.flush().unwrap();
+        assert_eq!(t.cat("new/n2.m"), b"abc");
+        assert_eq!(t.cat("new/0.m"), b"0123456789");
+        assert_eq!(t.engine().len(), 5);
+    }
 }
