@@ -219,7 +219,8 @@ impl Pending {
         self.bytes
     }
 
-    /// Queues the delivery of the local file `from` (its mtime is the internal date):
+    /// Queues the delivery of the local file `from`, of metadata `meta` (its mtime is the
+    /// internal date):
     /// journaled first, then the file is moved (or linked) into the pending directory. On
     /// error nothing is queued (and the file is where it was); the caller delivers
     /// synchronously then.
@@ -228,10 +229,9 @@ impl Pending {
         folder: &str,
         sub: Sub,
         name: &str,
-        from: &Path,
+        (from, meta): (&Path, &fs::Metadata),
         how: How,
     ) -> io::Result<Delivery> {
-        let meta = fs::symlink_metadata(from)?;
         let (size, internal_date) = (meta.len(), meta.mtime());
         if !self.has_room(size) {
             return Err(io::Error::other("delivery queue full"));
@@ -428,6 +428,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn meta(p: &Path) -> fs::Metadata {
+        fs::symlink_metadata(p).unwrap()
+    }
+
     fn dir() -> PathBuf {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -471,8 +475,14 @@ mod tests {
         for n in 0..3 {
             fs::write(src.join(format!("m{n}")), b"abc").unwrap();
             let m = src.join(format!("m{n}"));
-            p.push("INBOX", Sub::New, &format!("{n}.x"), &m, How::Move)
-                .unwrap();
+            p.push(
+                "INBOX",
+                Sub::New,
+                &format!("{n}.x"),
+                (&m, &meta(&m)),
+                How::Move,
+            )
+            .unwrap();
         }
         assert!(!src.join("m0").exists());
         drop(p);
@@ -491,7 +501,13 @@ mod tests {
         // A failed commit keeps them, ahead of newer ones; ids are not reused.
         fs::write(src.join("m9"), b"z").unwrap();
         let newer = p
-            .push("INBOX", Sub::New, "9.x", &src.join("m9"), How::Link)
+            .push(
+                "INBOX",
+                Sub::New,
+                "9.x",
+                (&src.join("m9"), &meta(&src.join("m9"))),
+                How::Link,
+            )
             .unwrap();
         assert!(src.join("m9").exists(), "a link leaves the tmp file");
         assert!(batch.iter().all(|b| b.id < newer.id));
@@ -518,8 +534,14 @@ mod tests {
         for i in 0..n {
             let m = src.join(format!("m{i}"));
             fs::write(&m, b"abc").unwrap();
-            p.push("INBOX", Sub::New, &format!("{i}.x"), &m, How::Move)
-                .unwrap();
+            p.push(
+                "INBOX",
+                Sub::New,
+                &format!("{i}.x"),
+                (&m, &meta(&m)),
+                How::Move,
+            )
+            .unwrap();
         }
         let ids: Vec<u64> = p.take().iter().map(|d| d.id).collect();
         p.committed(&ids);

@@ -335,6 +335,11 @@ impl KeywordMap {
     }
 }
 
+/// Whether a local file's path (relative to the backing directory) is in a `tmp/`.
+fn is_tmp_rel(rel: &str) -> bool {
+    rel.starts_with("tmp/") || rel.contains("/tmp/")
+}
+
 fn sub_of(e: &MessageEntry) -> Sub {
     if e.recent { Sub::New } else { Sub::Cur }
 }
@@ -355,7 +360,7 @@ enum Handle {
     /// do that) neither repeats nor skips names.
     Dir(Arc<Vec<DirEntry>>),
     Local {
-        file: File,
+        file: Arc<File>,
         in_tmp: bool,
         ino: u64,
     },
@@ -497,6 +502,8 @@ pub struct Tree<S: MaildirSource> {
     flushing: Mutex<()>,
     /// Handles kept for requests the kernel sends without one (implicit.rs).
     kept: Mutex<implicit::Kept>,
+    /// Files made in `tmp/`, kept open for their writes and fsyncs (implicit.rs).
+    made: Mutex<implicit::Made>,
     /// Listing orders, for hints of the messages a reader reads next (prefetch.rs).
     readahead: prefetch::Readahead,
 }
@@ -607,6 +614,7 @@ impl<S: MaildirSource> Tree<S> {
             flush_cv: Condvar::new(),
             flushing: Mutex::new(()),
             kept: Mutex::new(implicit::Kept::default()),
+            made: Mutex::new(implicit::Made::default()),
             readahead: prefetch::Readahead::default(),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
@@ -1147,9 +1155,14 @@ impl<S: MaildirSource> Tree<S> {
     /// SIGBUS when a short read made the kernel shrink the inode). The caller holds the
     /// state lock, which keeps the tree's own renames out meanwhile.
     fn local_rel_checked(&self, st: &State, b: u64) -> Result<String, Errno> {
+        self.local_checked(st, b).map(|(rel, _)| rel)
+    }
+
+    /// [`Tree::local_rel_checked`] with the file's metadata.
+    fn local_checked(&self, st: &State, b: u64) -> Result<(String, fs::Metadata), Errno> {
         let rel = Self::local_rel_of(st, b)?;
         match fs::symlink_metadata(self.local_path(&rel)) {
-            Ok(m) if m.ino() == b => Ok(rel),
+            Ok(m) if m.ino() == b => Ok((rel, m)),
             _ => Err(Errno::ESTALE),
         }
     }
@@ -1222,23 +1235,24 @@ impl<S: MaildirSource> Tree<S> {
                 if !m.is_file() || m.ino() != *b {
                     return Err(Errno::ENOENT);
                 }
-                Ok(Attr {
-                    ino,
-                    kind: Kind::File,
-                    size: m.len(),
-                    mtime: m.modified().unwrap_or(UNIX_EPOCH),
-                    perm: (m.mode() & 0o777) as u16,
-                    // A buried file has no name left, as an open file unlinked on a disk.
-                    nlink: if rel.starts_with(implicit::GONE_DIR) {
-                        0
-                    } else {
-                        m.nlink() as u32
-                    },
-                    uid: self.owner.uid,
-                    gid: self.owner.gid,
-                    message: false,
-                })
+                // A buried file has no name left, as an open file unlinked on a disk.
+                Ok(self.local_attr(ino, &m, !rel.starts_with(implicit::GONE_DIR)))
             }
+        }
+    }
+
+    /// A local file's attributes from its backing file's; `named`: it has a name in the tree.
+    fn local_attr(&self, ino: u64, m: &fs::Metadata, named: bool) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::File,
+            size: m.len(),
+            mtime: m.modified().unwrap_or(UNIX_EPOCH),
+            perm: (m.mode() & 0o777) as u16,
+            nlink: if named { m.nlink() as u32 } else { 0 },
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+            message: false,
         }
     }
 
@@ -1275,17 +1289,7 @@ impl<S: MaildirSource> Tree<S> {
         let h = found?;
         if let Handle::Local { file, .. } = &*h {
             let m = file.metadata().map_err(|e| io_errno(&e))?;
-            return Ok(Attr {
-                ino,
-                kind: Kind::File,
-                size: m.len(),
-                mtime: m.modified().unwrap_or(UNIX_EPOCH),
-                perm: (m.mode() & 0o777) as u16,
-                nlink: m.nlink() as u32,
-                uid: self.owner.uid,
-                gid: self.owner.gid,
-                message: false,
-            });
+            return Ok(self.local_attr(ino, &m, m.nlink() > 0));
         }
         let mut st = self.lock();
         let key = self.key(&st, ino)?;
@@ -1487,8 +1491,9 @@ impl<S: MaildirSource> Tree<S> {
             NodeKey::Local(b) => {
                 let mut st = self.lock();
                 let rel = self.local_rel_checked(&st, b)?;
-                let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
+                let in_tmp = is_tmp_rel(&rel);
                 let file = self.open_local(&rel, mode, false)?;
+                let file = Arc::new(file);
                 self.add_handle(&mut st, Handle::Local { file, in_tmp, ino })
             }
             _ => Err(Errno::EISDIR),
@@ -1548,15 +1553,24 @@ impl<S: MaildirSource> Tree<S> {
         match &*self.handle(fh)? {
             Handle::Message { .. } => Err(Errno::EACCES),
             Handle::Dir(_) => Err(Errno::EISDIR),
-            Handle::Local { file, in_tmp, .. } => {
-                let end = offset.saturating_add(data.len() as u64);
-                if *in_tmp && end > self.source.max_message_size() {
-                    return Err(Errno::EFBIG);
-                }
-                file.write_all_at(data, offset).map_err(|e| io_errno(&e))?;
-                u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
-            }
+            Handle::Local { file, in_tmp, .. } => self.write_local(file, *in_tmp, offset, data),
         }
+    }
+
+    /// Writes to a local file (a `tmp/` one within the message size limit).
+    fn write_local(
+        &self,
+        file: &File,
+        in_tmp: bool,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Errno> {
+        let end = offset.saturating_add(data.len() as u64);
+        if in_tmp && end > self.source.max_message_size() {
+            return Err(Errno::EFBIG);
+        }
+        file.write_all_at(data, offset).map_err(|e| io_errno(&e))?;
+        u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
 
     /// A file in `tmp/` has its bytes synced, as on a disk: a delivery agent that fsyncs the
@@ -1642,8 +1656,13 @@ impl<S: MaildirSource> Tree<S> {
             }
             Spare::Exists | Spare::None => self.open_local(&rel, mode, true)?,
         };
-        let key = self.local_key(&mut st, &rel)?;
-        let attr = self.attr_of(&mut st, &key)?;
+        let m = file.metadata().map_err(|e| io_errno(&e))?;
+        st.local_path.insert(m.ino(), rel);
+        let attr = self.local_attr(st.inodes.ino(&NodeKey::Local(m.ino())), &m, true);
+        let file = Arc::new(file);
+        if in_tmp {
+            self.remember_made(m.ino(), &file);
+        }
         let fh = self.add_handle(
             &mut st,
             Handle::Local {
@@ -1673,7 +1692,7 @@ impl<S: MaildirSource> Tree<S> {
                 let rel = self.local_rel_checked(&st, *b)?;
                 let path = self.local_path(&rel);
                 if let Some(size) = size {
-                    let in_tmp = rel.starts_with("tmp/") || rel.contains("/tmp/");
+                    let in_tmp = is_tmp_rel(&rel);
                     if in_tmp && size > self.source.max_message_size() {
                         return Err(Errno::EFBIG);
                     }
@@ -1904,10 +1923,10 @@ impl<S: MaildirSource> Tree<S> {
         match (src, &to_place) {
             // Delivery: queued (pending.rs), or, when the queue cannot take it, now.
             (Child::Local(rel, Some(_)), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
-                let b = fs::symlink_metadata(self.local_path(&rel))
-                    .map_err(|e| io_errno(&e))?
-                    .ino();
-                let queued = self.queue_delivery(&mut st, &rel, to, *sub, newname, How::Move);
+                let meta = fs::symlink_metadata(self.local_path(&rel)).map_err(|e| io_errno(&e))?;
+                let b = meta.ino();
+                let queued =
+                    self.queue_delivery(&mut st, (&rel, &meta), to, *sub, newname, How::Move);
                 let (mut st, entry) = match queued {
                     Some(r) => (st, r?),
                     None => {
@@ -2250,9 +2269,10 @@ impl<S: MaildirSource> Tree<S> {
                 self.attr_of(&mut st, &key)
             }
             (NodeKey::Local(b), Place::Sub(to, sub @ (Sub::New | Sub::Cur))) => {
-                let rel = self.local_rel_checked(&st, *b)?;
+                let (rel, meta) = self.local_checked(&st, *b)?;
                 let (mut st, entry) =
-                    match self.queue_delivery(&mut st, &rel, to, *sub, newname, How::Link) {
+                    match self.queue_delivery(&mut st, (&rel, &meta), to, *sub, newname, How::Link)
+                    {
                         Some(r) => (st, r?),
                         None => {
                             let (g, delivered) = self.deliver_local(st, &rel, to, *sub, newname);
@@ -2436,6 +2456,56 @@ mod tests {
         t.tree.read_ino(m, 0, 10).unwrap();
         t.tree.unlink(ino(&t, "new").unwrap(), &name).unwrap();
         assert!(t.tree.read_ino(m, 0, 10).is_err());
+    }
+
+    #[test]
+    fn files_made_in_tmp_are_written_through_a_kept_descriptor_only_while_they_are_there() {
+        let t = setup(100);
+        let (tmp, new) = (ino(&t, "tmp").unwrap(), ino(&t, "new").unwrap());
+        let made = |name: &str| {
+            let (a, fh) = t
+                .tree
+                .create(tmp, name, OpenMode::from_flags(libc::O_WRONLY))
+                .unwrap();
+            t.tree.release(fh);
+            a.ino
+        };
+        let a = made("1.a");
+        assert_eq!(
+            t.tree.write_ino(a, 0, b"Subject: a\r\n", false).unwrap(),
+            12
+        );
+        t.tree.fsync_ino(a).unwrap();
+        // The size limit holds for it as for any tmp/ file.
+        assert_eq!(
+            t.tree.write_ino(a, 95, b"0123456789", false),
+            Err(Errno::EFBIG)
+        );
+        // Renamed within tmp/: the same file, still written.
+        t.tree.rename(tmp, "1.a", tmp, "2.a", false).unwrap();
+        assert_eq!(t.tree.write_ino(a, 12, b"\r\nbody", false).unwrap(), 6);
+        assert_eq!(t.tree.write_ino(a, 0, b"!", true).unwrap(), 1);
+        assert_eq!(cat(&t, "tmp/2.a"), b"Subject: a\r\n\r\nbody!");
+        // Delivered: a message, read-only, whatever descriptor is kept.
+        t.tree.rename(tmp, "2.a", new, "2.a", false).unwrap();
+        assert_eq!(t.tree.write_ino(a, 0, b"x", false), Err(Errno::EACCES));
+        t.tree.flush().unwrap();
+        assert_eq!(t.tree.write_ino(a, 0, b"x", false), Err(Errno::EACCES));
+        assert_eq!(cat(&t, "new/2.a"), b"Subject: a\r\n\r\nbody!");
+        // Its emptied file is reused for the next tmp/ file: that one starts empty and the
+        // kept descriptor writes it, not the delivered message.
+        let b = made("3.b");
+        assert_eq!(t.tree.write_ino(b, 0, b"three", false).unwrap(), 5);
+        assert_eq!(cat(&t, "tmp/3.b"), b"three");
+        assert_eq!(cat(&t, "new/2.a"), b"Subject: a\r\n\r\nbody!");
+        // Moved out of tmp/ (a local file at the root now): no message size limit for it.
+        t.tree.rename(tmp, "3.b", ROOT, "notes", false).unwrap();
+        assert_eq!(t.tree.write_ino(b, 200, b"late", false).unwrap(), 4);
+        // Bounded.
+        for n in 0..(implicit::MADE + 10) {
+            made(&format!("{n}.c"));
+        }
+        assert_eq!(t.tree.made.lock().unwrap().0.len(), implicit::MADE);
     }
 
     #[test]

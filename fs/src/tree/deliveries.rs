@@ -102,24 +102,20 @@ impl<S: MaildirSource> Tree<S> {
             .collect()
     }
 
-    /// Answers a delivery of the local file `rel` as `name` in `to`'s `sub` before the engine
+    /// Answers a delivery of the local file `rel` (of metadata `meta`) as `name` in `to`'s `sub` before the engine
     /// commits it (journaled, moved or linked into the pending directory, shown). `None`:
     /// the queue cannot take it (full, or the journal cannot be written): deliver it now.
     /// Errors the engine would give (too large, over quota, invalid) are given here.
     pub(super) fn queue_delivery(
         &self,
         st: &mut State,
-        rel: &str,
+        (rel, meta): (&str, &fs::Metadata),
         to: &str,
         sub: Sub,
         name: &str,
         how: How,
     ) -> Option<Result<MessageEntry, Errno>> {
         let path = self.local_path(rel);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) => return Some(Err(io_errno(&e))),
-        };
         let keywords = self.keywords(to);
         let (base, flags) = keywords.parse_name(name);
         if let Err(e) =
@@ -131,7 +127,7 @@ impl<S: MaildirSource> Tree<S> {
         if !st.deliveries.has_room(meta.len()) {
             return None;
         }
-        let d = match st.deliveries.push(to, sub, name, &path, how) {
+        let d = match st.deliveries.push(to, sub, name, (&path, meta), how) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("peerpost-fs: delivery queue: {e}; delivering synchronously");

@@ -24,6 +24,17 @@ pub const GONE_DIR: &str = "..peerpost/gone";
 pub const BURIED_FOR: Duration = Duration::from_secs(3600);
 pub const MAX_BURIED: usize = 1024;
 
+/// Files made in `tmp/` kept open, at most.
+pub const MADE: usize = 64;
+
+/// Files made in `tmp/` (by backing inode, most recent last), kept open from their MKNOD:
+/// a delivery's WRITE and FSYNC then need no open, check and close of the backing file by
+/// path. The descriptor is bound to the inode, so it cannot write another file's bytes; it
+/// is used only while the node is still that local file in a `tmp/` (not once delivered,
+/// moved out or buried) and not for O_APPEND writes.
+#[derive(Debug, Default)]
+pub struct Made(pub(super) VecDeque<(u64, Arc<File>)>);
+
 /// Kept message handles: (inode, its key when opened, handle), most recent last. They are
 /// not in the handle table: a request holds its own reference, so one evicted meanwhile is
 /// still read to the end.
@@ -73,6 +84,37 @@ impl<S: MaildirSource> Tree<S> {
         f(&h, 0)
     }
 
+    /// Keeps `file`, just made in `tmp/` with backing inode `b`, for [`Tree::made_file`].
+    pub(super) fn remember_made(&self, b: u64, file: &Arc<File>) {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        made.0.retain(|(i, _)| *i != b);
+        made.0.push_back((b, Arc::clone(file)));
+        if made.0.len() > MADE {
+            made.0.pop_front();
+        }
+    }
+
+    /// The kept file of node `ino`, if it is a local file in a `tmp/` made here.
+    fn made_file(&self, ino: u64) -> Option<Arc<File>> {
+        let b = {
+            let st = self.lock();
+            let Ok(NodeKey::Local(b)) = self.key(&st, ino) else {
+                return None;
+            };
+            let rel = st.local_path.get(&b)?;
+            if !is_tmp_rel(rel) {
+                return None;
+            }
+            b
+        };
+        let made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        made.0
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == b)
+            .map(|(_, f)| Arc::clone(f))
+    }
+
     /// READ without a handle.
     pub fn read_ino(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         self.with_implicit(ino, OpenMode::from_flags(libc::O_RDONLY), |h, _| {
@@ -88,6 +130,9 @@ impl<S: MaildirSource> Tree<S> {
         data: &[u8],
         append: bool,
     ) -> Result<u32, Errno> {
+        if !append && let Some(file) = self.made_file(ino) {
+            return self.write_local(&file, true, offset, data);
+        }
         let flags = libc::O_WRONLY | if append { libc::O_APPEND } else { 0 };
         self.with_implicit(ino, OpenMode::from_flags(flags), |_, fh| {
             self.write(fh, offset, data)
@@ -96,6 +141,9 @@ impl<S: MaildirSource> Tree<S> {
 
     /// FSYNC without a handle.
     pub fn fsync_ino(&self, ino: u64) -> Result<(), Errno> {
+        if let Some(file) = self.made_file(ino) {
+            return file.sync_data().map_err(|e| io_errno(&e));
+        }
         self.with_implicit(ino, OpenMode::from_flags(libc::O_RDONLY), |h, fh| {
             match h {
                 // A message's fsync commits what is queued; it needs no handle of its own.
