@@ -136,9 +136,6 @@ pub struct Pending {
     bytes: u64,
     next_id: u64,
     journal: Option<File>,
-    /// Numbers of the files in the spare directory.
-    spare: Vec<u64>,
-    next_spare: u64,
 }
 
 /// What [`Pending::take_spare`] did.
@@ -164,11 +161,7 @@ impl Pending {
             bytes: 0,
             next_id: 1,
             journal: None,
-            spare: Vec::new(),
-            next_spare: 0,
         };
-        // Spare files are not worth checking after a restart: they go.
-        let _ = fs::remove_dir_all(dir.join(SPARE));
         // Ids are never reused while a file of that id exists.
         if let Ok(rd) = fs::read_dir(dir.join(FILES)) {
             for e in rd.flatten() {
@@ -312,77 +305,19 @@ impl Pending {
         self.inflight.clone()
     }
 
-    /// These deliveries of the in-flight batch are in the engine: their files go.
-    pub fn committed(&mut self, ids: &[u64]) {
+    /// These deliveries of the in-flight batch are in the engine: their files are
+    /// returned, for [`Spares::recycle`] (outside the tree's lock: a batch is 256 files).
+    #[must_use]
+    pub fn committed(&mut self, ids: &[u64]) -> Vec<PathBuf> {
+        let mut files = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(i) = self.inflight.iter().position(|d| d.id == *id) {
                 let d = self.inflight.swap_remove(i);
                 self.bytes = self.bytes.saturating_sub(d.size);
-                self.recycle(&self.file(d.id));
+                files.push(self.file(d.id));
             }
         }
-    }
-
-    /// A committed delivery's file: emptied and kept as a spare (a later `tmp/` file), or
-    /// removed. On a disk that is busy deleting files (ext4 without a journal, as here, skips
-    /// recently freed inodes one by one when it makes a file), a delivery then neither frees
-    /// nor allocates an inode.
-    fn recycle(&mut self, path: &Path) {
-        let kept = self.spare.len() < MAX_SPARE && {
-            let n = self.next_spare;
-            let to = self.dir.join(SPARE).join(n.to_string());
-            // Only a file no other name holds (a `link` delivery leaves its `tmp/` file).
-            let emptied = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .and_then(|f| {
-                    if f.metadata()?.nlink() != 1 {
-                        return Err(io::Error::other("linked"));
-                    }
-                    f.set_len(0)?;
-                    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                });
-            let moved = emptied.and_then(|()| match fs::rename(path, &to) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(self.dir.join(SPARE))?;
-                    fs::rename(path, &to)
-                }
-                r => r,
-            });
-            if moved.is_ok() {
-                self.next_spare += 1;
-                self.spare.push(n);
-            }
-            moved.is_ok()
-        };
-        if !kept {
-            let _ = fs::remove_file(path);
-        }
-    }
-
-    /// Moves a spare file to `to` (a new `tmp/` file), unless `to` exists
-    /// (`renameat2(RENAME_NOREPLACE)`, so `O_EXCL` holds). The caller sets its mtime.
-    pub fn take_spare(&mut self, to: &Path) -> Spare {
-        let Some(n) = self.spare.pop() else {
-            return Spare::None;
-        };
-        let from = self.dir.join(SPARE).join(n.to_string());
-        match rename_noreplace(&from, to) {
-            Ok(()) => Spare::Taken,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                self.spare.push(n);
-                Spare::Exists
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
-                self.spare.push(n); // `to`'s directory is not made yet
-                Spare::None
-            }
-            Err(_) => {
-                let _ = fs::remove_file(&from);
-                Spare::None
-            }
-        }
+        files
     }
 
     /// The in-flight batch is over: what was not committed is queued (and journaled) again,
@@ -398,6 +333,116 @@ impl Pending {
         let text: String = self.queue.iter().map(line).collect();
         self.journal = None;
         replace_journal(&self.dir, JOURNAL, FLUSHING, &text);
+    }
+}
+
+/// Emptied files of committed deliveries, reused as new `tmp/` files: on a disk that is
+/// busy deleting files (ext4 without a journal, as here, skips recently freed inodes one by
+/// one when it makes a file), a delivery then neither frees nor allocates an inode. Its
+/// own lock, held only to hand out numbers: recycling a batch's files does not hold up
+/// the tree.
+#[derive(Debug)]
+pub struct Spares {
+    dir: PathBuf,
+    numbers: std::sync::Mutex<SpareNumbers>,
+}
+
+#[derive(Debug, Default)]
+struct SpareNumbers {
+    /// Numbers of the files in the spare directory.
+    free: Vec<u64>,
+    next: u64,
+}
+
+impl Spares {
+    /// The spare files under the state directory `dir`: none (the ones a previous run left
+    /// are not worth checking: they go).
+    pub fn load(dir: &Path) -> Spares {
+        let dir = dir.join(SPARE);
+        let _ = fs::remove_dir_all(&dir);
+        Spares {
+            dir,
+            numbers: std::sync::Mutex::default(),
+        }
+    }
+
+    fn numbers(&self) -> std::sync::MutexGuard<'_, SpareNumbers> {
+        self.numbers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A committed delivery's file: moved out of the pending directory, emptied and kept
+    /// (at most [`MAX_SPARE`]), or removed. A file another name still links (a `link`
+    /// delivery's `tmp/` file) is only unlinked. Moved before it is emptied, so a reader
+    /// that finds the pending file gone knows it was committed.
+    pub fn recycle(&self, path: &Path) {
+        let n = {
+            let mut s = self.numbers();
+            if s.free.len() >= MAX_SPARE {
+                None
+            } else {
+                s.next += 1;
+                Some(s.next - 1)
+            }
+        };
+        let kept = n.is_some_and(|n| {
+            let to = self.dir.join(n.to_string());
+            let emptied = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .and_then(|f| {
+                    if f.metadata()?.nlink() != 1 {
+                        return Err(io::Error::other("linked"));
+                    }
+                    match fs::rename(path, &to) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            fs::create_dir_all(&self.dir)?;
+                            fs::rename(path, &to)?;
+                        }
+                        r => r?,
+                    }
+                    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+                    f.set_len(0)
+                        .and_then(|()| f.set_permissions(mode))
+                        .inspect_err(|_| {
+                            let _ = fs::remove_file(&to);
+                        })
+                });
+            match emptied {
+                Ok(()) => {
+                    self.numbers().free.push(n);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        if !kept {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Moves a spare file to `to` (a new `tmp/` file), unless `to` exists
+    /// (`renameat2(RENAME_NOREPLACE)`, so `O_EXCL` holds). The caller sets its mtime.
+    pub fn take(&self, to: &Path) -> Spare {
+        let Some(n) = self.numbers().free.pop() else {
+            return Spare::None;
+        };
+        let from = self.dir.join(n.to_string());
+        match rename_noreplace(&from, to) {
+            Ok(()) => Spare::Taken,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.numbers().free.push(n);
+                Spare::Exists
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
+                self.numbers().free.push(n); // `to`'s directory is not made yet
+                Spare::None
+            }
+            Err(_) => {
+                let _ = fs::remove_file(&from);
+                Spare::None
+            }
+        }
     }
 }
 
@@ -493,7 +538,9 @@ mod tests {
         assert!(batch.iter().all(|b| b.uncertain && b.size == 3));
         assert!(p.get(&batch[0].key()).is_some(), "in flight is still found");
         // Killed mid-commit after the first was committed: two come back.
-        p.committed(&[batch[0].id]);
+        for f in p.committed(&[batch[0].id]) {
+            fs::remove_file(f).unwrap();
+        }
         drop(p);
         let mut p = Pending::load(&d.join("state"));
         let batch = p.take();
@@ -515,7 +562,9 @@ mod tests {
         let again = p.take();
         assert_eq!(again.len(), 3);
         assert_eq!(again[2].id, newer.id);
-        p.committed(&again.iter().map(|d| d.id).collect::<Vec<_>>());
+        for f in p.committed(&again.iter().map(|d| d.id).collect::<Vec<_>>()) {
+            fs::remove_file(f).unwrap();
+        }
         p.finish();
         assert!(p.is_empty() && p.bytes() == 0);
         drop(p);
@@ -543,29 +592,32 @@ mod tests {
             )
             .unwrap();
         }
+        let spares = Spares::load(&state);
         let ids: Vec<u64> = p.take().iter().map(|d| d.id).collect();
-        p.committed(&ids);
+        for f in p.committed(&ids) {
+            spares.recycle(&f);
+        }
         p.finish();
         assert_eq!(fs::read_dir(state.join(FILES)).unwrap().count(), 0);
         let spare = || fs::read_dir(state.join(SPARE)).unwrap().count();
         assert_eq!(spare(), MAX_SPARE, "bounded: the rest were removed");
 
         let to = src.join("new-tmp-file");
-        assert_eq!(p.take_spare(&to), Spare::Taken);
+        assert_eq!(spares.take(&to), Spare::Taken);
         let m = fs::metadata(&to).unwrap();
         assert_eq!((m.len(), m.mode() & 0o777, m.nlink()), (0, 0o600, 1));
         assert_eq!(spare(), MAX_SPARE - 1);
         fs::write(&to, b"mine").unwrap();
-        assert_eq!(p.take_spare(&to), Spare::Exists);
+        assert_eq!(spares.take(&to), Spare::Exists);
         assert_eq!(fs::read(&to).unwrap(), b"mine");
         assert_eq!(spare(), MAX_SPARE - 1);
         // A directory not made yet: no spare is lost.
-        assert_eq!(p.take_spare(&src.join("no/such/dir")), Spare::None);
+        assert_eq!(spares.take(&src.join("no/such/dir")), Spare::None);
         assert_eq!(spare(), MAX_SPARE - 1);
 
-        drop(p);
-        let mut p = Pending::load(&state);
+        drop(spares);
+        let spares = Spares::load(&state);
         assert!(!state.join(SPARE).exists());
-        assert_eq!(p.take_spare(&src.join("after-restart")), Spare::None);
+        assert_eq!(spares.take(&src.join("after-restart")), Spare::None);
     }
 }

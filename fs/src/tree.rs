@@ -36,7 +36,7 @@ pub use prefetch::WINDOW as PREFETCH_WINDOW;
 use crate::deferred::{Change, Deferred};
 use crate::inode::{Inodes, NodeKey, ROOT, Sub};
 use crate::notify::WAKE_NAME;
-use crate::pending::{How, Pending, Spare, is_provisional};
+use crate::pending::{How, Pending, Spare, Spares, is_provisional};
 use crate::{Flags, MaildirSource, MessageEntry, MessageKey, NewMessage, SourceError};
 
 /// The longest name in a directory (Linux NAME_MAX).
@@ -502,6 +502,8 @@ pub struct Tree<S: MaildirSource> {
     flushing: Mutex<()>,
     /// Handles kept for requests the kernel sends without one (implicit.rs).
     kept: Mutex<implicit::Kept>,
+    /// Committed deliveries' files, emptied for new `tmp/` files (pending.rs).
+    spares: Spares,
     /// Files made in `tmp/`, kept open for their writes and fsyncs (implicit.rs).
     made: Mutex<implicit::Made>,
     /// Listing orders, for hints of the messages a reader reads next (prefetch.rs).
@@ -615,6 +617,7 @@ impl<S: MaildirSource> Tree<S> {
             flushing: Mutex::new(()),
             kept: Mutex::new(implicit::Kept::default()),
             made: Mutex::new(implicit::Made::default()),
+            spares: Spares::load(&backing.join(STATE_DIR)),
             readahead: prefetch::Readahead::default(),
         };
         // Dovecot reads the subscribed folders from here: the engine's, at start.
@@ -1642,7 +1645,7 @@ impl<S: MaildirSource> Tree<S> {
             ..mode
         };
         let spare = if in_tmp {
-            st.deliveries.take_spare(&self.local_path(&rel))
+            self.spares.take(&self.local_path(&rel))
         } else {
             Spare::None
         };

@@ -166,7 +166,11 @@ impl<S: MaildirSource> Tree<S> {
             return Ok(None);
         };
         if bytes.len() as u64 != size {
-            return Err(Errno::EIO);
+            // Committed and emptied for reuse while it was read (`Spares::recycle`)?
+            return match self.lock().deliveries.get(key) {
+                None => Ok(None),
+                Some(_) => Err(Errno::EIO),
+            };
         }
         let mut st = self.lock();
         let h = Handle::Message {
@@ -274,7 +278,11 @@ impl<S: MaildirSource> Tree<S> {
             Self::promote(&mut st, d, entry, keywords);
             ids.push(d.id);
         }
-        st.deliveries.committed(&ids);
+        let files = st.deliveries.committed(&ids);
+        drop(st);
+        for f in files {
+            self.spares.recycle(&f);
+        }
         ok
     }
 
