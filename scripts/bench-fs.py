@@ -2,6 +2,7 @@
 """The FUSE Maildir's benchmark driver (issue #4's items a, b, c), run by scripts/bench-fs.
 
   bench-fs.py deliver ROOT N FSYNC        create in tmp/, write 4 KiB, [fsync,] rename to new/
+  bench-fs.py roundtrip ROOT N            N pwrites of 4 KiB to a tmp/ file (one request each)
   bench-fs.py scan ROOT/cur               readdir + lstat of every entry
   bench-fs.py read ROOT/.Read10k/cur      read every message
   bench-fs.py populate DIR N_BIG N_READ   a Maildir: N_BIG in cur/, N_READ in .Read10k/cur/
@@ -39,6 +40,22 @@ def deliver(root, n, do_fsync, tag):
     seconds = time.perf_counter() - t0
     if dfd is not None:
         os.close(dfd)
+    return {"seconds": seconds, "count": n, "bytes": n * len(BODY)}
+
+
+def roundtrip(root, n):
+    """n pwrites of 4 KiB at offset 0 to one tmp/ file: on a FUSE mount each is one WRITE
+    request, so this is the cost of a kernel round trip (a delivery needs 8 or more)."""
+    os.makedirs(f"{root}/tmp", exist_ok=True)
+    fd = os.open(f"{root}/tmp/roundtrip", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            os.pwrite(fd, BODY, 0)
+        seconds = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(f"{root}/tmp/roundtrip")
     return {"seconds": seconds, "count": n, "bytes": n * len(BODY)}
 
 
@@ -83,6 +100,8 @@ def main():
     cmd = sys.argv[1]
     if cmd == "deliver":
         r = deliver(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "")
+    elif cmd == "roundtrip":
+        r = roundtrip(sys.argv[2], int(sys.argv[3]))
     elif cmd == "scan":
         r = scan(sys.argv[2])
     elif cmd == "read":
