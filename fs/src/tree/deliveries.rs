@@ -615,8 +615,15 @@ mod tests {
         assert_eq!(t.cat("tmp/kept.l"), b"linked");
         assert_eq!(fs::read_dir(&spare).unwrap().count(), 3);
         let before = SystemTime::now() - Duration::from_secs(2);
+        let delivered: Vec<u64> = ["new/0.m", "new/1.m", "new/2.m"]
+            .iter()
+            .map(|p| t.ino(p).unwrap())
+            .collect();
         let (a, fh) = t.tree.create(tmp, "n.t", excl).unwrap();
         t.tree.release(fh);
+        // Its backing inode is a delivered message's old one, whose node kept the number
+        // that inode gave it: the new file gets another.
+        assert!(!delivered.contains(&a.ino), "{} reused", a.ino);
         assert_eq!(a.size, 0);
         assert!(a.mtime >= before, "a reused file is dated now");
         assert_eq!(fs::read_dir(&spare).unwrap().count(), 2);
