@@ -70,11 +70,22 @@ def scan(d):
 
 
 def read_all(d):
+    """Reads each file whole with open(2), read(2) and close(2), as a mail reader (cat,
+    Dovecot, mutt) does. Not Python's open(): it asks every file whether it is a terminal
+    (ioctl TCGETS), which a FUSE mount must forward to its daemon, one more round trip per
+    file that no mail reader makes."""
     t0 = time.perf_counter()
     n = total = 0
     for name in os.listdir(d):
-        with open(f"{d}/{name}", "rb") as f:
-            total += len(f.read())
+        fd = os.open(f"{d}/{name}", os.O_RDONLY)
+        try:
+            while True:
+                b = os.read(fd, 1 << 16)
+                if not b:
+                    break
+                total += len(b)
+        finally:
+            os.close(fd)
         n += 1
     return {"seconds": time.perf_counter() - t0, "count": n, "bytes": total}
 
