@@ -350,15 +350,22 @@ mod tests {
             super::super::tests::names_in(&self.tree, dir)
         }
 
-        /// Writes `tmp/<name>` and renames it to `<to>/<target>`.
-        fn deliver(&self, name: &str, to: &str, target: &str, bytes: &[u8]) {
+        /// Writes `tmp/<name>`; its inode number.
+        fn make(&self, name: &str, bytes: &[u8]) -> u64 {
             let tmp = self.ino("tmp").unwrap();
-            let (_, fh) = self
+            let (a, fh) = self
                 .tree
                 .create(tmp, name, OpenMode::from_flags(libc::O_WRONLY))
                 .unwrap();
             self.tree.write(fh, 0, bytes).unwrap();
             self.tree.release(fh);
+            a.ino
+        }
+
+        /// Writes `tmp/<name>` and renames it to `<to>/<target>`.
+        fn deliver(&self, name: &str, to: &str, target: &str, bytes: &[u8]) {
+            let tmp = self.ino("tmp").unwrap();
+            self.make(name, bytes);
             self.tree
                 .rename(tmp, name, self.ino(to).unwrap(), target, false)
                 .unwrap();
@@ -563,13 +570,8 @@ mod tests {
     fn a_link_from_tmp_queues_a_copy_and_keeps_the_tmp_file() {
         let t = setup();
         let tmp = t.ino("tmp").unwrap();
-        let (a, fh) = t
-            .tree
-            .create(tmp, "1.l", OpenMode::from_flags(libc::O_WRONLY))
-            .unwrap();
-        t.tree.write(fh, 0, b"linked").unwrap();
-        t.tree.release(fh);
-        let m = t.tree.link(a.ino, t.ino("new").unwrap(), "1.l").unwrap();
+        let a = t.make("1.l", b"linked");
+        let m = t.tree.link(a, t.ino("new").unwrap(), "1.l").unwrap();
         assert_eq!(m.size, 6);
         assert_eq!(t.names("tmp"), vec!["1.l"]);
         t.tree.unlink(tmp, "1.l").unwrap();
@@ -587,13 +589,8 @@ mod tests {
             t.deliver(&format!("{i}.t"), "new", &format!("{i}.m"), b"0123456789");
         }
         // A `link` delivery whose tmp/ file is still there when the batch is committed.
-        let (a, fh) = t
-            .tree
-            .create(tmp, "kept.l", OpenMode::from_flags(libc::O_WRONLY))
-            .unwrap();
-        t.tree.write(fh, 0, b"linked").unwrap();
-        t.tree.release(fh);
-        t.tree.link(a.ino, t.ino("new").unwrap(), "kept.m").unwrap();
+        let a = t.make("kept.l", b"linked");
+        t.tree.link(a, t.ino("new").unwrap(), "kept.m").unwrap();
         t.tree.flush().unwrap();
         assert_eq!(t.pending_files(), 0);
         let spare = t.dir.join(STATE_DIR).join("spare");
