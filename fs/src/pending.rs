@@ -46,7 +46,7 @@ const FLUSHING: &str = "deliveries.flushing";
 /// Under the state directory: the pending files, named by their id.
 const FILES: &str = "pending";
 /// Under the state directory: emptied files of committed deliveries, named by a number,
-/// waiting to become new `tmp/` files ([`Pending::take_spare`]).
+/// waiting to become new `tmp/` files ([`Spares::take`]).
 const SPARE: &str = "spare";
 /// The key prefix of provisional entries (never a real key: those are hex).
 const PROVISIONAL: &str = "~pending.";
@@ -138,7 +138,7 @@ pub struct Pending {
     journal: Option<File>,
 }
 
-/// What [`Pending::take_spare`] did.
+/// What [`Spares::take`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Spare {
     /// The spare file is at the path now (empty, mode 0600).
