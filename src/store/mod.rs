@@ -625,19 +625,27 @@ mod tests {
         kib
     }
 
-    /// Object reads give back the map's pages (issue #4, item e): the bytes read are right,
-    /// and reading 8 MiB of objects leaves far less than that of the file mapped.
-    #[tokio::test]
-    async fn object_reads_give_back_mapped_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(store.inner.map.len() > 0, "data.mdb's map is found");
+    /// A store holding 128 objects of 64 KiB (8 MiB), none of its pages mapped: the objects,
+    /// their ids, and `data.mdb`.
+    pub(super) async fn store_of_8_mib(
+        dir: &Path,
+    ) -> (Store, Vec<SealedObject>, Vec<ObjectId>, std::path::PathBuf) {
+        let store = Store::open(dir).unwrap();
         let objs: Vec<SealedObject> = (0..128u32)
             .map(|i| SealedObject::seal(&vec![i as u8; 64 * 1024]).unwrap().0)
             .collect();
         let ids = store.put_objects(objs.clone()).await.unwrap();
         store.release_resident();
-        let file = dir.path().join("data.mdb");
+        (store, objs, ids, dir.join("data.mdb"))
+    }
+
+    /// Object reads give back the map's pages (issue #4, item e): the bytes read are right,
+    /// and reading 8 MiB of objects leaves far less than that of the file mapped.
+    #[tokio::test]
+    async fn object_reads_give_back_mapped_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, objs, ids, file) = store_of_8_mib(dir.path()).await;
+        assert!(store.inner.map.len() > 0, "data.mdb's map is found");
         let before = mapped_kib(&file);
         for (id, obj) in ids.iter().zip(&objs) {
             let got = store.get_object(*id).await.unwrap().unwrap();

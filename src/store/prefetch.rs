@@ -94,13 +94,7 @@ mod tests {
     #[tokio::test]
     async fn prefetch_adds_nothing_to_the_resident_set() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let objs: Vec<SealedObject> = (0..128u32)
-            .map(|i| SealedObject::seal(&vec![i as u8; 64 * 1024]).unwrap().0)
-            .collect();
-        let ids = store.put_objects(objs.clone()).await.unwrap();
-        store.release_resident();
-        let file = dir.path().join("data.mdb");
+        let (store, objs, ids, file) = crate::store::tests::store_of_8_mib(dir.path()).await;
         let before = crate::store::tests::mapped_kib(&file);
         assert_eq!(
             store.prefetch_objects(ids.clone()).await.unwrap(),
