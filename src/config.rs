@@ -174,7 +174,7 @@ impl Default for StorageSection {
 pub struct DurabilitySection {
     pub failure_fraction: f64,
     pub loss_probability: f64,
-    /// Longest new mail waits before it is placed in the ring (issue #6).
+    /// Longest new mail waits after the previous pass before it is placed in the ring.
     pub backup_every_secs: u64,
 }
 
@@ -183,7 +183,7 @@ impl Default for DurabilitySection {
         DurabilitySection {
             failure_fraction: 0.6,
             loss_probability: 1e-6,
-            backup_every_secs: 300,
+            backup_every_secs: 10,
         }
     }
 }
@@ -753,9 +753,10 @@ contribution = "10GiB"
 failure_fraction = 0.6
 # ... with at most this probability of losing any one message.
 loss_probability = 1e-6
-# New mail is backed up into the ring when a bundle (1 MiB) fills, or after this many
-# seconds at the latest.
-backup_every_secs = 300
+# New mail is placed in the ring (erasure-coded at the target above, in small bundles that
+# are merged into 1 MiB ones once mail stops arriving) at most this many seconds after the
+# previous backup pass, so mail is in the ring about this long after it was accepted.
+backup_every_secs = 10
 
 [smarthost]
 # Mail to people outside the overlay (no directory record) leaves through this relay, e.g.

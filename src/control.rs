@@ -118,9 +118,9 @@ pub struct Context {
     pub client: overlay::Client,
     /// For `send` (None when the node runs no mail).
     pub delivery: Option<crate::delivery::Delivery>,
-    /// The node's store and the failure fraction its backup is made for (durability).
+    /// The node's store and how its backup is made (durability).
     pub store: crate::store::Store,
-    pub failure_fraction: f64,
+    pub backup: crate::durability::backup::BackupConfig,
 }
 
 /// Binds the socket (refusing if a node already answers on it; removing a stale one).
@@ -274,8 +274,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
             Err(e) => error_reply(&e.to_string()),
         },
         Request::Durability => {
-            let st =
-                crate::durability::status::check(&ctx.client, &ctx.store, ctx.failure_fraction);
+            let st = crate::durability::status::check(&ctx.client, &ctx.store, &ctx.backup);
             match st.await {
                 Ok(d) => Reply {
                     ok: true,

@@ -268,10 +268,11 @@ impl Node {
                 client: client.clone(),
                 delivery: delivery.clone(),
                 store: store.clone(),
-                failure_fraction: config
+                backup: config
                     .durability
                     .as_ref()
-                    .map_or(0.6, |d| d.backup.failure_fraction),
+                    .map(|d| d.backup.clone())
+                    .unwrap_or_default(),
             };
             tasks.spawn(control::serve(listener, path, ctx, cancel.clone()).in_current_span());
         }
@@ -496,10 +497,10 @@ async fn start_mail(
 #[derive(Debug, Clone)]
 pub struct DurabilityConfig {
     pub backup: durability::backup::BackupConfig,
-    /// How often the backup task looks for new mail.
+    /// How often the backup task looks for new mail and at the ring.
     pub tick: Duration,
-    /// Longest new mail waits for a bundle to fill before it is placed anyway.
-    pub backup_every: Duration,
+    /// When passes run: new mail within `schedule.backup_every`, re-coding, compaction.
+    pub schedule: durability::schedule::ScheduleConfig,
     /// The owner's repair and lease renewal pass over its own bundles.
     pub maintain_every: Duration,
     /// The holders' pass over the fragments held for others (repair when owners are away,
@@ -512,8 +513,8 @@ impl Default for DurabilityConfig {
     fn default() -> Self {
         DurabilityConfig {
             backup: durability::backup::BackupConfig::default(),
-            tick: Duration::from_secs(15),
-            backup_every: Duration::from_secs(300),
+            tick: Duration::from_secs(2),
+            schedule: durability::schedule::ScheduleConfig::default(),
             maintain_every: Duration::from_secs(6 * 3600),
             holder_every: Duration::from_secs(3600),
             limits: durability::repair::RepairLimits::default(),
@@ -570,42 +571,84 @@ fn spawn_durability(
         target,
     )));
     let keys = UserKeys::from_seed(*config.user_keys.seed());
-    let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone());
+    let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone())
+        .with_address(&config.address);
     let (token, cfg) = (cancel.clone(), d.clone());
     tasks.spawn(
         async move {
+            use durability::backup::{Error as BackupError, PassOptions};
+            use durability::schedule::{Decision, Schedule};
+            let mut schedule = Schedule::new(cfg.schedule.clone());
             let mut tick = tokio::time::interval(cfg.tick);
-            let mut last_pass: Option<tokio::time::Instant> = None;
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_maintain = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let due = last_pass.is_none_or(|t| t.elapsed() >= cfg.backup_every);
-                let full = match b.pending().await {
-                    Ok((bodies, logs)) => bodies + logs >= cfg.backup.bundle_bytes,
+                let routing = match b.ring_size().await {
+                    Ok(n) => n,
                     Err(e) => {
-                        tracing::warn!("backup: {e}");
-                        false
+                        tracing::debug!("backup: no ring size: {e}");
+                        0
                     }
                 };
-                if due || full {
-                    match b.run_once(last_pass.is_none()).await {
+                let counter = match b.log_counter().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("backup: {e}");
+                        continue;
+                    }
+                };
+                let now = tokio::time::Instant::now();
+                let opts = match schedule.tick(now, routing, counter) {
+                    Decision::Wait => None,
+                    Decision::Pass {
+                        ring,
+                        force,
+                        compact,
+                    } => Some(PassOptions {
+                        force,
+                        compact,
+                        ring: Some(ring),
+                    }),
+                    Decision::Check { ring, compact } => {
+                        match b.needs_recode(ring, compact).await {
+                            Ok(true) => Some(PassOptions {
+                                force: false,
+                                compact,
+                                ring: Some(ring),
+                            }),
+                            Ok(false) => None,
+                            Err(e) => {
+                                tracing::warn!("backup check failed: {e}");
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some(opts) = opts {
+                    match b.run_pass(opts).await {
                         Ok(r) => {
-                            last_pass = Some(tokio::time::Instant::now());
-                            if let Ok(p) = b.params().await {
-                                let q = (contribution as f64 / p.overhead()) as u64;
+                            schedule.passed(counter);
+                            if let Some(ring) = opts.ring {
+                                let q =
+                                    (contribution as f64 / b.params_for(ring).overhead()) as u64;
                                 mailbox.set_quota(Some(q));
                             }
-                            if r.bundles > 0 {
+                            if r.bundles > 0 || r.recoded > 0 {
                                 tracing::info!(?r, "backup pass");
                             }
                         }
-                        Err(durability::backup::Error::NoPeers) => {
+                        Err(BackupError::NoPeers) => {
+                            schedule.failed(now);
                             tracing::debug!("backup waits for a peer");
                         }
-                        Err(e) => tracing::warn!("backup pass failed (retried): {e}"),
+                        Err(e) => {
+                            schedule.failed(now);
+                            tracing::warn!("backup pass failed (retried): {e}");
+                        }
                     }
                 }
                 if last_maintain.elapsed() >= cfg.maintain_every {

@@ -458,7 +458,7 @@ fn restore_through_the_binary_from_the_phrase_alone() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        text.replace("backup_every_secs = 300", "backup_every_secs = 1"),
+        text.replace("backup_every_secs = 10", "backup_every_secs = 1"),
     )
     .unwrap();
     let bodies: Vec<Vec<u8>> = (0..25)
@@ -508,14 +508,13 @@ fn restore_through_the_binary_from_the_phrase_alone() {
 
     let fresh = TestHome::new();
     let pw = fresh.file("pw", "another-password\n");
+    // No --address: the phrase alone finds the backup, and the index names the address.
     let restore = |home: &TestHome, words: &std::path::Path| {
         home.run(&[
             "restore",
             "--phrase",
             "--phrase-file",
             words.to_str().unwrap(),
-            "--address",
-            "alice@procs.test",
             "--password-file",
             pw.to_str().unwrap(),
             "--no-mdns",
@@ -532,11 +531,31 @@ fn restore_through_the_binary_from_the_phrase_alone() {
         out.stdout(),
         out.stderr()
     );
+    let key = fresh.run(&["key", "show", "--json"]).success().json();
+    assert_eq!(key["address"], "alice@procs.test", "{key}");
     let e = Engine::open(&fresh);
     assert_eq!(e.inbox(), bodies);
     let seen = e.mailbox.messages("INBOX").unwrap();
     assert!(seen.iter().all(|m| m.flags.has(Flag::Seen)));
     drop(e);
+    // `key import --phrase` without --address reads it from the ring too.
+    let second = TestHome::new();
+    second
+        .run(&[
+            "key",
+            "import",
+            "--phrase",
+            "--phrase-file",
+            words.to_str().unwrap(),
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--no-mdns",
+            "--bootstrap",
+            &holder.listen,
+        ])
+        .success();
+    let key = second.run(&["key", "show", "--json"]).success().json();
+    assert_eq!(key["address"], "alice@procs.test", "{key}");
 
     let stranger = TestHome::new();
     let other = stranger.file("phrase", &phrase::encode(&[9; 32]));

@@ -44,9 +44,10 @@ pub struct ImportArgs {
     /// File holding the recovery phrase.
     #[arg(long, value_name = "FILE")]
     pub phrase_file: Option<PathBuf>,
-    /// The mail address the key belongs to.
+    /// The mail address the key belongs to; without it, read from the key's newest backup
+    /// index in the ring (joined through overlay.bootstrap / --bootstrap).
     #[arg(long, value_name = "ADDR")]
-    pub address: String,
+    pub address: Option<String>,
     /// Protect the imported key with the passphrase in this file.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
@@ -56,6 +57,8 @@ pub struct ImportArgs {
     /// Replace an existing identity in this home.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub join: super::restore::JoinArgs,
 }
 
 pub fn execute(cmd: Command, home: &Home) -> Result<()> {
@@ -151,9 +154,14 @@ fn import(args: ImportArgs, home: &Home) -> Result<()> {
         "Phrase accepted: user fingerprint {}",
         keys.public().fingerprint()
     );
+    home.check_not_initialized(args.force)?;
+    let address = match &args.address {
+        Some(a) => a.clone(),
+        None => super::restore::address_from_ring(home, &seed, &args.join)?,
+    };
     super::init::provision(
         home,
-        &args.address,
+        &address,
         keys,
         args.password_file.as_deref(),
         args.passphrase_file.as_deref(),

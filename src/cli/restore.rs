@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::secret;
 use crate::config::Config;
-use crate::crypto::{UserKeys, phrase};
+use crate::crypto::{DeviceKey, UserKeys, phrase};
 use crate::durability::restore::Progress;
 use crate::home::Home;
 use crate::node::{self, Node, NodeConfig};
@@ -26,8 +26,9 @@ pub struct Args {
     /// File holding the recovery phrase.
     #[arg(long, value_name = "FILE")]
     pub phrase_file: Option<PathBuf>,
-    /// The mail address of the key; needed when this home has no identity yet (it is then
-    /// created as `key import --phrase` would).
+    /// The mail address of the key, when this home has no identity yet (it is then created
+    /// as `key import --phrase` would). Without it, the address is read from the newest backup
+    /// index in the ring.
     #[arg(long, value_name = "ADDR")]
     pub address: Option<String>,
     /// Protect the imported key with the passphrase in this file (new home only).
@@ -36,6 +37,13 @@ pub struct Args {
     /// The IMAP/POP3/SMTP password for this node, from this file (new home only).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub join: JoinArgs,
+}
+
+/// How a node that is not running yet reaches the ring (`restore`, `key import`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JoinArgs {
     /// Also dial this peer (repeatable; added to overlay.bootstrap).
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
@@ -45,6 +53,102 @@ pub struct Args {
     /// Turn off mDNS discovery on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+}
+
+/// Waits until the node has a peer and has bootstrapped (at most [`JOIN_TIMEOUT`]).
+async fn join(node: &Node) -> Result<()> {
+    let joined = async {
+        loop {
+            if node
+                .client()
+                .status()
+                .await
+                .is_ok_and(|s| s.routing_table > 0)
+            {
+                let _ = node.client().bootstrap().await;
+                // Let the bootstrap fill the table a little before the first lookup.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(JOIN_TIMEOUT, joined).await.is_err() {
+        bail!(
+            "no peer answered within {}s: check --bootstrap / overlay.bootstrap",
+            JOIN_TIMEOUT.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// The address of the key `seed`, read from its newest backup index in the ring, for a home
+/// that has no identity yet: a node with a throwaway device key and store joins the ring
+/// (`overlay.bootstrap` of the home's config if it has one, the defaults otherwise, and
+/// `join`), finds the root and the index, and stops.
+pub(crate) fn address_from_ring(
+    home: &Home,
+    seed: &[u8; 32],
+    join_args: &JoinArgs,
+) -> Result<String> {
+    const PROBE: &str = "restore@peerpost.invalid";
+    let config = if home.config().exists() {
+        Config::load(&home.config(), home.root())?
+    } else {
+        Config::parse(&crate::config::template(PROBE), &home.config(), home.root())?
+    };
+    let device = DeviceKey::generate()?;
+    let mut listen = join_args.listen.clone();
+    if listen.is_empty() {
+        // Not overlay.listen: a node of this machine may hold its port.
+        listen.push("/ip4/0.0.0.0/tcp/0".into());
+    }
+    let oc = super::run::overlay_config(
+        &config,
+        *device.seed(),
+        &listen,
+        &join_args.bootstrap,
+        join_args.no_mdns,
+    )?;
+    if oc.bootstrap.is_empty() && !oc.mdns {
+        bail!("no peer to join: give --bootstrap MULTIADDR or set overlay.bootstrap");
+    }
+    let dir = std::env::temp_dir().join(format!("peerpost-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir).context("cannot open a temporary store")?;
+    let mut nc = NodeConfig::new(PROBE, UserKeys::from_seed(*seed), device.public(), oc);
+    nc.auto_publish = false;
+    nc.durability = None;
+    eprintln!("No --address: looking for the key's backup in the ring ...");
+    let rt = super::open::runtime()?;
+    let found = rt.block_on(async move {
+        let node = Node::start(nc, store).await?;
+        if let Err(e) = join(&node).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        let keys = UserKeys::from_seed(*seed);
+        let res = crate::durability::restore::find_index(node.client(), &keys).await;
+        node.shutdown().await;
+        anyhow::Ok(res)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match found? {
+        Ok((_, _, index)) => match index.address {
+            Some(a) => {
+                eprintln!("The backup names the address {a}");
+                Ok(a)
+            }
+            None => bail!(
+                "the key's backup in the ring is older than addresses in backups: give --address ADDR"
+            ),
+        },
+        Err(crate::durability::restore::RestoreError::NoBackup) => bail!(
+            "no backup of this key was found in the ring, so its address is unknown (is this the \
+             right phrase?): give --address ADDR"
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot read the key's backup index")),
+    }
 }
 
 pub fn execute(args: Args, home: &Home) -> Result<()> {
@@ -67,12 +171,13 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
             }
         }
         Err(_) => {
-            let Some(address) = &args.address else {
-                bail!("this home has no identity yet: give --address ADDR (the key's address)");
+            let address = match &args.address {
+                Some(a) => a.clone(),
+                None => address_from_ring(home, &seed, &args.join)?,
             };
             super::init::provision(
                 home,
-                address,
+                &address,
                 UserKeys::from_seed(*seed),
                 args.password_file.as_deref(),
                 args.passphrase_file.as_deref(),
@@ -87,9 +192,9 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     let mut oc = super::run::overlay_config(
         &config,
         *device.seed(),
-        &args.listen,
-        &args.bootstrap,
-        args.no_mdns,
+        &args.join.listen,
+        &args.join.bootstrap,
+        args.join.no_mdns,
     )?;
     if oc.bootstrap.is_empty() && !oc.mdns {
         bail!("no peer to join: give --bootstrap MULTIADDR or set overlay.bootstrap");
@@ -103,28 +208,9 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
     rt.block_on(async move {
         let started = Instant::now();
         let node = Node::start(nc, store).await?;
-        let joined = async {
-            loop {
-                if node
-                    .client()
-                    .status()
-                    .await
-                    .is_ok_and(|s| s.routing_table > 0)
-                {
-                    let _ = node.client().bootstrap().await;
-                    // Let the bootstrap fill the table a little before the first lookup.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        if tokio::time::timeout(JOIN_TIMEOUT, joined).await.is_err() {
+        if let Err(e) = join(&node).await {
             node.shutdown().await;
-            bail!(
-                "no peer answered within {}s: check --bootstrap / overlay.bootstrap",
-                JOIN_TIMEOUT.as_secs()
-            );
+            return Err(e);
         }
         let bar =
             indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());

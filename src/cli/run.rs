@@ -212,8 +212,8 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     if let Some(d) = &mut nc.durability {
         d.backup.failure_fraction = config.durability.failure_fraction;
         d.backup.target_loss = config.durability.loss_probability;
-        d.backup_every = config.durability.backup_every;
-        d.tick = d.tick.min(d.backup_every);
+        d.schedule.backup_every = config.durability.backup_every;
+        d.tick = d.tick.min(d.schedule.backup_every);
     }
     nc.control_socket = Some(control::socket_path(home.root()));
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);

@@ -33,6 +33,12 @@ fn print_durability(d: &DurabilityStatus) {
             );
         }
     }
+    match d.below_target {
+        Some(0) | None => {}
+        Some(n) => println!(
+            "  below target:    {n} bundles coded for a smaller ring (re-coded within a minute)"
+        ),
+    }
 }
 
 #[derive(Debug, clap::Args)]

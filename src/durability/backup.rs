@@ -27,7 +27,7 @@ use super::repair;
 use super::ring::{self, Receipt, RingError};
 use crate::crypto::{self, ContentKey, ObjectId, SealedObject, UserKeys};
 use crate::overlay::{self, backup_root::BackupRoot};
-use crate::store::{self, Store, schema::Table};
+use crate::store::{self, BackupSource, Store, schema::Table};
 use crate::wire::{DecodeError, Reader, Writer};
 
 /// What a bundle carries.
@@ -53,7 +53,8 @@ impl Kind {
 }
 
 pub const ENTRY_VERSION: u8 = 1;
-pub const INDEX_VERSION: u8 = 1;
+/// 2 adds the user's address (version 1 indexes are still read).
+pub const INDEX_VERSION: u8 = 2;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Bundles an index lists at most (a 10 M-message mailbox in 1 MiB bundles is ~20 k).
 pub const MAX_INDEX_ENTRIES: usize = 1 << 20;
@@ -167,26 +168,50 @@ pub fn backup_key(keys: &UserKeys) -> ContentKey {
     ContentKey::from_bytes(crypto::hash(&m))
 }
 
-/// `u8 version · u64 created · u32 count · count × (u32 len ‖ entry)`, sealed.
-pub fn encode_index(entries: &[Entry], created: u64) -> Vec<u8> {
+/// `u8 version = 2 · u64 created · u8 len ‖ address (may be empty) · u32 count ·
+/// count × (u32 len ‖ entry)`, sealed.
+pub fn encode_index(entries: &[Entry], created: u64, address: Option<&str>) -> Vec<u8> {
     let mut w = Writer::new();
-    w.u8(INDEX_VERSION).u64(created).u32(entries.len() as u32);
+    let address = address.filter(|a| a.len() <= 254).unwrap_or("");
+    w.u8(INDEX_VERSION)
+        .u64(created)
+        .bytes8(address.as_bytes())
+        .u32(entries.len() as u32);
     for e in entries {
         w.bytes32(&e.encode());
     }
     w.into_vec()
 }
 
-pub fn decode_index(bytes: &[u8]) -> Result<Vec<Entry>, Error> {
+/// What an index lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    pub created: u64,
+    /// The user's address (`None` in a version 1 index, or when it was not known).
+    pub address: Option<String>,
+    pub entries: Vec<Entry>,
+}
+
+pub fn decode_index(bytes: &[u8]) -> Result<Index, Error> {
     let mut r = Reader::new(bytes);
     let v = r.u8("index version")?;
-    if v != INDEX_VERSION {
+    if v != 1 && v != INDEX_VERSION {
         return Err(Error::Version {
             what: "backup index",
             found: v,
         });
     }
-    let _created = r.u64("created")?;
+    let created = r.u64("created")?;
+    let address = if v >= 2 {
+        let a = r.bytes8("address", 254)?;
+        let a = std::str::from_utf8(a).map_err(|_| DecodeError::Invalid {
+            field: "address",
+            why: "not UTF-8",
+        })?;
+        Some(a.to_string()).filter(|a| !a.is_empty())
+    } else {
+        None
+    };
     let count = r.u32("count")? as usize;
     if count > MAX_INDEX_ENTRIES {
         return Err(DecodeError::TooLong {
@@ -201,7 +226,11 @@ pub fn decode_index(bytes: &[u8]) -> Result<Vec<Entry>, Error> {
         out.push(Entry::decode(r.bytes32("entry", 64 + 32 * 256)?)?);
     }
     r.finish("backup index")?;
-    Ok(out)
+    Ok(Index {
+        created,
+        address,
+        entries: out,
+    })
 }
 
 /// A log entry as the store keys it.
@@ -368,6 +397,61 @@ impl Default for BackupConfig {
     }
 }
 
+impl BackupConfig {
+    /// The calculator's n/k for a ring of `ring` peers (not counting this node).
+    pub fn params_for(&self, ring: usize) -> Params {
+        // A quarter of the ring is left out of n: the closest peers of each placement key must
+        // still offer one that holds no other fragment of the bundle.
+        let max_n = self.max_n.min((ring - ring / 4).clamp(1, 256) as u16);
+        params::choose(
+            Some(ring.max(1)),
+            self.failure_fraction,
+            self.target_loss,
+            max_n,
+        )
+        .params
+    }
+
+    /// Whether a bundle coded with `p` is below target in a ring of `ring` peers: its loss
+    /// probability exceeds the target by more than [`RECODE_SLACK`] while the calculator's
+    /// choice for that ring meets it (re-coding must help).
+    pub fn below_target(&self, p: Params, ring: usize) -> bool {
+        if ring == 0 {
+            return false;
+        }
+        let failed = (ring as f64 * self.failure_fraction).ceil() as usize;
+        let loss = |p: Params| {
+            params::loss_hypergeometric(ring, failed, usize::from(p.n), usize::from(p.k))
+        };
+        let target = self.target_loss;
+        let now = loss(p);
+        now > target * RECODE_SLACK && loss(self.params_for(ring)) * RECODE_SLACK < now
+    }
+
+    /// The bundles a pass re-codes: those below target for a ring of `ring`, and the small
+    /// ones (under `bundle_bytes / SMALL_SHARE`) of a kind once they fill a bundle together,
+    /// or whenever there are two or more with `compact`.
+    pub fn to_recode(&self, entries: &[Entry], ring: usize, compact: bool) -> Vec<ObjectId> {
+        let mut out: Vec<ObjectId> = entries
+            .iter()
+            .filter(|e| self.below_target(e.receipt.params, ring))
+            .map(|e| e.receipt.bundle)
+            .collect();
+        let small = (self.bundle_bytes / SMALL_SHARE) as u64;
+        for kind in [Kind::Bodies, Kind::Log] {
+            let smalls: Vec<&Entry> = entries
+                .iter()
+                .filter(|e| e.kind == kind && e.bytes < small && !out.contains(&e.receipt.bundle))
+                .collect();
+            let total: u64 = smalls.iter().map(|e| e.bytes).sum();
+            if smalls.len() >= 2 && (compact || total >= self.bundle_bytes as u64) {
+                out.extend(smalls.iter().map(|e| e.receipt.bundle));
+            }
+        }
+        out
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassReport {
@@ -377,7 +461,75 @@ pub struct PassReport {
     pub bytes: u64,
     /// The root seq published, if one was.
     pub root_seq: Option<u64>,
+    /// Bundles replaced by re-coded ones (below target, or small ones merged) and released.
+    pub recoded: usize,
 }
+
+/// How a pass treats bundles already placed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassOptions {
+    /// Publish a new index and root even when nothing is new.
+    pub force: bool,
+    /// Merge small bundles into full ones even below `bundle_bytes` in total (the node asks
+    /// for this once new mail has stopped arriving for a while).
+    pub compact: bool,
+    /// The ring's size as the caller trusts it (`None`: the routing table's now).
+    pub ring: Option<usize>,
+}
+
+/// Bundles under `bundle_bytes / SMALL_SHARE` are *small*: merged into full ones later.
+pub const SMALL_SHARE: usize = 4;
+/// A bundle is re-coded when its loss probability in the ring as it is now exceeds the target
+/// by this factor (hysteresis: a ring estimate that wobbles by a peer re-codes nothing).
+pub const RECODE_SLACK: f64 = 10.0;
+/// A long pass republishes the index at least this often.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(20);
+
+/// One pass's progress.
+struct Pass {
+    report: PassReport,
+    params: Params,
+    published: tokio::time::Instant,
+    /// Receipts dropped from the index, released once a root without them is out.
+    replaced: Vec<Receipt>,
+}
+
+/// Gathers items (sealed objects, log rows) into bundles of about `limit` bytes.
+struct Packer<T> {
+    limit: usize,
+    size: usize,
+    items: Vec<T>,
+}
+
+impl<T> Packer<T> {
+    fn new(limit: usize) -> Packer<T> {
+        Packer {
+            limit,
+            size: 0,
+            items: Vec::new(),
+        }
+    }
+
+    /// Adds `item` of `len` bytes; returns a full bundle's items when it does not fit beside
+    /// them.
+    fn push(&mut self, item: T, len: usize) -> Option<Vec<T>> {
+        let full = (!self.items.is_empty() && self.size + len > self.limit)
+            .then(|| std::mem::take(&mut self.items));
+        if full.is_some() {
+            self.size = 0;
+        }
+        self.size += len;
+        self.items.push(item);
+        full
+    }
+
+    fn finish(self) -> Option<Vec<T>> {
+        (!self.items.is_empty()).then_some(self.items)
+    }
+}
+
+/// Bytes a log row takes in a segment beside its entry (device, seq, length).
+const LOG_ROW_OVERHEAD: usize = 20;
 
 /// Backs up one user's mailbox from a store into the ring.
 pub struct Backup {
@@ -385,6 +537,8 @@ pub struct Backup {
     store: Store,
     keys: UserKeys,
     key: ContentKey,
+    /// The user's address, written into the index (so the phrase alone finds it).
+    address: Option<String>,
     pub config: BackupConfig,
 }
 
@@ -401,90 +555,77 @@ impl Backup {
             store,
             keys,
             key,
+            address: None,
             config,
         }
     }
 
-    /// The n/k for the ring as it is now.
-    pub async fn params(&self) -> Result<Params, Error> {
-        let ring = match self.config.ring_size {
+    /// Names the user's address in every index this backup publishes.
+    pub fn with_address(mut self, address: &str) -> Self {
+        self.address = Some(address.to_string());
+        self
+    }
+
+    /// The ring size the calculator works with: `config.ring_size`, or the routing table's.
+    pub async fn ring_size(&self) -> Result<usize, Error> {
+        Ok(match self.config.ring_size {
             Some(n) => n,
             None => self.client.status().await?.routing_table,
-        };
+        })
+    }
+
+    /// The calculator's n/k for a ring of `ring` peers (not counting this node).
+    pub fn params_for(&self, ring: usize) -> Params {
+        self.config.params_for(ring)
+    }
+
+    /// The n/k for the ring as it is now.
+    pub async fn params(&self) -> Result<Params, Error> {
+        let ring = self.ring_size().await?;
         if ring == 0 {
             return Err(Error::NoPeers);
         }
-        // A quarter of the ring is left out of n: the closest peers of each placement key must
-        // still offer one that holds no other fragment of the bundle.
-        let max_n = self
-            .config
-            .max_n
-            .min((ring - ring / 4).clamp(1, 256) as u16);
-        let c = params::choose(
-            Some(ring),
-            self.config.failure_fraction,
-            self.config.target_loss,
-            max_n,
-        );
-        Ok(c.params)
+        Ok(self.params_for(ring))
     }
 
-    /// Bytes of bodies and log entries not yet in a placed bundle.
+    /// Whether a bundle coded with `p` is below target (see [`BackupConfig::below_target`]).
+    pub fn below_target(&self, p: Params, ring: usize) -> bool {
+        self.config.below_target(p, ring)
+    }
+
+    /// The bundles a pass re-codes (see [`BackupConfig::to_recode`]).
+    pub fn to_recode(&self, entries: &[Entry], ring: usize, compact: bool) -> Vec<ObjectId> {
+        self.config.to_recode(entries, ring, compact)
+    }
+
+    /// Whether a pass for a ring of `ring` would re-code any placed bundle (see
+    /// [`Backup::to_recode`]): the node's cheap periodic check, one read of the receipts.
+    pub async fn needs_recode(&self, ring: usize, compact: bool) -> Result<bool, Error> {
+        let all = entries(&self.store).await?;
+        Ok(!self.to_recode(&all, ring, compact).is_empty())
+    }
+
+    /// The store's log arrival counter: it moves whenever the mailbox changes.
+    pub async fn log_counter(&self) -> Result<u64, Error> {
+        Ok(self.store.read(|rx| rx.log_counter()).await?)
+    }
+
+    /// Bytes of bodies and log entries not yet in a placed bundle (their lengths are read,
+    /// nothing is copied).
     pub async fn pending(&self) -> Result<(usize, usize), Error> {
-        let (objs, logs) = self.new_items().await?;
-        Ok((
-            objs.iter().map(|o| o.as_bytes().len()).sum(),
-            logs.iter().map(|l| l.bytes.len()).sum(),
-        ))
-    }
-
-    async fn new_items(&self) -> Result<(Vec<SealedObject>, Vec<LogRow>), Error> {
-        let done: HashSet<Vec<u8>> = self
+        let o = self
             .store
-            .backup_prefix(vec![ROW_OBJECT])
-            .await?
-            .into_iter()
-            .map(|(k, _)| k)
-            .chain(
-                self.store
-                    .backup_prefix(vec![ROW_LOG])
-                    .await?
-                    .into_iter()
-                    .map(|(k, _)| k),
-            )
-            .collect();
-        let mut objects = Vec::new();
-        for id in self.store.object_ids().await? {
-            if done.contains(&key(ROW_OBJECT, id.as_bytes())) {
-                continue;
-            }
-            if let Some(o) = self.store.get_object(id).await? {
-                objects.push(o);
-            }
-        }
-        let logs: Vec<LogRow> = self
-            .store
-            .read(|rx| -> Result<_, store::Error> {
-                Ok(rx
-                    .prefix(Table::Log, &[])?
-                    .into_iter()
-                    .filter(|(k, _)| k.len() == 16)
-                    .map(|(k, v)| LogRow {
-                        device: u64::from_be_bytes(k[0..8].try_into().unwrap_or([0; 8])),
-                        seq: u64::from_be_bytes(k[8..16].try_into().unwrap_or([0; 8])),
-                        bytes: v,
-                    })
-                    .collect())
-            })
+            .backup_unmarked_size(BackupSource::Objects, ROW_OBJECT)
             .await?;
-        let logs = logs
-            .into_iter()
-            .filter(|l| !done.contains(&log_key(l.device, l.seq)))
-            .collect();
-        Ok((objects, logs))
+        let l = self
+            .store
+            .backup_unmarked_size(BackupSource::Log, ROW_LOG)
+            .await?;
+        Ok((o.bytes as usize, l.bytes as usize))
     }
 
-    /// Codes, places and records one bundle; `marks` are the rows that say its items are done.
+    /// Codes, places and records one bundle; `marks` are the rows that say its items are done
+    /// (each names the bundle, so a re-code finds its items again).
     async fn place(
         &self,
         kind: Kind,
@@ -512,76 +653,265 @@ impl Backup {
             receipt,
         };
         if kind != Kind::Index {
+            let id = entry.receipt.bundle.as_bytes().to_vec();
             let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-                marks.into_iter().map(|k| (k, Some(Vec::new()))).collect();
-            rows.push((
-                key(ROW_RECEIPT, entry.receipt.bundle.as_bytes()),
-                Some(entry.encode()),
-            ));
+                marks.into_iter().map(|k| (k, Some(id.clone()))).collect();
+            rows.push((key(ROW_RECEIPT, &id), Some(entry.encode())));
             self.store.backup_write(rows).await?;
         }
         Ok(entry)
     }
 
-    /// One pass: bundles what is new, places it, and republishes the index and the root when
-    /// anything changed (or `force`).
+    /// One pass that only places what is new (and re-codes what is below target).
     pub async fn run_once(&self, force: bool) -> Result<PassReport, Error> {
-        let (objects, logs) = self.new_items().await?;
-        let mut report = PassReport::default();
-        if objects.is_empty() && logs.is_empty() && !force && state(&self.store).await?.is_some() {
-            return Ok(report);
+        self.run_pass(PassOptions {
+            force,
+            ..PassOptions::default()
+        })
+        .await
+    }
+
+    /// One pass: places what is new, re-codes the bundles [`Backup::to_recode`] names, and
+    /// republishes the index and the root when anything changed (or `force`); then releases
+    /// the fragments of the bundles it replaced and of the previous index.
+    ///
+    /// Nothing is read before the ring has a peer; what is pending is streamed through
+    /// bundles of `bundle_bytes` (one bundle's items in memory at a time), and the index is
+    /// republished at least every [`PUBLISH_EVERY`] of a long pass, so mail placed early in
+    /// a large import is findable before the pass ends.
+    pub async fn run_pass(&self, opts: PassOptions) -> Result<PassReport, Error> {
+        let ring = match opts.ring {
+            Some(r) => r,
+            None => self.ring_size().await?,
+        };
+        if ring == 0 {
+            return Err(Error::NoPeers);
         }
-        let params = self.params().await?;
+        let params = self.params_for(ring);
+        let before = entries(&self.store).await?;
+        let recode: HashSet<Vec<u8>> = self
+            .to_recode(&before, ring, opts.compact)
+            .into_iter()
+            .map(|id| id.as_bytes().to_vec())
+            .collect();
+        // Items of bundles being re-coded, and of marks made before marks named their bundle
+        // (empty values: such items are placed once more, and their old bundles then dropped).
+        let mut wanted = recode.clone();
+        wanted.insert(Vec::new());
+        let (obj_keys, _) = self
+            .store
+            .backup_rows_valued(ROW_OBJECT, wanted.clone())
+            .await?;
+        let (log_keys, _) = self.store.backup_rows_valued(ROW_LOG, wanted).await?;
+        let mut pass = Pass {
+            report: PassReport::default(),
+            params,
+            published: tokio::time::Instant::now(),
+            replaced: Vec::new(),
+        };
         let limit = self.config.bundle_bytes.max(1);
-        // Bodies, in bundles of about `bundle_bytes`.
-        let mut start = 0;
-        while start < objects.len() {
-            let mut end = start;
-            let mut size = 0;
-            while end < objects.len()
-                && (end == start || size + objects[end].as_bytes().len() <= limit)
-            {
-                size += objects[end].as_bytes().len();
-                end += 1;
+
+        // Bodies: the re-coded ones first, then what is new.
+        let mut bodies = Packer::new(limit);
+        let mut gone = Vec::new();
+        for k in &obj_keys {
+            let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
+                continue;
+            };
+            match self.store.get_object(ObjectId(id)).await? {
+                Some(o) => {
+                    let len = o.as_bytes().len();
+                    if let Some(batch) = bodies.push(o, len) {
+                        self.place_bodies(&mut pass, batch).await?;
+                    }
+                }
+                // Expunged and deleted here: nothing to keep in the ring.
+                None => gone.push((key(ROW_OBJECT, k), None)),
             }
-            let chunk = &objects[start..end];
-            let marks = chunk
-                .iter()
-                .map(|o| key(ROW_OBJECT, o.id().as_bytes()))
-                .collect();
-            let e = self.place(Kind::Bodies, chunk, params, marks).await?;
-            report.bundles += 1;
-            report.objects += chunk.len();
-            report.bytes += e.bytes;
-            start = end;
         }
+        if !gone.is_empty() {
+            self.store.backup_write(gone).await?;
+        }
+        let mut from = Vec::new();
+        loop {
+            let batch = self
+                .store
+                .backup_unmarked(BackupSource::Objects, ROW_OBJECT, from, limit)
+                .await?;
+            for (k, v) in batch.rows {
+                let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
+                    continue;
+                };
+                let o = SealedObject::from_bytes_verified(v, &ObjectId(id))?;
+                let len = o.as_bytes().len();
+                if let Some(b) = bodies.push(o, len) {
+                    self.place_bodies(&mut pass, b).await?;
+                }
+            }
+            match batch.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        if let Some(b) = bodies.finish() {
+            self.place_bodies(&mut pass, b).await?;
+        }
+
         // Log entries, in segments of about `bundle_bytes`, one segment per bundle.
-        let mut start = 0;
-        while start < logs.len() {
-            let mut end = start;
-            let mut size = 0;
-            while end < logs.len() && (end == start || size + logs[end].bytes.len() + 20 <= limit) {
-                size += logs[end].bytes.len() + 20;
-                end += 1;
+        let mut logs = Packer::new(limit);
+        let rows_of = |keys: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<LogRow> {
+            keys.into_iter()
+                .filter(|(k, _)| k.len() == 16)
+                .map(|(k, v)| LogRow {
+                    device: u64::from_be_bytes(k[0..8].try_into().unwrap_or([0; 8])),
+                    seq: u64::from_be_bytes(k[8..16].try_into().unwrap_or([0; 8])),
+                    bytes: v,
+                })
+                .collect()
+        };
+        for chunk in log_keys.chunks(1024) {
+            let keys = chunk.to_vec();
+            let rows = self
+                .store
+                .read(move |rx| -> Result<_, store::Error> {
+                    let mut out = Vec::new();
+                    for k in keys {
+                        if let Some(v) = rx.get(Table::Log, &k)? {
+                            out.push((k, v));
+                        }
+                    }
+                    Ok(out)
+                })
+                .await?;
+            for r in rows_of(rows) {
+                let len = r.bytes.len() + LOG_ROW_OVERHEAD;
+                if let Some(full) = logs.push(r, len) {
+                    self.place_logs(&mut pass, full).await?;
+                }
             }
-            let chunk = &logs[start..end];
-            let segment = SealedObject::seal_with_key(&encode_segment(chunk), &self.key)?;
-            let marks = chunk.iter().map(|l| log_key(l.device, l.seq)).collect();
-            let e = self.place(Kind::Log, &[segment], params, marks).await?;
-            report.bundles += 1;
-            report.log_entries += chunk.len();
-            report.bytes += e.bytes;
-            start = end;
         }
-        report.root_seq = Some(self.publish_index(params).await?);
-        Ok(report)
+        let mut from = Vec::new();
+        loop {
+            let batch = self
+                .store
+                .backup_unmarked(BackupSource::Log, ROW_LOG, from, limit)
+                .await?;
+            for r in rows_of(batch.rows) {
+                let len = r.bytes.len() + LOG_ROW_OVERHEAD;
+                if let Some(full) = logs.push(r, len) {
+                    self.place_logs(&mut pass, full).await?;
+                }
+            }
+            match batch.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        if let Some(rest) = logs.finish() {
+            self.place_logs(&mut pass, rest).await?;
+        }
+
+        // Bundles no item names any more are dropped from the index, then released.
+        let all: HashSet<Vec<u8>> = entries(&self.store)
+            .await?
+            .iter()
+            .map(|e| e.receipt.bundle.as_bytes().to_vec())
+            .collect();
+        let (_, named_o) = self
+            .store
+            .backup_rows_valued(ROW_OBJECT, HashSet::new())
+            .await?;
+        let (_, named_l) = self
+            .store
+            .backup_rows_valued(ROW_LOG, HashSet::new())
+            .await?;
+        let now = entries(&self.store).await?;
+        let dropped: Vec<Entry> = now
+            .into_iter()
+            .filter(|e| {
+                let id = e.receipt.bundle.as_bytes();
+                all.contains(&id[..]) && !named_o.contains(&id[..]) && !named_l.contains(&id[..])
+            })
+            .collect();
+        if !dropped.is_empty() {
+            self.store
+                .backup_write(
+                    dropped
+                        .iter()
+                        .map(|e| (key(ROW_RECEIPT, e.receipt.bundle.as_bytes()), None))
+                        .collect(),
+                )
+                .await?;
+            pass.report.recoded += dropped.len();
+            pass.replaced.extend(dropped.into_iter().map(|e| e.receipt));
+        }
+        let changed = pass.report.bundles > 0 || !pass.replaced.is_empty();
+        if changed || opts.force || state(&self.store).await?.is_none() {
+            self.publish_pass(&mut pass).await?;
+        }
+        Ok(pass.report)
+    }
+
+    async fn place_bodies(&self, pass: &mut Pass, batch: Vec<SealedObject>) -> Result<(), Error> {
+        let marks = batch
+            .iter()
+            .map(|o| key(ROW_OBJECT, o.id().as_bytes()))
+            .collect();
+        let e = self.place(Kind::Bodies, &batch, pass.params, marks).await?;
+        pass.report.bundles += 1;
+        pass.report.objects += batch.len();
+        pass.report.bytes += e.bytes;
+        self.publish_if_due(pass).await
+    }
+
+    async fn place_logs(&self, pass: &mut Pass, rows: Vec<LogRow>) -> Result<(), Error> {
+        let segment = SealedObject::seal_with_key(&encode_segment(&rows), &self.key)?;
+        let marks = rows.iter().map(|l| log_key(l.device, l.seq)).collect();
+        let e = self
+            .place(Kind::Log, &[segment], pass.params, marks)
+            .await?;
+        pass.report.bundles += 1;
+        pass.report.log_entries += rows.len();
+        pass.report.bytes += e.bytes;
+        self.publish_if_due(pass).await
+    }
+
+    async fn publish_if_due(&self, pass: &mut Pass) -> Result<(), Error> {
+        if pass.published.elapsed() >= PUBLISH_EVERY {
+            self.publish_pass(pass).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a new index and root, then releases what they no longer name.
+    async fn publish_pass(&self, pass: &mut Pass) -> Result<(), Error> {
+        let previous = state(&self.store).await?.map(|(_, e)| e.receipt);
+        pass.report.root_seq = Some(self.publish_index(pass.params).await?);
+        pass.published = tokio::time::Instant::now();
+        let mut release = std::mem::take(&mut pass.replaced);
+        release.extend(previous);
+        for r in &release {
+            self.release(r).await;
+        }
+        Ok(())
+    }
+
+    /// Tells the holders of a bundle's fragments that it is no longer needed: a lease that
+    /// expires now, so their next pass drops the fragments.
+    pub async fn release(&self, receipt: &Receipt) -> usize {
+        let holders = repair::locate(&self.client, Some(&self.store), receipt).await;
+        let lease = repair::Lease::of(receipt, overlay::now_secs());
+        repair::give_lease(&self.client, &lease, &holders).await
     }
 
     /// Seals and places the index of every bundle, then signs and publishes a newer root.
     async fn publish_index(&self, params: Params) -> Result<u64, Error> {
         let now = overlay::now_secs();
         let all = entries(&self.store).await?;
-        let index = SealedObject::seal_with_key(&encode_index(&all, now), &self.key)?;
+        let index = SealedObject::seal_with_key(
+            &encode_index(&all, now, self.address.as_deref()),
+            &self.key,
+        )?;
         let entry = self
             .place(Kind::Index, &[index], params, Vec::new())
             .await?;
@@ -656,10 +986,12 @@ pub fn open_root(root: &BackupRoot, key: &ContentKey) -> Result<Entry, Error> {
     Entry::decode(&sealed.open(key)?)
 }
 
+/// The `backup` rows of a restored backup: its receipts, a mark naming its bundle for every
+/// object and log entry it held, and the root state.
 pub(crate) fn receipt_rows(
     entries: &[Entry],
-    objects: &[ObjectId],
-    logs: &[(u64, u64)],
+    objects: &[(ObjectId, ObjectId)],
+    logs: &[(u64, u64, ObjectId)],
     root: Option<(u64, &Entry)>,
 ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
@@ -672,14 +1004,15 @@ pub(crate) fn receipt_rows(
             )
         })
         .collect();
-    rows.extend(
-        objects
-            .iter()
-            .map(|id| (key(ROW_OBJECT, id.as_bytes()), Some(Vec::new()))),
-    );
+    rows.extend(objects.iter().map(|(id, bundle)| {
+        (
+            key(ROW_OBJECT, id.as_bytes()),
+            Some(bundle.as_bytes().to_vec()),
+        )
+    }));
     rows.extend(
         logs.iter()
-            .map(|(d, s)| (log_key(*d, *s), Some(Vec::new()))),
+            .map(|(d, s, bundle)| (log_key(*d, *s), Some(bundle.as_bytes().to_vec()))),
     );
     if let Some((seq, e)) = root {
         rows.push(state_row(seq, e));
@@ -706,11 +1039,72 @@ mod tests {
         }
     }
 
+    fn sized(kind: Kind, id: u8, n: u16, k: u16, bytes: u64) -> Entry {
+        let mut e = entry(kind, n);
+        e.receipt.bundle = ObjectId([id; 32]);
+        e.receipt.params = Params { n, k };
+        e.bytes = bytes;
+        e
+    }
+
+    /// Bundles coded for a ring of one are re-coded once the ring holds nine; small bundles
+    /// are merged once they fill a bundle (or on compaction); full ones at target stay.
+    #[test]
+    fn recode_picks_bundles_below_target_and_small_ones() {
+        let cfg = BackupConfig::default();
+        let mib = cfg.bundle_bytes as u64;
+        let at9 = cfg.params_for(9);
+        assert!(at9.n > 1, "{at9:?}");
+        let one = cfg.params_for(1);
+        assert_eq!((one.n, one.k), (1, 1));
+        assert!(cfg.below_target(one, 9), "n=k=1 in a ring of nine");
+        assert!(!cfg.below_target(at9, 9));
+        assert!(
+            !cfg.below_target(one, 1),
+            "nothing better exists for one peer"
+        );
+        let full = sized(Kind::Bodies, 1, at9.n, at9.k, mib);
+        let old = sized(Kind::Bodies, 2, 1, 1, mib);
+        let small_a = sized(Kind::Bodies, 3, at9.n, at9.k, 10_000);
+        let small_b = sized(Kind::Bodies, 4, at9.n, at9.k, 10_000);
+        let small_log = sized(Kind::Log, 5, at9.n, at9.k, 10_000);
+        let es = vec![
+            full.clone(),
+            old.clone(),
+            small_a.clone(),
+            small_b.clone(),
+            small_log,
+        ];
+        assert_eq!(cfg.to_recode(&es, 9, false), vec![ObjectId([2; 32])]);
+        let mut c = cfg.to_recode(&es, 9, true);
+        c.sort_by_key(|id| id.0);
+        assert_eq!(
+            c,
+            vec![ObjectId([2; 32]), ObjectId([3; 32]), ObjectId([4; 32])],
+            "a lone small log bundle has nothing to merge with"
+        );
+        // Small ones that add up to a bundle are merged without waiting for quiet.
+        let many: Vec<Entry> = (10..10 + (SMALL_SHARE as u8) * 2)
+            .map(|i| sized(Kind::Bodies, i, at9.n, at9.k, mib / SMALL_SHARE as u64 - 1))
+            .collect();
+        assert_eq!(cfg.to_recode(&many, 9, false).len(), many.len());
+        assert!(cfg.to_recode(&[full], 9, true).is_empty());
+    }
+
     #[test]
     fn formats_roundtrip_and_refuse_garbage() {
         let es = vec![entry(Kind::Bodies, 4), entry(Kind::Log, 9)];
-        let idx = encode_index(&es, 77);
-        assert_eq!(decode_index(&idx).unwrap(), es);
+        let idx = encode_index(&es, 77, Some("alice@example.org"));
+        let got = decode_index(&idx).unwrap();
+        assert_eq!(got.entries, es);
+        assert_eq!(got.address.as_deref(), Some("alice@example.org"));
+        assert_eq!(got.created, 77);
+        // A version 1 index (no address) is still read.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&idx[1..9]);
+        v1.extend_from_slice(&idx[9 + 1 + 17..]);
+        let old = decode_index(&v1).unwrap();
+        assert_eq!((old.entries, old.address), (es.clone(), None));
         for cut in 0..idx.len() {
             assert!(decode_index(&idx[..cut]).is_err());
         }

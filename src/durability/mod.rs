@@ -14,6 +14,7 @@ pub mod params;
 pub mod repair;
 pub mod restore;
 pub mod ring;
+pub mod schedule;
 pub mod status;
 
 pub use codec::{ErasureCodec, ReedSolomon8};

@@ -74,43 +74,8 @@ pub async fn restore(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Restored, RestoreError> {
     let key = backup::backup_key(keys);
-    let mut roots = Vec::new();
-    for attempt in 0..ROOT_ATTEMPTS {
-        roots = client.backup_roots(&keys.public().sign).await?;
-        if !roots.is_empty() {
-            break;
-        }
-        let _ = client.bootstrap().await;
-        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-    }
-    if roots.is_empty() {
-        return Err(RestoreError::NoBackup);
-    }
-    // Newest root first; an older one if the newest index cannot be rebuilt.
-    let mut last = String::new();
-    let mut found = None;
-    for root in &roots {
-        let index = match backup::open_root(root, &key) {
-            Ok(e) => e,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        match fetch_index(client, &index, &key).await {
-            Ok(entries) => {
-                found = Some((root.seq, index, entries));
-                break;
-            }
-            Err(e) => last = e.to_string(),
-        }
-    }
-    let Some((root_seq, index, entries)) = found else {
-        return Err(RestoreError::Index {
-            tried: roots.len(),
-            last,
-        });
-    };
+    let (root_seq, index, found) = find_index(client, keys).await?;
+    let entries = found.entries;
     let data: Vec<&Entry> = entries.iter().filter(|e| e.kind != Kind::Index).collect();
     progress(Progress::Found {
         bundles: data.len(),
@@ -120,8 +85,8 @@ pub async fn restore(
         root_seq,
         ..Restored::default()
     };
-    let mut object_ids: Vec<ObjectId> = Vec::new();
-    let mut log_keys: Vec<(u64, u64)> = Vec::new();
+    let mut object_ids: Vec<(ObjectId, ObjectId)> = Vec::new();
+    let mut log_keys: Vec<(u64, u64, ObjectId)> = Vec::new();
     let mut fetches = futures::stream::iter(data.iter().map(|e| async move {
         let objects = ring::fetch(client, &ReedSolomon8, &e.receipt)
             .await
@@ -136,14 +101,16 @@ pub async fn restore(
         let (entry, objects) = res?;
         match entry.kind {
             Kind::Bodies => {
-                object_ids.extend(objects.iter().map(SealedObject::id));
+                let bundle = entry.receipt.bundle;
+                object_ids.extend(objects.iter().map(|o| (o.id(), bundle)));
                 out.objects += objects.len();
                 store.put_objects(objects).await?;
             }
             Kind::Log => {
                 for seg in objects {
                     let rows = open_segment(&seg, &key)?;
-                    log_keys.extend(rows.iter().map(|r| (r.device, r.seq)));
+                    let bundle = entry.receipt.bundle;
+                    log_keys.extend(rows.iter().map(|r| (r.device, r.seq, bundle)));
                     out.entries.extend(rows.into_iter().map(|r| r.bytes));
                 }
             }
@@ -165,11 +132,51 @@ pub async fn restore(
     Ok(out)
 }
 
+/// The newest backup index of `keys` that can be rebuilt from the ring: the root's seq, the
+/// index bundle's entry, and what the index lists (with the user's address, when it names it).
+pub async fn find_index(
+    client: &overlay::Client,
+    keys: &UserKeys,
+) -> Result<(u64, Entry, backup::Index), RestoreError> {
+    let key = backup::backup_key(keys);
+    let mut roots = Vec::new();
+    for attempt in 0..ROOT_ATTEMPTS {
+        roots = client.backup_roots(&keys.public().sign).await?;
+        if !roots.is_empty() {
+            break;
+        }
+        let _ = client.bootstrap().await;
+        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+    }
+    if roots.is_empty() {
+        return Err(RestoreError::NoBackup);
+    }
+    // Newest root first; an older one if the newest index cannot be rebuilt.
+    let mut last = String::new();
+    for root in &roots {
+        let index = match backup::open_root(root, &key) {
+            Ok(e) => e,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        match fetch_index(client, &index, &key).await {
+            Ok(found) => return Ok((root.seq, index, found)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(RestoreError::Index {
+        tried: roots.len(),
+        last,
+    })
+}
+
 async fn fetch_index(
     client: &overlay::Client,
     index: &Entry,
     key: &crypto::ContentKey,
-) -> Result<Vec<Entry>, RestoreError> {
+) -> Result<backup::Index, RestoreError> {
     let objects = ring::fetch(client, &ReedSolomon8, &index.receipt)
         .await
         .map_err(|source| RestoreError::Bundle {

@@ -43,6 +43,9 @@ pub struct DurabilityStatus {
     /// fragments found; `None` when nothing was checked.
     pub loss_now: Option<f64>,
     pub failure_fraction: f64,
+    /// Bundles coded with an n/k below what the ring now supports (re-coded by the node's
+    /// next check, within a minute), when checked.
+    pub below_target: Option<usize>,
 }
 
 /// What the store alone says (no ring needed).
@@ -62,13 +65,20 @@ pub async fn local(store: &Store) -> Result<DurabilityStatus, backup::Error> {
 pub async fn check(
     client: &overlay::Client,
     store: &Store,
-    failure_fraction: f64,
+    config: &backup::BackupConfig,
 ) -> Result<DurabilityStatus, backup::Error> {
+    let failure_fraction = config.failure_fraction;
     let mut st = local(store).await?;
     st.failure_fraction = failure_fraction;
     let ring = client.status().await?.routing_table;
     st.ring = Some(ring);
     let mut entries = backup::entries(store).await?;
+    st.below_target = Some(
+        entries
+            .iter()
+            .filter(|e| config.below_target(e.receipt.params, ring))
+            .count(),
+    );
     if let Some((_, index)) = backup::state(store).await? {
         entries.insert(0, index);
     }
