@@ -625,3 +625,151 @@ fn appends_over_quota_fail_and_smtp_says_mailbox_full() {
     e.mailbox.set_quota(Some(60_000));
     assert!(deliver(2_500).starts_with("250 "));
 }
+
+/// Issue #20's promise with real processes: nine `peerpost run` nodes up, alice joins with 60
+/// imported messages (two folders, flags); within 60 s `status` shows every bundle placed at
+/// the target for a ring of nine. Alice is SIGKILLed, gets 10 more messages while down, and
+/// restarts with them pending: placed within 60 s again. Then six of the ten (alice among
+/// them) are SIGKILLed at once, and `restore --phrase` (phrase on stdin, a survivor as
+/// bootstrap, a password file, no --address) on a fresh home gives back every message byte
+/// for byte, in its folder, with its flags and date.
+#[test]
+fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
+    use crate::mailbox::{mkfolder, put, read_tree};
+    use crate::overlay_procs::{Running, start};
+    use crate::util::TestHome;
+
+    let maildir = |dir: &std::path::Path, from: usize, n: usize| {
+        mkfolder(dir);
+        mkfolder(&dir.join(".Work"));
+        for i in from..from + n {
+            let (folder, flags) = match i % 3 {
+                0 => (dir.to_path_buf(), "S"),
+                1 => (dir.to_path_buf(), "FS"),
+                _ => (dir.join(".Work"), "RS"),
+            };
+            let body = format!(
+                "From: bob@procs.test\r\nSubject: message {i}\r\n\r\n{}\r\n",
+                "line of text ".repeat(40 + i * 7)
+            );
+            let name = format!("{}.{i}.test:2,{flags}", 1_700_000_000 + i);
+            put(
+                &folder,
+                "cur",
+                &name,
+                body.as_bytes(),
+                1_700_000_000 + i as i64,
+            );
+        }
+    };
+    let kill = |r: &mut Running| {
+        unsafe { libc::kill(r.child.id() as i32, libc::SIGKILL) };
+        r.child.wait().unwrap();
+    };
+    let started = Instant::now();
+    let mut ring: Vec<Running> = Vec::new();
+    for i in 0..9 {
+        let h = TestHome::new();
+        h.init(&format!("peer{i}@procs.test"));
+        let boot = ring.first().map(|r| r.listen.clone());
+        ring.push(start(h, boot.as_deref()));
+    }
+    eprintln!("nine nodes up at {:?}", started.elapsed());
+
+    let alice = TestHome::new();
+    alice.init("alice@procs.test");
+    let src = alice.path("src");
+    maildir(&src, 0, 60);
+    alice.run(&["import", src.to_str().unwrap()]).success();
+    let words = alice
+        .run(&["key", "export", "--phrase"])
+        .success()
+        .stdout()
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(words.split(' ').count(), 25, "{words}");
+
+    // Placed at target: every checked bundle's fragments found, none below target, nothing
+    // pending, n/k sized for nine peers (not the one seen first).
+    let placed = |home: &TestHome, what: &str| {
+        let t0 = Instant::now();
+        let st = crate::overlay_procs::eventually(what, || {
+            let st = home.run(&["status", "--json"]).json();
+            let d = &st["durability"];
+            let checked = d["checked"].as_array()?;
+            let ok = d["root_seq"].as_u64().is_some()
+                && d["pending_bytes"].as_u64() == Some(0)
+                && d["below_target"].as_u64() == Some(0)
+                && d["ring"].as_u64() >= Some(8)
+                && checked.len() >= 3
+                && checked
+                    .iter()
+                    .all(|b| b["found"] == b["n"] && b["n"].as_u64() > Some(1));
+            ok.then(|| st.clone())
+        });
+        let took = t0.elapsed();
+        eprintln!("{what}: {took:?}: {}", st["durability"]);
+        assert!(took <= Duration::from_secs(60), "{what} took {took:?}");
+        let loss = st["durability"]["loss_now"].as_f64().unwrap();
+        assert!(loss <= 1e-6, "P(loss) {loss} at 60 % failure");
+    };
+    let mut a = start(alice, Some(&ring[0].listen));
+    placed(&a.home, "alice's 60 messages in the ring at target");
+
+    // Down, 10 more messages arrive (imported while the node is away), back up again.
+    kill(&mut a);
+    let more = a.home.path("more");
+    maildir(&more, 60, 10);
+    a.home.run(&["import", more.to_str().unwrap()]).success();
+    let home = a.home;
+    let a = start(home, Some(&ring[1].listen));
+    placed(&a.home, "the 10 pending messages placed after a restart");
+
+    // What alice has: the reference for the restore.
+    let mut a = a;
+    kill(&mut a);
+    let want_dir = a.home.path("want");
+    a.home
+        .run(&["export", want_dir.to_str().unwrap()])
+        .success();
+    let want = read_tree(&want_dir);
+    assert_eq!(want.len(), 70);
+    // Six of ten at once: alice and five others.
+    for r in ring.iter_mut().skip(4) {
+        kill(r);
+    }
+    let fresh = TestHome::new();
+    let pw = fresh.file("pw", "new-password\n");
+    let t0 = Instant::now();
+    let out = fresh
+        .run_stdin(
+            &[
+                "restore",
+                "--phrase",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &ring[3].listen,
+            ],
+            Some(&format!("{words}\n")),
+        )
+        .success();
+    eprintln!("restore took {:?}: {}", t0.elapsed(), out.stdout());
+    assert!(out.stdout().contains("70 messages"), "{}", out.stdout());
+    let got_dir = fresh.path("got");
+    fresh.run(&["export", got_dir.to_str().unwrap()]).success();
+    let got = read_tree(&got_dir);
+    assert_eq!(got.len(), want.len());
+    for (k, m) in &want {
+        assert_eq!(got.get(k), Some(m), "{k:?}");
+    }
+    for r in ring.iter_mut().take(4) {
+        unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
+        r.child.wait().unwrap();
+    }
+}

@@ -20,7 +20,7 @@ const SPECIAL: [&str; 5] = [".Sent", ".Drafts", ".Trash", ".Junk", ".Archive"];
 
 /// One message file as a mail reader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Msg {
+pub(crate) struct Msg {
     bytes: Vec<u8>,
     mtime: i64,
     /// System flag letters after `:2,`; None when the name has no info part.
@@ -30,7 +30,7 @@ struct Msg {
 }
 
 /// (folder directory: "" for INBOX or ".A.B", "new" | "cur", base name) → message.
-type Tree = BTreeMap<(String, String, String), Msg>;
+pub(crate) type Tree = BTreeMap<(String, String, String), Msg>;
 
 /// The folder directories of a Maildir++ tree ("" for the root), sorted.
 fn folder_dirs(root: &Path) -> BTreeSet<String> {
@@ -55,7 +55,7 @@ fn mtime(p: &Path) -> i64 {
 }
 
 /// Reads every message of a Maildir++ tree, keywords resolved to names.
-fn read_tree(root: &Path) -> Tree {
+pub(crate) fn read_tree(root: &Path) -> Tree {
     let mut tree = Tree::new();
     for folder in folder_dirs(root) {
         let dir = root.join(&folder);
@@ -112,14 +112,14 @@ fn read_tree(root: &Path) -> Tree {
     tree
 }
 
-fn mkfolder(dir: &Path) {
+pub(crate) fn mkfolder(dir: &Path) {
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
 }
 
 /// Writes a message file and sets its mtime (the internal date import must keep).
-fn put(dir: &Path, sub: &str, name: &str, bytes: &[u8], mtime: i64) -> PathBuf {
+pub(crate) fn put(dir: &Path, sub: &str, name: &str, bytes: &[u8], mtime: i64) -> PathBuf {
     let p = dir.join(sub).join(name);
     std::fs::write(&p, bytes).unwrap();
     let f = std::fs::File::options().write(true).open(&p).unwrap();

@@ -19,6 +19,12 @@ fn print_durability(d: &DurabilityStatus) {
             d.body_bundles, d.log_bundles, d.bytes
         ),
     }
+    if d.pending_bytes > 0 {
+        println!(
+            "  not yet placed:  {} bytes (the next pass places them)",
+            d.pending_bytes
+        );
+    }
     println!("  repairs done:    {} fragments re-created", d.repairs);
     if let (Some(ring), Some(loss)) = (d.ring, d.loss_now) {
         println!(

@@ -354,6 +354,18 @@ pub async fn entries(store: &Store) -> Result<Vec<Entry>, Error> {
         .collect()
 }
 
+/// Bytes of bodies and of log entries that no placed bundle holds yet (their lengths are
+/// read, nothing is copied).
+pub async fn pending(store: &Store) -> Result<(u64, u64), Error> {
+    let o = store
+        .backup_unmarked_size(BackupSource::Objects, ROW_OBJECT)
+        .await?;
+    let l = store
+        .backup_unmarked_size(BackupSource::Log, ROW_LOG)
+        .await?;
+    Ok((o.bytes, l.bytes))
+}
+
 /// What a user may store with `contribution` bytes given to the ring: the contribution divided
 /// by the storage overhead n/k of the calculator's choice (for a ring of `ring` peers, or a
 /// large one), since every byte backed up costs n/k bytes on others' disks.
@@ -610,18 +622,10 @@ impl Backup {
         Ok(self.store.read(|rx| rx.log_counter()).await?)
     }
 
-    /// Bytes of bodies and log entries not yet in a placed bundle (their lengths are read,
-    /// nothing is copied).
+    /// Bytes of bodies and log entries not yet in a placed bundle (see [`pending`]).
     pub async fn pending(&self) -> Result<(usize, usize), Error> {
-        let o = self
-            .store
-            .backup_unmarked_size(BackupSource::Objects, ROW_OBJECT)
-            .await?;
-        let l = self
-            .store
-            .backup_unmarked_size(BackupSource::Log, ROW_LOG)
-            .await?;
-        Ok((o.bytes as usize, l.bytes as usize))
+        let (o, l) = pending(&self.store).await?;
+        Ok((o as usize, l as usize))
     }
 
     /// Codes, places and records one bundle; `marks` are the rows that say its items are done

@@ -31,6 +31,8 @@ pub struct DurabilityStatus {
     pub log_bundles: usize,
     /// Bytes in placed bundles.
     pub bytes: u64,
+    /// Bytes of bodies and log entries not yet placed (the next pass places them).
+    pub pending_bytes: u64,
     /// Sequence number of the last backup root published (unix time).
     pub root_seq: Option<u64>,
     /// Fragments this node re-created (owner and holder repairs).
@@ -51,7 +53,9 @@ pub struct DurabilityStatus {
 /// What the store alone says (no ring needed).
 pub async fn local(store: &Store) -> Result<DurabilityStatus, backup::Error> {
     let entries = backup::entries(store).await?;
+    let (bodies, logs) = backup::pending(store).await?;
     Ok(DurabilityStatus {
+        pending_bytes: bodies + logs,
         body_bundles: entries.iter().filter(|e| e.kind == Kind::Bodies).count(),
         log_bundles: entries.iter().filter(|e| e.kind == Kind::Log).count(),
         bytes: entries.iter().map(|e| e.bytes).sum(),
