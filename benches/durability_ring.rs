@@ -174,9 +174,16 @@ async fn mailbox_bench(nodes: usize, messages: usize) {
         rounds += 1;
         let mut this_round = 0;
         for n in ring.live() {
-            let st = repair::holder_pass(n.client(), n.store(), &ReedSolomon8, limits, now())
-                .await
-                .unwrap();
+            let st = repair::holder_pass(
+                n.client(),
+                n.store(),
+                &ReedSolomon8,
+                limits,
+                now(),
+                &mut repair::HolderState::default(),
+            )
+            .await
+            .unwrap();
             sent += st.bytes_sent;
             fetched += st.bytes_fetched;
             this_round += st.fragments_recreated;

@@ -540,12 +540,14 @@ fn spawn_durability(
                 tokio::time::Instant::now() + cfg.holder_every.min(Duration::from_secs(600)),
                 cfg.holder_every,
             );
+            let mut state = durability::repair::HolderState::default();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tick.tick() => {
                         let pass = durability::repair::holder_pass(
                             &c, &s, &durability::ReedSolomon8, cfg.limits, overlay::now_secs(),
+                            &mut state,
                         );
                         match pass.await {
                             Ok(st) => tracing::info!(?st, "holder maintenance pass"),

@@ -304,8 +304,12 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
     let reader_store = ring.node(live[0]).store().clone();
     let mut recreated = 0;
     let mut missing = Vec::new();
+    let mut states: Vec<repair::HolderState> = ring
+        .live()
+        .map(|_| repair::HolderState::default())
+        .collect();
     for round in 0..6 {
-        let passes = ring.live().map(|n| {
+        let passes = ring.live().zip(states.iter_mut()).map(|(n, state)| {
             repair::holder_pass(
                 n.client(),
                 n.store(),
@@ -315,6 +319,7 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_secs(),
+                state,
             )
         });
         for st in futures::future::join_all(passes).await {
@@ -416,19 +421,33 @@ async fn scenario(NODES: usize, PER_USER: usize, bundle_bytes: usize) {
         .as_secs()
         + repair::MAX_LEASE_SECS
         + 1;
+    let mut state = repair::HolderState::default();
     let st = repair::holder_pass(
         holder.client(),
         holder.store(),
         &ReedSolomon8,
         limits,
         later,
+        &mut state,
     )
     .await
     .unwrap();
     assert!(st.expired > 0, "{st:?}");
-    // (A fragment whose lease never reached this holder stays: see ARCHITECTURE.md.)
     let after = holder.client().status().await.unwrap().held_blobs;
     assert!(after < before, "{after} of {before} blobs left");
+    // A fragment whose lease never reached this holder goes after the grace period.
+    repair::holder_pass(
+        holder.client(),
+        holder.store(),
+        &ReedSolomon8,
+        limits,
+        later + repair::GRACE_SECS,
+        &mut state,
+    )
+    .await
+    .unwrap();
+    let left = holder.client().status().await.unwrap().held_blobs;
+    assert_eq!(left, 0, "{left} blobs of ended backups are still held");
     let left = holder
         .store()
         .held_scan(None, 100_000, 64 * 1024)
@@ -772,4 +791,148 @@ fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
         unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
         r.child.wait().unwrap();
     }
+}
+
+/// Issue #20: a peer that holds a fragment knows every blob id of the bundle. It stores on
+/// every holder a forged lease (the real one with `expires = 1`, signature left as it was), an
+/// unsigned version 1 lease expiring at once, a lease of its own key for the bundle, and a
+/// replayed older lease of the owner; and junk blobs nobody leases. After the holders' passes
+/// the bundle still restores; after the grace period the junk and the forgeries are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_leases_do_not_expire_a_backup_and_junk_goes_after_the_grace_period() {
+    use peerpost::overlay::protocol::{Request, Response};
+    const NODES: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = start_ring(NODES, dir.path(), |_| {}).await.unwrap();
+    let user = fill_mailbox(&ring, 1, 12, "lease").await;
+    let owner = user_keys(&user);
+    let backup = backup_of(&ring, &user, NODES - 1, 8 * 1024);
+    // An older lease of the owner's, expiring soon: what the attacker replays later.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    backup.run_once(false).await.unwrap();
+    let mut receipts: Vec<_> = backup::entries(ring.node(1).store())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.receipt)
+        .collect();
+    receipts.extend(
+        backup::state(ring.node(1).store())
+            .await
+            .unwrap()
+            .map(|(_, e)| e.receipt),
+    );
+    assert!(receipts.len() >= 3);
+    let old: Vec<repair::Lease> = receipts
+        .iter()
+        .map(|r| repair::Lease::sign(&owner, r, now() + 5))
+        .collect();
+    // The owner renews (a newer seq) before the attacker replays the old ones.
+    let limits = RepairLimits {
+        pause: Duration::ZERO,
+        ..RepairLimits::default()
+    };
+    backup.maintain(limits).await.unwrap();
+
+    let attacker = ring.node(2).client().clone();
+    let mallory = UserKeys::generate().unwrap();
+    let mut forged_ids = Vec::new();
+    let mut junk_ids = Vec::new();
+    let store_on = |peer, bytes: Vec<u8>| {
+        let a = attacker.clone();
+        async move {
+            let id = peerpost::crypto::hash(&bytes);
+            let r = a.request(peer, Request::Store { id, bytes }).await;
+            assert!(matches!(r, Ok(Response::Stored)), "{r:?}");
+            id
+        }
+    };
+    for (r, old) in receipts.iter().zip(&old) {
+        let holders = repair::locate(&attacker, None, r).await;
+        eprintln!(
+            "{:?}: {} of {} fragments found",
+            r.bundle,
+            holders.iter().flatten().count(),
+            r.blobs.len()
+        );
+        let real = repair::Lease::sign(&owner, r, now() + 3600);
+        let mut expired = real.encode();
+        let at = expired.len() - 64 - 32 * r.blobs.len() - 8;
+        expired[at..at + 8].copy_from_slice(&1u64.to_be_bytes());
+        let mut v1 = vec![repair::LEASE_V1_TAG];
+        v1.extend_from_slice(r.bundle.as_bytes());
+        v1.extend_from_slice(&r.params.n.to_be_bytes());
+        v1.extend_from_slice(&r.params.k.to_be_bytes());
+        v1.extend_from_slice(&1u64.to_be_bytes());
+        for b in &r.blobs {
+            v1.extend_from_slice(b);
+        }
+        let theirs = repair::Lease::sign(&mallory, r, 1).encode();
+        for peer in holders.iter().flatten().copied() {
+            if peer == attacker.peer_id() {
+                continue;
+            }
+            for bytes in [expired.clone(), v1.clone(), theirs.clone(), old.encode()] {
+                forged_ids.push(store_on(peer, bytes).await);
+            }
+            // Neither a lease, a fragment nor a sealed object: plain junk.
+            let mut junk = vec![0xEE; 4096];
+            junk[1..33].copy_from_slice(
+                &peer.to_bytes()[..32.min(peer.to_bytes().len())]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(0))
+                    .take(32)
+                    .collect::<Vec<u8>>(),
+            );
+            junk_ids.push((peer, store_on(peer, junk).await));
+        }
+    }
+    assert!(!junk_ids.is_empty());
+
+    // The holders' passes: once now, once after the replayed lease ended, once after grace.
+    let mut states: Vec<repair::HolderState> = ring
+        .live()
+        .map(|_| repair::HolderState::default())
+        .collect();
+    for t in [now(), now() + 60, now() + 60 + repair::GRACE_SECS] {
+        let passes = ring.live().zip(states.iter_mut()).map(|(n, st)| {
+            repair::holder_pass(n.client(), n.store(), &ReedSolomon8, limits, t, st)
+        });
+        for st in futures::future::join_all(passes).await {
+            eprintln!("holder pass at {t}: {:?}", st.unwrap());
+        }
+    }
+    // Every bundle is whole: all n fragments still held, and the mailbox restores.
+    for r in &receipts {
+        let found = repair::locate(&attacker, Some(ring.node(2).store()), r).await;
+        assert_eq!(
+            found.iter().flatten().count(),
+            r.blobs.len(),
+            "{:?}",
+            r.bundle
+        );
+    }
+    let want = contents(&user.mailbox).await;
+    let (fresh, device) = ring.join(dir.path()).await.unwrap();
+    let node = ring.node(fresh);
+    let (mb, _) = node::restore_mailbox(node.client(), node.store(), &owner, device, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(contents(&mb).await, want);
+    // Junk and forged leases are gone from every holder.
+    for n in ring.live() {
+        for id in forged_ids.iter().chain(junk_ids.iter().map(|(_, id)| id)) {
+            assert!(
+                !n.store().held_has(*id).await.unwrap(),
+                "a forged or junk blob is still held"
+            );
+        }
+    }
+    ring.shutdown().await;
 }

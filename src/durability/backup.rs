@@ -641,7 +641,7 @@ impl Backup {
         let expires = overlay::now_secs() + self.config.lease.as_secs();
         repair::give_lease(
             &self.client,
-            &repair::Lease::of(&receipt, expires),
+            &repair::Lease::sign(&self.keys, &receipt, expires),
             &receipt.holders,
         )
         .await;
@@ -904,7 +904,7 @@ impl Backup {
     /// expires now, so their next pass drops the fragments.
     pub async fn release(&self, receipt: &Receipt) -> usize {
         let holders = repair::locate(&self.client, Some(&self.store), receipt).await;
-        let lease = repair::Lease::of(receipt, overlay::now_secs());
+        let lease = repair::Lease::sign(&self.keys, receipt, overlay::now_secs());
         repair::give_lease(&self.client, &lease, &holders).await
     }
 
@@ -976,6 +976,7 @@ impl Backup {
             &self.client,
             &self.store,
             &ReedSolomon8,
+            &self.keys,
             &receipts,
             expires,
             limits,

@@ -7,9 +7,17 @@
 //! the fragment. docs/design.md, "Lease":
 //!
 //! ```text
-//! u8 tag = 0xB2 (lease, version 1) · [32] bundle id · u16 n · u16 k · u64 expires (unix s) ·
-//! n × [32] fragment blob id
+//! u8 tag = 0xB3 (lease, version 2) · [32] owner (user Ed25519 key) · [32] bundle id · u16 n ·
+//! u16 k · u64 seq · u64 expires (unix s) · n × [32] fragment blob id · [64] signature
 //! ```
+//!
+//! Leases are signed by the bundle's owner ("peerpost lease v2"): a holder acts only on valid
+//! ones, and for one owner's placement (bundle, n, k, blob ids) only the highest `seq` counts,
+//! so only a newer lease of the same owner changes an expiry (a release is such a lease,
+//! expiring now). A blob is kept while some owner's newest lease for a placement naming it is
+//! unexpired (another key's lease can never shorten it); a blob no valid lease names goes
+//! after [`GRACE_SECS`] (a placement gives its leases right after its fragments), or, when it
+//! is a sealed object (the overlay's message parts have no lease), after [`PART_LIFE_SECS`].
 //!
 //! A lease reveals no plaintext and needs no key: a missing fragment is rebuilt from any `k`
 //! verified fragments (the bundle is decoded and re-coded — the code is deterministic, so the
@@ -37,11 +45,20 @@ use crate::overlay::{self, PeerId};
 use crate::store::{self, Store};
 use crate::wire::{DecodeError, Reader, Writer};
 
-pub const LEASE_TAG: u8 = 0xB2;
+pub const LEASE_TAG: u8 = 0xB3;
+/// Version 1 leases (unsigned) are no longer honoured: held ones are unreferenced blobs.
+pub const LEASE_V1_TAG: u8 = 0xB2;
+const SIGN_CONTEXT: &str = "peerpost lease v2";
 /// Longest a holder keeps a fragment on one lease, whatever the lease says.
 pub const MAX_LEASE_SECS: u64 = 400 * 24 * 3600;
 /// Largest lease blob.
-pub const MAX_LEASE: usize = 1 + 32 + 2 + 2 + 8 + 32 * fragment::MAX_N;
+pub const MAX_LEASE: usize = 1 + 32 + 32 + 2 + 2 + 8 + 8 + 32 * fragment::MAX_N + 64;
+/// A held blob no valid lease names is dropped this long after a holder pass first saw it so.
+pub const GRACE_SECS: u64 = 3600;
+/// ... or, when it is a sealed object (a message part of the overlay's delivery), this long.
+pub const PART_LIFE_SECS: u64 = 30 * 24 * 3600;
+/// Unreferenced blobs a holder tracks at most (the rest wait for a later pass).
+const MAX_TRACKED: usize = 1 << 20;
 /// Peers asked for one fragment when locating it.
 const LOCATE_CANDIDATES: usize = ring::ASK;
 /// Peers a re-created fragment may go to (the closest ones).
@@ -61,49 +78,95 @@ pub enum RepairError {
     Store(#[from] store::Error),
     #[error("a re-created fragment does not match its lease (forged lease?)")]
     Mismatch,
+    #[error("the lease's signature does not verify")]
+    Signature,
 }
 
-/// A bundle's public metadata, as holders keep it.
+/// A bundle's public metadata, as holders keep it, signed by the bundle's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The owner's user Ed25519 key.
+    pub owner: [u8; 32],
     pub bundle: ObjectId,
     pub params: Params,
+    /// Orders the owner's leases of one placement (milliseconds since the epoch at signing).
+    pub seq: u64,
     pub expires: u64,
     pub blobs: Vec<[u8; 32]>,
+    pub signature: [u8; 64],
+}
+
+/// A strictly increasing lease seq for this process (unix milliseconds, or one more).
+pub fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let prev = LAST.fetch_max(now, Ordering::SeqCst);
+    if prev >= now {
+        LAST.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        now
+    }
 }
 
 impl Lease {
-    pub fn of(receipt: &Receipt, expires: u64) -> Lease {
-        Lease {
+    /// The owner's lease of `receipt`'s placement, expiring at `expires`.
+    pub fn sign(keys: &crypto::UserKeys, receipt: &Receipt, expires: u64) -> Lease {
+        let mut l = Lease {
+            owner: keys.public().sign,
             bundle: receipt.bundle,
             params: receipt.params,
+            seq: next_seq(),
             expires,
             blobs: receipt.blobs.clone(),
-        }
+            signature: [0; 64],
+        };
+        l.signature = keys.sign(SIGN_CONTEXT, l.body().as_slice());
+        l
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(45 + 32 * self.blobs.len());
+    fn body(&self) -> Writer {
+        let mut w = Writer::with_capacity(MAX_LEASE.min(149 + 32 * self.blobs.len()));
         w.u8(LEASE_TAG)
+            .fixed(&self.owner)
             .fixed(self.bundle.as_bytes())
             .u16(self.params.n)
             .u16(self.params.k)
+            .u64(self.seq)
             .u64(self.expires);
         for b in &self.blobs {
             w.fixed(b);
         }
+        w
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = self.body();
+        w.fixed(&self.signature);
         w.into_vec()
     }
 
+    /// Decodes a lease and verifies its owner's signature.
     pub fn decode(bytes: &[u8]) -> Result<Lease, RepairError> {
+        if bytes.len() > MAX_LEASE {
+            return Err(DecodeError::TooLong {
+                field: "lease",
+                len: bytes.len(),
+                max: MAX_LEASE,
+            }
+            .into());
+        }
         let mut r = Reader::new(bytes);
         if r.u8("lease tag")? != LEASE_TAG {
             return Err(DecodeError::Invalid {
                 field: "lease tag",
-                why: "not a lease",
+                why: "not a version 2 lease",
             }
             .into());
         }
+        let owner = r.array("owner")?;
         let bundle = ObjectId(r.array("bundle id")?);
         let (n, k) = (r.u16("n")?, r.u16("k")?);
         if n == 0 || k == 0 || k > n || usize::from(n) > fragment::MAX_N {
@@ -113,17 +176,39 @@ impl Lease {
             }
             .into());
         }
+        let seq = r.u64("seq")?;
         let expires = r.u64("expires")?;
         let blobs = (0..n)
             .map(|_| r.array::<32>("fragment id"))
             .collect::<Result<Vec<_>, _>>()?;
+        let signature = r.array::<64>("signature")?;
         r.finish("lease")?;
+        let signed = &bytes[..bytes.len() - 64];
+        crypto::keys::verify(&owner, SIGN_CONTEXT, signed, &signature)
+            .map_err(|_| RepairError::Signature)?;
         Ok(Lease {
+            owner,
             bundle,
             params: Params { n, k },
+            seq,
             expires,
             blobs,
+            signature,
         })
+    }
+
+    /// What one owner's leases of one placement share: owner, bundle, n, k and blob ids (a
+    /// re-coded bundle is another placement, whatever its bundle id).
+    pub fn placement(&self) -> [u8; 32] {
+        let mut w = Writer::with_capacity(68 + 32 * self.blobs.len());
+        w.fixed(&self.owner)
+            .fixed(self.bundle.as_bytes())
+            .u16(self.params.n)
+            .u16(self.params.k);
+        for b in &self.blobs {
+            w.fixed(b);
+        }
+        crypto::hash(w.as_slice())
     }
 
     fn receipt(&self) -> Receipt {
@@ -396,32 +481,52 @@ impl PassStats {
     }
 }
 
-/// A holder's maintenance pass: for every bundle with a lease held here, drop what has expired,
-/// and repair what this node is the coordinator of (it holds the lowest-numbered fragment
-/// still present in the ring).
+/// What a holder remembers between its passes: since when each held blob has been
+/// referenced by no valid lease (in memory: a restart begins the grace period anew).
+#[derive(Debug, Default)]
+pub struct HolderState {
+    unreferenced: HashMap<[u8; 32], (u64, u64)>,
+}
+
+impl HolderState {
+    /// Blobs currently waiting out their grace period.
+    pub fn tracked(&self) -> usize {
+        self.unreferenced.len()
+    }
+}
+
+/// A holder's maintenance pass: verify every lease held here and keep, per owner and
+/// placement, only the newest; drop the blobs whose every naming lease has expired, and the
+/// blobs no valid lease names once their grace period is over; then repair what this node is
+/// the coordinator of (it holds the lowest-numbered fragment still present in the ring).
 pub async fn holder_pass(
     client: &overlay::Client,
     store: &Store,
     codec: &dyn ErasureCodec,
     limits: RepairLimits,
     now: u64,
+    state: &mut HolderState,
 ) -> Result<PassStats, RepairError> {
-    // The leases held here, newest expiry per bundle.
-    let mut leases: HashMap<ObjectId, (Lease, Vec<[u8; 32]>)> = HashMap::new();
+    // Newest valid lease per (owner, placement), with the ids of all its leases held here;
+    // every other held blob.
+    let mut leases: HashMap<[u8; 32], (Lease, Vec<[u8; 32]>)> = HashMap::new();
+    let mut blobs: Vec<[u8; 32]> = Vec::new();
     let mut from = None;
     loop {
         let step = store.held_scan(from, 4096, MAX_LEASE).await?;
         for (id, bytes) in step.items {
-            let Some(b) = bytes else { continue };
-            if b.first() != Some(&LEASE_TAG) {
+            let lease = bytes
+                .filter(|b| b.first() == Some(&LEASE_TAG))
+                .and_then(|b| Lease::decode(&b).ok());
+            let Some(l) = lease else {
+                blobs.push(id);
                 continue;
-            }
-            let Ok(l) = Lease::decode(&b) else { continue };
+            };
             let e = leases
-                .entry(l.bundle)
+                .entry(l.placement())
                 .or_insert_with(|| (l.clone(), Vec::new()));
             e.1.push(id);
-            if l.expires > e.0.expires {
+            if l.seq > e.0.seq {
                 e.0 = l;
             }
         }
@@ -431,8 +536,54 @@ pub async fn holder_pass(
         }
     }
     let mut stats = PassStats::default();
-    for (_, (lease, lease_ids)) in leases {
+    // Each blob lives as long as the longest newest lease naming it (capped).
+    let mut until: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut live = Vec::new();
+    for (lease, ids) in leases.into_values() {
         let expires = lease.expires.min(now.saturating_add(MAX_LEASE_SECS));
+        for b in &lease.blobs {
+            let u = until.entry(*b).or_insert(0);
+            *u = (*u).max(expires);
+        }
+        let newest = crypto::hash(&lease.encode());
+        for id in ids {
+            if (id != newest || expires <= now) && store.held_delete(id).await? {
+                stats.expired += 1;
+            }
+        }
+        if expires > now {
+            live.push(lease);
+        }
+    }
+    let held: HashSet<[u8; 32]> = blobs.iter().copied().collect();
+    state.unreferenced.retain(|id, _| held.contains(id));
+    for id in blobs {
+        match until.get(&id) {
+            Some(&u) => {
+                state.unreferenced.remove(&id);
+                if u <= now && store.held_delete(id).await? {
+                    stats.expired += 1;
+                }
+            }
+            None => {
+                let life = match state.unreferenced.get(&id) {
+                    Some(&(_, life)) => life,
+                    None if state.unreferenced.len() >= MAX_TRACKED => continue,
+                    None => {
+                        let life = unreferenced_life(store, id).await?;
+                        state.unreferenced.insert(id, (now, life));
+                        life
+                    }
+                };
+                let since = state.unreferenced.get(&id).map_or(now, |&(t, _)| t);
+                if now.saturating_sub(since) >= life && store.held_delete(id).await? {
+                    state.unreferenced.remove(&id);
+                    stats.expired += 1;
+                }
+            }
+        }
+    }
+    for lease in live {
         let mine: Vec<usize> = {
             let mut v = Vec::new();
             for (i, b) in lease.blobs.iter().enumerate() {
@@ -442,24 +593,6 @@ pub async fn holder_pass(
             }
             v
         };
-        if expires <= now {
-            for i in &mine {
-                if store.held_delete(lease.blobs[*i]).await? {
-                    stats.expired += 1;
-                }
-            }
-            for id in lease_ids {
-                if store.held_delete(id).await? {
-                    stats.expired += 1;
-                }
-            }
-            continue;
-        }
-        // Old leases of a renewed bundle go.
-        let newest = crypto::hash(&lease.encode());
-        for id in lease_ids.into_iter().filter(|id| *id != newest) {
-            let _ = store.held_delete(id).await?;
-        }
         let Some(&first_mine) = mine.first() else {
             continue;
         };
@@ -470,6 +603,7 @@ pub async fn holder_pass(
         }
         // Defer to the holder of a lower-numbered fragment, if one is present — after making
         // sure it holds the lease (a lease lost to a busy peer would stall repair for good).
+        let newest = crypto::hash(&lease.encode());
         let mut deferred = false;
         for i in 0..first_mine {
             if let Some(peer) =
@@ -492,12 +626,23 @@ pub async fn holder_pass(
     Ok(stats)
 }
 
+/// How long a held blob that no valid lease names is kept: a fragment, an old or forged
+/// lease or junk [`GRACE_SECS`]; a sealed object (a delivery's message part) [`PART_LIFE_SECS`].
+async fn unreferenced_life(store: &Store, id: [u8; 32]) -> Result<u64, RepairError> {
+    let Some(bytes) = store.held_get(id).await? else {
+        return Ok(0);
+    };
+    let part = Fragment::decode(&bytes).is_err() && crypto::SealedObject::from_bytes(bytes).is_ok();
+    Ok(if part { PART_LIFE_SECS } else { GRACE_SECS })
+}
+
 /// The owner's maintenance pass over its own bundles: repair what is missing and renew every
 /// holder's lease to `expires`.
 pub async fn owner_pass(
     client: &overlay::Client,
     store: &Store,
     codec: &dyn ErasureCodec,
+    keys: &crypto::UserKeys,
     receipts: &[Receipt],
     expires: u64,
     limits: RepairLimits,
@@ -507,7 +652,7 @@ pub async fn owner_pass(
         if stats.bytes_sent + stats.bytes_fetched >= limits.max_bytes {
             break;
         }
-        let lease = Lease::of(receipt, expires);
+        let lease = Lease::sign(keys, receipt, expires);
         let holders = locate(client, None, receipt).await;
         let r = repair_located(client, codec, &lease, receipt, holders.clone()).await?;
         give_lease(client, &lease, &holders).await;
@@ -523,19 +668,37 @@ mod tests {
 
     #[test]
     fn leases_roundtrip_and_refuse_garbage() {
-        let l = Lease {
+        let keys = crypto::UserKeys::generate().unwrap();
+        let receipt = Receipt {
             bundle: ObjectId([1; 32]),
             params: Params { n: 3, k: 2 },
-            expires: 99,
             blobs: vec![[1; 32], [2; 32], [3; 32]],
+            holders: vec![None; 3],
+            stored: 3,
         };
+        let l = Lease::sign(&keys, &receipt, 99);
+        assert_eq!(l.owner, keys.public().sign);
         let b = l.encode();
+        assert_eq!(b.len(), 149 + 3 * 32);
         assert_eq!(Lease::decode(&b).unwrap(), l);
         for cut in 0..b.len() {
             assert!(Lease::decode(&b[..cut]).is_err());
         }
         let mut bad = b.clone();
-        bad[0] = 1;
+        bad[0] = LEASE_V1_TAG;
         assert!(Lease::decode(&bad).is_err());
+        // Any changed byte (an earlier expiry, another owner's key) breaks the signature.
+        for i in [1, 40, 70, 80, b.len() - 1] {
+            let mut forged = b.clone();
+            forged[i] ^= 1;
+            assert!(Lease::decode(&forged).is_err(), "byte {i}");
+        }
+        // A newer lease of the same placement has a higher seq and the same placement id;
+        // another key's lease of the same bundle is another placement.
+        let later = Lease::sign(&keys, &receipt, 1);
+        assert!(later.seq > l.seq);
+        assert_eq!(later.placement(), l.placement());
+        let other = Lease::sign(&crypto::UserKeys::generate().unwrap(), &receipt, 1);
+        assert_ne!(other.placement(), l.placement());
     }
 }
