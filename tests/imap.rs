@@ -481,3 +481,55 @@ fn append_over_quota_is_refused_with_overquota() {
     );
     assert_eq!(lines[2], "exists 1", "{text}");
 }
+
+const KEYWORDS: &str = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+kw = lambda n, p: "(" + " ".join("%s%d" % (p, i) for i in range(n)) + ")"
+msg = b"Subject: keywords\r\n\r\nbody\r\n"
+def show(f):
+    try:
+        typ, data = f()
+        print(typ, data)
+    except imaplib.IMAP4.error as e:
+        print("NO", e)
+show(lambda: m.append("INBOX", kw(65, "k"), None, msg))
+print(m.append("INBOX", kw(64, "k"), None, msg)[0])
+m.select("INBOX")
+show(lambda: m.store("1", "+FLAGS", "(extra)"))
+print("exists", m.search(None, "ALL")[1][0].decode())
+m.logout()
+"#;
+
+/// Issue #20: a message with more than 64 keywords cannot be logged, so APPEND and STORE are
+/// answered `NO [LIMIT]` and nothing is applied (they were answered OK, and the log entry was
+/// skipped as damaged at the next start).
+#[test]
+fn a_65th_keyword_is_refused_with_limit() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("keywords.py", KEYWORDS);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("NO") && lines[0].contains("LIMIT"),
+        "{text}"
+    );
+    assert_eq!(lines[1], "OK", "{text}");
+    assert!(
+        lines[2].starts_with("NO") && lines[2].contains("LIMIT"),
+        "{text}"
+    );
+    assert_eq!(lines[3], "exists 1", "{text}");
+}

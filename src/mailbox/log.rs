@@ -12,6 +12,7 @@
 //! The header is repeated inside the ciphertext and checked, so a valid body cannot be
 //! re-labelled with another device or sequence number.
 
+use super::limits::{self, Unloggable};
 use super::model::{DeviceId, MAX_OPS, Op};
 use super::{Error, Result};
 use crate::crypto::{ContentKey, SealedObject, UserKeys, UserPublicKeys};
@@ -32,16 +33,19 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// Seals and signs the entry. An entry [`LogEntry::open`] would refuse (over a limit:
+    /// see [`limits`]) is refused here instead, so no entry is written that does not decode.
     pub fn seal(&self, keys: &UserKeys, log_key: &ContentKey) -> Result<Vec<u8>> {
-        let mut body = Writer::new();
-        body.u64(self.device)
-            .u64(self.seq)
-            .u64(self.hlc)
-            .u32(self.ops.len() as u32);
-        for op in &self.ops {
-            op.encode(&mut body);
+        let body = self.encode_body()?;
+        let sealed = SealedObject::seal_with_key(&body, log_key)?;
+        if sealed.as_bytes().len() > MAX_ENTRY {
+            return Err(Unloggable::TooMany {
+                what: "bytes in one log entry",
+                len: sealed.as_bytes().len(),
+                max: MAX_ENTRY,
+            }
+            .into());
         }
-        let sealed = SealedObject::seal_with_key(body.as_slice(), log_key)?;
         let mut w = Writer::with_capacity(sealed.as_bytes().len() + 100);
         w.u8(VERSION)
             .u64(self.device)
@@ -51,6 +55,47 @@ impl LogEntry {
         let sig = keys.sign(SIG_CONTEXT, w.as_slice());
         w.fixed(&sig);
         Ok(w.into_vec())
+    }
+
+    /// The plaintext body (what is sealed): the header again, the op count, the ops. Refuses
+    /// what [`LogEntry::decode_body`] would.
+    pub fn encode_body(&self) -> Result<Vec<u8>> {
+        if self.ops.len() > MAX_OPS {
+            return Err(Unloggable::TooMany {
+                what: "ops in one log entry",
+                len: self.ops.len(),
+                max: MAX_OPS,
+            }
+            .into());
+        }
+        for op in &self.ops {
+            limits::check(op)?;
+            if !limits::fits(op) {
+                return Err(Unloggable::Invalid {
+                    what: "log op",
+                    why: "names more entries or keywords than one op may (split it first)",
+                }
+                .into());
+            }
+        }
+        let mut body = Writer::new();
+        body.u64(self.device)
+            .u64(self.seq)
+            .u64(self.hlc)
+            .u32(self.ops.len() as u32);
+        for op in &self.ops {
+            op.encode(&mut body);
+        }
+        // The sealed object adds a header and a tag (under 100 bytes).
+        if body.len() + 100 > MAX_ENTRY {
+            return Err(Unloggable::TooMany {
+                what: "bytes in one log entry",
+                len: body.len(),
+                max: MAX_ENTRY - 100,
+            }
+            .into());
+        }
+        Ok(body.into_vec())
     }
 
     /// Verifies and decrypts an entry from the store or a peer.
@@ -75,12 +120,20 @@ impl LogEntry {
         r.finish("log entry")?;
         public.verify(SIG_CONTEXT, signed, &sig)?;
         let body = SealedObject::from_bytes(sealed.to_vec())?.open(log_key)?;
-        let mut r = Reader::new(&body);
-        if (r.u64("device")?, r.u64("seq")?, r.u64("hlc")?) != (device, seq, hlc) {
+        let entry = LogEntry::decode_body(&body)?;
+        if (entry.device, entry.seq, entry.hlc) != (device, seq, hlc) {
             return Err(Error::Corrupt(
                 "log entry header does not match its body".into(),
             ));
         }
+        Ok(entry)
+    }
+
+    /// Decodes a decrypted body (the part [`LogEntry::open`] checks after the signature and
+    /// the decryption; public for the fuzz targets and the limit tests).
+    pub fn decode_body(body: &[u8]) -> Result<LogEntry> {
+        let mut r = Reader::new(body);
+        let (device, seq, hlc) = (r.u64("device")?, r.u64("seq")?, r.u64("hlc")?);
         let count = r.u32("op count")? as usize;
         if count > MAX_OPS {
             return Err(DecodeError::TooLong {

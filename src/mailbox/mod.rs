@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod crdt;
 pub mod fs_source;
+pub mod limits;
 pub mod log;
 pub mod maildir;
 pub mod model;
@@ -74,6 +75,11 @@ pub enum Error {
     /// `NO [OVERQUOTA]`, FUSE ENOSPC.
     #[error("over quota: {used} of {quota} bytes used, {needed} more needed")]
     OverQuota { used: u64, quota: u64, needed: u64 },
+    /// A change the mailbox log cannot record (over a limit of its format that splitting
+    /// cannot fix, e.g. a message with more than 64 keywords); nothing was applied. IMAP
+    /// answers `NO [LIMIT]` (or `[CANNOT]` for an invalid name).
+    #[error("{0}")]
+    Limit(#[from] limits::Unloggable),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -163,10 +169,11 @@ pub enum FlagMode {
 /// A log entry read from the store: ((device, seq), bytes).
 type LogRow = ((DeviceId, u64), Vec<u8>);
 
-/// An entry to number: one an op of this commit creates (by its index), or an existing one.
+/// An entry to number: one an op of this commit creates (by its log entry in the commit and
+/// its index there), or an existing one.
 #[derive(Debug, Clone, Copy)]
 enum Who {
-    New(u32),
+    New(usize, u32),
     Entry(EntryId),
 }
 
@@ -521,13 +528,16 @@ impl Mailbox {
         next
     }
 
-    /// Appends one log entry with `ops` (and the sealed bodies they refer to), applies it, and
-    /// numbers what it changed. Returns the ids of the entry's ops.
+    /// Appends `ops` (and the sealed bodies they refer to) to this device's log, applies them,
+    /// and numbers what they changed. Returns the id of each op (of its first piece, when the
+    /// change had to be split: see [`limits`]).
     async fn commit(&self, ops: Vec<Op>, objects: Vec<SealedObject>) -> Result<Vec<OpId>> {
         self.commit_with(ops, objects, None).await
     }
 
-    /// [`Mailbox::commit`], with `also` written in the same transaction.
+    /// [`Mailbox::commit`], with `also` written in the same transaction. A change too big for
+    /// one log entry becomes several, all written in this one durable commit; one the log
+    /// cannot record is refused ([`Error::Limit`]) before anything is written or applied.
     async fn commit_with(
         &self,
         ops: Vec<Op>,
@@ -537,60 +547,81 @@ impl Mailbox {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let hlc = self.next_hlc();
+        let limits::Split { entries, first } = limits::split(ops)?;
+        // One clock reading per entry: the entries apply as if committed one after another.
+        let hlcs: Vec<u64> = entries.iter().map(|_| self.next_hlc()).collect();
         let device = self.inner.device;
         let inner = Arc::clone(&self.inner);
-        let ops_for_log = ops.clone();
+        let for_log: Vec<(u64, Vec<Op>)> = hlcs.iter().copied().zip(entries.clone()).collect();
         // What the ops will change, worked out now (the write lock is held, so the state
-        // cannot move under us), so that the entry and its numbering share one durable commit.
-        let (predicted, folders_changed) = self.predict(&ops);
+        // cannot move under us), so that the entries and their numbering share one durable
+        // commit.
+        let (predicted, folders_changed) = self.predict(&entries);
         let now = (now_ms() / 1000) as u32;
-        let (seq, results) = self
+        let (seqs, results) = self
             .inner
             .store
-            .transact(move |tx| -> Result<(u64, Vec<Numbered>)> {
+            .transact(move |tx| -> Result<(Vec<u64>, Vec<Numbered>)> {
                 for o in &objects {
                     tx.put_object(o)?;
                 }
                 if let Some(also) = also {
                     also(tx)?;
                 }
-                let seq = tx.append_log(device, |seq| {
-                    LogEntry {
-                        device,
-                        seq,
-                        hlc,
-                        ops: ops_for_log,
-                    }
-                    .seal(&inner.keys, &inner.log_key)
-                })?;
+                let mut seqs = Vec::with_capacity(for_log.len());
+                for (hlc, ops) in for_log {
+                    seqs.push(tx.append_log(device, |seq| {
+                        LogEntry {
+                            device,
+                            seq,
+                            hlc,
+                            ops,
+                        }
+                        .seal(&inner.keys, &inner.log_key)
+                    })?);
+                }
                 let work = predicted
                     .into_iter()
                     .map(|(folder, who, kind)| match who {
-                        Who::New(idx) => (folder, OpId { device, seq, idx }, kind),
+                        Who::New(n, idx) => (
+                            folder,
+                            OpId {
+                                device,
+                                seq: seqs[n],
+                                idx,
+                            },
+                            kind,
+                        ),
                         Who::Entry(e) => (folder, e, kind),
                     })
                     .collect();
-                Ok((seq, number_rows(tx, work, now)?))
+                let numbered = number_rows(tx, work, now)?;
+                Ok((seqs, numbered))
             })
             .await?;
-        let entry = LogEntry {
-            device,
-            seq,
-            hlc,
-            ops,
-        };
-        let ids = (0..entry.ops.len() as u32)
-            .map(|idx| OpId { device, seq, idx })
+        let ids = first
+            .iter()
+            .map(|(n, idx)| OpId {
+                device,
+                seq: seqs[*n],
+                idx: *idx,
+            })
             .collect();
-        self.apply_entry(&entry);
+        for ((ops, hlc), seq) in entries.into_iter().zip(hlcs).zip(seqs) {
+            self.apply_entry(&LogEntry {
+                device,
+                seq,
+                hlc,
+                ops,
+            });
+        }
         self.publish(results, folders_changed);
         Ok(ids)
     }
 
-    /// The numbering work of this process's own ops against the current state: (folder, which
-    /// entry, kind: 0 add, 1 remove, 2 flags), and whether folders change.
-    fn predict(&self, ops: &[Op]) -> (Vec<(FolderId, Who, u8)>, bool) {
+    /// The numbering work of this process's own entries against the current state: (folder,
+    /// which entry, kind: 0 add, 1 remove, 2 flags), and whether folders change.
+    fn predict(&self, entries: &[Vec<Op>]) -> (Vec<(FolderId, Who, u8)>, bool) {
         let e = self.read_engine();
         let mut work = Vec::new();
         let mut gone: HashSet<EntryId> = HashSet::new();
@@ -603,9 +634,13 @@ impl Mailbox {
                     work.push((rec.folder, Who::Entry(*id), 1));
                 }
             };
-        for (idx, op) in ops.iter().enumerate() {
+        let ops = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(n, ops)| ops.iter().enumerate().map(move |(i, op)| (n, i, op)));
+        for (n, idx, op) in ops {
             match op {
-                Op::Add { folder, .. } => work.push((*folder, Who::New(idx as u32), 0)),
+                Op::Add { folder, .. } => work.push((*folder, Who::New(n, idx as u32), 0)),
                 Op::Remove { entries } => entries
                     .iter()
                     .for_each(|id| remove(&mut work, &mut gone, id)),
@@ -1202,7 +1237,7 @@ impl Mailbox {
                     Some(rec) if rec.folder == folder_id => {}
                     _ => return Err(Error::NoSuchMessage),
                 }
-                ops.extend(flag_op(&e, *entry, mode, flags, seen_by_reader));
+                ops.extend(flag_op(&e, *entry, mode, flags, seen_by_reader)?);
             }
         }
         self.commit(ops, Vec::new()).await?;
@@ -1236,7 +1271,7 @@ impl Mailbox {
                     Some(rec) if rec.folder == folder_id => {}
                     _ => continue,
                 }
-                ops.extend(flag_op(&e, *entry, FlagMode::Replace, flags, *seen));
+                ops.extend(flag_op(&e, *entry, FlagMode::Replace, flags, *seen)?);
             }
         }
         let n = ops.len();
@@ -1461,14 +1496,15 @@ fn message_info(e: &Engine, entry: EntryId, uid: u32, modseq: u64) -> Option<Mes
 }
 
 /// The op that changes `entry`'s flags as asked (only what changes is written, so a no-op
-/// STORE does not bump MODSEQ); `None` when nothing changes.
+/// STORE does not bump MODSEQ); `None` when nothing changes. Refused when the message would
+/// end with more than 64 keywords.
 fn flag_op(
     e: &Engine,
     entry: EntryId,
     mode: FlagMode,
     flags: &Flags,
     seen_by_reader: bool,
-) -> Option<Op> {
+) -> Result<Option<Op>> {
     let current = e.crdt.flags(entry);
     let (set, clear, set_kw, clear_kw) = match mode {
         FlagMode::Add => (
@@ -1506,14 +1542,25 @@ fn flag_op(
         .collect();
     let reader = seen_by_reader && e.crdt.recent(entry);
     if set == 0 && clear == 0 && set_kw.is_empty() && clear_kw.is_empty() && !reader {
-        return None;
+        return Ok(None);
     }
-    Some(Op::SetFlags {
+    // A message keeps at most 64 keywords: more could not be copied (an `Add` carries them
+    // all in one list the log's decoder bounds).
+    let after = current.keywords.len() + set_kw.len() - clear_kw.len();
+    if !set_kw.is_empty() && after > model::MAX_KEYWORDS {
+        return Err(limits::Unloggable::TooMany {
+            what: "keywords on one message",
+            len: after,
+            max: model::MAX_KEYWORDS,
+        }
+        .into());
+    }
+    Ok(Some(Op::SetFlags {
         entries: vec![entry],
         set,
         clear,
         set_keywords: set_kw,
         clear_keywords: clear_kw,
         seen_by_reader: reader,
-    })
+    }))
 }

@@ -369,7 +369,7 @@ fn read_keywords(r: &mut Reader<'_>) -> Result<Vec<String>, DecodeError> {
     Ok(v)
 }
 
-fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), DecodeError> {
+pub(super) fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), DecodeError> {
     if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
         return Err(DecodeError::Invalid {
             field,

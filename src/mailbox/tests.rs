@@ -614,3 +614,163 @@ async fn uncached_reads_keep_nothing_but_use_a_hit() {
         "a cached message is served from the cache"
     );
 }
+
+/// Issue #20: `STORE 1:* +FLAGS (\Seen)` on a folder of 70,000 messages (more ops than one log
+/// entry may carry) is logged so that every entry decodes: after reopening the mailbox from
+/// its store every message is seen and no entry was skipped.
+#[tokio::test]
+async fn a_store_on_70000_messages_survives_reopen() {
+    const N: usize = 70_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = || UserKeys::from_seed([1; 32]);
+    let dk = DeviceKey::from_seed([1; 32]).public();
+    let mb = Mailbox::open(store.clone(), keys(), dk).await.unwrap();
+    let t = std::time::Instant::now();
+    // The folder in one commit of 70,000 adds (split into entries by the engine), of bodies
+    // that are not in the store: sealing 70,000 bodies would take most of the test's time in
+    // a debug build, and flags do not need them.
+    let adds = (0..N)
+        .map(|i| {
+            let mut object = [0u8; 32];
+            object[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let object = ObjectId(object);
+            Op::Add {
+                folder: Role::Inbox.folder_id(),
+                message: MessageRef {
+                    object,
+                    key: [7; 32],
+                    size: 100,
+                    internal_date: 1_700_000_000,
+                    maildir_name: format!("m{i}"),
+                },
+                flags: Flags::default(),
+                recent: true,
+            }
+        })
+        .collect();
+    {
+        let _w = mb.inner.write.lock().await;
+        mb.commit(adds, Vec::new()).await.unwrap();
+    }
+    let built = t.elapsed();
+    let entries: Vec<EntryId> = mb
+        .messages("INBOX")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.entry)
+        .collect();
+    assert_eq!(entries.len(), N);
+    let before = mb.log_entries().await.unwrap().len();
+    let t = std::time::Instant::now();
+    mb.set_flags("INBOX", &entries, FlagMode::Add, &seen(), false)
+        .await
+        .unwrap();
+    let stored = t.elapsed();
+    assert_eq!(mb.folder("INBOX").unwrap().unseen, 0);
+    let after = mb.log_entries().await.unwrap().len();
+    assert_eq!(after - before, 2, "70,000 flag ops in two entries");
+    drop(mb);
+    let t = std::time::Instant::now();
+    let mb = Mailbox::open(store, keys(), dk).await.unwrap();
+    let reopened = t.elapsed();
+    let info = mb.folder("INBOX").unwrap();
+    assert_eq!((info.exists, info.unseen), (N, 0), "every flag is back");
+    eprintln!("70k: append {built:?}, store {stored:?}, reopen {reopened:?}");
+}
+
+/// Issue #20: a message with 65 keywords cannot be logged (an `Add` carries all of a
+/// message's keywords, and the decoder takes 64): refused before anything is written or
+/// applied, whether it comes with an APPEND or a STORE.
+#[tokio::test]
+async fn a_65th_keyword_is_refused_before_anything_is_applied() {
+    let d = device(1, 1).await;
+    let mb = &d.mb;
+    let kw = |n: usize| Flags {
+        bits: 0,
+        keywords: (0..n).map(|i| format!("k{i}")).collect(),
+    };
+    let entries = mb.log_entries().await.unwrap().len();
+    let mut m = msg("many");
+    m.flags = kw(65);
+    let err = mb.append("INBOX", m).await.unwrap_err();
+    assert!(matches!(err, Error::Limit(_)), "{err}");
+    assert!(
+        err.to_string().contains("keywords on one message: 65"),
+        "{err}"
+    );
+    assert_eq!(mb.folder("INBOX").unwrap().exists, 0);
+    assert_eq!(
+        mb.log_entries().await.unwrap().len(),
+        entries,
+        "nothing logged"
+    );
+
+    let mut m = msg("sixty-four");
+    m.flags = kw(64);
+    let a = mb.append("INBOX", m).await.unwrap();
+    let one_more = Flags {
+        bits: 0,
+        keywords: ["extra".to_string()].into_iter().collect(),
+    };
+    let err = mb
+        .set_flags("INBOX", &[a.entry], FlagMode::Add, &one_more, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Limit(_)), "{err}");
+    assert_eq!(mb.messages("INBOX").unwrap()[0].flags.keywords.len(), 64);
+    // Replacing stays possible, and a copy of a 64-keyword message is logged whole.
+    mb.set_flags("INBOX", &[a.entry], FlagMode::Replace, &one_more, false)
+        .await
+        .unwrap();
+    mb.set_flags("INBOX", &[a.entry], FlagMode::Add, &kw(63), false)
+        .await
+        .unwrap();
+    mb.copy("INBOX", &[a.entry], "Archive").await.unwrap();
+    let keys = UserKeys::from_seed([1; 32]);
+    for (_, _, bytes) in mb.log_entries().await.unwrap() {
+        LogEntry::open(&bytes, keys.public(), &keys.log_key()).expect("every entry decodes");
+    }
+}
+
+/// Deleting a folder of more messages than one op may name: the delete is split, still in
+/// one durable commit, and every entry decodes.
+#[tokio::test]
+async fn deleting_a_folder_of_70000_messages_is_split_into_entries_that_decode() {
+    const N: usize = 70_000;
+    let d = device(1, 1).await;
+    let mb = &d.mb;
+    let adds: Vec<Op> = (0..N)
+        .map(|i| Op::Add {
+            folder: Role::Archive.folder_id(),
+            message: MessageRef {
+                object: ObjectId([1; 32]),
+                key: [7; 32],
+                size: 100,
+                internal_date: 1_700_000_000,
+                maildir_name: format!("m{i}"),
+            },
+            flags: Flags::default(),
+            recent: false,
+        })
+        .collect();
+    {
+        let _w = mb.inner.write.lock().await;
+        mb.commit(adds, Vec::new()).await.unwrap();
+    }
+    assert_eq!(mb.folder("Archive").unwrap().exists, N);
+    let before = mb.log_entries().await.unwrap().len();
+    mb.delete_folder("Archive").await.unwrap();
+    assert!(mb.folder("Archive").is_none());
+    let logged = mb.log_entries().await.unwrap();
+    assert_eq!(
+        logged.len() - before,
+        1,
+        "two delete ops of 1.4 MB fit one entry"
+    );
+    let keys = UserKeys::from_seed([1; 32]);
+    for (_, _, bytes) in &logged[before..] {
+        let e = LogEntry::open(bytes, keys.public(), &keys.log_key()).expect("it decodes");
+        assert_eq!(e.ops.len(), 2);
+    }
+}

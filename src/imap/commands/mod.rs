@@ -198,6 +198,8 @@ pub(super) fn no(e: mailbox::Error) -> Reply {
         E::InvalidName(..) | E::NotAllowed(_) | E::Empty => Reply::No(format!("[CANNOT] {e}")),
         E::TooLarge { .. } => Reply::No(format!("[TOOBIG] {e}")),
         E::OverQuota { .. } => Reply::No(format!("[OVERQUOTA] {e}")),
+        E::Limit(mailbox::limits::Unloggable::TooMany { .. }) => Reply::No(format!("[LIMIT] {e}")),
+        E::Limit(_) => Reply::No(format!("[CANNOT] {e}")),
         E::NoSuchMessage => Reply::No("[EXPUNGEISSUED] some messages are gone".into()),
         other => {
             tracing::warn!(error = %other, "IMAP command failed in the engine");
