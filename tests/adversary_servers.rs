@@ -119,3 +119,109 @@ fn prelogin_literals_do_not_allocate_their_declared_length() {
     let l = c.until("d ");
     assert!(l.starts_with("d OK"), "{l}");
 }
+
+// ----- item 6: MIME nesting -----
+
+/// Delivers `msg` through the SMTP intake on `port` (raw, dot-stuffed).
+fn smtp_deliver(port: u16, msg: &[u8]) {
+    let mut c = Client::connect(port);
+    assert!(c.line().starts_with("220"));
+    c.send(b"EHLO adversary.test\r\n").unwrap();
+    c.until("250 ");
+    c.send(b"MAIL FROM:<eve@example.net>\r\n").unwrap();
+    assert!(c.line().starts_with("250"));
+    c.send(b"RCPT TO:<alice@example.org>\r\n").unwrap();
+    assert!(c.line().starts_with("250"));
+    c.send(b"DATA\r\n").unwrap();
+    assert!(c.line().starts_with("354"));
+    let mut body = Vec::with_capacity(msg.len() + 16);
+    for line in msg.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b".") {
+            body.push(b'.');
+        }
+        body.extend_from_slice(line);
+    }
+    body.extend_from_slice(b".\r\n");
+    c.send(&body).unwrap();
+    let l = c.line();
+    assert!(l.starts_with("250"), "{l}");
+    c.send(b"QUIT\r\n").unwrap();
+}
+
+/// `levels` multipart/mixed parts, each the only child of the one above, around one leaf.
+fn nested_multipart(levels: usize) -> Vec<u8> {
+    let mut m = b"From: eve@example.net\r\nSubject: deep\r\n".to_vec();
+    for i in 0..levels {
+        m.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
+                .as_bytes(),
+        );
+    }
+    m.extend_from_slice(b"Content-Type: text/plain\r\n\r\nthe leaf needle\r\n");
+    for i in (0..levels).rev() {
+        m.extend_from_slice(format!("--b{i}--\r\n").as_bytes());
+    }
+    m
+}
+
+/// `levels` message/rfc822 bodies, each inside the one above.
+fn nested_rfc822(levels: usize) -> Vec<u8> {
+    let mut m = Vec::new();
+    for i in 0..levels {
+        m.extend_from_slice(
+            format!("Subject: level {i}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes(),
+        );
+    }
+    m.extend_from_slice(b"Subject: inner\r\n\r\nthe leaf needle\r\n");
+    m
+}
+
+/// Logs in on a fresh IMAP connection and selects INBOX.
+fn imap_login(port: u16) -> Client {
+    let mut c = Client::connect(port);
+    assert!(c.line().starts_with("* OK"));
+    c.send(b"l LOGIN alice secret-password\r\n").unwrap();
+    let l = c.until("l ");
+    assert!(l.starts_with("l OK"), "{l}");
+    c.send(b"s SELECT INBOX\r\n").unwrap();
+    let l = c.until("s ");
+    assert!(l.starts_with("s OK"), "{l}");
+    c
+}
+
+/// A command's tagged reply (the untagged lines before it are skipped, however long).
+fn imap_cmd(c: &mut Client, tag: &str, cmd: &str) -> String {
+    c.send(format!("{tag} {cmd}\r\n").as_bytes()).unwrap();
+    c.until(&format!("{tag} "))
+}
+
+/// A message nested 10,000 levels deep (as multipart/mixed, and as message/rfc822) used to
+/// recurse past the stack in BODYSTRUCTURE and abort the whole node.
+#[test]
+fn ten_thousand_nested_levels_are_served() {
+    let t = TestHome::new();
+    let mut run = node(&t, &["imap", "smtp"]);
+    smtp_deliver(run.port("smtp"), &nested_multipart(10_000));
+    smtp_deliver(run.port("smtp"), &nested_rfc822(10_000));
+    // Under the part-count cap: parsed, and rendered down to the depth cap.
+    smtp_deliver(run.port("smtp"), &nested_multipart(1_300));
+    smtp_deliver(run.port("smtp"), &nested_rfc822(3_000));
+    let mut c = imap_login(run.port("imap"));
+    for cmd in [
+        "FETCH 1:4 BODYSTRUCTURE",
+        "FETCH 1:4 (BODY ENVELOPE)",
+        "FETCH 1:4 BODY.PEEK[1.1.1.1]",
+        "FETCH 1:4 BODY.PEEK[1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.MIME]",
+        "SEARCH BODY needle",
+        "SEARCH TEXT needle SUBJECT deep",
+        "FETCH 1:4 BODY.PEEK[TEXT]",
+    ] {
+        let l = imap_cmd(&mut c, "f", cmd);
+        assert!(l.starts_with("f OK"), "{cmd}: {l}");
+    }
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "the node is still running after serving the deep messages"
+    );
+    assert!(Client::connect(run.port("imap")).line().starts_with("* OK"));
+}
