@@ -96,6 +96,9 @@ pub struct MailConfig {
     pub delivery: delivery::Config,
     /// DKIM/SPF/DMARC checks on the SMTP intake (`[smtp] verify`); `None`: off.
     pub verify: Option<smtp::auth_check::Settings>,
+    // --- hostile clients (issue #18) ---
+    /// Where SMTP DATA past 1 MiB is spooled while it arrives; `None`: the temp directory.
+    pub spool: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -438,6 +441,7 @@ async fn start_mail(
             max_message_size: mail.max_message_size,
             tls: Some(acceptor.clone()),
             mode: smtp::Mode::Intake { verify },
+            spool: mail.spool.clone(),
         };
         tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
     }
@@ -465,6 +469,7 @@ async fn start_mail(
                 auth,
                 delivery: delivery.clone(),
             },
+            spool: mail.spool.clone(),
         };
         tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
     }

@@ -225,3 +225,128 @@ fn ten_thousand_nested_levels_are_served() {
     );
     assert!(Client::connect(run.port("imap")).line().starts_with("* OK"));
 }
+
+// ----- item 9: sequence sets, SMTP DATA -----
+
+/// `1:*` repeated 16,000 times used to expand to 16,000 × the folder before deduplication.
+#[test]
+fn repeated_sequence_ranges_are_merged_before_expansion() {
+    let t = TestHome::new();
+    t.init("alice@example.org");
+    let mut mbox = String::new();
+    for i in 0..2000 {
+        mbox.push_str(&format!(
+            "From eve@example.net Thu Jan  1 00:00:00 2026\nSubject: {i}\n\nbody {i}\n\n"
+        ));
+    }
+    let file = t.file("many.mbox", &mbox);
+    t.run(&["import", "--mbox", file.to_str().unwrap()])
+        .success();
+    let run = RunNode::start(&t, &[("imap", "127.0.0.1:0")], &[]);
+    let mut c = imap_login(run.port("imap"));
+    let before = status_kib(&run, "VmHWM");
+    let set = vec!["1:*"; 16_000].join(",");
+    let started = Instant::now();
+    for cmd in [
+        format!("FETCH {set} (UID)"),
+        format!("UID FETCH {set} (UID)"),
+        format!("SEARCH {set}"),
+        format!("UID STORE {set} +FLAGS.SILENT (\\Flagged)"),
+    ] {
+        c.send(format!("f {cmd}\r\n").as_bytes()).unwrap();
+        let mut fetched = 0;
+        let tagged = loop {
+            let l = c.line();
+            assert!(!l.is_empty(), "closed during {}", &cmd[..20]);
+            if l.starts_with("* ") && l.contains("FETCH") {
+                fetched += 1;
+            }
+            if l.starts_with("f ") {
+                break l;
+            }
+        };
+        assert!(tagged.starts_with("f OK"), "{tagged}");
+        assert!(
+            fetched == 0 || fetched == 2000,
+            "each message once: {fetched}"
+        );
+    }
+    let grown = status_kib(&run, "VmHWM").saturating_sub(before);
+    assert!(grown < 64 * 1024, "peak RSS grew by {} MiB", grown / 1024);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// 64 intake sessions in the middle of a 4 MiB DATA each used to hold all of it in memory
+/// (50 MiB each in the issue; smaller here so the test takes seconds).
+#[test]
+fn smtp_data_is_spooled_to_disk_past_a_threshold() {
+    const SIZE: usize = 4 * 1024 * 1024;
+    let t = TestHome::new();
+    let run = node(&t, &["smtp"]);
+    let port = run.port("smtp");
+    let mut line = b"x".repeat(998);
+    line.extend_from_slice(b"\r\n");
+    let body: Vec<u8> = line.repeat(SIZE / 1000);
+    let start_data = |c: &mut Client| {
+        assert!(c.line().starts_with("220"));
+        c.send(b"EHLO adversary.test\r\nMAIL FROM:<eve@example.net>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+            .unwrap();
+        c.until("354");
+        c.send(b"Subject: big\r\n\r\n").unwrap();
+    };
+    let senders: Vec<std::thread::JoinHandle<Client>> = (0..64)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                start_data(&mut c);
+                c.send(&body).unwrap();
+                c
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    eprintln!("baseline {} MiB", status_kib(&run, "VmRSS") / 1024);
+    let mut clients: Vec<Client> = senders.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("sent after {:?}", t0.elapsed());
+    // Every byte is written; give the node a moment to take the last of them.
+    let mut spooled = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let hwm = status_kib(&run, "VmHWM");
+        assert!(hwm < 200 * 1024, "peak RSS {} MiB", hwm / 1024);
+        // The unlinked spool files, through the node's open descriptors.
+        spooled = std::fs::read_dir(format!("/proc/{}/fd", run.child.id()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.to_string_lossy().contains("/spool/spool-"))
+            .count();
+        if spooled == 64 {
+            break;
+        }
+    }
+    eprintln!("spooled after {:?}", t0.elapsed());
+    assert_eq!(spooled, 64, "each session spools to its own file");
+    // Two of them finish: stored.
+    for c in clients.iter_mut().take(2) {
+        c.send(b"\r\n.\r\n").unwrap();
+    }
+    for c in clients.iter_mut().take(2) {
+        let l = c.line();
+        eprintln!("stored after {:?}", t0.elapsed());
+        assert!(l.starts_with("250"), "{l}");
+    }
+    drop(clients);
+    let hwm = status_kib(&run, "VmHWM");
+    assert!(hwm < 256 * 1024, "peak RSS {} MiB", hwm / 1024);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        std::fs::read_dir(t.home().join("spool")).unwrap().count() == 0,
+        "nothing is left in the spool directory"
+    );
+}

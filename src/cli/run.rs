@@ -232,6 +232,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         imaps: pick(args.imaps, config.imap.tls_listen),
         delivery: delivery_config(&config),
         verify: verify_settings(&config),
+        spool: Some(home.root().join("spool")),
     });
     Ok((nc, store, identity.address))
 }
