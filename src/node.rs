@@ -99,6 +99,8 @@ pub struct MailConfig {
     // --- hostile clients (issue #18) ---
     /// Where SMTP DATA past 1 MiB is spooled while it arrives; `None`: the temp directory.
     pub spool: Option<PathBuf>,
+    /// Of each listener: sessions, per address, deadlines.
+    pub limits: Limits,
 }
 
 impl NodeConfig {
@@ -394,7 +396,7 @@ async fn start_mail(
                     l,
                     pop3_ctx.clone(),
                     implicit,
-                    Limits::default(),
+                    mail.limits.clone(),
                     cancel.clone(),
                 )
                 .in_current_span(),
@@ -416,7 +418,7 @@ async fn start_mail(
                     l,
                     imap_ctx.clone(),
                     implicit,
-                    Limits::default(),
+                    mail.limits.clone(),
                     cancel.clone(),
                 )
                 .in_current_span(),
@@ -443,7 +445,7 @@ async fn start_mail(
             mode: smtp::Mode::Intake { verify },
             spool: mail.spool.clone(),
         };
-        tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
+        tasks.spawn(smtp::serve(l, ctx, mail.limits.clone(), cancel.clone()).in_current_span());
     }
     // --- mail flow (issue #7): delivery and the submission listener ---
     let mut dc = mail.delivery.clone();
@@ -471,7 +473,7 @@ async fn start_mail(
             },
             spool: mail.spool.clone(),
         };
-        tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
+        tasks.spawn(smtp::serve(l, ctx, mail.limits.clone(), cancel.clone()).in_current_span());
     }
     // Mail written by other processes of this device (import, sync) shows up within a second.
     let (mb, token) = (mailbox.clone(), cancel.clone());

@@ -350,3 +350,185 @@ fn smtp_data_is_spooled_to_disk_past_a_threshold() {
         "nothing is left in the spool directory"
     );
 }
+
+// ----- item 7: slots, deadlines, shutdown -----
+
+/// A node whose config.toml gets `extra` appended (e.g. a `[limits]` section).
+fn node_with(t: &TestHome, on: &[&str], extra: &str) -> RunNode {
+    t.init("alice@example.org");
+    let config = t.home().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    if !extra.is_empty() {
+        // Replace the template's section by ours.
+        if let Some(i) = text.find("\n[limits]") {
+            text.truncate(i + 1);
+        }
+        text.push_str(extra);
+    }
+    std::fs::write(&config, text).unwrap();
+    let on: Vec<(&str, &str)> = on.iter().map(|w| (*w, "127.0.0.1:0")).collect();
+    RunNode::start(t, &on, &[])
+}
+
+/// A connection from a chosen loopback source address (127.0.0.0/8 is all ours).
+fn connect_from(rt: &tokio::runtime::Runtime, src: [u8; 4], port: u16) -> Client {
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((std::net::Ipv4Addr::from(src), 0).into())
+            .unwrap();
+        sock.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    });
+    let s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    Client {
+        r: BufReader::new(s),
+    }
+}
+
+/// 256 idle connections from 16 addresses used to fill every slot: the 257th waited in the
+/// kernel's backlog, unanswered, for as long as they stayed.
+#[test]
+fn the_257th_client_is_greeted_while_256_idle_ones_hold_slots() {
+    let t = TestHome::new();
+    let run = node(&t, &["imap", "pop3", "smtp"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = run.port("imap");
+    // One logged-in session from an address of its own: it must keep its slot.
+    let mut user = connect_from(&rt, [127, 0, 0, 200], port);
+    assert!(user.line().starts_with("* OK"));
+    assert!(imap_cmd(&mut user, "u", "LOGIN alice secret-password").starts_with("u OK"));
+    // 16 addresses × 16 sessions fill the per-address caps: 255 of them fit.
+    let mut idle = Vec::new();
+    for a in 0..16u8 {
+        for _ in 0..16 {
+            let mut c = connect_from(&rt, [127, 0, 1, a], port);
+            let l = c.line();
+            assert!(l.starts_with("* OK") || l.starts_with("* BYE"), "{l}");
+            idle.push(c);
+        }
+    }
+    // (The 256th took the slot of the first session of 127.0.1.0.) A 17th from an address
+    // with 16 is told at once to come back later (RFC 3501 BYE greeting).
+    let mut extra = connect_from(&rt, [127, 0, 1, 5], port);
+    let started = Instant::now();
+    let l = extra.line();
+    assert!(l.starts_with("* BYE [UNAVAILABLE]"), "{l}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A newcomer from elsewhere is greeted within 5 s: an idle anonymous session gave way.
+    let started = Instant::now();
+    let mut newcomer = connect_from(&rt, [127, 0, 2, 1], port);
+    let l = newcomer.line();
+    assert!(l.starts_with("* OK"), "{l}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(imap_cmd(&mut newcomer, "n", "NOOP").starts_with("n OK"));
+    assert!(
+        imap_cmd(&mut user, "u", "NOOP").starts_with("u OK"),
+        "the logged-in session was not the one evicted"
+    );
+    // The other listeners have slots of their own, and the same per-address cap.
+    let mut pop: Vec<Client> = (0..16)
+        .map(|_| connect_from(&rt, [127, 0, 3, 1], run.port("pop3")))
+        .collect();
+    assert!(pop.iter_mut().all(|c| c.line().starts_with("+OK")));
+    let l = connect_from(&rt, [127, 0, 3, 1], run.port("pop3")).line();
+    assert!(l.starts_with("-ERR [SYS/TEMP]"), "{l}");
+    let mut smtp: Vec<Client> = (0..16)
+        .map(|_| connect_from(&rt, [127, 0, 3, 1], run.port("smtp")))
+        .collect();
+    assert!(smtp.iter_mut().all(|c| c.line().starts_with("220")));
+    let l = connect_from(&rt, [127, 0, 3, 1], run.port("smtp")).line();
+    assert!(l.starts_with("421 4.7.0"), "{l}");
+}
+
+/// A client that keeps a session alive with NOOPs but never logs in used to hold its slot for
+/// ever; now `login_within` closes it.
+#[test]
+fn a_session_that_never_logs_in_is_closed_at_its_deadline() {
+    let t = TestHome::new();
+    let run = node_with(&t, &["imap"], "[limits]\nlogin_within = \"2s\"\n");
+    let mut c = Client::connect(run.port("imap"));
+    assert!(c.line().starts_with("* OK"));
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        if c.send(b"n NOOP\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        let l = c.line();
+        if l.is_empty() || l.starts_with("* BYE") {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    // One that logs in in time stays.
+    let mut u = imap_login(run.port("imap"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(imap_cmd(&mut u, "n", "NOOP").starts_with("n OK"));
+}
+
+/// SIGTERM used to wait for ever on a client that sent STARTTLS and went silent (the SMTP
+/// intake had no handshake timeout), and on one that never reads.
+#[test]
+fn sigterm_with_silent_starttls_clients_exits_within_ten_seconds() {
+    let t = TestHome::new();
+    let mut run = node(&t, &["imap", "pop3", "smtp"]);
+    let mut imap = Client::connect(run.port("imap"));
+    imap.line();
+    assert!(imap_cmd(&mut imap, "t", "STARTTLS").starts_with("t OK"));
+    let mut pop = Client::connect(run.port("pop3"));
+    pop.line();
+    pop.send(b"STLS\r\n").unwrap();
+    assert!(pop.line().starts_with("+OK"));
+    let mut smtp = Client::connect(run.port("smtp"));
+    smtp.line();
+    smtp.send(b"EHLO x\r\n").unwrap();
+    smtp.until("250 ");
+    smtp.send(b"STARTTLS\r\n").unwrap();
+    assert!(smtp.line().starts_with("220"));
+    // And one that pipelines commands without ever reading a reply.
+    let deaf = TcpStream::connect(("127.0.0.1", run.port("imap"))).unwrap();
+    deaf.set_nonblocking(true).unwrap();
+    let noops = b"n NOOP\r\n".repeat(8192);
+    let mut w = &deaf;
+    let fill = Instant::now();
+    while fill.elapsed() < Duration::from_secs(5) {
+        match w.write(&noops) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+                // Blocked twice in a row: the node has stopped reading.
+                if w.write(&noops).is_err() {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = run.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    drop((imap, pop, smtp, deaf));
+}

@@ -456,6 +456,7 @@ async fn session(
                 match auth.check(peer.addr.ip(), &creds.0, &creds.1).await {
                     Outcome::Ok => {
                         authed = true;
+                        peer.set_logged_in();
                         conn.reply("235 2.7.0 Authentication successful\r\n")
                             .await?;
                     }
