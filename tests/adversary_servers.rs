@@ -2,7 +2,7 @@
 //! before login, deeply nested MIME, sequence sets, SMTP DATA, slots and timeouts, shutdown,
 //! login throttling. Each test drives raw TCP and measures the child (its VmHWM, its exit).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -58,13 +58,6 @@ impl Client {
                 return l;
             }
         }
-    }
-
-    /// Everything up to EOF (or the read timeout).
-    fn rest(&mut self) -> Vec<u8> {
-        let mut v = Vec::new();
-        let _ = self.r.read_to_end(&mut v);
-        v
     }
 }
 

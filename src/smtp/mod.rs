@@ -12,7 +12,7 @@
 //!   Sent and the persistent outbound queue).
 //!
 //! Either way the reply to DATA is 250 only after the message is durably in the store.
-//! DATA is streamed: past 1 MiB into an unlinked file in the spool directory ([`spool`]), and
+//! DATA is streamed: past 1 MiB into an unlinked file in the spool directory (`spool.rs`), and
 //! read back into memory once, under a budget shared by all sessions.
 //! On the intake, DKIM/SPF/DMARC are checked before that when configured ([`auth_check`]).
 

@@ -205,7 +205,10 @@ fn has_keyword(info: &MessageInfo, k: &str) -> bool {
 /// Merged ranges of the sequence sets of one SEARCH, each computed once (not once per
 /// message): by the set's address and the `*` it was resolved with.
 #[derive(Default)]
-struct SetCache(std::cell::RefCell<Vec<(usize, u32, Vec<(u32, u32)>)>>);
+struct SetCache(std::cell::RefCell<Vec<CachedSet>>);
+
+/// (address of the set, the `*` used, its merged ranges).
+type CachedSet = (usize, u32, Vec<(u32, u32)>);
 
 impl SetCache {
     fn contains(&self, set: &SequenceSet, n: u32, largest: u32) -> bool {
