@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub maildir: MaildirSection,
     // --- mail flow (issue #7) ---
     pub delivery: DeliverySection,
+    // --- hostile clients (issue #18) ---
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -232,6 +234,29 @@ impl Default for DeliverySection {
     }
 }
 
+/// `[limits]`: of each IMAP, POP3 and SMTP listener (issue #18).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_sessions: usize,
+    pub sessions_per_ip: usize,
+    pub login_within: String,
+    pub session_max: String,
+    pub write_timeout: String,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_sessions: 256,
+            sessions_per_ip: 16,
+            login_within: "10m".into(),
+            session_max: "24h".into(),
+            write_timeout: "60s".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaildirSection {
@@ -265,6 +290,17 @@ pub struct Config {
     pub smarthost: Option<SmarthostConfig>,
     pub maildir: MaildirConfig,
     pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    pub max_sessions: usize,
+    pub sessions_per_ip: usize,
+    pub login_within: Duration,
+    pub session_max: Duration,
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -559,6 +595,19 @@ impl Validator<'_> {
             retry_max: duration("delivery.retry_max", &f.delivery.retry_max)?,
             collect_every: duration("delivery.collect_every", &f.delivery.collect_every)?,
         };
+        if f.limits.max_sessions == 0 || f.limits.max_sessions > 65_536 {
+            return Err(self.err("limits.max_sessions", "must be between 1 and 65536"));
+        }
+        if f.limits.sessions_per_ip == 0 {
+            return Err(self.err("limits.sessions_per_ip", "must be at least 1"));
+        }
+        let limits = LimitsConfig {
+            max_sessions: f.limits.max_sessions,
+            sessions_per_ip: f.limits.sessions_per_ip,
+            login_within: duration("limits.login_within", &f.limits.login_within)?,
+            session_max: duration("limits.session_max", &f.limits.session_max)?,
+            write_timeout: duration("limits.write_timeout", &f.limits.write_timeout)?,
+        };
         if f.tls.cert.is_empty() || f.tls.key.is_empty() {
             return Err(self.err("tls.cert", "the certificate and key paths must be set"));
         }
@@ -617,6 +666,7 @@ impl Validator<'_> {
             },
             smarthost,
             delivery,
+            limits,
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),
@@ -789,6 +839,21 @@ retry_first = "5s"
 retry_max = "10m"
 # How often your node collects mail left for you in the overlay while it was offline.
 collect_every = "60s"
+
+[limits]
+# Of each IMAP, POP3 and SMTP listener. Sessions at once; when all are taken, a new client
+# takes the slot of the oldest session that has not logged in, from the address with the
+# most sessions (a session that has logged in keeps its slot).
+max_sessions = 256
+# Sessions at once from one address (IPv6: one /64); more are told to try again later.
+sessions_per_ip = 16
+# A session that has not logged in by then is closed (the SMTP intake never logs in: this
+# bounds its sessions too). Idle clients are closed sooner: 60 s before login.
+login_within = "10m"
+# No session lasts longer (mail clients reconnect).
+session_max = "24h"
+# A client that does not read what it is sent for this long is dropped.
+write_timeout = "60s"
 "#
     )
 }
@@ -870,6 +935,24 @@ mod tests {
         assert_eq!(c.smtp.dns_records, Some(PathBuf::from("/h/dns.txt")));
         let e = parse("[smtp]\nverify = \"yes\"\n").unwrap_err().to_string();
         assert!(e.contains("smtp.verify"), "{e}");
+    }
+
+    #[test]
+    fn limits() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits.sessions_per_ip, 16);
+        assert_eq!(c.limits.login_within, Duration::from_secs(600));
+        let c = parse("[limits]\nsessions_per_ip = 2\nlogin_within = \"2s\"\n").unwrap();
+        assert_eq!(c.limits.sessions_per_ip, 2);
+        assert_eq!(c.limits.login_within, Duration::from_secs(2));
+        let e = parse("[limits]\nmax_sessions = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_sessions"), "{e}");
+        let e = parse("[limits]\nsession_max = \"forever\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.session_max"), "{e}");
     }
 
     #[test]

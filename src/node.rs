@@ -96,6 +96,11 @@ pub struct MailConfig {
     pub delivery: delivery::Config,
     /// DKIM/SPF/DMARC checks on the SMTP intake (`[smtp] verify`); `None`: off.
     pub verify: Option<smtp::auth_check::Settings>,
+    // --- hostile clients (issue #18) ---
+    /// Where SMTP DATA past 1 MiB is spooled while it arrives; `None`: the temp directory.
+    pub spool: Option<PathBuf>,
+    /// Of each listener: sessions, per address, deadlines.
+    pub limits: Limits,
 }
 
 impl NodeConfig {
@@ -392,7 +397,7 @@ async fn start_mail(
                     l,
                     pop3_ctx.clone(),
                     implicit,
-                    Limits::default(),
+                    mail.limits.clone(),
                     cancel.clone(),
                 )
                 .in_current_span(),
@@ -414,7 +419,7 @@ async fn start_mail(
                     l,
                     imap_ctx.clone(),
                     implicit,
-                    Limits::default(),
+                    mail.limits.clone(),
                     cancel.clone(),
                 )
                 .in_current_span(),
@@ -439,8 +444,9 @@ async fn start_mail(
             max_message_size: mail.max_message_size,
             tls: Some(acceptor.clone()),
             mode: smtp::Mode::Intake { verify },
+            spool: mail.spool.clone(),
         };
-        tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
+        tasks.spawn(smtp::serve(l, ctx, mail.limits.clone(), cancel.clone()).in_current_span());
     }
     // --- mail flow (issue #7): delivery and the submission listener ---
     let mut dc = mail.delivery.clone();
@@ -466,8 +472,9 @@ async fn start_mail(
                 auth,
                 delivery: delivery.clone(),
             },
+            spool: mail.spool.clone(),
         };
-        tasks.spawn(smtp::serve(l, ctx, Limits::default(), cancel.clone()).in_current_span());
+        tasks.spawn(smtp::serve(l, ctx, mail.limits.clone(), cancel.clone()).in_current_span());
     }
     // Mail written by other processes of this device (import, sync) shows up within a second.
     let (mb, token) = (mailbox.clone(), cancel.clone());

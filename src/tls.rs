@@ -73,6 +73,9 @@ mod tests {
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use std::future::Future;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -130,29 +133,110 @@ impl Acceptor {
         })
     }
 
-    /// Runs the TLS handshake on a connection.
+    /// Runs the TLS handshake on a connection, within [`HANDSHAKE_TIMEOUT`].
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<SessionStream> {
-        Ok(SessionStream::Tls(Box::new(self.inner.accept(tcp).await?)))
+        self.accept_timed(tcp, DEFAULT_WRITE_TIMEOUT).await
+    }
+
+    async fn accept_timed(
+        &self,
+        tcp: TcpStream,
+        write_timeout: Duration,
+    ) -> std::io::Result<SessionStream> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(tcp)).await {
+            Ok(Ok(s)) => Ok(SessionStream {
+                inner: Inner::Tls(Box::new(s)),
+                write_timeout,
+                stalled: None,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
     }
 }
 
-/// A client connection, plain or TLS (implicit or after STARTTLS/STLS).
+/// Longest a TLS handshake may take (implicit TLS, STARTTLS, STLS): a client that asks for
+/// TLS and goes silent is dropped (issue #18).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a write may make no progress (a client that never reads) before it fails.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug)]
-pub enum SessionStream {
+enum Inner {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+/// A client connection, plain or TLS (implicit or after STARTTLS/STLS). A write (or flush)
+/// that makes no progress for its write timeout fails with `TimedOut`.
+#[derive(Debug)]
+pub struct SessionStream {
+    inner: Inner,
+    write_timeout: Duration,
+    /// Since when writing has been blocked.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
 impl SessionStream {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, SessionStream::Tls(_))
+    /// A plaintext connection.
+    pub fn plain(tcp: TcpStream) -> SessionStream {
+        SessionStream {
+            inner: Inner::Plain(tcp),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            stalled: None,
+        }
     }
 
-    /// STARTTLS/STLS: upgrades a plain connection (a TLS one is returned unchanged).
+    /// Sets how long a write may make no progress.
+    pub fn with_write_timeout(mut self, t: Duration) -> SessionStream {
+        self.write_timeout = t;
+        self
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner, Inner::Tls(_))
+    }
+
+    /// STARTTLS/STLS: upgrades a plain connection (a TLS one is returned unchanged), within
+    /// [`HANDSHAKE_TIMEOUT`].
     pub async fn upgrade(self, acceptor: &Acceptor) -> std::io::Result<SessionStream> {
-        match self {
-            SessionStream::Plain(tcp) => acceptor.accept(tcp).await,
-            tls => Ok(tls),
+        match self.inner {
+            Inner::Plain(tcp) => acceptor.accept_timed(tcp, self.write_timeout).await,
+            tls => Ok(SessionStream {
+                inner: tls,
+                write_timeout: self.write_timeout,
+                stalled: None,
+            }),
+        }
+    }
+
+    /// Maps a pending write to `TimedOut` once it has been pending for the write timeout.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                let t = self.write_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client does not read",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
         }
     }
 }
@@ -163,9 +247,9 @@ impl AsyncRead for SessionStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SessionStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            SessionStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().inner {
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -176,23 +260,49 @@ impl AsyncWrite for SessionStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            SessionStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            SessionStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        this.watch(cx, r)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SessionStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            SessionStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        };
+        this.watch(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SessionStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            SessionStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        };
+        this.watch(cx, r)
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_write_the_client_never_reads_times_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let mut s = SessionStream::plain(server).with_write_timeout(Duration::from_millis(300));
+        let big = vec![0u8; 64 << 20];
+        let started = std::time::Instant::now();
+        let e = s.write_all(&big).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(client);
     }
 }

@@ -28,6 +28,7 @@ pub(crate) fn start(t: &TestHome, max: u64) -> Server {
         max_message_size: max,
         tls: Some(engine.acceptor()),
         mode: smtp::Mode::Intake { verify: None },
+        spool: None,
     };
     let (listener, addr) = engine.listener();
     let running = Running::start(&engine.rt, move |shutdown| {

@@ -13,6 +13,8 @@ mod imap;
 // Durability: 60 % of a ring (the owners too) fail, mail survives, holders repair, `restore`
 // rebuilds mailboxes from the phrase (in-process and through the binary); quota.
 mod durability;
+// Hostile clients against the real IMAP, POP3 and SMTP listeners: memory, MIME depth, slots, shutdown.
+mod adversary_servers;
 // DKIM/SPF/DMARC on the SMTP intake of `peerpost run` (tag, enforce, off), DNS from a records file.
 mod mailauth;
 // Mail flow through real nodes: submission, the overlay (online and offline), smarthost, bounces.

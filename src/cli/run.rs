@@ -232,6 +232,15 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         imaps: pick(args.imaps, config.imap.tls_listen),
         delivery: delivery_config(&config),
         verify: verify_settings(&config),
+        spool: Some(home.root().join("spool")),
+        limits: crate::server::Limits {
+            max_sessions: config.limits.max_sessions,
+            sessions_per_ip: config.limits.sessions_per_ip,
+            login_within: config.limits.login_within,
+            session_max: config.limits.session_max,
+            write_timeout: config.limits.write_timeout,
+            ..crate::server::Limits::default()
+        },
     });
     Ok((nc, store, identity.address))
 }

@@ -49,8 +49,69 @@ impl Cache {
     }
 }
 
-pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
-    MessageParser::default().parse(raw)
+/// Deepest MIME structure rendered: a part nested deeper (multipart in multipart, or
+/// message/rfc822 in message/rfc822) is shown as one opaque leaf (issue #18: a message nested
+/// 10,000 levels deep recursed past the stack and aborted the node).
+pub const MAX_DEPTH: usize = 64;
+/// Most MIME markers (lines starting with `--`, `Content-Type:` fields) a message may have
+/// and still be parsed into parts; past it, the body is one opaque leaf. Bounds the parts a
+/// parse makes (every part needs a delimiter line or a Content-Type of its own).
+pub const MAX_MARKERS: usize = 4096;
+
+/// A parsed message. Nested message/rfc822 parts are taken apart iteratively when it is
+/// dropped (mail-parser's own drop recursed once per level).
+pub struct Parsed<'x>(Message<'x>);
+
+impl<'x> std::ops::Deref for Parsed<'x> {
+    type Target = Message<'x>;
+    fn deref(&self) -> &Message<'x> {
+        &self.0
+    }
+}
+
+impl Drop for Parsed<'_> {
+    fn drop(&mut self) {
+        fn detach<'x>(m: &mut Message<'x>, into: &mut Vec<Message<'x>>) {
+            for p in &mut m.parts {
+                if matches!(p.body, PartType::Message(_))
+                    && let PartType::Message(n) = std::mem::take(&mut p.body)
+                {
+                    into.push(n);
+                }
+            }
+        }
+        let mut stack = Vec::new();
+        detach(&mut self.0, &mut stack);
+        while let Some(mut m) = stack.pop() {
+            detach(&mut m, &mut stack);
+        }
+    }
+}
+
+/// Lines that could start a part: delimiters and Content-Type fields.
+fn markers(raw: &[u8]) -> usize {
+    raw.split(|b| *b == b'\n')
+        .filter(|l| {
+            l.starts_with(b"--")
+                || l.get(..13)
+                    .is_some_and(|h| h.eq_ignore_ascii_case(b"content-type:"))
+        })
+        .count()
+}
+
+pub fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
+    if markers(raw) <= MAX_MARKERS {
+        return MessageParser::default().parse(raw).map(Parsed);
+    }
+    // Too many parts to take apart: the header, and the body as one leaf.
+    let h = header_len(raw);
+    let mut m = MessageParser::default().parse(&raw[..h])?;
+    m.raw_message = std::borrow::Cow::Borrowed(raw);
+    let root = m.parts.first_mut()?;
+    root.body = PartType::Binary(std::borrow::Cow::Borrowed(&[]));
+    root.offset_body = h as u32;
+    root.offset_end = raw.len() as u32;
+    Some(Parsed(m))
 }
 
 fn render(raw: &[u8]) -> Rendered {
@@ -60,8 +121,8 @@ fn render(raw: &[u8]) -> Rendered {
     match parse(raw) {
         Some(m) => {
             write_envelope(&mut envelope, &m, raw);
-            write_body(&mut body, &m, 0, false);
-            write_body(&mut bodystructure, &m, 0, true);
+            write_body(&mut body, &m, 0, false, 0);
+            write_body(&mut bodystructure, &m, 0, true, 0);
         }
         None => {
             // Not a parsable message: an empty envelope and a text/plain body.
@@ -165,34 +226,37 @@ pub enum Target<'m, 'x> {
     Part(&'m MessagePart<'x>, &'m [u8]),
 }
 
-/// Follows a part path (`1.2.3`) from the message root.
+/// Follows a part path (`1.2.3`) from the message root. Iterative: a path as long as a
+/// command line allows costs no stack.
 pub fn resolve<'m, 'x>(msg: &'m Message<'x>, path: &[u32]) -> Option<Target<'m, 'x>> {
     let mut cur = Target::Message(msg);
+    // The message whose parts the current part's children index into.
+    let mut owner: &'m Message<'x> = msg;
     for n in path {
         let n = *n as usize;
-        let (part, raw) = match cur {
-            Target::Message(m) => (m.parts.first()?, m.raw_message.as_ref()),
-            Target::Part(p, raw) => match &p.body {
-                PartType::Message(m) => (m.parts.first()?, m.raw_message.as_ref()),
-                _ => (p, raw),
-            },
-        };
-        let owner = match cur {
-            Target::Message(m) => m,
+        // The part whose children the number counts: a message's root, or the part itself.
+        let (part, root) = match cur {
+            Target::Message(m) => {
+                owner = m;
+                (m.parts.first()?, true)
+            }
             Target::Part(p, _) => match &p.body {
-                PartType::Message(m) => m,
-                _ => {
-                    // A leaf has only part 1 (itself) when it is the body of a message.
-                    return None;
+                PartType::Message(m) => {
+                    owner = m;
+                    (m.parts.first()?, true)
                 }
+                _ => (p, false),
             },
         };
+        let raw = owner.raw_message.as_ref();
         cur = match &part.body {
             PartType::Multipart(children) => {
                 let id = *children.get(n.checked_sub(1)?)?;
                 Target::Part(owner.parts.get(id as usize)?, raw)
             }
-            _ if n == 1 => Target::Part(part, raw),
+            // A message whose body is not multipart has that body as its part 1; a leaf
+            // inside a multipart has no parts.
+            _ if n == 1 && root => Target::Part(part, raw),
             _ => return None,
         };
     }
@@ -369,18 +433,47 @@ fn write_ext(o: &mut Vec<u8>, p: &MessagePart<'_>) {
     out::nstring(o, p.content_location().map(str::as_bytes));
 }
 
-fn write_body(o: &mut Vec<u8>, m: &Message<'_>, id: usize, ext: bool) {
+/// A part shown without its structure (too deep, or a leaf that claims a structured type).
+fn write_opaque(o: &mut Vec<u8>, p: &MessagePart<'_>, raw: &[u8], ext: bool) {
+    let (_, bytes) = part_bytes(p, raw);
+    o.extend_from_slice(b"(\"APPLICATION\" \"OCTET-STREAM\" NIL NIL NIL ");
+    let enc = p.content_transfer_encoding().unwrap_or("7BIT");
+    out::string(o, &upper(enc));
+    o.extend_from_slice(format!(" {}", bytes.len()).as_bytes());
+    if ext {
+        o.extend_from_slice(b" NIL NIL NIL NIL");
+    }
+    o.push(b')');
+}
+
+/// BODY/BODYSTRUCTURE of part `id` of `m`, `depth` levels below the message's root.
+fn write_body(o: &mut Vec<u8>, m: &Message<'_>, id: usize, ext: bool, depth: usize) {
     let Some(p) = m.parts.get(id) else {
         o.extend_from_slice(b"NIL");
         return;
     };
     let raw = m.raw_message.as_ref();
+    if depth >= MAX_DEPTH {
+        return write_opaque(o, p, raw, ext);
+    }
     let ct = p.content_type();
+    // A type whose BODYSTRUCTURE has a structure, on a part that was not taken apart
+    // (a multipart without a usable boundary, an unparsable message/rfc822).
+    let unparsed = ct.is_some_and(|c| {
+        let sub = c.subtype().unwrap_or_default();
+        (c.ctype().eq_ignore_ascii_case("multipart") && !matches!(p.body, PartType::Multipart(_)))
+            || (c.ctype().eq_ignore_ascii_case("message")
+                && sub.eq_ignore_ascii_case("rfc822")
+                && !matches!(p.body, PartType::Message(_)))
+    });
+    if unparsed {
+        return write_opaque(o, p, raw, ext);
+    }
     match &p.body {
         PartType::Multipart(children) => {
             o.push(b'(');
             for c in children {
-                write_body(o, m, *c as usize, ext);
+                write_body(o, m, *c as usize, ext, depth + 1);
             }
             if children.is_empty() {
                 // RFC 3501 needs at least one part.
@@ -441,7 +534,7 @@ fn write_body(o: &mut Vec<u8>, m: &Message<'_>, id: usize, ext: bool) {
                     o.push(b' ');
                     write_envelope(o, nested, nested.raw_message.as_ref());
                     o.push(b' ');
-                    write_body(o, nested, 0, ext);
+                    write_body(o, nested, 0, ext, depth + 1);
                     o.extend_from_slice(format!(" {lines}").as_bytes());
                 }
             } else if is_text {
@@ -491,6 +584,127 @@ mod tests {
         };
         assert!(part_bytes(p, raw).1.starts_with(b"hello"));
         assert!(resolve(&m, &[3]).is_none());
+    }
+
+    fn nested_multipart(levels: usize) -> Vec<u8> {
+        let mut m = b"Subject: deep\r\n".to_vec();
+        for i in 0..levels {
+            m.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
+                    .as_bytes(),
+            );
+        }
+        m.extend_from_slice(b"Content-Type: text/plain\r\n\r\nleaf\r\n");
+        for i in (0..levels).rev() {
+            m.extend_from_slice(format!("--b{i}--\r\n").as_bytes());
+        }
+        m
+    }
+
+    fn nested_rfc822(levels: usize) -> Vec<u8> {
+        let mut m = Vec::new();
+        for i in 0..levels {
+            m.extend_from_slice(
+                format!("Subject: {i}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes(),
+            );
+        }
+        m.extend_from_slice(b"Subject: inner\r\n\r\nleaf\r\n");
+        m
+    }
+
+    /// Runs `f` on a thread with a small stack, as a tokio worker's would be.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+    }
+
+    fn depth_of(bs: &[u8]) -> usize {
+        let (mut d, mut max) = (0usize, 0usize);
+        for b in bs {
+            match b {
+                b'(' => {
+                    d += 1;
+                    max = max.max(d);
+                }
+                b')' => d = d.checked_sub(1).expect("balanced"),
+                _ => {}
+            }
+        }
+        assert_eq!(d, 0, "balanced");
+        max
+    }
+
+    #[test]
+    fn issue_18_deep_multiparts_end_in_an_opaque_leaf() {
+        // 1,300 levels: under MAX_MARKERS, so parsed; rendered down to MAX_DEPTH.
+        on_small_stack(|| {
+            let raw = nested_multipart(1300);
+            let r = render(&raw);
+            let bs = String::from_utf8(r.bodystructure.clone()).unwrap();
+            assert!(bs.contains("\"APPLICATION\" \"OCTET-STREAM\""), "{bs}");
+            assert!(!bs.contains("\"TEXT\""), "the leaf is below the cap");
+            assert!(depth_of(&r.bodystructure) <= MAX_DEPTH + 4, "{bs}");
+            // The opaque leaf's bytes are still reachable by its path.
+            let m = parse(&raw).unwrap();
+            let path = vec![1u32; MAX_DEPTH];
+            let Some(Target::Part(p, praw)) = resolve(&m, &path) else {
+                panic!("the opaque part resolves")
+            };
+            let body = part_bytes(p, praw).1;
+            assert!(body.starts_with(b"--b64\r\n"), "{:?}", &body[..20]);
+            let needle = b"leaf\r\n--b1299--";
+            assert!(body.windows(needle.len()).any(|w| w == needle));
+        });
+    }
+
+    #[test]
+    fn issue_18_deep_rfc822_is_rendered_and_dropped_without_recursion() {
+        on_small_stack(|| {
+            let raw = nested_rfc822(4000);
+            let r = render(&raw);
+            assert!(depth_of(&r.bodystructure) < 8 * MAX_DEPTH);
+            let m = parse(&raw).unwrap();
+            drop(m);
+        });
+    }
+
+    #[test]
+    fn parts_of_a_multipart_inside_a_multipart_resolve() {
+        let raw = b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\r\nplain\r\n--i\r\nContent-Type: text/html\r\n\r\n<p>html\r\n--i--\r\n--o\r\n\r\nsecond\r\n--o--\r\n";
+        let m = parse(raw).unwrap();
+        let body = |path: &[u32]| match resolve(&m, path) {
+            Some(Target::Part(p, r)) => part_bytes(p, r).1.to_vec(),
+            _ => b"none".to_vec(),
+        };
+        assert!(body(&[1, 2]).starts_with(b"<p>html"));
+        assert!(body(&[1, 1]).starts_with(b"plain"));
+        assert!(body(&[2]).starts_with(b"second"));
+        assert_eq!(body(&[2, 1]), b"none");
+        assert_eq!(body(&[1, 3]), b"none");
+    }
+
+    #[test]
+    fn issue_18_too_many_parts_make_one_opaque_body() {
+        let mut raw =
+            b"Subject: many\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n".to_vec();
+        for _ in 0..MAX_MARKERS {
+            raw.extend_from_slice(b"--x\r\n\r\np\r\n");
+        }
+        raw.extend_from_slice(b"--x--\r\n");
+        let r = render(&raw);
+        let bs = String::from_utf8(r.bodystructure).unwrap();
+        assert!(bs.starts_with("(\"APPLICATION\" \"OCTET-STREAM\""), "{bs}");
+        let env = String::from_utf8(r.envelope).unwrap();
+        assert!(env.contains("\"many\""), "{env}");
+        let m = parse(&raw).unwrap();
+        let Some(Target::Part(p, praw)) = resolve(&m, &[1]) else {
+            panic!("part 1 is the body")
+        };
+        assert_eq!(part_bytes(p, praw).1, &raw[header_len(&raw)..]);
     }
 
     #[test]

@@ -22,6 +22,11 @@ use crate::tls::SessionStream;
 
 /// Longest command line (without literals).
 pub const MAX_LINE: usize = 64 * 1024;
+/// Largest literal before login (a user name or password; issue #18): anyone can connect, so
+/// what they can make the node hold stays small.
+pub const MAX_LITERAL_BEFORE_LOGIN: u32 = 8 * 1024;
+/// A literal's buffer grows as its bytes arrive, from at most this much reserved up front.
+const LITERAL_RESERVE: usize = 64 * 1024;
 const TIMEOUT_BEFORE_LOGIN: Duration = Duration::from_secs(60);
 /// RFC 3501: an autologout timer of at least 30 minutes.
 const TIMEOUT_AFTER_LOGIN: Duration = Duration::from_secs(30 * 60);
@@ -329,6 +334,21 @@ impl Session {
         Ok(())
     }
 
+    /// The largest literal taken in this state: small before login.
+    fn max_literal(&self) -> u32 {
+        match self.state {
+            State::NotAuthenticated => self.ctx.max_literal.min(MAX_LITERAL_BEFORE_LOGIN),
+            _ => self.ctx.max_literal,
+        }
+    }
+
+    fn before_login_note(&self) -> &'static str {
+        match self.state {
+            State::NotAuthenticated => " before login",
+            _ => "",
+        }
+    }
+
     fn timeout(&self) -> Duration {
         match self.state {
             State::NotAuthenticated => TIMEOUT_BEFORE_LOGIN,
@@ -339,7 +359,8 @@ impl Session {
     /// Reads lines (and the literals they announce) until they make one command.
     async fn read_command(&mut self) -> std::io::Result<Next> {
         let mut buf = Vec::new();
-        let max_total = self.ctx.max_literal as usize + MAX_LINE;
+        let max_literal = self.max_literal();
+        let max_total = max_literal as usize + MAX_LINE;
         loop {
             let timeout = self.timeout();
             let room = (buf.len() + MAX_LINE).min(max_total);
@@ -368,14 +389,13 @@ impl Session {
                 Ok((_, cmd)) => return Ok(Next::Command(Box::new(cmd.into_static()))),
                 Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
                     let tag = tag.as_ref().to_string();
-                    let fits =
-                        length <= self.ctx.max_literal && buf.len() + length as usize <= max_total;
+                    let fits = length <= max_literal && buf.len() + length as usize <= max_total;
                     if !fits {
                         return Ok(match mode {
                             LiteralMode::Sync => {
                                 self.conn.line(&format!(
-                                    "{tag} NO [TOOBIG] literal of {length} bytes is over the limit of {}",
-                                    self.ctx.max_literal
+                                    "{tag} NO [TOOBIG] literal of {length} bytes is over the limit of {max_literal}{}",
+                                    self.before_login_note()
                                 ));
                                 Next::Skip
                             }
@@ -392,17 +412,18 @@ impl Session {
                         self.conn.line("+ Ready for literal data");
                         self.conn.flush().await?;
                     }
+                    // Nothing is allocated for bytes that have not arrived: the buffer grows
+                    // as they do (a declared length costs nothing until it is sent).
                     let start = buf.len();
-                    buf.resize(start + length as usize, 0);
-                    let read = tokio::time::timeout(
-                        self.timeout(),
-                        self.conn.io.read_exact(&mut buf[start..]),
-                    );
+                    buf.reserve((length as usize).min(LITERAL_RESERVE));
+                    let timeout = self.timeout();
+                    let mut literal = (&mut self.conn.io).take(u64::from(length));
+                    let read = tokio::time::timeout(timeout, literal.read_to_end(&mut buf));
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(Next::Close(Some("server shutting down"))),
                         r = read => match r {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(_)) => return Ok(Next::Close(None)),
+                            Ok(Ok(_)) if buf.len() - start == length as usize => {}
+                            Ok(_) => return Ok(Next::Close(None)),
                             Err(_) => return Ok(Next::Close(Some("autologout: literal not sent"))),
                         },
                     }

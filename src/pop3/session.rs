@@ -208,6 +208,7 @@ async fn session(
                 };
                 match ctx.auth.check(peer.addr.ip(), &name, &pass).await {
                     Outcome::Ok => {
+                        peer.set_logged_in();
                         if let Err(e) = ctx.mailbox.refresh().await {
                             tracing::warn!(error = %e, "refresh before POP3 login");
                         }

@@ -366,6 +366,25 @@ pub fn strip_own_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
     out
 }
 
+/// [`strip_own_results`] on the message that starts at `from` in `bytes`, in place: only its
+/// header is copied; the body is moved, not duplicated.
+pub fn strip_own_results_in(bytes: &mut Vec<u8>, from: usize, authserv_id: &str) {
+    let Some(msg) = bytes.get(from..) else {
+        return;
+    };
+    let mut hlen = 0;
+    for line in msg.split_inclusive(|b| *b == b'\n') {
+        hlen += line.len();
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    let stripped = strip_own_results(&msg[..hlen], authserv_id);
+    if stripped.len() != hlen {
+        bytes.splice(from..from + hlen, stripped);
+    }
+}
+
 /// The value of a header line if its field name is `name` (lower case).
 fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let colon = line.iter().position(|b| *b == b':')?;
@@ -971,6 +990,11 @@ Authentication-Results: mx.example; in the body stays\r\n"
         // Nothing to strip: the bytes are unchanged.
         let plain = b"Subject: x\n\nbody\n";
         assert_eq!(strip_own_results(plain, "mx.example"), plain.to_vec());
+        let mut inplace = b"Trace: 1\r\n".to_vec();
+        inplace.extend_from_slice(msg);
+        strip_own_results_in(&mut inplace, 10, "mx.example");
+        assert_eq!(&inplace[10..], strip_own_results(msg, "mx.example"));
+        assert!(inplace.starts_with(b"Trace: 1\r\n"));
         assert_eq!(
             authserv_id_of(b" (a (nested)) host.example ; x"),
             Some(&b"host.example"[..])

@@ -12,10 +12,13 @@
 //!   Sent and the persistent outbound queue).
 //!
 //! Either way the reply to DATA is 250 only after the message is durably in the store.
+//! DATA is streamed: past 1 MiB into an unlinked file in the spool directory (`spool.rs`), and
+//! read back into memory once, under a budget shared by all sessions.
 //! On the intake, DKIM/SPF/DMARC are checked before that when configured ([`auth_check`]).
 
 pub mod auth_check;
 mod session;
+mod spool;
 
 use std::sync::Arc;
 
@@ -40,6 +43,9 @@ pub struct Context {
     pub max_message_size: u64,
     pub tls: Option<Acceptor>,
     pub mode: Mode,
+    /// Where DATA past 1 MiB is spooled while it arrives (unlinked files); `None`: the
+    /// system's temporary directory.
+    pub spool: Option<std::path::PathBuf>,
 }
 
 /// What a listener is for.

@@ -12,7 +12,8 @@ use smtp_proto::{EhloResponse, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::auth_check::{Verdict, strip_own_results};
+use super::auth_check::{Verdict, strip_own_results_in};
+use super::spool::Spool;
 use super::{Context, Mode};
 use crate::mailbox::{Flags, NewMessage};
 use crate::server::Peer;
@@ -267,20 +268,25 @@ async fn session(
                 conn.reply("354 Start mail input; end with <CRLF>.<CRLF>\r\n")
                     .await?;
                 let mut data_rx = DataReceiver::new();
-                let mut message = Vec::new();
+                // Streamed: in memory up to 1 MiB, then to an unlinked file (issue #18).
+                let mut spool = Spool::new(ctx.spool.as_deref());
                 let mut too_big = false;
+                let mut chunk = Vec::with_capacity(READ_CHUNK);
                 loop {
                     let mut iter = conn.buf.iter();
-                    let mut chunk = Vec::new();
+                    chunk.clear();
                     let done = data_rx.ingest(&mut iter, &mut chunk);
                     let consumed = conn.buf.len() - iter.as_slice().len();
                     conn.buf.drain(..consumed);
                     if !too_big {
-                        if (message.len() + chunk.len()) as u64 > ctx.max_message_size {
+                        if (spool.len() + chunk.len()) as u64 > ctx.max_message_size {
                             too_big = true;
-                            message = Vec::new();
-                        } else {
-                            message.extend_from_slice(&chunk);
+                            spool = Spool::new(None);
+                        } else if let Err(e) = spool.write(&chunk).await {
+                            tracing::warn!(error = %e, "cannot spool the message");
+                            return conn
+                                .reply("451 4.3.0 Cannot take the message now; closing\r\n")
+                                .await;
                         }
                     }
                     if done {
@@ -307,7 +313,7 @@ async fn session(
                     .await?;
                     continue;
                 }
-                if message.is_empty() {
+                if spool.is_empty() {
                     conn.reply("554 5.6.0 Empty message\r\n").await?;
                     continue;
                 }
@@ -319,12 +325,29 @@ async fn session(
                     &rcpts,
                     conn.io.is_tls(),
                 );
-                let mut bytes = received.into_bytes();
+                let submitted = matches!(ctx.mode, Mode::Submission { .. });
+                // Return-Path belongs to final delivery, not to submission.
+                let trace = match received.split_once('\n') {
+                    Some((_, rest)) if submitted => rest,
+                    _ => received.as_str(),
+                };
+                // One copy of the message, made under the process-wide budget, with room for
+                // an Authentication-Results field.
+                let (mut bytes, _budget) = match spool.into_bytes(trace.as_bytes(), 1024).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the spooled message back");
+                        conn.reply("451 4.3.0 Could not store the message; try again later\r\n")
+                            .await?;
+                        continue;
+                    }
+                };
+                let start = trace.len();
                 if let Mode::Intake { verify: None } = &ctx.mode {
                     // Our overlay deliveries put `Authentication-Results: HOST; peerpost=pass`
                     // on top: an outside sender must not bring a verdict under that name,
                     // checks or no checks (RFC 8601 §5).
-                    message = strip_own_results(&message, &ctx.hostname);
+                    strip_own_results_in(&mut bytes, start, &ctx.hostname);
                 }
                 if let Mode::Intake {
                     verify: Some(verifier),
@@ -332,10 +355,13 @@ async fn session(
                 {
                     // Checked before anything is stored; the 250 still waits for the store.
                     let helo = env.helo.as_deref().unwrap_or("");
-                    match verifier.check(&message, peer.addr.ip(), helo, &from).await {
+                    match verifier
+                        .check(&bytes[start..], peer.addr.ip(), helo, &from)
+                        .await
+                    {
                         Verdict::Accept { header } => {
-                            message = strip_own_results(&message, verifier.authserv_id());
-                            bytes.extend_from_slice(header.as_bytes());
+                            strip_own_results_in(&mut bytes, start, verifier.authserv_id());
+                            bytes.splice(start..start, header.into_bytes());
                         }
                         Verdict::Refuse(reply) => {
                             conn.reply(&reply).await?;
@@ -343,12 +369,7 @@ async fn session(
                         }
                     }
                 }
-                bytes.extend_from_slice(&message);
                 if let Mode::Submission { delivery, .. } = &ctx.mode {
-                    // Return-Path belongs to final delivery, not to submission.
-                    if let Some(i) = bytes.iter().position(|b| *b == b'\n') {
-                        bytes.drain(..=i);
-                    }
                     match delivery.submit(&rcpts, bytes).await {
                         Ok(id) => conn.reply(&format!("250 2.0.0 Queued as {id}\r\n")).await?,
                         Err(crate::delivery::Error::QueueFull(_)) => {
@@ -435,6 +456,7 @@ async fn session(
                 match auth.check(peer.addr.ip(), &creds.0, &creds.1).await {
                     Outcome::Ok => {
                         authed = true;
+                        peer.set_logged_in();
                         conn.reply("235 2.7.0 Authentication successful\r\n")
                             .await?;
                     }

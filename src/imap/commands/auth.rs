@@ -13,6 +13,7 @@ pub(super) async fn login(s: &mut Session, user: &str, pass: &str) -> Reply {
     }
     match s.ctx.auth.check(s.peer.addr.ip(), user, pass).await {
         Outcome::Ok => {
+            s.peer.set_logged_in();
             if let Err(e) = s.ctx.mailbox.refresh().await {
                 tracing::warn!(error = %e, "refresh before IMAP login");
             }

@@ -216,20 +216,38 @@ pub(super) fn sel(s: &mut Session) -> Option<&mut Selected> {
     }
 }
 
-/// Ranges of a sequence set, `*` being `largest`, each (low, high).
-fn ranges(set: &SequenceSet, largest: u32) -> Vec<(u32, u32)> {
+/// Ranges of a sequence set, `*` being `largest`, each (low, high): sorted, overlapping and
+/// adjacent ones merged, so `1:*,1:*,…` is one range before anything is expanded (issue #18).
+/// A set has at most 32,768 sequences (it is one command line of at most 64 KiB).
+pub(super) fn ranges(set: &SequenceSet, largest: u32) -> Vec<(u32, u32)> {
     let v = |x: &SeqOrUid| match x {
         SeqOrUid::Value(n) => n.get(),
         SeqOrUid::Asterisk => largest,
     };
-    set.0
+    let mut r: Vec<(u32, u32)> = set
+        .0
         .as_ref()
         .iter()
         .map(|s| match s {
             Sequence::Single(x) => (v(x), v(x)),
             Sequence::Range(a, b) => (v(a).min(v(b)), v(a).max(v(b))),
         })
-        .collect()
+        .collect();
+    r.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(r.len());
+    for (lo, hi) in r {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
+/// Whether `n` is in merged `ranges` (binary search).
+pub(super) fn in_ranges(ranges: &[(u32, u32)], n: u32) -> bool {
+    let i = ranges.partition_point(|(_, hi)| *hi < n);
+    ranges.get(i).is_some_and(|(lo, _)| *lo <= n)
 }
 
 /// Indexes (seq − 1) of the selected messages a set names, ascending, without duplicates.
@@ -256,8 +274,8 @@ pub(super) fn resolve(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<usize
             }
         }
     }
-    out.sort_unstable();
-    out.dedup();
+    // The ranges are disjoint and ascending: so are the indexes.
+    debug_assert!(out.windows(2).all(|w| w[0] < w[1]));
     out
 }
 
@@ -361,5 +379,18 @@ mod tests {
         assert_eq!(resolve(&sel, &set("1:4294967295"), true), vec![0, 1, 2]);
         assert!(resolve(&selected(&[]), &set("1:*"), true).is_empty());
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(resolve(&sel, &set("3,1:2,2:3,1"), false), vec![0, 1, 2]);
+        assert_eq!(resolve(&sel, &set("9,3:4,5"), true), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn issue_18_repeated_ranges_merge_before_expansion() {
+        let many = vec!["1:*"; 16_000].join(",");
+        let r = ranges(&set(&many), 100_000);
+        assert_eq!(r, vec![(1, 100_000)]);
+        let r = ranges(&set("7,1:3,4,9:8,20"), 50);
+        assert_eq!(r, vec![(1, 4), (7, 9), (20, 20)]);
+        assert!(in_ranges(&r, 8) && in_ranges(&r, 1) && in_ranges(&r, 20));
+        assert!(!in_ranges(&r, 5) && !in_ranges(&r, 21) && !in_ranges(&r, 0));
     }
 }

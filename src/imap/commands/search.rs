@@ -73,6 +73,7 @@ struct Candidate<'a> {
     info: &'a MessageInfo,
     raw: Option<&'a [u8]>,
     header_len: usize,
+    sets: &'a SetCache,
 }
 
 impl Candidate<'_> {
@@ -120,8 +121,8 @@ impl Candidate<'_> {
         let idate = self.info.internal_date.div_euclid(86_400);
         match k {
             SearchKey::And(v) => v.as_ref().iter().all(|k| self.matches(k, sel, largest_uid)),
-            SearchKey::SequenceSet(set) => in_set(set, self.seq, sel.msgs.len() as u32),
-            SearchKey::Uid(set) => in_set(set, self.info.uid, largest_uid),
+            SearchKey::SequenceSet(set) => self.sets.contains(set, self.seq, sel.msgs.len() as u32),
+            SearchKey::Uid(set) => self.sets.contains(set, self.info.uid, largest_uid),
             SearchKey::All => true,
             SearchKey::Answered => f.has(Flag::Replied),
             SearchKey::Deleted => f.has(Flag::Trashed),
@@ -201,10 +202,27 @@ fn has_keyword(info: &MessageInfo, k: &str) -> bool {
         .any(|x| x.eq_ignore_ascii_case(k))
 }
 
-fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
-    super::ranges(set, largest)
-        .iter()
-        .any(|(lo, hi)| (*lo..=*hi).contains(&n))
+/// Merged ranges of the sequence sets of one SEARCH, each computed once (not once per
+/// message): by the set's address and the `*` it was resolved with.
+#[derive(Default)]
+struct SetCache(std::cell::RefCell<Vec<CachedSet>>);
+
+/// (address of the set, the `*` used, its merged ranges).
+type CachedSet = (usize, u32, Vec<(u32, u32)>);
+
+impl SetCache {
+    fn contains(&self, set: &SequenceSet, n: u32, largest: u32) -> bool {
+        let key = set as *const SequenceSet as usize;
+        let mut c = self.0.borrow_mut();
+        let i = match c.iter().position(|(k, l, _)| *k == key && *l == largest) {
+            Some(i) => i,
+            None => {
+                c.push((key, largest, super::ranges(set, largest)));
+                c.len() - 1
+            }
+        };
+        super::in_ranges(&c[i].2, n)
+    }
 }
 
 pub(super) async fn search(
@@ -235,6 +253,7 @@ pub(super) async fn search(
     let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
     let bytes = criteria.iter().any(needs_bytes);
     let mut hits: Vec<u32> = Vec::new();
+    let sets = SetCache::default();
     for (i, info) in idx.iter().zip(infos.iter()) {
         let Some(info) = info else { continue };
         let raw: Option<Arc<Vec<u8>>> = if bytes {
@@ -256,6 +275,7 @@ pub(super) async fn search(
             info,
             raw: raw.as_deref().map(|r| r.as_slice()),
             header_len: raw.as_deref().map_or(0, |r| mime::header_len(r)),
+            sets: &sets,
         };
         if criteria.iter().all(|k| c.matches(k, cur, largest_uid)) {
             hits.push(if uid { info.uid } else { *i as u32 + 1 });
