@@ -18,6 +18,8 @@
 //!
 //! Decoding is total: any byte string gives a message or a typed [`FrameError`].
 
+use std::time::Duration;
+
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use thiserror::Error;
 
@@ -337,10 +339,11 @@ fn header(r: &mut Reader<'_>) -> Result<u8, FrameError> {
     Ok(r.u8("kind")?)
 }
 
-/// Reads one `u32 len ‖ payload` frame, refusing a length over `max` before allocating.
+/// Reads one `u32 len ‖ payload` frame, refusing a length over `max` before allocating
+/// (generous pacing: tests and tools; the swarm's codec sets its own).
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
     let len = read_len(io, max).await?;
-    read_body(io, len).await
+    read_body_paced(io, len, Duration::from_secs(60), Duration::from_secs(600)).await
 }
 
 /// Reads a frame's length prefix and checks it against `max`.
@@ -354,10 +357,43 @@ pub async fn read_len<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::
     Ok(len)
 }
 
-/// Reads `len` payload bytes (the caller checked `len`).
-pub async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+/// Bytes a payload read grows its buffer by: memory follows the bytes that arrived, not the
+/// length a peer announced.
+const READ_STEP: usize = 64 * 1024;
+
+/// Reads `len` payload bytes (the caller checked `len`), growing the buffer as they arrive.
+/// Fails with `TimedOut` when no byte comes for `stall`, or not all of them within `total`.
+pub async fn read_body_paced<T: AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    stall: Duration,
+    total: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let start = tokio::time::Instant::now();
+    let deadline = start.checked_add(total).unwrap_or(start);
+    let mut buf = Vec::with_capacity(len.min(READ_STEP));
+    while buf.len() < len {
+        let filled = buf.len();
+        let end = len.min(filled + READ_STEP);
+        buf.resize(end, 0);
+        let now = tokio::time::Instant::now();
+        let wait = now.checked_add(stall).unwrap_or(now).min(deadline);
+        let n = match tokio::time::timeout_at(wait, io.read(&mut buf[filled..end])).await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "frame of {len} bytes: {filled} arrived, then nothing in time; given up"
+                    ),
+                ));
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.truncate(filled + n);
+    }
     Ok(buf)
 }
 
@@ -513,9 +549,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn oversized_length_prefix_is_refused_before_allocation() {
-        futures::executor::block_on(async {
+    #[tokio::test]
+    async fn oversized_length_prefix_is_refused_before_allocation() {
+        {
             let mut wire: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
             let err = read_frame(&mut wire, MAX_FRAME).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
@@ -529,7 +565,66 @@ mod tests {
                 Request::decode(w.as_slice(), BLOB_PROTOCOL),
                 Err(FrameError::Decode(DecodeError::TooLong { .. }))
             ));
-        });
+        }
+    }
+
+    /// A reader that yields `first` and then never another byte (a stalled peer).
+    struct Stalls(Vec<u8>);
+
+    impl AsyncRead for Stalls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_payload_times_out_and_is_not_allocated_up_front() {
+        let stall = Duration::from_secs(5);
+        let started = tokio::time::Instant::now();
+        let mut io = Stalls(vec![1; 10]);
+        let err = read_body_paced(&mut io, MAX_FRAME, stall, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), stall);
+        // The overall deadline holds even when a byte keeps coming every second.
+        struct Trickle(std::pin::Pin<Box<tokio::time::Sleep>>);
+        impl AsyncRead for Trickle {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::task::ready!(self.0.as_mut().poll(cx));
+                let next = self.0.deadline() + Duration::from_secs(1);
+                self.0.as_mut().reset(next);
+                buf[0] = 7;
+                std::task::Poll::Ready(Ok(1))
+            }
+        }
+        use std::future::Future;
+        let started = tokio::time::Instant::now();
+        let mut slow = Trickle(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
+        let err = read_body_paced(&mut slow, 100, stall, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        let mut fast = Stalls(vec![3; 1000]);
+        let ok = read_body_paced(&mut fast, 1000, stall, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(ok, vec![3; 1000]);
     }
 
     #[test]
