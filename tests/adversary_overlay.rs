@@ -11,8 +11,13 @@ use libp2p::core::upgrade;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, SwarmBuilder, Transport, noise, yamux};
+use peerpost::crypto::{Envelope, UserKeys};
+use peerpost::delivery::notice::{self, Body, Notice};
 use peerpost::node::testing::{Ring, start_ring};
-use peerpost::overlay::protocol::{BLOB_PROTOCOL, MAX_BLOB, Request, Response};
+use peerpost::overlay::protocol::{
+    BLOB_PROTOCOL, MAX_BLOB, MAX_INBOX_PER_SENDER, Refusal, Request, Response, inbox_key,
+};
+use peerpost::overlay::{BlobError, list_request, put_request};
 use tokio::sync::mpsc;
 
 fn init_tracing() {
@@ -233,5 +238,253 @@ async fn stalled_frames_of_one_peer_do_not_stop_other_peers() {
         held < Duration::from_secs(15),
         "stalled frames held for {held:?}"
     );
+    ring.shutdown().await;
+}
+
+// --- item 2: who may put into and list a DHT inbox ---
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A real delivery notice from `from` to `to`, wrapped as senders leave it in inboxes.
+fn real_entry(from: &UserKeys, to: &UserKeys, ack_secret: [u8; 32]) -> Vec<u8> {
+    let n = Notice {
+        msg_id: [7; 16],
+        sent: now(),
+        sender: "alice@ring.test".into(),
+        recipient: "victim@ring.test".into(),
+        ack_secret,
+        body: Body::Inline(b"Subject: real\r\n\r\nhello\r\n".to_vec()),
+    };
+    let inner = Envelope::seal(from, &to.public().enc, &n.encode()).unwrap();
+    let p = notice::pseudonym(from, &to.public().sign);
+    notice::wrap(&p, &to.public().enc, &inner).unwrap()
+}
+
+/// Issue #18 item 2: 32 junk entries (each validly signed, by 32 pseudonyms) put before a
+/// real notice do not hide it: the recipient's list pages through every holder. One
+/// pseudonym cannot hold more than 16 entries of an inbox, and the holders' copies do not
+/// name the real sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_inbox_entries_do_not_hide_a_real_one() {
+    let (ring, _dir) = ring(4).await;
+    let (victim, alice) = (UserKeys::generate().unwrap(), UserKeys::generate().unwrap());
+    let key = inbox_key(&victim.public().sign);
+    let attacker = ring.node(3).client();
+    for i in 0..32u8 {
+        let junk = UserKeys::generate().unwrap();
+        attacker
+            .inbox_put(key, [i; 32], vec![i; 200], &junk)
+            .await
+            .unwrap();
+    }
+    let one = UserKeys::generate().unwrap();
+    for i in 0..MAX_INBOX_PER_SENDER as u8 {
+        attacker
+            .inbox_put(key, [i; 32], vec![i, 1, 2, 3], &one)
+            .await
+            .unwrap();
+    }
+    match attacker.inbox_put(key, [0; 32], vec![9; 9], &one).await {
+        Err(BlobError::TooFewHolders { stored: 0, .. }) => {}
+        other => panic!("a 17th entry of one pseudonym was taken: {other:?}"),
+    }
+
+    let secret = [42u8; 32];
+    let real = real_entry(&alice, &victim, secret);
+    let p = notice::pseudonym(&alice, &victim.public().sign);
+    ring.node(1)
+        .client()
+        .inbox_put(key, peerpost::crypto::hash(&secret), real.clone(), &p)
+        .await
+        .unwrap();
+
+    let listed = ring.node(0).client().inbox_list(&victim).await.unwrap();
+    assert!(listed.len() > 32 + MAX_INBOX_PER_SENDER, "{}", listed.len());
+    assert!(listed.contains(&real), "the real entry is hidden");
+    let opened = notice::unwrap(&victim, real.clone())
+        .unwrap()
+        .open(&victim)
+        .unwrap();
+    assert_eq!(opened.sender, alice.public().sign);
+
+    // What the holders keep names the pseudonym, never alice's key.
+    let mut holders = 0;
+    for node in ring.live() {
+        let (rows, _) = node.store().inbox_page(key, [0; 32], 0, 256).await.unwrap();
+        for v in &rows {
+            assert!(!v.windows(32).any(|w| w == alice.public().sign));
+        }
+        holders += usize::from(rows.iter().any(|v| v.ends_with(&real)));
+    }
+    assert!(holders >= 1);
+    ring.shutdown().await;
+}
+
+/// Issue #18 item 2: only the recipient lists its inbox. A stranger signing for the
+/// victim's inbox, a request replayed to another holder, and a stale one are refused; a
+/// clock 10 minutes off is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_list_an_inbox() {
+    let (ring, _dir) = ring(4).await;
+    let (victim, mallory) = (UserKeys::generate().unwrap(), UserKeys::generate().unwrap());
+    let key = inbox_key(&victim.public().sign);
+    let secret = [1u8; 32];
+    let alice = UserKeys::generate().unwrap();
+    let p = notice::pseudonym(&alice, &victim.public().sign);
+    ring.node(1)
+        .client()
+        .inbox_put(
+            key,
+            peerpost::crypto::hash(&secret),
+            real_entry(&alice, &victim, secret),
+            &p,
+        )
+        .await
+        .unwrap();
+    // A holder of the entry, and another peer.
+    let mut holder = None;
+    for node in ring.live() {
+        let (rows, _) = node.store().inbox_page(key, [0; 32], 0, 10).await.unwrap();
+        if !rows.is_empty() {
+            holder = Some(node.client().peer_id());
+        }
+    }
+    let holder = holder.expect("nobody holds the entry");
+    let asker = ring
+        .live()
+        .map(|n| n.client())
+        .find(|c| c.peer_id() != holder)
+        .unwrap();
+    let other = ring
+        .live()
+        .map(|n| n.client().peer_id())
+        .find(|p| *p != holder && *p != asker.peer_id())
+        .unwrap();
+    let ask = |req: Request| async { asker.request(holder, req).await.unwrap() };
+    let refused = Response::Refused(Refusal::Invalid);
+
+    // The recipient, with a clock 10 minutes ahead or behind: answered.
+    for skew in [-600i64, 0, 600] {
+        let t = now().saturating_add_signed(skew);
+        match ask(list_request(&victim, &holder, [0; 32], t)).await {
+            Response::InboxEntries { entries, .. } => assert_eq!(entries.len(), 1),
+            other => panic!("the recipient was refused (skew {skew}): {other:?}"),
+        }
+    }
+    // A stranger signing with its own key for the victim's inbox.
+    let Request::InboxList {
+        recipient,
+        time,
+        cursor,
+        sig,
+        ..
+    } = list_request(&mallory, &holder, [0; 32], now())
+    else {
+        unreachable!()
+    };
+    let forged = Request::InboxList {
+        key,
+        recipient,
+        time,
+        cursor,
+        sig,
+    };
+    assert_eq!(ask(forged).await, refused);
+    // The victim's key with a signature that is not the victim's.
+    let Request::InboxList { time, cursor, .. } = list_request(&victim, &holder, [0; 32], now())
+    else {
+        unreachable!()
+    };
+    let unsigned = Request::InboxList {
+        key,
+        recipient: victim.public().sign,
+        time,
+        cursor,
+        sig: [0; 64],
+    };
+    assert_eq!(ask(unsigned).await, refused);
+    // A genuine request made for another holder, replayed to this one.
+    assert_eq!(
+        ask(list_request(&victim, &other, [0; 32], now())).await,
+        refused
+    );
+    // A stale one (20 minutes old) and one from the far future.
+    assert_eq!(
+        ask(list_request(&victim, &holder, [0; 32], now() - 1200)).await,
+        refused
+    );
+    assert_eq!(
+        ask(list_request(&victim, &holder, [0; 32], now() + 1200)).await,
+        refused
+    );
+    ring.shutdown().await;
+}
+
+/// Issue #18 item 2: an INBOX_PUT whose signature does not verify (forged, or for other
+/// bytes) is refused by the holder and not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_and_forged_inbox_puts_are_refused() {
+    let (ring, _dir) = ring(3).await;
+    let victim = UserKeys::generate().unwrap();
+    let key = inbox_key(&victim.public().sign);
+    let target = ring.node(0).client().peer_id();
+    let asker = ring.node(1).client();
+    let signer = UserKeys::generate().unwrap();
+    let good = put_request(&signer, key, [3; 32], vec![5; 300]);
+    let Request::InboxPut {
+        ack_hash,
+        sender,
+        entry,
+        sig,
+        ..
+    } = good.clone()
+    else {
+        unreachable!()
+    };
+    let mut other_bytes = entry.clone();
+    other_bytes[0] ^= 1;
+    for bad in [
+        Request::InboxPut {
+            key,
+            ack_hash,
+            sender,
+            entry: entry.clone(),
+            sig: [0; 64],
+        },
+        Request::InboxPut {
+            key,
+            ack_hash,
+            sender,
+            entry: other_bytes,
+            sig,
+        },
+        Request::InboxPut {
+            key,
+            ack_hash,
+            sender: UserKeys::generate().unwrap().public().sign,
+            entry: entry.clone(),
+            sig,
+        },
+        Request::InboxPut {
+            key: [9; 32],
+            ack_hash,
+            sender,
+            entry: entry.clone(),
+            sig,
+        },
+    ] {
+        assert_eq!(
+            asker.request(target, bad).await.unwrap(),
+            Response::Refused(Refusal::Invalid)
+        );
+    }
+    let held = ring.node(0).store().inbox_page(key, [0; 32], 0, 10).await;
+    assert!(held.unwrap().0.is_empty(), "a refused put was stored");
+    assert_eq!(asker.request(target, good).await.unwrap(), Response::Stored);
     ring.shutdown().await;
 }

@@ -479,8 +479,9 @@ impl EventLoop {
         *self.inflight.entry(peer).or_insert(0) += 1;
         let store = self.store.clone();
         let limit = self.config.contribution;
+        let me = *self.swarm.local_peer_id();
         self.tasks.spawn(async move {
-            let response = serve(&store, request, limit).await;
+            let response = serve(&store, request, limit, &me).await;
             Served {
                 peer,
                 channel,
@@ -520,7 +521,7 @@ impl EventLoop {
 }
 
 /// Answers one blob request from the store.
-async fn serve(store: &Store, request: Request, limit: u64) -> Response {
+async fn serve(store: &Store, request: Request, limit: u64, me: &PeerId) -> Response {
     match request {
         Request::Store { id, bytes } => match store.held_put(id, bytes, limit).await {
             Ok(HeldPut::Stored | HeldPut::AlreadyHeld) => Response::Stored,
@@ -544,7 +545,7 @@ async fn serve(store: &Store, request: Request, limit: u64) -> Response {
         },
         Request::Notify { .. } => Response::Refused(Refusal::Invalid),
         Request::InboxPut { .. } | Request::InboxList { .. } | Request::InboxAck { .. } => {
-            super::inbox::serve(store, request).await
+            super::inbox::serve(store, request, me, false).await
         }
     }
 }

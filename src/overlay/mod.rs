@@ -27,7 +27,7 @@ mod inbox;
 pub mod protocol;
 
 pub use behaviour::MAX_STREAMS;
-pub use inbox::device_peer_id;
+pub use inbox::{device_peer_id, list_request, put_request};
 
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use thiserror::Error;
 
 use crate::crypto::{ObjectId, SealedObject};
-pub use flow::InboxPut;
+pub use flow::{InboxLimits, InboxPut};
 pub use overlay::{HeldPut, HeldStats, Pin};
 pub use prefetch::{MAX_BYTES as PREFETCH_MAX_BYTES, MAX_OBJECTS as PREFETCH_MAX_OBJECTS};
 pub use schema::Table;
