@@ -11,7 +11,7 @@ use libp2p::core::upgrade;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, SwarmBuilder, Transport, noise, yamux};
-use peerpost::crypto::{Envelope, UserKeys};
+use peerpost::crypto::{DirectoryRecord, Envelope, UserKeys};
 use peerpost::delivery::notice::{self, Body, Notice};
 use peerpost::node::testing::{Ring, start_ring};
 use peerpost::overlay::protocol::{
@@ -486,5 +486,31 @@ async fn unsigned_and_forged_inbox_puts_are_refused() {
     let held = ring.node(0).store().inbox_page(key, [0; 32], 0, 10).await;
     assert!(held.unwrap().0.is_empty(), "a refused put was stored");
     assert_eq!(asker.request(target, good).await.unwrap(), Response::Stored);
+    ring.shutdown().await;
+}
+
+// --- item 4: record floods and clock skew ---
+
+/// Issue #18 item 4: a peer whose clock is 12 minutes ahead publishes records; readers take
+/// them and do not ban the peers that serve them. A record 20 minutes ahead is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_twelve_minutes_ahead_is_not_forgery() {
+    let (ring, _dir) = ring(4).await;
+    let skewed = ring.node(1).client();
+    for i in 0..4 {
+        let keys = UserKeys::generate().unwrap();
+        let addr = format!("skewed{i}@ring.test");
+        let rec = DirectoryRecord::new(&keys, &addr, vec![[1; 32]], 1, now() + 720, 3600).unwrap();
+        skewed.publish(rec).await.unwrap();
+        let found = ring.node(0).client().lookup(&addr).await;
+        assert_eq!(found.unwrap().record.keys, *keys.public(), "{addr}");
+    }
+    let keys = UserKeys::generate().unwrap();
+    let far = DirectoryRecord::new(&keys, "far@ring.test", vec![[1; 32]], 1, now() + 1200, 3600);
+    let _ = skewed.publish(far.unwrap()).await;
+    assert!(ring.node(0).client().lookup("far@ring.test").await.is_err());
+    for node in ring.live().take(1) {
+        assert_eq!(node.client().status().await.unwrap().banned, 0);
+    }
     ring.shutdown().await;
 }
