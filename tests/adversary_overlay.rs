@@ -13,7 +13,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, SwarmBuilder, Transport, noise, yamux};
 use peerpost::crypto::{DirectoryRecord, Envelope, UserKeys};
 use peerpost::delivery::notice::{self, Body, Notice};
-use peerpost::node::testing::{Ring, start_ring};
+use peerpost::node::testing::{Ring, start_ring, wait_for};
 use peerpost::overlay::protocol::{
     BLOB_PROTOCOL, MAX_BLOB, MAX_INBOX_PER_SENDER, Refusal, Request, Response, inbox_key,
 };
@@ -512,5 +512,55 @@ async fn a_clock_twelve_minutes_ahead_is_not_forgery() {
     for node in ring.live().take(1) {
         assert_eq!(node.client().status().await.unwrap().banned, 0);
     }
+    ring.shutdown().await;
+}
+
+/// Issue #18 item 4: one peer publishing 300 self-signed records for invented addresses
+/// gets at most 256 of them into another node's record store; records from other peers are
+/// still taken afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_fill_the_record_store() {
+    let (ring, _dir) = ring(3).await;
+    let victim = ring.node(0).client();
+    let before = victim.status().await.unwrap().records;
+    let flooder = ring.node(2).client();
+    let records: Vec<_> = (0..300)
+        .map(|i| {
+            let keys = UserKeys::generate().unwrap();
+            DirectoryRecord::new(
+                &keys,
+                &format!("invented{i}@ring.test"),
+                vec![],
+                1,
+                now(),
+                3600,
+            )
+            .unwrap()
+        })
+        .collect();
+    futures::stream::iter(records)
+        .map(|r| async move {
+            let _ = flooder.publish(r).await;
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let flooded = victim.status().await.unwrap().records;
+    assert!(
+        flooded <= before + 256,
+        "one peer put {} records into the store",
+        flooded - before
+    );
+    assert!(
+        flooded >= before + 200,
+        "the flood did not arrive: {flooded}"
+    );
+    // Another peer's record is still taken.
+    let keys = UserKeys::generate().unwrap();
+    let rec = DirectoryRecord::new(&keys, "honest@ring.test", vec![], 1, now(), 3600).unwrap();
+    ring.node(1).client().publish(rec).await.unwrap();
+    wait_for(|| async { victim.status().await.unwrap().records == flooded + 1 })
+        .await
+        .expect("another peer's record was not taken");
     ring.shutdown().await;
 }

@@ -30,6 +30,8 @@ const LOOKUP_ENOUGH: usize = 3;
 const BAN_SCORE: i32 = -3;
 /// Peers whose score or ban this node remembers.
 const MAX_TRACKED_PEERS: usize = 4096;
+/// Records (directory records, backup roots) one peer may have put into this node's store.
+const MAX_RECORDS_PER_PEER: usize = 256;
 /// Listen addresses identify may report per peer that we feed into Kademlia.
 const MAX_ADDRS_PER_PEER: usize = 8;
 
@@ -409,7 +411,9 @@ impl EventLoop {
             return;
         }
         record.expires = expires_instant(&new);
-        if let Err(e) = kad.store_mut().put(record) {
+        if let Some(record) = admit(kad, source, record)
+            && let Err(e) = kad.store_mut().put(record)
+        {
             tracing::debug!(%source, "record not stored: {e}");
         }
     }
@@ -548,6 +552,34 @@ async fn serve(store: &Store, request: Request, limit: u64, me: &PeerId) -> Resp
             super::inbox::serve(store, request, me, false).await
         }
     }
+}
+
+/// Applies the per-peer quota of the record store: a record under a key not held yet counts
+/// against the peer that sent it (kept as its `publisher`; the sender's own claim is not
+/// believed), and is refused once that peer has `MAX_RECORDS_PER_PEER` there. A newer
+/// record under a held key keeps the first sender's account. Peer ids cost nothing, so this
+/// makes one peer unable to fill the store, not many.
+fn admit(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    source: PeerId,
+    mut record: kad::Record,
+) -> Option<kad::Record> {
+    use libp2p::kad::store::RecordStore;
+    let store = kad.store_mut();
+    if let Some(held) = store.get(&record.key) {
+        record.publisher = held.publisher;
+        return Some(record);
+    }
+    let from_source = store
+        .records()
+        .filter(|r| r.publisher == Some(source))
+        .count();
+    if from_source >= MAX_RECORDS_PER_PEER {
+        tracing::debug!(%source, "record refused: the peer's share of the record store is full");
+        return None;
+    }
+    record.publisher = Some(source);
+    Some(record)
 }
 
 /// A record no honest peer sends (bad encoding, signature or key), as opposed to one that
@@ -690,7 +722,9 @@ impl EventLoop {
         }
         let left = new.expires.saturating_sub(now);
         record.expires = Instant::now().checked_add(std::time::Duration::from_secs(left));
-        if let Err(e) = kad.store_mut().put(record) {
+        if let Some(record) = admit(kad, source, record)
+            && let Err(e) = kad.store_mut().put(record)
+        {
             tracing::debug!(%source, "backup root not stored: {e}");
         }
     }
