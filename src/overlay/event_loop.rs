@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::protocol::{KAD_PROTOCOL, Refusal, Request, Response};
 use super::{
-    Command, Config, Event, RecordsFound, RequestError, Status, backup_root, directory, now_secs,
+    Command, Config, Event, RecordsFound, RequestError, Status, backup_root, directory, diversity,
+    now_secs,
 };
 use crate::crypto::DirectoryRecord;
 use crate::store::{HeldPut, Store};
@@ -272,6 +273,12 @@ impl EventLoop {
 
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            } => self.check_diversity(peer, addresses.iter().cloned().collect()),
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
@@ -369,6 +376,24 @@ impl EventLoop {
                 other => tracing::trace!("kad query result {other:?}"),
             },
             _ => {}
+        }
+    }
+
+    /// Evicts a peer just added to the routing table when its bucket already holds
+    /// `diversity::MAX_PER_PREFIX` others on one of its public address prefixes.
+    fn check_diversity(&mut self, peer: PeerId, addresses: Vec<libp2p::Multiaddr>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let others: Vec<Vec<libp2p::Multiaddr>> = match kad.kbucket(peer) {
+            Some(bucket) => bucket
+                .iter()
+                .filter(|e| *e.node.key.preimage() != peer)
+                .map(|e| e.node.value.iter().cloned().collect())
+                .collect(),
+            None => return,
+        };
+        if !diversity::may_join(&addresses, &others) {
+            tracing::debug!(%peer, "not kept in the routing table: its bucket has enough peers from its network");
+            kad.remove_peer(&peer);
         }
     }
 

@@ -22,6 +22,7 @@ mod behaviour;
 // Backup roots (durability, issue #6).
 pub mod backup_root;
 pub mod directory;
+pub mod diversity;
 mod event_loop;
 mod inbox;
 pub mod protocol;
