@@ -25,6 +25,8 @@ mod formats;
 mod mailbox;
 // Many full nodes in one process: directory, objects, node loss, hostile peers.
 mod overlay;
+// Hostile peers in the overlay: stalled frames, inbox junk and strangers, record floods, skew.
+mod adversary_overlay;
 // Five `peerpost run` processes on loopback: status, lookup, clean stop.
 mod overlay_procs;
 // The POP3 server against Python's poplib (plain, STLS, TLS) and hostile raw input.

@@ -27,6 +27,9 @@ pub const MAX_ADDRESS: usize = 254;
 pub const MAX_DEVICES: usize = 16;
 /// Records are short-lived so that a revoked device disappears; nodes republish before expiry.
 pub const MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+/// How far in the future a record may say it was issued: clock skew between honest nodes,
+/// not a forgery (issue #18).
+pub const MAX_CLOCK_SKEW_SECS: u64 = 15 * 60;
 pub const MAX_RECORD: usize = 1 + 1 + MAX_ADDRESS + 64 + 1 + 32 * MAX_DEVICES + 24 + 64 + 1 + 96;
 const SELF_CONTEXT: &str = "peerpost record v1";
 const RING_CONTEXT: &str = "peerpost ring cert v1";
@@ -225,8 +228,8 @@ impl DirectoryRecord {
         if self.expires < self.issued || self.expires - self.issued > MAX_LIFETIME_SECS {
             return Err(Error::InvalidRecord("lifetime out of range"));
         }
-        // Allow a little clock skew for records issued "in the future".
-        if self.issued > now.saturating_add(600) {
+        // Allow clock skew for records issued "in the future".
+        if self.issued > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
             return Err(Error::InvalidRecord("issued in the future"));
         }
         if self.expires <= now {

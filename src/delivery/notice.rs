@@ -19,7 +19,44 @@
 //! one shorter), each sealed under its own key; the parts' lengths add up to at most
 //! `MAX_MESSAGE`.
 
+use crate::crypto::{Envelope, UserKeys};
 use crate::wire::{DecodeError, Reader, Writer};
+
+// --- the wrapping of a notice for the recipient's DHT inbox and devices ---
+//
+// What leaves the sender is not the notice's envelope (which names the sender's key in
+// clear) but an outer envelope: sealed to the recipient, signed by the sender's pseudonym
+// for that recipient, its payload the inner envelope. A holder sees the pseudonym (the same
+// for every entry one sender leaves one recipient, so it can bound them) and nothing that
+// names the sender; the recipient opens both layers and checks the inner signer against the
+// sender's directory record as before.
+
+/// The sender's pseudonym towards one recipient: keys derived from the sender's seed and
+/// the recipient's Ed25519 key (signs the inbox put and the outer envelope).
+pub fn pseudonym(sender: &UserKeys, recipient_sign: &[u8; 32]) -> UserKeys {
+    const CONTEXT: &[u8] = b"peerpost inbox sender v1";
+    let mut m = Vec::with_capacity(CONTEXT.len() + 64);
+    m.extend_from_slice(CONTEXT);
+    m.extend_from_slice(sender.seed());
+    m.extend_from_slice(recipient_sign);
+    UserKeys::from_seed(crate::crypto::hash(&m))
+}
+
+/// Wraps the sender's envelope `inner` for the recipient (`recipient_enc`) under `pseudonym`.
+pub fn wrap(
+    pseudonym: &UserKeys,
+    recipient_enc: &[u8; 32],
+    inner: &Envelope,
+) -> crate::crypto::Result<Vec<u8>> {
+    Envelope::seal(pseudonym, recipient_enc, inner.as_bytes()).map(Envelope::into_bytes)
+}
+
+/// Opens the outer layer with the recipient's keys: the sender's envelope, still to be
+/// opened and its signer checked.
+pub fn unwrap(me: &UserKeys, outer: Vec<u8>) -> crate::crypto::Result<Envelope> {
+    let opened = Envelope::from_bytes(outer)?.open(me)?;
+    Envelope::from_bytes(opened.payload)
+}
 
 pub const VERSION: u8 = 1;
 /// Messages up to this size travel inside the notice (one round trip fewer); larger ones are
@@ -227,6 +264,35 @@ mod tests {
         // The largest notice still fits one notification.
         let largest = notice(Body::Objects(vec![part(1, 1); MAX_PARTS]));
         assert!(largest.encode().len() < crate::overlay::protocol::MAX_NOTIFY / 4);
+    }
+
+    #[test]
+    fn a_wrapped_notice_names_only_the_pseudonym() {
+        let (alice, bob, carol) = (
+            UserKeys::generate().unwrap(),
+            UserKeys::generate().unwrap(),
+            UserKeys::generate().unwrap(),
+        );
+        let inner = Envelope::seal(&alice, &bob.public().enc, b"notice").unwrap();
+        let p = pseudonym(&alice, &bob.public().sign);
+        assert_eq!(p.public(), pseudonym(&alice, &bob.public().sign).public());
+        assert_ne!(p.public(), pseudonym(&alice, &carol.public().sign).public());
+        let outer = wrap(&p, &bob.public().enc, &inner).unwrap();
+        let clear = &outer[..66];
+        assert!(!clear.windows(32).any(|w| w == alice.public().sign));
+        assert!(
+            !outer.windows(32).any(|w| w == alice.public().sign),
+            "sealed, not in clear"
+        );
+        let got = unwrap(&bob, outer.clone()).unwrap();
+        assert_eq!(got, inner);
+        assert_eq!(got.open(&bob).unwrap().sender, alice.public().sign);
+        assert!(unwrap(&carol, outer).is_err());
+        // The largest notice, wrapped twice, still fits one inbox entry and one push.
+        let largest = notice(Body::Inline(vec![0; MAX_INLINE])).encode();
+        let inner = Envelope::seal(&alice, &bob.public().enc, &largest).unwrap();
+        let outer = wrap(&p, &bob.public().enc, &inner).unwrap();
+        assert!(outer.len() <= crate::overlay::protocol::MAX_INBOX_ENTRY);
     }
 
     proptest! {

@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::notice::{Body, MAX_INLINE, MAX_MESSAGE, MAX_PART, Notice, Part};
+use super::notice::{self, Body, MAX_INLINE, MAX_MESSAGE, MAX_PART, Notice, Part};
 use super::smarthost::{self, Failure};
 use super::{
     Delivery, Error, MAX_ATTEMPTS_IN_FLIGHT, MAX_QUEUED, PARTS_IN_FLIGHT, dsn, lock, now_secs,
@@ -483,16 +483,21 @@ impl Delivery {
             ack_secret,
             body,
         };
-        let env = match Envelope::seal(&self.inner.keys, &record.keys.enc, &notice.encode()) {
-            Ok(e) => e.into_bytes(),
+        // The notice's envelope names us; what leaves is wrapped under our pseudonym for
+        // this recipient (notice.rs), so the inbox holders do not learn who writes.
+        let pseudonym = notice::pseudonym(&self.inner.keys, &record.keys.sign);
+        let env = match Envelope::seal(&self.inner.keys, &record.keys.enc, &notice.encode())
+            .and_then(|inner| notice::wrap(&pseudonym, &record.keys.enc, &inner))
+        {
+            Ok(e) => e,
             Err(e) => return temp(e.to_string()),
         };
-        let key = protocol::inbox_key(&record.address);
+        let key = protocol::inbox_key(&record.keys.sign);
         let ack_hash = crate::crypto::hash(&ack_secret);
         // The push and the inbox entry go out together: a recipient that stores the pushed
         // copy before the entry lands acknowledges it when it next collects (it stores a
         // message id once).
-        let put = client.inbox_put(key, ack_hash, env.clone());
+        let put = client.inbox_put(key, ack_hash, env.clone(), &pseudonym);
         let pushes = record
             .devices
             .iter()

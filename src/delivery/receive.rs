@@ -9,9 +9,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::notice::{Body, Notice, Part};
+use super::notice::{self, Body, Notice, Part};
 use super::{Delivery, Error, MAX_RECEIVING, PARTS_IN_FLIGHT, lock, now_secs};
-use crate::crypto::{ContentKey, Envelope, ObjectId};
+use crate::crypto::{ContentKey, ObjectId};
 use crate::mailbox::{AlsoWrite, Flags, NewMessage};
 use crate::overlay::{LookupError, protocol};
 
@@ -102,11 +102,10 @@ impl Delivery {
 
     /// Lists this user's DHT inbox and receives every entry; returns how many were stored.
     pub async fn collect(&self) -> Result<usize, Error> {
-        let key = protocol::inbox_key(&self.inner.config.address);
         let entries = self
             .inner
             .client
-            .inbox_list(key)
+            .inbox_list(&self.inner.keys)
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let mut stored = 0;
@@ -120,7 +119,8 @@ impl Delivery {
 
     async fn receive(&self, envelope: Vec<u8>) -> Received {
         let entry = crate::crypto::hash(&envelope);
-        let opened = match Envelope::from_bytes(envelope).and_then(|e| e.open(&self.inner.keys)) {
+        let me = &self.inner.keys;
+        let opened = match notice::unwrap(me, envelope).and_then(|e| e.open(me)) {
             Ok(o) => o,
             Err(e) => {
                 tracing::debug!("dropped an unreadable delivery notice: {e}");
@@ -282,7 +282,7 @@ impl Delivery {
         mut rx: mpsc::Receiver<super::Ack>,
         cancel: CancellationToken,
     ) {
-        let key = protocol::inbox_key(&self.inner.config.address);
+        let key = protocol::inbox_key(&self.inner.keys.public().sign);
         let mut tasks = JoinSet::new();
         loop {
             if tasks.len() >= super::MAX_ACKS_IN_FLIGHT {
@@ -366,9 +366,9 @@ mod tests {
                 ack_secret: [id; 32],
                 body: Body::Inline(b"Subject: hi\r\n\r\nbody\r\n".to_vec()),
             };
-            Envelope::seal(signer, &bob.public().enc, &n.encode())
-                .unwrap()
-                .into_bytes()
+            let inner = crate::crypto::Envelope::seal(signer, &bob.public().enc, &n.encode());
+            let p = notice::pseudonym(signer, &bob.public().sign);
+            notice::wrap(&p, &bob.public().enc, &inner.unwrap()).unwrap()
         };
         assert_eq!(d.receive(envelope(&mallory, 1)).await, Received::Dropped);
         assert!(mailbox.messages("INBOX").unwrap().is_empty());
@@ -387,7 +387,10 @@ mod tests {
         // Garbage and notices sealed to someone else are dropped, not stored.
         assert_eq!(d.receive(vec![1, 2, 3]).await, Received::Dropped);
         let other = UserKeys::generate().unwrap();
-        let n = Envelope::seal(&alice, &other.public().enc, b"x").unwrap();
+        let n = crate::crypto::Envelope::seal(&alice, &other.public().enc, b"x").unwrap();
+        assert_eq!(d.receive(n.into_bytes()).await, Received::Dropped);
+        // An unwrapped envelope (what nodes before the pseudonyms sent) is dropped too.
+        let n = crate::crypto::Envelope::seal(&alice, &bob.public().enc, b"x").unwrap();
         assert_eq!(d.receive(n.into_bytes()).await, Received::Dropped);
         cancel.cancel();
         let _ = task.await;

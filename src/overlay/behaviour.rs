@@ -1,19 +1,26 @@
 //! The libp2p behaviours a node runs, the frame codec of the request-response protocols, and
 //! the swarm construction (network: TCP + QUIC + DNS; tests: the memory transport).
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade;
-use libp2p::swarm::NetworkBehaviour;
+use libp2p::core::{Endpoint, transport::PortUse};
+use libp2p::swarm::behaviour::FromSwarm;
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent,
+    ToSwarm,
+};
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, Transport, connection_limits, identify, identity, kad,
-    mdns, noise, ping, request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, connection_limits, identify,
+    identity, kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 use tokio::sync::Semaphore;
 
@@ -39,42 +46,266 @@ pub(crate) struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub blob: request_response::Behaviour<Codec>,
-    pub notify: request_response::Behaviour<Codec>,
+    pub blob: Rr,
+    pub notify: Rr,
 }
 
-/// Bytes of frames being read at once, across every peer and stream: what an abusive peer
-/// opening many streams can make this node allocate (a frame that does not fit is refused).
+/// Bytes of frames being read at once, across every peer and stream: what abusive peers
+/// opening many streams can make this node hold (a frame waits for room, then is refused).
 const READ_BUDGET_KIB: u32 = 64 * 1024;
+/// Bytes of frames one peer may have being read at once (all its connections, both
+/// protocols, requests and responses): two of the largest frames. A peer that stalls its
+/// frames waits on its own budget and leaves the shared one to everyone else.
+const PEER_BUDGET_KIB: u32 = 2 * frame_kib(protocol::MAX_FRAME);
+/// How long a frame waits for budget before it is refused.
+const BUDGET_WAIT: Duration = Duration::from_secs(10);
+/// How long a request's length prefix may take after its stream opened (a requester sends
+/// it at once; a response may take as long as the request timeout).
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pace of a frame's payload: no byte for `FRAME_STALL` fails it, and all of it must arrive
+/// within `FRAME_FLOOR` + len / `FRAME_MIN_RATE` (a 4 MiB frame: 21 s).
+const FRAME_STALL: Duration = Duration::from_secs(5);
+const FRAME_FLOOR: Duration = Duration::from_secs(5);
+const FRAME_MIN_RATE: u64 = 256 * 1024;
+/// Peers whose budgets are remembered before dead entries are swept.
+const SWEEP_PEERS_AT: usize = 64;
 
-/// Length-prefixed raw frames (protocol.rs); bounded on read before allocation, per frame
-/// and, through a budget shared by all connections, in total.
-#[derive(Debug, Clone)]
+const fn frame_kib(len: usize) -> u32 {
+    len.div_ceil(1024) as u32
+}
+
+/// The frame budgets: one shared by everyone, and one per connected peer, found by peer id
+/// (a budget lives as long as a codec of one of the peer's connections holds it).
+#[derive(Debug)]
+struct Budgets {
+    global: Arc<Semaphore>,
+    peers: Mutex<HashMap<PeerId, Weak<Semaphore>>>,
+    /// The peer whose connection handler the behaviour is building right now
+    /// ([`Rr`] sets it around the call that clones the codec).
+    building: Mutex<Option<PeerId>>,
+}
+
+impl Budgets {
+    fn new() -> Arc<Budgets> {
+        Arc::new(Budgets {
+            global: Arc::new(Semaphore::new(READ_BUDGET_KIB as usize)),
+            peers: Mutex::new(HashMap::new()),
+            building: Mutex::new(None),
+        })
+    }
+
+    /// The budget of the peer being connected (a fresh one for an unnamed connection).
+    fn bind(&self) -> Arc<Semaphore> {
+        let peer = *self.building.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = || Arc::new(Semaphore::new(PEER_BUDGET_KIB as usize));
+        let Some(peer) = peer else {
+            tracing::debug!("frame codec cloned outside a connection set-up: budget of its own");
+            return fresh();
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = peers.get(&peer).and_then(Weak::upgrade) {
+            return b;
+        }
+        if peers.len() >= SWEEP_PEERS_AT {
+            peers.retain(|_, b| b.strong_count() > 0);
+        }
+        let b = fresh();
+        peers.insert(peer, Arc::downgrade(&b));
+        b
+    }
+}
+
+/// Length-prefixed raw frames (protocol.rs); bounded on read before allocation, per frame,
+/// per peer and, through a budget shared by all connections, in total; and paced, so a
+/// stalled frame gives its budget back within seconds.
+///
+/// The behaviour keeps one codec (`peer: None`) and clones it for each connection's handler,
+/// which clones it again for each stream: the first clone binds the connection's peer budget
+/// ([`Budgets::bind`]), later ones share it.
+#[derive(Debug)]
 pub(crate) struct Codec {
-    budget: Arc<Semaphore>,
+    budgets: Arc<Budgets>,
+    peer: Option<Arc<Semaphore>>,
+}
+
+impl Clone for Codec {
+    fn clone(&self) -> Codec {
+        Codec {
+            budgets: Arc::clone(&self.budgets),
+            peer: Some(match &self.peer {
+                Some(p) => Arc::clone(p),
+                None => self.budgets.bind(),
+            }),
+        }
+    }
 }
 
 impl Codec {
-    fn new(budget: Arc<Semaphore>) -> Codec {
-        Codec { budget }
+    fn new(budgets: Arc<Budgets>) -> Codec {
+        Codec {
+            budgets,
+            peer: None,
+        }
     }
 
     async fn read<T: AsyncRead + Unpin + Send>(
         &self,
         p: &StreamProtocol,
         io: &mut T,
+        request: bool,
     ) -> std::io::Result<Vec<u8>> {
-        let len = protocol::read_len(io, protocol::max_frame(p.as_ref())).await?;
-        let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
-        let _permit = Arc::clone(&self.budget)
-            .try_acquire_many_owned(kib)
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::OutOfMemory,
-                    "too many frame bytes in flight; refused",
-                )
-            })?;
-        protocol::read_body(io, len).await
+        let max = protocol::max_frame(p.as_ref());
+        let len = if request {
+            tokio::time::timeout(REQUEST_HEAD_TIMEOUT, protocol::read_len(io, max))
+                .await
+                .map_err(|_| timed_out("no request frame arrived in time"))??
+        } else {
+            protocol::read_len(io, max).await?
+        };
+        let kib = frame_kib(len);
+        let refused = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("too many frame bytes in flight {what}; refused"),
+            )
+        };
+        // The peer's own budget first: a peer waiting on it holds none of the shared one.
+        let peer = Arc::clone(
+            self.peer
+                .as_ref()
+                .ok_or_else(|| std::io::Error::other("frame codec bound to no connection"))?,
+        );
+        let _peer = tokio::time::timeout(BUDGET_WAIT, peer.acquire_many_owned(kib))
+            .await
+            .map_err(|_| refused("from this peer"))?
+            .map_err(|_| refused("from this peer"))?;
+        let _global = tokio::time::timeout(
+            BUDGET_WAIT,
+            Arc::clone(&self.budgets.global).acquire_many_owned(kib),
+        )
+        .await
+        .map_err(|_| refused("in all"))?
+        .map_err(|_| refused("in all"))?;
+        let deadline =
+            FRAME_FLOOR + Duration::from_millis((len as u64).saturating_mul(1000) / FRAME_MIN_RATE);
+        protocol::read_body_paced(io, len, FRAME_STALL, deadline).await
+    }
+}
+
+fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
+/// A request-response behaviour whose connections get their peer's frame budget: it names
+/// the peer to the [`Budgets`] while the inner behaviour builds the connection's handler
+/// (and clones the codec for it). Everything else is the inner behaviour's.
+pub(crate) struct Rr {
+    inner: request_response::Behaviour<Codec>,
+    budgets: Arc<Budgets>,
+}
+
+impl Rr {
+    fn building<R>(&mut self, peer: PeerId, f: impl FnOnce(&mut Self) -> R) -> R {
+        *self
+            .budgets
+            .building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(peer);
+        let r = f(self);
+        *self
+            .budgets
+            .building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        r
+    }
+}
+
+impl std::ops::Deref for Rr {
+    type Target = request_response::Behaviour<Codec>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Rr {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+type Inner = request_response::Behaviour<Codec>;
+
+impl NetworkBehaviour for Rr {
+    type ConnectionHandler = <Inner as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = <Inner as NetworkBehaviour>::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.building(peer, |s| {
+            s.inner
+                .handle_established_inbound_connection(id, peer, local, remote)
+        })
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner
+            .handle_pending_outbound_connection(id, peer, addresses, role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.building(peer, |s| {
+            s.inner
+                .handle_established_outbound_connection(id, peer, addr, role, port_use)
+        })
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.inner.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner.on_connection_handler_event(peer, id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx)
     }
 }
 
@@ -87,7 +318,7 @@ impl request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = self.read(p, io).await?;
+        let frame = self.read(p, io, true).await?;
         Request::decode(&frame, p.as_ref()).map_err(protocol::invalid)
     }
 
@@ -99,7 +330,7 @@ impl request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = self.read(p, io).await?;
+        let frame = self.read(p, io, false).await?;
         Response::decode(&frame).map_err(protocol::invalid)
     }
 
@@ -180,10 +411,11 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
     } else {
         None
     };
-    let budget = Arc::new(Semaphore::new(READ_BUDGET_KIB as usize));
-    let rr = |name: &'static str| {
-        request_response::Behaviour::with_codec(
-            Codec::new(Arc::clone(&budget)),
+    let budgets = Budgets::new();
+    let rr = |name: &'static str| Rr {
+        budgets: Arc::clone(&budgets),
+        inner: request_response::Behaviour::with_codec(
+            Codec::new(Arc::clone(&budgets)),
             [(
                 StreamProtocol::new(name),
                 request_response::ProtocolSupport::Full,
@@ -191,7 +423,7 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(MAX_STREAMS),
-        )
+        ),
     };
     Ok(Behaviour {
         limits,
@@ -251,4 +483,66 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
             .build(),
     };
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rr(budgets: &Arc<Budgets>) -> Rr {
+        Rr {
+            budgets: Arc::clone(budgets),
+            inner: request_response::Behaviour::with_codec(
+                Codec::new(Arc::clone(budgets)),
+                [(
+                    StreamProtocol::new(BLOB_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default(),
+            ),
+        }
+    }
+
+    /// The contract with request-response that the per-peer budget rests on: the behaviour
+    /// clones its codec while building a connection's handler, so both protocols and every
+    /// connection of one peer share one budget, and another peer has its own.
+    #[test]
+    fn connections_of_one_peer_share_its_frame_budget() {
+        let budgets = Budgets::new();
+        let (mut blob, mut notify) = (rr(&budgets), rr(&budgets));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let addr: Multiaddr = "/memory/1".parse().unwrap();
+        let mut handlers = Vec::new();
+        for (i, peer) in [a, a, b].into_iter().enumerate() {
+            let id = ConnectionId::new_unchecked(i);
+            handlers.push(
+                blob.handle_established_inbound_connection(id, peer, &addr, &addr)
+                    .unwrap(),
+            );
+            handlers.push(
+                notify
+                    .handle_established_outbound_connection(
+                        id,
+                        peer,
+                        &addr,
+                        Endpoint::Dialer,
+                        PortUse::New,
+                    )
+                    .unwrap(),
+            );
+        }
+        let peers = budgets.peers.lock().unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(
+            peers[&a].strong_count(),
+            4,
+            "two connections × two protocols"
+        );
+        assert_eq!(peers[&b].strong_count(), 2);
+        drop(peers);
+        drop(handlers);
+        assert_eq!(budgets.peers.lock().unwrap()[&a].strong_count(), 0);
+        assert!(budgets.building.lock().unwrap().is_none());
+    }
 }

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::protocol::{KAD_PROTOCOL, Refusal, Request, Response};
 use super::{
-    Command, Config, Event, RecordsFound, RequestError, Status, backup_root, directory, now_secs,
+    Command, Config, Event, RecordsFound, RequestError, Status, backup_root, directory, diversity,
+    now_secs,
 };
 use crate::crypto::DirectoryRecord;
 use crate::store::{HeldPut, Store};
@@ -30,6 +31,8 @@ const LOOKUP_ENOUGH: usize = 3;
 const BAN_SCORE: i32 = -3;
 /// Peers whose score or ban this node remembers.
 const MAX_TRACKED_PEERS: usize = 4096;
+/// Records (directory records, backup roots) one peer may have put into this node's store.
+const MAX_RECORDS_PER_PEER: usize = 256;
 /// Listen addresses identify may report per peer that we feed into Kademlia.
 const MAX_ADDRS_PER_PEER: usize = 8;
 
@@ -270,6 +273,12 @@ impl EventLoop {
 
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            } => self.check_diversity(peer, addresses.iter().cloned().collect()),
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
@@ -370,6 +379,24 @@ impl EventLoop {
         }
     }
 
+    /// Evicts a peer just added to the routing table when its bucket already holds
+    /// `diversity::MAX_PER_PREFIX` others on one of its public address prefixes.
+    fn check_diversity(&mut self, peer: PeerId, addresses: Vec<libp2p::Multiaddr>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let others: Vec<Vec<libp2p::Multiaddr>> = match kad.kbucket(peer) {
+            Some(bucket) => bucket
+                .iter()
+                .filter(|e| *e.node.key.preimage() != peer)
+                .map(|e| e.node.value.iter().cloned().collect())
+                .collect(),
+            None => return,
+        };
+        if !diversity::may_join(&addresses, &others) {
+            tracing::debug!(%peer, "not kept in the routing table: its bucket has enough peers from its network");
+            kad.remove_peer(&peer);
+        }
+    }
+
     /// An inbound PUT_VALUE: stored only if valid, newest, and not a key change.
     fn on_inbound_record(&mut self, source: PeerId, mut record: kad::Record) {
         use libp2p::kad::store::RecordStore;
@@ -409,7 +436,9 @@ impl EventLoop {
             return;
         }
         record.expires = expires_instant(&new);
-        if let Err(e) = kad.store_mut().put(record) {
+        if let Some(record) = admit(kad, source, record)
+            && let Err(e) = kad.store_mut().put(record)
+        {
             tracing::debug!(%source, "record not stored: {e}");
         }
     }
@@ -479,8 +508,9 @@ impl EventLoop {
         *self.inflight.entry(peer).or_insert(0) += 1;
         let store = self.store.clone();
         let limit = self.config.contribution;
+        let me = *self.swarm.local_peer_id();
         self.tasks.spawn(async move {
-            let response = serve(&store, request, limit).await;
+            let response = serve(&store, request, limit, &me).await;
             Served {
                 peer,
                 channel,
@@ -520,7 +550,7 @@ impl EventLoop {
 }
 
 /// Answers one blob request from the store.
-async fn serve(store: &Store, request: Request, limit: u64) -> Response {
+async fn serve(store: &Store, request: Request, limit: u64, me: &PeerId) -> Response {
     match request {
         Request::Store { id, bytes } => match store.held_put(id, bytes, limit).await {
             Ok(HeldPut::Stored | HeldPut::AlreadyHeld) => Response::Stored,
@@ -544,9 +574,37 @@ async fn serve(store: &Store, request: Request, limit: u64) -> Response {
         },
         Request::Notify { .. } => Response::Refused(Refusal::Invalid),
         Request::InboxPut { .. } | Request::InboxList { .. } | Request::InboxAck { .. } => {
-            super::inbox::serve(store, request).await
+            super::inbox::serve(store, request, me, false).await
         }
     }
+}
+
+/// Applies the per-peer quota of the record store: a record under a key not held yet counts
+/// against the peer that sent it (kept as its `publisher`; the sender's own claim is not
+/// believed), and is refused once that peer has `MAX_RECORDS_PER_PEER` there. A newer
+/// record under a held key keeps the first sender's account. Peer ids cost nothing, so this
+/// makes one peer unable to fill the store, not many.
+fn admit(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    source: PeerId,
+    mut record: kad::Record,
+) -> Option<kad::Record> {
+    use libp2p::kad::store::RecordStore;
+    let store = kad.store_mut();
+    if let Some(held) = store.get(&record.key) {
+        record.publisher = held.publisher;
+        return Some(record);
+    }
+    let from_source = store
+        .records()
+        .filter(|r| r.publisher == Some(source))
+        .count();
+    if from_source >= MAX_RECORDS_PER_PEER {
+        tracing::debug!(%source, "record refused: the peer's share of the record store is full");
+        return None;
+    }
+    record.publisher = Some(source);
+    Some(record)
 }
 
 /// A record no honest peer sends (bad encoding, signature or key), as opposed to one that
@@ -689,7 +747,9 @@ impl EventLoop {
         }
         let left = new.expires.saturating_sub(now);
         record.expires = Instant::now().checked_add(std::time::Duration::from_secs(left));
-        if let Err(e) = kad.store_mut().put(record) {
+        if let Some(record) = admit(kad, source, record)
+            && let Err(e) = kad.store_mut().put(record)
+        {
             tracing::debug!(%source, "backup root not stored: {e}");
         }
     }

@@ -22,12 +22,13 @@ mod behaviour;
 // Backup roots (durability, issue #6).
 pub mod backup_root;
 pub mod directory;
+pub mod diversity;
 mod event_loop;
 mod inbox;
 pub mod protocol;
 
 pub use behaviour::MAX_STREAMS;
-pub use inbox::device_peer_id;
+pub use inbox::{device_peer_id, list_request, put_request};
 
 use std::time::{Duration, Instant};
 

@@ -18,6 +18,8 @@
 //!
 //! Decoding is total: any byte string gives a message or a typed [`FrameError`].
 
+use std::time::Duration;
+
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use thiserror::Error;
 
@@ -54,15 +56,25 @@ const REFUSED: u8 = 0x90;
 
 // --- DHT inboxes (mail flow), on `/peerpost/blob/1`, frame version 1 ---
 //
-// Requests: `INBOX_PUT` ([32] inbox key ‖ [32] ack hash ‖ u32 len ‖ envelope ≤ MAX_INBOX_ENTRY),
-// `INBOX_LIST` ([32] inbox key), `INBOX_ACK` ([32] inbox key ‖ [32] entry id ‖ [32] ack
-// secret, accepted when BLAKE3(secret) is the entry's ack hash). Response: `INBOX_ENTRIES`
-// (u16 count ≤ MAX_INBOX_LIST ‖ count × (u32 len ‖ envelope)); PUT answers `STORED` or
-// `REFUSED`, ACK answers `ACK` or `REFUSED not-found`.
-const INBOX_PUT: u8 = 0x10;
-const INBOX_LIST: u8 = 0x11;
+// Requests: `INBOX_PUT` ([32] inbox key ‖ [32] ack hash ‖ [32] sender pseudonym ‖ u32 len ‖
+// entry ≤ MAX_INBOX_ENTRY ‖ [64] signature by the pseudonym, see [`inbox_put_signed`]),
+// `INBOX_LIST` ([32] inbox key ‖ [32] recipient Ed25519 key ‖ u64 time ‖ [32] cursor ‖ [64]
+// signature by the recipient, see [`inbox_list_signed`]), `INBOX_ACK` ([32] inbox key ‖ [32]
+// entry id ‖ [32] ack secret, accepted when BLAKE3(secret) is the entry's ack hash).
+// Response: `INBOX_ENTRIES` (u16 count ≤ MAX_INBOX_LIST ‖ count × (u32 len ‖ entry) ‖ u8
+// more); PUT answers `STORED` or `REFUSED`, ACK answers `ACK` or `REFUSED not-found`.
+// Kinds 0x10, 0x11 and 0x85 (unsigned puts, lists by anyone) are retired: unknown kinds now.
+const INBOX_PUT: u8 = 0x13;
+const INBOX_LIST: u8 = 0x14;
 const INBOX_ACK: u8 = 0x12;
-const INBOX_ENTRIES: u8 = 0x85;
+const INBOX_ENTRIES: u8 = 0x86;
+/// Signature contexts of inbox puts and lists.
+pub const INBOX_PUT_CONTEXT: &str = "peerpost inbox put v1";
+pub const INBOX_LIST_CONTEXT: &str = "peerpost inbox list v1";
+/// How far a list request's time may be from the holder's clock (clock skew is not abuse).
+pub const INBOX_LIST_FRESH_SECS: u64 = 15 * 60;
+/// Entries a holder keeps per sender pseudonym in one inbox.
+pub const MAX_INBOX_PER_SENDER: usize = 16;
 /// Largest DHT inbox entry (a sealed delivery notice).
 pub const MAX_INBOX_ENTRY: usize = MAX_NOTIFY;
 /// Most entries one `INBOX_LIST` answer carries (≤ 32 × 65 KiB, within one frame).
@@ -73,15 +85,35 @@ pub const MAX_INBOX_TOTAL: u64 = 16 * 1024;
 /// A holder drops inbox entries older than this.
 pub const INBOX_ENTRY_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 /// Domain separation of DHT inbox keys.
-pub const INBOX_KEY_CONTEXT: &[u8] = b"peerpost inbox v1";
+pub const INBOX_KEY_CONTEXT: &[u8] = b"peerpost inbox v2";
 
-/// The DHT key of an address's inbox: BLAKE3("peerpost inbox v1" ‖ address), the address
-/// already normalized.
-pub fn inbox_key(normalized_address: &str) -> [u8; 32] {
-    let mut m = Vec::with_capacity(INBOX_KEY_CONTEXT.len() + normalized_address.len());
+/// The DHT key of a user's inbox: BLAKE3("peerpost inbox v2" ‖ user Ed25519 key), so a
+/// holder can check that a list request is signed by the key the inbox belongs to.
+pub fn inbox_key(user_sign_public: &[u8; 32]) -> [u8; 32] {
+    let mut m = Vec::with_capacity(INBOX_KEY_CONTEXT.len() + 32);
     m.extend_from_slice(INBOX_KEY_CONTEXT);
-    m.extend_from_slice(normalized_address.as_bytes());
+    m.extend_from_slice(user_sign_public);
     crate::crypto::hash(&m)
+}
+
+/// What a sender pseudonym signs for an `INBOX_PUT`: inbox key ‖ ack hash ‖ BLAKE3(entry).
+pub fn inbox_put_signed(key: &[u8; 32], ack_hash: &[u8; 32], entry: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(96);
+    m.extend_from_slice(key);
+    m.extend_from_slice(ack_hash);
+    m.extend_from_slice(&crate::crypto::hash(entry));
+    m
+}
+
+/// What a recipient signs for an `INBOX_LIST`: the holder's peer id (bytes) ‖ inbox key ‖
+/// u64 time ‖ cursor, so a request shown to one holder cannot be replayed to another.
+pub fn inbox_list_signed(holder: &[u8], key: &[u8; 32], time: u64, cursor: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(holder.len() + 72);
+    m.extend_from_slice(holder);
+    m.extend_from_slice(key);
+    m.extend_from_slice(&time.to_be_bytes());
+    m.extend_from_slice(cursor);
+    m
 }
 
 /// The DHT key of an address's directory record: BLAKE3("peerpost dir v1" ‖ address), the
@@ -125,14 +157,23 @@ pub enum Request {
     Notify {
         payload: Vec<u8>,
     },
-    /// Hold `envelope` in the inbox `key` until acknowledged with the preimage of `ack_hash`.
+    /// Hold `entry` in the inbox `key` until acknowledged with the preimage of `ack_hash`;
+    /// signed by the sender's pseudonym `sender` (the holder refuses a bad signature).
     InboxPut {
         key: [u8; 32],
         ack_hash: [u8; 32],
-        envelope: Vec<u8>,
+        sender: [u8; 32],
+        entry: Vec<u8>,
+        sig: [u8; 64],
     },
+    /// The entries of inbox `key` after `cursor` (zeros: from the start); signed by the
+    /// recipient key `recipient` whose inbox key is `key`, for this holder, at `time`.
     InboxList {
         key: [u8; 32],
+        recipient: [u8; 32],
+        time: u64,
+        cursor: [u8; 32],
+        sig: [u8; 64],
     },
     InboxAck {
         key: [u8; 32],
@@ -157,11 +198,17 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Stored,
-    Found { bytes: Vec<u8> },
+    Found {
+        bytes: Vec<u8>,
+    },
     HasAnswer(bool),
     Ack,
     Refused(Refusal),
-    InboxEntries { entries: Vec<Vec<u8>> },
+    /// One page of an inbox, in entry-id order; `more` when entries after it remain.
+    InboxEntries {
+        entries: Vec<Vec<u8>>,
+        more: bool,
+    },
 }
 
 impl Request {
@@ -184,12 +231,30 @@ impl Request {
             Request::InboxPut {
                 key,
                 ack_hash,
-                envelope,
+                sender,
+                entry,
+                sig,
             } => {
-                w.u8(INBOX_PUT).fixed(key).fixed(ack_hash).bytes32(envelope);
+                w.u8(INBOX_PUT)
+                    .fixed(key)
+                    .fixed(ack_hash)
+                    .fixed(sender)
+                    .bytes32(entry)
+                    .fixed(sig);
             }
-            Request::InboxList { key } => {
-                w.u8(INBOX_LIST).fixed(key);
+            Request::InboxList {
+                key,
+                recipient,
+                time,
+                cursor,
+                sig,
+            } => {
+                w.u8(INBOX_LIST)
+                    .fixed(key)
+                    .fixed(recipient)
+                    .u64(*time)
+                    .fixed(cursor)
+                    .fixed(sig);
             }
             Request::InboxAck { key, entry, secret } => {
                 w.u8(INBOX_ACK).fixed(key).fixed(entry).fixed(secret);
@@ -225,10 +290,16 @@ impl Request {
             INBOX_PUT => Request::InboxPut {
                 key: r.array("inbox key")?,
                 ack_hash: r.array("ack hash")?,
-                envelope: r.bytes32("inbox entry", MAX_INBOX_ENTRY)?.to_vec(),
+                sender: r.array("sender pseudonym")?,
+                entry: r.bytes32("inbox entry", MAX_INBOX_ENTRY)?.to_vec(),
+                sig: r.array("signature")?,
             },
             INBOX_LIST => Request::InboxList {
                 key: r.array("inbox key")?,
+                recipient: r.array("recipient key")?,
+                time: r.u64("time")?,
+                cursor: r.array("cursor")?,
+                sig: r.array("signature")?,
             },
             INBOX_ACK => Request::InboxAck {
                 key: r.array("inbox key")?,
@@ -262,12 +333,13 @@ impl Response {
             Response::Refused(why) => {
                 w.u8(REFUSED).u8(*why as u8);
             }
-            Response::InboxEntries { entries } => {
+            Response::InboxEntries { entries, more } => {
                 let n = entries.len().min(MAX_INBOX_LIST);
                 w.u8(INBOX_ENTRIES).u16(n as u16);
                 for e in entries.iter().take(n) {
                     w.bytes32(e);
                 }
+                w.u8(u8::from(*more || entries.len() > n));
             }
         }
         w.into_vec()
@@ -320,7 +392,18 @@ impl Response {
                 for _ in 0..n {
                     entries.push(r.bytes32("inbox entry", MAX_INBOX_ENTRY)?.to_vec());
                 }
-                Response::InboxEntries { entries }
+                let more = match r.u8("more")? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            field: "more",
+                            why: "neither 0 nor 1",
+                        }
+                        .into());
+                    }
+                };
+                Response::InboxEntries { entries, more }
             }
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -337,10 +420,11 @@ fn header(r: &mut Reader<'_>) -> Result<u8, FrameError> {
     Ok(r.u8("kind")?)
 }
 
-/// Reads one `u32 len ‖ payload` frame, refusing a length over `max` before allocating.
+/// Reads one `u32 len ‖ payload` frame, refusing a length over `max` before allocating
+/// (generous pacing: tests and tools; the swarm's codec sets its own).
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
     let len = read_len(io, max).await?;
-    read_body(io, len).await
+    read_body_paced(io, len, Duration::from_secs(60), Duration::from_secs(600)).await
 }
 
 /// Reads a frame's length prefix and checks it against `max`.
@@ -354,10 +438,43 @@ pub async fn read_len<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::
     Ok(len)
 }
 
-/// Reads `len` payload bytes (the caller checked `len`).
-pub async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+/// Bytes a payload read grows its buffer by: memory follows the bytes that arrived, not the
+/// length a peer announced.
+const READ_STEP: usize = 64 * 1024;
+
+/// Reads `len` payload bytes (the caller checked `len`), growing the buffer as they arrive.
+/// Fails with `TimedOut` when no byte comes for `stall`, or not all of them within `total`.
+pub async fn read_body_paced<T: AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    stall: Duration,
+    total: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let start = tokio::time::Instant::now();
+    let deadline = start.checked_add(total).unwrap_or(start);
+    let mut buf = Vec::with_capacity(len.min(READ_STEP));
+    while buf.len() < len {
+        let filled = buf.len();
+        let end = len.min(filled + READ_STEP);
+        buf.resize(end, 0);
+        let now = tokio::time::Instant::now();
+        let wait = now.checked_add(stall).unwrap_or(now).min(deadline);
+        let n = match tokio::time::timeout_at(wait, io.read(&mut buf[filled..end])).await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "frame of {len} bytes: {filled} arrived, then nothing in time; given up"
+                    ),
+                ));
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.truncate(filled + n);
+    }
     Ok(buf)
 }
 
@@ -440,9 +557,17 @@ mod tests {
             Request::InboxPut {
                 key: [1; 32],
                 ack_hash: [2; 32],
-                envelope: vec![3; 500],
+                sender: [8; 32],
+                entry: vec![3; 500],
+                sig: [9; 64],
             },
-            Request::InboxList { key: [4; 32] },
+            Request::InboxList {
+                key: [4; 32],
+                recipient: [10; 32],
+                time: 1_800_000_000,
+                cursor: [11; 32],
+                sig: [12; 64],
+            },
             Request::InboxAck {
                 key: [5; 32],
                 entry: [6; 32],
@@ -455,14 +580,27 @@ mod tests {
                 Err(FrameError::WrongProtocol(_))
             ));
         }
-        let resp = Response::InboxEntries {
-            entries: vec![vec![1; 10], vec![], vec![2; 3]],
-        };
-        assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        for more in [false, true] {
+            let resp = Response::InboxEntries {
+                entries: vec![vec![1; 10], vec![], vec![2; 3]],
+                more,
+            };
+            assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        }
         let mut w = Writer::new();
         w.u8(VERSION).u8(INBOX_ENTRIES).u16(1000);
         assert!(Response::decode(w.as_slice()).is_err(), "count bounded");
-        assert_ne!(inbox_key("a@b"), directory_key("a@b"));
+        assert_ne!(inbox_key(&[1; 32]), directory_key("a@b"));
+        assert_ne!(inbox_key(&[1; 32]), inbox_key(&[2; 32]));
+        // The retired kinds (unsigned puts, lists by anyone) are unknown now.
+        for old in [0x10u8, 0x11] {
+            let mut w = Writer::new();
+            w.u8(VERSION).u8(old).fixed(&[0; 32]);
+            assert_eq!(
+                Request::decode(w.as_slice(), BLOB_PROTOCOL),
+                Err(FrameError::UnknownKind(old))
+            );
+        }
     }
 
     #[test]
@@ -513,9 +651,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn oversized_length_prefix_is_refused_before_allocation() {
-        futures::executor::block_on(async {
+    #[tokio::test]
+    async fn oversized_length_prefix_is_refused_before_allocation() {
+        {
             let mut wire: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
             let err = read_frame(&mut wire, MAX_FRAME).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
@@ -529,7 +667,66 @@ mod tests {
                 Request::decode(w.as_slice(), BLOB_PROTOCOL),
                 Err(FrameError::Decode(DecodeError::TooLong { .. }))
             ));
-        });
+        }
+    }
+
+    /// A reader that yields `first` and then never another byte (a stalled peer).
+    struct Stalls(Vec<u8>);
+
+    impl AsyncRead for Stalls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_payload_times_out_and_is_not_allocated_up_front() {
+        let stall = Duration::from_secs(5);
+        let started = tokio::time::Instant::now();
+        let mut io = Stalls(vec![1; 10]);
+        let err = read_body_paced(&mut io, MAX_FRAME, stall, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), stall);
+        // The overall deadline holds even when a byte keeps coming every second.
+        struct Trickle(std::pin::Pin<Box<tokio::time::Sleep>>);
+        impl AsyncRead for Trickle {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::task::ready!(self.0.as_mut().poll(cx));
+                let next = self.0.deadline() + Duration::from_secs(1);
+                self.0.as_mut().reset(next);
+                buf[0] = 7;
+                std::task::Poll::Ready(Ok(1))
+            }
+        }
+        use std::future::Future;
+        let started = tokio::time::Instant::now();
+        let mut slow = Trickle(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
+        let err = read_body_paced(&mut slow, 100, stall, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        let mut fast = Stalls(vec![3; 1000]);
+        let ok = read_body_paced(&mut fast, 1000, stall, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(ok, vec![3; 1000]);
     }
 
     #[test]

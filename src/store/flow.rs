@@ -46,6 +46,16 @@ pub enum InboxPut {
     Full,
 }
 
+/// Bounds of one DHT inbox at its holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxLimits {
+    pub per_key: usize,
+    pub per_sender: usize,
+    pub total: u64,
+    /// Where in a value the 32-byte sender id sits.
+    pub sender_at: usize,
+}
+
 impl Store {
     /// Writes rows of the outbound queue in one durable transaction.
     pub async fn outbox_put(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
@@ -128,18 +138,18 @@ impl Store {
         .await
     }
 
-    /// Holds an entry of the DHT inbox `key` unless that inbox has `per_key` entries or all
-    /// inboxes together have `total`. Entries older than `expire_before` (unix s) in that
+    /// Holds an entry of the DHT inbox `key` unless that inbox has `per_key` entries, the
+    /// entry's sender (the 32 bytes at `sender_at` in the value) has `per_sender` there, or
+    /// all inboxes together have `total`. Entries older than `expire_before` (unix s) in that
     /// inbox are dropped first. Durable when it returns `Stored`.
     pub async fn inbox_put(
         &self,
         key: [u8; 32],
         entry: [u8; 32],
         value: Vec<u8>,
-        limits: (usize, u64),
+        limits: InboxLimits,
         expire_before: u64,
     ) -> Result<InboxPut> {
-        let (per_key, total) = limits;
         self.blocking(move |s| {
             let mut wtxn = s.env.write_txn()?;
             let mut full_key = key.to_vec();
@@ -147,20 +157,31 @@ impl Store {
             if s.flow.inbox.get(&wtxn, &full_key)?.is_some() {
                 return Ok(InboxPut::AlreadyHeld);
             }
+            let sender_of = |v: &[u8]| {
+                v.get(limits.sender_at..limits.sender_at + 32)
+                    .map(|s| s.to_vec())
+            };
+            let sender = sender_of(&value);
             let mut stale = Vec::new();
-            let mut count = 0usize;
+            let (mut count, mut from_sender) = (0usize, 0usize);
             for row in s.flow.inbox.prefix_iter(&wtxn, &key)? {
                 let (k, v) = row?;
                 if stored_at(v) < expire_before {
                     stale.push(k.to_vec());
                 } else {
                     count += 1;
+                    if sender.is_some() && sender_of(v) == sender {
+                        from_sender += 1;
+                    }
                 }
             }
             for k in &stale {
                 s.flow.inbox.delete(&mut wtxn, k)?;
             }
-            if count >= per_key || s.flow.inbox.len(&wtxn)? >= total {
+            if count >= limits.per_key
+                || from_sender >= limits.per_sender
+                || s.flow.inbox.len(&wtxn)? >= limits.total
+            {
                 wtxn.commit()?;
                 return Ok(InboxPut::Full);
             }
@@ -171,17 +192,31 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` entries (values) of the DHT inbox `key`, oldest first.
-    pub async fn inbox_list(&self, key: [u8; 32], limit: usize) -> Result<Vec<Vec<u8>>> {
+    /// One page of the DHT inbox `key`: up to `limit` values of entries whose id is greater
+    /// than `after` (all of them for zeros), in entry-id order, leaving out those stored
+    /// before `expire_before`; and whether more follow.
+    pub async fn inbox_page(
+        &self,
+        key: [u8; 32],
+        after: [u8; 32],
+        expire_before: u64,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool)> {
         self.blocking(move |s| {
             let rtxn = s.env.read_txn()?;
             let mut rows = Vec::new();
             for row in s.flow.inbox.prefix_iter(&rtxn, &key)? {
-                rows.push(row?.1.to_vec());
+                let (k, v) = row?;
+                let id = k.get(32..).unwrap_or_default();
+                if (after != [0; 32] && id <= &after[..]) || stored_at(v) < expire_before {
+                    continue;
+                }
+                if rows.len() == limit {
+                    return Ok((rows, true));
+                }
+                rows.push(v.to_vec());
             }
-            rows.sort_by_key(|v| stored_at(v));
-            rows.truncate(limit);
-            Ok(rows)
+            Ok((rows, false))
         })
         .await
     }
@@ -241,30 +276,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let k = [7u8; 32];
-        let val = |t: u64| {
+        let val = |t: u64, sender: u8| {
             let mut v = t.to_be_bytes().to_vec();
+            v.push(sender);
             v.extend_from_slice(b"entry");
             v
         };
-        for i in 0..3u8 {
-            let r = store
-                .inbox_put(k, [i; 32], val(100 + u64::from(i)), (3, 100), 50)
-                .await
-                .unwrap();
-            assert_eq!(r, InboxPut::Stored);
+        let limits = InboxLimits {
+            per_key: 3,
+            per_sender: 2,
+            total: 100,
+            sender_at: 8,
+        };
+        // Sender ids are 32 bytes long: pad the test values.
+        let val = |t: u64, sender: u8| {
+            let mut v = val(t, sender);
+            v.splice(9..9, [sender; 31]);
+            v
+        };
+        for i in 0..2u8 {
+            let r = store.inbox_put(k, [i + 1; 32], val(100, 1), limits, 50);
+            assert_eq!(r.await.unwrap(), InboxPut::Stored);
         }
-        let r = store.inbox_put(k, [9; 32], val(200), (3, 100), 50).await;
-        assert_eq!(r.unwrap(), InboxPut::Full, "per recipient bound");
-        let r = store.inbox_put(k, [1; 32], val(101), (3, 100), 50).await;
-        assert_eq!(r.unwrap(), InboxPut::AlreadyHeld);
-        assert_eq!(store.inbox_list(k, 2).await.unwrap().len(), 2);
-        assert!(!store.inbox_remove(k, [0; 32], |_| false).await.unwrap());
-        assert!(store.inbox_remove(k, [0; 32], |_| true).await.unwrap());
-        assert_eq!(store.inbox_list(k, 10).await.unwrap().len(), 2);
-        // Old entries expire when a new one arrives.
-        let r = store.inbox_put(k, [9; 32], val(200), (3, 100), 150).await;
+        let r = store.inbox_put(k, [5; 32], val(100, 1), limits, 50).await;
+        assert_eq!(r.unwrap(), InboxPut::Full, "per sender bound");
+        let r = store.inbox_put(k, [3; 32], val(102, 2), limits, 50).await;
         assert_eq!(r.unwrap(), InboxPut::Stored);
-        assert_eq!(store.inbox_list(k, 10).await.unwrap().len(), 1);
+        let r = store.inbox_put(k, [9; 32], val(200, 3), limits, 50).await;
+        assert_eq!(r.unwrap(), InboxPut::Full, "per recipient bound");
+        let r = store.inbox_put(k, [1; 32], val(101, 1), limits, 50).await;
+        assert_eq!(r.unwrap(), InboxPut::AlreadyHeld);
+        // Pages follow the entry ids; a cursor continues after the last one seen.
+        let (page, more) = store.inbox_page(k, [0; 32], 50, 2).await.unwrap();
+        assert_eq!((page.len(), more), (2, true));
+        let (page, more) = store.inbox_page(k, [2; 32], 50, 2).await.unwrap();
+        assert_eq!((page, more), (vec![val(102, 2)], false));
+        assert!(!store.inbox_remove(k, [1; 32], |_| false).await.unwrap());
+        assert!(store.inbox_remove(k, [1; 32], |_| true).await.unwrap());
+        assert_eq!(
+            store.inbox_page(k, [0; 32], 50, 10).await.unwrap().0.len(),
+            2
+        );
+        // Old entries are left out of pages, and expire when a new one arrives.
+        assert_eq!(
+            store.inbox_page(k, [0; 32], 101, 10).await.unwrap().0.len(),
+            1
+        );
+        let r = store.inbox_put(k, [9; 32], val(200, 3), limits, 150).await;
+        assert_eq!(r.unwrap(), InboxPut::Stored);
+        assert_eq!(
+            store.inbox_page(k, [0; 32], 0, 10).await.unwrap().0.len(),
+            1
+        );
     }
 
     #[tokio::test]

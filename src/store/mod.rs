@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::crypto::{ObjectId, SealedObject};
 pub use backup::{Source as BackupSource, Unmarked, UnmarkedSize};
-pub use flow::InboxPut;
+pub use flow::{InboxLimits, InboxPut};
 pub use overlay::{HeldPut, HeldStats, Pin};
 pub use prefetch::{MAX_BYTES as PREFETCH_MAX_BYTES, MAX_OBJECTS as PREFETCH_MAX_OBJECTS};
 pub use schema::Table;

@@ -123,8 +123,8 @@ pub const DB_OUTBOX: &str = "outbox";
 /// Ed25519 key ‖ message id) (32). Value: u64 unix time of delivery.
 pub const DB_DELIVERED: &str = "delivered";
 /// `inbox`: entries this node holds in other users' DHT inboxes. Key: [32] inbox key
-/// (overlay::protocol::inbox_key) ‖ [32] entry id (BLAKE3 of the envelope). Value:
-/// `u64 stored (unix s) ‖ [32] ack hash ‖ envelope bytes`.
+/// (overlay::protocol::inbox_key) ‖ [32] entry id (BLAKE3 of the entry). Value:
+/// `u64 stored (unix s) ‖ [32] ack hash ‖ [32] sender pseudonym ‖ entry bytes`.
 pub const DB_INBOX: &str = "inbox";
 
 // --- durability tables (backup of the user's mailbox into the ring) ---
