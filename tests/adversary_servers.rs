@@ -530,3 +530,60 @@ fn sigterm_with_silent_starttls_clients_exits_within_ten_seconds() {
     assert!(status.success(), "{status:?}");
     drop((imap, pop, smtp, deaf));
 }
+
+// ----- item 8: login throttling -----
+
+/// 200 parallel wrong passwords from one /24 used to run 200 Argon2 hashes at once (19 MiB
+/// each), and the throttle counted them only afterwards.
+#[test]
+fn parallel_wrong_passwords_from_one_prefix_run_few_hashes() {
+    let t = TestHome::new();
+    let run = node(&t, &["imap"]);
+    let port = run.port("imap");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = status_kib(&run, "VmHWM");
+    // 13 addresses of 127.0.7.0/24 (16 sessions per address is the cap).
+    let mut clients: Vec<Client> = (0..200u32)
+        .map(|i| {
+            let mut c = connect_from(&rt, [127, 0, 7, (i / 16) as u8], port);
+            assert!(c.line().starts_with("* OK"));
+            c.send(b"a LOGIN alice wrong-password\r\n").unwrap();
+            c
+        })
+        .collect();
+    let (mut denied, mut throttled) = (0, 0);
+    for c in &mut clients {
+        let l = c.until("a ");
+        if l.starts_with("a NO [AUTHENTICATIONFAILED]") {
+            denied += 1;
+        } else if l.starts_with("a NO [UNAVAILABLE]") {
+            throttled += 1;
+        } else {
+            panic!("{l}");
+        }
+    }
+    // At most the lockout count (20) ever reached Argon2; the rest were refused unchecked.
+    assert!(denied <= 20, "{denied} checked, {throttled} throttled");
+    assert_eq!(denied + throttled, 200);
+    let hwm = status_kib(&run, "VmHWM");
+    eprintln!("VmHWM {before} KiB before, {hwm} KiB after");
+    // 200 hashes at once would be ~3.8 GiB. Two at a time are 38 MiB, but each blocking
+    // thread's malloc arena keeps the 19 MiB it freed, so up to 20 of them show in the peak.
+    assert!(
+        hwm < before + 512 * 1024,
+        "peak RSS grew {} MiB",
+        (hwm - before) / 1024
+    );
+    // The user, from another /24, still logs in: only the prefix is locked out.
+    let mut user = connect_from(&rt, [127, 0, 9, 1], port);
+    assert!(user.line().starts_with("* OK"));
+    let l = imap_cmd(&mut user, "u", "LOGIN alice secret-password");
+    assert!(l.starts_with("u OK"), "{l}");
+    let mut same = connect_from(&rt, [127, 0, 7, 200], port);
+    assert!(same.line().starts_with("* OK"));
+    let l = imap_cmd(&mut same, "s", "LOGIN alice secret-password");
+    assert!(l.starts_with("s NO [UNAVAILABLE]"), "{l}");
+}

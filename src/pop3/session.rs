@@ -232,6 +232,10 @@ async fn session(
                         conn.line("-ERR [AUTH] invalid user name or password")
                             .await?
                     }
+                    Outcome::Busy => {
+                        conn.line("-ERR [SYS/TEMP] too many logins being checked; try again")
+                            .await?
+                    }
                     Outcome::Throttled => {
                         conn.line(
                             "-ERR [SYS/TEMP] too many failed logins from your address; try later",

@@ -465,6 +465,10 @@ async fn session(
                         conn.reply("535 5.7.8 Authentication credentials invalid\r\n")
                             .await?;
                     }
+                    Outcome::Busy => {
+                        conn.reply("454 4.7.0 Temporary authentication failure\r\n")
+                            .await?;
+                    }
                     Outcome::Throttled => {
                         return conn
                             .reply(

@@ -24,6 +24,7 @@ pub(super) async fn login(s: &mut Session, user: &str, pass: &str) -> Reply {
         Outcome::Throttled => {
             Reply::No("[UNAVAILABLE] too many failed logins from your address; try later".into())
         }
+        Outcome::Busy => Reply::No("[UNAVAILABLE] too many logins being checked; try again".into()),
     }
 }
 
