@@ -590,7 +590,10 @@ fn spawn_durability(
             let mut schedule = Schedule::new(cfg.schedule.clone());
             let mut tick = tokio::time::interval(cfg.tick);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_maintain = tokio::time::Instant::now();
+            // The owner's first maintenance follows its first clean pass (it renews every
+            // holder's lease with a signed one: holders drop fragments no valid lease names).
+            let mut last_maintain: Option<tokio::time::Instant> = None;
+            let mut passed_once = false;
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
@@ -641,6 +644,7 @@ fn spawn_durability(
                     match b.run_pass(opts).await {
                         Ok(r) => {
                             schedule.passed(counter);
+                            passed_once = true;
                             if let Some(ring) = opts.ring {
                                 let q =
                                     (contribution as f64 / b.params_for(ring).overhead()) as u64;
@@ -660,8 +664,9 @@ fn spawn_durability(
                         }
                     }
                 }
-                if last_maintain.elapsed() >= cfg.maintain_every {
-                    last_maintain = tokio::time::Instant::now();
+                let maintain_due = last_maintain.is_none_or(|t| t.elapsed() >= cfg.maintain_every);
+                if passed_once && maintain_due {
+                    last_maintain = Some(tokio::time::Instant::now());
                     match b.maintain(cfg.limits).await {
                         Ok(st) => tracing::info!(?st, "backup maintenance pass"),
                         Err(e) => tracing::warn!("backup maintenance failed: {e}"),
