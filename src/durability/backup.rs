@@ -600,11 +600,6 @@ impl Backup {
         Ok(self.params_for(ring))
     }
 
-    /// Whether a bundle coded with `p` is below target (see [`BackupConfig::below_target`]).
-    pub fn below_target(&self, p: Params, ring: usize) -> bool {
-        self.config.below_target(p, ring)
-    }
-
     /// The bundles a pass re-codes (see [`BackupConfig::to_recode`]).
     pub fn to_recode(&self, entries: &[Entry], ring: usize, compact: bool) -> Vec<ObjectId> {
         self.config.to_recode(entries, ring, compact)
@@ -620,12 +615,6 @@ impl Backup {
     /// The store's log arrival counter: it moves whenever the mailbox changes.
     pub async fn log_counter(&self) -> Result<u64, Error> {
         Ok(self.store.read(|rx| rx.log_counter()).await?)
-    }
-
-    /// Bytes of bodies and log entries not yet in a placed bundle (see [`pending`]).
-    pub async fn pending(&self) -> Result<(usize, usize), Error> {
-        let (o, l) = pending(&self.store).await?;
-        Ok((o as usize, l as usize))
     }
 
     /// Codes, places and records one bundle; `marks` are the rows that say its items are done
@@ -816,11 +805,6 @@ impl Backup {
         }
 
         // Bundles no item names any more are dropped from the index, then released.
-        let all: HashSet<Vec<u8>> = entries(&self.store)
-            .await?
-            .iter()
-            .map(|e| e.receipt.bundle.as_bytes().to_vec())
-            .collect();
         let (_, named_o) = self
             .store
             .backup_rows_valued(ROW_OBJECT, HashSet::new())
@@ -829,12 +813,12 @@ impl Backup {
             .store
             .backup_rows_valued(ROW_LOG, HashSet::new())
             .await?;
-        let now = entries(&self.store).await?;
-        let dropped: Vec<Entry> = now
+        let dropped: Vec<Entry> = entries(&self.store)
+            .await?
             .into_iter()
             .filter(|e| {
                 let id = e.receipt.bundle.as_bytes();
-                all.contains(&id[..]) && !named_o.contains(&id[..]) && !named_l.contains(&id[..])
+                !named_o.contains(&id[..]) && !named_l.contains(&id[..])
             })
             .collect();
         if !dropped.is_empty() {

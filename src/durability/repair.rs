@@ -488,13 +488,6 @@ pub struct HolderState {
     unreferenced: HashMap<[u8; 32], (u64, u64)>,
 }
 
-impl HolderState {
-    /// Blobs currently waiting out their grace period.
-    pub fn tracked(&self) -> usize {
-        self.unreferenced.len()
-    }
-}
-
 /// A holder's maintenance pass: verify every lease held here and keep, per owner and
 /// placement, only the newest; drop the blobs whose every naming lease has expired, and the
 /// blobs no valid lease names once their grace period is over; then repair what this node is
