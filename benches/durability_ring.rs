@@ -3,17 +3,20 @@
 //! metadata: fragment headers and manifests, leases, the index); the time to restore the
 //! mailbox on a fresh node from the phrase alone (target ≤ 60 s); the repair traffic after one
 //! holder is lost; and, in fresh rings, the fraction of bundles recovered after 70 % and 80 %
-//! of the ring fail at once beside the calculator's prediction. No thresholds: figures only.
+//! of the ring fail at once beside the calculator's prediction; the storage held at steady
+//! state (mail trickling in as small bundles, then compacted) against n/k; and the bytes moved
+//! to re-spread a mailbox when the ring grows from 10 to 40 peers. No thresholds: figures only.
 //!
 //!   PEERPOST_BENCH_NODES=60 PEERPOST_BENCH_MESSAGES=10000 PEERPOST_BENCH_TRIAL_BUNDLES=60
 //!   PEERPOST_BENCH_FRACTIONS=0.6,0.7,0.8 (failure trials; empty: none)
+//!   PEERPOST_BENCH_ONLY=mailbox,steady,growth (which of the other parts run; default all)
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
 use peerpost::crypto::{DeviceKey, SealedObject, UserKeys};
-use peerpost::durability::backup::{self, Backup, BackupConfig};
+use peerpost::durability::backup::{self, Backup, BackupConfig, PassOptions};
 use peerpost::durability::params::{choose, loss_hypergeometric};
 use peerpost::durability::repair::{self, RepairLimits};
 use peerpost::durability::{ReedSolomon8, ring};
@@ -68,19 +71,7 @@ async fn mailbox_bench(nodes: usize, messages: usize) {
     let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
         .await
         .unwrap();
-    let msgs: Vec<NewMessage> = (0..messages)
-        .map(|i| NewMessage {
-            bytes: format!(
-                "From: s{i}@bench.test\r\nSubject: message {i}\r\n\r\n{}\r\n",
-                "lorem ipsum dolor sit amet ".repeat(10 + i % 140)
-            )
-            .into_bytes(),
-            internal_date: 1_700_000_000 + i as i64,
-            flags: Flags::default(),
-            recent: false,
-            maildir_name: None,
-        })
-        .collect();
+    let msgs = bench_messages(0, messages);
     let plain: u64 = msgs.iter().map(|m| m.bytes.len() as u64).sum();
     mb.append_batch("INBOX", msgs).await.unwrap();
     let objects = store.stats().await.unwrap().object_bytes;
@@ -207,6 +198,223 @@ async fn mailbox_bench(nodes: usize, messages: usize) {
     ring.shutdown().await;
 }
 
+/// Every live node's holder pass once (expired leases and their fragments go), `at` seconds
+/// from now.
+async fn holder_passes(ring: &node::testing::Ring, ahead: u64) {
+    let limits = RepairLimits {
+        pause: Duration::ZERO,
+        max_bundles: usize::MAX,
+        max_bytes: u64::MAX,
+    };
+    for n in ring.live() {
+        repair::holder_pass(
+            n.client(),
+            n.store(),
+            &ReedSolomon8,
+            limits,
+            now() + ahead,
+            &mut repair::HolderState::default(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Coded bytes the ring holds for `entries` (shards as `ring::store` pads them, n of each).
+fn coded_bytes(entries: &[backup::Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| {
+            let k = u64::from(e.receipt.params.k);
+            e.bytes.div_ceil(k).div_ceil(64).max(1) * 64 * u64::from(e.receipt.params.n)
+        })
+        .sum()
+}
+
+fn bench_messages(from: usize, count: usize) -> Vec<NewMessage> {
+    (from..from + count)
+        .map(|i| NewMessage {
+            bytes: format!(
+                "From: s{i}@bench.test\r\nSubject: message {i}\r\n\r\n{}\r\n",
+                "lorem ipsum dolor sit amet ".repeat(10 + i % 140)
+            )
+            .into_bytes(),
+            internal_date: 1_700_000_000 + i as i64,
+            flags: Flags::default(),
+            recent: false,
+            maildir_name: None,
+        })
+        .collect()
+}
+
+/// Mail that trickles in: `rounds` passes of `per_round` new messages each (every pass places
+/// small bundles at once, as the node does within `backup_every_secs` of a 250), then the
+/// quiet-time compaction; storage held against n/k before and after.
+async fn steady_state_bench(nodes: usize, rounds: usize, per_round: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = start_ring(nodes, dir.path(), |_| {}).await.unwrap();
+    let keys = UserKeys::generate().unwrap();
+    let seed = *keys.seed();
+    let store = ring.node(1).store().clone();
+    let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
+        .await
+        .unwrap();
+    let cfg = BackupConfig {
+        ring_size: Some(nodes - 1),
+        ..BackupConfig::default()
+    };
+    let b = Backup::new(
+        ring.node(1).client().clone(),
+        store.clone(),
+        UserKeys::from_seed(seed),
+        cfg,
+    );
+    let p = b.params().await.unwrap();
+    for r in 0..rounds {
+        mb.append_batch("INBOX", bench_messages(r * per_round, per_round))
+            .await
+            .unwrap();
+        b.run_once(false).await.unwrap();
+    }
+    let report = |label: &str, entries: &[backup::Entry], held: u64| {
+        let data: u64 = entries.iter().map(|e| e.bytes).sum();
+        println!(
+            "{label}: {} bundles, {:.2} MB of bundles, held {:.2} MB = {:.2}× the bundles \
+             (n/k = {:.2}; {:+.1} % vs n/k), coded shards {:.2} MB",
+            entries.len(),
+            data as f64 / 1e6,
+            held as f64 / 1e6,
+            held as f64 / data as f64,
+            p.overhead(),
+            (held as f64 / data as f64 / p.overhead() - 1.0) * 100.0,
+            coded_bytes(entries) as f64 / 1e6,
+        );
+    };
+    let with_index = |mut e: Vec<backup::Entry>, idx: Option<(u64, backup::Entry)>| {
+        e.extend(idx.map(|(_, i)| i));
+        e
+    };
+    let before = with_index(
+        backup::entries(&store).await.unwrap(),
+        backup::state(&store).await.unwrap(),
+    );
+    holder_passes(&ring, 1).await;
+    report(
+        &format!("{rounds} passes of {per_round} new messages"),
+        &before,
+        held_bytes(&ring).await,
+    );
+    let t = Instant::now();
+    let mut recoded = 0;
+    loop {
+        let r = b
+            .run_pass(PassOptions {
+                compact: true,
+                ..PassOptions::default()
+            })
+            .await
+            .unwrap();
+        recoded += r.recoded;
+        if r.recoded == 0 {
+            break;
+        }
+    }
+    let took = t.elapsed().as_secs_f64();
+    holder_passes(&ring, 1).await;
+    let after = with_index(
+        backup::entries(&store).await.unwrap(),
+        backup::state(&store).await.unwrap(),
+    );
+    report(
+        &format!("after compaction ({recoded} small bundles merged in {took:.1}s, released)"),
+        &after,
+        held_bytes(&ring).await,
+    );
+    ring.shutdown().await;
+}
+
+/// A mailbox placed while the ring has `small` peers; the ring grows to `large`; the owner's
+/// pass re-codes what is now below target. Bytes placed anew and bytes held before and after.
+async fn growth_bench(small: usize, large: usize, messages: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = start_ring(small + 1, dir.path(), |_| {}).await.unwrap();
+    let keys = UserKeys::generate().unwrap();
+    let seed = *keys.seed();
+    let store = ring.node(1).store().clone();
+    let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
+        .await
+        .unwrap();
+    mb.append_batch("INBOX", bench_messages(0, messages))
+        .await
+        .unwrap();
+    let b = Backup::new(
+        ring.node(1).client().clone(),
+        store.clone(),
+        UserKeys::from_seed(seed),
+        BackupConfig::default(),
+    );
+    b.run_pass(PassOptions {
+        ring: Some(small),
+        ..PassOptions::default()
+    })
+    .await
+    .unwrap();
+    let placed = backup::entries(&store).await.unwrap();
+    let data: u64 = placed.iter().map(|e| e.bytes).sum();
+    let held_small = held_bytes(&ring).await;
+    let p_small = b.params_for(small);
+    let t = Instant::now();
+    for _ in 0..(large - small) {
+        ring.join(dir.path()).await.unwrap();
+    }
+    println!(
+        "ring grows from {small} to {large} peers ({:.1}s); {} bundles, {:.2} MB, placed with \
+         n = {}, k = {} hold {:.2} MB",
+        t.elapsed().as_secs_f64(),
+        placed.len(),
+        data as f64 / 1e6,
+        p_small.n,
+        p_small.k,
+        held_small as f64 / 1e6
+    );
+    let t = Instant::now();
+    let r = b
+        .run_pass(PassOptions {
+            ring: Some(large),
+            ..PassOptions::default()
+        })
+        .await
+        .unwrap();
+    let took = t.elapsed().as_secs_f64();
+    let mut after = backup::entries(&store).await.unwrap();
+    after.extend(backup::state(&store).await.unwrap().map(|(_, i)| i));
+    let moved = coded_bytes(&after);
+    let held_mid = held_bytes(&ring).await;
+    holder_passes(&ring, 1).await;
+    let held_large = held_bytes(&ring).await;
+    let p_large = b.params_for(large);
+    let failed = |r: usize| (r as f64 * 0.6).ceil() as usize;
+    let loss = |p: peerpost::durability::params::Params, r: usize| {
+        loss_hypergeometric(r, failed(r), usize::from(p.n), usize::from(p.k))
+    };
+    println!(
+        "re-spread for {large} peers: {} bundles re-coded to n = {}, k = {} in {took:.1}s; \
+         bytes moved (fragments placed anew, with the index) {:.2} MB = {:.2}× the bundles; \
+         held {:.2} MB right after, {:.2} MB once the holders released the old fragments; \
+         P(loss at 60 %) {:.1e} -> {:.1e}",
+        r.recoded,
+        p_large.n,
+        p_large.k,
+        moved as f64 / 1e6,
+        moved as f64 / data as f64,
+        held_mid as f64 / 1e6,
+        held_large as f64 / 1e6,
+        loss(p_small, large),
+        loss(p_large, large),
+    );
+    ring.shutdown().await;
+}
+
 /// A fresh ring; `bundles` one-object bundles stored by node 0 with the n/k for 60 %; then
 /// `fraction` of the other nodes (the holders) fail at once; node 0 reads every bundle.
 async fn failure_trial(nodes: usize, bundles: usize, fraction: f64) {
@@ -263,7 +471,15 @@ fn main() {
     println!("peerpost durability in the ring (in-process, memory transport)");
     println!("{}", "-".repeat(100));
     rt.block_on(async {
-        mailbox_bench(nodes, messages).await;
+        if std::env::var("PEERPOST_BENCH_ONLY").map_or(true, |v| v.contains("mailbox")) {
+            mailbox_bench(nodes, messages).await;
+        }
+        if std::env::var("PEERPOST_BENCH_ONLY").map_or(true, |v| v.contains("steady")) {
+            steady_state_bench(nodes.min(20), 40, messages / 200).await;
+        }
+        if std::env::var("PEERPOST_BENCH_ONLY").map_or(true, |v| v.contains("growth")) {
+            growth_bench(10, 40, messages / 5).await;
+        }
         let fractions = std::env::var("PEERPOST_BENCH_FRACTIONS").unwrap_or("0.6,0.7,0.8".into());
         for f in fractions
             .split(',')

@@ -936,3 +936,86 @@ async fn forged_leases_do_not_expire_a_backup_and_junk_goes_after_the_grace_peri
     }
     ring.shutdown().await;
 }
+
+/// A mailbox placed while the ring had four peers is re-coded when it has twelve, and the old
+/// placements are released: once the holders' passes ran, no node keeps a fragment of them
+/// (a re-coded body bundle keeps its id, so only its fragments and n/k tell the placements
+/// apart), and the new placement reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_that_grows_gets_bundles_recoded_and_the_old_fragments_released() {
+    use peerpost::durability::backup::PassOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = start_ring(5, dir.path(), |_| {}).await.unwrap();
+    let user = fill_mailbox(&ring, 1, 12, "grow").await;
+    let backup = backup_of(&ring, &user, 4, 1 << 20);
+    let small = PassOptions {
+        ring: Some(4),
+        ..PassOptions::default()
+    };
+    backup.run_pass(small).await.unwrap();
+    let store = ring.node(1).store().clone();
+    let old = backup::entries(&store).await.unwrap();
+    assert!(!old.is_empty());
+    assert!(old.iter().all(|e| e.receipt.params == backup.params_for(4)));
+    for _ in 0..8 {
+        ring.join(dir.path()).await.unwrap();
+    }
+    let large = PassOptions {
+        ring: Some(12),
+        ..PassOptions::default()
+    };
+    let report = backup.run_pass(large).await.unwrap();
+    assert_eq!(report.recoded, old.len(), "{report:?}");
+    let new = backup::entries(&store).await.unwrap();
+    assert!(
+        new.iter()
+            .all(|e| e.receipt.params == backup.params_for(12))
+    );
+    let bodies = |es: &[backup::Entry]| {
+        es.iter()
+            .filter(|e| e.kind == Kind::Bodies)
+            .map(|e| e.receipt.bundle)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(&old), bodies(&new), "same objects, same bundle ids");
+
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let limits = RepairLimits {
+        pause: Duration::ZERO,
+        ..RepairLimits::default()
+    };
+    for n in ring.live() {
+        let mut state = repair::HolderState::default();
+        repair::holder_pass(
+            n.client(),
+            n.store(),
+            &ReedSolomon8,
+            limits,
+            later,
+            &mut state,
+        )
+        .await
+        .unwrap();
+    }
+    for e in &old {
+        for blob in &e.receipt.blobs {
+            for n in ring.live() {
+                assert!(
+                    !n.store().held_has(*blob).await.unwrap(),
+                    "a fragment of the released {:?} placement is still held",
+                    e.kind
+                );
+            }
+        }
+    }
+    for e in &new {
+        ring::fetch(ring.node(1).client(), &ReedSolomon8, &e.receipt)
+            .await
+            .unwrap();
+    }
+    ring.shutdown().await;
+}

@@ -250,19 +250,28 @@ async fn put(client: &overlay::Client, peer: PeerId, bytes: Vec<u8>) -> bool {
     false
 }
 
-/// Who holds fragment `index` (asking the peers closest to its placement key; this node
-/// counts when it holds it itself).
+/// Who holds fragment `index`: the peer that took it (`hint`), if it still has it, else the
+/// peers closest to its placement key are asked; this node counts when it holds it itself.
+/// The hint matters once the ring has grown: the first holder may no longer be among the
+/// closest peers, and a release or lease renewal must still reach it.
 async fn locate_one(
     client: &overlay::Client,
     store: Option<&Store>,
     bundle: &ObjectId,
     index: u16,
     blob: [u8; 32],
+    hint: Option<PeerId>,
 ) -> Option<PeerId> {
     if let Some(s) = store
         && s.held_has(blob).await.unwrap_or(false)
     {
         return Some(client.peer_id());
+    }
+    if let Some(peer) = hint
+        && peer != client.peer_id()
+        && has(client, peer, blob).await
+    {
+        return Some(peer);
     }
     let closest = client
         .closest_peers(placement_key(bundle, index))
@@ -276,19 +285,17 @@ async fn locate_one(
     None
 }
 
-/// The holder of every fragment of a bundle, `None` where none was found.
+/// The holder of every fragment of a bundle, `None` where none was found (the receipt's
+/// holders are asked first).
 pub fn locate<'a>(
     client: &'a overlay::Client,
     store: Option<&'a Store>,
     receipt: &'a Receipt,
 ) -> BoxFuture<'a, Vec<Option<PeerId>>> {
-    futures::stream::iter(
-        receipt
-            .blobs
-            .iter()
-            .enumerate()
-            .map(move |(i, b)| locate_one(client, store, &receipt.bundle, i as u16, *b)),
-    )
+    futures::stream::iter(receipt.blobs.iter().enumerate().map(move |(i, b)| {
+        let hint = receipt.holders.get(i).copied().flatten();
+        locate_one(client, store, &receipt.bundle, i as u16, *b, hint)
+    }))
     .buffered(PARALLEL)
     .collect()
     .boxed()
@@ -600,7 +607,7 @@ pub async fn holder_pass(
         let mut deferred = false;
         for i in 0..first_mine {
             if let Some(peer) =
-                locate_one(client, None, &lease.bundle, i as u16, lease.blobs[i]).await
+                locate_one(client, None, &lease.bundle, i as u16, lease.blobs[i], None).await
             {
                 if !has(client, peer, newest).await {
                     put(client, peer, lease.encode()).await;

@@ -7,6 +7,7 @@ use crate::crypto::{self, ContentKey, ObjectId, SealedObject, UserKeys};
 use crate::durability::fragment;
 use crate::durability::params::Params;
 use crate::durability::ring::Receipt;
+use crate::overlay::PeerId;
 use crate::overlay::backup_root::BackupRoot;
 use crate::wire::{DecodeError, Reader, Writer};
 
@@ -43,7 +44,8 @@ pub const MAX_SEGMENT_ENTRIES: usize = 1 << 20;
 /// Largest log entry a segment carries.
 pub const MAX_LOG_ENTRY: usize = 16 << 20;
 
-/// One bundle of the backup: what it carries and its receipt (holders are not kept).
+/// One bundle of the backup: what it carries and its receipt (the index keeps no holders; the
+/// local rows keep them as hints, [`Entry::encode_local`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub kind: Kind,
@@ -116,6 +118,49 @@ impl Entry {
     pub fn decode(bytes: &[u8]) -> Result<Entry, Error> {
         let mut r = Reader::new(bytes);
         let e = Entry::read(&mut r)?;
+        r.finish("backup entry")?;
+        Ok(e)
+    }
+
+    /// The local rows' form: the entry, then who took each fragment (a hint that finds a
+    /// holder after the ring grew and it is no longer among the closest peers of the
+    /// placement key): `entry · n × (u8 len ‖ peer id, 0 = unknown)`. Never shared: the index
+    /// lists entries without holders.
+    pub fn encode_local(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.fixed(&self.encode());
+        for i in 0..self.receipt.blobs.len() {
+            match self.receipt.holders.get(i).copied().flatten() {
+                Some(p) if p.to_bytes().len() <= usize::from(u8::MAX) => {
+                    w.bytes8(&p.to_bytes());
+                }
+                _ => {
+                    w.u8(0);
+                }
+            }
+        }
+        w.into_vec()
+    }
+
+    /// Reads [`Entry::encode_local`]; a row without hints (older builds) reads as an entry
+    /// with no holder known.
+    pub(super) fn read_local(r: &mut Reader<'_>) -> Result<Entry, Error> {
+        let mut e = Entry::read(r)?;
+        if r.remaining() == 0 {
+            return Ok(e);
+        }
+        for h in e.receipt.holders.iter_mut() {
+            let len = usize::from(r.u8("holder length")?);
+            if len > 0 {
+                *h = PeerId::from_bytes(r.take(len, "holder")?).ok();
+            }
+        }
+        Ok(e)
+    }
+
+    pub fn decode_local(bytes: &[u8]) -> Result<Entry, Error> {
+        let mut r = Reader::new(bytes);
+        let e = Entry::read_local(&mut r)?;
         r.finish("backup entry")?;
         Ok(e)
     }

@@ -340,7 +340,7 @@ impl Backup {
             let id = entry.receipt.bundle.as_bytes().to_vec();
             let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> =
                 marks.into_iter().map(|k| (k, Some(id.clone()))).collect();
-            rows.push((key(ROW_RECEIPT, &id), Some(entry.encode())));
+            rows.push((key(ROW_RECEIPT, &id), Some(entry.encode_local())));
             self.store.backup_write(rows).await?;
         }
         Ok(entry)
@@ -504,14 +504,30 @@ impl Backup {
             .store
             .backup_rows_valued(ROW_LOG, HashSet::new())
             .await?;
-        let dropped: Vec<Entry> = entries(&self.store)
-            .await?
-            .into_iter()
+        let now_placed = entries(&self.store).await?;
+        let dropped: Vec<Entry> = now_placed
+            .iter()
             .filter(|e| {
                 let id = e.receipt.bundle.as_bytes();
                 !named_o.contains(&id[..]) && !named_l.contains(&id[..])
             })
+            .cloned()
             .collect();
+        // A re-coded bundle that packed the same objects has the same id: its new receipt
+        // replaced the old one's row, and the old placement (other n/k, other fragments) must
+        // be released as well, or its holders keep it for the lease's 90 days.
+        for old in before
+            .iter()
+            .filter(|e| recode.contains(&e.receipt.bundle.as_bytes()[..]))
+        {
+            let recoded_in_place = now_placed.iter().any(|e| {
+                e.receipt.bundle == old.receipt.bundle && e.receipt.blobs != old.receipt.blobs
+            });
+            if recoded_in_place {
+                pass.report.recoded += 1;
+                pass.replaced.push(old.receipt.clone());
+            }
+        }
         if !dropped.is_empty() {
             self.store
                 .backup_write(
@@ -663,6 +679,7 @@ impl Backup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::overlay::PeerId;
 
     fn entry(kind: Kind, n: u16) -> Entry {
         Entry {
@@ -685,6 +702,31 @@ mod tests {
         e.receipt.params = Params { n, k };
         e.bytes = bytes;
         e
+    }
+
+    /// The local rows keep who took each fragment; rows of older builds (no hints) still read;
+    /// the shared index form never carries them.
+    #[test]
+    fn local_rows_keep_holder_hints() {
+        let mut e = entry(Kind::Bodies, 4);
+        let peer = PeerId::random();
+        e.receipt.holders[1] = Some(peer);
+        e.receipt.holders[3] = Some(peer);
+        let back = Entry::decode_local(&e.encode_local()).unwrap();
+        assert_eq!(back.receipt.holders, e.receipt.holders);
+        let old = Entry::decode_local(&e.encode()).unwrap();
+        assert_eq!(old.receipt.holders, vec![None; 4]);
+        assert_eq!(
+            Entry::decode(&e.encode()).unwrap().receipt.holders,
+            vec![None; 4]
+        );
+        assert!(
+            Entry::decode(&e.encode_local()).is_err(),
+            "the shared form is exact"
+        );
+        let mut cut = e.encode_local();
+        cut.pop();
+        assert!(Entry::decode_local(&cut).is_err());
     }
 
     /// Bundles coded for a ring of one are re-coded once the ring holds nine; small bundles

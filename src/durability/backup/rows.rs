@@ -34,14 +34,14 @@ pub async fn state(store: &Store) -> Result<Option<(u64, Entry)>, Error> {
     };
     let mut r = Reader::new(&v);
     let seq = r.u64("root seq")?;
-    let e = Entry::read(&mut r)?;
+    let e = Entry::read_local(&mut r)?;
     r.finish("backup state")?;
     Ok(Some((seq, e)))
 }
 
 pub(super) fn state_row(seq: u64, index: &Entry) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut v = seq.to_be_bytes().to_vec();
-    v.extend_from_slice(&index.encode());
+    v.extend_from_slice(&index.encode_local());
     (ROW_STATE.to_vec(), Some(v))
 }
 
@@ -74,7 +74,7 @@ pub async fn entries(store: &Store) -> Result<Vec<Entry>, Error> {
         .backup_prefix(vec![ROW_RECEIPT])
         .await?
         .iter()
-        .map(|(_, v)| Entry::decode(v))
+        .map(|(_, v)| Entry::decode_local(v))
         .collect()
 }
 
