@@ -123,6 +123,8 @@ impl Default for Pop3Section {
 pub struct SmtpSection {
     pub intake: String,
     pub submission: String,
+    /// Submission over implicit TLS (RFC 8314, port 465's protocol); "" = off.
+    pub submission_tls: String,
     pub max_message_size: String,
     // --- DKIM/SPF/DMARC on the intake (issue #7) ---
     pub verify: String,
@@ -134,6 +136,7 @@ impl Default for SmtpSection {
         SmtpSection {
             intake: "127.0.0.1:2525".into(),
             submission: "127.0.0.1:2587".into(),
+            submission_tls: String::new(),
             max_message_size: "50MiB".into(),
             verify: "off".into(),
             dns_records: String::new(),
@@ -325,6 +328,8 @@ pub struct ServerPair {
 pub struct SmtpConfig {
     pub intake: Option<SocketAddr>,
     pub submission: Option<SocketAddr>,
+    /// Submission over implicit TLS (RFC 8314).
+    pub submission_tls: Option<SocketAddr>,
     pub max_message_size: u64,
     /// DKIM/SPF/DMARC checks on the intake.
     pub verify: SmtpVerify,
@@ -638,6 +643,7 @@ impl Validator<'_> {
             smtp: SmtpConfig {
                 intake: self.socket("smtp.intake", &f.smtp.intake)?,
                 submission: self.socket("smtp.submission", &f.smtp.submission)?,
+                submission_tls: self.socket("smtp.submission_tls", &f.smtp.submission_tls)?,
                 max_message_size,
                 verify: match f.smtp.verify.as_str() {
                     "off" => SmtpVerify::Off,
@@ -776,6 +782,9 @@ tls_listen = "127.0.0.1:1995"
 intake = "127.0.0.1:2525"
 # Submission: mail from you to anyone. Requires the password set with `peerpost passwd`.
 submission = "127.0.0.1:2587"
+# Submission over implicit TLS (RFC 8314, what port 465 speaks), same rules; "" = off,
+# e.g. "127.0.0.1:1465".
+submission_tls = ""
 # Largest message accepted.
 max_message_size = "50MiB"
 # DKIM, SPF and DMARC checks of mail taken by the intake (never of submission):

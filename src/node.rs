@@ -92,6 +92,8 @@ pub struct MailConfig {
     // --- mail flow (issue #7) ---
     /// The SMTP submission listener (AUTH, any recipient), if wanted.
     pub submission: Option<SocketAddr>,
+    /// The same over implicit TLS (RFC 8314), if wanted.
+    pub submissions: Option<SocketAddr>,
     /// Delivery's timings and smarthost (its address and hostname are the node's).
     pub delivery: delivery::Config,
     /// DKIM/SPF/DMARC checks on the SMTP intake (`[smtp] verify`); `None`: off.
@@ -459,22 +461,35 @@ async fn start_mail(
         store.clone(),
         mailbox.clone(),
     );
+    let submission_ctx = smtp::Context {
+        mailbox: mailbox.clone(),
+        local: vec![config.address.to_lowercase()],
+        hostname: mail.hostname.clone(),
+        max_message_size: mail.max_message_size,
+        tls: Some(acceptor),
+        mode: smtp::Mode::Submission {
+            auth,
+            delivery: delivery.clone(),
+        },
+        spool: mail.spool.clone(),
+    };
     if let Some(addr) = mail.submission {
         let l = bind("submission", addr).await?;
         bound.push(("submission", l.local_addr().unwrap_or(addr)));
-        let ctx = smtp::Context {
-            mailbox: mailbox.clone(),
-            local: vec![config.address.to_lowercase()],
-            hostname: mail.hostname.clone(),
-            max_message_size: mail.max_message_size,
-            tls: Some(acceptor),
-            mode: smtp::Mode::Submission {
-                auth,
-                delivery: delivery.clone(),
-            },
-            spool: mail.spool.clone(),
-        };
-        tasks.spawn(smtp::serve(l, ctx, mail.limits.clone(), cancel.clone()).in_current_span());
+        let serving = smtp::serve(
+            l,
+            submission_ctx.clone(),
+            mail.limits.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn(serving.in_current_span());
+    }
+    if let Some(addr) = mail.submissions {
+        let l = bind("submissions", addr).await?;
+        bound.push(("submissions", l.local_addr().unwrap_or(addr)));
+        let serving =
+            smtp::serve_implicit_tls(l, submission_ctx, mail.limits.clone(), cancel.clone());
+        tasks.spawn(serving.in_current_span());
     }
     // Mail written by other processes of this device (import, sync) shows up within a second.
     let (mb, token) = (mailbox.clone(), cancel.clone());

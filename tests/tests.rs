@@ -29,6 +29,9 @@ mod overlay;
 mod adversary_overlay;
 // Five `peerpost run` processes on loopback: status, lookup, clean stop.
 mod overlay_procs;
+// Postfix in front of (relay to the intake) and behind (STARTTLS + SASL smarthost, its 550 a DSN)
+// `peerpost run`; submission over implicit TLS with smtplib.SMTP_SSL and swaks.
+mod postfix;
 // The POP3 server against Python's poplib (plain, STLS, TLS) and hostile raw input.
 mod pop3;
 // `peerpost run` serving SMTP intake and POP3 on one mailbox, through the binary.

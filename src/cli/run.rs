@@ -1,6 +1,6 @@
 //! `peerpost run`: join the overlay, publish this user's directory record, serve peers, the
-//! control socket and the mail servers (IMAP, IMAPS, POP3, POP3S, SMTP intake and
-//! submission) with delivery, and optionally the FUSE Maildir, until SIGINT or SIGTERM.
+//! control socket and the mail servers (IMAP, IMAPS, POP3, POP3S, SMTP intake, submission
+//! and submission over implicit TLS) with delivery, and optionally the FUSE Maildir, until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,10 @@ pub struct Args {
     /// disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub submission: Option<Listen>,
+    /// Serve SMTP submission over implicit TLS (RFC 8314, port 465's protocol) here instead
+    /// of smtp.submission_tls; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub submissions: Option<Listen>,
     /// Serve IMAP (with STARTTLS) here instead of imap.listen; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub imap: Option<Listen>,
@@ -228,6 +232,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         max_message_size: config.smtp.max_message_size,
         hostname: hostname(),
         submission: pick(args.submission, config.smtp.submission),
+        submissions: pick(args.submissions, config.smtp.submission_tls),
         imap: pick(args.imap, config.imap.listen),
         imaps: pick(args.imaps, config.imap.tls_listen),
         delivery: delivery_config(&config),

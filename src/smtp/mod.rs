@@ -9,7 +9,8 @@
 //! - **Submission** (RFC 6409): AUTH PLAIN / LOGIN (RFC 4954) against the user's password,
 //!   throttled per client address, and offered only over TLS or on loopback; MAIL FROM must
 //!   be the user's own address; any recipient; the message goes to `delivery` (a copy into
-//!   Sent and the persistent outbound queue).
+//!   Sent and the persistent outbound queue). Served with STARTTLS ([`serve`]) and over
+//!   implicit TLS (RFC 8314, [`serve_implicit_tls`]): the same session after the handshake.
 //!
 //! Either way the reply to DATA is 250 only after the message is durably in the store.
 //! DATA is streamed: past 1 MiB into an unlinked file in the spool directory (`spool.rs`), and
@@ -64,22 +65,58 @@ pub enum Mode {
     },
 }
 
-/// Serves the intake on `listener` until `shutdown`.
+/// Serves `ctx.mode` on `listener` until `shutdown`, STARTTLS offered when `ctx.tls` is set.
 pub async fn serve(
     listener: TcpListener,
     ctx: Context,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let ctx = Arc::new(ctx);
     let name = match ctx.mode {
         Mode::Intake { .. } => "smtp",
         Mode::Submission { .. } => "submission",
     };
+    serve_as(name, listener, None, ctx, limits, shutdown).await;
+}
+
+/// Serves submission over implicit TLS (RFC 8314, "submissions", port 465's protocol) on
+/// `listener` until `shutdown`: every connection starts with a TLS handshake with
+/// `ctx.tls`, within `limits.handshake_timeout`, before the greeting, so AUTH is never
+/// offered in the clear. The rules after the handshake are those of [`serve`]'s.
+pub async fn serve_implicit_tls(
+    listener: TcpListener,
+    ctx: Context,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let Some(acceptor) = ctx.tls.clone() else {
+        tracing::error!("submissions listener without a TLS certificate: not serving");
+        return;
+    };
+    serve_as(
+        "submissions",
+        listener,
+        Some(acceptor),
+        ctx,
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+async fn serve_as(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Acceptor>,
+    ctx: Context,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(ctx);
     server::serve(
         name,
         listener,
-        None,
+        tls,
         limits,
         shutdown,
         move |stream, peer, token| {

@@ -358,7 +358,15 @@ pub struct RunNode {
     pub started: Vec<String>,
 }
 
-const LISTENERS: [&str; 6] = ["pop3", "pop3s", "smtp", "submission", "imap", "imaps"];
+const LISTENERS: [&str; 7] = [
+    "pop3",
+    "pop3s",
+    "smtp",
+    "submission",
+    "submissions",
+    "imap",
+    "imaps",
+];
 
 impl RunNode {
     pub fn start(t: &TestHome, on: &[(&str, &str)], extra: &[&str]) -> RunNode {
