@@ -4,6 +4,8 @@
 
 // `peerpost init/key/passwd/status` through the binary: files, permissions, phrases, errors.
 mod cli;
+// What an admin installs: systemd units (verify), completions in bash, man pages, scripts/install, autoconfig.
+mod admin;
 // A `peerpost run` taking mail is SIGKILLed mid-stream; no acknowledged message is lost.
 mod crash;
 // `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.

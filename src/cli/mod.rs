@@ -1,12 +1,15 @@
 //! Command-line interface: one file per subcommand, each with an `Args` struct and an
 //! `execute`. Only subcommands that work are listed; `send` arrives with the layer it needs.
 
+pub mod autoconfig;
+pub mod completions;
 pub mod demo;
 pub mod export;
 pub mod import;
 pub mod init;
 pub mod key;
 pub mod lookup;
+pub mod man;
 pub mod mount;
 pub mod open;
 pub mod passwd;
@@ -53,7 +56,7 @@ pub enum Command {
     #[command(subcommand)]
     Key(key::Command),
     /// Join the overlay and serve this user's mail (IMAP, POP3, SMTP intake and submission,
-    /// delivery, backup into the ring; --mount for the Maildir) and peers until stopped.
+    /// delivery, backup into the ring; --mount for the Maildir) and peers until SIGINT or SIGTERM.
     Run(run::Args),
     /// Look up an address in the directory through the running node.
     Lookup(lookup::Args),
@@ -75,6 +78,13 @@ pub enum Command {
     Demo(demo::Args),
     /// Rebuild the mailbox from the ring with the recovery phrase alone (a new machine).
     Restore(restore::Args),
+    /// Print the mail-client settings of this node: Thunderbird autoconfig XML or an Apple
+    /// .mobileconfig profile (IMAP, POP3 and submission ports from the config).
+    Autoconfig(autoconfig::Args),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Write the manual pages (peerpost.1 on stdout, or every page into --dir).
+    Man(man::Args),
 }
 
 impl Cli {
@@ -100,6 +110,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::execute(args, &home),
         Command::Demo(args) => demo::execute(args),
         Command::Restore(args) => restore::execute(args, &home),
+        Command::Autoconfig(args) => autoconfig::execute(args, &home),
+        Command::Completions(args) => completions::execute(args),
+        Command::Man(args) => man::execute(args),
     }
 }
 
