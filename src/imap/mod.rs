@@ -63,6 +63,36 @@ impl Context {
     }
 }
 
+/// Entry points for the fuzz targets (fuzz/): not an API.
+#[doc(hidden)]
+pub mod fuzz {
+    use crate::crypto::ObjectId;
+
+    /// What FETCH renders of a stored message: ENVELOPE, BODY, BODYSTRUCTURE (through the
+    /// cache), a few part paths with their bytes, and the header fields SEARCH and
+    /// BODY[HEADER.FIELDS] read.
+    pub fn message(raw: &[u8]) {
+        let cache = super::mime::Cache::default();
+        let r = cache.get_or_render(ObjectId::of(raw), raw);
+        debug_assert!(!r.bodystructure.is_empty());
+        if let Some(m) = super::mime::parse(raw) {
+            for path in [&[][..], &[1], &[2], &[1, 1], &[1, 2, 1], &[3, 1, 1, 1]] {
+                if let Some(super::mime::Target::Part(p, bytes)) = super::mime::resolve(&m, path) {
+                    let _ = super::mime::part_bytes(p, bytes);
+                }
+            }
+        }
+        let h = super::mime::header_len(raw);
+        let header = raw.get(..h).unwrap_or(raw);
+        for (name, value) in super::mime::fields(header) {
+            let _ = (name, super::mime::field_value(value));
+        }
+        let names = [b"subject".to_vec(), b"from".to_vec()];
+        let _ = super::mime::header_fields(header, &names, false);
+        let _ = super::mime::header_fields(header, &names, true);
+    }
+}
+
 /// Serves IMAP on `listener` until `shutdown`. With `implicit_tls`, connections start with a
 /// TLS handshake (IMAPS, port 993's protocol).
 pub async fn serve(
