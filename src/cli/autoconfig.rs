@@ -80,9 +80,8 @@ pub struct Listeners {
     pub imap: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
     pub pop3: Option<SocketAddr>,
-    /// Submission over implicit TLS (`[smtp] submission_tls`, RFC 8314 port 465). The config
-    /// of this tree has no such key yet: [`Listeners::of`] leaves it `None` until it is wired
-    /// there; given a value, the account offers it before STARTTLS submission.
+    /// Submission over implicit TLS (`[smtp] submission_tls`, RFC 8314 port 465); when set,
+    /// the account offers it before STARTTLS submission.
     pub submission_tls: Option<SocketAddr>,
     pub submission: Option<SocketAddr>,
 }
@@ -94,7 +93,7 @@ impl Listeners {
             imap: config.imap.listen,
             pop3s: config.pop3.tls_listen,
             pop3: config.pop3.listen,
-            submission_tls: None,
+            submission_tls: config.smtp.submission_tls,
             submission: config.smtp.submission,
         }
     }
