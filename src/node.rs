@@ -575,6 +575,8 @@ fn spawn_durability(
                             Ok(st) => tracing::info!(?st, "holder maintenance pass"),
                             Err(e) => tracing::warn!("holder maintenance failed: {e}"),
                         }
+                        // The pass read every held lease through the store's map.
+                        s.release_resident();
                     }
                 }
             }
@@ -597,7 +599,7 @@ fn spawn_durability(
     let keys = UserKeys::from_seed(*config.user_keys.seed());
     let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone())
         .with_address(&config.address);
-    let (token, cfg) = (cancel.clone(), d.clone());
+    let (token, cfg, resident) = (cancel.clone(), d.clone(), store.clone());
     tasks.spawn(
         async move {
             use durability::backup::{Error as BackupError, PassOptions};
@@ -690,6 +692,8 @@ fn spawn_durability(
                     if let Err(e) = b.republish().await {
                         tracing::warn!("backup root not republished: {e}");
                     }
+                    // Maintenance read every receipt and held fragment through the map.
+                    resident.release_resident();
                 }
             }
         }

@@ -12,6 +12,8 @@ mod crash;
 mod fs;
 // The IMAP server through `peerpost run`: imaplib (every command, STARTTLS, IMAPS, IDLE), hostile input, mutt.
 mod imap;
+// Ten imaplib clients at once for 20 s, every reply checked against the RFCs (tests/data/imap_torture.py).
+mod imap_concurrency;
 // Durability: 60 % of a ring (the owners too) fail, mail survives, holders repair, `restore`
 // rebuilds mailboxes from the phrase (in-process and through the binary); quota.
 mod durability;
