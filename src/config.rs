@@ -68,6 +68,7 @@ pub struct OverlaySection {
     pub max_connections: u32,
     pub psk_file: String,
     pub metrics: String,
+    pub ring_authority: String,
 }
 
 impl Default for OverlaySection {
@@ -82,6 +83,7 @@ impl Default for OverlaySection {
             max_connections: 256,
             psk_file: String::new(),
             metrics: "127.0.0.1:9464".into(),
+            ring_authority: String::new(),
         }
     }
 }
@@ -221,6 +223,7 @@ pub struct DeliverySection {
     pub retry_first: String,
     pub retry_max: String,
     pub collect_every: String,
+    pub from_mismatch: String,
 }
 
 impl Default for DeliverySection {
@@ -230,6 +233,7 @@ impl Default for DeliverySection {
             retry_first: "5s".into(),
             retry_max: "10m".into(),
             collect_every: "60s".into(),
+            from_mismatch: "mark".into(),
         }
     }
 }
@@ -312,6 +316,8 @@ pub struct OverlayConfig {
     pub max_connections: u32,
     pub psk_file: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
+    /// The ring authority's Ed25519 key: records it certifies are `verified-ring`.
+    pub ring_authority: Option<[u8; 32]>,
 }
 
 /// A plaintext (with STARTTLS) and an implicit-TLS listener; `None` disables one.
@@ -383,6 +389,17 @@ pub struct DeliveryConfig {
     pub retry_first: Duration,
     pub retry_max: Duration,
     pub collect_every: Duration,
+    /// Overlay mail whose `From:` is not its signing sender: marked or refused.
+    pub from_mismatch: FromMismatch,
+}
+
+/// `[delivery] from_mismatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromMismatch {
+    /// Stored with `peerpost=policy` in its Authentication-Results.
+    Mark,
+    /// Not stored (logged).
+    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -594,6 +611,24 @@ impl Validator<'_> {
             retry_first: duration("delivery.retry_first", &f.delivery.retry_first)?,
             retry_max: duration("delivery.retry_max", &f.delivery.retry_max)?,
             collect_every: duration("delivery.collect_every", &f.delivery.collect_every)?,
+            from_mismatch: match f.delivery.from_mismatch.as_str() {
+                "mark" => FromMismatch::Mark,
+                "refuse" => FromMismatch::Refuse,
+                _ => {
+                    return Err(
+                        self.err("delivery.from_mismatch", "must be \"mark\" or \"refuse\"")
+                    );
+                }
+            },
+        };
+        let ring_authority = match f.overlay.ring_authority.trim() {
+            "" => None,
+            hex => Some(parse_key_hex(hex).ok_or_else(|| {
+                self.err(
+                    "overlay.ring_authority",
+                    "must be the ring authority's Ed25519 key, 64 hex digits",
+                )
+            })?),
         };
         if f.limits.max_sessions == 0 || f.limits.max_sessions > 65_536 {
             return Err(self.err("limits.max_sessions", "must be between 1 and 65536"));
@@ -626,6 +661,7 @@ impl Validator<'_> {
                     .filter(|s| !s.is_empty())
                     .map(|p| self.path(p)),
                 metrics: self.socket("overlay.metrics", &f.overlay.metrics)?,
+                ring_authority,
             },
             imap: ServerPair {
                 listen: self.socket("imap.listen", &f.imap.listen)?,
@@ -737,6 +773,18 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(v as u64)
 }
 
+/// 32 bytes from 64 hex digits.
+fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The config file `peerpost init` writes: every setting, commented, at its default.
 pub fn template(address: &str) -> String {
     format!(
@@ -761,6 +809,9 @@ max_connections = 256
 psk_file = ""
 # Prometheus metrics endpoint (loopback); "" disables it.
 metrics = "127.0.0.1:9464"
+# The ring authority's Ed25519 key (64 hex digits): addresses whose records it certifies
+# are "verified-ring" (mail for them goes through the overlay); "" = none.
+ring_authority = ""
 
 [imap]
 # IMAP with STARTTLS, and IMAP over implicit TLS. "" disables a listener.
@@ -839,6 +890,9 @@ retry_first = "5s"
 retry_max = "10m"
 # How often your node collects mail left for you in the overlay while it was offline.
 collect_every = "60s"
+# Overlay mail whose From: header is not the sender who signed it: "mark" stores it with
+# peerpost=policy in its Authentication-Results; "refuse" does not store it.
+from_mismatch = "mark"
 
 [limits]
 # Of each IMAP, POP3 and SMTP listener. Sessions at once; when all are taken, a new client
@@ -925,6 +979,24 @@ mod tests {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert!(parse_size("1 parsec").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn ownership_options() {
+        let c = parse("").unwrap();
+        assert_eq!(c.delivery.from_mismatch, FromMismatch::Mark);
+        assert_eq!(c.overlay.ring_authority, None);
+        let key = "ab".repeat(32);
+        let c = parse(&format!(
+            "[overlay]\nring_authority = \"{key}\"\n[delivery]\nfrom_mismatch = \"refuse\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.overlay.ring_authority, Some([0xab; 32]));
+        assert_eq!(c.delivery.from_mismatch, FromMismatch::Refuse);
+        let e = parse("[delivery]\nfrom_mismatch = \"drop\"\n").unwrap_err();
+        assert!(e.to_string().contains("delivery.from_mismatch"), "{e}");
+        let e = parse("[overlay]\nring_authority = \"abc\"\n").unwrap_err();
+        assert!(e.to_string().contains("overlay.ring_authority"), "{e}");
     }
 
     #[test]
