@@ -223,7 +223,6 @@ pub struct DeliverySection {
     pub retry_first: String,
     pub retry_max: String,
     pub collect_every: String,
-    pub from_mismatch: String,
 }
 
 impl Default for DeliverySection {
@@ -233,7 +232,6 @@ impl Default for DeliverySection {
             retry_first: "5s".into(),
             retry_max: "10m".into(),
             collect_every: "60s".into(),
-            from_mismatch: "mark".into(),
         }
     }
 }
@@ -389,17 +387,6 @@ pub struct DeliveryConfig {
     pub retry_first: Duration,
     pub retry_max: Duration,
     pub collect_every: Duration,
-    /// Overlay mail whose `From:` is not its signing sender: marked or refused.
-    pub from_mismatch: FromMismatch,
-}
-
-/// `[delivery] from_mismatch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FromMismatch {
-    /// Stored with `peerpost=policy` in its Authentication-Results.
-    Mark,
-    /// Not stored (logged).
-    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -611,15 +598,6 @@ impl Validator<'_> {
             retry_first: duration("delivery.retry_first", &f.delivery.retry_first)?,
             retry_max: duration("delivery.retry_max", &f.delivery.retry_max)?,
             collect_every: duration("delivery.collect_every", &f.delivery.collect_every)?,
-            from_mismatch: match f.delivery.from_mismatch.as_str() {
-                "mark" => FromMismatch::Mark,
-                "refuse" => FromMismatch::Refuse,
-                _ => {
-                    return Err(
-                        self.err("delivery.from_mismatch", "must be \"mark\" or \"refuse\"")
-                    );
-                }
-            },
         };
         let ring_authority = match f.overlay.ring_authority.trim() {
             "" => None,
@@ -809,8 +787,8 @@ max_connections = 256
 psk_file = ""
 # Prometheus metrics endpoint (loopback); "" disables it.
 metrics = "127.0.0.1:9464"
-# The ring authority's Ed25519 key (64 hex digits): addresses whose records it certifies
-# are "verified-ring" (mail for them goes through the overlay); "" = none.
+# The ring authority's Ed25519 key (64 hex digits): a record it certifies may change the
+# key pinned for an address; "" = none.
 ring_authority = ""
 
 [imap]
@@ -890,9 +868,6 @@ retry_first = "5s"
 retry_max = "10m"
 # How often your node collects mail left for you in the overlay while it was offline.
 collect_every = "60s"
-# Overlay mail whose From: header is not the sender who signed it: "mark" stores it with
-# peerpost=policy in its Authentication-Results; "refuse" does not store it.
-from_mismatch = "mark"
 
 [limits]
 # Of each IMAP, POP3 and SMTP listener. Sessions at once; when all are taken, a new client
@@ -982,19 +957,11 @@ mod tests {
     }
 
     #[test]
-    fn ownership_options() {
-        let c = parse("").unwrap();
-        assert_eq!(c.delivery.from_mismatch, FromMismatch::Mark);
-        assert_eq!(c.overlay.ring_authority, None);
+    fn ring_authority_option() {
+        assert_eq!(parse("").unwrap().overlay.ring_authority, None);
         let key = "ab".repeat(32);
-        let c = parse(&format!(
-            "[overlay]\nring_authority = \"{key}\"\n[delivery]\nfrom_mismatch = \"refuse\"\n"
-        ))
-        .unwrap();
+        let c = parse(&format!("[overlay]\nring_authority = \"{key}\"\n")).unwrap();
         assert_eq!(c.overlay.ring_authority, Some([0xab; 32]));
-        assert_eq!(c.delivery.from_mismatch, FromMismatch::Refuse);
-        let e = parse("[delivery]\nfrom_mismatch = \"drop\"\n").unwrap_err();
-        assert!(e.to_string().contains("delivery.from_mismatch"), "{e}");
         let e = parse("[overlay]\nring_authority = \"abc\"\n").unwrap_err();
         assert!(e.to_string().contains("overlay.ring_authority"), "{e}");
     }
