@@ -68,6 +68,7 @@ pub struct OverlaySection {
     pub max_connections: u32,
     pub psk_file: String,
     pub metrics: String,
+    pub ring_authority: String,
 }
 
 impl Default for OverlaySection {
@@ -82,6 +83,7 @@ impl Default for OverlaySection {
             max_connections: 256,
             psk_file: String::new(),
             metrics: "127.0.0.1:9464".into(),
+            ring_authority: String::new(),
         }
     }
 }
@@ -315,6 +317,8 @@ pub struct OverlayConfig {
     pub max_connections: u32,
     pub psk_file: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
+    /// The ring authority's Ed25519 key: records it certifies are `verified-ring`.
+    pub ring_authority: Option<[u8; 32]>,
 }
 
 /// A plaintext (with STARTTLS) and an implicit-TLS listener; `None` disables one.
@@ -600,6 +604,15 @@ impl Validator<'_> {
             retry_max: duration("delivery.retry_max", &f.delivery.retry_max)?,
             collect_every: duration("delivery.collect_every", &f.delivery.collect_every)?,
         };
+        let ring_authority = match f.overlay.ring_authority.trim() {
+            "" => None,
+            hex => Some(parse_key_hex(hex).ok_or_else(|| {
+                self.err(
+                    "overlay.ring_authority",
+                    "must be the ring authority's Ed25519 key, 64 hex digits",
+                )
+            })?),
+        };
         if f.limits.max_sessions == 0 || f.limits.max_sessions > 65_536 {
             return Err(self.err("limits.max_sessions", "must be between 1 and 65536"));
         }
@@ -631,6 +644,7 @@ impl Validator<'_> {
                     .filter(|s| !s.is_empty())
                     .map(|p| self.path(p)),
                 metrics: self.socket("overlay.metrics", &f.overlay.metrics)?,
+                ring_authority,
             },
             imap: ServerPair {
                 listen: self.socket("imap.listen", &f.imap.listen)?,
@@ -743,6 +757,18 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(v as u64)
 }
 
+/// 32 bytes from 64 hex digits.
+fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The config file `peerpost init` writes: every setting, commented, at its default.
 pub fn template(address: &str) -> String {
     format!(
@@ -767,6 +793,9 @@ max_connections = 256
 psk_file = ""
 # Prometheus metrics endpoint (loopback); "" disables it.
 metrics = "127.0.0.1:9464"
+# The ring authority's Ed25519 key (64 hex digits): a record it certifies may change the
+# key pinned for an address; "" = none.
+ring_authority = ""
 
 [imap]
 # IMAP with STARTTLS, and IMAP over implicit TLS. "" disables a listener.
@@ -934,6 +963,16 @@ mod tests {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert!(parse_size("1 parsec").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn ring_authority_option() {
+        assert_eq!(parse("").unwrap().overlay.ring_authority, None);
+        let key = "ab".repeat(32);
+        let c = parse(&format!("[overlay]\nring_authority = \"{key}\"\n")).unwrap();
+        assert_eq!(c.overlay.ring_authority, Some([0xab; 32]));
+        let e = parse("[overlay]\nring_authority = \"abc\"\n").unwrap_err();
+        assert!(e.to_string().contains("overlay.ring_authority"), "{e}");
     }
 
     #[test]

@@ -258,6 +258,145 @@ impl DirectoryRecord {
     }
 }
 
+/// How sure a node is that a record's keys belong to the person behind its address (issue #18;
+/// docs/design.md "Address ownership"). Shown by `peerpost lookup` and in the
+/// `Authentication-Results` of overlay mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Level {
+    /// The address's domain names the key in its `_peerpost` TXT records.
+    VerifiedDomain,
+    /// The configured ring authority certified the record.
+    VerifiedRing,
+    /// The user said so (`peerpost trust ADDRESS FINGERPRINT`).
+    Pinned,
+    /// Trust on first use: nothing vouches for the key.
+    Unverified,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::VerifiedDomain => "verified-domain",
+            Level::VerifiedRing => "verified-ring",
+            Level::Pinned => "pinned",
+            Level::Unverified => "unverified",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user key fingerprint as bytes: the 20 bytes `UserPublicKeys::fingerprint` shows as ten
+/// groups of four hex digits.
+pub type Fingerprint = [u8; 20];
+
+/// The fingerprint of a record's user keys, as bytes.
+pub fn fingerprint_of(keys: &UserPublicKeys) -> Fingerprint {
+    parse_fingerprint(&keys.fingerprint()).unwrap_or([0; 20])
+}
+
+/// Reads a fingerprint as people copy it: 40 hex digits, in any case, with or without the
+/// spaces (or colons) between groups.
+pub fn parse_fingerprint(s: &str) -> Option<Fingerprint> {
+    let digits: Vec<u8> = s
+        .bytes()
+        .filter(|b| !matches!(b, b' ' | b':' | b'\t'))
+        .collect();
+    if digits.len() != 40 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// Shows a fingerprint the way `peerpost key show` does.
+pub fn show_fingerprint(fp: &Fingerprint) -> String {
+    super::hex(fp)
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The largest `_peerpost` TXT value read (a record names one user and one fingerprint).
+pub const MAX_VOUCH: usize = 512;
+
+/// One `_peerpost.DOMAIN` TXT record: the domain vouches that `local@DOMAIN` has the user key
+/// with fingerprint `fingerprint` (docs/design.md "Address ownership"):
+///
+/// ```text
+/// v=peerpost1; a=LOCAL-PART; k=FINGERPRINT (40 hex digits, spaces allowed)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouch {
+    /// The local part, lower-cased (as addresses are normalized).
+    pub local: String,
+    pub fingerprint: Fingerprint,
+}
+
+impl Vouch {
+    /// Parses one TXT value. `Ok(None)`: not a peerpost record at all (no `v=peerpost1`
+    /// first), which a domain may have beside its own; `Err`: claims to be one but is not
+    /// well formed.
+    pub fn parse(txt: &str) -> std::result::Result<Option<Vouch>, String> {
+        if txt.len() > MAX_VOUCH {
+            return Err(format!("longer than {MAX_VOUCH} bytes"));
+        }
+        let mut tags = txt.split(';').map(str::trim).filter(|t| !t.is_empty());
+        match tags.next().map(|t| t.split_once('=')) {
+            Some(Some((v, val))) if v.trim() == "v" && val.trim() == "peerpost1" => {}
+            _ => return Ok(None),
+        }
+        let (mut local, mut fingerprint) = (None, None);
+        for tag in tags {
+            let Some((name, value)) = tag.split_once('=') else {
+                return Err(format!("{tag:?} is not NAME=VALUE"));
+            };
+            let value = value.trim();
+            let slot = match name.trim() {
+                "a" => &mut local,
+                "k" => &mut fingerprint,
+                // Unknown tags are ignored, so later versions can add some.
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("tag {} appears twice", name.trim()));
+            }
+        }
+        let local = local.ok_or("no a=LOCAL-PART tag")?.to_lowercase();
+        if local.is_empty()
+            || normalize_address(&format!("{local}@example.org")).is_err()
+            || local.contains('@')
+        {
+            return Err(format!("a={local:?} is not the local part of an address"));
+        }
+        let k = fingerprint.ok_or("no k=FINGERPRINT tag")?;
+        let fingerprint = parse_fingerprint(k)
+            .ok_or_else(|| format!("k={k:?} is not a fingerprint (40 hex digits)"))?;
+        Ok(Some(Vouch { local, fingerprint }))
+    }
+
+    /// The TXT value for `address`'s key (what `peerpost key show` suggests publishing).
+    pub fn txt_for(local: &str, keys: &UserPublicKeys) -> String {
+        format!(
+            "v=peerpost1; a={}; k={}",
+            local.to_lowercase(),
+            super::hex(&fingerprint_of(keys))
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +486,51 @@ mod tests {
         assert!(rec.verify_certified(NOW, &ring.public().sign).is_err());
         rec.certify(&ring);
         assert!(rec.verify_certified(NOW, &ring.public().sign).is_ok());
+    }
+
+    #[test]
+    fn fingerprints_read_as_shown() {
+        let k = UserKeys::from_seed([1; 32]);
+        let fp = fingerprint_of(k.public());
+        assert_eq!(show_fingerprint(&fp), k.public().fingerprint());
+        let joined = k.public().fingerprint().replace(' ', "").to_uppercase();
+        assert_eq!(parse_fingerprint(&joined), Some(fp));
+        assert_eq!(parse_fingerprint("abcd"), None);
+        assert_eq!(parse_fingerprint(&"g".repeat(40)), None);
+    }
+
+    #[test]
+    fn vouch_txt_parses_and_refuses() {
+        let k = UserKeys::from_seed([1; 32]);
+        let fp = fingerprint_of(k.public());
+        let txt = Vouch::txt_for("Alice", k.public());
+        assert_eq!(
+            Vouch::parse(&txt).unwrap(),
+            Some(Vouch {
+                local: "alice".into(),
+                fingerprint: fp
+            })
+        );
+        let spaced = format!(
+            " v=peerpost1 ;k={} ; a=ALICE; x=later",
+            k.public().fingerprint()
+        );
+        assert_eq!(Vouch::parse(&spaced).unwrap().unwrap().fingerprint, fp);
+        // Not ours: ignored, not an error.
+        assert_eq!(Vouch::parse("v=spf1 -all").unwrap(), None);
+        assert_eq!(Vouch::parse("").unwrap(), None);
+        assert_eq!(Vouch::parse("v=peerpost2; a=x; k=00").unwrap(), None);
+        for bad in [
+            "v=peerpost1; k=00",
+            "v=peerpost1; a=alice",
+            "v=peerpost1; a=alice; k=1234",
+            "v=peerpost1; a=al ice; k=0000000000000000000000000000000000000000",
+            "v=peerpost1; a=alice; a=bob; k=0000000000000000000000000000000000000000",
+            "v=peerpost1; a; k=0000000000000000000000000000000000000000",
+        ] {
+            assert!(Vouch::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Vouch::parse(&format!("v=peerpost1; a={}", "x".repeat(600))).is_err());
     }
 
     #[test]

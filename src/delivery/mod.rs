@@ -27,6 +27,7 @@
 //! Must not know: SMTP, the listeners, libp2p (it goes through `overlay::Client`).
 
 pub mod dsn;
+pub mod headers;
 pub mod notice;
 mod queue;
 mod receive;

@@ -11,7 +11,7 @@
 use thiserror::Error;
 
 use super::protocol::directory_key;
-use crate::crypto::record::MAX_RECORD;
+use crate::crypto::record::{Fingerprint, MAX_RECORD, fingerprint_of};
 use crate::crypto::{self, DirectoryRecord};
 use crate::store::Pin;
 
@@ -37,6 +37,15 @@ pub enum RecordError {
         address: String,
         pinned: String,
         offered: String,
+    },
+    #[error(
+        "record for {address} carries the user key {offered}, not one that {by} vouches for: refused"
+    )]
+    NotVouched {
+        address: String,
+        offered: String,
+        /// Who vouches ("your `peerpost trust`", "the domain example.org").
+        by: String,
     },
 }
 
@@ -167,6 +176,39 @@ pub fn resolve(
     }
 }
 
+/// Reader side when something stronger than first use names the keys (the user's `trust`,
+/// the domain's `_peerpost` TXT records): the newest record whose user key has one of the
+/// `accepted` fingerprints; every other record is refused, whatever the pin or the majority
+/// say. `pin` is set when the first-use pin should follow.
+pub fn resolve_accepting(
+    found: &[(DirectoryRecord, usize)],
+    accepted: &[Fingerprint],
+    by: &str,
+) -> Resolution {
+    let ok = |r: &DirectoryRecord| accepted.contains(&fingerprint_of(&r.keys));
+    let record = found
+        .iter()
+        .map(|(r, _)| r)
+        .filter(|r| ok(r))
+        .max_by_key(|r| r.seq)
+        .cloned();
+    let refused = found
+        .iter()
+        .map(|(r, _)| r)
+        .filter(|r| !ok(r))
+        .map(|r| RecordError::NotVouched {
+            address: r.address.clone(),
+            offered: r.keys.fingerprint(),
+            by: by.to_string(),
+        })
+        .collect();
+    Resolution {
+        pin: record.as_ref().map(pin_of),
+        record,
+        refused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -261,6 +303,26 @@ mod tests {
             only_evil.refused[0],
             RecordError::KeyChanged { .. }
         ));
+    }
+
+    #[test]
+    fn a_vouched_key_wins_over_the_majority_and_the_pin() {
+        let k = UserKeys::generate().unwrap();
+        let evil = UserKeys::generate().unwrap();
+        let fp = fingerprint_of(k.public());
+        let r = resolve_accepting(
+            &[(rec(&evil, 999), 5), (rec(&k, 3), 1), (rec(&k, 2), 1)],
+            &[fp],
+            "the domain example.org",
+        );
+        assert_eq!(r.record.as_ref().unwrap().keys, *k.public());
+        assert_eq!(r.record.unwrap().seq, 3);
+        assert!(matches!(
+            &r.refused[..],
+            [RecordError::NotVouched { by, .. }] if by == "the domain example.org"
+        ));
+        let none = resolve_accepting(&[(rec(&evil, 1), 9)], &[fp], "x");
+        assert!(none.record.is_none() && none.refused.len() == 1);
     }
 
     #[test]

@@ -207,6 +207,8 @@ pub struct Status {
 #[derive(Debug, Clone)]
 pub struct Lookup {
     pub record: DirectoryRecord,
+    /// The record's key is the one the user pinned with `peerpost trust`.
+    pub trusted: bool,
     /// Kademlia requests the query made (0: answered from the local store).
     pub requests: u32,
     pub elapsed: Duration,
@@ -356,6 +358,18 @@ impl Client {
 
     /// Resolves an address to its verified, pinned directory record.
     pub async fn lookup(&self, address: &str) -> Result<Lookup, LookupError> {
+        self.lookup_accepting(address, None).await
+    }
+
+    /// [`lookup`](Self::lookup), believing only records whose user key has one of `vouched`'s
+    /// fingerprints (the address's domain names them: issue #18, docs/design.md "Address
+    /// ownership"); such a record replaces a first-use pin. A key the user pinned with
+    /// `peerpost trust` outranks both.
+    pub async fn lookup_accepting(
+        &self,
+        address: &str,
+        vouched: Option<(&[crate::crypto::record::Fingerprint], &str)>,
+    ) -> Result<Lookup, LookupError> {
         let address =
             normalize_address(address).map_err(|why| LookupError::Address(address.into(), why))?;
         let started = Instant::now();
@@ -364,12 +378,25 @@ impl Client {
             .call(|reply| Command::GetRecords { key, reply })
             .await?;
         let now = now_secs();
+        let trusted = self
+            .store
+            .trust_get(address.clone())
+            .await
+            .map_err(Error::from)?;
         let pinned = self
             .store
             .pin_get(address.clone())
             .await
             .map_err(Error::from)?;
-        let res = directory::resolve(&found.records, pinned, self.ring_authority.as_ref(), now);
+        let res = match (trusted, vouched) {
+            (Some(fp), _) => {
+                directory::resolve_accepting(&found.records, &[fp], "your `peerpost trust`")
+            }
+            (None, Some((fps, by))) => directory::resolve_accepting(&found.records, fps, by),
+            (None, None) => {
+                directory::resolve(&found.records, pinned, self.ring_authority.as_ref(), now)
+            }
+        };
         for refused in &res.refused {
             tracing::warn!(
                 target: "peerpost::_events::directory",
@@ -382,8 +409,21 @@ impl Client {
                 None => LookupError::NotFound(address),
             });
         };
-        if let Some(pin) = res.pin {
+        if let Some(pin) = res.pin.filter(|_| trusted.is_none()) {
             let kept = match pinned {
+                Some(p) if vouched.is_some() && p != pin => {
+                    tracing::warn!(
+                        target: "peerpost::_events::directory",
+                        "the key of {address} is vouched for by {}; first-use pin replaced",
+                        vouched.map_or("", |(_, by)| by)
+                    );
+                    self.store
+                        .pin_replace(address.clone(), pin)
+                        .await
+                        .map_err(Error::from)?;
+                    pin
+                }
+                Some(p) if vouched.is_some() => p,
                 None => self
                     .store
                     .pin_first(address.clone(), pin)
@@ -412,6 +452,7 @@ impl Client {
         }
         Ok(Lookup {
             record,
+            trusted: trusted.is_some(),
             requests: found.requests,
             elapsed: started.elapsed(),
         })

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::crypto::record::Vouch;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
@@ -320,100 +321,93 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-/// `message` without the header fields `Authentication-Results` whose authserv-id is
-/// `authserv_id` (ASCII case-insensitive; RFC 8601 §5). Only the header is looked at.
-pub fn strip_own_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len());
-    let mut rest = message;
-    let mut dropping = false;
-    while !rest.is_empty() {
-        let end = rest
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(rest.len(), |i| i + 1);
-        let (line, tail) = rest.split_at(end);
-        if line == b"\r\n" || line == b"\n" {
-            break; // end of the header: the body is copied as is
+pub use crate::delivery::headers::{strip_own_results, strip_own_results_in};
+
+// --- address ownership: `_peerpost.DOMAIN` TXT records ------------------------------
+
+/// The name label under which a domain vouches for its users' keys.
+const PEERPOST_LABEL: &str = "_peerpost.";
+/// The longest a `_peerpost` lookup may take.
+pub const OWNERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+/// TXT strings read from one answer (the rest are ignored).
+const MAX_OWNERSHIP_TXT: usize = 1024;
+
+/// `_peerpost.DOMAIN` TXT lookups for address ownership (issue #18; docs/design.md "Address
+/// ownership"), with the intake's resolver settings: from the `dns_records` file only when
+/// one is configured (a name not in it has no records), else the system resolver. Read with
+/// [`crate::crypto::record::Vouch::parse`] by the caller.
+pub struct OwnershipDns {
+    resolver: Option<MessageAuthenticator>,
+    fixed: Option<HashMap<Box<str>, Vec<String>>>,
+}
+
+impl std::fmt::Debug for OwnershipDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnershipDns")
+            .field("fixed", &self.fixed.as_ref().map(HashMap::len))
+            .finish()
+    }
+}
+
+impl OwnershipDns {
+    /// `dns_records`: `[smtp] dns_records` (read and checked here, as for the intake).
+    pub fn new(dns_records: Option<&Path>) -> Result<OwnershipDns, Error> {
+        match dns_records {
+            Some(path) => Ok(OwnershipDns {
+                resolver: None,
+                fixed: Some(load_records(path)?.peerpost),
+            }),
+            None => Ok(OwnershipDns {
+                resolver: Some(
+                    MessageAuthenticator::new_system_conf()
+                        .map_err(|e| Error::Resolver(e.to_string()))?,
+                ),
+                fixed: None,
+            }),
         }
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            dropping = false;
-            if let Some(field) = field_value(line, b"authentication-results") {
-                // The whole field (with its folded lines) decides.
-                let mut whole = field.to_vec();
-                let mut t = tail;
-                while matches!(t.first(), Some(b' ' | b'\t')) {
-                    let e = t
-                        .iter()
-                        .position(|b| *b == b'\n')
-                        .map_or(t.len(), |i| i + 1);
-                    whole.extend_from_slice(&t[..e]);
-                    t = &t[e..];
+    }
+
+    /// The TXT strings at `_peerpost.DOMAIN`: empty when the name does not exist or has none
+    /// (the domain vouches for nobody); `Err` for a temporary failure (a time-out, SERVFAIL),
+    /// when nothing can be concluded.
+    pub async fn peerpost_txt(&self, domain: &str) -> Result<Vec<String>, String> {
+        let Ok(name) = fqdn(&format!("{PEERPOST_LABEL}{domain}")) else {
+            return Ok(Vec::new()); // not a DNS name (e.g. non-ASCII): nothing can vouch
+        };
+        if let Some(fixed) = &self.fixed {
+            return Ok(fixed.get(&name).cloned().unwrap_or_default());
+        }
+        let Some(a) = &self.resolver else {
+            return Ok(Vec::new());
+        };
+        use mail_auth::hickory_resolver::proto::rr::{Name, RData};
+        let name = Name::from_str_relaxed(&*name).map_err(|e| e.to_string())?;
+        let lookup =
+            match tokio::time::timeout(OWNERSHIP_TIMEOUT, a.resolver().txt_lookup(name)).await {
+                Err(_) => return Err(format!("no DNS answer for {domain} in time")),
+                Ok(Err(e)) => {
+                    return match mail_auth::Error::from(e) {
+                        mail_auth::Error::Dns(DnsError::RecordNotFound(_)) => Ok(Vec::new()),
+                        e => Err(e.to_string()),
+                    };
                 }
-                dropping = authserv_id_of(&whole)
-                    .is_some_and(|id| id.eq_ignore_ascii_case(authserv_id.as_bytes()));
-                if dropping {
-                    tracing::info!("removed an Authentication-Results field claiming our name");
+                Ok(Ok(l)) => l,
+            };
+        let mut out = Vec::new();
+        for record in lookup.answers() {
+            if let RData::TXT(txt) = &record.data {
+                let mut entry = Vec::new();
+                for part in txt.txt_data.iter() {
+                    entry.extend_from_slice(part);
+                }
+                out.push(String::from_utf8_lossy(&entry).into_owned());
+                if out.len() >= MAX_OWNERSHIP_TXT {
+                    break;
                 }
             }
         }
-        if !dropping {
-            out.extend_from_slice(line);
-        }
-        rest = tail;
+        Ok(out)
     }
-    out.extend_from_slice(rest);
-    out
-}
-
-/// [`strip_own_results`] on the message that starts at `from` in `bytes`, in place: only its
-/// header is copied; the body is moved, not duplicated.
-pub fn strip_own_results_in(bytes: &mut Vec<u8>, from: usize, authserv_id: &str) {
-    let Some(msg) = bytes.get(from..) else {
-        return;
-    };
-    let mut hlen = 0;
-    for line in msg.split_inclusive(|b| *b == b'\n') {
-        hlen += line.len();
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-    }
-    let stripped = strip_own_results(&msg[..hlen], authserv_id);
-    if stripped.len() != hlen {
-        bytes.splice(from..from + hlen, stripped);
-    }
-}
-
-/// The value of a header line if its field name is `name` (lower case).
-fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let colon = line.iter().position(|b| *b == b':')?;
-    let (n, v) = line.split_at(colon);
-    let n = n.trim_ascii_end();
-    n.eq_ignore_ascii_case(name).then_some(&v[1..])
-}
-
-/// The authserv-id of an `Authentication-Results` value: its first token after comments and
-/// white space (RFC 8601 §2.2).
-fn authserv_id_of(value: &[u8]) -> Option<&[u8]> {
-    let mut i = 0;
-    let mut depth = 0u32;
-    while i < value.len() {
-        match value[i] {
-            b'(' => depth += 1,
-            b')' if depth > 0 => depth -= 1,
-            b'\\' if depth > 0 => i += 1,
-            c if depth == 0 && !c.is_ascii_whitespace() => break,
-            _ => {}
-        }
-        i += 1;
-    }
-    let start = i.min(value.len());
-    let len = value[start..]
-        .iter()
-        .position(|b| b.is_ascii_whitespace() || matches!(b, b';' | b'('))
-        .unwrap_or(value.len() - start);
-    (len > 0).then(|| &value[start..start + len])
 }
 
 // --- the records file ---------------------------------------------------------------
@@ -464,6 +458,8 @@ pub struct Records {
     a: Fixed<Box<str>, RecordSet<Ipv4Addr>>,
     aaaa: Fixed<Box<str>, RecordSet<Ipv6Addr>>,
     ptr: Fixed<IpAddr, RecordSet<Box<str>>>,
+    /// `_peerpost.DOMAIN` TXT records (address ownership; several per name).
+    peerpost: HashMap<Box<str>, Vec<String>>,
 }
 
 /// mail-auth's parameters with every cache pointing into `Records`.
@@ -489,7 +485,8 @@ impl Records {
 
     /// How many names have answers (all types).
     pub fn len(&self) -> usize {
-        self.txt.map.len()
+        self.peerpost.len()
+            + self.txt.map.len()
             + self.mx.map.len()
             + self.a.map.len()
             + self.aaaa.map.len()
@@ -572,6 +569,20 @@ pub fn parse_records(text: &str) -> Result<Records, RecordsError> {
             )));
         }
         match kind.to_ascii_uppercase().as_str() {
+            "TXT" if fqdn(name).is_ok_and(|k| k.starts_with(PEERPOST_LABEL)) => {
+                // Address ownership (docs/design.md): several per name, each well formed.
+                let key = fqdn(name).map_err(&err)?;
+                let value = txt_value(rest).map_err(&err)?;
+                match Vouch::parse(&value) {
+                    Ok(Some(_)) => r.peerpost.entry(key).or_default().push(value),
+                    Ok(None) => {
+                        return Err(err(format!(
+                            "a TXT record under {key} must start \"v=peerpost1;\""
+                        )));
+                    }
+                    Err(e) => return Err(err(format!("not a valid peerpost record: {e}"))),
+                }
+            }
             "TXT" => {
                 let key = fqdn(name).map_err(&err)?;
                 let value = txt_value(rest).map_err(&err)?;
@@ -791,6 +802,38 @@ mod tests {
     }
 
     #[test]
+    fn peerpost_txt_records_are_several_per_name() {
+        let fp = "0123456789abcdef0123456789abcdef01234567";
+        let text = format!(
+            "_peerpost.Example.org TXT \"v=peerpost1; a=alice; k={fp}\"\n\
+             _peerpost.example.org. TXT \"v=peerpost1; a=bob; \" \"k={fp}\"\n"
+        );
+        let r = parse_records(&text).unwrap();
+        assert_eq!(r.peerpost.get("_peerpost.example.org.").unwrap().len(), 2);
+        let e = err("_peerpost.example.org TXT \"v=spf1 -all\"\n");
+        assert!(e.message.contains("v=peerpost1"), "{e}");
+        let e = err("_peerpost.example.org TXT \"v=peerpost1; a=alice; k=12\"\n");
+        assert!(e.message.contains("not a valid peerpost record"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn ownership_answers_come_from_the_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.txt");
+        let fp = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::write(
+            &path,
+            format!("_peerpost.example.org TXT \"v=peerpost1; a=alice; k={fp}\"\n"),
+        )
+        .unwrap();
+        let dns = OwnershipDns::new(Some(&path)).unwrap();
+        let got = dns.peerpost_txt("EXAMPLE.org").await.unwrap();
+        assert_eq!(got, vec![format!("v=peerpost1; a=alice; k={fp}")]);
+        assert!(dns.peerpost_txt("gmail.test").await.unwrap().is_empty());
+        assert!(dns.peerpost_txt("bad..name").await.unwrap().is_empty());
+    }
+
+    #[test]
     fn bad_lines_name_their_line() {
         let cases: &[(&str, usize, &str)] = &[
             ("example.org\n", 1, "expected NAME TYPE VALUE"),
@@ -971,6 +1014,7 @@ mod tests {
 
     #[test]
     fn own_results_are_stripped_others_kept() {
+        use crate::delivery::headers::authserv_id_of;
         let msg = b"Received: x\r\n\
 Authentication-Results: (comment) MX.Example;\r\n\tdkim=pass header.d=evil.example\r\n\
 Authentication-Results: other.example; spf=fail\r\n\

@@ -52,6 +52,11 @@ pub struct Pin {
 }
 
 const PIN_VERSION: u8 = 1;
+/// A pin the user set by hand (`peerpost trust`): `2 ‖ [20] fingerprint`. It replaces the
+/// address's first-use pin, and first-use pinning never overwrites it.
+const TRUST_VERSION: u8 = 2;
+/// Most addresses `trust_list` returns.
+pub const MAX_TRUSTED: usize = 10_000;
 
 impl Store {
     /// Keeps `bytes` for a peer under `id` (the caller checked `id == BLAKE3(bytes)`), unless
@@ -130,13 +135,20 @@ impl Store {
     pub async fn pin_first(&self, address: String, pin: Pin) -> Result<Pin> {
         self.blocking(move |s| {
             let mut wtxn = s.env.write_txn()?;
-            if let Some(existing) = s
-                .overlay
-                .pins
-                .get(&wtxn, address.as_bytes())?
-                .and_then(decode_pin)
-            {
-                return Ok(existing);
+            match s.overlay.pins.get(&wtxn, address.as_bytes())? {
+                Some(v) if v.first() == Some(&TRUST_VERSION) => {
+                    // The user's own pin is not a key pair: nothing first-seen is pinned.
+                    return Ok(Pin {
+                        sign: [0; 32],
+                        enc: [0; 32],
+                    });
+                }
+                Some(v) => {
+                    if let Some(existing) = decode_pin(v) {
+                        return Ok(existing);
+                    }
+                }
+                None => {}
             }
             let mut v = Vec::with_capacity(65);
             v.push(PIN_VERSION);
@@ -149,10 +161,18 @@ impl Store {
         .await
     }
 
-    /// Replaces the pin of `address` (after a certified key change).
+    /// Replaces the first-use pin of `address` (after a certified key change); a pin the user
+    /// set stays.
     pub async fn pin_replace(&self, address: String, pin: Pin) -> Result<()> {
         self.blocking(move |s| {
             let mut wtxn = s.env.write_txn()?;
+            if s.overlay
+                .pins
+                .get(&wtxn, address.as_bytes())?
+                .is_some_and(|v| v.first() == Some(&TRUST_VERSION))
+            {
+                return Ok(());
+            }
             let mut v = Vec::with_capacity(65);
             v.push(PIN_VERSION);
             v.extend_from_slice(&pin.sign);
@@ -163,6 +183,81 @@ impl Store {
         })
         .await
     }
+}
+
+impl Store {
+    /// Pins `address` (normalized) to the user key with `fingerprint`, by the user's word:
+    /// replaces a first-use pin, survives restarts. Durable when it returns.
+    pub async fn trust_set(&self, address: String, fingerprint: [u8; 20]) -> Result<()> {
+        self.blocking(move |s| {
+            let mut wtxn = s.env.write_txn()?;
+            let mut v = Vec::with_capacity(21);
+            v.push(TRUST_VERSION);
+            v.extend_from_slice(&fingerprint);
+            s.overlay.pins.put(&mut wtxn, address.as_bytes(), &v)?;
+            wtxn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The fingerprint the user pinned for `address`, if any.
+    pub async fn trust_get(&self, address: String) -> Result<Option<[u8; 20]>> {
+        self.blocking(move |s| {
+            let rtxn = s.env.read_txn()?;
+            Ok(s.overlay
+                .pins
+                .get(&rtxn, address.as_bytes())?
+                .and_then(decode_trust))
+        })
+        .await
+    }
+
+    /// Drops the user's pin of `address` (the next lookup pins on first use again). Returns
+    /// whether there was one; a first-use pin is left alone.
+    pub async fn trust_remove(&self, address: String) -> Result<bool> {
+        self.blocking(move |s| {
+            let mut wtxn = s.env.write_txn()?;
+            let had = s
+                .overlay
+                .pins
+                .get(&wtxn, address.as_bytes())?
+                .and_then(decode_trust)
+                .is_some();
+            if had {
+                s.overlay.pins.delete(&mut wtxn, address.as_bytes())?;
+                wtxn.commit()?;
+            }
+            Ok(had)
+        })
+        .await
+    }
+
+    /// Every address the user pinned, in address order (at most [`MAX_TRUSTED`]).
+    pub async fn trust_list(&self) -> Result<Vec<(String, [u8; 20])>> {
+        self.blocking(|s| {
+            let rtxn = s.env.read_txn()?;
+            let mut out = Vec::new();
+            for item in s.overlay.pins.iter(&rtxn)? {
+                let (k, v) = item?;
+                if let Some(fp) = decode_trust(v) {
+                    out.push((String::from_utf8_lossy(k).into_owned(), fp));
+                    if out.len() >= MAX_TRUSTED {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn decode_trust(v: &[u8]) -> Option<[u8; 20]> {
+    if v.len() != 21 || v[0] != TRUST_VERSION {
+        return None;
+    }
+    v[1..].try_into().ok()
 }
 
 fn decode_pin(v: &[u8]) -> Option<Pin> {
@@ -226,6 +321,19 @@ mod tests {
         assert_eq!(store.pin_first(addr.clone(), a).await.unwrap(), a);
         assert_eq!(store.pin_first(addr.clone(), b).await.unwrap(), a);
         store.pin_replace(addr.clone(), b).await.unwrap();
-        assert_eq!(store.pin_get(addr).await.unwrap(), Some(b));
+        assert_eq!(store.pin_get(addr.clone()).await.unwrap(), Some(b));
+        // The user's pin replaces it, and first-use pinning leaves the user's pin alone.
+        store.trust_set(addr.clone(), [5; 20]).await.unwrap();
+        assert_eq!(store.pin_get(addr.clone()).await.unwrap(), None);
+        assert_ne!(store.pin_first(addr.clone(), a).await.unwrap(), a);
+        store.pin_replace(addr.clone(), a).await.unwrap();
+        assert_eq!(store.trust_get(addr.clone()).await.unwrap(), Some([5; 20]));
+        assert_eq!(
+            store.trust_list().await.unwrap(),
+            vec![(addr.clone(), [5; 20])]
+        );
+        assert!(store.trust_remove(addr.clone()).await.unwrap());
+        assert!(!store.trust_remove(addr.clone()).await.unwrap());
+        assert_eq!(store.trust_get(addr).await.unwrap(), None);
     }
 }
