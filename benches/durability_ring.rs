@@ -56,6 +56,31 @@ async fn held_bytes(ring: &node::testing::Ring) -> u64 {
     total
 }
 
+/// Node 1's user: a fresh identity, its mailbox, and its backup (sized for `ring_size` peers
+/// when given, else for the ring as the pass sees it).
+async fn owner(
+    ring: &node::testing::Ring,
+    ring_size: Option<usize>,
+) -> ([u8; 32], peerpost::store::Store, Mailbox, Backup) {
+    let keys = UserKeys::generate().unwrap();
+    let seed = *keys.seed();
+    let store = ring.node(1).store().clone();
+    let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
+        .await
+        .unwrap();
+    let cfg = BackupConfig {
+        ring_size,
+        ..BackupConfig::default()
+    };
+    let b = Backup::new(
+        ring.node(1).client().clone(),
+        store.clone(),
+        UserKeys::from_seed(seed),
+        cfg,
+    );
+    (seed, store, mb, b)
+}
+
 async fn mailbox_bench(nodes: usize, messages: usize) {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
@@ -65,27 +90,11 @@ async fn mailbox_bench(nodes: usize, messages: usize) {
         t.elapsed().as_secs_f64()
     );
 
-    let keys = UserKeys::generate().unwrap();
-    let seed = *keys.seed();
-    let store = ring.node(1).store().clone();
-    let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
-        .await
-        .unwrap();
+    let (seed, store, mb, b) = owner(&ring, Some(nodes - 1)).await;
     let msgs = bench_messages(0, messages);
     let plain: u64 = msgs.iter().map(|m| m.bytes.len() as u64).sum();
     mb.append_batch("INBOX", msgs).await.unwrap();
     let objects = store.stats().await.unwrap().object_bytes;
-
-    let cfg = BackupConfig {
-        ring_size: Some(nodes - 1),
-        ..BackupConfig::default()
-    };
-    let b = Backup::new(
-        ring.node(1).client().clone(),
-        store.clone(),
-        UserKeys::from_seed(seed),
-        cfg,
-    );
     let p = b.params().await.unwrap();
     let t = Instant::now();
     let report = b.run_once(false).await.unwrap();
@@ -253,22 +262,7 @@ fn bench_messages(from: usize, count: usize) -> Vec<NewMessage> {
 async fn steady_state_bench(nodes: usize, rounds: usize, per_round: usize) {
     let dir = tempfile::tempdir().unwrap();
     let ring = start_ring(nodes, dir.path(), |_| {}).await.unwrap();
-    let keys = UserKeys::generate().unwrap();
-    let seed = *keys.seed();
-    let store = ring.node(1).store().clone();
-    let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
-        .await
-        .unwrap();
-    let cfg = BackupConfig {
-        ring_size: Some(nodes - 1),
-        ..BackupConfig::default()
-    };
-    let b = Backup::new(
-        ring.node(1).client().clone(),
-        store.clone(),
-        UserKeys::from_seed(seed),
-        cfg,
-    );
+    let (_, store, mb, b) = owner(&ring, Some(nodes - 1)).await;
     let p = b.params().await.unwrap();
     for r in 0..rounds {
         mb.append_batch("INBOX", bench_messages(r * per_round, per_round))
@@ -338,21 +332,10 @@ async fn steady_state_bench(nodes: usize, rounds: usize, per_round: usize) {
 async fn growth_bench(small: usize, large: usize, messages: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut ring = start_ring(small + 1, dir.path(), |_| {}).await.unwrap();
-    let keys = UserKeys::generate().unwrap();
-    let seed = *keys.seed();
-    let store = ring.node(1).store().clone();
-    let mb = Mailbox::open(store.clone(), keys, DeviceKey::generate().unwrap().public())
-        .await
-        .unwrap();
+    let (_, store, mb, b) = owner(&ring, None).await;
     mb.append_batch("INBOX", bench_messages(0, messages))
         .await
         .unwrap();
-    let b = Backup::new(
-        ring.node(1).client().clone(),
-        store.clone(),
-        UserKeys::from_seed(seed),
-        BackupConfig::default(),
-    );
     b.run_pass(PassOptions {
         ring: Some(small),
         ..PassOptions::default()
