@@ -732,7 +732,7 @@ fn txt_record(name: &str, value: &str) -> Result<Txt, String> {
         Dmarc::parse(bytes)
             .map(Txt::from)
             .map_err(|e| format!("not a valid DMARC record for {name}: {e}"))
-    } else if value.len() >= 6 && value[..6].eq_ignore_ascii_case("v=spf1") {
+    } else if bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"v=spf1") {
         Spf::parse(bytes)
             .map(Txt::from)
             .map_err(|e| format!("not a valid SPF record for {name}: {e}"))
@@ -748,6 +748,18 @@ fn txt_record(name: &str, value: &str) -> Result<Txt, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `dns_records` fuzz target: a TXT value with a multi-byte character
+    /// within its first six bytes panicked on a str slice instead of being refused.
+    #[test]
+    fn a_txt_value_with_a_multibyte_character_early_is_refused_not_a_panic() {
+        for value in ["v=spf\u{78d}esl.org", "v=sp\u{78d}"] {
+            match txt_record("example.org", value) {
+                Err(e) => assert!(e.contains("unsupported TXT record"), "{e}"),
+                Ok(_) => panic!("{value:?} was taken as a record"),
+            }
+        }
+    }
 
     const KEY: &str = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
 
