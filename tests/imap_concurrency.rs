@@ -9,12 +9,14 @@ use crate::util::{RunNode, TestHome};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
-/// Fails today (issue #21, open): with 10 clients the built-in server answers COPY, MOVE,
-/// EXPUNGE and UID STORE on a set another session expunged from with `NO [EXPUNGEISSUED]`,
-/// and FETCH of a just-expunged body with `NO [UNAVAILABLE]` (2026-12-07: ~12,000 commands
-/// in 20 s, a few hundred such answers). Run it with `-- --ignored` while fixing the server.
+/// Issue #21 is open, and this is its judge: on the built-in server of 2026-12-07 (~12,000
+/// commands in 20 s) it finds ~90 `NO [EXPUNGEISSUED]`/`NO [UNAVAILABLE]` answers to STORE,
+/// EXPUNGE, COPY, MOVE and FETCH on sets another session expunged from (passed as `--known`
+/// here), and ~25,000 other violations: keywords in FETCH FLAGS that no `* FLAGS` announced,
+/// and `* n EXPUNGE` beyond the session's count. It cannot pass until those are fixed; run it
+/// with `-- --ignored` while fixing the server.
 #[test]
-#[ignore = "issue #21: the built-in server still refuses commands on sets that include expunged messages"]
+#[ignore = "issue #21: the built-in server breaks RFC rules this test checks (keywords announced, EXPUNGE counts)"]
 fn ten_clients_for_twenty_seconds_get_only_answers_the_rfcs_allow() {
     let t = TestHome::new();
     t.init("alice@example.org");
@@ -25,6 +27,7 @@ fn ten_clients_for_twenty_seconds_get_only_answers_the_rfcs_allow() {
         .arg(node.port("imap").to_string())
         .args(["--user", "alice", "--password", "secret-password"])
         .args(["--seconds", "20", "--clients", "10"])
+        .args(["--known", "EXPUNGEISSUED", "--known", "UNAVAILABLE"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
