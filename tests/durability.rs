@@ -712,13 +712,14 @@ fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
 
     // Placed at target: every checked bundle's fragments found, none below target, nothing
     // pending, n/k sized for nine peers (not the one seen first).
-    let placed = |home: &TestHome, what: &str| {
+    let placed = |home: &TestHome, what: &str, after: Option<u64>| {
         let t0 = Instant::now();
         let st = crate::overlay_procs::eventually(what, || {
             let st = home.run(&["status", "--json"]).json();
             let d = &st["durability"];
             let checked = d["checked"].as_array()?;
-            let ok = d["root_seq"].as_u64().is_some()
+            let ok = d["root_seq"].as_u64() > after
+                && d["unpublished"] == false
                 && d["pending_bytes"].as_u64() == Some(0)
                 && d["below_target"].as_u64() == Some(0)
                 && d["ring"].as_u64() >= Some(8)
@@ -733,9 +734,10 @@ fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
         assert!(took <= Duration::from_secs(60), "{what} took {took:?}");
         let loss = st["durability"]["loss_now"].as_f64().unwrap();
         assert!(loss <= 1e-6, "P(loss) {loss} at 60 % failure");
+        st["durability"]["root_seq"].as_u64()
     };
     let mut a = start(alice, Some(&ring[0].listen));
-    placed(&a.home, "alice's 60 messages in the ring at target");
+    let first_root = placed(&a.home, "alice's 60 messages in the ring at target", None);
 
     // Down, 10 more messages arrive (imported while the node is away), back up again.
     kill(&mut a);
@@ -744,7 +746,12 @@ fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
     a.home.run(&["import", more.to_str().unwrap()]).success();
     let home = a.home;
     let a = start(home, Some(&ring[1].listen));
-    placed(&a.home, "the 10 pending messages placed after a restart");
+    // A newer root than the first: placed is not enough, the root must list the new bundles.
+    placed(
+        &a.home,
+        "the 10 pending messages placed after a restart",
+        first_root,
+    );
 
     // What alice has: the reference for the restore.
     let mut a = a;
@@ -1018,4 +1025,60 @@ async fn a_ring_that_grows_gets_bundles_recoded_and_the_old_fragments_released()
             .unwrap();
     }
     ring.shutdown().await;
+}
+
+/// A pass killed after it placed new bundles and before it published the root that lists them
+/// (shown here by putting the earlier root's rows back): `status` says `unpublished`, and the
+/// next pass, with nothing new to place, publishes a root that lists them. Before, nothing was
+/// pending, so no pass published, and a restore missed the mail of those bundles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_placed_by_a_pass_stopped_before_its_root_are_published_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = start_ring(8, dir.path(), |_| {}).await.unwrap();
+    let u = fill_mailbox(&ring, 1, 12, "early").await;
+    let b = backup_of(&ring, &u, 7, 32 * 1024);
+    let first = b.run_once(false).await.unwrap().root_seq.unwrap();
+    let store = ring.node(1).store();
+    assert!(!backup::unpublished(store).await.unwrap());
+    let mut rows = Vec::new();
+    for k in [&b"s"[..], &b"p"[..]] {
+        rows.push((k.to_vec(), store.backup_get(k.to_vec()).await.unwrap()));
+    }
+    assert!(rows.iter().all(|(_, v)| v.is_some()), "state rows moved");
+
+    let late = NewMessage {
+        bytes: b"From: late@ring.test\r\nSubject: late\r\n\r\nbody\r\n".to_vec(),
+        internal_date: 1_700_100_000,
+        flags: Flags::default(),
+        recent: true,
+        maildir_name: None,
+    };
+    u.mailbox.append_batch("INBOX", vec![late]).await.unwrap();
+    let placed = b.run_once(false).await.unwrap();
+    assert!(placed.bundles >= 1, "{placed:?}");
+    store.backup_write(rows).await.unwrap();
+    assert_eq!(backup::state(store).await.unwrap().unwrap().0, first);
+    assert!(backup::unpublished(store).await.unwrap());
+    let st = durability::status::local(store).await.unwrap();
+    assert!(st.unpublished && st.pending_bytes == 0, "{st:?}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let next = b.run_once(false).await.unwrap();
+    assert_eq!(next.bundles, 0, "{next:?}");
+    assert!(next.root_seq > Some(first), "{next:?}");
+    assert!(!backup::unpublished(store).await.unwrap());
+    // The root now published lists every placed bundle.
+    let (_, _, index) = durability::restore::find_index(ring.node(2).client(), &user_keys(&u))
+        .await
+        .unwrap();
+    let mut listed: Vec<_> = index.entries.iter().map(|e| e.receipt.bundle).collect();
+    let mut local: Vec<_> = backup::entries(store)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.receipt.bundle)
+        .collect();
+    listed.sort();
+    local.sort();
+    assert_eq!(listed, local);
 }

@@ -25,6 +25,11 @@ fn print_durability(d: &DurabilityStatus) {
             d.pending_bytes
         );
     }
+    if d.unpublished {
+        println!(
+            "  not yet in root: placed bundles the next root lists (published by the next pass)"
+        );
+    }
     println!("  repairs done:    {} fragments re-created", d.repairs);
     if let (Some(ring), Some(loss)) = (d.ring, d.loss_now) {
         println!(

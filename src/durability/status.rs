@@ -35,6 +35,10 @@ pub struct DurabilityStatus {
     pub pending_bytes: u64,
     /// Sequence number of the last backup root published (unix time).
     pub root_seq: Option<u64>,
+    /// Some placed bundle is not yet listed by the published root's index (a pass is between
+    /// placing and publishing, or was stopped there: the next one publishes).
+    #[serde(default)]
+    pub unpublished: bool,
     /// Fragments this node re-created (owner and holder repairs).
     pub repairs: u64,
     /// Peers the node knows (the ring as it sees it), when checked.
@@ -60,6 +64,7 @@ pub async fn local(store: &Store) -> Result<DurabilityStatus, backup::Error> {
         log_bundles: entries.iter().filter(|e| e.kind == Kind::Log).count(),
         bytes: entries.iter().map(|e| e.bytes).sum(),
         root_seq: backup::state(store).await?.map(|(s, _)| s),
+        unpublished: backup::unpublished(store).await?,
         repairs: backup::repairs(store).await?,
         ..DurabilityStatus::default()
     })

@@ -21,7 +21,7 @@ mod rows;
 
 pub use format::*;
 pub(crate) use rows::*;
-pub use rows::{entries, pending, repairs, state};
+pub use rows::{entries, pending, repairs, state, unpublished};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -544,7 +544,11 @@ impl Backup {
             pass.replaced.extend(dropped.into_iter().map(|e| e.receipt));
         }
         let changed = pass.report.bundles > 0 || !pass.replaced.is_empty();
-        if changed || opts.force || state(&self.store).await?.is_none() {
+        if changed
+            || opts.force
+            || state(&self.store).await?.is_none()
+            || unpublished(&self.store).await?
+        {
             self.publish_pass(&mut pass).await?;
         }
         Ok(pass.report)
@@ -619,7 +623,7 @@ impl Backup {
         let expires = now + self.config.root_lifetime.as_secs();
         let root = BackupRoot::sign(&self.keys, seq, expires, payload);
         self.store
-            .backup_write(vec![state_row(seq, &entry)])
+            .backup_write(vec![state_row(seq, &entry), published_row(&all)])
             .await?;
         if let Err(e) = self.client.publish_backup_root(root).await {
             // Kept locally by the overlay and republished by the next pass.

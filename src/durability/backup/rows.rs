@@ -3,7 +3,7 @@
 //! counter.
 
 use super::{Entry, Error, Kind};
-use crate::crypto::ObjectId;
+use crate::crypto::{self, ObjectId};
 use crate::store::{self, BackupSource, Store};
 use crate::wire::Reader;
 
@@ -12,6 +12,8 @@ pub(crate) const ROW_OBJECT: u8 = b'o';
 pub(crate) const ROW_LOG: u8 = b'l';
 pub(crate) const ROW_STATE: &[u8] = b"s";
 pub(crate) const ROW_REPAIRS: &[u8] = b"q";
+/// Digest of the receipts the published index lists ([`named_digest`]).
+pub(crate) const ROW_PUBLISHED: &[u8] = b"p";
 
 pub(super) fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -43,6 +45,39 @@ pub(super) fn state_row(seq: u64, index: &Entry) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut v = seq.to_be_bytes().to_vec();
     v.extend_from_slice(&index.encode_local());
     (ROW_STATE.to_vec(), Some(v))
+}
+
+/// A digest of the receipts an index lists, order aside: equal digests, equal indexes.
+pub(super) fn named_digest(entries: &[Entry]) -> [u8; 32] {
+    let mut shared: Vec<Vec<u8>> = entries
+        .iter()
+        .filter(|e| e.kind != Kind::Index)
+        .map(Entry::encode)
+        .collect();
+    shared.sort_unstable();
+    let mut all = Vec::with_capacity(shared.iter().map(|e| e.len() + 4).sum());
+    for e in &shared {
+        all.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        all.extend_from_slice(e);
+    }
+    crypto::hash(&all)
+}
+
+/// The row recording which receipts the published index lists.
+pub(super) fn published_row(named: &[Entry]) -> (Vec<u8>, Option<Vec<u8>>) {
+    (ROW_PUBLISHED.to_vec(), Some(named_digest(named).to_vec()))
+}
+
+/// Whether some placed bundle is not yet listed by the published index (or a listed one was
+/// dropped): a pass that placed bundles and was killed before it published leaves this set,
+/// and the next pass publishes even with nothing new to place.
+pub async fn unpublished(store: &Store) -> Result<bool, Error> {
+    let now = entries(store).await?;
+    let published = store.backup_get(ROW_PUBLISHED.to_vec()).await?;
+    Ok(match published {
+        Some(d) => d[..] != named_digest(&now)[..],
+        None => !now.is_empty(),
+    })
 }
 
 /// Fragments this node has re-created (owner and holder repairs).
@@ -119,6 +154,7 @@ pub(crate) fn receipt_rows(
     );
     if let Some((seq, e)) = root {
         rows.push(state_row(seq, e));
+        rows.push(published_row(entries));
     }
     rows
 }
