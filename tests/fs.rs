@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::util::{BIN, Mutt, TestHome, engine_files};
 
 /// A running `peerpost mount`; stopped (SIGTERM, then SIGKILL) and unmounted on drop.
-struct MountProcess {
+pub(crate) struct MountProcess {
     child: Child,
     mnt: PathBuf,
 }
@@ -24,7 +24,7 @@ impl MountProcess {
         Self::start_with(t, mnt, path_env, &[])
     }
 
-    fn start_with(
+    pub(crate) fn start_with(
         t: &TestHome,
         mnt: &Path,
         path_env: Option<&str>,
@@ -160,7 +160,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A Maildir with two messages (one seen in cur/, one in new/), imported into the engine.
-fn home_with_mail(t: &TestHome) {
+pub(crate) fn home_with_mail(t: &TestHome) {
     t.init("alice@example.org");
     let src = t.dir.path().join("src");
     for d in ["cur", "new", "tmp"] {
@@ -535,14 +535,14 @@ fn bad_input_gets_the_right_errno() {
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
 /// A private Dovecot (`tests/data/dovecot-private.sh`) serving a Maildir; killed on drop.
-struct Dovecot {
+pub(crate) struct Dovecot {
     pid: i32,
-    port: u16,
+    pub(crate) port: u16,
     rundir: PathBuf,
 }
 
 impl Dovecot {
-    fn start(maildir: &Path, rundir: &Path) -> Option<Dovecot> {
+    pub(crate) fn start(maildir: &Path, rundir: &Path) -> Option<Dovecot> {
         if Command::new("dovecot").arg("--version").output().is_err() {
             eprintln!("skipped: dovecot is not installed (scripts/setup --test)");
             return None;
@@ -571,7 +571,7 @@ impl Dovecot {
         })
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.rundir.join("dovecot.log")).unwrap_or_default()
     }
 }

@@ -10,6 +10,8 @@ mod admin;
 mod crash;
 // `peerpost mount` through the real kernel: shell tools, other processes, remount, SIGKILL, errnos.
 mod fs;
+// Dovecot on the mount under ten concurrent imaplib clients (tests/data/imap_torture.py): no error in its log.
+mod fs_concurrency;
 // The IMAP server through `peerpost run`: imaplib (every command, STARTTLS, IMAPS, IDLE), hostile input, mutt.
 mod imap;
 // Ten imaplib clients at once for 20 s, every reply checked against the RFCs (tests/data/imap_torture.py).

@@ -324,6 +324,10 @@ def worker(args, stats, idx, stop_at):
                 continue
             count = c.count or 0
             r = rng.random()
+            if count == 0 and 0.05 <= r < 0.62:
+                # A sequence set needs a message to name (RFC 3501 §9, seq-number; Dovecot
+                # answers BAD "Invalid messageset"): append one instead.
+                r = 0.70
             other = rng.choice([f for f in STABLE if f != c.selected] + CHURN)
             if r < 0.05:
                 c.do_select(rng.choice(STABLE + CHURN), readonly=rng.random() < 0.2)

@@ -141,6 +141,7 @@ impl<S: MaildirSource> Tree<S> {
                     return Err(Errno::ENOTEMPTY);
                 }
                 self.source.delete_folder(&g).map_err(|e| errno(&e))?;
+                self.bury_dir(&mut st, &folder_dir(&g));
                 // Only empty directories are left under it.
                 let _ = fs::remove_dir_all(&dir);
                 st.folders = None;

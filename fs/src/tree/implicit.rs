@@ -155,24 +155,52 @@ impl<S: MaildirSource> Tree<S> {
 
     /// Takes the local file at `rel` out of sight (unlinked, or about to be replaced by a
     /// rename) but keeps it, by its inode, for [`BURIED_FOR`]: a program that had it open
-    /// reads on (Dovecot reads `dovecot-uidlist` while another process replaces it). A file
-    /// with other links is simply unlinked (its inode stays reachable).
+    /// reads, writes and fstats on (Dovecot reads `dovecot-uidlist` while another process
+    /// replaces it). A file with other links gets one more in the grave, so its inode keeps
+    /// a path whichever of its names goes (Dovecot's lock files: made under a temporary
+    /// name, linked to the lock's, the temporary name unlinked, then fstat of the first
+    /// descriptor).
     pub(super) fn bury(&self, st: &mut State, rel: &str) -> io::Result<()> {
         let path = self.local_path(rel);
         let m = fs::symlink_metadata(&path)?;
-        if m.nlink() > 1 {
-            return fs::remove_file(&path);
-        }
         let grave = format!("{GONE_DIR}/{}", m.ino());
         let to = self.local_path(&grave);
+        if fs::symlink_metadata(&to).is_ok_and(|g| g.ino() == m.ino()) {
+            // Already kept there (an earlier name of it went): this name simply goes.
+            fs::remove_file(&path)?;
+            st.local_path.insert(m.ino(), grave);
+            return Ok(());
+        }
         if let Some(dir) = to.parent() {
             fs::create_dir_all(dir)?;
         }
-        fs::rename(&path, &to)?;
+        if m.nlink() > 1 {
+            let _ = fs::remove_file(&to);
+            fs::hard_link(&path, &to)?;
+            fs::remove_file(&path)?;
+        } else {
+            fs::rename(&path, &to)?;
+        }
         st.local_path.insert(m.ino(), grave);
         st.buried.push_back((m.ino(), Instant::now()));
         self.prune_buried(st);
         Ok(())
+    }
+
+    /// Buries every local file under directory `rel_dir` (a folder's, about to be removed
+    /// with the folder) that the kernel may know by inode; the others are left to go with
+    /// the directory. Dovecot sessions keep a deleted folder's index and log open: on a disk
+    /// those descriptors go on working whatever is created under the same name next.
+    pub(super) fn bury_dir(&self, st: &mut State, rel_dir: &str) {
+        let known: Vec<String> = st
+            .local_path
+            .values()
+            .filter(|r| r.starts_with(rel_dir) && r[rel_dir.len()..].starts_with('/'))
+            .cloned()
+            .collect();
+        for rel in known {
+            let _ = self.bury(st, &rel);
+        }
     }
 
     /// The kernel forgot inode `ino` (no process has it open, mapped, or named): a buried
@@ -188,12 +216,15 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
-    /// Removes buried file `b` (backing inode) and forgets it.
+    /// Removes buried file `b` (backing inode) and forgets it, unless the kernel knows it
+    /// by a live name again (a file with other links, looked up since).
     fn unbury(st: &mut State, backing: &Path, b: u64) {
-        if let Some(rel) = st.local_path.get(&b)
-            && rel.starts_with(GONE_DIR)
+        let _ = fs::remove_file(backing.join(format!("{GONE_DIR}/{b}")));
+        if st
+            .local_path
+            .get(&b)
+            .is_some_and(|r| r.starts_with(GONE_DIR))
         {
-            let _ = fs::remove_file(backing.join(rel));
             st.local_path.remove(&b);
             st.inodes.remove(&NodeKey::Local(b));
         }

@@ -223,7 +223,12 @@ impl<S: MaildirSource> Tree<S> {
             size: m.len(),
             mtime: m.modified().unwrap_or(UNIX_EPOCH),
             perm: (m.mode() & 0o777) as u16,
-            nlink: if named { m.nlink() as u32 } else { 0 },
+            // A buried file that still has names elsewhere has one link in the grave.
+            nlink: if named {
+                m.nlink() as u32
+            } else {
+                (m.nlink() as u32).saturating_sub(1)
+            },
             uid: self.owner.uid,
             gid: self.owner.gid,
             message: false,

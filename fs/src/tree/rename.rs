@@ -316,6 +316,7 @@ impl<S: MaildirSource> Tree<S> {
                 if root == INBOX && newname.starts_with("..") =>
             {
                 self.source.delete_folder(&g).map_err(|e| errno(&e))?;
+                self.bury_dir(&mut st, &folder_dir(&g));
                 let _ = fs::remove_dir_all(self.backing.join(folder_dir(&g)));
                 st.folders = None;
                 st.listings.remove(&g);
@@ -332,8 +333,19 @@ impl<S: MaildirSource> Tree<S> {
                 }
                 self.source.rename_folder(&g, &h).map_err(|e| errno(&e))?;
                 let from_dir = self.backing.join(folder_dir(&g));
-                if from_dir.exists() {
-                    let _ = fs::rename(&from_dir, self.backing.join(folder_dir(&h)));
+                if from_dir.exists()
+                    && fs::rename(&from_dir, self.backing.join(folder_dir(&h))).is_ok()
+                {
+                    // Open local files of the folder moved with it: their inodes follow.
+                    let (from, to) = (
+                        format!("{}/", folder_dir(&g)),
+                        format!("{}/", folder_dir(&h)),
+                    );
+                    for rel in st.local_path.values_mut() {
+                        if let Some(rest) = rel.strip_prefix(&from) {
+                            *rel = format!("{to}{rest}");
+                        }
+                    }
                 }
                 st.folders = None;
                 if let Some(l) = st.listings.remove(&g) {

@@ -875,3 +875,59 @@ fn duplicate_base_names_stay_unique() {
     assert_eq!(n.len(), 2);
     assert!(n.contains(&"5.x:2,S".to_string()));
 }
+
+/// Dovecot's file_create_locked: a temporary file is made, linked to the lock's name, its
+/// temporary name unlinked, and then the first descriptor is fstat'ed (2026-12-07, the
+/// mount under ten IMAP sessions: "fstat(mailboxes.lock) failed: No such file or directory").
+#[test]
+fn a_local_file_keeps_its_inode_when_the_name_it_was_made_under_goes() {
+    let t = setup(1000);
+    let made = write_file(&t, "", "mailboxes.lock.tmp1", b"pid 42");
+    let lock = t.tree.link(made, ROOT, "mailboxes.lock").unwrap();
+    assert_eq!((lock.ino, lock.nlink), (made, 2));
+    // It stats the temporary name after the link (the inode's last known path is that).
+    assert_eq!(ino(&t, "mailboxes.lock.tmp1").unwrap(), made);
+    t.tree.unlink(ROOT, "mailboxes.lock.tmp1").unwrap();
+    let a = t.tree.getattr(made, None).unwrap();
+    assert_eq!((a.size, a.nlink), (6, 1));
+    assert_eq!(t.tree.read_ino(made, 0, 100).unwrap(), b"pid 42");
+    assert_eq!(t.tree.write_ino(made, 6, b"!", false).unwrap(), 1);
+    assert_eq!(cat(&t, "mailboxes.lock"), b"pid 42!");
+    // Its last name goes too: still there by inode, until the kernel forgets it.
+    t.tree.unlink(ROOT, "mailboxes.lock").unwrap();
+    assert_eq!(t.tree.getattr(made, None).unwrap().nlink, 0);
+    assert_eq!(t.tree.read_ino(made, 0, 100).unwrap(), b"pid 42!");
+    t.tree.forget(made);
+    assert!(t.tree.getattr(made, None).is_err());
+    let gone = t._dir.0.join(implicit::GONE_DIR);
+    assert_eq!(fs::read_dir(&gone).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+/// A folder deleted (Dovecot's rename to `..DOVECOT-TRASHED`) and created again at once while
+/// another session still has the old folder's transaction log open: that descriptor goes on
+/// reading and growing the old file, never the new one ("indexid changed", "file size
+/// shrank", "Stale file handle" before). A renamed folder's open files follow it.
+#[test]
+fn open_files_of_a_deleted_or_renamed_folder_stay_theirs() {
+    let t = setup(1000);
+    t.tree.mkdir(ROOT, ".Churn").unwrap();
+    let old = write_file(&t, ".Churn", "dovecot.index.log", b"old log");
+    t.tree
+        .rename(ROOT, ".Churn", ROOT, "..DOVECOT-TRASHED", false)
+        .unwrap();
+    t.tree.mkdir(ROOT, ".Churn").unwrap();
+    let new = write_file(&t, ".Churn", "dovecot.index.log", b"the new log");
+    assert_ne!(old, new);
+    assert_eq!(t.tree.getattr(old, None).unwrap().size, 7);
+    assert_eq!(t.tree.write_ino(old, 7, b"+", false).unwrap(), 1);
+    assert_eq!(t.tree.read_ino(old, 0, 100).unwrap(), b"old log+");
+    assert_eq!(cat(&t, ".Churn/dovecot.index.log"), b"the new log");
+
+    let kept = write_file(&t, ".Churn", "dovecot-uidlist", b"3 V1 N2");
+    t.tree
+        .rename(ROOT, ".Churn", ROOT, ".Renamed", false)
+        .unwrap();
+    assert_eq!(t.tree.getattr(kept, None).unwrap().size, 7);
+    assert_eq!(t.tree.read_ino(kept, 0, 100).unwrap(), b"3 V1 N2");
+    assert_eq!(ino(&t, ".Renamed/dovecot-uidlist").unwrap(), kept);
+}

@@ -1,0 +1,63 @@
+//! Dovecot serving the mount to ten imaplib clients at once for 20 s (issue #21): appends,
+//! stores, expunges, moves, folder churn and IDLE, every reply checked against the RFCs by
+//! `tests/data/imap_torture.py`, and Dovecot's own log free of errors: its index, log and
+//! uidlist files on the mount behave as on a disk while several sessions use them.
+
+use std::process::Command;
+
+use crate::fs::{Dovecot, MountProcess, home_with_mail};
+use crate::util::TestHome;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+
+/// Issue #21 is open. On 2026-12-07 (after the fixes for descriptors of unlinked, replaced and
+/// deleted-folder files: `fs::tree` unit tests) ~7,400 commands in 20 s (0.4x of Dovecot on
+/// ext4 in the same load) leave 7 Dovecot errors on the mount, all in the churned folders:
+/// "indexid changed" and "duplicate transaction log sequence" when several sessions create a
+/// just re-created folder's index at once, one `lseek(dovecot-uidlist)` EBADF; and the judge
+/// counts Dovecot's atomic `NO [EXPUNGEISSUED]` to COPY/MOVE, which RFC 2180 §4.4.1 allows.
+#[test]
+#[ignore = "issue #21: Dovecot on the mount still logs index errors in folders deleted and re-created under it"]
+fn dovecot_on_the_mount_serves_ten_clients_without_an_error() {
+    let t = TestHome::new();
+    home_with_mail(&t);
+    let mnt = t.dir.path().join("Maildir");
+    let Some(_m) = MountProcess::start_with(&t, &mnt, None, &["--owner", "mail"]) else {
+        return;
+    };
+    let Some(dc) = Dovecot::start(&mnt, &t.dir.path().join("dovecot")) else {
+        return;
+    };
+    let seconds = std::env::var("PEERPOST_TORTURE_SECONDS").unwrap_or_else(|_| "20".into());
+    let o = Command::new("python3")
+        .arg(format!("{DATA}/imap_torture.py"))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(dc.port.to_string())
+        .args(["--user", "testuser", "--password", "testpass"])
+        .args(["--seconds", &seconds, "--clients", "10"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("{stdout}");
+    let log = dc.log();
+    // Dovecot's own race, logged on ext4 under the same load as well: a session saving into
+    // a folder that another session deletes meanwhile finds its tmp/ file gone with it.
+    let own_race = |l: &str| {
+        l.contains("/tmp/") && l.contains("failed: No such file or directory (in maildir-save.c")
+    };
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error:") || l.contains("Panic:") || l.contains("Fatal:"))
+        .filter(|l| !own_race(l))
+        .collect();
+    eprintln!("{} error lines in Dovecot's log", bad.len());
+    for l in bad.iter().take(40) {
+        eprintln!("  {l}");
+    }
+    assert!(
+        o.status.success() && stdout.contains("ALL OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(bad.is_empty(), "Dovecot logged {} errors", bad.len());
+}
