@@ -16,6 +16,8 @@ use crate::MessageKey;
 pub const ROOT: u64 = 1;
 /// Hashed inode numbers are at least this (leaves room for fixed ones).
 pub const FIRST_HASHED: u64 = 1 << 16;
+/// Numbers of deleted directories kept out of use at most (oldest handed out again first).
+pub const MAX_RETIRED: usize = 4096;
 
 /// `cur`, `new` or `tmp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,6 +131,9 @@ pub struct Inodes {
     by_ino: HashMap<u64, NodeKey>,
     /// The keys whose number is not their preferred one.
     moved: HashMap<NodeKey, u64>,
+    /// Numbers of deleted directories not handed out again ([`Inodes::retire`]), oldest first.
+    retired: std::collections::VecDeque<u64>,
+    retired_set: std::collections::HashSet<u64>,
 }
 
 impl Inodes {
@@ -161,7 +166,11 @@ impl Inodes {
             return i;
         }
         let mut i = preferred(key);
-        while self.by_ino.contains_key(&i) || i < FIRST_HASHED || i == u64::MAX {
+        while self.by_ino.contains_key(&i)
+            || self.retired_set.contains(&i)
+            || i < FIRST_HASHED
+            || i == u64::MAX
+        {
             i = i.wrapping_add(1).max(FIRST_HASHED);
         }
         self.place(key.clone(), i);
@@ -198,6 +207,25 @@ impl Inodes {
         }
     }
 
+    /// Forgets a deleted directory and keeps its number out of use: a directory made again
+    /// under the same name is a new inode to the kernel, as on a disk, so entries the kernel
+    /// still caches under the old one (a deleted folder's `dovecot.index.log`) are never
+    /// found in the new one.
+    pub fn retire(&mut self, key: &NodeKey) {
+        let Some(i) = self.find(key) else {
+            return;
+        };
+        self.remove(key);
+        if self.retired_set.insert(i) {
+            self.retired.push_back(i);
+        }
+        while self.retired.len() > MAX_RETIRED {
+            if let Some(old) = self.retired.pop_front() {
+                self.retired_set.remove(&old);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.by_ino.len()
     }
@@ -210,6 +238,23 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retired_directory_made_again_gets_another_number() {
+        let mut t = Inodes::new();
+        let f = NodeKey::Folder("Churn".into());
+        let old = t.ino(&f);
+        t.retire(&f);
+        assert_eq!(t.key(old), None);
+        let new = t.ino(&f);
+        assert_ne!(new, old);
+        assert_eq!(t.key(new), Some(&f));
+        // A plain remove hands the number out again (messages keep theirs across mounts).
+        let m = NodeKey::Message("INBOX".into(), MessageKey("k".into()));
+        let i = t.ino(&m);
+        t.remove(&m);
+        assert_eq!(t.ino(&m), i);
+    }
 
     #[test]
     fn numbers_are_stable_across_tables() {

@@ -147,7 +147,10 @@ impl<S: MaildirSource> Tree<S> {
                 st.folders = None;
                 st.listings.remove(&g);
                 st.fresh.remove(&g);
-                st.inodes.remove(&NodeKey::Folder(g));
+                for sub in [Sub::Cur, Sub::New, Sub::Tmp] {
+                    st.inodes.retire(&NodeKey::Sub(g.clone(), sub));
+                }
+                st.inodes.retire(&NodeKey::Folder(g));
                 Ok(())
             }
             Child::Sub(f, s) => {

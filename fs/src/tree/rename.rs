@@ -322,7 +322,10 @@ impl<S: MaildirSource> Tree<S> {
                 st.listings.remove(&g);
                 st.pending.remove(&g);
                 st.fresh.remove(&g);
-                st.inodes.remove(&NodeKey::Folder(g));
+                for sub in [Sub::Cur, Sub::New, Sub::Tmp] {
+                    st.inodes.retire(&NodeKey::Sub(g.clone(), sub));
+                }
+                st.inodes.retire(&NodeKey::Folder(g));
                 Ok(())
             }
             // Folder rename.

@@ -931,3 +931,22 @@ fn open_files_of_a_deleted_or_renamed_folder_stay_theirs() {
     assert_eq!(t.tree.read_ino(kept, 0, 100).unwrap(), b"3 V1 N2");
     assert_eq!(ino(&t, ".Renamed/dovecot-uidlist").unwrap(), kept);
 }
+
+/// The kernel caches names under a directory inode: a folder deleted and made again must be
+/// a new directory inode (with new `cur/new/tmp`), or the old folder's cached entries would
+/// be found in the new one.
+#[test]
+fn a_folder_made_again_is_a_new_directory() {
+    let t = setup(1000);
+    let dir = t.tree.mkdir(ROOT, ".Churn").unwrap().ino;
+    let tmp = t.tree.mkdir(dir, "tmp").unwrap().ino;
+    t.tree
+        .rename(ROOT, ".Churn", ROOT, "..DOVECOT-TRASHED", false)
+        .unwrap();
+    assert_eq!(t.tree.getattr(dir, None).map(|_| ()), Err(Errno::ENOENT));
+    let again = t.tree.mkdir(ROOT, ".Churn").unwrap().ino;
+    assert_ne!(again, dir);
+    assert_ne!(t.tree.mkdir(again, "tmp").unwrap().ino, tmp);
+    t.tree.rmdir(ROOT, ".Churn").unwrap();
+    assert_ne!(t.tree.mkdir(ROOT, ".Churn").unwrap().ino, again);
+}
