@@ -533,3 +533,87 @@ fn a_65th_keyword_is_refused_with_limit() {
     );
     assert_eq!(lines[3], "exists 1", "{text}");
 }
+
+const VIEW: &str = r#"
+import imaplib, sys
+class Client(imaplib.IMAP4):
+    lines = []
+    def _get_line(self):
+        line = super()._get_line()
+        self.lines.append(line.decode())
+        return line
+def client():
+    c = Client("127.0.0.1", int(sys.argv[1]))
+    c.login("alice", "secret-password")
+    return c
+a, b = client(), client()
+for i in range(2):
+    b.append("INBOX", None, None, b"Subject: %d\r\n\r\nbody\r\n" % i)
+a.select("INBOX")
+b.select("INBOX")
+# Another session sets a keyword: a's NOOP must announce it before the FETCH using it.
+a.lines = []
+b.store("1", "+FLAGS", "($Label1)")
+a.noop()
+print("noop:", " | ".join(a.lines))
+# a's own STORE of a new keyword: announced before its FETCH answer.
+a.lines = []
+a.store("2", "+FLAGS", "(Todo)")
+print("store:", " | ".join(a.lines))
+# A message arrives and leaves (with message 1) between a's commands: a never heard of it,
+# so a gets one EXPUNGE numbered in its own view of 2 messages and no EXISTS.
+b.append("INBOX", None, None, b"Subject: 3\r\n\r\nbody\r\n")
+b.noop()
+b.store("1,3", "+FLAGS.SILENT", "(\\Deleted)")
+b.expunge()
+a.lines = []
+a.noop()
+print("expunge:", " | ".join(a.lines))
+print("search:", a.search(None, "ALL")[1][0].decode())
+a.logout(); b.logout()
+"#;
+
+/// Issue #21: keywords are announced by `* FLAGS` and PERMANENTFLAGS before a FETCH response
+/// uses them (RFC 3501 §7.2.6), and `* n EXPUNGE` follows the session's own view: a message
+/// it was never told of leaves without an EXPUNGE, and no number is above its count.
+#[test]
+fn keywords_are_announced_and_expunges_follow_the_sessions_view() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("view.py", VIEW);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |p: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(p))
+            .unwrap_or_else(|| panic!("no {p} in {text}"))
+            .to_string()
+    };
+    let noop = line("noop: ");
+    let flags = noop.find("* FLAGS (").expect(&noop);
+    let fetch = noop.find("* 1 FETCH").expect(&noop);
+    assert!(flags < fetch, "{noop}");
+    assert!(noop.contains("$Forwarded $Label1)"), "{noop}");
+    assert!(
+        noop.contains("[PERMANENTFLAGS (") && noop.contains("$Label1 \\*)]"),
+        "{noop}"
+    );
+    let store = line("store: ");
+    let flags = store.find("* FLAGS (").expect(&store);
+    let fetch = store.find("* 2 FETCH").expect(&store);
+    assert!(flags < fetch && store.contains("$Label1 Todo)"), "{store}");
+    let expunge = line("expunge: ");
+    assert!(expunge.starts_with("* 1 EXPUNGE | "), "{expunge}");
+    assert_eq!(expunge.matches("EXPUNGE").count(), 1, "{expunge}");
+    assert!(!expunge.contains("EXISTS"), "{expunge}");
+    assert_eq!(line("search: "), "1", "{text}");
+}

@@ -81,7 +81,7 @@ async fn run(mailbox: Mailbox, mut rx: mpsc::Receiver<Req>) {
             all.sort_unstable();
             all.dedup();
             let together = mailbox
-                .set_flags(&folder, &all, FlagMode::Add, &seen, true)
+                .set_flags_present(&folder, &all, FlagMode::Add, &seen, true)
                 .await;
             match together {
                 Ok(()) => {
@@ -98,10 +98,10 @@ async fn run(mailbox: Mailbox, mut rx: mpsc::Receiver<Req>) {
                 }
                 Err(_) => {}
             }
-            // One stale entry (expunged meanwhile) fails the group: each on its own then.
+            // A failure of the group (an invalid request): each on its own then.
             for r in reqs {
                 let res = mailbox
-                    .set_flags(&folder, &r.entries, FlagMode::Add, &seen, true)
+                    .set_flags_present(&folder, &r.entries, FlagMode::Add, &seen, true)
                     .await;
                 let _ = r.done.send(res);
             }

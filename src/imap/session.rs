@@ -1,6 +1,6 @@
 //! One IMAP connection: framing, states, STARTTLS, IDLE, and the selected folder's view.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::commands;
-use crate::mailbox::{Change, EntryId, FolderId};
+use crate::mailbox::{Change, EntryId, Flags, FolderId};
 use crate::server::Peer;
 use crate::tls::SessionStream;
 
@@ -139,15 +139,71 @@ pub(super) struct Selected {
     /// Entries whose flag changes this session has already reported (or must not: .SILENT).
     pub quiet: HashSet<EntryId>,
     pub announced_exists: usize,
+    /// Keywords announced by this session's last `* FLAGS` (RFC 3501 §7.2.6: a keyword is
+    /// announced before a FETCH response uses it). At most the folder's keywords.
+    pub keywords: BTreeSet<String>,
     /// Changes received while idling, not yet reported.
     pub stash: Vec<Change>,
     pub lagged: bool,
 }
 
+/// The system flags, in `* FLAGS` and PERMANENTFLAGS.
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded";
+
+/// `* FLAGS (system + keywords)` and `* OK [PERMANENTFLAGS (…)]` (empty when read-only).
+pub(super) fn flag_lines(out: &mut Vec<u8>, keywords: &BTreeSet<String>, read_only: bool) {
+    let mut list = String::from(SYSTEM_FLAGS);
+    for k in keywords {
+        list.push(' ');
+        list.push_str(k);
+    }
+    out.extend_from_slice(format!("* FLAGS ({list})\r\n").as_bytes());
+    if read_only {
+        out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] read-only\r\n");
+    } else {
+        out.extend_from_slice(
+            format!("* OK [PERMANENTFLAGS ({list} \\*)] flags permitted\r\n").as_bytes(),
+        );
+    }
+}
+
 impl Selected {
+    /// Before a FETCH response shows `flags`: announces its keywords this session has not
+    /// announced yet, with a new `* FLAGS` and PERMANENTFLAGS listing all of them.
+    pub fn announce(&mut self, out: &mut Vec<u8>, flags: &Flags) {
+        if flags.keywords.iter().all(|k| self.keywords.contains(k)) {
+            return;
+        }
+        self.keywords.extend(flags.keywords.iter().cloned());
+        flag_lines(out, &self.keywords, self.read_only);
+    }
+
     pub fn seq_of_uid(&self, uid: u32) -> Option<usize> {
         self.msgs.binary_search_by_key(&uid, |m| m.uid).ok()
     }
+}
+
+/// Removes the `gone` UIDs from a session's view and returns the `* n EXPUNGE` numbers to
+/// send, in order: relative to the view as the client knows it (the first `announced`
+/// messages), highest first, so each number is within the count the client has at that
+/// moment (RFC 3501 §7.4.1), and `announced` drops by one per EXPUNGE. Messages the client
+/// was never told of (after `announced`) leave silently.
+pub(super) fn expunge_view(
+    msgs: &mut Vec<Msg>,
+    announced: &mut usize,
+    gone: &HashSet<u32>,
+) -> Vec<usize> {
+    let known = (*announced).min(msgs.len());
+    let mut seqs: Vec<usize> = msgs[..known]
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| gone.contains(&m.uid))
+        .map(|(i, _)| i + 1)
+        .collect();
+    seqs.reverse();
+    msgs.retain(|m| !gone.contains(&m.uid));
+    *announced = known - seqs.len();
+    seqs
 }
 
 pub(super) enum State {
@@ -627,19 +683,9 @@ impl Session {
         let out = &mut self.conn.out;
         if allow_expunge && !sel.gone.is_empty() {
             let gone: HashSet<u32> = sel.gone.drain(..).collect();
-            let mut seqs: Vec<usize> = sel
-                .msgs
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| gone.contains(&m.uid))
-                .map(|(i, _)| i + 1)
-                .collect();
-            seqs.sort_unstable_by(|a, b| b.cmp(a));
-            for s in seqs {
-                out.extend_from_slice(format!("* {s} EXPUNGE\r\n").as_bytes());
+            for line in expunge_view(&mut sel.msgs, &mut sel.announced_exists, &gone) {
+                out.extend_from_slice(format!("* {line} EXPUNGE\r\n").as_bytes());
             }
-            sel.msgs.retain(|m| !gone.contains(&m.uid));
-            sel.announced_exists = sel.msgs.len();
         }
         if sel.msgs.len() > sel.announced_exists {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
@@ -651,6 +697,7 @@ impl Session {
             let infos = self.ctx.mailbox.messages_by_entry(sel.id, &flagged);
             for info in infos.into_iter().flatten() {
                 if let Some(i) = sel.seq_of_uid(info.uid) {
+                    sel.announce(out, &info.flags);
                     out.extend_from_slice(
                         format!("* {} FETCH (UID {} FLAGS ", i + 1, info.uid).as_bytes(),
                     );
@@ -713,6 +760,80 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(uids: &[u32]) -> Vec<Msg> {
+        uids.iter()
+            .map(|u| Msg {
+                uid: *u,
+                entry: crate::mailbox::OpId {
+                    device: 1,
+                    seq: u64::from(*u),
+                    idx: 0,
+                },
+                modseq: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn expunges_follow_the_sessions_own_view() {
+        // The client knows 3 messages; 2 more arrived (not yet announced by EXISTS).
+        let mut msgs = view(&[10, 20, 30, 40, 50]);
+        let mut announced = 3;
+        let gone: HashSet<u32> = [20, 30, 50].into_iter().collect();
+        let seqs = expunge_view(&mut msgs, &mut announced, &gone);
+        // Highest first, each within the count at that moment; 50 was never announced.
+        assert_eq!(seqs, vec![3, 2]);
+        assert_eq!(announced, 1);
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![10, 40]);
+        let mut count = 3usize;
+        for s in seqs {
+            assert!(s >= 1 && s <= count);
+            count -= 1;
+        }
+        assert!(expunge_view(&mut msgs, &mut announced, &HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn new_keywords_are_announced_once_before_use() {
+        let mut sel = Selected {
+            name: "INBOX".into(),
+            id: crate::mailbox::OpId {
+                device: 1,
+                seq: 0,
+                idx: 0,
+            },
+            read_only: false,
+            msgs: Vec::new(),
+            feed: broadcast::channel(1).1,
+            gone: Vec::new(),
+            quiet: HashSet::new(),
+            announced_exists: 0,
+            keywords: BTreeSet::new(),
+            stash: Vec::new(),
+            lagged: false,
+        };
+        let mut out = Vec::new();
+        let mut f = Flags::default();
+        sel.announce(&mut out, &f);
+        assert!(out.is_empty(), "no keyword, nothing to announce");
+        f.keywords.insert("$Label1".into());
+        sel.announce(&mut out, &f);
+        let text = String::from_utf8(std::mem::take(&mut out)).unwrap();
+        assert!(text.starts_with("* FLAGS (\\Answered"), "{text}");
+        assert!(text.contains("$Forwarded $Label1)\r\n"), "{text}");
+        assert!(text.contains("[PERMANENTFLAGS (\\Answered"), "{text}");
+        assert!(text.contains("$Label1 \\*)]"), "{text}");
+        sel.announce(&mut out, &f);
+        assert!(out.is_empty(), "announced once");
+        f.keywords.insert("Todo".into());
+        sel.announce(&mut out, &f);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("$Label1 Todo)"),
+            "all keywords so far: {text}"
+        );
+    }
 
     #[test]
     fn tags_and_literal_announcements() {

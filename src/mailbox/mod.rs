@@ -1222,6 +1222,34 @@ impl Mailbox {
         flags: &Flags,
         seen_by_reader: bool,
     ) -> Result<()> {
+        self.set_flags_in(folder, entries, mode, flags, seen_by_reader, false)
+            .await
+    }
+
+    /// [`Mailbox::set_flags`], skipping entries no longer in the folder (expunged or moved
+    /// by someone else since the caller looked; checked under the write lock). IMAP STORE
+    /// on a set that includes such messages succeeds for the rest (RFC 3501 §6.4.6).
+    pub async fn set_flags_present(
+        &self,
+        folder: &str,
+        entries: &[EntryId],
+        mode: FlagMode,
+        flags: &Flags,
+        seen_by_reader: bool,
+    ) -> Result<()> {
+        self.set_flags_in(folder, entries, mode, flags, seen_by_reader, true)
+            .await
+    }
+
+    async fn set_flags_in(
+        &self,
+        folder: &str,
+        entries: &[EntryId],
+        mode: FlagMode,
+        flags: &Flags,
+        seen_by_reader: bool,
+        skip_gone: bool,
+    ) -> Result<()> {
         let _w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         for k in &flags.keywords {
@@ -1235,10 +1263,14 @@ impl Mailbox {
             for entry in entries {
                 match e.crdt.entry(*entry) {
                     Some(rec) if rec.folder == folder_id => {}
+                    _ if skip_gone => continue,
                     _ => return Err(Error::NoSuchMessage),
                 }
                 ops.extend(flag_op(&e, *entry, mode, flags, seen_by_reader)?);
             }
+        }
+        if ops.is_empty() && skip_gone {
+            return Ok(());
         }
         self.commit(ops, Vec::new()).await?;
         Ok(())
@@ -1286,7 +1318,20 @@ impl Mailbox {
         entries: &[EntryId],
         to: &str,
     ) -> Result<Vec<(EntryId, MessageInfo)>> {
-        self.transfer(from, entries, to, false).await
+        self.transfer(from, entries, to, false, false).await
+    }
+
+    /// [`Mailbox::copy`] (`moving`: [`Mailbox::move_to`]) of the entries still in `from`
+    /// under the write lock; the ones expunged or moved meanwhile are skipped (IMAP COPY and
+    /// MOVE of a set that includes them succeed for the rest).
+    pub async fn transfer_present(
+        &self,
+        from: &str,
+        entries: &[EntryId],
+        to: &str,
+        moving: bool,
+    ) -> Result<Vec<(EntryId, MessageInfo)>> {
+        self.transfer(from, entries, to, moving, true).await
     }
 
     /// Moves entries into another folder (add there and remove here, in one log entry).
@@ -1296,7 +1341,7 @@ impl Mailbox {
         entries: &[EntryId],
         to: &str,
     ) -> Result<Vec<(EntryId, MessageInfo)>> {
-        self.transfer(from, entries, to, true).await
+        self.transfer(from, entries, to, true, false).await
     }
 
     async fn transfer(
@@ -1305,10 +1350,26 @@ impl Mailbox {
         entries: &[EntryId],
         to: &str,
         remove: bool,
+        skip_gone: bool,
     ) -> Result<Vec<(EntryId, MessageInfo)>> {
         let _w = self.inner.write.lock().await;
         let from_id = self.folder_id(from)?;
         let to_id = self.folder_id(to)?;
+        let kept: Vec<EntryId>;
+        let entries = if skip_gone {
+            let e = self.read_engine();
+            kept = entries
+                .iter()
+                .copied()
+                .filter(|x| e.crdt.entry(*x).is_some_and(|r| r.folder == from_id))
+                .collect();
+            if kept.is_empty() {
+                return Ok(Vec::new());
+            }
+            &kept[..]
+        } else {
+            entries
+        };
         if remove && from_id == to_id {
             // A move into the folder it is in changes nothing (and must not copy).
             let now: HashMap<EntryId, MessageInfo> = self
@@ -1360,24 +1421,34 @@ impl Mailbox {
 
     /// Expunges entries of a folder.
     pub async fn expunge(&self, folder: &str, entries: &[EntryId]) -> Result<()> {
+        self.expunge_in(folder, entries, false).await
+    }
+
+    /// [`Mailbox::expunge`] of the entries still in the folder under the write lock (the
+    /// ones another session expunged or moved meanwhile are already gone: not an error).
+    pub async fn expunge_present(&self, folder: &str, entries: &[EntryId]) -> Result<()> {
+        self.expunge_in(folder, entries, true).await
+    }
+
+    async fn expunge_in(&self, folder: &str, entries: &[EntryId], skip_gone: bool) -> Result<()> {
         let _w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
+        let mut present = Vec::with_capacity(entries.len());
         {
             let e = self.read_engine();
             for entry in entries {
-                e.crdt
-                    .entry(*entry)
-                    .filter(|r| r.folder == folder_id)
-                    .ok_or(Error::NoSuchMessage)?;
+                match e.crdt.entry(*entry).filter(|r| r.folder == folder_id) {
+                    Some(_) => present.push(*entry),
+                    None if skip_gone => {}
+                    None => return Err(Error::NoSuchMessage),
+                }
             }
         }
-        self.commit(
-            vec![Op::Remove {
-                entries: entries.to_vec(),
-            }],
-            Vec::new(),
-        )
-        .await?;
+        if present.is_empty() && skip_gone {
+            return Ok(());
+        }
+        self.commit(vec![Op::Remove { entries: present }], Vec::new())
+            .await?;
         Ok(())
     }
 

@@ -774,3 +774,50 @@ async fn deleting_a_folder_of_70000_messages_is_split_into_entries_that_decode()
         assert_eq!(e.ops.len(), 2);
     }
 }
+
+/// Issue #21: the IMAP server's calls on a set that includes a message expunged since the
+/// session looked (checked under the write lock, so no window is left) act on the rest.
+#[tokio::test]
+async fn present_calls_skip_what_was_expunged_and_act_on_the_rest() {
+    let a = device(1, 1).await;
+    a.mb.create_folder("X").await.unwrap();
+    let gone = a.mb.append("INBOX", msg("gone")).await.unwrap();
+    let kept = a.mb.append("INBOX", msg("kept")).await.unwrap();
+    let other = a.mb.append("INBOX", msg("other")).await.unwrap();
+    a.mb.expunge("INBOX", &[gone.entry]).await.unwrap();
+    let both = [gone.entry, kept.entry];
+    // The strict calls still refuse (the FUSE mount and sync rely on it).
+    assert!(matches!(
+        a.mb.set_flags("INBOX", &both, FlagMode::Add, &seen(), false)
+            .await,
+        Err(Error::NoSuchMessage)
+    ));
+    a.mb.set_flags_present("INBOX", &both, FlagMode::Add, &seen(), false)
+        .await
+        .unwrap();
+    let now = a.mb.messages("INBOX").unwrap();
+    assert!(
+        now.iter()
+            .find(|m| m.entry == kept.entry)
+            .unwrap()
+            .flags
+            .has(Flag::Seen)
+    );
+    let copied =
+        a.mb.transfer_present("INBOX", &both, "X", false)
+            .await
+            .unwrap();
+    assert_eq!(copied.len(), 1);
+    assert_eq!(copied[0].0, kept.entry);
+    let moved =
+        a.mb.transfer_present("INBOX", &[gone.entry, other.entry], "X", true)
+            .await
+            .unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].0, other.entry);
+    assert_eq!(a.mb.messages("X").unwrap().len(), 2);
+    a.mb.expunge_present("INBOX", &both).await.unwrap();
+    assert!(a.mb.messages("INBOX").unwrap().is_empty());
+    // Nothing left to act on: still fine.
+    a.mb.expunge_present("INBOX", &both).await.unwrap();
+}

@@ -11,7 +11,7 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use super::{resolve, sel};
 use crate::imap::mime::{self, Target};
 use crate::imap::out;
-use crate::imap::session::{Reply, Session};
+use crate::imap::session::{Reply, Session, State};
 use crate::mailbox::{EntryId, Flag};
 
 enum Item {
@@ -167,6 +167,18 @@ pub(super) async fn fetch(
         let raw = if needs_bytes || (needs_parse && rendered.is_none()) {
             match s.ctx.mailbox.read(info.entry).await {
                 Ok(r) => Some(r),
+                // Expunged by another session since the lookup above (its bytes may be
+                // gone too): nothing to say about it; the session reports the EXPUNGE when
+                // it may.
+                Err(_)
+                    if s.ctx
+                        .mailbox
+                        .messages_by_entry(folder, &[info.entry])
+                        .first()
+                        .is_some_and(Option::is_none) =>
+                {
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "FETCH read failed");
                     failed += 1;
@@ -181,6 +193,11 @@ pub(super) async fn fetch(
             (None, Some(raw)) if needs_parse => Some(s.ctx.cache.get_or_render(info.object, raw)),
             _ => None,
         };
+        if (wants_flags || seen_now.contains(&info.entry))
+            && let State::Selected(cur) = &mut s.state
+        {
+            cur.announce(&mut s.conn.out, &info.flags);
+        }
         let o = &mut s.conn.out;
         o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
         let mut first = true;

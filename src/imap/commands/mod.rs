@@ -355,6 +355,7 @@ mod tests {
             gone: Vec::new(),
             quiet: HashSet::new(),
             announced_exists: uids.len(),
+            keywords: Default::default(),
             stash: Vec::new(),
             lagged: false,
         }

@@ -67,6 +67,21 @@ fn day(d: &NaiveDate) -> i64 {
         .div_euclid(86_400)
 }
 
+/// Days since 1970-01-01 of a calendar date (proleptic Gregorian; H. Hinnant's
+/// days_from_civil), or None for a month or day out of range.
+fn civil_day(y: i64, m: u32, d: u32) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 /// One message being tested, its bytes read once if any key needs them.
 struct Candidate<'a> {
     seq: u32,
@@ -110,10 +125,13 @@ impl Candidate<'_> {
         })
     }
 
+    /// The day of the Date: header as written, its time and zone disregarded (RFC 3501
+    /// §6.4.4: "disregarding time and timezone").
     fn sent_day(&self) -> Option<i64> {
         let raw = self.raw?;
         let m = mime::parse(&raw[..self.header_len])?;
-        Some(m.date()?.to_timestamp().div_euclid(86_400))
+        let d = m.date()?;
+        civil_day(i64::from(d.year), u32::from(d.month), u32::from(d.day))
     }
 
     fn matches(&self, k: &SearchKey<'_>, sel: &Selected, largest_uid: u32) -> bool {
@@ -292,7 +310,27 @@ pub(super) async fn search(
 
 #[cfg(test)]
 mod tests {
-    use super::contains;
+    use super::{civil_day, contains, mime};
+
+    #[test]
+    fn sent_dates_are_calendar_days() {
+        assert_eq!(civil_day(1970, 1, 1), Some(0));
+        assert_eq!(civil_day(2000, 3, 1), Some(11_017));
+        assert_eq!(civil_day(2026, 12, 7), Some(20_794));
+        assert_eq!(civil_day(2024, 2, 29), Some(19_782));
+        assert_eq!(civil_day(2026, 13, 1), None);
+        // 23:30 -0800 is the next day in UTC, but SENTON compares the day as written.
+        let raw = b"Date: Mon, 7 Dec 2026 23:30:00 -0800\r\nSubject: x\r\n\r\nbody\r\n";
+        let m = mime::parse(raw).unwrap();
+        let d = m.date().unwrap();
+        let day = civil_day(i64::from(d.year), u32::from(d.month), u32::from(d.day));
+        assert_eq!(day, Some(20_794));
+        assert_ne!(
+            Some(d.to_timestamp().div_euclid(86_400)),
+            day,
+            "UTC is a day later"
+        );
+    }
 
     #[test]
     fn substring() {

@@ -26,14 +26,8 @@ pub(super) async fn select(s: &mut Session, name: &str, read_only: bool) -> Repl
         .map(|(uid, entry, modseq, _)| Msg { uid, entry, modseq })
         .collect();
     let out = &mut s.conn;
-    out.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)");
-    if read_only {
-        out.line("* OK [PERMANENTFLAGS ()] read-only");
-    } else {
-        out.line(
-            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded \\*)] flags permitted",
-        );
-    }
+    // Keywords are announced as FETCH responses come to use them (Selected::announce).
+    crate::imap::session::flag_lines(&mut out.out, &Default::default(), read_only);
     out.line(&format!("* {} EXISTS", msgs.len()));
     out.line(&format!("* {} RECENT", info.recent));
     out.line(&format!("* OK [UIDVALIDITY {validity}] UIDs valid"));
@@ -54,6 +48,7 @@ pub(super) async fn select(s: &mut Session, name: &str, read_only: bool) -> Repl
         gone: Vec::new(),
         quiet: HashSet::new(),
         announced_exists: n,
+        keywords: Default::default(),
         stash: Vec::new(),
         lagged: false,
     }));
@@ -88,7 +83,7 @@ pub(super) async fn close(s: &mut Session, expunge: bool) -> Reply {
     if expunge && !cur.read_only {
         let doomed = deleted(s, &cur, None);
         if !doomed.is_empty()
-            && let Err(e) = s.ctx.mailbox.expunge(&cur.name, &doomed).await
+            && let Err(e) = s.ctx.mailbox.expunge_present(&cur.name, &doomed).await
         {
             return no(e);
         }
@@ -119,7 +114,7 @@ pub(super) async fn expunge(s: &mut Session, uids: Option<&SequenceSet>) -> Repl
         (cur.name.clone(), deleted(s, cur, only.as_deref()))
     };
     if !doomed.is_empty()
-        && let Err(e) = s.ctx.mailbox.expunge(&name, &doomed).await
+        && let Err(e) = s.ctx.mailbox.expunge_present(&name, &doomed).await
     {
         return no(e);
     }

@@ -5,7 +5,7 @@ use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::{flags_from, no, resolve, sel, uid_set};
 use crate::imap::out;
-use crate::imap::session::{Reply, Session};
+use crate::imap::session::{Reply, Session, State};
 use crate::mailbox::{EntryId, FlagMode};
 
 pub(super) async fn store(
@@ -45,7 +45,7 @@ pub(super) async fn store(
     if let Err(e) = s
         .ctx
         .mailbox
-        .set_flags(&name, &live, mode, &wanted, false)
+        .set_flags_present(&name, &live, mode, &wanted, false)
         .await
     {
         return no(e);
@@ -56,6 +56,9 @@ pub(super) async fn store(
             .zip(s.ctx.mailbox.messages_by_entry(folder, &entries))
         {
             let Some(info) = info else { continue };
+            if let State::Selected(cur) = &mut s.state {
+                cur.announce(&mut s.conn.out, &info.flags);
+            }
             let o = &mut s.conn.out;
             o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
             if uid {
@@ -110,11 +113,13 @@ pub(super) async fn copy(
             .into(),
         );
     }
-    let done = if moving {
-        s.ctx.mailbox.move_to(&name, &live, &target.name).await
-    } else {
-        s.ctx.mailbox.copy(&name, &live, &target.name).await
-    };
+    // Messages expunged meanwhile (even between the filter above and the engine's lock)
+    // are skipped: COPY/MOVE of the rest succeeds.
+    let done = s
+        .ctx
+        .mailbox
+        .transfer_present(&name, &live, &target.name, moving)
+        .await;
     let pairs = match done {
         Ok(p) => p,
         Err(e) => return no(e),
