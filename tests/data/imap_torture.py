@@ -59,6 +59,9 @@ SYSTEM_UPPER = {f.upper() for f in SYSTEM + ["\\Recent"]}
 #    exists).  DELETE of a churn folder: another may have just deleted it (§6.3.4).
 #  - FETCH: RFC 5530 EXPUNGEISSUED is for a FETCH naming a message another session
 #    expunged; servers should prefer returning what exists, but it is allowed.
+#  - COPY/MOVE with [EXPUNGEISSUED]: a set naming a message another session expunged may be
+#    refused as a whole (RFC 2180 §4.4.1: COPY is atomic, so nothing was copied; Dovecot
+#    does this), or done for the rest (the built-in server).
 #  STORE, EXPUNGE, UID EXPUNGE, SEARCH, NOOP, IDLE, and anything on a stable folder: NO is
 #  a violation (RFC 3501 §6.4.6 / RFC 9051 §6.4.6: STORE on a set including expunged
 #  messages succeeds for the rest; EXPUNGE of what is already gone is not an error).
@@ -224,7 +227,7 @@ class Client(imaplib.IMAP4):
         if typ == "NO":
             text = b" ".join(d for d in data if isinstance(d, bytes))
             ok = (churn and name in CHURN_NO_OK) or (
-                name == "FETCH" and b"EXPUNGEISSUED" in text.upper()
+                name in ("FETCH", "COPY", "MOVE") and b"EXPUNGEISSUED" in text.upper()
             )
             code = re.match(rb"\[([A-Z-]+)\]", text.upper())
             if not ok and code and code.group(1).decode() in KNOWN:
