@@ -219,13 +219,13 @@ impl Metrics {
         );
         // Every label a dashboard expects, at zero from the start.
         for route in ["overlay", "smarthost"] {
-            m.delivered.get_or_create(&RouteLabel { route });
+            let _ = m.delivered.get_or_create(&RouteLabel { route });
         }
         for protocol in ["imap", "pop3", "smtp"] {
             let l = ProtocolLabel { protocol };
-            m.sessions.get_or_create(&l);
-            m.sessions_active.get_or_create(&l);
-            m.sessions_refused.get_or_create(&l);
+            let _ = m.sessions.get_or_create(&l);
+            let _ = m.sessions_active.get_or_create(&l);
+            let _ = m.sessions_refused.get_or_create(&l);
         }
         Metrics { registry, ..m }
     }
