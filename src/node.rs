@@ -275,7 +275,7 @@ impl Node {
             }
         }
         let metrics = match config.metrics {
-            Some(addr) => serve_metrics(addr, &store, &cancel, &mut tasks).await,
+            Some(addr) => serve_metrics(addr, &store, &client, &cancel, &mut tasks).await,
             None => None,
         };
         if let Some((listener, path)) = control_listener {
@@ -383,6 +383,7 @@ impl Node {
 async fn serve_metrics(
     addr: SocketAddr,
     store: &Store,
+    client: &overlay::Client,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Option<SocketAddr> {
@@ -394,19 +395,26 @@ async fn serve_metrics(
         }
     };
     let bound = listener.local_addr().ok();
-    let store = store.clone();
+    overlay::metrics::register();
+    let (store, client) = (store.clone(), client.clone());
     let refresh = move || {
-        let store = store.clone();
-        async move { refresh_gauges(&store).await }
+        let (store, client) = (store.clone(), client.clone());
+        async move { refresh_gauges(&store, &client).await }
     };
     tasks.spawn(crate::metrics::http::serve(listener, refresh, cancel.clone()).in_current_span());
     bound
 }
 
 /// Sets the gauges read from the store, just before a scrape (local reads only).
-async fn refresh_gauges(store: &Store) {
+async fn refresh_gauges(store: &Store, client: &overlay::Client) {
     use crate::metrics::Metrics;
     let m = crate::metrics::get();
+    if let Ok(s) = client.status().await {
+        Metrics::set(&m.overlay_peers, s.connected.len() as u64);
+        Metrics::set(&m.overlay_routing_table, s.routing_table as u64);
+        Metrics::set(&m.overlay_records, s.records as u64);
+        Metrics::set(&m.overlay_banned, s.banned as u64);
+    }
     if let Ok(s) = store.stats().await {
         Metrics::set(&m.store_objects, s.objects);
         Metrics::set(&m.store_object_bytes, s.object_bytes);

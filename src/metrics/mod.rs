@@ -11,7 +11,7 @@
 
 pub mod http;
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -46,7 +46,8 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// The node's metric families. Counters only grow; gauges marked "at scrape" are set by the
 /// node's refresh hook just before each encoding.
 pub struct Metrics {
-    registry: Registry,
+    /// Locked to encode, and to let libp2p's own families register (the overlay, once).
+    registry: Mutex<Registry>,
     queued: Counter,
     delivered: Family<RouteLabel, Counter>,
     retried: Counter,
@@ -66,6 +67,11 @@ pub struct Metrics {
     pub backup_placed_bytes: Gauge,
     pub backup_pending_bytes: Gauge,
     pub backup_repairs: Gauge,
+    /// At scrape: the overlay as the node sees it.
+    pub overlay_peers: Gauge,
+    pub overlay_routing_table: Gauge,
+    pub overlay_records: Gauge,
+    pub overlay_banned: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -120,7 +126,11 @@ impl Metrics {
             backup_placed_bytes: Gauge::default(),
             backup_pending_bytes: Gauge::default(),
             backup_repairs: Gauge::default(),
-            registry: Registry::default(),
+            overlay_peers: Gauge::default(),
+            overlay_routing_table: Gauge::default(),
+            overlay_records: Gauge::default(),
+            overlay_banned: Gauge::default(),
+            registry: Mutex::new(Registry::default()),
         };
         let r = &mut registry;
         r.register(
@@ -217,6 +227,26 @@ impl Metrics {
             "Fragments this node re-created (since the store was made)",
             m.backup_repairs.clone(),
         );
+        r.register(
+            "overlay_peers",
+            "Overlay peers connected now",
+            m.overlay_peers.clone(),
+        );
+        r.register(
+            "overlay_routing_table",
+            "Peers in the Kademlia routing table",
+            m.overlay_routing_table.clone(),
+        );
+        r.register(
+            "overlay_records",
+            "Directory records held for others (Kademlia store)",
+            m.overlay_records.clone(),
+        );
+        r.register(
+            "overlay_banned",
+            "Peers banned for repeated offences",
+            m.overlay_banned.clone(),
+        );
         // Every label a dashboard expects, at zero from the start.
         for route in ["overlay", "smarthost"] {
             let _ = m.delivered.get_or_create(&RouteLabel { route });
@@ -227,7 +257,10 @@ impl Metrics {
             let _ = m.sessions_active.get_or_create(&l);
             let _ = m.sessions_refused.get_or_create(&l);
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry: Mutex::new(registry),
+            ..m
+        }
     }
 
     /// Recipients accepted into the outbound queue.
@@ -286,12 +319,19 @@ impl Metrics {
         gauge.set(to_i64(v));
     }
 
+    /// Lets another library register its families beside the node's (libp2p's own metrics,
+    /// from the overlay; call once per process).
+    pub fn register<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The families in the OpenMetrics text format (ends with `# EOF`).
     pub fn encode(&self) -> String {
         self.scrapes.inc();
-        let mut out = String::with_capacity(8192);
+        let mut out = String::with_capacity(16 * 1024);
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing into a String does not fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
