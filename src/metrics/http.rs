@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_encoding_is_openmetrics_with_the_conventional_names() {
-        let m = get();
+        let m = super::super::get();
         m.delivery_queued(1);
         m.delivered("overlay", 0);
         let text = m.encode();
