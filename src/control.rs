@@ -77,6 +77,9 @@ pub struct NodeStatus {
     pub address: String,
     #[serde(flatten)]
     pub overlay: overlay::Status,
+    /// The metrics endpoint's URL, when the node serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// A lookup's answer: the verified keys of an address.
@@ -121,6 +124,8 @@ pub struct Context {
     /// The node's store and how its backup is made (durability).
     pub store: crate::store::Store,
     pub backup: crate::durability::backup::BackupConfig,
+    /// The metrics endpoint's address, when served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Binds the socket (refusing if a node already answers on it; removing a stale one).
@@ -265,6 +270,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                 status: Some(NodeStatus {
                     address: ctx.address.clone(),
                     overlay,
+                    metrics: ctx.metrics.map(|a| format!("http://{a}/metrics")),
                 }),
                 lookup: None,
                 error: None,

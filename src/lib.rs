@@ -30,6 +30,7 @@ pub mod durability;
 pub mod home;
 pub mod imap;
 pub mod mailbox;
+pub mod metrics;
 pub mod node;
 pub mod overlay;
 pub mod pop3;

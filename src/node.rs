@@ -73,6 +73,9 @@ pub struct NodeConfig {
     /// Backup of the mailbox into the ring and maintenance of fragments held for others
     /// (durability, issue #6); `None`: off (the test rings drive passes themselves).
     pub durability: Option<DurabilityConfig>,
+    /// Where to serve the OpenMetrics endpoint (`GET /metrics`), if anywhere. A bind failure
+    /// is logged and the node runs without it.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -123,6 +126,7 @@ impl NodeConfig {
             control_socket: None,
             mail: None,
             durability: Some(DurabilityConfig::default()),
+            metrics: None,
         }
     }
 }
@@ -137,6 +141,7 @@ pub struct Node {
     mailbox: Option<Mailbox>,
     servers: Vec<(&'static str, SocketAddr)>,
     delivery: Option<Delivery>,
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -269,8 +274,13 @@ impl Node {
                 }
             }
         }
+        let metrics = match config.metrics {
+            Some(addr) => serve_metrics(addr, &store, &client, &cancel, &mut tasks).await,
+            None => None,
+        };
         if let Some((listener, path)) = control_listener {
             let ctx = control::Context {
+                metrics,
                 address: config.address.clone(),
                 client: client.clone(),
                 delivery: delivery.clone(),
@@ -319,7 +329,13 @@ impl Node {
             mailbox,
             servers,
             delivery,
+            metrics,
         })
+    }
+
+    /// The metrics endpoint's address, when it is served.
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Delivery (outbound queue, arriving mail), when the node runs the mail servers.
@@ -359,6 +375,58 @@ impl Node {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds and serves the metrics endpoint; a bind failure (e.g. a second node on this machine
+/// with the default port) is a warning, not an error: the node runs without metrics.
+async fn serve_metrics(
+    addr: SocketAddr,
+    store: &Store,
+    client: &overlay::Client,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Option<SocketAddr> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "metrics endpoint not served: cannot bind (set overlay.metrics to another address, or \"\" to disable it)");
+            return None;
+        }
+    };
+    let bound = listener.local_addr().ok();
+    overlay::metrics::register();
+    let (store, client) = (store.clone(), client.clone());
+    let refresh = move || {
+        let (store, client) = (store.clone(), client.clone());
+        async move { refresh_gauges(&store, &client).await }
+    };
+    tasks.spawn(crate::metrics::http::serve(listener, refresh, cancel.clone()).in_current_span());
+    bound
+}
+
+/// Sets the gauges read from the store, just before a scrape (local reads only).
+async fn refresh_gauges(store: &Store, client: &overlay::Client) {
+    use crate::metrics::Metrics;
+    let m = crate::metrics::get();
+    if let Ok(s) = client.status().await {
+        Metrics::set(&m.overlay_peers, s.connected.len() as u64);
+        Metrics::set(&m.overlay_routing_table, s.routing_table as u64);
+        Metrics::set(&m.overlay_records, s.records as u64);
+        Metrics::set(&m.overlay_banned, s.banned as u64);
+    }
+    if let Ok(s) = store.stats().await {
+        Metrics::set(&m.store_objects, s.objects);
+        Metrics::set(&m.store_object_bytes, s.object_bytes);
+    }
+    if let Ok(n) = store.outbox_len().await {
+        Metrics::set(&m.outbox_queued, n);
+    }
+    if let Ok(d) = crate::durability::status::local(store).await {
+        Metrics::set(&m.backup_bundles, (d.body_bundles + d.log_bundles) as u64);
+        Metrics::set(&m.backup_placed_bytes, d.bytes);
+        Metrics::set(&m.backup_pending_bytes, d.pending_bytes);
+        Metrics::set(&m.backup_repairs, d.repairs);
     }
 }
 

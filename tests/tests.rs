@@ -23,6 +23,8 @@ mod durability;
 mod adversary_servers;
 // DKIM/SPF/DMARC on the SMTP intake of `peerpost run` (tag, enforce, off), DNS from a records file.
 mod mailauth;
+// The OpenMetrics endpoint of `peerpost run`: parsed by prometheus_client, moved by a send, hostile HTTP.
+mod metrics;
 // Mail flow through real nodes: submission, the overlay (online and offline), smarthost, bounces.
 mod flow;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.

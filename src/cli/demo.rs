@@ -122,6 +122,17 @@ fn run_args(home: &std::path::Path, bootstrap: Option<&str>) -> Result<super::ru
     ] {
         argv.push(a.into());
     }
+    // The metrics families are process-wide: the first node serves them on a free port (the
+    // default 9464 would collide with a node already running here), the others not at all.
+    argv.push("--metrics".into());
+    argv.push(
+        if bootstrap.is_none() {
+            "127.0.0.1:0"
+        } else {
+            "off"
+        }
+        .into(),
+    );
     if let Some(b) = bootstrap {
         argv.push("--bootstrap".into());
         argv.push(b.into());
@@ -207,6 +218,7 @@ async fn ring(
                 .servers()
                 .iter()
                 .map(|(what, addr)| format!("{what} {addr}"))
+                .chain(node.metrics().map(|a| format!("metrics http://{a}/metrics")))
                 .collect();
             println!(
                 "  {:<16} password {:<15} {}",

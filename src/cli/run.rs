@@ -53,6 +53,9 @@ pub struct Args {
     /// Serve IMAP over implicit TLS here instead of imap.tls_listen; "off" disables it.
     #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
     pub imaps: Option<Listen>,
+    /// Serve the metrics endpoint here instead of overlay.metrics; "off" disables it.
+    #[arg(long, value_name = "ADDR|off", value_parser = listen_addr)]
+    pub metrics: Option<Listen>,
     /// Also mount the mailbox as a Maildir over FUSE, at PATH or at maildir.path
     /// (`~/Maildir`); `maildir.mount = true` in the config does the same. Unmounted at exit.
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
@@ -141,6 +144,9 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         for (what, addr) in node.servers() {
             println!("{what} listening on {addr}");
         }
+        if let Some(addr) = node.metrics() {
+            println!("metrics listening on {addr}");
+        }
         anyhow::Ok(node)
     })?;
     // The mount's FUSE threads call into the engine through the runtime; it is started and
@@ -222,6 +228,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     }
     nc.control_socket = Some(control::socket_path(home.root()));
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
+    nc.metrics = pick(args.metrics, config.overlay.metrics);
     let password_home = home.clone();
     nc.mail = Some(MailConfig {
         pop3: pick(args.pop3, config.pop3.listen),

@@ -136,6 +136,10 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                 for a in &n.overlay.listen {
                     println!("  listening on      {a}");
                 }
+                match &n.metrics {
+                    Some(url) => println!("  metrics:         {url}"),
+                    None => println!("  metrics:         off"),
+                }
                 println!(
                     "  peers:           {} connected, {} in the routing table{}",
                     n.overlay.connected.len(),

@@ -147,6 +147,7 @@ impl Delivery {
         }
         self.inner.store.outbox_put(rows).await?;
         self.inner.wake.notify_one();
+        crate::metrics::get().delivery_queued(list.len());
         let id = crate::crypto::hex(&msg);
         tracing::info!(target: "peerpost::_events::delivery", queue_id = %id, recipients = list.len(), "queued");
         Ok(id)
@@ -342,12 +343,14 @@ impl Delivery {
                     if let Err(e) = store.outbox_put(vec![(key.to_vec(), next.encode())]).await {
                         tracing::warn!("cannot reschedule: {e}");
                     }
+                    crate::metrics::get().delivery_retried();
                     return;
                 }
             }
         };
         if let Some((status, diagnostic)) = bounce {
             tracing::info!(target: "peerpost::_events::delivery", %rcpt, %status, "bounced: {diagnostic}");
+            crate::metrics::get().delivery_bounced();
             let failed = dsn::Failed {
                 recipient: &rcpt,
                 status: &status,
@@ -377,7 +380,13 @@ impl Delivery {
         let client = &self.inner.client;
         // A retry looks the recipient up afresh (its devices or keys may have changed).
         match self.record(rcpt, attempts > 0).await {
-            Ok(record) => self.send_overlay(&record, msg, q).await,
+            Ok(record) => {
+                let outcome = self.send_overlay(&record, msg, q).await;
+                if let Outcome::Done = outcome {
+                    crate::metrics::get().delivered("overlay", q.queued);
+                }
+                outcome
+            }
             Err(LookupError::NotFound(_)) => {
                 let settled = client
                     .status()
@@ -393,7 +402,10 @@ impl Delivery {
                 }
                 match &self.inner.config.smarthost {
                     Some(sh) => match smarthost::send(sh, &q.sender, rcpt, &q.bytes).await {
-                        Ok(()) => Outcome::Done,
+                        Ok(()) => {
+                            crate::metrics::get().delivered("smarthost", q.queued);
+                            Outcome::Done
+                        }
                         Err(Failure::Temporary(e)) => {
                             // A relay that is down or refuses us (TLS, login) needs the
                             // user's eyes: the mail waits until it is fixed or gives up.

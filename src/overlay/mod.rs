@@ -25,6 +25,8 @@ pub mod directory;
 pub mod diversity;
 mod event_loop;
 mod inbox;
+/// libp2p's own metrics, registered beside the node's.
+pub mod metrics;
 pub mod protocol;
 
 pub use behaviour::MAX_STREAMS;

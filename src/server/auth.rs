@@ -249,6 +249,7 @@ impl Authenticator {
     pub async fn check(&self, from: IpAddr, user: &str, pass: &str) -> Outcome {
         let now = Instant::now();
         let Some(mut slot) = self.reserve(prefix(from), now) else {
+            crate::metrics::get().login_failed();
             return Outcome::Throttled;
         };
         match self.verify(user, pass, now).await {
@@ -261,6 +262,7 @@ impl Authenticator {
                 Outcome::Busy
             }
             Some(false) => {
+                crate::metrics::get().login_failed();
                 let count = slot.settle(true, false);
                 let delay =
                     Duration::from_millis(250u64 << count.min(5)).min(Duration::from_secs(8));

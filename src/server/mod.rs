@@ -178,6 +178,16 @@ fn lock(r: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The metrics label of a listener: its protocol family (the SMTP intake and submission
+/// listeners are all "smtp").
+fn family(protocol: &'static str) -> &'static str {
+    match protocol {
+        "imap" | "imaps" => "imap",
+        "pop3" | "pop3s" => "pop3",
+        _ => "smtp",
+    }
+}
+
 /// What a client that cannot be served now is told, in its protocol, before the close.
 fn busy_line(protocol: &str) -> &'static [u8] {
     match protocol {
@@ -236,6 +246,7 @@ pub async fn serve<F, Fut>(
         };
         if let Admit::Busy = lock(&registry).admit(session, slot, &limits) {
             tracing::info!(%protocol, peer = %addr, "refused: too many connections");
+            crate::metrics::get().session_refused(family(protocol));
             if tls.is_none() {
                 // A fresh socket's send buffer is empty: this does not block.
                 let _ = tcp.try_write(busy_line(protocol));
@@ -253,6 +264,7 @@ pub async fn serve<F, Fut>(
         tasks.spawn(
             async move {
                 let _registered = registered;
+                let _active = crate::metrics::get().session(family(protocol));
                 let logged_in = Arc::clone(&peer.logged_in);
                 let started = Instant::now();
                 let work = async {
@@ -265,13 +277,18 @@ pub async fn serve<F, Fut>(
                         )
                         .await
                         {
-                            Ok(Ok(s)) => s,
+                            Ok(Ok(s)) => {
+                                crate::metrics::get().tls_handshake(family(protocol), "ok");
+                                s
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "TLS handshake failed");
+                                crate::metrics::get().tls_handshake(family(protocol), "failed");
                                 return;
                             }
                             Err(_) => {
                                 tracing::debug!("TLS handshake timed out");
+                                crate::metrics::get().tls_handshake(family(protocol), "timeout");
                                 return;
                             }
                         },

@@ -47,14 +47,22 @@ impl TestHome {
     /// init with a password file; panics if it fails.
     pub fn init(&self, address: &str) -> Run {
         let pw = self.file("pw", "secret-password\n");
-        self.run(&[
-            "init",
-            "--address",
-            address,
-            "--password-file",
-            pw.to_str().unwrap(),
-        ])
-        .success()
+        let run = self
+            .run(&[
+                "init",
+                "--address",
+                address,
+                "--password-file",
+                pw.to_str().unwrap(),
+            ])
+            .success();
+        // Several test nodes run at once: each serves metrics on a port of its own, not 9464.
+        let config = self.path("config.toml");
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            let text = text.replace("metrics = \"127.0.0.1:9464\"", "metrics = \"127.0.0.1:0\"");
+            std::fs::write(&config, text).expect("config");
+        }
+        run
     }
 }
 

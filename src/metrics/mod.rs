@@ -1,0 +1,346 @@
+//! The node's OpenMetrics endpoint (issue #17): one process-wide set of metric families
+//! ([`get`]), which any module may update with a one-line call, and a small HTTP responder
+//! ([`http::serve`]) that encodes them on `GET /metrics`.
+//!
+//! This is the only module that uses `prometheus_client` (scripts/layers). It depends on no
+//! other module of the crate: gauges that describe the store or the backup are set at scrape
+//! time by a refresh hook the node passes to [`http::serve`].
+//!
+//! The families are process-wide: a process running several nodes (the in-process test ring,
+//! `peerpost demo`) counts them together.
+
+pub mod http;
+
+use std::sync::{LazyLock, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabel {
+    protocol: &'static str,
+    result: &'static str,
+}
+
+/// Submission→delivered latency buckets (seconds): a direct overlay delivery takes well under
+/// a second, a retried one minutes to days.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0,
+];
+
+/// The node's metric families. Counters only grow; gauges marked "at scrape" are set by the
+/// node's refresh hook just before each encoding.
+pub struct Metrics {
+    /// Locked to encode, and to let libp2p's own families register (the overlay, once).
+    registry: Mutex<Registry>,
+    queued: Counter,
+    delivered: Family<RouteLabel, Counter>,
+    retried: Counter,
+    bounced: Counter,
+    latency: Histogram,
+    sessions: Family<ProtocolLabel, Counter>,
+    sessions_active: Family<ProtocolLabel, Gauge>,
+    sessions_refused: Family<ProtocolLabel, Counter>,
+    handshakes: Family<HandshakeLabel, Counter>,
+    logins_failed: Counter,
+    scrapes: Counter,
+    /// At scrape: the store and the backup.
+    pub store_objects: Gauge,
+    pub store_object_bytes: Gauge,
+    pub outbox_queued: Gauge,
+    pub backup_bundles: Gauge,
+    pub backup_placed_bytes: Gauge,
+    pub backup_pending_bytes: Gauge,
+    pub backup_repairs: Gauge,
+    /// At scrape: the overlay as the node sees it.
+    pub overlay_peers: Gauge,
+    pub overlay_routing_table: Gauge,
+    pub overlay_records: Gauge,
+    pub overlay_banned: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide families.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn now_secs_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A gauge holds an i64: clamp what does not fit.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("peerpost");
+        let queued = Counter::default();
+        let delivered = Family::<RouteLabel, Counter>::default();
+        let retried = Counter::default();
+        let bounced = Counter::default();
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        let sessions = Family::<ProtocolLabel, Counter>::default();
+        let sessions_active = Family::<ProtocolLabel, Gauge>::default();
+        let sessions_refused = Family::<ProtocolLabel, Counter>::default();
+        let handshakes = Family::<HandshakeLabel, Counter>::default();
+        let logins_failed = Counter::default();
+        let scrapes = Counter::default();
+        let m = Metrics {
+            queued,
+            delivered,
+            retried,
+            bounced,
+            latency,
+            sessions,
+            sessions_active,
+            sessions_refused,
+            handshakes,
+            logins_failed,
+            scrapes,
+            store_objects: Gauge::default(),
+            store_object_bytes: Gauge::default(),
+            outbox_queued: Gauge::default(),
+            backup_bundles: Gauge::default(),
+            backup_placed_bytes: Gauge::default(),
+            backup_pending_bytes: Gauge::default(),
+            backup_repairs: Gauge::default(),
+            overlay_peers: Gauge::default(),
+            overlay_routing_table: Gauge::default(),
+            overlay_records: Gauge::default(),
+            overlay_banned: Gauge::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        let r = &mut registry;
+        r.register(
+            "delivery_queued",
+            "Recipients accepted into the outbound queue",
+            m.queued.clone(),
+        );
+        r.register(
+            "delivery_delivered",
+            "Recipients delivered, by route (overlay or smarthost)",
+            m.delivered.clone(),
+        );
+        r.register(
+            "delivery_retried",
+            "Delivery attempts deferred for a retry",
+            m.retried.clone(),
+        );
+        r.register(
+            "delivery_bounced",
+            "Recipients given up on (a DSN went to the sender)",
+            m.bounced.clone(),
+        );
+        r.register_with_unit(
+            "delivery_latency",
+            "Time from submission to delivery of one recipient",
+            Unit::Seconds,
+            m.latency.clone(),
+        );
+        r.register(
+            "server_sessions",
+            "Sessions admitted, by protocol (imap, pop3, smtp)",
+            m.sessions.clone(),
+        );
+        r.register(
+            "server_sessions_active",
+            "Sessions open now, by protocol",
+            m.sessions_active.clone(),
+        );
+        r.register(
+            "server_sessions_refused",
+            "Connections refused because the listener was full, by protocol",
+            m.sessions_refused.clone(),
+        );
+        r.register(
+            "server_tls_handshakes",
+            "Implicit-TLS handshakes, by protocol and result (ok, failed, timeout)",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "server_logins_failed",
+            "Password checks that failed (all protocols)",
+            m.logins_failed.clone(),
+        );
+        r.register(
+            "metrics_scrapes",
+            "Requests served by this endpoint",
+            m.scrapes.clone(),
+        );
+        r.register(
+            "store_objects",
+            "Objects in the local store",
+            m.store_objects.clone(),
+        );
+        r.register_with_unit(
+            "store_object",
+            "Bytes of the objects in the local store",
+            Unit::Bytes,
+            m.store_object_bytes.clone(),
+        );
+        r.register(
+            "delivery_outbox",
+            "Recipient rows waiting in the outbound queue",
+            m.outbox_queued.clone(),
+        );
+        r.register(
+            "backup_bundles",
+            "Backup bundles placed in the ring (bodies and log segments)",
+            m.backup_bundles.clone(),
+        );
+        r.register_with_unit(
+            "backup_placed",
+            "Bytes in placed backup bundles",
+            Unit::Bytes,
+            m.backup_placed_bytes.clone(),
+        );
+        r.register_with_unit(
+            "backup_pending",
+            "Bytes of bodies and log entries not yet placed",
+            Unit::Bytes,
+            m.backup_pending_bytes.clone(),
+        );
+        r.register(
+            "backup_repairs",
+            "Fragments this node re-created (since the store was made)",
+            m.backup_repairs.clone(),
+        );
+        r.register(
+            "overlay_peers",
+            "Overlay peers connected now",
+            m.overlay_peers.clone(),
+        );
+        r.register(
+            "overlay_routing_table",
+            "Peers in the Kademlia routing table",
+            m.overlay_routing_table.clone(),
+        );
+        r.register(
+            "overlay_records",
+            "Directory records held for others (Kademlia store)",
+            m.overlay_records.clone(),
+        );
+        r.register(
+            "overlay_banned",
+            "Peers banned for repeated offences",
+            m.overlay_banned.clone(),
+        );
+        // Every label a dashboard expects, at zero from the start.
+        for route in ["overlay", "smarthost"] {
+            let _ = m.delivered.get_or_create(&RouteLabel { route });
+        }
+        for protocol in ["imap", "pop3", "smtp"] {
+            let l = ProtocolLabel { protocol };
+            let _ = m.sessions.get_or_create(&l);
+            let _ = m.sessions_active.get_or_create(&l);
+            let _ = m.sessions_refused.get_or_create(&l);
+        }
+        Metrics {
+            registry: Mutex::new(registry),
+            ..m
+        }
+    }
+
+    /// Recipients accepted into the outbound queue.
+    pub fn delivery_queued(&self, recipients: usize) {
+        self.queued.inc_by(recipients as u64);
+    }
+
+    /// One recipient delivered by `route` ("overlay" or "smarthost") of a message submitted at
+    /// `submitted` (unix seconds).
+    pub fn delivered(&self, route: &'static str, submitted: u64) {
+        self.delivered.get_or_create(&RouteLabel { route }).inc();
+        self.latency
+            .observe((now_secs_f64() - submitted as f64).max(0.0));
+    }
+
+    pub fn delivery_retried(&self) {
+        self.retried.inc();
+    }
+
+    pub fn delivery_bounced(&self) {
+        self.bounced.inc();
+    }
+
+    /// A session was admitted; the returned guard counts it as active until dropped.
+    pub fn session(&self, protocol: &'static str) -> ActiveSession {
+        self.sessions
+            .get_or_create(&ProtocolLabel { protocol })
+            .inc();
+        let gauge = self
+            .sessions_active
+            .get_or_create(&ProtocolLabel { protocol })
+            .clone();
+        gauge.inc();
+        ActiveSession(gauge)
+    }
+
+    pub fn session_refused(&self, protocol: &'static str) {
+        self.sessions_refused
+            .get_or_create(&ProtocolLabel { protocol })
+            .inc();
+    }
+
+    /// An implicit-TLS handshake ended: `result` is "ok", "failed" or "timeout".
+    pub fn tls_handshake(&self, protocol: &'static str, result: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabel { protocol, result })
+            .inc();
+    }
+
+    pub fn login_failed(&self) {
+        self.logins_failed.inc();
+    }
+
+    /// Sets a gauge from an unsigned figure.
+    pub fn set(gauge: &Gauge, v: u64) {
+        gauge.set(to_i64(v));
+    }
+
+    /// Lets another library register its families beside the node's (libp2p's own metrics,
+    /// from the overlay; call once per process).
+    pub fn register<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The families in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        self.scrapes.inc();
+        let mut out = String::with_capacity(16 * 1024);
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String does not fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Counts a session as active while it lives.
+pub struct ActiveSession(Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
