@@ -29,6 +29,7 @@
 pub mod dsn;
 pub mod headers;
 pub mod notice;
+pub mod ownership;
 mod queue;
 mod receive;
 pub mod smarthost;
@@ -105,6 +106,22 @@ pub struct Config {
     /// How often the DHT inbox is collected (besides at start and on notifications).
     pub collect_every: Duration,
     pub smarthost: Option<Smarthost>,
+    /// Where `_peerpost` TXT answers come from (none: no domain vouches for anybody).
+    pub vouches: Option<ownership::Vouches>,
+    /// `[overlay] ring_authority`: a record it certified is an overlay address's.
+    pub ring_authority: Option<[u8; 32]>,
+    /// What happens to overlay mail whose `From:` is not its signing sender's address.
+    pub from_mismatch: FromMismatch,
+}
+
+/// `[delivery] from_mismatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FromMismatch {
+    /// Delivered with `peerpost=fail (from-mismatch ...)` in its `Authentication-Results`.
+    #[default]
+    Mark,
+    /// Dropped (and acknowledged, so it is not offered again), with a log line.
+    Refuse,
 }
 
 impl Config {
@@ -117,6 +134,9 @@ impl Config {
             retry_max: Duration::from_secs(600),
             collect_every: Duration::from_secs(60),
             smarthost: None,
+            vouches: None,
+            ring_authority: None,
+            from_mismatch: FromMismatch::Mark,
         }
     }
 }
@@ -155,6 +175,8 @@ struct Inner {
     receiving: Mutex<HashSet<[u8; 32]>>,
     /// Recently looked-up directory records (verified and pinned by the overlay).
     records: Mutex<HashMap<String, (DirectoryRecord, Instant)>>,
+    /// Recent `_peerpost` TXT answers by domain.
+    vouch_cache: Mutex<HashMap<String, (Vec<String>, Instant)>>,
     /// Arriving messages of several overlay objects being put together (each up to 64 MiB).
     assembling: tokio::sync::Semaphore,
 }
@@ -182,6 +204,7 @@ impl Delivery {
                 sending: Mutex::new(HashSet::new()),
                 receiving: Mutex::new(HashSet::new()),
                 records: Mutex::new(HashMap::new()),
+                vouch_cache: Mutex::new(HashMap::new()),
                 assembling: tokio::sync::Semaphore::new(2),
             }),
         }
@@ -212,19 +235,24 @@ impl Delivery {
     }
 
     /// The directory record of `address`: from the cache when it was looked up in the last
-    /// [`RECORD_TTL`], else from the overlay (`fresh` forces the lookup).
+    /// [`RECORD_TTL`] (and has one of the `vouched` keys, if given), else from the overlay
+    /// (`fresh` forces the lookup), believing only `vouched` keys when given.
     async fn record(
         &self,
         address: &str,
         fresh: bool,
+        vouched: Option<(&[crate::crypto::record::Fingerprint], &str)>,
     ) -> Result<DirectoryRecord, overlay::LookupError> {
         if !fresh
             && let Some((r, at)) = lock(&self.inner.records).get(address)
             && at.elapsed() < RECORD_TTL
+            && vouched.is_none_or(|(fps, _)| {
+                fps.contains(&crate::crypto::record::fingerprint_of(&r.keys))
+            })
         {
             return Ok(r.clone());
         }
-        let found = self.inner.client.lookup(address).await?;
+        let found = self.inner.client.lookup_accepting(address, vouched).await?;
         let mut cache = lock(&self.inner.records);
         if cache.len() >= MAX_CACHED_RECORDS {
             cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
