@@ -212,7 +212,8 @@ impl Delivery {
         // Results claiming to be ours inside the message are a forgery (RFC 8601 §5).
         let body = super::headers::strip_own_results(&body, host);
         let from = super::headers::from_addresses(&body);
-        let mismatch = from.is_empty() || from.iter().any(|a| *a != n.sender);
+        // No From: at all impersonates nobody (a client shows the sender instead).
+        let mismatch = from.iter().any(|a| *a != n.sender);
         if mismatch && self.inner.config.from_mismatch == super::FromMismatch::Refuse {
             tracing::warn!(
                 target: "peerpost::_events::delivery",
