@@ -54,6 +54,16 @@ fn ownership_decides_routes_and_arrival_levels() {
             std::fs::read_to_string(n.home.path("node.log")).unwrap_or_default()
         );
     }
+    // `peerpost lookup` shows how alice's node believes each key.
+    let level = |address: &str| {
+        let out = alice.home.run(&["lookup", address]).success().stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("level:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| panic!("no level in {out}"))
+    };
+    assert_eq!(level("bob@own.test"), "verified-domain");
+    assert_eq!(level("carol@own.test"), "unverified");
     let t = TestHome::new();
 
     // (a) The squatter's record for x@gmail.test gets nothing: the smarthost has the mail.

@@ -161,6 +161,21 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// The level at which this node believes `address`'s key (what `peerpost lookup` shows):
+    /// `Err` when no record it would believe is found or nothing can be concluded yet.
+    pub async fn level_of(&self, address: &str) -> Result<Level, String> {
+        let address = crate::crypto::record::normalize_address(address)
+            .map_err(|why| format!("{address:?} {why}"))?;
+        let claim = self.claim(&address).await?;
+        let (_, level) = self
+            .owned_record(&address, &claim, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(level)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
