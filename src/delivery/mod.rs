@@ -4,23 +4,24 @@
 //! for its copy into Sent, into the persistent outbound queue (store table `outbox`) in one
 //! durable commit before the submitter hears 250. A worker task makes the Sent copy and takes
 //! due recipient rows:
-//! - a recipient with a directory record gets a delivery notice ([`notice`]) sealed to its
-//!   keys (HPKE) and signed by ours (crypto::envelope); bodies over 48 KiB go as a sealed
-//!   object into the overlay. The envelope is left in the recipient's DHT inbox (on the
-//!   peers closest to `inbox_key(address)`) and, at the same time, pushed as a notification
-//!   to each of the recipient's devices (peer ids from the record's device keys). The notice is always left
+//! - an *overlay address* ([`ownership`]: pinned by the user, named in its domain's
+//!   `_peerpost` TXT records, or certified by the ring authority) gets a delivery notice
+//!   ([`notice`]) sealed to the keys of the record believed for it (HPKE) and signed by ours
+//!   (crypto::envelope); bodies over 48 KiB go as a sealed object into the overlay. The
+//!   envelope is left in the recipient's DHT inbox (on the peers closest to
+//!   `inbox_key(address)`) and, at the same time, pushed as a notification to each of the
+//!   recipient's devices (peer ids from the record's device keys). The notice is always left
 //!   in the DHT inbox: a notification's answer only says the bytes arrived, not that the
-//!   message was stored;
-//! - a recipient without a record (in two lookups, the second after `retry_first`: one miss
-//!   may be a node that just started) goes to the smarthost ([`smarthost`]) when one is
-//!   configured;
+//!   message was stored. Without a record it can believe it waits (never the smarthost);
+//! - every other address goes to the smarthost ([`smarthost`]), whatever the DHT holds;
 //! - failures are retried with exponential backoff; a permanent failure, or
 //!   `give_up_after`, puts a DSN (RFC 3464, [`dsn`]) into the sender's INBOX.
 //!
 //! Inbound ([`receive`]): notifications, and the DHT inbox collected at start and every
 //! `collect_every`, are opened, checked against the sender's directory record (the
 //! envelope's signing key must be the one the sender's address publishes), put into INBOX
-//! with an `Authentication-Results` header naming the verified sender, remembered (store
+//! with an `Authentication-Results` header naming the verified sender and its ownership
+//! level (and marking a `From:` that is not the sender), remembered (store
 //! table `delivered`, so a message lands once however often it is offered), and
 //! acknowledged (removed from the DHT inbox).
 //!
