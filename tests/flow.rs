@@ -660,6 +660,7 @@ fn smarthost_over_starttls_and_tls_logs_in_and_checks_the_certificate() {
         );
         // Outside mail is only routed once a peer answers that the address has no record.
         let mut bob = Node::new("bob@tls.test", &[]);
+        vouch(&[&alice, &bob], &[]);
         alice.start(None);
         bob.start(Some(&alice.listen.clone()));
         alice
@@ -723,6 +724,8 @@ fn smarthost_outage_is_retried_a_5xx_bounces_and_hostile_input_is_refused() {
         ],
     );
     let mut bob = Node::new("bob@edge.test", &[]);
+    // No `_peerpost` records at all: every address here is outside (and DNS is not asked).
+    vouch(&[&alice, &bob], &[]);
     alice.start(None);
     bob.start(Some(&alice.listen.clone()));
 
