@@ -398,7 +398,7 @@ impl Delivery {
         }
         if self.inner.config.ring_authority.is_some() {
             match self.owned_record(rcpt, &claim, fresh).await {
-                Ok((record, level)) if level == super::ownership::Level::VerifiedRing => {
+                Ok((record, super::ownership::Level::VerifiedRing)) => {
                     return self.send_overlay(&record, msg, q).await;
                 }
                 Ok(_) | Err(LookupError::NotFound(_)) | Err(LookupError::Refused(_)) => {}

@@ -417,8 +417,10 @@ mod tests {
         let text = mailbox.read(inbox[0].entry).await.unwrap();
         let text = String::from_utf8_lossy(&text);
         assert!(
-            text.starts_with("Authentication-Results: node.test; peerpost=pass")
-                && text.contains("smtp.mailfrom=alice@t.test")
+            // Nothing vouches for alice here: first-use trust.
+            text.starts_with(
+                "Authentication-Results: node.test; peerpost=neutral (unverified, first seen)"
+            ) && text.contains("smtp.mailfrom=alice@t.test")
                 && text.ends_with("Subject: hi\r\n\r\nbody\r\n"),
             "{text}"
         );
