@@ -226,6 +226,8 @@ pub struct DeliverySection {
     pub retry_first: String,
     pub retry_max: String,
     pub collect_every: String,
+    /// Overlay mail whose `From:` is not its signing sender: "mark" or "refuse".
+    pub from_mismatch: String,
 }
 
 impl Default for DeliverySection {
@@ -235,6 +237,7 @@ impl Default for DeliverySection {
             retry_first: "5s".into(),
             retry_max: "10m".into(),
             collect_every: "60s".into(),
+            from_mismatch: "mark".into(),
         }
     }
 }
@@ -392,6 +395,8 @@ pub struct DeliveryConfig {
     pub retry_first: Duration,
     pub retry_max: Duration,
     pub collect_every: Duration,
+    /// `from_mismatch = "refuse"`: drop overlay mail whose `From:` is not its signer.
+    pub refuse_from_mismatch: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -603,6 +608,15 @@ impl Validator<'_> {
             retry_first: duration("delivery.retry_first", &f.delivery.retry_first)?,
             retry_max: duration("delivery.retry_max", &f.delivery.retry_max)?,
             collect_every: duration("delivery.collect_every", &f.delivery.collect_every)?,
+            refuse_from_mismatch: match f.delivery.from_mismatch.trim() {
+                "mark" => false,
+                "refuse" => true,
+                _ => {
+                    return Err(
+                        self.err("delivery.from_mismatch", "must be \"mark\" or \"refuse\"")
+                    );
+                }
+            },
         };
         let ring_authority = match f.overlay.ring_authority.trim() {
             "" => None,
@@ -877,6 +891,9 @@ retry_first = "5s"
 retry_max = "10m"
 # How often your node collects mail left for you in the overlay while it was offline.
 collect_every = "60s"
+# Overlay mail whose From: is not the address that signed it: "mark" delivers it with
+# peerpost=fail (from-mismatch) in its Authentication-Results; "refuse" drops it.
+from_mismatch = "mark"
 
 [limits]
 # Of each IMAP, POP3 and SMTP listener. Sessions at once; when all are taken, a new client

@@ -93,6 +93,10 @@ pub struct LookupReply {
     pub seq: u64,
     pub expires: u64,
     pub certified: bool,
+    /// How this node believes the key (docs/design.md "Address ownership"): `pinned`,
+    /// `verified-domain`, `verified-ring` or `unverified`; `None`: no mail flow here.
+    #[serde(default)]
+    pub level: Option<String>,
     pub requests: u32,
     pub elapsed_ms: u64,
 }
@@ -296,6 +300,13 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
         Request::Lookup { address } => match ctx.client.lookup(&address).await {
             Ok(found) => {
                 let r = &found.record;
+                let level = match &ctx.delivery {
+                    Some(d) => Some(match d.level_of(&address).await {
+                        Ok(l) => l.as_str().to_string(),
+                        Err(e) => format!("not believed ({e})"),
+                    }),
+                    None => None,
+                };
                 Reply {
                     ok: true,
                     status: None,
@@ -308,6 +319,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                         seq: r.seq,
                         expires: r.expires,
                         certified: r.cert.is_some(),
+                        level,
                         requests: found.requests,
                         elapsed_ms: u64::try_from(found.elapsed.as_millis()).unwrap_or(u64::MAX),
                     }),

@@ -101,6 +101,9 @@ pub struct MailConfig {
     pub delivery: delivery::Config,
     /// DKIM/SPF/DMARC checks on the SMTP intake (`[smtp] verify`); `None`: off.
     pub verify: Option<smtp::auth_check::Settings>,
+    /// `[smtp] dns_records`: the `_peerpost` TXT answers of address ownership come from this
+    /// file only (`None`: the system resolver), as the intake's checks do.
+    pub dns_records: Option<PathBuf>,
     // --- hostile clients (issue #18) ---
     /// Where SMTP DATA past 1 MiB is spooled while it arrives; `None`: the temp directory.
     pub spool: Option<PathBuf>,
@@ -522,6 +525,17 @@ async fn start_mail(
     let mut dc = mail.delivery.clone();
     dc.address = config.address.to_lowercase();
     dc.hostname = mail.hostname.clone();
+    // Address ownership (issue #18): who vouches for a recipient's or sender's key.
+    let ownership = Arc::new(smtp::auth_check::OwnershipDns::new(
+        mail.dns_records.as_deref(),
+    )?);
+    dc.vouches = Some(delivery::ownership::Vouches(Arc::new(
+        move |domain: String| {
+            let dns = Arc::clone(&ownership);
+            Box::pin(async move { dns.peerpost_txt(&domain).await })
+        },
+    )));
+    dc.ring_authority = config.overlay.ring_authority;
     let delivery = Delivery::new(
         dc,
         UserKeys::from_seed(*config.user_keys.seed()),

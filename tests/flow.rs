@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use crate::util::{BIN, TestHome};
 
-const PASSWORD: &str = "secret-password";
+pub(crate) const PASSWORD: &str = "secret-password";
 
-struct Node {
-    home: TestHome,
-    address: String,
-    child: Option<Child>,
-    listen: String,
-    pop3: u16,
-    smtp: u16,
-    submission: u16,
+pub(crate) struct Node {
+    pub(crate) home: TestHome,
+    pub(crate) address: String,
+    pub(crate) child: Option<Child>,
+    pub(crate) listen: String,
+    pub(crate) pop3: u16,
+    pub(crate) smtp: u16,
+    pub(crate) submission: u16,
 }
 
 impl Drop for Node {
@@ -29,12 +29,44 @@ impl Drop for Node {
     }
 }
 
+/// Makes `vouched` overlay addresses (docs/design.md "Address ownership"): writes a
+/// `dns_records` file whose `_peerpost` TXT records name their keys, and points every node of
+/// `all` at it (before they start).
+pub(crate) fn vouch(all: &[&Node], vouched: &[&Node]) {
+    let mut records = String::new();
+    for n in vouched {
+        let shown = n.home.run(&["key", "show", "--json"]).success().stdout();
+        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        let fp = v["user_fingerprint"].as_str().unwrap();
+        let (local, domain) = n.address.split_once('@').unwrap();
+        records.push_str(&format!(
+            "_peerpost.{domain} TXT \"v=peerpost1; a={local}; k={fp}\"\n"
+        ));
+    }
+    for n in all {
+        let file = n.home.path("dns_records.txt");
+        std::fs::write(&file, &records).unwrap();
+        let path = n.home.path("config.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            config.contains("dns_records = \"\""),
+            "config lacks dns_records"
+        );
+        let config = config.replacen(
+            "dns_records = \"\"",
+            &format!("dns_records = {:?}", file.to_str().unwrap()),
+            1,
+        );
+        std::fs::write(&path, config).unwrap();
+    }
+}
+
 fn port_of(line: &str) -> u16 {
     line.trim().rsplit(':').next().unwrap().parse().unwrap()
 }
 
 impl Node {
-    fn new(address: &str, tune: &[(&str, &str)]) -> Node {
+    pub(crate) fn new(address: &str, tune: &[(&str, &str)]) -> Node {
         let home = TestHome::new();
         home.init(address);
         let path = home.path("config.toml");
@@ -62,7 +94,7 @@ impl Node {
         }
     }
 
-    fn start(&mut self, bootstrap: Option<&str>) {
+    pub(crate) fn start(&mut self, bootstrap: Option<&str>) {
         let mut cmd = Command::new(BIN);
         cmd.arg("--home").arg(self.home.home()).args([
             "run",
@@ -113,14 +145,14 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();
@@ -128,7 +160,7 @@ impl Node {
     }
 
     /// The node's stderr (its log), appended to by every start.
-    fn log(&self) -> std::fs::File {
+    pub(crate) fn log(&self) -> std::fs::File {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,16 +169,16 @@ impl Node {
     }
 
     /// Every message in INBOX, over POP3.
-    fn inbox(&self) -> Vec<String> {
+    pub(crate) fn inbox(&self) -> Vec<String> {
         pop3_all(self.pop3, &self.address, PASSWORD)
     }
 
-    fn cert(&self) -> PathBuf {
+    pub(crate) fn cert(&self) -> PathBuf {
         self.home.path("tls/cert.pem")
     }
 }
 
-fn pop3_all(port: u16, user: &str, password: &str) -> Vec<String> {
+pub(crate) fn pop3_all(port: u16, user: &str, password: &str) -> Vec<String> {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -184,7 +216,7 @@ fn pop3_all(port: u16, user: &str, password: &str) -> Vec<String> {
     out
 }
 
-fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
@@ -196,11 +228,11 @@ fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// Messages in `inbox` containing `needle`.
-fn count(inbox: &[String], needle: &str) -> usize {
+pub(crate) fn count(inbox: &[String], needle: &str) -> usize {
     inbox.iter().filter(|m| m.contains(needle)).count()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -208,18 +240,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Sink {
+pub(crate) struct Sink {
     child: Child,
     dir: PathBuf,
 }
 
 impl Sink {
-    fn start(port: u16, dir: &Path) -> Sink {
+    pub(crate) fn start(port: u16, dir: &Path) -> Sink {
         Sink::start_with(port, dir, &[])
     }
 
     /// With sink.py's options (`--starttls CERT KEY`, `--tls CERT KEY`, `--auth U:P`).
-    fn start_with(port: u16, dir: &Path, options: &[&str]) -> Sink {
+    pub(crate) fn start_with(port: u16, dir: &Path, options: &[&str]) -> Sink {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/util/sink.py");
         let mut child = Command::new("python3")
             .args([script, &port.to_string(), dir.to_str().unwrap()])
@@ -239,7 +271,7 @@ impl Sink {
         }
     }
 
-    fn messages(&self) -> Vec<String> {
+    pub(crate) fn messages(&self) -> Vec<String> {
         let mut v: Vec<_> = std::fs::read_dir(&self.dir)
             .unwrap()
             .flatten()
@@ -290,7 +322,7 @@ s.quit()
 print("OK")
 "#;
 
-fn submit(t: &TestHome, node: &Node, rcpts: &[&str], message: &str) {
+pub(crate) fn submit(t: &TestHome, node: &Node, rcpts: &[&str], message: &str) {
     let script = t.file("submit.py", SUBMIT);
     let msg = t.file("msg.eml", message);
     let out = Command::new("python3")
@@ -327,6 +359,10 @@ fn overlay_users_and_an_outside_address_get_the_message_once() {
     let mut bob = Node::new("bob@flow.test", &[]);
     let mut carol = Node::new("carol@flow.test", &[]);
     let mut dave = Node::new("dave@flow.test", &[]);
+    vouch(
+        &[&alice, &bob, &carol, &dave],
+        &[&alice, &bob, &carol, &dave],
+    );
     alice.start(None);
     let boot = alice.listen.clone();
     for n in [&mut bob, &mut carol, &mut dave] {
@@ -624,6 +660,7 @@ fn smarthost_over_starttls_and_tls_logs_in_and_checks_the_certificate() {
         );
         // Outside mail is only routed once a peer answers that the address has no record.
         let mut bob = Node::new("bob@tls.test", &[]);
+        vouch(&[&alice, &bob], &[]);
         alice.start(None);
         bob.start(Some(&alice.listen.clone()));
         alice
@@ -687,6 +724,8 @@ fn smarthost_outage_is_retried_a_5xx_bounces_and_hostile_input_is_refused() {
         ],
     );
     let mut bob = Node::new("bob@edge.test", &[]);
+    // No `_peerpost` records at all: every address here is outside (and DNS is not asked).
+    vouch(&[&alice, &bob], &[]);
     alice.start(None);
     bob.start(Some(&alice.listen.clone()));
 

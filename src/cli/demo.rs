@@ -87,11 +87,49 @@ pub fn execute(args: Args) -> Result<()> {
             );
         }
     }
+    vouch_for_users(&dir.path, &users, &exe)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(ring(&dir.path, &users, &exe, args.once))
+}
+
+/// Makes the demo users overlay addresses (docs/design.md "Address ownership"): a
+/// `dns_records` file whose `_peerpost.DOMAIN` TXT records name every user's key, which each
+/// node's config points at (else their mail would be for the smarthost, which the demo lacks).
+fn vouch_for_users(dir: &std::path::Path, users: &[&str], exe: &std::path::Path) -> Result<()> {
+    let mut records = String::from("# the demo domain vouches for its users' keys\n");
+    for u in users {
+        let out = std::process::Command::new(exe)
+            .arg("--home")
+            .arg(dir.join(u))
+            .args(["key", "show", "--json"])
+            .output()
+            .context("cannot run peerpost key show")?;
+        let shown: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("cannot read the key of {u}"))?;
+        let fp = shown["user_fingerprint"]
+            .as_str()
+            .with_context(|| format!("no fingerprint for {u}"))?;
+        records.push_str(&format!(
+            "_peerpost.{DOMAIN} TXT \"v=peerpost1; a={u}; k={fp}\"\n"
+        ));
+    }
+    let path = dir.join("dns_records.txt");
+    std::fs::write(&path, records)?;
+    for u in users {
+        let config = dir.join(u).join("config.toml");
+        let text = std::fs::read_to_string(&config)
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        let text = text.replacen(
+            "dns_records = \"\"",
+            &format!("dns_records = {:?}", path.display().to_string()),
+            1,
+        );
+        std::fs::write(&config, text)?;
+    }
+    Ok(())
 }
 
 /// `run`'s arguments for one demo node.

@@ -40,6 +40,9 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         println!("devices:          {}", found.devices.len());
         println!("seq:              {}", found.seq);
         println!("certified:        {}", found.certified);
+        if let Some(level) = &found.level {
+            println!("level:            {level}");
+        }
         println!(
             "found in:         {} ms, {} DHT requests",
             found.elapsed_ms, found.requests

@@ -245,6 +245,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         imaps: pick(args.imaps, config.imap.tls_listen),
         delivery: delivery_config(&config),
         verify: verify_settings(&config),
+        dns_records: config.smtp.dns_records.clone(),
         spool: Some(home.root().join("spool")),
         limits: crate::server::Limits {
             max_sessions: config.limits.max_sessions,
@@ -282,6 +283,9 @@ fn delivery_config(config: &Config) -> crate::delivery::Config {
     dc.retry_first = config.delivery.retry_first;
     dc.retry_max = config.delivery.retry_max;
     dc.collect_every = config.delivery.collect_every;
+    if config.delivery.refuse_from_mismatch {
+        dc.from_mismatch = crate::delivery::FromMismatch::Refuse;
+    }
     dc.smarthost = config.smarthost.as_ref().map(|sh| Smarthost {
         host: sh.host.clone(),
         port: sh.port,

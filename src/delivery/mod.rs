@@ -4,23 +4,24 @@
 //! for its copy into Sent, into the persistent outbound queue (store table `outbox`) in one
 //! durable commit before the submitter hears 250. A worker task makes the Sent copy and takes
 //! due recipient rows:
-//! - a recipient with a directory record gets a delivery notice ([`notice`]) sealed to its
-//!   keys (HPKE) and signed by ours (crypto::envelope); bodies over 48 KiB go as a sealed
-//!   object into the overlay. The envelope is left in the recipient's DHT inbox (on the
-//!   peers closest to `inbox_key(address)`) and, at the same time, pushed as a notification
-//!   to each of the recipient's devices (peer ids from the record's device keys). The notice is always left
+//! - an *overlay address* ([`ownership`]: pinned by the user, named in its domain's
+//!   `_peerpost` TXT records, or certified by the ring authority) gets a delivery notice
+//!   ([`notice`]) sealed to the keys of the record believed for it (HPKE) and signed by ours
+//!   (crypto::envelope); bodies over 48 KiB go as a sealed object into the overlay. The
+//!   envelope is left in the recipient's DHT inbox (on the peers closest to
+//!   `inbox_key(address)`) and, at the same time, pushed as a notification to each of the
+//!   recipient's devices (peer ids from the record's device keys). The notice is always left
 //!   in the DHT inbox: a notification's answer only says the bytes arrived, not that the
-//!   message was stored;
-//! - a recipient without a record (in two lookups, the second after `retry_first`: one miss
-//!   may be a node that just started) goes to the smarthost ([`smarthost`]) when one is
-//!   configured;
+//!   message was stored. Without a record it can believe it waits (never the smarthost);
+//! - every other address goes to the smarthost ([`smarthost`]), whatever the DHT holds;
 //! - failures are retried with exponential backoff; a permanent failure, or
 //!   `give_up_after`, puts a DSN (RFC 3464, [`dsn`]) into the sender's INBOX.
 //!
 //! Inbound ([`receive`]): notifications, and the DHT inbox collected at start and every
 //! `collect_every`, are opened, checked against the sender's directory record (the
 //! envelope's signing key must be the one the sender's address publishes), put into INBOX
-//! with an `Authentication-Results` header naming the verified sender, remembered (store
+//! with an `Authentication-Results` header naming the verified sender and its ownership
+//! level (and marking a `From:` that is not the sender), remembered (store
 //! table `delivered`, so a message lands once however often it is offered), and
 //! acknowledged (removed from the DHT inbox).
 //!
@@ -29,6 +30,7 @@
 pub mod dsn;
 pub mod headers;
 pub mod notice;
+pub mod ownership;
 mod queue;
 mod receive;
 pub mod smarthost;
@@ -105,6 +107,22 @@ pub struct Config {
     /// How often the DHT inbox is collected (besides at start and on notifications).
     pub collect_every: Duration,
     pub smarthost: Option<Smarthost>,
+    /// Where `_peerpost` TXT answers come from (none: no domain vouches for anybody).
+    pub vouches: Option<ownership::Vouches>,
+    /// `[overlay] ring_authority`: a record it certified is an overlay address's.
+    pub ring_authority: Option<[u8; 32]>,
+    /// What happens to overlay mail whose `From:` is not its signing sender's address.
+    pub from_mismatch: FromMismatch,
+}
+
+/// `[delivery] from_mismatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FromMismatch {
+    /// Delivered with `peerpost=fail (from-mismatch ...)` in its `Authentication-Results`.
+    #[default]
+    Mark,
+    /// Dropped (and acknowledged, so it is not offered again), with a log line.
+    Refuse,
 }
 
 impl Config {
@@ -117,6 +135,9 @@ impl Config {
             retry_max: Duration::from_secs(600),
             collect_every: Duration::from_secs(60),
             smarthost: None,
+            vouches: None,
+            ring_authority: None,
+            from_mismatch: FromMismatch::Mark,
         }
     }
 }
@@ -155,6 +176,8 @@ struct Inner {
     receiving: Mutex<HashSet<[u8; 32]>>,
     /// Recently looked-up directory records (verified and pinned by the overlay).
     records: Mutex<HashMap<String, (DirectoryRecord, Instant)>>,
+    /// Recent `_peerpost` TXT answers by domain.
+    vouch_cache: Mutex<HashMap<String, (Vec<String>, Instant)>>,
     /// Arriving messages of several overlay objects being put together (each up to 64 MiB).
     assembling: tokio::sync::Semaphore,
 }
@@ -182,6 +205,7 @@ impl Delivery {
                 sending: Mutex::new(HashSet::new()),
                 receiving: Mutex::new(HashSet::new()),
                 records: Mutex::new(HashMap::new()),
+                vouch_cache: Mutex::new(HashMap::new()),
                 assembling: tokio::sync::Semaphore::new(2),
             }),
         }
@@ -212,19 +236,24 @@ impl Delivery {
     }
 
     /// The directory record of `address`: from the cache when it was looked up in the last
-    /// [`RECORD_TTL`], else from the overlay (`fresh` forces the lookup).
+    /// [`RECORD_TTL`] (and has one of the `vouched` keys, if given), else from the overlay
+    /// (`fresh` forces the lookup), believing only `vouched` keys when given.
     async fn record(
         &self,
         address: &str,
         fresh: bool,
+        vouched: Option<(&[crate::crypto::record::Fingerprint], &str)>,
     ) -> Result<DirectoryRecord, overlay::LookupError> {
         if !fresh
             && let Some((r, at)) = lock(&self.inner.records).get(address)
             && at.elapsed() < RECORD_TTL
+            && vouched.is_none_or(|(fps, _)| {
+                fps.contains(&crate::crypto::record::fingerprint_of(&r.keys))
+            })
         {
             return Ok(r.clone());
         }
-        let found = self.inner.client.lookup(address).await?;
+        let found = self.inner.client.lookup_accepting(address, vouched).await?;
         let mut cache = lock(&self.inner.records);
         if cache.len() >= MAX_CACHED_RECORDS {
             cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);

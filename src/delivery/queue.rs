@@ -27,9 +27,6 @@ const ROW_VERSION: u8 = 1;
 const SCAN: usize = 10_000;
 /// The worker looks at the queue at least this often.
 const IDLE_PASS: Duration = Duration::from_secs(30);
-/// A recipient without a directory record and with no smarthost configured bounces after
-/// this many attempts (a record may appear a moment later: a node just started).
-const NO_ROUTE_ATTEMPTS: u32 = 3;
 /// Time allowed for a notification push to one device.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -376,60 +373,67 @@ impl Delivery {
         }
     }
 
+    /// Routes one recipient by ownership (docs/design.md "Address ownership"): an overlay
+    /// address (pinned, vouched by its domain, or certified by the ring authority) goes to
+    /// the overlay only, believing only its pinned or vouched key, and waits (then bounces)
+    /// when no such record is found; any other address goes to the smarthost, whatever
+    /// record the DHT holds for it.
     async fn route(&self, q: &Queued, msg: &[u8; 16], rcpt: &str, attempts: u32) -> Outcome {
-        let client = &self.inner.client;
+        let claim = match self.claim(rcpt).await {
+            Ok(c) => c,
+            // DNS or the store failed: the address may be an overlay one, so it waits.
+            Err(e) => return Outcome::Temporary(e),
+        };
         // A retry looks the recipient up afresh (its devices or keys may have changed).
-        match self.record(rcpt, attempts > 0).await {
-            Ok(record) => {
-                let outcome = self.send_overlay(&record, msg, q).await;
-                if let Outcome::Done = outcome {
-                    crate::metrics::get().delivered("overlay", q.queued);
+        let fresh = attempts > 0;
+        if claim.is_overlay() {
+            return match self.owned_record(rcpt, &claim, fresh).await {
+                Ok((record, _)) => counted(self.send_overlay(&record, msg, q).await, "overlay", q),
+                Err(LookupError::Address(a, why)) => Outcome::Permanent {
+                    status: "5.1.3".into(),
+                    diagnostic: format!("{a:?} {why}"),
+                },
+                // Never the smarthost in clear: the owner's record may appear later.
+                Err(e) => Outcome::Temporary(format!(
+                    "{rcpt} is an overlay address and no record with its vouched key is found: {e}"
+                )),
+            };
+        }
+        if self.inner.config.ring_authority.is_some() {
+            match self.owned_record(rcpt, &claim, fresh).await {
+                Ok((record, super::ownership::Level::VerifiedRing)) => {
+                    return counted(self.send_overlay(&record, msg, q).await, "overlay", q);
                 }
-                outcome
+                Ok(_) | Err(LookupError::NotFound(_)) | Err(LookupError::Refused(_)) => {}
+                Err(LookupError::Address(a, why)) => {
+                    return Outcome::Permanent {
+                        status: "5.1.3".into(),
+                        diagnostic: format!("{a:?} {why}"),
+                    };
+                }
+                Err(e) => return Outcome::Temporary(e.to_string()),
             }
-            Err(LookupError::NotFound(_)) => {
-                let settled = client
-                    .status()
-                    .await
-                    .map(|s| !s.connected.is_empty() && s.routing_table > 0);
-                if !settled.unwrap_or(false) {
-                    return Outcome::Temporary("no overlay peer is reachable".into());
+        }
+        match &self.inner.config.smarthost {
+            Some(sh) => match smarthost::send(sh, &q.sender, rcpt, &q.bytes).await {
+                Ok(()) => counted(Outcome::Done, "smarthost", q),
+                Err(Failure::Temporary(e)) => {
+                    // A relay that is down or refuses us (TLS, login) needs the user's eyes:
+                    // the mail waits until it is fixed or gives up.
+                    tracing::warn!(%rcpt, "smarthost: {e}; the message stays queued");
+                    Outcome::Temporary(e)
                 }
-                // One miss may be a node that just started (or a record being republished):
-                // only a second one sends overlay-less mail out through the smarthost.
-                if attempts == 0 {
-                    return Outcome::Temporary(format!("no directory record for {rcpt} yet"));
+                Err(Failure::Permanent { status, diagnostic }) => {
+                    Outcome::Permanent { status, diagnostic }
                 }
-                match &self.inner.config.smarthost {
-                    Some(sh) => match smarthost::send(sh, &q.sender, rcpt, &q.bytes).await {
-                        Ok(()) => {
-                            crate::metrics::get().delivered("smarthost", q.queued);
-                            Outcome::Done
-                        }
-                        Err(Failure::Temporary(e)) => {
-                            // A relay that is down or refuses us (TLS, login) needs the
-                            // user's eyes: the mail waits until it is fixed or gives up.
-                            tracing::warn!(%rcpt, "smarthost: {e}; the message stays queued");
-                            Outcome::Temporary(e)
-                        }
-                        Err(Failure::Permanent { status, diagnostic }) => {
-                            Outcome::Permanent { status, diagnostic }
-                        }
-                    },
-                    None if attempts + 1 >= NO_ROUTE_ATTEMPTS => Outcome::Permanent {
-                        status: "5.1.2".into(),
-                        diagnostic: format!(
-                            "{rcpt} has no directory record and no smarthost is configured"
-                        ),
-                    },
-                    None => Outcome::Temporary(format!("no directory record for {rcpt} yet")),
-                }
-            }
-            Err(LookupError::Address(a, why)) => Outcome::Permanent {
-                status: "5.1.3".into(),
-                diagnostic: format!("{a:?} {why}"),
             },
-            Err(e) => Outcome::Temporary(e.to_string()),
+            None => Outcome::Permanent {
+                status: "5.1.2".into(),
+                diagnostic: format!(
+                    "{rcpt} is not an overlay address (its domain does not vouch for a \
+                     peerpost key, and it is not pinned) and no smarthost is configured"
+                ),
+            },
         }
     }
 
@@ -531,4 +535,12 @@ impl Delivery {
         }
         Outcome::Done
     }
+}
+
+/// Counts a delivery that is done in the metrics, by route, with its latency since queued.
+fn counted(outcome: Outcome, route: &'static str, q: &Queued) -> Outcome {
+    if let Outcome::Done = outcome {
+        crate::metrics::get().delivered(route, q.queued);
+    }
+    outcome
 }

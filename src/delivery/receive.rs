@@ -164,14 +164,22 @@ impl Delivery {
                 return Received::Later;
             }
         }
-        // The envelope's signer must be the key the sender's address publishes (a cached
-        // record that disagrees is looked up again before the message is refused).
-        let mut record = self.record(&n.sender, false).await;
-        if matches!(&record, Ok(r) if r.keys.sign != *signer) {
-            record = self.record(&n.sender, true).await;
+        // The envelope's signer must be the key the sender's address publishes, believing
+        // only the pinned or domain-vouched key when there is one (a cached record that
+        // disagrees is looked up again before the message is refused).
+        let claim = match self.claim(&n.sender).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(sender = %n.sender, "cannot judge the sender yet: {e}");
+                return Received::Later;
+            }
+        };
+        let mut record = self.owned_record(&n.sender, &claim, false).await;
+        if matches!(&record, Ok((r, _)) if r.keys.sign != *signer) {
+            record = self.owned_record(&n.sender, &claim, true).await;
         }
-        let fingerprint = match record {
-            Ok(r) if r.keys.sign == *signer => r.keys.fingerprint(),
+        let (fingerprint, level) = match record {
+            Ok((r, level)) if r.keys.sign == *signer => (r.keys.fingerprint(), level),
             Ok(_) => {
                 tracing::warn!(
                     target: "peerpost::_events::delivery",
@@ -201,9 +209,39 @@ impl Delivery {
         };
         let now = now_secs();
         let host = &self.inner.config.hostname;
+        // Results claiming to be ours inside the message are a forgery (RFC 8601 §5).
+        let body = super::headers::strip_own_results(&body, host);
+        let from = super::headers::from_addresses(&body);
+        // No From: at all impersonates nobody (a client shows the sender instead).
+        let mismatch = from.iter().any(|a| *a != n.sender);
+        if mismatch && self.inner.config.from_mismatch == super::FromMismatch::Refuse {
+            tracing::warn!(
+                target: "peerpost::_events::delivery",
+                sender = %n.sender,
+                "a message signed by {} has From: {:?}; refused (from_mismatch = \"refuse\")",
+                n.sender, from
+            );
+            return Received::Dropped;
+        }
+        let result = match (mismatch, level) {
+            (true, _) => format!(
+                "peerpost=fail (from-mismatch: signed by {sender}, {level}, but From: is {from})",
+                sender = n.sender,
+                level = level.as_str(),
+                from = if from.is_empty() {
+                    "missing".to_string()
+                } else {
+                    from.join(", ")
+                },
+            ),
+            (false, super::ownership::Level::Unverified) => {
+                "peerpost=neutral (unverified, first seen)".to_string()
+            }
+            (false, level) => format!("peerpost=pass ({})", level.as_str()),
+        };
         let mut bytes = format!(
-            "Authentication-Results: {host}; peerpost=pass (signed by the key {fingerprint} \
-             that the directory publishes) smtp.mailfrom={sender}\r\n\
+            "Authentication-Results: {host}; {result} key={fingerprint} \
+             smtp.mailfrom={sender}\r\n\
              Received: from {sender} by {host} (peerpost) via the overlay\r\n\
              \tid {id}; {date}\r\n",
             sender = n.sender,
@@ -379,8 +417,10 @@ mod tests {
         let text = mailbox.read(inbox[0].entry).await.unwrap();
         let text = String::from_utf8_lossy(&text);
         assert!(
-            text.starts_with("Authentication-Results: node.test; peerpost=pass")
-                && text.contains("smtp.mailfrom=alice@t.test")
+            // Nothing vouches for alice here: first-use trust.
+            text.starts_with(
+                "Authentication-Results: node.test; peerpost=neutral (unverified, first seen)"
+            ) && text.contains("smtp.mailfrom=alice@t.test")
                 && text.ends_with("Subject: hi\r\n\r\nbody\r\n"),
             "{text}"
         );
