@@ -33,32 +33,12 @@ impl Drop for Node {
 /// `dns_records` file whose `_peerpost` TXT records name their keys, and points every node of
 /// `all` at it (before they start).
 pub(crate) fn vouch(all: &[&Node], vouched: &[&Node]) {
-    let mut records = String::new();
-    for n in vouched {
-        let shown = n.home.run(&["key", "show", "--json"]).success().stdout();
-        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
-        let fp = v["user_fingerprint"].as_str().unwrap();
-        let (local, domain) = n.address.split_once('@').unwrap();
-        records.push_str(&format!(
-            "_peerpost.{domain} TXT \"v=peerpost1; a={local}; k={fp}\"\n"
-        ));
-    }
-    for n in all {
-        let file = n.home.path("dns_records.txt");
-        std::fs::write(&file, &records).unwrap();
-        let path = n.home.path("config.toml");
-        let config = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            config.contains("dns_records = \"\""),
-            "config lacks dns_records"
-        );
-        let config = config.replacen(
-            "dns_records = \"\"",
-            &format!("dns_records = {:?}", file.to_str().unwrap()),
-            1,
-        );
-        std::fs::write(&path, config).unwrap();
-    }
+    let homes: Vec<&TestHome> = all.iter().map(|n| &n.home).collect();
+    let vouched: Vec<(&TestHome, &str)> = vouched
+        .iter()
+        .map(|n| (&n.home, n.address.as_str()))
+        .collect();
+    crate::util::vouch(&homes, &vouched);
 }
 
 fn port_of(line: &str) -> u16 {

@@ -106,6 +106,8 @@ fn a_send_moves_the_delivery_counter_and_latency_histogram() {
     let (ta, tb) = (TestHome::new(), TestHome::new());
     ta.init("alice@metrics.test");
     tb.init("bob@metrics.test");
+    // Bob is an overlay address (his domain vouches for his key), so the send goes overlay.
+    crate::util::vouch(&[&ta, &tb], &[(&tb, "bob@metrics.test")]);
     let alice = RunNode::start(&ta, &[], &[]);
     let boot = overlay_addr(&alice);
     let bob = RunNode::start(&tb, &[], &["--bootstrap", &boot]);

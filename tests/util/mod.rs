@@ -456,3 +456,35 @@ impl Drop for RunNode {
         let _ = self.child.wait();
     }
 }
+
+/// Makes the `_peerpost` TXT records of `vouched` (home, address) the DNS of every home in
+/// `all` (a `dns_records` file in its config): those addresses are overlay addresses there
+/// (docs/design.md, "Address ownership"); every other one is outside.
+pub fn vouch(all: &[&TestHome], vouched: &[(&TestHome, &str)]) {
+    let mut records = String::new();
+    for (home, address) in vouched {
+        let shown = home.run(&["key", "show", "--json"]).success().stdout();
+        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        let fp = v["user_fingerprint"].as_str().unwrap();
+        let (local, domain) = address.split_once('@').unwrap();
+        records.push_str(&format!(
+            "_peerpost.{domain} TXT \"v=peerpost1; a={local}; k={fp}\"\n"
+        ));
+    }
+    for home in all {
+        let file = home.path("dns_records.txt");
+        std::fs::write(&file, &records).unwrap();
+        let path = home.path("config.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            config.contains("dns_records = \"\""),
+            "config lacks dns_records"
+        );
+        let config = config.replacen(
+            "dns_records = \"\"",
+            &format!("dns_records = {:?}", file.to_str().unwrap()),
+            1,
+        );
+        std::fs::write(&path, config).unwrap();
+    }
+}
