@@ -98,3 +98,135 @@ async fn nated_nodes_use_the_ring_but_hold_nothing_for_it() {
     }
     ring.shutdown().await;
 }
+
+/// Real processes in a NAT lab (tests/data/nat-lab.sh: network namespaces, an nftables
+/// masquerading router): with `reachable = "auto"`, AutoNAT makes the two nodes on the
+/// "internet" DHT servers and the laptop behind the home router a client.
+mod lab {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::util::{BIN, TestHome};
+
+    const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nat-lab.sh");
+
+    struct Lab {
+        prefix: String,
+        nodes: Vec<(Child, TestHome)>,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            for (child, _) in &mut self.nodes {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = Command::new(LAB).args(["down", &self.prefix]).status();
+        }
+    }
+
+    impl Lab {
+        fn up() -> Option<Lab> {
+            let have = |c: &str| {
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {c}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !have("ip") || !have("nft") {
+                eprintln!(
+                    "SKIP nat lab: `ip` or `nft` missing (scripts/setup --test installs them)"
+                );
+                return None;
+            }
+            let prefix = format!("pn{}", std::process::id() % 10_000);
+            let out = Command::new(LAB).args(["up", &prefix, "1"]).output().ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "SKIP nat lab: cannot build network namespaces (root needed): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let _ = Command::new(LAB).args(["down", &prefix]).status();
+                return None;
+            }
+            Some(Lab {
+                prefix,
+                nodes: Vec::new(),
+            })
+        }
+
+        /// `peerpost run` in namespace `ns`; returns its first listen address.
+        fn start(&mut self, ns: &str, listen: &str, bootstrap: Option<&str>) -> String {
+            let home = TestHome::new();
+            let n = self.nodes.len();
+            home.init(&format!("user{n}@nat.test")).success();
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &format!("{}-{ns}", self.prefix), BIN])
+                .arg("--home")
+                .arg(home.home())
+                .args(["run", "--no-mdns", "--listen", listen]);
+            for off in [
+                "--pop3",
+                "--pop3s",
+                "--smtp",
+                "--imap",
+                "--imaps",
+                "--submission",
+            ] {
+                cmd.args([off, "off"]);
+            }
+            if let Some(b) = bootstrap {
+                cmd.args(["--bootstrap", b]);
+            }
+            cmd.env_remove("PEERPOST_HOME")
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut child = cmd.spawn().expect("spawn peerpost run");
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            std::thread::spawn(move || for _ in out.lines() {});
+            self.nodes.push((child, home));
+            line.trim()
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+                .to_string()
+        }
+
+        fn reachability(&self, i: usize) -> (String, String) {
+            let s = self.nodes[i].1.run(&["status", "--json"]).success().json();
+            let n = &s["node"];
+            let field = |k: &str| n[k].as_str().unwrap_or("").to_string();
+            (field("reachable"), field("dht_mode"))
+        }
+    }
+
+    #[test]
+    fn autonat_makes_internet_nodes_servers_and_the_natted_laptop_a_client() {
+        let Some(mut lab) = Lab::up() else { return };
+        let a = lab.start("inet", "/ip4/10.99.0.1/tcp/0", None);
+        lab.start("inet", "/ip4/10.99.0.1/tcp/0", Some(&a));
+        lab.start("h1", "/ip4/0.0.0.0/tcp/0", Some(&a));
+        let want = [("yes", "server"), ("yes", "server"), ("no", "client")];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Vec<_> = (0..3).map(|i| lab.reachability(i)).collect();
+            let ok = got
+                .iter()
+                .zip(want)
+                .all(|((r, m), (wr, wm))| r == wr && m == wm);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "AutoNAT verdicts after 60 s: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}

@@ -396,8 +396,15 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         Reachable::Yes => kad::Mode::Server,
         Reachable::No | Reachable::Auto => kad::Mode::Client,
     }));
-    let autonat =
-        (reachable != Reachable::No).then(|| autonat::Behaviour::new(peer_id, autonat_config()));
+    // AutoNAT runs where it can tell something: on "auto" nodes (as client and server) and
+    // on nodes set "yes" (as a dial-back server for others). A "no" node cannot dial back for
+    // anyone, and a loopback or memory ring has nothing to find out.
+    let autonat_on = match config.reachable {
+        Reachable::No => false,
+        Reachable::Yes => true,
+        Reachable::Auto => reachable == Reachable::Auto,
+    };
+    let autonat = autonat_on.then(|| autonat::Behaviour::new(peer_id, autonat_config()));
 
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
