@@ -69,6 +69,7 @@ pub struct OverlaySection {
     pub psk_file: String,
     pub metrics: String,
     pub ring_authority: String,
+    pub reachable: String,
 }
 
 impl Default for OverlaySection {
@@ -84,6 +85,7 @@ impl Default for OverlaySection {
             psk_file: String::new(),
             metrics: "127.0.0.1:9464".into(),
             ring_authority: String::new(),
+            reachable: "auto".into(),
         }
     }
 }
@@ -322,6 +324,8 @@ pub struct OverlayConfig {
     pub metrics: Option<SocketAddr>,
     /// The ring authority's Ed25519 key: records it certifies are `verified-ring`.
     pub ring_authority: Option<[u8; 32]>,
+    /// `reachable`: `None` = "auto" (AutoNAT decides), `Some(true)` = "yes", `Some(false)` = "no".
+    pub reachable: Option<bool>,
 }
 
 /// A plaintext (with STARTTLS) and an implicit-TLS listener; `None` disables one.
@@ -627,6 +631,14 @@ impl Validator<'_> {
                 )
             })?),
         };
+        let reachable = match f.overlay.reachable.trim() {
+            "auto" => None,
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => {
+                return Err(self.err("overlay.reachable", "must be \"auto\", \"yes\" or \"no\""));
+            }
+        };
         if f.limits.max_sessions == 0 || f.limits.max_sessions > 65_536 {
             return Err(self.err("limits.max_sessions", "must be between 1 and 65536"));
         }
@@ -659,6 +671,7 @@ impl Validator<'_> {
                     .map(|p| self.path(p)),
                 metrics: self.socket("overlay.metrics", &f.overlay.metrics)?,
                 ring_authority,
+                reachable,
             },
             imap: ServerPair {
                 listen: self.socket("imap.listen", &f.imap.listen)?,
@@ -810,6 +823,10 @@ metrics = "127.0.0.1:9464"
 # The ring authority's Ed25519 key (64 hex digits): a record it certifies may change the
 # key pinned for an address; "" = none.
 ring_authority = ""
+# Can other nodes dial this one? "auto" = AutoNAT finds out (a node behind NAT then uses the
+# ring without holding data for it); "yes" / "no" force it (e.g. "yes" on a server with a
+# public address, "no" on a laptop that roams).
+reachable = "auto"
 
 [imap]
 # IMAP with STARTTLS, and IMAP over implicit TLS. "" disables a listener.
@@ -980,6 +997,17 @@ mod tests {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert!(parse_size("1 parsec").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn reachable_option() {
+        assert_eq!(parse("").unwrap().overlay.reachable, None);
+        let c = parse("[overlay]\nreachable = \"yes\"\n").unwrap();
+        assert_eq!(c.overlay.reachable, Some(true));
+        let c = parse("[overlay]\nreachable = \"no\"\n").unwrap();
+        assert_eq!(c.overlay.reachable, Some(false));
+        let e = parse("[overlay]\nreachable = \"maybe\"\n").unwrap_err();
+        assert!(e.to_string().contains("overlay.reachable"), "{e}");
     }
 
     #[test]

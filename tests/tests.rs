@@ -51,3 +51,5 @@ mod smtp;
 // `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.
 mod sync;
 mod util;
+// Laptops behind NAT: a node that others cannot dial uses the DHT but never holds data for it.
+mod nat;

@@ -218,6 +218,11 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     oc.max_connections = config.overlay.max_connections;
     oc.contribution = config.storage.contribution;
     oc.ring_authority = config.overlay.ring_authority;
+    oc.reachable = match config.overlay.reachable {
+        None => overlay::Reachable::Auto,
+        Some(true) => overlay::Reachable::Yes,
+        Some(false) => overlay::Reachable::No,
+    };
 
     let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
     if let Some(d) = &mut nc.durability {

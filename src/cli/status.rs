@@ -150,6 +150,7 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                         String::new()
                     }
                 );
+                print_reachability(&n.overlay);
                 println!(
                     "  held for others: {} directory records, {} blobs ({} bytes)",
                     n.overlay.records, n.overlay.held_blobs, n.overlay.held_bytes
@@ -166,4 +167,27 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
         anyhow::bail!("{e}");
     }
     Ok(())
+}
+
+/// Whether others can dial this node, and so whether it holds data for the ring.
+fn print_reachability(o: &crate::overlay::Status) {
+    let verdict = match o.reachable.as_str() {
+        "yes" => "reachable (AutoNAT)".to_string(),
+        "no" => "behind NAT (AutoNAT)".to_string(),
+        "forced" => "set by [overlay] reachable / local ring".to_string(),
+        _ => "not known yet".to_string(),
+    };
+    let public = o
+        .public_address
+        .as_deref()
+        .map(|a| format!(", public address {a}"))
+        .unwrap_or_default();
+    println!(
+        "  reachability:    {verdict}{public}; DHT {} mode",
+        if o.dht_mode.is_empty() {
+            "?"
+        } else {
+            &o.dht_mode
+        }
+    );
 }

@@ -19,15 +19,15 @@ use libp2p::swarm::{
     ToSwarm,
 };
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, connection_limits, identify,
-    identity, kad, mdns, noise, ping, request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
+    identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 use tokio::sync::Semaphore;
 
 use super::protocol::{
     self, BLOB_PROTOCOL, KAD_PROTOCOL, MAX_KAD_PACKET, NOTIFY_PROTOCOL, Request, Response,
 };
-use super::{Config, Error, TransportKind};
+use super::{Config, Error, Reachable, TransportKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,6 +46,8 @@ pub(crate) struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Off when reachability is forced "no" (a NATed node cannot dial back for others).
+    pub autonat: Toggle<autonat::Behaviour>,
     pub blob: Rr,
     pub notify: Rr,
 }
@@ -386,8 +388,23 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         },
     );
     let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
-    // Until AutoNAT arrives every node answers DHT queries (ARCHITECTURE.md, "Overlay").
-    kad.set_mode(Some(kad::Mode::Server));
+    let reachable = config.reachable.resolve(config);
+    // Only a node others can dial answers DHT queries and so gets chosen to hold data; "auto"
+    // starts as a client and the event loop makes it a server once AutoNAT confirms a public
+    // address (docs/design.md, "NAT and relays").
+    kad.set_mode(Some(match reachable {
+        Reachable::Yes => kad::Mode::Server,
+        Reachable::No | Reachable::Auto => kad::Mode::Client,
+    }));
+    // AutoNAT runs where it can tell something: on "auto" nodes (as client and server) and
+    // on nodes set "yes" (as a dial-back server for others). A "no" node cannot dial back for
+    // anyone, and a loopback or memory ring has nothing to find out.
+    let autonat_on = match config.reachable {
+        Reachable::No => false,
+        Reachable::Yes => true,
+        Reachable::Auto => reachable == Reachable::Auto,
+    };
+    let autonat = autonat_on.then(|| autonat::Behaviour::new(peer_id, autonat_config()));
 
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
@@ -431,9 +448,24 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         mdns: mdns.into(),
+        autonat: autonat.into(),
         blob: rr(BLOB_PROTOCOL),
         notify: rr(NOTIFY_PROTOCOL),
     })
+}
+
+/// AutoNAT v1 (both roles): probes start soon after boot and use connected peers as
+/// servers; dial-backs are throttled (rust-libp2p's defaults: 30 per 60 s overall, 3 per
+/// peer). Private addresses count: a ring on a private network (an office LAN, the NAT lab)
+/// has no global addresses at all, and "reachable" means reachable by the ring's peers.
+fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        boot_delay: Duration::from_secs(3),
+        retry_interval: Duration::from_secs(20),
+        refresh_interval: Duration::from_secs(5 * 60),
+        only_global_ips: false,
+        ..autonat::Config::default()
+    }
 }
 
 /// Builds the swarm for `config`: its identity is the device key.

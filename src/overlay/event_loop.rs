@@ -8,7 +8,7 @@ use futures::StreamExt;
 use libp2p::kad::{self, QueryId, QueryResult, Quorum, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, StreamProtocol, Swarm, identify, mdns};
+use libp2p::{PeerId, StreamProtocol, Swarm, autonat, identify, mdns};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -235,6 +235,7 @@ impl EventLoop {
             held_blobs: 0,
             held_bytes: 0,
             banned: self.banned.len(),
+            ..self.reachability_status()
         }
     }
 
@@ -265,6 +266,7 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Blob(event)) => self.on_rr_event(event, false),
             SwarmEvent::Behaviour(BehaviourEvent::Notify(event)) => self.on_rr_event(event, true),
@@ -752,6 +754,55 @@ impl EventLoop {
             && let Err(e) = kad.store_mut().put(record)
         {
             tracing::debug!(%source, "backup root not stored: {e}");
+        }
+    }
+}
+
+/// Reachability (NAT, issue #19): AutoNAT's verdict decides the Kademlia mode.
+impl EventLoop {
+    /// With `reachable = "auto"`, a confirmed public address makes this node a DHT server
+    /// (others add it to their routing tables and place data on it); a private verdict makes
+    /// it a client again, so nobody keeps choosing a holder they cannot dial. "Unknown"
+    /// (probes failed for want of servers) leaves the mode as it is.
+    fn on_autonat_event(&mut self, event: autonat::Event) {
+        let autonat::Event::StatusChanged { old, new } = event else {
+            return;
+        };
+        tracing::info!(?old, ?new, "reachability changed");
+        if self.config.reachable.resolve(&self.config) != super::Reachable::Auto {
+            return;
+        }
+        let mode = match new {
+            autonat::NatStatus::Public(_) => kad::Mode::Server,
+            autonat::NatStatus::Private => kad::Mode::Client,
+            autonat::NatStatus::Unknown => return,
+        };
+        self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+    }
+
+    /// The reachability part of `status`.
+    fn reachability_status(&mut self) -> Status {
+        let forced = self.config.reachable.resolve(&self.config) != super::Reachable::Auto;
+        let behaviour = self.swarm.behaviour_mut();
+        let dht_mode = match behaviour.kad.mode() {
+            kad::Mode::Server => "server",
+            kad::Mode::Client => "client",
+        };
+        let nat = behaviour.autonat.as_ref().map(|a| a.nat_status());
+        let reachable = match (forced, &nat) {
+            (true, _) => "forced",
+            (false, Some(autonat::NatStatus::Public(_))) => "yes",
+            (false, Some(autonat::NatStatus::Private)) => "no",
+            (false, _) => "unknown",
+        };
+        Status {
+            reachable: reachable.into(),
+            dht_mode: dht_mode.into(),
+            public_address: match nat {
+                Some(autonat::NatStatus::Public(a)) => Some(a.to_string()),
+                _ => None,
+            },
+            ..Status::default()
         }
     }
 }

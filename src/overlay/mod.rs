@@ -84,6 +84,45 @@ pub struct Config {
     /// Inbound blob requests one peer may have in flight (a sender has up to 16 deliveries
     /// in flight, each with one inbox put to every holder).
     pub max_inflight_per_peer: usize,
+    /// Whether others can dial this node: decides the Kademlia mode (NAT, issue #19).
+    pub reachable: Reachable,
+}
+
+/// `[overlay] reachable`: "auto" lets AutoNAT decide; "yes"/"no" force it.
+///
+/// A reachable node is a Kademlia server (it answers DHT queries and others put it in their
+/// routing tables, so it holds fragments, inbox entries and backup roots); an unreachable
+/// one is a Kademlia client: it uses the DHT but is never chosen to hold anything, since a
+/// holder nobody can dial loses what it holds for everyone else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachable {
+    #[default]
+    Auto,
+    Yes,
+    No,
+}
+
+impl Reachable {
+    /// "auto" for a node that only listens on loopback or the memory transport means "yes":
+    /// such a node is part of a ring on one host, where every peer can dial every other and
+    /// AutoNAT has nothing to find out (and, for the memory transport, no way to dial back).
+    pub(crate) fn resolve(self, config: &Config) -> Reachable {
+        use libp2p::multiaddr::Protocol;
+        let local_only = config.transport == TransportKind::Memory
+            || (!config.listen.is_empty()
+                && config.listen.iter().all(|a| {
+                    matches!(
+                        a.iter().next(),
+                        Some(Protocol::Ip4(ip)) if ip.is_loopback()
+                    ) || matches!(a.iter().next(), Some(Protocol::Ip6(ip)) if ip.is_loopback())
+                        || matches!(a.iter().next(), Some(Protocol::Memory(_)))
+                }));
+        match self {
+            Reachable::Auto if local_only => Reachable::Yes,
+            other => other,
+        }
+    }
 }
 
 impl Config {
@@ -102,6 +141,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             query_timeout: Duration::from_secs(30),
             max_inflight_per_peer: 16,
+            reachable: Reachable::Auto,
         }
     }
 }
@@ -203,6 +243,16 @@ pub struct Status {
     pub held_blobs: u64,
     pub held_bytes: u64,
     pub banned: usize,
+    /// AutoNAT's view: "yes" (public address confirmed), "no" (behind NAT), "unknown"
+    /// (not probed yet), or "forced" when `reachable` is "yes"/"no" or the ring is local.
+    #[serde(default)]
+    pub reachable: String,
+    /// The Kademlia mode: "server" (holds data for others) or "client".
+    #[serde(default)]
+    pub dht_mode: String,
+    /// The address AutoNAT confirmed as public, if any.
+    #[serde(default)]
+    pub public_address: Option<String>,
 }
 
 /// A successful lookup.
