@@ -66,8 +66,13 @@ pub(crate) fn start(home: TestHome, bootstrap: Option<&str>) -> Running {
     }
 }
 
-pub(crate) fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
+pub(crate) fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_for(what, Duration::from_secs(60), f)
+}
+
+/// [`eventually`] with a deadline of its own.
+pub(crate) fn eventually_for<T>(what: &str, wait: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + wait;
     loop {
         if let Some(v) = f() {
             return v;
