@@ -187,8 +187,8 @@ fn appends_over_quota_fail_and_smtp_says_mailbox_full() {
 }
 
 /// Issue #20's promise with real processes: nine `peerpost run` nodes up, alice joins with 60
-/// imported messages (two folders, flags); `status` shows (time printed; the benchmark measures the minute) every bundle placed at
-/// the target for a ring of nine. Alice is SIGKILLed, gets 10 more messages while down, and
+/// imported messages (two folders, flags); `status` shows every bundle placed at the target
+/// for a ring of nine (the time is printed; the benchmark measures the issue's minute). Alice is SIGKILLed, gets 10 more messages while down, and
 /// restarts with them pending: placed and in a newer root again. Then six of the ten (alice among
 /// them) are SIGKILLed at once, and `restore --phrase` (phrase on stdin, a survivor as
 /// bootstrap, a password file, no --address) on a fresh home gives back every message byte
