@@ -15,6 +15,7 @@ const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 /// each session's own view.
 #[test]
 fn ten_clients_for_twenty_seconds_get_only_answers_the_rfcs_allow() {
+    let _heavy = crate::util::one_heavy_at_a_time();
     let t = TestHome::new();
     t.init("alice@example.org");
     let node = RunNode::start(&t, &[("imap", "127.0.0.1:0")], &[]);

@@ -8,6 +8,7 @@ use super::*;
 /// the other node. A phrase with no backup gets a clear error.
 #[test]
 fn restore_through_the_binary_from_the_phrase_alone() {
+    let _heavy = crate::util::one_heavy_at_a_time();
     use crate::overlay_procs::{eventually, start};
     use crate::util::{Engine, TestHome};
 
@@ -195,6 +196,7 @@ fn appends_over_quota_fail_and_smtp_says_mailbox_full() {
 /// for byte, in its folder, with its flags and date.
 #[test]
 fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
+    let _heavy = crate::util::one_heavy_at_a_time();
     use crate::mailbox::{mkfolder, put, read_tree};
     use crate::overlay_procs::{Running, start};
     use crate::util::TestHome;

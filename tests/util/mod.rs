@@ -488,3 +488,11 @@ pub fn vouch(all: &[&TestHome], vouched: &[(&TestHome, &str)]) {
         std::fs::write(&path, config).unwrap();
     }
 }
+
+/// Held by the tests that load the two cores hardest (the ten-client IMAP judge) and by those
+/// that wait on timers while real processes converge (the durability process tests): they
+/// run one at a time, so the judge's 20 s of CPU never starves a ring that must settle.
+pub fn one_heavy_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
