@@ -231,7 +231,7 @@ impl Delivery {
                 from = if from.is_empty() {
                     "missing".to_string()
                 } else {
-                    from.join(", ")
+                    comment_safe(&from.join(", "))
                 },
             ),
             (false, super::ownership::Level::Unverified) => {
@@ -351,6 +351,21 @@ impl Delivery {
     }
 }
 
+/// `text` as it may stand inside an `Authentication-Results` comment: the addresses of a
+/// hostile `From:` could otherwise close the comment and append a result of their own
+/// (`x);peerpost=pass(`). Only address characters are kept, others become `?`, at most 512.
+fn comment_safe(text: &str) -> String {
+    text.chars()
+        .take(512)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._+-, ".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -434,5 +449,23 @@ mod tests {
         assert_eq!(d.receive(n.into_bytes()).await, Received::Dropped);
         cancel.cancel();
         let _ = task.await;
+    }
+
+    /// A `From:` written to break out of the A-R comment stays inside it.
+    #[test]
+    fn a_hostile_from_cannot_write_its_own_result() {
+        let from = super::super::headers::from_addresses(
+            b"From: x);peerpost=pass(pinned@evil.test\r\n\r\nbody",
+        );
+        let safe = comment_safe(&from.join(", "));
+        assert!(
+            !safe.contains(')') && !safe.contains('(') && !safe.contains(';'),
+            "{safe}"
+        );
+        assert_eq!(
+            comment_safe("bob@y.test, carol@z.test"),
+            "bob@y.test, carol@z.test"
+        );
+        assert_eq!(comment_safe(&"a".repeat(2000)).len(), 512);
     }
 }
