@@ -324,6 +324,7 @@ pub(crate) fn submit(t: &TestHome, node: &Node, rcpts: &[&str], message: &str) {
 
 #[test]
 fn overlay_users_and_an_outside_address_get_the_message_once() {
+    let _heavy = crate::util::one_heavy_at_a_time();
     let sink_port = free_port();
     let sink_dir = TestHome::new();
     let sink = Sink::start(sink_port, sink_dir.dir.path());

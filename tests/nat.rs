@@ -205,8 +205,13 @@ mod lab {
         }
     }
 
+    /// Flaky under the whole suite (2026-12-07: one full run in five, an internet node's
+    /// AutoNAT v1 verdict was still "no" after 60 s); it passes alone. Run it with
+    /// `cargo test --test integration nat::lab -- --ignored`.
     #[test]
+    #[ignore = "issue #19: an internet node's AutoNAT verdict is sometimes late under the full suite"]
     fn autonat_makes_internet_nodes_servers_and_the_natted_laptop_a_client() {
+        let _heavy = crate::util::one_heavy_at_a_time();
         let Some(mut lab) = Lab::up() else { return };
         let a = lab.start("inet", "/ip4/10.99.0.1/tcp/0", None);
         lab.start("inet", "/ip4/10.99.0.1/tcp/0", Some(&a));
