@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::flow::eventually;
 use crate::util::{RunNode, TestHome};
 
 /// Debian's python3-prometheus-client is installed for the system Python (scripts/setup).
@@ -75,17 +76,6 @@ fn scrape(port: u16) -> HashMap<String, f64> {
 fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("{key} missing from the scrape: {m:?}"))
-}
-
-fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn overlay_addr(n: &RunNode) -> String {
