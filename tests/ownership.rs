@@ -171,5 +171,75 @@ fn ownership_decides_routes_and_arrival_levels() {
         !sink.messages().iter().any(|m| m.contains("dave@own.test")),
         "an overlay address never goes to the smarthost"
     );
+
+    // (e) `peerpost trust`: a pin outranks everything, and a record with another key is
+    // refused. Alice pins carol to bob's key (say, a typo'd card): carol's own record is
+    // refused and mail to her waits, then bounces; never the smarthost.
+    let fingerprint = |n: &Node| {
+        let out = n.home.run(&["key", "show"]).success().stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("user fingerprint:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| panic!("no fingerprint in {out}"))
+    };
+    let (bob_fp, carol_fp) = (fingerprint(&bob), fingerprint(&carol));
+    let out = alice
+        .home
+        .run(&["trust", "Carol@Own.test", &bob_fp])
+        .success()
+        .stdout();
+    assert!(out.contains("Pinned carol@own.test"), "{out}");
+    let r = alice.home.run(&["lookup", "carol@own.test"]);
+    assert!(!r.output.status.success(), "{}", r.stdout());
+    assert!(r.stderr().contains("peerpost trust"), "{}", r.stderr());
+    submit(
+        &t,
+        &alice,
+        &["carol@own.test"],
+        "From: alice@own.test\r\nSubject: to carol\r\nMessage-ID: <e@own.test>\r\n\r\ne\r\n",
+    );
+    eventually("alice has carol's bounce", 60, || {
+        let i = alice.inbox();
+        i.iter()
+            .any(|m| m.contains("carol@own.test") && m.contains("4.4.7"))
+            .then_some(())
+    });
+    assert_eq!(count(&carol.inbox(), "<e@own.test>"), 0);
+    assert!(!sink.messages().iter().any(|m| m.contains("<e@own.test>")));
+    // The right key: carol is pinned, listed, and her mail flows.
+    alice
+        .home
+        .run(&["trust", "carol@own.test", &carol_fp])
+        .success();
+    assert_eq!(level("carol@own.test"), "pinned");
+    let list = alice.home.run(&["trust", "--list"]).success().stdout();
+    assert_eq!(list.trim(), format!("carol@own.test  {carol_fp}"));
+    submit(
+        &t,
+        &alice,
+        &["carol@own.test"],
+        "From: alice@own.test\r\nSubject: to carol\r\nMessage-ID: <e2@own.test>\r\n\r\ne\r\n",
+    );
+    eventually("carol has the mail sent under the pin", 30, || {
+        (count(&carol.inbox(), "<e2@own.test>") == 1).then_some(())
+    });
+    // Removed: first use again.
+    alice
+        .home
+        .run(&["trust", "--remove", "carol@own.test"])
+        .success();
+    assert_eq!(level("carol@own.test"), "unverified");
+    let r = alice.home.run(&["trust", "--remove", "carol@own.test"]);
+    assert!(
+        !r.output.status.success() && r.stderr().contains("not pinned"),
+        "{}",
+        r.stderr()
+    );
+    let r = alice.home.run(&["trust", "carol@own.test", "12 34"]);
+    assert!(
+        !r.output.status.success() && r.stderr().contains("not a fingerprint"),
+        "{}",
+        r.stderr()
+    );
     drop(squatter);
 }

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod send;
 pub mod status;
 pub mod sync;
+pub mod trust;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,9 @@ pub enum Command {
     Run(run::Args),
     /// Look up an address in the directory through the running node.
     Lookup(lookup::Args),
+    /// Pin an address to the key its owner gave you (--list, --remove): only a record with
+    /// that key is believed for it.
+    Trust(trust::Args),
     /// Show this node's identity, configuration, store, and the running node (if any).
     Status(status::Args),
     /// Import mail from a Maildir (with subfolders) or an mbox file.
@@ -102,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key::execute(cmd, &home),
         Command::Run(args) => run::execute(args, &home),
         Command::Lookup(args) => lookup::execute(args, &home),
+        Command::Trust(args) => trust::execute(args, &home),
         Command::Status(args) => status::execute(args, &home),
         Command::Import(args) => import::execute(args, &home),
         Command::Export(args) => export::execute(args, &home),

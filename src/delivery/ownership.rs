@@ -54,8 +54,8 @@ impl Level {
 
 /// What ownership says of an address before its record is looked up.
 pub(super) struct Claim {
-    /// The user pinned a key (`peerpost trust`).
-    pub pinned: bool,
+    /// The key the user pinned (`peerpost trust`).
+    pub pinned: Option<Fingerprint>,
     /// Keys the address's domain names in `_peerpost` TXT records.
     pub vouched: Vec<Fingerprint>,
 }
@@ -63,7 +63,7 @@ pub(super) struct Claim {
 impl Claim {
     /// Pinned or domain-vouched: an overlay address whatever the DHT holds.
     pub fn is_overlay(&self) -> bool {
-        self.pinned || !self.vouched.is_empty()
+        self.pinned.is_some() || !self.vouched.is_empty()
     }
 }
 
@@ -113,8 +113,7 @@ impl Delivery {
             .store
             .trust_get(address.to_string())
             .await
-            .map_err(|e| e.to_string())?
-            .is_some();
+            .map_err(|e| e.to_string())?;
         let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
         let txt = self
             .domain_txt(domain)
@@ -128,7 +127,10 @@ impl Delivery {
 
     /// The level of `record` given `claim` (the lookup believed only pinned or vouched keys).
     pub(super) fn level(&self, claim: &Claim, record: &DirectoryRecord) -> Level {
-        if claim.pinned {
+        if claim
+            .pinned
+            .is_some_and(|fp| fp == fingerprint_of(&record.keys))
+        {
             Level::Pinned
         } else if claim.vouched.contains(&fingerprint_of(&record.keys)) {
             Level::VerifiedDomain
@@ -154,7 +156,13 @@ impl Delivery {
     ) -> Result<(DirectoryRecord, Level), LookupError> {
         let (_, domain) = address.rsplit_once('@').unwrap_or((address, ""));
         let by = format!("the _peerpost TXT records of {domain}");
-        let vouched = (!claim.vouched.is_empty()).then_some((&claim.vouched[..], by.as_str()));
+        // The user's pin outranks the domain (the overlay's lookup applies it too; saying it
+        // here keeps a record cached before the pin from being used).
+        let pinned = claim.pinned.map(|fp| [fp]);
+        let vouched = match &pinned {
+            Some(fp) => Some((&fp[..], "your `peerpost trust`")),
+            None => (!claim.vouched.is_empty()).then_some((&claim.vouched[..], by.as_str())),
+        };
         let record = self.record(address, fresh, vouched).await?;
         let level = self.level(claim, &record);
         Ok((record, level))

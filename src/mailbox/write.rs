@@ -358,12 +358,7 @@ impl Mailbox {
         self.expunge_in(folder, entries, true).await
     }
 
-    async fn expunge_in(
-        &self,
-        folder: &str,
-        entries: &[EntryId],
-        skip_gone: bool,
-    ) -> Result<()> {
+    async fn expunge_in(&self, folder: &str, entries: &[EntryId], skip_gone: bool) -> Result<()> {
         let _w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         let mut present = Vec::with_capacity(entries.len());
