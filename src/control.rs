@@ -66,6 +66,8 @@ pub enum Request {
         size: u64,
     },
     Durability,
+    /// The ring's statistics totals (issue #17).
+    Stats,
 }
 
 /// Largest message `send` takes over the socket.
@@ -101,7 +103,7 @@ pub struct LookupReply {
     pub elapsed_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Reply {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +115,72 @@ struct Reply {
     #[serde(skip_serializing_if = "Option::is_none")]
     queued: Option<String>,
     durability: Option<crate::durability::status::DurabilityStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats: Option<RingStats>,
+}
+
+/// `peerpost stats`: the ring's totals for the last finished round, as a collector has them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RingStats {
+    /// Whether this node shares its own figures.
+    pub sharing: bool,
+    /// The round's number (unix time / round length) and its length in seconds.
+    pub epoch: u64,
+    pub every_secs: u64,
+    /// Every share arrived (else some figures are missing and the numbers are noise).
+    pub complete: bool,
+    pub holders: u32,
+    pub shares: u32,
+    pub nodes: u64,
+    /// (version, nodes): this node's version by name, other slots as "other (slot n)".
+    pub versions: Vec<(String, u64)>,
+    /// Nodes up < 1 h, < 1 day, < 7 days, longer.
+    pub uptime: [u64; 4],
+    pub offered_bytes: u64,
+    pub used_bytes: u64,
+    pub delivered: u64,
+    pub reachable: u64,
+    pub nated: u64,
+}
+
+impl RingStats {
+    fn from_totals(t: &overlay::stats::Totals, sharing: bool, every_secs: u64) -> RingStats {
+        use overlay::stats::{VERSION_SLOTS, field, version_slot};
+        let v = &t.values;
+        let mine = version_slot(env!("CARGO_PKG_VERSION"));
+        let versions = (0..VERSION_SLOTS)
+            .filter(|i| v[field::VERSION + i] > 0)
+            .map(|i| {
+                let name = if i == mine {
+                    env!("CARGO_PKG_VERSION").to_string()
+                } else {
+                    format!("other (slot {i})")
+                };
+                (name, v[field::VERSION + i])
+            })
+            .collect();
+        RingStats {
+            sharing,
+            epoch: t.epoch,
+            every_secs,
+            complete: t.complete(),
+            holders: t.holders,
+            shares: t.shares,
+            nodes: v[field::NODES],
+            versions,
+            uptime: [
+                v[field::UPTIME],
+                v[field::UPTIME + 1],
+                v[field::UPTIME + 2],
+                v[field::UPTIME + 3],
+            ],
+            offered_bytes: v[field::OFFERED],
+            used_bytes: v[field::USED],
+            delivered: v[field::DELIVERED],
+            reachable: v[field::REACHABLE],
+            nated: v[field::NATED],
+        }
+    }
 }
 
 pub fn socket_path(home: &Path) -> PathBuf {
@@ -232,6 +300,7 @@ fn error_reply(e: &str) -> Reply {
         error: Some(e.to_string()),
         queued: None,
         durability: None,
+        stats: None,
     }
 }
 
@@ -280,8 +349,24 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                 error: None,
                 queued: None,
                 durability: None,
+                stats: None,
             },
             Err(e) => error_reply(&e.to_string()),
+        },
+        Request::Stats => match ctx.client.ring_stats().await {
+            Some(t) => Reply {
+                ok: true,
+                stats: Some(RingStats::from_totals(
+                    &t,
+                    ctx.client.stats_sharing(),
+                    ctx.client.stats_every_secs(),
+                )),
+                ..Reply::default()
+            },
+            None => error_reply(
+                "no collector has totals for the last rounds yet (the first round's totals \
+                 are ready one round after the node joins; see `stats.every`)",
+            ),
         },
         Request::Durability => {
             let st = crate::durability::status::check(&ctx.client, &ctx.store, &ctx.backup);
@@ -293,6 +378,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                     error: None,
                     queued: None,
                     durability: Some(d),
+                    stats: None,
                 },
                 Err(e) => error_reply(&e.to_string()),
             }
@@ -326,6 +412,7 @@ async fn answer(req: Request, ctx: &Context) -> Reply {
                     error: None,
                     queued: None,
                     durability: None,
+                    stats: None,
                 }
             }
             Err(e) => error_reply(&e.to_string()),

@@ -76,6 +76,9 @@ pub struct NodeConfig {
     /// Where to serve the OpenMetrics endpoint (`GET /metrics`), if anywhere. A bind failure
     /// is logged and the node runs without it.
     pub metrics: Option<SocketAddr>,
+    /// Run the ring statistics rounds (overlay::stats; `stats.share` decides whether this
+    /// node's own figures are sent). Off in in-process test rings.
+    pub ring_stats: bool,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -130,6 +133,7 @@ impl NodeConfig {
             mail: None,
             durability: Some(DurabilityConfig::default()),
             metrics: None,
+            ring_stats: false,
         }
     }
 }
@@ -206,6 +210,40 @@ impl Publisher {
     }
 }
 
+/// The ring statistics rounds, with this node's figures (docs/design.md "Ring statistics").
+fn ring_stats(
+    client: overlay::Client,
+    store: Store,
+    config: &NodeConfig,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let started = std::time::Instant::now();
+    let offered = config.overlay.contribution;
+    let last_delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = client.clone();
+    async move {
+        let figures = move || {
+            let (client, store, last) = (c.clone(), store.clone(), last_delivered.clone());
+            async move {
+                use std::sync::atomic::Ordering;
+                let status = client.status().await.unwrap_or_default();
+                let used = store.held_stats().await.map(|h| h.bytes).unwrap_or(0);
+                let total = crate::metrics::get().delivered_total();
+                let before = last.swap(total, Ordering::SeqCst);
+                overlay::stats::Figures {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    uptime_secs: started.elapsed().as_secs(),
+                    offered_bytes: offered,
+                    used_bytes: used,
+                    delivered: total.saturating_sub(before),
+                    reachable: status.dht_mode == "server",
+                }
+            }
+        };
+        client.run_stats(figures, cancel).await
+    }
+}
+
 impl Node {
     /// Starts a node on an open store. Call inside the node's tracing span: every task it
     /// spawns inherits it.
@@ -220,6 +258,12 @@ impl Node {
             }
             .in_current_span(),
         );
+        if config.ring_stats {
+            tasks.spawn(
+                ring_stats(client.clone(), store.clone(), &config, cancel.clone())
+                    .in_current_span(),
+            );
+        }
         // Notifications go to delivery (when the node runs mail); a full channel drops them:
         // the notice waits in the DHT inbox for the next collection.
         let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);

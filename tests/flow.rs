@@ -21,6 +21,8 @@ pub(crate) struct Node {
     pub(crate) pop3: u16,
     pub(crate) smtp: u16,
     pub(crate) submission: u16,
+    /// `RUST_LOG` for the process (none: the binary's default, warnings only).
+    pub(crate) log_filter: Option<String>,
 }
 
 impl Drop for Node {
@@ -71,6 +73,7 @@ impl Node {
             pop3: 0,
             smtp: 0,
             submission: 0,
+            log_filter: None,
         }
     }
 
@@ -97,9 +100,11 @@ impl Node {
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
-        cmd.env_remove("PEERPOST_HOME")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+        cmd.env_remove("PEERPOST_HOME").env_remove("RUST_LOG");
+        if let Some(f) = &self.log_filter {
+            cmd.env("RUST_LOG", f);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(self.log());
         let mut child = cmd.spawn().expect("spawn peerpost run");

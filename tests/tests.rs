@@ -48,6 +48,7 @@ mod pop3;
 mod run_mail;
 // The SMTP intake against smtplib, swaks and hostile raw input.
 mod smtp;
+mod stats;
 // `peerpost sync DIR` running: deliveries, flags (also by real mutt), deletions, moves, SIGKILL.
 mod sync;
 mod util;

@@ -17,6 +17,7 @@ pub mod restore;
 pub mod run;
 pub mod secret;
 pub mod send;
+pub mod stats;
 pub mod status;
 pub mod sync;
 pub mod trust;
@@ -66,6 +67,9 @@ pub enum Command {
     Trust(trust::Args),
     /// Show this node's identity, configuration, store, and the running node (if any).
     Status(status::Args),
+    /// Show the ring's statistics: nodes, versions, storage offered and used, mail volume
+    /// (aggregates only; `stats.share = false` opts this node out).
+    Stats(stats::Args),
     /// Import mail from a Maildir (with subfolders) or an mbox file.
     Import(import::Args),
     /// Write the mailbox as a Maildir that Dovecot and mutt read as is.
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lookup(args) => lookup::execute(args, &home),
         Command::Trust(args) => trust::execute(args, &home),
         Command::Status(args) => status::execute(args, &home),
+        Command::Stats(args) => stats::execute(args, &home),
         Command::Import(args) => import::execute(args, &home),
         Command::Export(args) => export::execute(args, &home),
         Command::Sync(args) => sync::execute(args, &home),

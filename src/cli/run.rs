@@ -223,6 +223,8 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         Some(true) => overlay::Reachable::Yes,
         Some(false) => overlay::Reachable::No,
     };
+    oc.stats_share = config.stats.share;
+    oc.stats_every = config.stats.every;
 
     let mut nc = NodeConfig::new(&identity.address, user_keys, device.public(), oc);
     if let Some(d) = &mut nc.durability {
@@ -234,6 +236,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     nc.control_socket = Some(control::socket_path(home.root()));
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
     nc.metrics = pick(args.metrics, config.overlay.metrics);
+    nc.ring_stats = true;
     let password_home = home.clone();
     nc.mail = Some(MailConfig {
         pop3: pick(args.pop3, config.pop3.listen),

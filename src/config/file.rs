@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub delivery: DeliverySection,
     // --- hostile clients (issue #18) ---
     pub limits: LimitsSection,
+    // --- metrics and ring statistics (issue #17) ---
+    pub stats: StatsSection,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -251,6 +253,22 @@ impl Default for MaildirSection {
             mount: false,
             path: "~/Maildir".into(),
             owner: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsSection {
+    pub share: bool,
+    pub every: String,
+}
+
+impl Default for StatsSection {
+    fn default() -> Self {
+        StatsSection {
+            share: true,
+            every: "1h".into(),
         }
     }
 }

@@ -57,6 +57,16 @@ pub struct Config {
     pub maildir: MaildirConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    pub stats: StatsConfig,
+}
+
+/// `[stats]`, validated: ring statistics (docs/design.md "Ring statistics").
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsConfig {
+    /// Share this node's figures (and hold and add up others' shares).
+    pub share: bool,
+    /// Length of one round.
+    pub every: Duration,
 }
 
 /// `[limits]`, validated.

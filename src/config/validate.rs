@@ -260,6 +260,10 @@ impl Validator<'_> {
             smarthost,
             delivery,
             limits,
+            stats: StatsConfig {
+                share: f.stats.share,
+                every: duration("stats.every", &f.stats.every)?,
+            },
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),

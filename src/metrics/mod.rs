@@ -276,6 +276,14 @@ impl Metrics {
             .observe((now_secs_f64() - submitted as f64).max(0.0));
     }
 
+    /// Messages delivered so far by this process, over every route (ring statistics).
+    pub fn delivered_total(&self) -> u64 {
+        ["overlay", "smarthost"]
+            .into_iter()
+            .map(|route| self.delivered.get_or_create(&RouteLabel { route }).get())
+            .sum()
+    }
+
     pub fn delivery_retried(&self) {
         self.retried.inc();
     }

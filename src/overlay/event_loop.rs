@@ -68,6 +68,8 @@ pub(crate) struct EventLoop {
     corrupt_fetches: bool,
     // --- backup roots (durability, issue #6) ---
     root_lookups: HashMap<QueryId, PendingRootLookup>,
+    /// Ring statistics held and collected (answered here, in memory).
+    stats: std::sync::Arc<super::stats::Tally>,
 }
 
 impl EventLoop {
@@ -77,6 +79,7 @@ impl EventLoop {
         event_tx: mpsc::Sender<Event>,
         store: Store,
         config: Config,
+        stats: std::sync::Arc<super::stats::Tally>,
     ) -> EventLoop {
         EventLoop {
             swarm,
@@ -94,6 +97,7 @@ impl EventLoop {
             banned: HashSet::new(),
             corrupt_fetches: false,
             root_lookups: HashMap::new(),
+            stats,
         }
     }
 
@@ -504,6 +508,11 @@ impl EventLoop {
             });
             return self.respond(channel, Response::Ack, true);
         }
+        // Statistics are a few hundred bytes added up in memory: no store task.
+        if let Request::Stats(msg) = request {
+            let response = self.stats.serve(peer, msg, super::now_secs());
+            return self.respond(channel, response, false);
+        }
         let inflight = self.inflight.get(&peer).copied().unwrap_or(0);
         if inflight >= self.config.max_inflight_per_peer || self.tasks.len() >= MAX_INBOUND_TASKS {
             return refuse(self, channel, Refusal::Busy);
@@ -579,6 +588,7 @@ async fn serve(store: &Store, request: Request, limit: u64, me: &PeerId) -> Resp
         Request::InboxPut { .. } | Request::InboxList { .. } | Request::InboxAck { .. } => {
             super::inbox::serve(store, request, me, false).await
         }
+        Request::Stats(_) => Response::Refused(Refusal::Invalid),
     }
 }
 

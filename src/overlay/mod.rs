@@ -28,10 +28,12 @@ mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
 pub mod protocol;
+pub mod stats;
 
 pub use behaviour::MAX_STREAMS;
 pub use inbox::{device_peer_id, list_request, put_request};
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use libp2p::{Multiaddr, PeerId};
@@ -86,6 +88,10 @@ pub struct Config {
     pub max_inflight_per_peer: usize,
     /// Whether others can dial this node: decides the Kademlia mode (NAT, issue #19).
     pub reachable: Reachable,
+    /// Ring statistics ([`stats`]): whether this node shares (and holds and collects)
+    /// them, and the length of one round.
+    pub stats_share: bool,
+    pub stats_every: Duration,
 }
 
 /// `[overlay] reachable`: "auto" lets AutoNAT decide; "yes"/"no" force it.
@@ -142,6 +148,8 @@ impl Config {
             query_timeout: Duration::from_secs(30),
             max_inflight_per_peer: 16,
             reachable: Reachable::Auto,
+            stats_share: true,
+            stats_every: Duration::from_secs(3600),
         }
     }
 }
@@ -329,6 +337,8 @@ pub struct Client {
     blob_replicas: usize,
     /// Recently found closest peers of DHT inbox keys (mail flow).
     inbox_peers: inbox::PeerCache,
+    /// Ring statistics this node holds and collects.
+    stats: Arc<stats::Tally>,
 }
 
 /// Starts the overlay: binds the listen addresses, dials the bootstrap peers, and runs the
@@ -350,6 +360,7 @@ pub fn spawn(
         }
     }
     let peer_id = *swarm.local_peer_id();
+    let stats = Arc::new(stats::Tally::new(config.stats_share, config.stats_every));
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
     let client = Client {
@@ -359,8 +370,9 @@ pub fn spawn(
         ring_authority: config.ring_authority,
         blob_replicas: config.blob_replicas,
         inbox_peers: Default::default(),
+        stats: stats.clone(),
     };
-    let event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, store, config);
+    let event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, store, config, stats);
     let handle = tokio::spawn(tracing::Instrument::in_current_span(event_loop.run(cancel)));
     Ok((client, event_rx, handle))
 }
@@ -377,6 +389,30 @@ impl Client {
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Whether this node shares ring statistics, and the length of a round.
+    pub fn stats_sharing(&self) -> bool {
+        self.stats.sharing()
+    }
+
+    pub fn stats_every_secs(&self) -> u64 {
+        self.stats.every().as_secs()
+    }
+
+    /// The ring's statistics totals for the last finished round ([`stats::ring_totals`]).
+    pub async fn ring_stats(&self) -> Option<stats::Totals> {
+        stats::ring_totals(self, &self.stats).await
+    }
+
+    /// Runs this node's statistics rounds until `cancel` ([`stats::run`]); `figures` gives
+    /// this node's figures once a round.
+    pub async fn run_stats<F, Fut>(&self, figures: F, cancel: CancellationToken)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = stats::Figures>,
+    {
+        stats::run(self.clone(), self.stats.clone(), figures, cancel).await
     }
 
     pub async fn status(&self) -> Result<Status, Error> {

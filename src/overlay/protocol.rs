@@ -53,6 +53,7 @@ const FOUND: u8 = 0x82;
 const HAS_ANSWER: u8 = 0x83;
 const ACK: u8 = 0x84;
 const REFUSED: u8 = 0x90;
+use super::stats::{STATS, STATS_GET, STATS_SHARE, STATS_SUM};
 
 // --- DHT inboxes (mail flow), on `/peerpost/blob/1`, frame version 1 ---
 //
@@ -180,6 +181,9 @@ pub enum Request {
         entry: [u8; 32],
         secret: [u8; 32],
     },
+    /// Ring statistics: a share, a holder's sum, or a collector's totals asked for
+    /// ([`super::stats`]).
+    Stats(super::stats::Message),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +213,8 @@ pub enum Response {
         entries: Vec<Vec<u8>>,
         more: bool,
     },
+    /// A collector's totals for one epoch.
+    Stats(super::stats::Totals),
 }
 
 impl Request {
@@ -259,6 +265,7 @@ impl Request {
             Request::InboxAck { key, entry, secret } => {
                 w.u8(INBOX_ACK).fixed(key).fixed(entry).fixed(secret);
             }
+            Request::Stats(m) => m.encode(&mut w),
         }
         w.into_vec()
     }
@@ -270,7 +277,10 @@ impl Request {
         let kind = header(&mut r)?;
         let notify = protocol == NOTIFY_PROTOCOL;
         let req = match kind {
-            STORE | FETCH | HAS | INBOX_PUT | INBOX_LIST | INBOX_ACK if notify => {
+            STORE | FETCH | HAS | INBOX_PUT | INBOX_LIST | INBOX_ACK | STATS_SHARE | STATS_SUM
+            | STATS_GET
+                if notify =>
+            {
                 return Err(FrameError::WrongProtocol(kind));
             }
             NOTIFY if !notify => return Err(FrameError::WrongProtocol(kind)),
@@ -306,6 +316,9 @@ impl Request {
                 entry: r.array("entry id")?,
                 secret: r.array("ack secret")?,
             },
+            STATS_SHARE | STATS_SUM | STATS_GET => {
+                Request::Stats(super::stats::Message::decode(kind, &mut r)?)
+            }
             other => return Err(FrameError::UnknownKind(other)),
         };
         r.finish("request frame")?;
@@ -341,6 +354,7 @@ impl Response {
                 }
                 w.u8(u8::from(*more || entries.len() > n));
             }
+            Response::Stats(t) => t.encode(&mut w),
         }
         w.into_vec()
     }
@@ -364,6 +378,7 @@ impl Response {
                 }
             },
             ACK => Response::Ack,
+            STATS => Response::Stats(super::stats::Totals::decode(&mut r)?),
             REFUSED => Response::Refused(match r.u8("reason")? {
                 1 => Refusal::Full,
                 2 => Refusal::Busy,
