@@ -98,7 +98,7 @@ fn a_send_moves_the_delivery_counter_and_latency_histogram() {
     tb.init("bob@metrics.test");
     // Bob is an overlay address (his domain vouches for his key), so the send goes overlay.
     crate::util::vouch(&[&ta, &tb], &[(&tb, "bob@metrics.test")]);
-    let alice = RunNode::start(&ta, &[], &[]);
+    let alice = RunNode::start(&ta, &[("pop3", "127.0.0.1:0")], &[]);
     let boot = overlay_addr(&alice);
     let bob = RunNode::start(&tb, &[], &["--bootstrap", &boot]);
     // Both homes were made with 127.0.0.1:0: two endpoints on one machine, no collision.
@@ -147,6 +147,24 @@ fn a_send_moves_the_delivery_counter_and_latency_histogram() {
     );
     // Bob's node counted nothing delivered: the families are per process.
     assert_eq!(value(&scrape(bob.port("metrics")), DELIVERED), 0.0);
+
+    // Commands are counted by protocol and name; a line that does not parse as "invalid"
+    // (never by what the client wrote).
+    let capa = "peerpost_server_commands_total{command=\"CAPA\",protocol=\"pop3\"}";
+    let invalid = "peerpost_server_commands_total{command=\"invalid\",protocol=\"pop3\"}";
+    let count = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let before = scrape(port);
+    let mut pop = TcpStream::connect(("127.0.0.1", alice.port("pop3"))).unwrap();
+    pop.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    pop.write_all(b"CAPA\r\nXYZZY-{secret}\r\nQUIT\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = pop.read_to_string(&mut out);
+    assert!(out.contains("+OK bye"), "{out}");
+    let after = scrape(port);
+    assert_eq!(count(&after, capa), count(&before, capa) + 1.0);
+    assert_eq!(count(&after, invalid), count(&before, invalid) + 1.0);
+    assert!(!after.keys().any(|k| k.contains("XYZZY")));
 }
 
 #[test]

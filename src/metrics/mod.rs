@@ -32,6 +32,14 @@ struct ProtocolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabel {
+    protocol: &'static str,
+    /// The command's name as the code spells it (a fixed set; "invalid" for a line that
+    /// did not parse), never anything the client sent.
+    command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabel {
     protocol: &'static str,
     result: &'static str,
@@ -56,6 +64,7 @@ pub struct Metrics {
     sessions: Family<ProtocolLabel, Counter>,
     sessions_active: Family<ProtocolLabel, Gauge>,
     sessions_refused: Family<ProtocolLabel, Counter>,
+    commands: Family<CommandLabel, Counter>,
     handshakes: Family<HandshakeLabel, Counter>,
     logins_failed: Counter,
     scrapes: Counter,
@@ -104,6 +113,7 @@ impl Metrics {
         let sessions = Family::<ProtocolLabel, Counter>::default();
         let sessions_active = Family::<ProtocolLabel, Gauge>::default();
         let sessions_refused = Family::<ProtocolLabel, Counter>::default();
+        let commands = Family::<CommandLabel, Counter>::default();
         let handshakes = Family::<HandshakeLabel, Counter>::default();
         let logins_failed = Counter::default();
         let scrapes = Counter::default();
@@ -116,6 +126,7 @@ impl Metrics {
             sessions,
             sessions_active,
             sessions_refused,
+            commands,
             handshakes,
             logins_failed,
             scrapes,
@@ -173,6 +184,11 @@ impl Metrics {
             "server_sessions_refused",
             "Connections refused because the listener was full, by protocol",
             m.sessions_refused.clone(),
+        );
+        r.register(
+            "server_commands",
+            "Commands received, by protocol and command (\"invalid\": a line that did not parse)",
+            m.commands.clone(),
         );
         r.register(
             "server_tls_handshakes",
@@ -308,6 +324,13 @@ impl Metrics {
     pub fn session_refused(&self, protocol: &'static str) {
         self.sessions_refused
             .get_or_create(&ProtocolLabel { protocol })
+            .inc();
+    }
+
+    /// A client sent a command (`command` from the parser's fixed set of names).
+    pub fn command(&self, protocol: &'static str, command: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabel { protocol, command })
             .inc();
     }
 

@@ -139,8 +139,12 @@ async fn session(
             Read::Shutdown => return conn.line("-ERR server shutting down").await,
         };
         let cmd = match codec::parse(&line) {
-            Ok(c) => c,
+            Ok(c) => {
+                crate::metrics::get().command("pop3", c.name());
+                c
+            }
             Err(e) => {
+                crate::metrics::get().command("pop3", "invalid");
                 errors += 1;
                 conn.line(&format!("-ERR {e}")).await?;
                 if errors > MAX_ERRORS {

@@ -154,6 +154,7 @@ async fn session(
                 }
             }
             Err(e) => {
+                crate::metrics::get().command("smtp", "invalid");
                 errors += 1;
                 if matches!(e, smtp_proto::Error::ResponseTooLong) {
                     discarding = true;
@@ -165,6 +166,7 @@ async fn session(
                 continue;
             }
         };
+        crate::metrics::get().command("smtp", request.name());
         match request {
             Request::Ehlo { host } | Request::Lhlo { host } => {
                 env = Envelope {
