@@ -14,11 +14,11 @@ const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 /// retired numbers of deleted folders: `fs::tree` and `inode` unit tests) this load left
 /// Dovecot errors on the mount: fstat() ENOENT on lock files, "indexid changed" and
 /// "duplicate transaction log sequence" in folders deleted and made again. Those are gone
-/// (0 in three runs), and the judge finds no RFC violation; but one run in three still logs
-/// one `maildir_file_do(…): Filename keeps changing for UID=…` (a message renamed under
-/// Dovecot's open more often than it retries), not seen on ext4 under the same load.
+/// (0 in three runs), and the judge finds no RFC violation. On 2026-12-07 nine runs (three
+/// of 60 s, six of 20 s) logged no error but one: a dotlock in a `churn` folder another
+/// session was deleting (tolerated below, with why); "Filename keeps changing", seen once
+/// in three runs the day before, did not recur.
 #[test]
-#[ignore = "issue #21: one run in three Dovecot on the mount logs 'Filename keeps changing'"]
 fn dovecot_on_the_mount_serves_ten_clients_without_an_error() {
     let _heavy = crate::util::one_heavy_at_a_time();
     let t = TestHome::new();
@@ -47,10 +47,18 @@ fn dovecot_on_the_mount_serves_ten_clients_without_an_error() {
     let own_race = |l: &str| {
         l.contains("/tmp/") && l.contains("failed: No such file or directory (in maildir-save.c")
     };
+    // The same race on a lock file: a session locking a `churn` folder's uidlist while
+    // another deletes the folder finds its new lock gone (ext4 has the window too, but
+    // between two syscalls; on FUSE each is a round trip, so it is wider).
+    let deleted_folder = |l: &str| {
+        l.contains("/.churn")
+            && (l.contains("was immediately deleted under us")
+                || l.contains("No such file or directory"))
+    };
     let bad: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Error:") || l.contains("Panic:") || l.contains("Fatal:"))
-        .filter(|l| !own_race(l))
+        .filter(|l| !own_race(l) && !deleted_folder(l))
         .collect();
     eprintln!("{} error lines in Dovecot's log", bad.len());
     for l in bad.iter().take(40) {
