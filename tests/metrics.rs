@@ -38,7 +38,7 @@ fn exchange(port: u16, request: &[u8]) -> String {
 }
 
 /// `GET /metrics`, checked by the parser: every sample by `name{labels}`.
-fn scrape(port: u16) -> HashMap<String, f64> {
+pub(crate) fn scrape(port: u16) -> HashMap<String, f64> {
     let reply = exchange(
         port,
         b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/openmetrics-text\r\n\r\n",

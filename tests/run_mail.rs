@@ -137,6 +137,18 @@ fn run_mounts_the_maildir_and_unmounts_at_exit() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(found.contains("Subject: to the mount"), "{found}");
+    // The mount's operations are on the node's metrics endpoint, with their latencies.
+    let m = crate::metrics::scrape(node.port("metrics"));
+    let served = |op: &str| {
+        m.get(&format!("peerpost_mount_operations_total{{op=\"{op}\"}}"))
+            .copied()
+            .unwrap_or_else(|| panic!("no {op} count: {m:?}"))
+    };
+    assert!(served("lookup") >= 1.0 && served("read") >= 1.0, "{m:?}");
+    assert_eq!(
+        m.get("peerpost_mount_operation_seconds_count{op=\"read\"}"),
+        Some(&served("read"))
+    );
     drop(node); // SIGTERM and wait
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(

@@ -12,6 +12,7 @@ use fuser::{
 };
 
 use crate::MaildirSource;
+use crate::ops::{Op, OpStats};
 use crate::tree::{Attr, Kind, OpenMode, Tree};
 
 /// How long the kernel may cache names and attributes of directories (their mtime is what
@@ -32,11 +33,12 @@ fn ttl(a: &Attr) -> &'static Duration {
 /// The filesystem the kernel talks to.
 pub struct Adapter<S: MaildirSource> {
     tree: Arc<Tree<S>>,
+    ops: Arc<OpStats>,
 }
 
 impl<S: MaildirSource> Adapter<S> {
-    pub fn new(tree: Arc<Tree<S>>) -> Adapter<S> {
-        Adapter { tree }
+    pub fn new(tree: Arc<Tree<S>>, ops: Arc<OpStats>) -> Adapter<S> {
+        Adapter { tree, ops }
     }
 }
 
@@ -96,6 +98,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let _op = self.ops.start(Op::Lookup);
         match name(n).and_then(|n| self.tree.lookup(parent.0, n)) {
             Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             // A missing name is remembered for `TTL` (node id 0: a negative entry). Dovecot
@@ -114,6 +117,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = self.ops.start(Op::Getattr);
         match self
             .tree
             .getattr(ino.0, fh.map(|f| f.0).filter(|f| *f != 0))
@@ -141,6 +145,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = self.ops.start(Op::Setattr);
         let mtime = mtime.map(|t| match t {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
@@ -160,6 +165,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = self.ops.start(Op::Mkdir);
         match name(n).and_then(|n| self.tree.mkdir(parent.0, n)) {
             Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
@@ -167,6 +173,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let _op = self.ops.start(Op::Unlink);
         match name(n).and_then(|n| self.tree.unlink(parent.0, n)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -174,6 +181,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let _op = self.ops.start(Op::Rmdir);
         match name(n).and_then(|n| self.tree.rmdir(parent.0, n)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -190,6 +198,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = self.ops.start(Op::Rename);
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             reply.error(Errno::EINVAL);
             return;
@@ -214,6 +223,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _op = self.ops.start(Op::Link);
         match name(newname).and_then(|n| self.tree.link(ino.0, newparent.0, n)) {
             Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
@@ -221,6 +231,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = self.ops.start(Op::Open);
         // FUSE's no-open mode: ENOSYS, and the kernel opens regular files without asking
         // from then on (no OPEN, no RELEASE; pages kept across opens, right for messages,
         // whose bytes never change, and for local files, which change only through the
@@ -242,6 +253,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = self.ops.start(Op::Read);
         let read = match fh.0 {
             0 => self.tree.read_ino(ino.0, offset, size),
             fh => self.tree.read(fh, offset, size),
@@ -264,6 +276,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = self.ops.start(Op::Write);
         let written = match fh.0 {
             0 => {
                 let append = OpenMode::from_flags(flags.0).append;
@@ -285,6 +298,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _op = self.ops.start(Op::Flush);
         // Nothing is buffered here (writes reach the local file at once): ENOSYS tells the
         // kernel never to send FLUSH again, one round trip less at every close().
         reply.error(Errno::ENOSYS);
@@ -300,6 +314,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = self.ops.start(Op::Release);
         self.tree.release(fh.0);
         reply.ok();
     }
@@ -312,6 +327,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = self.ops.start(Op::Fsync);
         let synced = match fh.0 {
             0 => self.tree.fsync_ino(ino.0),
             fh => self.tree.fsync(fh),
@@ -323,6 +339,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = self.ops.start(Op::Opendir);
         match self.tree.opendir(ino.0) {
             // The kernel may keep the listing between opens (Dovecot lists cur/ at every
             // SELECT): a name changed through the kernel drops it, and so do the engine's
@@ -342,6 +359,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = self.ops.start(Op::Releasedir);
         self.tree.release(fh.0);
         reply.ok();
     }
@@ -354,6 +372,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = self.ops.start(Op::Readdir);
         let entries = match self.tree.readdir_at(ino.0, fh.0, offset) {
             Ok(v) => v,
             Err(e) => {
@@ -378,6 +397,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
+        let _op = self.ops.start(Op::Readdirplus);
         let entries = match self.tree.readdir_at(ino.0, fh.0, offset) {
             Ok(v) => v,
             Err(e) => {
@@ -413,6 +433,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = self.ops.start(Op::Fsyncdir);
         // Renames in the directory are durable once it returns: flag changes included.
         match self.tree.flush() {
             Ok(()) => reply.ok(),
@@ -421,6 +442,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = self.ops.start(Op::Statfs);
         match self.tree.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -437,6 +459,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _size: u32, reply: ReplyXattr) {
+        let _op = self.ops.start(Op::Other);
         // No extended attributes: ENOSYS, and the kernel answers EOPNOTSUPP itself from then
         // on. (ENODATA had it ask for `security.capability` before every write: one round
         // trip per delivery.)
@@ -444,6 +467,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = self.ops.start(Op::Other);
         if size == 0 {
             reply.size(0);
         } else {
@@ -452,6 +476,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _op = self.ops.start(Op::Other);
         // `default_permissions`: the kernel checks modes itself.
         reply.ok();
     }
@@ -466,6 +491,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = self.ops.start(Op::Other);
         // Regular files only (no FIFOs, sockets or devices in a Maildir).
         if mode & libc::S_IFMT != libc::S_IFREG {
             reply.error(Errno::EPERM);
@@ -491,6 +517,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = self.ops.start(Op::Create);
         // ENOSYS: the kernel makes files with MKNOD from then on and opens them itself (no-open
         // mode), so a created file, like an opened one, gets no RELEASE: one round trip less
         // per delivery. (A CREATE'd file always got a RELEASE at its close.)

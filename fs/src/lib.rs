@@ -15,6 +15,7 @@ pub mod inode;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod notify;
+pub mod ops;
 pub mod pending;
 pub mod tree;
 
@@ -78,6 +79,7 @@ pub struct Mount<S: MaildirSource> {
     waker: Option<notify::Waker>,
     tree: Arc<Tree<S>>,
     mountpoint: PathBuf,
+    ops: Arc<ops::OpStats>,
 }
 
 impl<S: MaildirSource> fmt::Debug for Mount<S> {
@@ -106,8 +108,9 @@ impl<S: MaildirSource> Mount<S> {
         // allow_other: the mail user (Dovecot's) is not the mounting user.
         cfg.acl = fuser::SessionACL::All;
         cfg.n_threads = Some(opts.threads.clamp(1, 64));
-        let session =
-            fuser::spawn_mount(adapter::Adapter::new(Arc::clone(&tree)), mountpoint, &cfg)?;
+        let ops = Arc::new(ops::OpStats::default());
+        let adapter = adapter::Adapter::new(Arc::clone(&tree), Arc::clone(&ops));
+        let session = fuser::spawn_mount(adapter, mountpoint, &cfg)?;
         let notifier = session.notifier();
         let flusher = {
             let tree = Arc::clone(&tree);
@@ -122,11 +125,17 @@ impl<S: MaildirSource> Mount<S> {
             waker: Some(notify::Waker::spawn()?),
             tree,
             mountpoint: mountpoint.to_path_buf(),
+            ops,
         })
     }
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Counts and latencies of the FUSE operations served (for the node's metrics).
+    pub fn ops(&self) -> Arc<ops::OpStats> {
+        Arc::clone(&self.ops)
     }
 
     /// The engine changed (another process, or peers): re-reads the folders and the cached

@@ -144,6 +144,13 @@ impl Served {
             };
             anyhow::anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
         })?;
+        let ops = mount.ops();
+        crate::metrics::get().watch_mount(Box::new(move || {
+            ops.snapshot()
+                .into_iter()
+                .map(|o| (o.op.name(), o.count, o.seconds, o.buckets))
+                .collect()
+        }));
         let mount = Arc::new(mount);
         eprintln!(
             "mount: serving the mailbox at {} (files owned by {}:{})",

@@ -10,6 +10,7 @@
 //! `peerpost demo`) counts them together.
 
 pub mod http;
+pub mod mount;
 
 use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -68,6 +69,8 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabel, Counter>,
     logins_failed: Counter,
     scrapes: Counter,
+    /// At scrape: the FUSE mount's operations, once one is watched.
+    mount: std::sync::Arc<Mutex<Option<mount::Source>>>,
     /// At scrape: the store and the backup.
     pub store_objects: Gauge,
     pub store_object_bytes: Gauge,
@@ -142,8 +145,12 @@ impl Metrics {
             overlay_records: Gauge::default(),
             overlay_banned: Gauge::default(),
             registry: Mutex::new(Registry::default()),
+            mount: Default::default(),
         };
         let r = &mut registry;
+        r.register_collector(Box::new(mount::MountCollector {
+            source: m.mount.clone(),
+        }));
         r.register(
             "delivery_queued",
             "Recipients accepted into the outbound queue",
@@ -354,6 +361,11 @@ impl Metrics {
     /// from the overlay; call once per process).
     pub fn register<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
         f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Exports the FUSE mount's operations from now on (`run --mount`, `peerpost mount`).
+    pub fn watch_mount(&self, source: mount::Source) {
+        *self.mount.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
     /// The families in the OpenMetrics text format (ends with `# EOF`).
