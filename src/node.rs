@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::control;
 use crate::crypto::{DirectoryRecord, UserKeys};
 use crate::delivery::{self, Delivery};
+use crate::devices::Devices;
 use crate::durability;
 use crate::mailbox::Mailbox;
 use crate::overlay::{self, Event};
@@ -37,6 +38,8 @@ pub enum Error {
     Overlay(#[from] overlay::Error),
     #[error(transparent)]
     Control(#[from] control::Error),
+    #[error("devices: {0}")]
+    Devices(#[from] crate::devices::Error),
     #[error("cannot build the directory record: {0}")]
     Record(#[from] crate::crypto::Error),
     #[error("cannot open the mailbox: {0}")]
@@ -76,6 +79,10 @@ pub struct NodeConfig {
     /// Where to serve the OpenMetrics endpoint (`GET /metrics`), if anywhere. A bind failure
     /// is logged and the node runs without it.
     pub metrics: Option<SocketAddr>,
+    // --- devices (issue #15) ---
+    /// Anti-entropy with the user's other devices this often (also on every connection to
+    /// one, and at once after every change).
+    pub devices_sync_every: Duration,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -130,6 +137,7 @@ impl NodeConfig {
             mail: None,
             durability: Some(DurabilityConfig::default()),
             metrics: None,
+            devices_sync_every: Duration::from_secs(10),
         }
     }
 }
@@ -145,6 +153,7 @@ pub struct Node {
     servers: Vec<(&'static str, SocketAddr)>,
     delivery: Option<Delivery>,
     metrics: Option<SocketAddr>,
+    devices: Option<Devices>,
 }
 
 #[derive(Clone)]
@@ -152,7 +161,8 @@ struct Publisher {
     client: overlay::Client,
     address: String,
     keys: std::sync::Arc<UserKeys>,
-    device: [u8; 32],
+    /// The live devices of the user (just this one without a mailbox).
+    devices: tokio::sync::watch::Receiver<Vec<[u8; 32]>>,
     lifetime: Duration,
     last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -165,10 +175,12 @@ impl Publisher {
         let prev = self.last_seq.load(Ordering::SeqCst);
         let seq = now.max(prev.saturating_add(1));
         self.last_seq.store(seq, Ordering::SeqCst);
+        let mut devices = self.devices.borrow().clone();
+        devices.truncate(crate::crypto::record::MAX_DEVICES);
         DirectoryRecord::new(
             &self.keys,
             &self.address,
-            vec![self.device],
+            devices,
             seq,
             now,
             self.lifetime.as_secs(),
@@ -182,7 +194,7 @@ impl Publisher {
         self.client.publish(record).await
     }
 
-    async fn run(self, every: Duration, cancel: CancellationToken) {
+    async fn run(mut self, every: Duration, cancel: CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let _ = self.client.bootstrap().await;
@@ -201,6 +213,8 @@ impl Publisher {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+                // The device list changed: the record names the live devices at once.
+                Ok(()) = self.devices.changed() => {}
             }
         }
     }
@@ -223,6 +237,10 @@ impl Node {
         // Notifications go to delivery (when the node runs mail); a full channel drops them:
         // the notice waits in the DHT inbox for the next collection.
         let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
+        // Replica requests and new connections go to the devices task (a full channel drops
+        // a request unanswered: the other device retries at its next sync).
+        let (replica_tx, replica_rx) = tokio::sync::mpsc::channel(64);
+        let (connected_tx, connected_rx) = tokio::sync::mpsc::channel::<overlay::PeerId>(256);
         let ev_cancel = cancel.clone();
         tasks.spawn(
             async move {
@@ -235,6 +253,14 @@ impl Node {
                                 tracing::debug!(%from, bytes = payload.len(), "notification received");
                                 if notify_tx.try_send(payload).is_err() {
                                     tracing::debug!("notification not handed to delivery (busy or off)");
+                                }
+                            }
+                            Some(Event::Connected(peer)) => {
+                                let _ = connected_tx.try_send(peer);
+                            }
+                            Some(Event::ReplicaRequest { from, payload, reply }) => {
+                                if replica_tx.try_send((from, payload, reply)).is_err() {
+                                    tracing::debug!(%from, "replica request dropped (busy or no mailbox)");
                                 }
                             }
                             None => break,
@@ -307,11 +333,42 @@ impl Node {
                 &mut tasks,
             );
         }
+        let keys = std::sync::Arc::new(config.user_keys);
+        let mut devices = None;
+        let live = match &mailbox {
+            Some(mb) => match Devices::open(
+                mb.clone(),
+                client.clone(),
+                Arc::clone(&keys),
+                config.address.clone(),
+                config.device_public,
+                config.devices_sync_every,
+            )
+            .await
+            {
+                Ok(d) => {
+                    tasks.spawn(
+                        d.clone()
+                            .run(replica_rx, connected_rx, cancel.clone())
+                            .in_current_span(),
+                    );
+                    let live = d.live();
+                    devices = Some(d);
+                    live
+                }
+                Err(e) => {
+                    cancel.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(Error::Devices(e));
+                }
+            },
+            None => tokio::sync::watch::channel(vec![config.device_public]).1,
+        };
         let publisher = Publisher {
             client: client.clone(),
             address: config.address.clone(),
-            keys: std::sync::Arc::new(config.user_keys),
-            device: config.device_public,
+            keys,
+            devices: live,
             lifetime: config.record_lifetime,
             last_seq: Default::default(),
         };
@@ -333,7 +390,13 @@ impl Node {
             servers,
             delivery,
             metrics,
+            devices,
         })
+    }
+
+    /// The user's devices and their replication (when the node runs a mailbox).
+    pub fn devices(&self) -> Option<&Devices> {
+        self.devices.as_ref()
     }
 
     /// The metrics endpoint's address, when it is served.

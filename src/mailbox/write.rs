@@ -86,7 +86,7 @@ impl Mailbox {
 
     /// One log entry adding `msgs` (each to its folder), with `also` in its commit; the write
     /// lock is held by the caller. Returns the messages as numbered, in order.
-    async fn append_locked(
+    pub(super) async fn append_locked(
         &self,
         msgs: Vec<(FolderId, NewMessage)>,
         also: Option<AlsoWrite>,
@@ -358,12 +358,7 @@ impl Mailbox {
         self.expunge_in(folder, entries, true).await
     }
 
-    async fn expunge_in(
-        &self,
-        folder: &str,
-        entries: &[EntryId],
-        skip_gone: bool,
-    ) -> Result<()> {
+    async fn expunge_in(&self, folder: &str, entries: &[EntryId], skip_gone: bool) -> Result<()> {
         let _w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         let mut present = Vec::with_capacity(entries.len());
