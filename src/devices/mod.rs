@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::crypto::UserKeys;
 use crate::crypto::device_list::{DeviceList, DeviceState};
+use crate::crypto::{UserKeys, UserPublicKeys};
 use crate::mailbox::{self, DeviceId, Mailbox};
 use crate::overlay::{self, PeerId, ReplicaReply};
 use crate::store::{self, Store, Table};
@@ -78,12 +78,12 @@ pub fn log_id(device: &[u8; 32]) -> DeviceId {
 }
 
 /// Reads the device list from the store (`None`: this device never ran with one).
-pub async fn load(store: &Store, keys: &UserKeys) -> Result<Option<DeviceList>> {
+pub async fn load(store: &Store, public: &UserPublicKeys) -> Result<Option<DeviceList>> {
     let bytes = store
         .read(|rx| -> store::Result<_> { rx.get(Table::Sync, LIST_KEY) })
         .await?;
     match bytes {
-        Some(b) => Ok(Some(DeviceList::open(&b, keys.public())?)),
+        Some(b) => Ok(Some(DeviceList::open(&b, public)?)),
         None => Ok(None),
     }
 }
@@ -91,7 +91,7 @@ pub async fn load(store: &Store, keys: &UserKeys) -> Result<Option<DeviceList>> 
 /// Signs and stores the device list, merged with what is stored (another process — the
 /// `device` command beside `run` — may have changed it). Returns the stored list.
 pub async fn save(store: &Store, keys: &UserKeys, list: &DeviceList) -> Result<DeviceList> {
-    let merged = match load(store, keys).await? {
+    let merged = match load(store, keys.public()).await? {
         Some(old) => old.merge(list),
         None => list.clone(),
     };
@@ -160,7 +160,7 @@ impl Devices {
         sync_every: Duration,
     ) -> Result<Devices> {
         let store = mailbox.store().clone();
-        let mut list = load(&store, &keys).await?.unwrap_or_default();
+        let mut list = load(&store, keys.public()).await?.unwrap_or_default();
         if !list.devices.contains_key(&me) {
             list.add(me, now_secs()).map_err(Error::Refused)?;
             list = save(&store, &keys, &list).await?;
@@ -245,7 +245,7 @@ impl Devices {
 
     /// Re-reads the stored list (the `device` command may have changed it).
     async fn reload(&self) -> Result<()> {
-        if let Some(stored) = load(&self.inner.store, &self.inner.keys).await? {
+        if let Some(stored) = load(&self.inner.store, self.inner.keys.public()).await? {
             self.learn(&stored).await?;
         }
         Ok(())
