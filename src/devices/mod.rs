@@ -424,7 +424,10 @@ impl Devices {
     ) {
         let mut log = self.inner.mailbox.subscribe_log();
         let mut tick = tokio::time::interval(self.inner.sync_every);
-        let mut record_tick = tokio::time::interval(Duration::from_secs(60));
+        // The directory record is read every 5 s while this device knows no other, then
+        // every minute.
+        let mut record_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut record_skip = 0u32;
         let mut live = self.live();
         loop {
             tokio::select! {
@@ -462,6 +465,11 @@ impl Devices {
                     self.sync_all();
                 }
                 _ = record_tick.tick() => {
+                    let alone = lock(&self.inner.list).live().len() <= 1;
+                    record_skip = if alone { 0 } else { record_skip + 1 };
+                    if record_skip % 12 != 0 {
+                        continue;
+                    }
                     let this = self.clone();
                     tokio::spawn(async move { this.learn_from_record().await }.in_current_span());
                 }
