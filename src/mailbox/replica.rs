@@ -271,3 +271,150 @@ impl Mailbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{DeviceKey, UserKeys};
+    use crate::mailbox::{Flag, FlagMode, Flags};
+    use crate::store::Store;
+
+    struct Device {
+        _dir: tempfile::TempDir,
+        mb: Mailbox,
+    }
+
+    async fn device(dev: u8) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = UserKeys::from_seed([7; 32]);
+        let mb = Mailbox::open(store, keys, DeviceKey::from_seed([dev; 32]).public())
+            .await
+            .unwrap();
+        Device { _dir: dir, mb }
+    }
+
+    fn msg(body: &str, name: Option<String>) -> NewMessage {
+        NewMessage {
+            bytes: format!("Subject: {body}\r\n\r\n{body}\r\n").into_bytes(),
+            internal_date: 1_700_000_000,
+            flags: Flags::default(),
+            recent: true,
+            maildir_name: name,
+        }
+    }
+
+    /// What one sync does: batches of at most `budget` bytes from `from` until `to` has all.
+    async fn pull(from: &Mailbox, to: &Mailbox, budget: usize) -> (usize, usize) {
+        let (mut rounds, mut refused) = (0, 0);
+        loop {
+            let (entries, more) = from
+                .entries_after(&to.version_vector(), budget)
+                .await
+                .unwrap();
+            if entries.is_empty() {
+                return (rounds, refused);
+            }
+            let objects = from.objects_of(&entries, 1 << 20).await.unwrap();
+            refused += to.merge_remote(entries, objects).await.unwrap().refused;
+            rounds += 1;
+            if !more && refused > 0 {
+                return (rounds, refused);
+            }
+        }
+    }
+
+    fn canonical(mb: &Mailbox) -> BTreeMap<String, Vec<(String, String, bool)>> {
+        mb.read_engine().crdt.canonical()
+    }
+
+    #[tokio::test]
+    async fn small_batches_carry_entries_and_bodies_until_both_agree() {
+        let (a, b) = (device(1).await, device(2).await);
+        for i in 0..5 {
+            a.mb.append("INBOX", msg(&format!("m{i}"), None))
+                .await
+                .unwrap();
+        }
+        let first = a.mb.messages("INBOX").unwrap()[0].entry;
+        a.mb.set_flags(
+            "INBOX",
+            &[first],
+            FlagMode::Add,
+            &Flags::default().with(Flag::Flagged),
+            false,
+        )
+        .await
+        .unwrap();
+        b.mb.append("INBOX", msg("from b", None)).await.unwrap();
+        let (rounds, _) = pull(&a.mb, &b.mb, 1).await; // one entry per batch
+        assert!(rounds >= 3, "{rounds} rounds");
+        pull(&b.mb, &a.mb, 1 << 20).await;
+        assert_eq!(canonical(&a.mb), canonical(&b.mb));
+        assert_eq!(a.mb.version_vector(), b.mb.version_vector());
+        let on_b = b.mb.messages("INBOX").unwrap();
+        assert_eq!(on_b.len(), 6);
+        for m in on_b {
+            b.mb.read(m.entry).await.expect("the body came along");
+        }
+        let (again, _) = pull(&a.mb, &b.mb, 1 << 20).await;
+        assert_eq!(again, 0, "nothing left to send");
+    }
+
+    #[tokio::test]
+    async fn one_delivery_stored_by_two_devices_at_once_ends_as_one_copy() {
+        let (a, b) = (device(1).await, device(2).await);
+        let id = [9u8; 32];
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&id[..16]);
+        let name = super::super::maildir::delivery_base(1_700_000_000, &id);
+        for d in [&a, &b] {
+            let stored =
+                d.mb.append_delivered(
+                    "INBOX",
+                    msg("pushed", Some(name.clone())),
+                    key,
+                    Box::new(|_| Ok(())),
+                )
+                .await
+                .unwrap();
+            assert!(stored.is_some());
+        }
+        pull(&a.mb, &b.mb, 1 << 20).await;
+        pull(&b.mb, &a.mb, 1 << 20).await;
+        pull(&a.mb, &b.mb, 1 << 20).await;
+        for d in [&a, &b] {
+            assert_eq!(d.mb.messages("INBOX").unwrap().len(), 1, "one copy");
+            let again =
+                d.mb.append_delivered(
+                    "INBOX",
+                    msg("pushed", Some(name.clone())),
+                    key,
+                    Box::new(|_| Ok(())),
+                )
+                .await
+                .unwrap();
+            assert!(again.is_none(), "a device that hears of it later skips it");
+        }
+        assert_eq!(canonical(&a.mb), canonical(&b.mb));
+    }
+
+    #[tokio::test]
+    async fn entries_of_a_revoked_device_after_its_revocation_are_refused() {
+        let (a, b) = (device(1).await, device(2).await);
+        b.mb.append("INBOX", msg("before", None)).await.unwrap();
+        pull(&b.mb, &a.mb, 1 << 20).await;
+        let upto = a.mb.version_vector()[&b.mb.device()];
+        a.mb.set_refused([(b.mb.device(), upto)].into_iter().collect());
+        b.mb.append("INBOX", msg("after", None)).await.unwrap();
+        let (_, refused) = pull(&b.mb, &a.mb, 1 << 20).await;
+        assert_eq!(refused, 1);
+        let names: Vec<u64> =
+            a.mb.messages("INBOX")
+                .unwrap()
+                .iter()
+                .map(|m| m.size)
+                .collect();
+        assert_eq!(names.len(), 1, "only the entry from before the revocation");
+    }
+}
