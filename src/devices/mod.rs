@@ -356,7 +356,6 @@ impl Devices {
                 .mailbox
                 .objects_of(&entries, OBJECT_BUDGET)
                 .await?;
-            let sent = entries.len();
             let req = self.frame(entries, objects, more)?;
             let answer = tokio::time::timeout(
                 EXCHANGE_TIMEOUT,
@@ -383,14 +382,13 @@ impl Devices {
                 mine.iter()
                     .any(|(d, s)| f.vv.get(d).copied().unwrap_or(0) < *s)
             };
+            // Nothing moved (they refused what we sent): wait for the next trigger.
+            let stuck = got == 0 && known.as_ref() == Some(&f.vv);
             lock(&self.inner.peer_vv).insert(peer, f.vv);
             // Done when they sent all they had and lack nothing of ours (the first round
             // with an unknown vector sends nothing and always goes on when they lack some).
-            if !f.more && !lacking {
+            if !f.more && (!lacking || stuck) {
                 break;
-            }
-            if sent == 0 && got == 0 && !f.more && known.is_some() {
-                break; // nothing moved (e.g. they refuse our entries): wait for a trigger
             }
         }
         Ok(applied)
@@ -467,7 +465,7 @@ impl Devices {
                 _ = record_tick.tick() => {
                     let alone = lock(&self.inner.list).live().len() <= 1;
                     record_skip = if alone { 0 } else { record_skip + 1 };
-                    if record_skip % 12 != 0 {
+                    if !record_skip.is_multiple_of(12) {
                         continue;
                     }
                     let this = self.clone();

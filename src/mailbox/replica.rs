@@ -70,6 +70,9 @@ impl Mailbox {
         if want.is_empty() {
             return Ok((Vec::new(), false));
         }
+        // Entries of removed devices this store kept from before it learned of the removal
+        // are not passed on (every device refuses them).
+        let refused = self.read_engine().refused.clone();
         self.inner
             .store
             .read(move |rx| -> Result<_> {
@@ -89,6 +92,9 @@ impl Mailbox {
                             return Ok((out, true));
                         }
                         let seq = u64::from_be_bytes(k[8..16].try_into().unwrap_or([0; 8]));
+                        if matches!(refused.get(&device), Some(upto) if seq > *upto) {
+                            break;
+                        }
                         bytes += v.len();
                         out.push(v);
                         if seq >= top {

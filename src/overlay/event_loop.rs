@@ -43,6 +43,9 @@ struct PendingLookup {
     remote: usize,
 }
 
+/// The owner's answer to an inbound replica request, to be sent on the swarm.
+type ReplicaAnswer = (ResponseChannel<Vec<u8>>, Vec<u8>);
+
 /// A finished inbound request, to be answered on the swarm.
 struct Served {
     peer: PeerId,
@@ -71,7 +74,7 @@ pub(crate) struct EventLoop {
     // --- devices (issue #15) ---
     replica_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
     /// Inbound replica requests waiting for the owner's answer.
-    replica_answers: JoinSet<Option<(ResponseChannel<Vec<u8>>, Vec<u8>)>>,
+    replica_answers: JoinSet<Option<ReplicaAnswer>>,
 }
 
 impl EventLoop {
@@ -889,7 +892,7 @@ impl EventLoop {
         }
     }
 
-    fn finish_replica(&mut self, done: Option<(ResponseChannel<Vec<u8>>, Vec<u8>)>) {
+    fn finish_replica(&mut self, done: Option<ReplicaAnswer>) {
         if let Some((channel, answer)) = done
             && self
                 .swarm
