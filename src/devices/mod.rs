@@ -333,16 +333,26 @@ impl Devices {
             .mailbox
             .objects_of(&entries, OBJECT_BUDGET)
             .await?;
-        lock(&self.inner.peer_vv).insert(from, f.vv);
+        // What the requester will have once it merged the answer (its next request says
+        // what it really has).
+        let mut vv = f.vv;
+        for e in &entries {
+            if let Some((d, s)) = mailbox::log::LogEntry::peek(e) {
+                let top = vv.entry(d).or_insert(0);
+                *top = (*top).max(s);
+            }
+        }
+        lock(&self.inner.peer_vv).insert(from, vv);
         self.frame(entries, objects, more)
     }
 
-    /// Exchanges with one device until neither has anything the other lacks.
-    pub async fn sync_with(&self, peer: PeerId) -> Result<usize> {
+    /// Exchanges with one device until neither has anything the other lacks. A push
+    /// (`force` false) sends nothing to a device that, by what it said last, lacks nothing.
+    pub async fn sync_with(&self, peer: PeerId, force: bool) -> Result<usize> {
         let gate = Arc::clone(lock(&self.inner.syncing).entry(peer).or_default());
         let _one = gate.lock().await;
         let mut applied = 0;
-        for _ in 0..MAX_ROUNDS {
+        for round in 0..MAX_ROUNDS {
             if !self.is_me_live() {
                 return Err(Error::Refused("this device is no longer live"));
             }
@@ -351,12 +361,16 @@ impl Devices {
                 Some(vv) => self.inner.mailbox.entries_after(vv, ENTRY_BUDGET).await?,
                 None => (Vec::new(), false),
             };
+            if round == 0 && !force && known.is_some() && entries.is_empty() {
+                return Ok(0);
+            }
             let objects = self
                 .inner
                 .mailbox
                 .objects_of(&entries, OBJECT_BUDGET)
                 .await?;
             let req = self.frame(entries, objects, more)?;
+            let sent = req.len();
             let answer = tokio::time::timeout(
                 EXCHANGE_TIMEOUT,
                 self.inner.client.replica_request(peer, req),
@@ -364,6 +378,7 @@ impl Devices {
             .await
             .map_err(|_| Error::Request("timed out".into()))?
             .map_err(|e| Error::Request(e.to_string()))?;
+            tracing::debug!(%peer, sent, received = answer.len(), "replica exchange");
             let f = Frame::decode(&answer)?;
             let theirs = DeviceList::open(&f.list, self.inner.keys.public())?;
             if overlay::device_peer_id(&self.inner.me) == Some(peer) {
@@ -394,12 +409,12 @@ impl Devices {
         Ok(applied)
     }
 
-    fn sync_all(&self) {
+    fn sync_all(&self, force: bool) {
         for peer in self.peers() {
             let this = self.clone();
             tokio::spawn(
                 async move {
-                    match this.sync_with(peer).await {
+                    match this.sync_with(peer, force).await {
                         Ok(n) if n > 0 => {
                             tracing::debug!(%peer, applied = n, "synced with a device")
                         }
@@ -432,7 +447,7 @@ impl Devices {
                 _ = cancel.cancelled() => break,
                 changed = log.changed() => {
                     if changed.is_err() { break; }
-                    self.sync_all();
+                    self.sync_all(false);
                 }
                 Some((from, payload, reply)) = requests.recv() => {
                     let this = self.clone();
@@ -446,7 +461,7 @@ impl Devices {
                     if self.peers().contains(&peer) {
                         let this = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = this.sync_with(peer).await {
+                            if let Err(e) = this.sync_with(peer, true).await {
                                 tracing::debug!(%peer, "sync on connect failed: {e}");
                             }
                         }.in_current_span());
@@ -454,13 +469,13 @@ impl Devices {
                 }
                 changed = live.changed() => {
                     if changed.is_err() { break; }
-                    self.sync_all();
+                    self.sync_all(true);
                 }
                 _ = tick.tick() => {
                     if let Err(e) = self.reload().await {
                         tracing::warn!("cannot read the device list: {e}");
                     }
-                    self.sync_all();
+                    self.sync_all(true);
                 }
                 _ = record_tick.tick() => {
                     let alone = lock(&self.inner.list).live().len() <= 1;
