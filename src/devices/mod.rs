@@ -494,3 +494,137 @@ impl Devices {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DeviceKey;
+    use crate::mailbox::NewMessage;
+
+    struct Side {
+        _dir: tempfile::TempDir,
+        mb: Mailbox,
+        key: [u8; 32],
+    }
+
+    async fn side(user: u8, dev: u8) -> Side {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = DeviceKey::from_seed([dev; 32]).public();
+        let mb = Mailbox::open(store, UserKeys::from_seed([user; 32]), key)
+            .await
+            .unwrap();
+        Side { _dir: dir, mb, key }
+    }
+
+    /// Device A's `Devices` on an overlay of its own (memory transport, no peers: only
+    /// `answer` is exercised, with the peer id the overlay would report).
+    async fn devices_of(a: &Side, cancel: &CancellationToken) -> Devices {
+        let oc = overlay::Config::new([1; 32], overlay::TransportKind::Memory);
+        let (client, _events, _task) =
+            overlay::spawn(oc, a.mb.store().clone(), cancel.clone()).unwrap();
+        Devices::open(
+            a.mb.clone(),
+            client,
+            Arc::new(UserKeys::from_seed([7; 32])),
+            "alice@test".into(),
+            a.key,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn request(from: &Side, signer: &UserKeys, live: &[[u8; 32]]) -> Vec<u8> {
+        let mut list = DeviceList::default();
+        for k in live {
+            list.add(*k, 1).unwrap();
+        }
+        let (entries, more) = from
+            .mb
+            .entries_after(&BTreeMap::new(), ENTRY_BUDGET)
+            .await
+            .unwrap();
+        let objects = from.mb.objects_of(&entries, OBJECT_BUDGET).await.unwrap();
+        Frame {
+            list: list.sign(signer).unwrap(),
+            vv: from.mb.version_vector(),
+            entries,
+            objects,
+            more,
+        }
+        .encode()
+    }
+
+    fn msg() -> NewMessage {
+        NewMessage {
+            bytes: b"Subject: from b\r\n\r\nhi\r\n".to_vec(),
+            internal_date: 1_700_000_000,
+            flags: Default::default(),
+            recent: true,
+            maildir_name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_live_devices_of_the_same_user_are_answered() {
+        let cancel = CancellationToken::new();
+        let (a, b) = (side(7, 1).await, side(7, 2).await);
+        b.mb.append("INBOX", msg()).await.unwrap();
+        let devices = devices_of(&a, &cancel).await;
+        let alice = UserKeys::from_seed([7; 32]);
+        let b_peer = overlay::device_peer_id(&b.key).unwrap();
+
+        // Another user's key signed the list: refused.
+        let mallory = UserKeys::from_seed([8; 32]);
+        let forged = request(&b, &mallory, &[a.key, b.key]).await;
+        assert!(devices.answer(b_peer, &forged).await.is_none());
+        // Alice's list, but the peer is not one of its devices: refused.
+        let stranger = overlay::device_peer_id(&DeviceKey::from_seed([3; 32]).public()).unwrap();
+        let req = request(&b, &alice, &[a.key, b.key]).await;
+        assert!(devices.answer(stranger, &req).await.is_none());
+        assert_eq!(a.mb.messages("INBOX").unwrap().len(), 0, "nothing merged");
+        // Hostile bytes: refused, no panic.
+        assert!(devices.answer(b_peer, &[1, 2, 3]).await.is_none());
+
+        // Device B, named live by a list alice's key signed: answered and merged, and A's
+        // list now names B.
+        let answer = devices.answer(b_peer, &req).await.expect("answered");
+        let f = Frame::decode(&answer).unwrap();
+        assert!(
+            DeviceList::open(&f.list, alice.public())
+                .unwrap()
+                .is_live(&b.key)
+        );
+        assert_eq!(
+            a.mb.messages("INBOX").unwrap().len(),
+            1,
+            "B's message merged"
+        );
+        assert!(devices.list().is_live(&b.key));
+
+        // B revoked (by a list that says so): refused from then on, and its later entries
+        // are refused by the engine too.
+        let mut revoked = devices.list();
+        let upto = a.mb.version_vector()[&b.mb.device()];
+        revoked
+            .remove(b.key, DeviceState::Revoked, upto, 2)
+            .unwrap();
+        devices.learn(&revoked).await.unwrap();
+        b.mb.append("INBOX", msg()).await.unwrap();
+        let req = request(&b, &alice, &[a.key, b.key]).await;
+        assert!(devices.answer(b_peer, &req).await.is_none());
+        let (entries, _) =
+            b.mb.entries_after(&BTreeMap::new(), ENTRY_BUDGET)
+                .await
+                .unwrap();
+        let merged = a.mb.merge_remote(entries, Vec::new()).await.unwrap();
+        assert_eq!(merged.refused, 1);
+        assert_eq!(a.mb.messages("INBOX").unwrap().len(), 1);
+        assert!(
+            !devices.list().live().contains(&b.key),
+            "the record no longer names it"
+        );
+        cancel.cancel();
+    }
+}
