@@ -20,6 +20,23 @@ pub struct FileConfig {
     pub delivery: DeliverySection,
     // --- hostile clients (issue #18) ---
     pub limits: LimitsSection,
+    // --- several devices per user (issue #15) ---
+    pub devices: DevicesSection,
+}
+
+/// `[devices]`: replication between this user's devices (issue #15).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesSection {
+    pub sync_every: String,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        DevicesSection {
+            sync_every: "10s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -260,6 +260,7 @@ impl Validator<'_> {
             smarthost,
             delivery,
             limits,
+            devices_sync_every: duration("devices.sync_every", &f.devices.sync_every)?,
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),
