@@ -26,6 +26,7 @@ pub mod control;
 pub mod crypto;
 pub mod date;
 pub mod delivery;
+pub mod devices;
 pub mod durability;
 pub mod home;
 pub mod imap;

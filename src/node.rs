@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::control;
 use crate::crypto::{DirectoryRecord, UserKeys};
 use crate::delivery::{self, Delivery};
+use crate::devices::Devices;
 use crate::durability;
 use crate::mailbox::Mailbox;
 use crate::overlay::{self, Event};
@@ -37,6 +38,8 @@ pub enum Error {
     Overlay(#[from] overlay::Error),
     #[error(transparent)]
     Control(#[from] control::Error),
+    #[error("devices: {0}")]
+    Devices(#[from] crate::devices::Error),
     #[error("cannot build the directory record: {0}")]
     Record(#[from] crate::crypto::Error),
     #[error("cannot open the mailbox: {0}")]
@@ -79,6 +82,10 @@ pub struct NodeConfig {
     /// Run the ring statistics rounds (overlay::stats; `stats.share` decides whether this
     /// node's own figures are sent). Off in in-process test rings.
     pub ring_stats: bool,
+    // --- devices (issue #15) ---
+    /// Anti-entropy with the user's other devices this often (also on every connection to
+    /// one, and at once after every change).
+    pub devices_sync_every: Duration,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -134,6 +141,7 @@ impl NodeConfig {
             durability: Some(DurabilityConfig::default()),
             metrics: None,
             ring_stats: false,
+            devices_sync_every: Duration::from_secs(10),
         }
     }
 }
@@ -149,6 +157,7 @@ pub struct Node {
     servers: Vec<(&'static str, SocketAddr)>,
     delivery: Option<Delivery>,
     metrics: Option<SocketAddr>,
+    devices: Option<Devices>,
 }
 
 #[derive(Clone)]
@@ -156,7 +165,8 @@ struct Publisher {
     client: overlay::Client,
     address: String,
     keys: std::sync::Arc<UserKeys>,
-    device: [u8; 32],
+    /// The live devices of the user (just this one without a mailbox).
+    devices: tokio::sync::watch::Receiver<Vec<[u8; 32]>>,
     lifetime: Duration,
     last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -169,10 +179,12 @@ impl Publisher {
         let prev = self.last_seq.load(Ordering::SeqCst);
         let seq = now.max(prev.saturating_add(1));
         self.last_seq.store(seq, Ordering::SeqCst);
+        let mut devices = self.devices.borrow().clone();
+        devices.truncate(crate::crypto::record::MAX_DEVICES);
         DirectoryRecord::new(
             &self.keys,
             &self.address,
-            vec![self.device],
+            devices,
             seq,
             now,
             self.lifetime.as_secs(),
@@ -186,7 +198,7 @@ impl Publisher {
         self.client.publish(record).await
     }
 
-    async fn run(self, every: Duration, cancel: CancellationToken) {
+    async fn run(mut self, every: Duration, cancel: CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let _ = self.client.bootstrap().await;
@@ -205,6 +217,8 @@ impl Publisher {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+                // The device list changed: the record names the live devices at once.
+                Ok(()) = self.devices.changed() => {}
             }
         }
     }
@@ -267,6 +281,10 @@ impl Node {
         // Notifications go to delivery (when the node runs mail); a full channel drops them:
         // the notice waits in the DHT inbox for the next collection.
         let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
+        // Replica requests and new connections go to the devices task (a full channel drops
+        // a request unanswered: the other device retries at its next sync).
+        let (replica_tx, replica_rx) = tokio::sync::mpsc::channel(64);
+        let (connected_tx, connected_rx) = tokio::sync::mpsc::channel::<overlay::PeerId>(256);
         let ev_cancel = cancel.clone();
         tasks.spawn(
             async move {
@@ -279,6 +297,14 @@ impl Node {
                                 tracing::debug!(%from, bytes = payload.len(), "notification received");
                                 if notify_tx.try_send(payload).is_err() {
                                     tracing::debug!("notification not handed to delivery (busy or off)");
+                                }
+                            }
+                            Some(Event::Connected(peer)) => {
+                                let _ = connected_tx.try_send(peer);
+                            }
+                            Some(Event::ReplicaRequest { from, payload, reply }) => {
+                                if replica_tx.try_send((from, payload, reply)).is_err() {
+                                    tracing::debug!(%from, "replica request dropped (busy or no mailbox)");
                                 }
                             }
                             None => break,
@@ -351,11 +377,42 @@ impl Node {
                 &mut tasks,
             );
         }
+        let keys = std::sync::Arc::new(config.user_keys);
+        let mut devices = None;
+        let live = match &mailbox {
+            Some(mb) => match Devices::open(
+                mb.clone(),
+                client.clone(),
+                Arc::clone(&keys),
+                config.address.clone(),
+                config.device_public,
+                config.devices_sync_every,
+            )
+            .await
+            {
+                Ok(d) => {
+                    tasks.spawn(
+                        d.clone()
+                            .run(replica_rx, connected_rx, cancel.clone())
+                            .in_current_span(),
+                    );
+                    let live = d.live();
+                    devices = Some(d);
+                    live
+                }
+                Err(e) => {
+                    cancel.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(Error::Devices(e));
+                }
+            },
+            None => tokio::sync::watch::channel(vec![config.device_public]).1,
+        };
         let publisher = Publisher {
             client: client.clone(),
             address: config.address.clone(),
-            keys: std::sync::Arc::new(config.user_keys),
-            device: config.device_public,
+            keys,
+            devices: live,
             lifetime: config.record_lifetime,
             last_seq: Default::default(),
         };
@@ -377,7 +434,13 @@ impl Node {
             servers,
             delivery,
             metrics,
+            devices,
         })
+    }
+
+    /// The user's devices and their replication (when the node runs a mailbox).
+    pub fn devices(&self) -> Option<&Devices> {
+        self.devices.as_ref()
     }
 
     /// The metrics endpoint's address, when it is served.

@@ -27,6 +27,8 @@ mod mailauth;
 mod metrics;
 // Mail flow through real nodes: submission, the overlay (online and offline), smarthost, bounces.
 mod flow;
+// Several devices per user: two homes from one phrase share one live mailbox (issue #15).
+mod devices;
 // Who owns an address: outside addresses to the smarthost, arrival levels, From: mismatch, no clear-text fallback.
 mod ownership;
 // Decoders fed random and hostile bytes through the public API: typed errors, never panics.

@@ -4,6 +4,7 @@
 pub mod autoconfig;
 pub mod completions;
 pub mod demo;
+pub mod device;
 pub mod export;
 pub mod import;
 pub mod init;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Show, export or import the user's keys.
     #[command(subcommand)]
     Key(key::Command),
+    /// List, add or remove this user's devices (several nodes sharing one mailbox).
+    #[command(subcommand)]
+    Device(device::Command),
     /// Join the overlay and serve this user's mail (IMAP, POP3, SMTP intake and submission,
     /// delivery, backup into the ring; --mount for the Maildir) and peers until SIGINT or SIGTERM.
     Run(run::Args),
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::execute(args, &home),
         Command::Passwd(args) => passwd::execute(args, &home),
         Command::Key(cmd) => key::execute(cmd, &home),
+        Command::Device(cmd) => device::execute(cmd, &home),
         Command::Run(args) => run::execute(args, &home),
         Command::Lookup(args) => lookup::execute(args, &home),
         Command::Trust(args) => trust::execute(args, &home),

@@ -237,6 +237,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
     nc.metrics = pick(args.metrics, config.overlay.metrics);
     nc.ring_stats = true;
+    nc.devices_sync_every = config.devices_sync_every;
     let password_home = home.clone();
     nc.mail = Some(MailConfig {
         pop3: pick(args.pop3, config.pop3.listen),

@@ -22,6 +22,23 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     // --- metrics and ring statistics (issue #17) ---
     pub stats: StatsSection,
+    // --- several devices per user (issue #15) ---
+    pub devices: DevicesSection,
+}
+
+/// `[devices]`: replication between this user's devices (issue #15).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesSection {
+    pub sync_every: String,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        DevicesSection {
+            sync_every: "10s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -57,6 +57,8 @@ pub struct Config {
     pub maildir: MaildirConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    /// `[devices]` (issue #15): anti-entropy with the user's other devices this often.
+    pub devices_sync_every: Duration,
     pub stats: StatsConfig,
 }
 

@@ -116,6 +116,11 @@ collect_every = "60s"
 # peerpost=fail (from-mismatch) in its Authentication-Results; "refuse" drops it.
 from_mismatch = "mark"
 
+[devices]
+# Your other devices (homes made with `peerpost key import --phrase`) get every change at
+# once; this often, and whenever one connects, they also compare what they have.
+sync_every = "10s"
+
 [limits]
 # Of each IMAP, POP3 and SMTP listener. Sessions at once; when all are taken, a new client
 # takes the slot of the oldest session that has not logged in, from the address with the

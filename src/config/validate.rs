@@ -264,6 +264,7 @@ impl Validator<'_> {
                 share: f.stats.share,
                 every: duration("stats.every", &f.stats.every)?,
             },
+            devices_sync_every: duration("devices.sync_every", &f.devices.sync_every)?,
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),

@@ -23,6 +23,7 @@
 //! Every byte format here starts with a version byte and is documented in docs/design.md.
 
 pub mod content;
+pub mod device_list;
 pub mod envelope;
 pub mod keys;
 pub mod password;

@@ -250,19 +250,36 @@ impl Delivery {
         )
         .into_bytes();
         bytes.extend_from_slice(&body);
+        // The Maildir name carries the delivery id, the same on every device of the user:
+        // a device that hears of the message after another stored it skips it, and two that
+        // stored it at once keep one copy (mailbox/replica.rs, docs/design.md "Devices").
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&id[..16]);
         let msg = NewMessage {
             bytes,
             internal_date: now as i64,
             flags: Flags::default(),
             recent: true,
-            maildir_name: None,
+            maildir_name: Some(crate::mailbox::maildir::delivery_base(now as i64, &id)),
         };
         // The message and the record that it arrived share one commit: a crash cannot leave
         // it in INBOX unremembered (and stored again when the notice is offered again).
         let remember: AlsoWrite = Box::new(move |tx| tx.delivered_mark(id, now));
-        if let Err(e) = self.inner.mailbox.append_with("INBOX", msg, remember).await {
-            tracing::warn!("cannot store an arriving message: {e}");
-            return Received::Later;
+        match self
+            .inner
+            .mailbox
+            .append_delivered("INBOX", msg, key, remember)
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::debug!("an arriving message another device of ours stored already");
+                return Received::Stored;
+            }
+            Err(e) => {
+                tracing::warn!("cannot store an arriving message: {e}");
+                return Received::Later;
+            }
         }
         tracing::info!(
             target: "peerpost::_events::delivery",

@@ -42,6 +42,36 @@ pub fn derived_base(internal_date: i64, object: &ObjectId) -> String {
     format!("{}.{}.peerpost", internal_date, &object.to_hex()[..16])
 }
 
+/// The base name of a message that arrived through the overlay: `<secs>.D<32 hex>.peerpost`,
+/// the hex the first 16 bytes of the delivery id (BLAKE3 of sender key ‖ message id). Every
+/// device of the recipient derives the same key, so the mailbox can tell that two devices
+/// stored the same delivery ([`delivery_key`]; docs/design.md, "Devices").
+pub fn delivery_base(internal_date: i64, delivery_id: &[u8; 32]) -> String {
+    let hex: String = delivery_id[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{internal_date}.D{hex}.peerpost")
+}
+
+/// The delivery key a [`delivery_base`] name carries.
+pub fn delivery_key(base: &str) -> Option<[u8; 16]> {
+    let mut parts = base.split('.');
+    let (_, mid, tail) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || tail != "peerpost" {
+        return None;
+    }
+    let hex = mid.strip_prefix('D')?;
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// Can this be the base of a file name (what precedes `:2,`)?
 pub fn valid_base(base: &str) -> bool {
     !base.is_empty()

@@ -24,6 +24,8 @@ pub mod model;
 mod read;
 use read::{Body, message_info, open_stored};
 pub mod readahead;
+mod replica;
+pub use replica::Merged;
 #[cfg(test)]
 mod tests;
 pub mod transfer;
@@ -202,6 +204,15 @@ struct Engine {
     /// Log entries already applied (device, seq).
     applied: HashSet<(DeviceId, u64)>,
     hlc: u64,
+    // --- devices (issue #15): see replica.rs ---
+    /// Highest log sequence number applied per device (the version vector).
+    vv: BTreeMap<DeviceId, u64>,
+    /// Entries whose Add carries a delivery key (maildir::delivery_key), by key.
+    deliveries: HashMap<[u8; 16], Vec<EntryId>>,
+    /// Delivery keys named by more than one entry since the last duplicate check.
+    dirty_deliveries: HashSet<[u8; 16]>,
+    /// Devices removed or revoked: their entries above this sequence number are refused.
+    refused: HashMap<DeviceId, u64>,
 }
 
 struct Inner {
@@ -216,6 +227,8 @@ struct Inner {
     cache: Mutex<Cache>,
     /// Bytes of sealed bodies this user may keep (0: no limit); see [`Mailbox::set_quota`].
     quota: std::sync::atomic::AtomicU64,
+    /// Bumped whenever log entries were written or merged (the replicator pushes them).
+    log_written: tokio::sync::watch::Sender<u64>,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -419,6 +432,7 @@ impl Mailbox {
             changes,
             cache: Mutex::new(Cache::new(CACHE_BYTES)),
             quota: std::sync::atomic::AtomicU64::new(0),
+            log_written: tokio::sync::watch::Sender::new(0),
         });
         let mb = Mailbox { inner };
         mb.load_uids().await?;
@@ -619,6 +633,7 @@ impl Mailbox {
             });
         }
         self.publish(results, folders_changed);
+        self.inner.log_written.send_modify(|n| *n += 1);
         Ok(ids)
     }
 
@@ -677,6 +692,8 @@ impl Mailbox {
             return Vec::new();
         }
         e.hlc = e.hlc.max(entry.hlc);
+        let top = e.vv.entry(entry.device).or_insert(0);
+        *top = (*top).max(entry.seq);
         let mut fx = Vec::new();
         for (idx, op) in entry.ops.iter().enumerate() {
             let id = OpId {
@@ -685,6 +702,15 @@ impl Mailbox {
                 idx: idx as u32,
             };
             fx.extend(e.crdt.apply(id, entry.hlc, op));
+            if let Op::Add { message, .. } = op
+                && let Some(key) = maildir::delivery_key(&message.maildir_name)
+            {
+                let ids = e.deliveries.entry(key).or_default();
+                ids.push(id);
+                if ids.len() > 1 {
+                    e.dirty_deliveries.insert(key);
+                }
+            }
         }
         fx
     }
@@ -813,6 +839,15 @@ impl Mailbox {
                 if self.read_engine().applied.contains(&key) {
                     continue;
                 }
+                if self.is_refused(key.0, key.1) {
+                    tracing::warn!(
+                        device = key.0,
+                        seq = key.1,
+                        "skipping a log entry of a removed device"
+                    );
+                    self.write_engine().applied.insert(key);
+                    continue;
+                }
                 let entry = match LogEntry::open(&bytes, &self.inner.public, &self.inner.log_key) {
                     Ok(e) => e,
                     Err(err) => {
@@ -829,6 +864,10 @@ impl Mailbox {
             }
             self.write_engine().cursor = next;
             self.number(effects).await?;
+        }
+        if total > 0 {
+            self.resolve_deliveries_locked().await?;
+            self.inner.log_written.send_modify(|n| *n += 1);
         }
         Ok(total)
     }

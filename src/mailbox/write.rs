@@ -86,7 +86,7 @@ impl Mailbox {
 
     /// One log entry adding `msgs` (each to its folder), with `also` in its commit; the write
     /// lock is held by the caller. Returns the messages as numbered, in order.
-    async fn append_locked(
+    pub(super) async fn append_locked(
         &self,
         msgs: Vec<(FolderId, NewMessage)>,
         also: Option<AlsoWrite>,

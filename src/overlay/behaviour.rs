@@ -50,6 +50,8 @@ pub(crate) struct Behaviour {
     pub autonat: Toggle<autonat::Behaviour>,
     pub blob: Rr,
     pub notify: Rr,
+    /// Between the devices of one user (issue #15): opaque frames, see replica.rs.
+    pub replica: request_response::Behaviour<super::replica::ReplicaCodec>,
 }
 
 /// Bytes of frames being read at once, across every peer and stream: what abusive peers
@@ -451,6 +453,7 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         autonat: autonat.into(),
         blob: rr(BLOB_PROTOCOL),
         notify: rr(NOTIFY_PROTOCOL),
+        replica: super::replica::behaviour(config.request_timeout),
     })
 }
 

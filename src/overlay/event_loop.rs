@@ -43,6 +43,9 @@ struct PendingLookup {
     remote: usize,
 }
 
+/// The owner's answer to an inbound replica request, to be sent on the swarm.
+type ReplicaAnswer = (ResponseChannel<Vec<u8>>, Vec<u8>);
+
 /// A finished inbound request, to be answered on the swarm.
 struct Served {
     peer: PeerId,
@@ -70,6 +73,10 @@ pub(crate) struct EventLoop {
     root_lookups: HashMap<QueryId, PendingRootLookup>,
     /// Ring statistics held and collected (answered here, in memory).
     stats: std::sync::Arc<super::stats::Tally>,
+    // --- devices (issue #15) ---
+    replica_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
+    /// Inbound replica requests waiting for the owner's answer.
+    replica_answers: JoinSet<Option<ReplicaAnswer>>,
 }
 
 impl EventLoop {
@@ -98,6 +105,8 @@ impl EventLoop {
             corrupt_fetches: false,
             root_lookups: HashMap::new(),
             stats,
+            replica_requests: HashMap::new(),
+            replica_answers: JoinSet::new(),
         }
     }
 
@@ -115,9 +124,13 @@ impl EventLoop {
                         self.finish_inbound(served);
                     }
                 }
+                Some(done) = self.replica_answers.join_next(), if !self.replica_answers.is_empty() => {
+                    self.finish_replica(done.ok().flatten());
+                }
             }
         }
         self.tasks.shutdown().await;
+        self.replica_answers.shutdown().await;
         tracing::debug!("overlay event loop stopped");
     }
 
@@ -187,6 +200,14 @@ impl EventLoop {
                 self.requests.insert(id, reply);
             }
             Command::CorruptFetches(on) => self.corrupt_fetches = on,
+            Command::Replica {
+                peer,
+                payload,
+                reply,
+            } => {
+                let id = behaviour.replica.send_request(&peer, payload);
+                self.replica_requests.insert(id, reply);
+            }
             Command::PutBackupRoot { .. } | Command::GetBackupRoots { .. } => {
                 self.on_backup_root_command(command)
             }
@@ -274,6 +295,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Blob(event)) => self.on_rr_event(event, false),
             SwarmEvent::Behaviour(BehaviourEvent::Notify(event)) => self.on_rr_event(event, true),
+            SwarmEvent::Behaviour(BehaviourEvent::Replica(event)) => self.on_replica_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 => self.emit(Event::Connected(peer_id)),
             _ => {}
         }
     }
@@ -813,6 +840,78 @@ impl EventLoop {
                 _ => None,
             },
             ..Status::default()
+        }
+    }
+}
+
+// --- devices (issue #15): the replica protocol (overlay/replica.rs) ---
+impl EventLoop {
+    fn on_replica_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                if self.banned.contains(&peer) {
+                    return; // the channel drops: the stream closes unanswered
+                }
+                let (tx, rx) = oneshot::channel();
+                self.emit(Event::ReplicaRequest {
+                    from: peer,
+                    payload: request,
+                    reply: super::ReplicaReply(std::sync::Arc::new(std::sync::Mutex::new(Some(
+                        tx,
+                    )))),
+                });
+                // The owner answers within the request timeout or not at all.
+                let wait = self.config.request_timeout;
+                self.replica_answers.spawn(async move {
+                    match tokio::time::timeout(wait, rx).await {
+                        Ok(Ok(answer)) => Some((channel, answer)),
+                        _ => None,
+                    }
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.replica_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.replica_requests.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Failed(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "inbound replica request failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn finish_replica(&mut self, done: Option<ReplicaAnswer>) {
+        if let Some((channel, answer)) = done
+            && self
+                .swarm
+                .behaviour_mut()
+                .replica
+                .send_response(channel, answer)
+                .is_err()
+        {
+            tracing::debug!("replica answer not sent: the requester went away");
         }
     }
 }

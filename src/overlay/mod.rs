@@ -28,6 +28,7 @@ mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
 pub mod protocol;
+pub mod replica;
 pub mod stats;
 
 pub use behaviour::MAX_STREAMS;
@@ -237,6 +238,28 @@ pub enum Event {
         from: PeerId,
         payload: Vec<u8>,
     },
+    // --- devices (issue #15) ---
+    /// A connection to a peer opened (its first): a device of ours may have come back.
+    Connected(PeerId),
+    /// A replica request (≤ replica::MAX_REPLICA_FRAME bytes); the owner authenticates
+    /// `from` and sends the answer on `reply` (dropping it closes the stream unanswered).
+    ReplicaRequest {
+        from: PeerId,
+        payload: Vec<u8>,
+        reply: ReplicaReply,
+    },
+}
+
+/// Where the owner answers a replica request.
+#[derive(Debug, Clone)]
+pub struct ReplicaReply(std::sync::Arc<std::sync::Mutex<Option<oneshot::Sender<Vec<u8>>>>>);
+
+impl ReplicaReply {
+    pub fn send(&self, payload: Vec<u8>) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(payload);
+        }
+    }
 }
 
 /// A running node's overlay, as `status` shows it.
@@ -324,6 +347,11 @@ pub(crate) enum Command {
     GetBackupRoots {
         key: [u8; 32],
         reply: oneshot::Sender<Vec<Vec<u8>>>,
+    }, // --- devices (issue #15) ---
+    Replica {
+        peer: PeerId,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
     },
 }
 
@@ -557,6 +585,22 @@ impl Client {
         self.call(|reply| Command::Request {
             peer,
             request,
+            reply,
+        })
+        .await
+        .map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Sends a replica request to another device of this user and waits for its answer
+    /// (both ≤ replica::MAX_REPLICA_FRAME bytes).
+    pub async fn replica_request(
+        &self,
+        peer: PeerId,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.call(|reply| Command::Replica {
+            peer,
+            payload,
             reply,
         })
         .await
