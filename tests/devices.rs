@@ -236,6 +236,7 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
         pop3: 0,
         smtp: 0,
         submission: 0,
+        log_filter: None,
     };
     crate::util::vouch(
         &[&d1.home, &d2.home, &bob.home],
