@@ -617,3 +617,25 @@ fn keywords_are_announced_and_expunges_follow_the_sessions_view() {
     assert!(!expunge.contains("EXISTS"), "{expunge}");
     assert_eq!(line("search: "), "1", "{text}");
 }
+
+/// Issue #21, RFC 7162: a client that last saw HIGHESTMODSEQ m resyncs through the binary
+/// with `SELECT INBOX (QRESYNC (uidvalidity m))` and gets only what changed (VANISHED
+/// (EARLIER) for the expunged UIDs, FETCH with MODSEQ for the changed and new ones); also
+/// CHANGEDSINCE, UNCHANGEDSINCE/MODIFIED, SEARCH MODSEQ, STATUS HIGHESTMODSEQ, and VANISHED
+/// instead of EXPUNGE in a QRESYNC session.
+#[test]
+fn qresync_resync_gets_only_what_changed() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let out = Command::new("python3")
+        .arg(format!("{DATA}/imap_qresync.py"))
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -206,6 +206,24 @@ pub(super) fn expunge_view(
     seqs
 }
 
+/// [`expunge_view`] for a QRESYNC session: the UIDs to list in `* VANISHED` (those of
+/// messages the client was told of), ascending; `announced` drops by their number.
+pub(super) fn vanish_view(
+    msgs: &mut Vec<Msg>,
+    announced: &mut usize,
+    gone: &HashSet<u32>,
+) -> Vec<u32> {
+    let known = (*announced).min(msgs.len());
+    let uids: Vec<u32> = msgs[..known]
+        .iter()
+        .filter(|m| gone.contains(&m.uid))
+        .map(|m| m.uid)
+        .collect();
+    msgs.retain(|m| !gone.contains(&m.uid));
+    *announced = known - uids.len();
+    uids
+}
+
 pub(super) enum State {
     NotAuthenticated,
     Authenticated,
@@ -230,6 +248,11 @@ pub(super) struct Session {
     pub conn: Conn,
     pub state: State,
     pub shutdown: CancellationToken,
+    /// RFC 7162 CONDSTORE is on for the rest of the session: every FETCH response carries
+    /// MODSEQ (set by ENABLE or by the first command that uses a MODSEQ).
+    pub condstore: bool,
+    /// RFC 7162 QRESYNC was ENABLEd: expunges are reported as `* VANISHED`.
+    pub qresync: bool,
 }
 
 pub(super) async fn run(
@@ -247,6 +270,8 @@ pub(super) async fn run(
         },
         state: State::NotAuthenticated,
         shutdown,
+        condstore: false,
+        qresync: false,
     };
     if let Err(e) = s.serve().await {
         tracing::debug!(error = %e, "session ended by an I/O error");
@@ -300,7 +325,7 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN",
+            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC",
         );
         if matches!(self.state, State::NotAuthenticated) {
             if !self.tls() && self.ctx.tls.is_some() {
@@ -595,6 +620,7 @@ impl Session {
     /// Sends what changed in the selected folder since the last time: EXISTS, FETCH (flags)
     /// and, where allowed, EXPUNGE.
     pub fn sync(&mut self, allow_expunge: bool) {
+        let (condstore, qresync) = (self.condstore, self.qresync);
         let State::Selected(sel) = &mut self.state else {
             return;
         };
@@ -683,8 +709,16 @@ impl Session {
         let out = &mut self.conn.out;
         if allow_expunge && !sel.gone.is_empty() {
             let gone: HashSet<u32> = sel.gone.drain(..).collect();
-            for line in expunge_view(&mut sel.msgs, &mut sel.announced_exists, &gone) {
-                out.extend_from_slice(format!("* {line} EXPUNGE\r\n").as_bytes());
+            if qresync {
+                let uids = vanish_view(&mut sel.msgs, &mut sel.announced_exists, &gone);
+                if !uids.is_empty() {
+                    let list = super::commands::uid_set(&uids);
+                    out.extend_from_slice(format!("* VANISHED {list}\r\n").as_bytes());
+                }
+            } else {
+                for line in expunge_view(&mut sel.msgs, &mut sel.announced_exists, &gone) {
+                    out.extend_from_slice(format!("* {line} EXPUNGE\r\n").as_bytes());
+                }
             }
         }
         if sel.msgs.len() > sel.announced_exists {
@@ -702,6 +736,9 @@ impl Session {
                         format!("* {} FETCH (UID {} FLAGS ", i + 1, info.uid).as_bytes(),
                     );
                     super::out::flags(out, &info.flags);
+                    if condstore {
+                        out.extend_from_slice(format!(" MODSEQ ({})", info.modseq).as_bytes());
+                    }
                     out.extend_from_slice(b")\r\n");
                 }
             }
@@ -735,6 +772,8 @@ impl Session {
             mut conn,
             state,
             shutdown,
+            condstore,
+            qresync,
         } = self;
         conn.flush().await?;
         let Some(acceptor) = ctx.tls.clone() else {
@@ -751,6 +790,8 @@ impl Session {
                 },
                 state,
                 shutdown,
+                condstore,
+                qresync,
             })),
             _ => Ok(None),
         }
@@ -792,6 +833,19 @@ mod tests {
             count -= 1;
         }
         assert!(expunge_view(&mut msgs, &mut announced, &HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn vanished_lists_only_what_the_client_was_told_of() {
+        // QRESYNC: the same view as for EXPUNGE, but UIDs ascending.
+        let mut msgs = view(&[10, 20, 30, 40, 50]);
+        let mut announced = 4;
+        let gone: HashSet<u32> = [10, 30, 50].into_iter().collect();
+        let uids = vanish_view(&mut msgs, &mut announced, &gone);
+        assert_eq!(uids, vec![10, 30], "50 was never announced");
+        assert_eq!(announced, 2);
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![20, 40]);
+        assert_eq!(super::super::commands::uid_set(&uids), "10,30");
     }
 
     #[test]

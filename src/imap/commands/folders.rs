@@ -209,6 +209,10 @@ pub(super) async fn status(s: &mut Session, name: &str, items: &[StatusDataItemN
                     .count();
                 parts.push(format!("DELETED {n}"));
             }
+            StatusDataItemName::HighestModSeq => {
+                s.condstore = true;
+                parts.push(format!("HIGHESTMODSEQ {}", info.highestmodseq));
+            }
             _ => {}
         }
     }

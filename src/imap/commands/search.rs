@@ -33,6 +33,17 @@ fn needs_bytes(k: &SearchKey<'_>) -> bool {
     }
 }
 
+/// Does a search key use MODSEQ (RFC 7162)?
+fn uses_modseq(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::And(v) => v.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::ModSequence { .. } => true,
+        _ => false,
+    }
+}
+
 /// Case-insensitive (ASCII) substring test.
 pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
@@ -179,6 +190,9 @@ impl Candidate<'_> {
                 .raw
                 .is_some_and(|r| contains(&r[self.header_len..], v.as_ref())),
             SearchKey::Text(v) => self.raw.is_some_and(|r| contains(r, v.as_ref())),
+            // RFC 7162 §3.1.5: one MODSEQ per message (the entry name and type are not kept
+            // apart: every flag's change is the message's change).
+            SearchKey::ModSequence { modseq, .. } => self.info.modseq >= *modseq,
         }
     }
 }
@@ -270,7 +284,12 @@ pub(super) async fn search(
     let largest_uid = cur.msgs.last().map_or(0, |m| m.uid);
     let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
     let bytes = criteria.iter().any(needs_bytes);
+    let with_modseq = criteria.iter().any(uses_modseq);
+    if with_modseq {
+        s.condstore = true;
+    }
     let mut hits: Vec<u32> = Vec::new();
+    let mut highest = 0u64;
     let sets = SetCache::default();
     for (i, info) in idx.iter().zip(infos.iter()) {
         let Some(info) = info else { continue };
@@ -297,12 +316,17 @@ pub(super) async fn search(
         };
         if criteria.iter().all(|k| c.matches(k, cur, largest_uid)) {
             hits.push(if uid { info.uid } else { *i as u32 + 1 });
+            highest = highest.max(info.modseq);
         }
     }
     let mut line = String::from("* SEARCH");
     for h in hits {
         line.push(' ');
         line.push_str(&h.to_string());
+    }
+    // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
+    if with_modseq && highest > 0 {
+        line.push_str(&format!(" (MODSEQ {highest})"));
     }
     s.conn.line(&line);
     Ok(Reply::Ok("SEARCH completed".into()))
