@@ -639,3 +639,71 @@ fn qresync_resync_gets_only_what_changed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue #21, RFC 4315/6851: MOVE's COPYUID (and COPY's) pairs each source UID with the UID
+/// the same message got in the destination, in order, also for a move of 99 messages.
+const COPYUID: &str = r#"
+import imaplib, re, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+m.create("Dest")
+N = 100
+for i in range(1, N + 1):
+    m.append("INBOX", None, None, ("Subject: s%d\r\n\r\nb\r\n" % i).encode())
+m.select("INBOX")
+def subjects(box, uids):
+    m.select(box)
+    out = {}
+    typ, data = m.uid("FETCH", ",".join(map(str, uids)), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    for d in data:
+        if isinstance(d, tuple):
+            u = int(re.search(rb"UID (\d+)", d[0]).group(1))
+            out[u] = d[1].decode().strip()
+    return out
+def expand(s):
+    r = []
+    for p in s.split(","):
+        a, _, b = p.partition(":")
+        r += list(range(int(a), int(b or a) + 1))
+    return r
+src_subj = subjects("INBOX", range(1, N + 1))
+m.select("INBOX")
+typ, data = m._simple_command("UID", "MOVE", "2:%d" % N, "Dest")
+ok = m.untagged_responses.get("OK", [])
+print(typ, [o for o in ok if b"COPYUID" in o][:1], data)
+cu = [o for o in ok if b"COPYUID" in o][0].decode()
+mo = re.search(r"COPYUID (\d+) (\S+) (\S+)\]", cu)
+frm, to = expand(mo.group(2)), expand(mo.group(3))
+dst = subjects("Dest", to)
+bad = [(f, t, src_subj.get(f), dst.get(t)) for f, t in zip(frm, to) if src_subj.get(f) != dst.get(t)]
+assert typ == "OK" and len(frm) == len(to) == N - 1, (typ, len(frm), len(to))
+assert not bad, bad[:5]
+# COPY too, into a folder that already has messages (the new UIDs continue from there).
+m.select("Dest")
+typ, data = m._simple_command("UID", "COPY", "%d:%d" % (to[10], to[20]), "INBOX")
+cu = data[0].decode()
+mo = re.search(r"COPYUID (\d+) (\S+) (\S+)\]", cu)
+frm, to2 = expand(mo.group(2)), expand(mo.group(3))
+src2 = subjects("Dest", frm)
+dst2 = subjects("INBOX", to2)
+assert len(frm) == len(to2) == 11 and all(src2[f] == dst2[t] for f, t in zip(frm, to2)), (cu, src2, dst2)
+print("ALL OK")
+"#;
+
+#[test]
+fn move_and_copy_copyuid_name_the_new_uids_in_order() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("copyuid.py", COPYUID);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
