@@ -707,3 +707,98 @@ fn move_and_copy_copyuid_name_the_new_uids_in_order() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue #21, RFC 3501 §2.3.2: `\Recent` belongs to one session. Mail delivered over SMTP is
+/// recent in the first session that SELECTs the folder (its `* n RECENT`, FETCH FLAGS and
+/// SEARCH RECENT), EXAMINE shows it without taking it, a later SELECT sees none, and new mail
+/// while two sessions are selected is recent in exactly one of them.
+const RECENT: &str = r#"
+import imaplib, re, smtplib, sys, time
+imap, smtp = int(sys.argv[1]), int(sys.argv[2])
+
+def deliver(subj):
+    s = smtplib.SMTP("127.0.0.1", smtp, timeout=10)
+    s.sendmail("bob@example.net", ["alice@example.org"],
+               ("From: bob@example.net\r\nTo: alice@example.org\r\nSubject: %s\r\n\r\nhi\r\n" % subj).encode())
+    s.quit()
+
+def session():
+    m = imaplib.IMAP4("127.0.0.1", imap)
+    m.login("alice", "secret-password")
+    return m
+
+def recent_count(m):
+    r = m.untagged_responses.pop("RECENT", [b"0"])
+    return int(r[-1])
+
+def recent_seqs(m):
+    typ, data = m.fetch("1:*", "(FLAGS)")
+    return [int(d.split()[0]) for d in data if isinstance(d, bytes) and b"\\Recent" in d]
+
+deliver("one"); deliver("two")
+for _ in range(50):
+    e = session()
+    e.select("INBOX", readonly=True)
+    if int(e.untagged_responses.get("EXISTS", [b"0"])[-1]) == 2:
+        break
+    e.logout(); time.sleep(0.1)
+assert recent_count(e) == 2, "EXAMINE shows both as recent"
+assert recent_seqs(e) == [1, 2]
+e.logout()
+
+a = session()
+a.select("INBOX")
+assert recent_count(a) == 2, "the first SELECT takes both"
+assert recent_seqs(a) == [1, 2]
+assert a.search(None, "RECENT")[1][0].split() == [b"1", b"2"]
+assert a.search(None, "NEW")[1][0].split() == [b"1", b"2"]
+
+b = session()
+b.select("INBOX")
+assert recent_count(b) == 0, "a later SELECT sees none"
+assert recent_seqs(b) == [] and b.search(None, "RECENT")[1][0] == b""
+assert b.search(None, "OLD")[1][0].split() == [b"1", b"2"]
+assert b.status("INBOX", "(RECENT)")[1][0].endswith(b"(RECENT 0)")
+
+deliver("three")
+got = {}
+for _ in range(50):
+    for m in (a, b):
+        m.noop()
+    seqs = {name: recent_seqs(m) for name, m in (("a", a), ("b", b))}
+    if any(3 in v for v in seqs.values()):
+        got = seqs
+        break
+    time.sleep(0.1)
+assert got, "message 3 never arrived"
+time.sleep(0.3)
+seqs = {name: recent_seqs(m) for name, m in (("a", a), ("b", b))}
+owners = [name for name, v in seqs.items() if 3 in v]
+assert len(owners) == 1, "recent in exactly one session: %r" % seqs
+a.logout(); b.logout()
+
+c = session()
+c.select("INBOX")
+assert recent_count(c) == 0 and recent_seqs(c) == [], "claims are kept in the engine"
+c.logout()
+print("ALL OK")
+"#;
+
+#[test]
+fn recent_belongs_to_one_session() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("recent.py", RECENT);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .arg(node.smtp.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

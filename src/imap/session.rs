@@ -145,6 +145,8 @@ pub(super) struct Selected {
     /// Changes received while idling, not yet reported.
     pub stash: Vec<Change>,
     pub lagged: bool,
+    /// UIDs `\Recent` in this session (RFC 3501 §2.3.2; see [`super::recent`]).
+    pub recent: HashSet<u32>,
 }
 
 /// The system flags, in `* FLAGS` and PERMANENTFLAGS.
@@ -627,6 +629,7 @@ impl Session {
         let mut relist = std::mem::take(&mut sel.lagged);
         let mut folders_changed = false;
         let mut flagged: Vec<EntryId> = Vec::new();
+        let mut added: Vec<EntryId> = Vec::new();
         let mut stash = std::mem::take(&mut sel.stash).into_iter();
         loop {
             let next = match stash.next() {
@@ -636,6 +639,7 @@ impl Session {
             match next {
                 Ok(Change::Added { folder, uid, entry }) if folder == sel.id => {
                     if let Err(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) {
+                        added.push(entry);
                         sel.msgs.insert(
                             i,
                             Msg {
@@ -695,20 +699,48 @@ impl Session {
                             flagged.push(m.entry);
                         }
                     }
-                    Err(i) => sel.msgs.insert(
-                        i,
-                        Msg {
-                            uid: m.uid,
-                            entry: m.entry,
-                            modseq: m.modseq,
-                        },
-                    ),
+                    Err(i) => {
+                        added.push(m.entry);
+                        sel.msgs.insert(
+                            i,
+                            Msg {
+                                uid: m.uid,
+                                entry: m.entry,
+                                modseq: m.modseq,
+                            },
+                        )
+                    }
                 }
+            }
+        }
+        // New mail is recent in the first session told of it (EXAMINE claims nothing).
+        let mut recent_changed = false;
+        if !added.is_empty() {
+            let infos = self.ctx.mailbox.messages_by_entry(sel.id, &added);
+            let candidates: Vec<EntryId> = infos
+                .iter()
+                .flatten()
+                .filter(|m| m.recent)
+                .map(|m| m.entry)
+                .collect();
+            let mine = if sel.read_only {
+                self.ctx.recent.unclaimed(&candidates)
+            } else {
+                self.ctx.recent.claim(&candidates)
+            };
+            for m in infos.iter().flatten() {
+                if mine.contains(&m.entry) {
+                    recent_changed |= sel.recent.insert(m.uid);
+                }
+            }
+            if !sel.read_only {
+                super::recent::persist_later(&self.ctx, sel.name.clone(), mine);
             }
         }
         let out = &mut self.conn.out;
         if allow_expunge && !sel.gone.is_empty() {
             let gone: HashSet<u32> = sel.gone.drain(..).collect();
+            sel.recent.retain(|u| !gone.contains(u));
             if qresync {
                 let uids = vanish_view(&mut sel.msgs, &mut sel.announced_exists, &gone);
                 if !uids.is_empty() {
@@ -724,6 +756,12 @@ impl Session {
         if sel.msgs.len() > sel.announced_exists {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
             sel.announced_exists = sel.msgs.len();
+            // RFC 3501 §7.3.2: the number of messages with \Recent, after the EXISTS. Only
+            // when the client knows them all (the count is within EXISTS).
+            if recent_changed {
+                let n = sel.recent.len();
+                out.extend_from_slice(format!("* {n} RECENT\r\n").as_bytes());
+            }
         }
         if !flagged.is_empty() {
             flagged.sort_unstable();
@@ -735,7 +773,7 @@ impl Session {
                     out.extend_from_slice(
                         format!("* {} FETCH (UID {} FLAGS ", i + 1, info.uid).as_bytes(),
                     );
-                    super::out::flags(out, &info.flags);
+                    super::out::flags_with(out, &info.flags, sel.recent.contains(&info.uid));
                     if condstore {
                         out.extend_from_slice(format!(" MODSEQ ({})", info.modseq).as_bytes());
                     }
@@ -866,6 +904,7 @@ mod tests {
             keywords: BTreeSet::new(),
             stash: Vec::new(),
             lagged: false,
+            recent: HashSet::new(),
         };
         let mut out = Vec::new();
         let mut f = Flags::default();

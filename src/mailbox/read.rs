@@ -281,3 +281,19 @@ impl Mailbox {
             .map_or(0, |u| u.highestmodseq)
     }
 }
+
+impl Mailbox {
+    /// The messages of a folder not yet seen by a mail reader (IMAP's `\Recent` candidates),
+    /// as (uid, entry) by UID. One pass over the folder's numbering, no message built.
+    pub fn recent_in(&self, folder: FolderId) -> Vec<(u32, EntryId)> {
+        let e = self.read_engine();
+        let Some(u) = e.uids.get(&folder) else {
+            return Vec::new();
+        };
+        u.by_uid
+            .iter()
+            .filter(|(_, entry)| e.crdt.entry(**entry).is_some() && e.crdt.recent(**entry))
+            .map(|(uid, entry)| (*uid, *entry))
+            .collect()
+    }
+}

@@ -255,6 +255,7 @@ pub(super) async fn fetch(
         {
             cur.announce(&mut s.conn.out, &info.flags);
         }
+        let is_recent = matches!(&s.state, State::Selected(c) if c.recent.contains(&info.uid));
         let o = &mut s.conn.out;
         o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
         let mut first = true;
@@ -271,7 +272,7 @@ pub(super) async fn fetch(
                 Item::ModSeq => o.extend_from_slice(format!("MODSEQ ({})", info.modseq).as_bytes()),
                 Item::Flags => {
                     o.extend_from_slice(b"FLAGS ");
-                    out::flags(o, &info.flags);
+                    out::flags_with(o, &info.flags, is_recent);
                 }
                 Item::InternalDate => {
                     o.extend_from_slice(b"INTERNALDATE ");
@@ -325,7 +326,7 @@ pub(super) async fn fetch(
         if !wants_flags && seen_now.contains(&info.entry) {
             sep(o);
             o.extend_from_slice(b"FLAGS ");
-            out::flags(o, &info.flags);
+            out::flags_with(o, &info.flags, is_recent);
         }
         // RFC 7162 §3.1: with CONDSTORE on, a FETCH that reports a flag change carries MODSEQ.
         if condstore

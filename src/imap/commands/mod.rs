@@ -401,6 +401,7 @@ mod tests {
             keywords: Default::default(),
             stash: Vec::new(),
             lagged: false,
+            recent: HashSet::new(),
         }
     }
 

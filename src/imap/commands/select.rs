@@ -61,11 +61,35 @@ pub(super) async fn select(
         .into_iter()
         .map(|(uid, entry, modseq, _)| Msg { uid, entry, modseq })
         .collect();
+    // \Recent: this session's if no other session took them first; EXAMINE takes nothing.
+    let candidates: Vec<(u32, EntryId)> = s
+        .ctx
+        .mailbox
+        .recent_in(info.id)
+        .into_iter()
+        .filter(|(uid, _)| msgs.binary_search_by_key(uid, |m| m.uid).is_ok())
+        .collect();
+    let entries: Vec<EntryId> = candidates.iter().map(|c| c.1).collect();
+    let mine: HashSet<EntryId> = if read_only {
+        s.ctx.recent.unclaimed(&entries)
+    } else {
+        s.ctx.recent.claim(&entries)
+    }
+    .into_iter()
+    .collect();
+    let recent: HashSet<u32> = candidates
+        .iter()
+        .filter(|c| mine.contains(&c.1))
+        .map(|c| c.0)
+        .collect();
+    if !read_only {
+        crate::imap::recent::persist(&s.ctx, &info.name, mine.iter().copied().collect()).await;
+    }
     let out = &mut s.conn;
     // Keywords are announced as FETCH responses come to use them (Selected::announce).
     crate::imap::session::flag_lines(&mut out.out, &Default::default(), read_only);
     out.line(&format!("* {} EXISTS", msgs.len()));
-    out.line(&format!("* {} RECENT", info.recent));
+    out.line(&format!("* {} RECENT", recent.len()));
     out.line(&format!("* OK [UIDVALIDITY {validity}] UIDs valid"));
     out.line(&format!(
         "* OK [UIDNEXT {}] predicted next UID",
@@ -91,11 +115,13 @@ pub(super) async fn select(
         msgs,
         feed,
         gone: Vec::new(),
-        quiet: HashSet::new(),
+        // The engine's "seen by a reader" marks of the claim above are not flag changes.
+        quiet: if read_only { HashSet::new() } else { mine },
         announced_exists: n,
         keywords: Default::default(),
         stash: Vec::new(),
         lagged: false,
+        recent,
     };
     if let Some(r) = resync
         && r.uidvalidity == validity
@@ -151,7 +177,7 @@ async fn report_changes(s: &mut Session, sel: &mut Selected, r: &Resync) -> Resu
         };
         sel.announce(out, &info.flags);
         out.extend_from_slice(format!("* {} FETCH (UID {} FLAGS ", i + 1, info.uid).as_bytes());
-        crate::imap::out::flags(out, &info.flags);
+        crate::imap::out::flags_with(out, &info.flags, sel.recent.contains(&info.uid));
         out.extend_from_slice(format!(" MODSEQ ({}))\r\n", info.modseq).as_bytes());
     }
     Ok(())

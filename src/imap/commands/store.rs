@@ -83,8 +83,10 @@ pub(super) async fn store(
             if !changed.contains(&info.entry) {
                 continue;
             }
+            let mut recent = false;
             if let State::Selected(cur) = &mut s.state {
                 cur.announce(&mut s.conn.out, &info.flags);
+                recent = cur.recent.contains(&info.uid);
             }
             let o = &mut s.conn.out;
             o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
@@ -93,7 +95,7 @@ pub(super) async fn store(
             }
             if !silent {
                 o.extend_from_slice(b"FLAGS ");
-                out::flags(o, &info.flags);
+                out::flags_with(o, &info.flags, recent);
                 if condstore {
                     o.push(b' ');
                 }
