@@ -802,3 +802,43 @@ fn recent_belongs_to_one_session() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue #21, capabilities Dovecot 2.3 offers: RFC 5032 WITHIN (SEARCH YOUNGER/OLDER by
+/// INTERNALDATE) and RFC 8438 STATUS=SIZE (the RFC822.SIZEs added up).
+const WITHIN_SIZE: &str = r#"
+import imaplib, re, sys, time
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+assert "WITHIN" in m.capabilities and "STATUS=SIZE" in m.capabilities, m.capabilities
+old = imaplib.Time2Internaldate(time.time() - 10 * 86400)
+assert m.append("INBOX", None, old, b"Subject: old\r\n\r\nold body\r\n")[0] == "OK"
+assert m.append("INBOX", None, None, b"Subject: new\r\n\r\nnew body, longer\r\n")[0] == "OK"
+m.select("INBOX")
+assert m.search(None, "YOUNGER", "3600")[1][0].split() == [b"2"], m.search(None, "YOUNGER", "3600")
+assert m.search(None, "OLDER", "3600")[1][0].split() == [b"1"]
+assert m.search(None, "OLDER", "%d" % (20 * 86400))[1][0] == b""
+sizes = [int(x) for x in re.findall(rb"RFC822.SIZE (\d+)", b" ".join(
+    d if isinstance(d, bytes) else d[0] for d in m.fetch("1:*", "(RFC822.SIZE)")[1]))]
+st = m.status("INBOX", "(SIZE MESSAGES)")[1][0].decode()
+assert "SIZE %d" % sum(sizes) in st and len(sizes) == 2, (st, sizes)
+m.logout()
+print("ALL OK")
+"#;
+
+#[test]
+fn within_and_status_size() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("within.py", WITHIN_SIZE);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,5 +1,6 @@
 //! The IMAP server (RFC 3501 IMAP4rev1 with IDLE, UIDPLUS, MOVE, LITERAL+, NAMESPACE, ID,
-//! ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS) on the mailbox engine.
+//! ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS, CONDSTORE/QRESYNC (RFC 7162), WITHIN
+//! (RFC 5032), STATUS=SIZE (RFC 8438)) on the mailbox engine.
 //!
 //! The only module that uses imap-codec (command parsing) and mail-parser (ENVELOPE,
 //! BODYSTRUCTURE, sections, SEARCH). Responses are written by [`out`].

@@ -135,9 +135,12 @@ pub(super) async fn dispatch(
             uid,
             modifiers,
         } if selected => {
-            let unchanged_since = modifiers.iter().find_map(|m| match m {
-                StoreModifier::UnchangedSince(n) => Some(*n),
-            });
+            let unchanged_since = modifiers
+                .iter()
+                .map(|m| match m {
+                    StoreModifier::UnchangedSince(n) => *n,
+                })
+                .next();
             store::store(
                 s,
                 &sequence_set,

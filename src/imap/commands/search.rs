@@ -33,6 +33,13 @@ fn needs_bytes(k: &SearchKey<'_>) -> bool {
     }
 }
 
+/// Seconds since the epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Does a search key use MODSEQ (RFC 7162)?
 fn uses_modseq(k: &SearchKey<'_>) -> bool {
     match k {
@@ -193,6 +200,9 @@ impl Candidate<'_> {
             // RFC 7162 §3.1.5: one MODSEQ per message (the entry name and type are not kept
             // apart: every flag's change is the message's change).
             SearchKey::ModSequence { modseq, .. } => self.info.modseq >= *modseq,
+            // RFC 5032 WITHIN: by INTERNALDATE against now, in seconds.
+            SearchKey::Older(n) => self.info.internal_date <= now() - i64::from(n.get()),
+            SearchKey::Younger(n) => self.info.internal_date >= now() - i64::from(n.get()),
         }
     }
 }
