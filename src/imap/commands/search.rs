@@ -100,6 +100,9 @@ fn civil_day(y: i64, m: u32, d: u32) -> Option<i64> {
     Some(era * 146_097 + doe - 719_468)
 }
 
+/// Header fields holding addresses (SEARCH FROM/TO/CC/BCC, HEADER of these).
+const ADDRESS_FIELDS: [&[u8]; 6] = [b"from", b"to", b"cc", b"bcc", b"sender", b"reply-to"];
+
 /// One message being tested, its bytes read once if any key needs them.
 struct Candidate<'a> {
     seq: u32,
@@ -118,6 +121,7 @@ impl Candidate<'_> {
     fn field_has(&self, name: &[u8], needle: &[u8]) -> bool {
         let fields = mime::fields(self.header());
         let mut encoded = false;
+        let mut any_address = false;
         for (n, f) in &fields {
             if !n.trim_ascii().eq_ignore_ascii_case(name) {
                 continue;
@@ -127,7 +131,11 @@ impl Candidate<'_> {
                 return true;
             }
             encoded |= contains(&v, b"=?");
+            // An address field: also as `name <addr>` (quotes, comments and folding gone),
+            // so "Bob Smith <bob@" finds `"Bob Smith" <bob@…>` (Dovecot does the same).
+            any_address |= ADDRESS_FIELDS.iter().any(|a| a.eq_ignore_ascii_case(name));
         }
+        let encoded = encoded || any_address;
         if !encoded {
             return false;
         }
@@ -364,6 +372,43 @@ mod tests {
             day,
             "UTC is a day later"
         );
+    }
+
+    #[test]
+    fn address_search_sees_name_and_address_as_a_client_writes_them() {
+        use crate::mailbox::{MessageInfo, OpId};
+        let id = OpId {
+            device: 1,
+            seq: 1,
+            idx: 0,
+        };
+        let raw: &[u8] = b"From: \"Smith, Bob\" <bob@example.net>\r\nTo: Ann\r\n\t<ann@example.org>, carl@example.com (Carl C)\r\nSubject: x\r\n\r\nbody\r\n";
+        let info = MessageInfo {
+            entry: id,
+            uid: 1,
+            modseq: 1,
+            object: crate::crypto::ObjectId::of(raw),
+            size: raw.len() as u64,
+            internal_date: 0,
+            flags: Default::default(),
+            recent: false,
+            maildir_name: String::new(),
+        };
+        let sets = super::SetCache::default();
+        let c = super::Candidate {
+            seq: 1,
+            info: &info,
+            raw: Some(raw),
+            header_len: mime::header_len(raw),
+            sets: &sets,
+        };
+        assert!(c.field_has(b"from", b"bob@example.net"));
+        assert!(c.field_has(b"from", b"Smith, Bob <bob@example.net>"));
+        assert!(c.field_has(b"to", b"Ann <ann@example.org>"));
+        assert!(c.field_has(b"to", b"carl@example.com"));
+        assert!(c.field_has(b"to", b"Carl C <carl@"));
+        assert!(!c.field_has(b"to", b"bob@example.net"));
+        assert!(!c.field_has(b"from", b"nobody"));
     }
 
     #[test]
