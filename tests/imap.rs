@@ -617,3 +617,228 @@ fn keywords_are_announced_and_expunges_follow_the_sessions_view() {
     assert!(!expunge.contains("EXISTS"), "{expunge}");
     assert_eq!(line("search: "), "1", "{text}");
 }
+
+/// Issue #21, RFC 7162: a client that last saw HIGHESTMODSEQ m resyncs through the binary
+/// with `SELECT INBOX (QRESYNC (uidvalidity m))` and gets only what changed (VANISHED
+/// (EARLIER) for the expunged UIDs, FETCH with MODSEQ for the changed and new ones); also
+/// CHANGEDSINCE, UNCHANGEDSINCE/MODIFIED, SEARCH MODSEQ, STATUS HIGHESTMODSEQ, and VANISHED
+/// instead of EXPUNGE in a QRESYNC session.
+#[test]
+fn qresync_resync_gets_only_what_changed() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let out = Command::new("python3")
+        .arg(format!("{DATA}/imap_qresync.py"))
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue #21, RFC 4315/6851: MOVE's COPYUID (and COPY's) pairs each source UID with the UID
+/// the same message got in the destination, in order, also for a move of 99 messages.
+const COPYUID: &str = r#"
+import imaplib, re, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+m.create("Dest")
+N = 100
+for i in range(1, N + 1):
+    m.append("INBOX", None, None, ("Subject: s%d\r\n\r\nb\r\n" % i).encode())
+m.select("INBOX")
+def subjects(box, uids):
+    m.select(box)
+    out = {}
+    typ, data = m.uid("FETCH", ",".join(map(str, uids)), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    for d in data:
+        if isinstance(d, tuple):
+            u = int(re.search(rb"UID (\d+)", d[0]).group(1))
+            out[u] = d[1].decode().strip()
+    return out
+def expand(s):
+    r = []
+    for p in s.split(","):
+        a, _, b = p.partition(":")
+        r += list(range(int(a), int(b or a) + 1))
+    return r
+src_subj = subjects("INBOX", range(1, N + 1))
+m.select("INBOX")
+typ, data = m._simple_command("UID", "MOVE", "2:%d" % N, "Dest")
+ok = m.untagged_responses.get("OK", [])
+print(typ, [o for o in ok if b"COPYUID" in o][:1], data)
+cu = [o for o in ok if b"COPYUID" in o][0].decode()
+mo = re.search(r"COPYUID (\d+) (\S+) (\S+)\]", cu)
+frm, to = expand(mo.group(2)), expand(mo.group(3))
+dst = subjects("Dest", to)
+bad = [(f, t, src_subj.get(f), dst.get(t)) for f, t in zip(frm, to) if src_subj.get(f) != dst.get(t)]
+assert typ == "OK" and len(frm) == len(to) == N - 1, (typ, len(frm), len(to))
+assert not bad, bad[:5]
+# COPY too, into a folder that already has messages (the new UIDs continue from there).
+m.select("Dest")
+typ, data = m._simple_command("UID", "COPY", "%d:%d" % (to[10], to[20]), "INBOX")
+cu = data[0].decode()
+mo = re.search(r"COPYUID (\d+) (\S+) (\S+)\]", cu)
+frm, to2 = expand(mo.group(2)), expand(mo.group(3))
+src2 = subjects("Dest", frm)
+dst2 = subjects("INBOX", to2)
+assert len(frm) == len(to2) == 11 and all(src2[f] == dst2[t] for f, t in zip(frm, to2)), (cu, src2, dst2)
+print("ALL OK")
+"#;
+
+#[test]
+fn move_and_copy_copyuid_name_the_new_uids_in_order() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("copyuid.py", COPYUID);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue #21, RFC 3501 §2.3.2: `\Recent` belongs to one session. Mail delivered over SMTP is
+/// recent in the first session that SELECTs the folder (its `* n RECENT`, FETCH FLAGS and
+/// SEARCH RECENT), EXAMINE shows it without taking it, a later SELECT sees none, and new mail
+/// while two sessions are selected is recent in exactly one of them.
+const RECENT: &str = r#"
+import imaplib, re, smtplib, sys, time
+imap, smtp = int(sys.argv[1]), int(sys.argv[2])
+
+def deliver(subj):
+    s = smtplib.SMTP("127.0.0.1", smtp, timeout=10)
+    s.sendmail("bob@example.net", ["alice@example.org"],
+               ("From: bob@example.net\r\nTo: alice@example.org\r\nSubject: %s\r\n\r\nhi\r\n" % subj).encode())
+    s.quit()
+
+def session():
+    m = imaplib.IMAP4("127.0.0.1", imap)
+    m.login("alice", "secret-password")
+    return m
+
+def recent_count(m):
+    r = m.untagged_responses.pop("RECENT", [b"0"])
+    return int(r[-1])
+
+def recent_seqs(m):
+    typ, data = m.fetch("1:*", "(FLAGS)")
+    return [int(d.split()[0]) for d in data if isinstance(d, bytes) and b"\\Recent" in d]
+
+deliver("one"); deliver("two")
+for _ in range(50):
+    e = session()
+    e.select("INBOX", readonly=True)
+    if int(e.untagged_responses.get("EXISTS", [b"0"])[-1]) == 2:
+        break
+    e.logout(); time.sleep(0.1)
+assert recent_count(e) == 2, "EXAMINE shows both as recent"
+assert recent_seqs(e) == [1, 2]
+e.logout()
+
+a = session()
+a.select("INBOX")
+assert recent_count(a) == 2, "the first SELECT takes both"
+assert recent_seqs(a) == [1, 2]
+assert a.search(None, "RECENT")[1][0].split() == [b"1", b"2"]
+assert a.search(None, "NEW")[1][0].split() == [b"1", b"2"]
+
+b = session()
+b.select("INBOX")
+assert recent_count(b) == 0, "a later SELECT sees none"
+assert recent_seqs(b) == [] and b.search(None, "RECENT")[1][0] == b""
+assert b.search(None, "OLD")[1][0].split() == [b"1", b"2"]
+assert b.status("INBOX", "(RECENT)")[1][0].endswith(b"(RECENT 0)")
+
+deliver("three")
+got = {}
+for _ in range(50):
+    for m in (a, b):
+        m.noop()
+    seqs = {name: recent_seqs(m) for name, m in (("a", a), ("b", b))}
+    if any(3 in v for v in seqs.values()):
+        got = seqs
+        break
+    time.sleep(0.1)
+assert got, "message 3 never arrived"
+time.sleep(0.3)
+seqs = {name: recent_seqs(m) for name, m in (("a", a), ("b", b))}
+owners = [name for name, v in seqs.items() if 3 in v]
+assert len(owners) == 1, "recent in exactly one session: %r" % seqs
+a.logout(); b.logout()
+
+c = session()
+c.select("INBOX")
+assert recent_count(c) == 0 and recent_seqs(c) == [], "claims are kept in the engine"
+c.logout()
+print("ALL OK")
+"#;
+
+#[test]
+fn recent_belongs_to_one_session() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("recent.py", RECENT);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .arg(node.smtp.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue #21, capabilities Dovecot 2.3 offers: RFC 5032 WITHIN (SEARCH YOUNGER/OLDER by
+/// INTERNALDATE) and RFC 8438 STATUS=SIZE (the RFC822.SIZEs added up).
+const WITHIN_SIZE: &str = r#"
+import imaplib, re, sys, time
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+assert "WITHIN" in m.capabilities and "STATUS=SIZE" in m.capabilities, m.capabilities
+old = imaplib.Time2Internaldate(time.time() - 10 * 86400)
+assert m.append("INBOX", None, old, b"Subject: old\r\n\r\nold body\r\n")[0] == "OK"
+assert m.append("INBOX", None, None, b"Subject: new\r\n\r\nnew body, longer\r\n")[0] == "OK"
+m.select("INBOX")
+assert m.search(None, "YOUNGER", "3600")[1][0].split() == [b"2"], m.search(None, "YOUNGER", "3600")
+assert m.search(None, "OLDER", "3600")[1][0].split() == [b"1"]
+assert m.search(None, "OLDER", "%d" % (20 * 86400))[1][0] == b""
+sizes = [int(x) for x in re.findall(rb"RFC822.SIZE (\d+)", b" ".join(
+    d if isinstance(d, bytes) else d[0] for d in m.fetch("1:*", "(RFC822.SIZE)")[1]))]
+st = m.status("INBOX", "(SIZE MESSAGES)")[1][0].decode()
+assert "SIZE %d" % sum(sizes) in st and len(sizes) == 2, (st, sizes)
+m.logout()
+print("ALL OK")
+"#;
+
+#[test]
+fn within_and_status_size() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("within.py", WITHIN_SIZE);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(node.imap.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("ALL OK"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

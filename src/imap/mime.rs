@@ -716,3 +716,35 @@ mod tests {
         assert_eq!(field_value(fields(h)[2].1), b"hi there");
     }
 }
+
+#[cfg(test)]
+mod group_tests {
+    /// Issue #21: RFC 3501 §7.4.2 group syntax in ENVELOPE: `(NIL NIL "name" NIL)` opens a
+    /// group, `(NIL NIL NIL NIL)` closes it, plain addresses around it stay in order.
+    #[test]
+    fn envelope_group_syntax() {
+        let to = |h: &str| {
+            let raw = format!("From: f@e.example\r\n{h}Subject: s\r\n\r\nbody\r\n");
+            let env = String::from_utf8(super::render(raw.as_bytes()).envelope).unwrap();
+            // Date, Subject, From, Sender, Reply-To: the To list follows.
+            let from = "((NIL NIL \"f\" \"e.example\")) ";
+            let rest = env.split_once(&from.repeat(3)).map(|(_, r)| r.to_string());
+            rest.unwrap_or(env)
+        };
+        assert!(to("To: group: a@b, c@d;\r\n").starts_with(
+            "((NIL NIL \"group\" NIL)(NIL NIL \"a\" \"b\")(NIL NIL \"c\" \"d\")(NIL NIL NIL NIL)) NIL NIL "
+        ));
+        assert!(
+            to("To: undisclosed-recipients:;\r\n")
+                .starts_with("((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) NIL")
+        );
+        assert!(to("To: x@y, team: a@b;, z@w\r\n").starts_with(
+            "((NIL NIL \"x\" \"y\")(NIL NIL \"team\" NIL)(NIL NIL \"a\" \"b\")(NIL NIL NIL NIL)(NIL NIL \"z\" \"w\")) NIL"
+        ));
+        let cc = to("To: a@b\r\nCc: g2: c@d;, e@f\r\n");
+        assert!(
+            cc.starts_with("((NIL NIL \"a\" \"b\")) ((NIL NIL \"g2\" NIL)(NIL NIL \"c\" \"d\")(NIL NIL NIL NIL)(NIL NIL \"e\" \"f\")) NIL"),
+            "{cc}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! The IMAP server (RFC 3501 IMAP4rev1 with IDLE, UIDPLUS, MOVE, LITERAL+, NAMESPACE, ID,
-//! ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS) on the mailbox engine.
+//! ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS, CONDSTORE/QRESYNC (RFC 7162), WITHIN
+//! (RFC 5032), STATUS=SIZE (RFC 8438)) on the mailbox engine.
 //!
 //! The only module that uses imap-codec (command parsing) and mail-parser (ENVELOPE,
 //! BODYSTRUCTURE, sections, SEARCH). Responses are written by [`out`].
@@ -14,10 +15,12 @@
 //! * [`mime`]: parsed messages, with a bounded cache of ENVELOPE/BODYSTRUCTURE by object id
 //!   (content-addressed, so never stale).
 //! * [`seen`]: `\Seen` set by FETCH, committed in groups across sessions.
+//! * [`recent`]: `\Recent` claimed by one session (RFC 3501 §2.3.2).
 
 mod commands;
 mod mime;
 mod out;
+mod recent;
 mod seen;
 mod session;
 mod utf7;
@@ -48,6 +51,8 @@ pub struct Context {
     pub(crate) cache: Arc<mime::Cache>,
     /// `\Seen` by FETCH, committed in groups.
     pub(crate) seen: Arc<seen::Seen>,
+    /// Which session a `\Recent` message belongs to.
+    pub(crate) recent: Arc<recent::Claims>,
 }
 
 impl Context {
@@ -59,6 +64,7 @@ impl Context {
             max_literal: DEFAULT_MAX_LITERAL,
             cache: Arc::new(mime::Cache::default()),
             seen: Arc::new(seen::Seen::default()),
+            recent: Arc::new(recent::Claims::default()),
         }
     }
 }

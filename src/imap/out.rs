@@ -38,10 +38,14 @@ pub fn mailbox(out: &mut Vec<u8>, name: &str) {
     string(out, super::utf7::encode(name).as_bytes());
 }
 
-/// `(\Seen \Flagged kw …)`.
-pub fn flags(out: &mut Vec<u8>, f: &Flags) {
+/// `(\Recent \Seen \Flagged kw …)`: a flag list, with `\Recent` first when the message is recent in this session.
+pub fn flags_with(out: &mut Vec<u8>, f: &Flags, recent: bool) {
     out.push(b'(');
     let mut first = true;
+    if recent {
+        out.extend_from_slice(b"\\Recent");
+        first = false;
+    }
     for flag in Flag::ALL {
         if f.has(flag) {
             if !first {
@@ -91,10 +95,14 @@ mod tests {
         assert_eq!(date_time(0), "\"01-Jan-1970 00:00:00 +0000\"");
         assert_eq!(date_time(1_700_000_000), "\"14-Nov-2023 22:13:20 +0000\"");
         let mut o = Vec::new();
-        flags(
-            &mut o,
-            &Flags::default().with(Flag::Seen).with(Flag::Trashed),
-        );
+        let f = Flags::default().with(Flag::Seen).with(Flag::Trashed);
+        flags_with(&mut o, &f, false);
         assert_eq!(o, b"(\\Seen \\Deleted)");
+        let mut o = Vec::new();
+        flags_with(&mut o, &f, true);
+        assert_eq!(o, b"(\\Recent \\Seen \\Deleted)");
+        let mut o = Vec::new();
+        flags_with(&mut o, &Flags::default(), true);
+        assert_eq!(o, b"(\\Recent)");
     }
 }

@@ -145,6 +145,8 @@ pub(super) struct Selected {
     /// Changes received while idling, not yet reported.
     pub stash: Vec<Change>,
     pub lagged: bool,
+    /// UIDs `\Recent` in this session (RFC 3501 §2.3.2; see [`super::recent`]).
+    pub recent: HashSet<u32>,
 }
 
 /// The system flags, in `* FLAGS` and PERMANENTFLAGS.
@@ -206,6 +208,24 @@ pub(super) fn expunge_view(
     seqs
 }
 
+/// [`expunge_view`] for a QRESYNC session: the UIDs to list in `* VANISHED` (those of
+/// messages the client was told of), ascending; `announced` drops by their number.
+pub(super) fn vanish_view(
+    msgs: &mut Vec<Msg>,
+    announced: &mut usize,
+    gone: &HashSet<u32>,
+) -> Vec<u32> {
+    let known = (*announced).min(msgs.len());
+    let uids: Vec<u32> = msgs[..known]
+        .iter()
+        .filter(|m| gone.contains(&m.uid))
+        .map(|m| m.uid)
+        .collect();
+    msgs.retain(|m| !gone.contains(&m.uid));
+    *announced = known - uids.len();
+    uids
+}
+
 pub(super) enum State {
     NotAuthenticated,
     Authenticated,
@@ -230,6 +250,11 @@ pub(super) struct Session {
     pub conn: Conn,
     pub state: State,
     pub shutdown: CancellationToken,
+    /// RFC 7162 CONDSTORE is on for the rest of the session: every FETCH response carries
+    /// MODSEQ (set by ENABLE or by the first command that uses a MODSEQ).
+    pub condstore: bool,
+    /// RFC 7162 QRESYNC was ENABLEd: expunges are reported as `* VANISHED`.
+    pub qresync: bool,
 }
 
 pub(super) async fn run(
@@ -247,6 +272,8 @@ pub(super) async fn run(
         },
         state: State::NotAuthenticated,
         shutdown,
+        condstore: false,
+        qresync: false,
     };
     if let Err(e) = s.serve().await {
         tracing::debug!(error = %e, "session ended by an I/O error");
@@ -300,7 +327,7 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN",
+            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE",
         );
         if matches!(self.state, State::NotAuthenticated) {
             if !self.tls() && self.ctx.tls.is_some() {
@@ -595,12 +622,14 @@ impl Session {
     /// Sends what changed in the selected folder since the last time: EXISTS, FETCH (flags)
     /// and, where allowed, EXPUNGE.
     pub fn sync(&mut self, allow_expunge: bool) {
+        let (condstore, qresync) = (self.condstore, self.qresync);
         let State::Selected(sel) = &mut self.state else {
             return;
         };
         let mut relist = std::mem::take(&mut sel.lagged);
         let mut folders_changed = false;
         let mut flagged: Vec<EntryId> = Vec::new();
+        let mut added: Vec<EntryId> = Vec::new();
         let mut stash = std::mem::take(&mut sel.stash).into_iter();
         loop {
             let next = match stash.next() {
@@ -610,6 +639,7 @@ impl Session {
             match next {
                 Ok(Change::Added { folder, uid, entry }) if folder == sel.id => {
                     if let Err(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) {
+                        added.push(entry);
                         sel.msgs.insert(
                             i,
                             Msg {
@@ -669,27 +699,69 @@ impl Session {
                             flagged.push(m.entry);
                         }
                     }
-                    Err(i) => sel.msgs.insert(
-                        i,
-                        Msg {
-                            uid: m.uid,
-                            entry: m.entry,
-                            modseq: m.modseq,
-                        },
-                    ),
+                    Err(i) => {
+                        added.push(m.entry);
+                        sel.msgs.insert(
+                            i,
+                            Msg {
+                                uid: m.uid,
+                                entry: m.entry,
+                                modseq: m.modseq,
+                            },
+                        )
+                    }
                 }
+            }
+        }
+        // New mail is recent in the first session told of it (EXAMINE claims nothing).
+        let mut recent_changed = false;
+        if !added.is_empty() {
+            let infos = self.ctx.mailbox.messages_by_entry(sel.id, &added);
+            let candidates: Vec<EntryId> = infos
+                .iter()
+                .flatten()
+                .filter(|m| m.recent)
+                .map(|m| m.entry)
+                .collect();
+            let mine = if sel.read_only {
+                self.ctx.recent.unclaimed(&candidates)
+            } else {
+                self.ctx.recent.claim(&candidates)
+            };
+            for m in infos.iter().flatten() {
+                if mine.contains(&m.entry) {
+                    recent_changed |= sel.recent.insert(m.uid);
+                }
+            }
+            if !sel.read_only {
+                super::recent::persist_later(&self.ctx, sel.name.clone(), mine);
             }
         }
         let out = &mut self.conn.out;
         if allow_expunge && !sel.gone.is_empty() {
             let gone: HashSet<u32> = sel.gone.drain(..).collect();
-            for line in expunge_view(&mut sel.msgs, &mut sel.announced_exists, &gone) {
-                out.extend_from_slice(format!("* {line} EXPUNGE\r\n").as_bytes());
+            sel.recent.retain(|u| !gone.contains(u));
+            if qresync {
+                let uids = vanish_view(&mut sel.msgs, &mut sel.announced_exists, &gone);
+                if !uids.is_empty() {
+                    let list = super::commands::uid_set(&uids);
+                    out.extend_from_slice(format!("* VANISHED {list}\r\n").as_bytes());
+                }
+            } else {
+                for line in expunge_view(&mut sel.msgs, &mut sel.announced_exists, &gone) {
+                    out.extend_from_slice(format!("* {line} EXPUNGE\r\n").as_bytes());
+                }
             }
         }
         if sel.msgs.len() > sel.announced_exists {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
             sel.announced_exists = sel.msgs.len();
+            // RFC 3501 §7.3.2: the number of messages with \Recent, after the EXISTS. Only
+            // when the client knows them all (the count is within EXISTS).
+            if recent_changed {
+                let n = sel.recent.len();
+                out.extend_from_slice(format!("* {n} RECENT\r\n").as_bytes());
+            }
         }
         if !flagged.is_empty() {
             flagged.sort_unstable();
@@ -701,7 +773,10 @@ impl Session {
                     out.extend_from_slice(
                         format!("* {} FETCH (UID {} FLAGS ", i + 1, info.uid).as_bytes(),
                     );
-                    super::out::flags(out, &info.flags);
+                    super::out::flags_with(out, &info.flags, sel.recent.contains(&info.uid));
+                    if condstore {
+                        out.extend_from_slice(format!(" MODSEQ ({})", info.modseq).as_bytes());
+                    }
                     out.extend_from_slice(b")\r\n");
                 }
             }
@@ -735,6 +810,8 @@ impl Session {
             mut conn,
             state,
             shutdown,
+            condstore,
+            qresync,
         } = self;
         conn.flush().await?;
         let Some(acceptor) = ctx.tls.clone() else {
@@ -751,6 +828,8 @@ impl Session {
                 },
                 state,
                 shutdown,
+                condstore,
+                qresync,
             })),
             _ => Ok(None),
         }
@@ -795,6 +874,19 @@ mod tests {
     }
 
     #[test]
+    fn vanished_lists_only_what_the_client_was_told_of() {
+        // QRESYNC: the same view as for EXPUNGE, but UIDs ascending.
+        let mut msgs = view(&[10, 20, 30, 40, 50]);
+        let mut announced = 4;
+        let gone: HashSet<u32> = [10, 30, 50].into_iter().collect();
+        let uids = vanish_view(&mut msgs, &mut announced, &gone);
+        assert_eq!(uids, vec![10, 30], "50 was never announced");
+        assert_eq!(announced, 2);
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![20, 40]);
+        assert_eq!(super::super::commands::uid_set(&uids), "10,30");
+    }
+
+    #[test]
     fn new_keywords_are_announced_once_before_use() {
         let mut sel = Selected {
             name: "INBOX".into(),
@@ -812,6 +904,7 @@ mod tests {
             keywords: BTreeSet::new(),
             stash: Vec::new(),
             lagged: false,
+            recent: HashSet::new(),
         };
         let mut out = Vec::new();
         let mut f = Flags::default();

@@ -243,3 +243,57 @@ pub(super) fn message_info(
         maildir_name: rec.message.maildir_name.clone(),
     })
 }
+
+impl Mailbox {
+    /// UIDs of `folder` expunged (or moved away) with a MODSEQ above `modseq`, ascending: what
+    /// an IMAP QRESYNC client that last saw `modseq` must be told has VANISHED (RFC 7162).
+    /// Read from the `uids` rows, which keep a removed message's UID with the MODSEQ of its
+    /// removal and a "gone" mark (see [`number_rows`]); costs a scan of that folder's rows.
+    pub async fn vanished_since(&self, folder: FolderId, modseq: u64) -> Result<Vec<u32>> {
+        let fkey = folder.to_bytes();
+        let rows = self
+            .inner
+            .store
+            .read(move |rx| -> Result<_> { Ok(rx.prefix(Table::Uids, &fkey)?) })
+            .await?;
+        let mut uids: Vec<u32> = rows
+            .into_iter()
+            .filter(|(k, v)| k.len() == 40 && v.len() == 13 && v[12] != 0)
+            .filter_map(|(_, v)| {
+                let uid = u32::from_be_bytes(v[0..4].try_into().ok()?);
+                let ms = u64::from_be_bytes(v[4..12].try_into().ok()?);
+                (ms > modseq).then_some(uid)
+            })
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        Ok(uids)
+    }
+}
+
+impl Mailbox {
+    /// A folder's HIGHESTMODSEQ (RFC 7162): the MODSEQ of its last change here, 0 if none.
+    /// Cheap (no pass over the folder), for answers that carry it after each command.
+    pub fn highest_modseq(&self, folder: FolderId) -> u64 {
+        self.read_engine()
+            .uids
+            .get(&folder)
+            .map_or(0, |u| u.highestmodseq)
+    }
+}
+
+impl Mailbox {
+    /// The messages of a folder not yet seen by a mail reader (IMAP's `\Recent` candidates),
+    /// as (uid, entry) by UID. One pass over the folder's numbering, no message built.
+    pub fn recent_in(&self, folder: FolderId) -> Vec<(u32, EntryId)> {
+        let e = self.read_engine();
+        let Some(u) = e.uids.get(&folder) else {
+            return Vec::new();
+        };
+        u.by_uid
+            .iter()
+            .filter(|(_, entry)| e.crdt.entry(**entry).is_some() && e.crdt.recent(**entry))
+            .map(|(uid, entry)| (*uid, *entry))
+            .collect()
+    }
+}

@@ -24,6 +24,8 @@ is seen in order and checked:
   `NIL` is never a flag.
 * A FLAGS list in FETCH is a parenthesised list of flag atoms.
 * MOVE and COPY: COPYUID names as many destination UIDs as source UIDs (RFC 4315).
+* MODSEQ (RFC 7162; some FETCHes ask for it, which turns CONDSTORE on): a message's MODSEQ
+  never goes down, and a later SELECT's HIGHESTMODSEQ is at least every MODSEQ seen there.
 
 It prints a summary (commands, commands/s, replies by kind, violations by kind, a few
 examples) and exits 1 on any violation (2 if it could not run at all).
@@ -93,6 +95,9 @@ KNOWN = set()
 
 FETCH_RE = re.compile(rb"^\* (\d+) FETCH ")
 FLAGS_IN_FETCH_RE = re.compile(rb"FLAGS \(([^)]*)\)")
+UID_IN_FETCH_RE = re.compile(rb"[( ]UID (\d+)")
+MODSEQ_IN_FETCH_RE = re.compile(rb"MODSEQ \((\d+)\)")
+HIGHESTMODSEQ_RE = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]")
 NUM_RE = re.compile(rb"^\* (\d+) (EXISTS|EXPUNGE|RECENT)\b", re.I)
 FLAGS_RE = re.compile(rb"^\* FLAGS \(([^)]*)\)", re.I)
 PERM_RE = re.compile(rb"^\* OK \[PERMANENTFLAGS \(([^)]*)\)\]", re.I)
@@ -124,6 +129,9 @@ class Client(imaplib.IMAP4):
         self.last_lines = collections.deque(maxlen=6)
         self.use_ssl = args.ssl
         self.readonly = False
+        self.modseqs = {}  # (folder, uid) -> the last MODSEQ seen
+        self.highest = {}  # folder -> the highest MODSEQ seen there
+        self.select_highest = None  # HIGHESTMODSEQ of the SELECT running
         super().__init__(args.host, args.port, timeout=60)
 
     def _create_socket(self, timeout):
@@ -186,12 +194,26 @@ class Client(imaplib.IMAP4):
             if b"NIL" in self.flags:
                 self.bad("NIL as a flag", line)
             return
+        m = HIGHESTMODSEQ_RE.search(line)
+        if m:
+            self.select_highest = int(m.group(1))
         m = FETCH_RE.match(line)
         if m:
             n = int(m.group(1))
             if self.count is not None and (n < 1 or n > self.count):
                 self.bad("FETCH seq out of range", line + b" count=%d" % self.count)
             self.check_fetch_flags(line)
+            self.check_modseq(line)
+
+    def check_modseq(self, line):
+        u, ms = UID_IN_FETCH_RE.search(line), MODSEQ_IN_FETCH_RE.search(line)
+        if not (u and ms and self.selected):
+            return
+        key, ms = (self.selected, int(u.group(1))), int(ms.group(1))
+        if ms < self.modseqs.get(key, 0):
+            self.bad("MODSEQ went down", line + b" before=%d" % self.modseqs[key])
+        self.modseqs[key] = ms
+        self.highest[self.selected] = max(self.highest.get(self.selected, 0), ms)
 
     def check_fetch_flags(self, line):
         for m in FLAGS_IN_FETCH_RE.finditer(line):
@@ -242,10 +264,15 @@ class Client(imaplib.IMAP4):
         self.flags = set()
         self.selected = None
         self.readonly = readonly
+        self.select_highest = None
         typ, _ = self.run("EXAMINE" if readonly else "SELECT", folder, churn=churn)
         if typ == "OK":
             self.state = "SELECTED"
             self.selected = folder
+            seen = self.highest.get(folder, 0)
+            if folder not in CHURN and self.select_highest is not None and self.select_highest < seen:
+                self.bad("HIGHESTMODSEQ below a MODSEQ seen", b"%s: %d < %d" % (
+                    folder.encode(), self.select_highest, seen))
             if self.count is None:
                 self.bad("SELECT without EXISTS", folder.encode())
                 self.count = 0
@@ -338,7 +365,7 @@ def worker(args, stats, idx, stop_at):
                 uid = rng.random() < 0.5
                 what = rng.choice(
                     ["(FLAGS)", "(UID FLAGS)", "(FLAGS BODY.PEEK[HEADER])", "(UID RFC822.SIZE FLAGS)",
-                     "(ENVELOPE)", "(BODY[TEXT])", "(BODYSTRUCTURE FLAGS)"]
+                     "(ENVELOPE)", "(BODY[TEXT])", "(BODYSTRUCTURE FLAGS)", "(UID FLAGS MODSEQ)"]
                 )
                 c.run("FETCH", seqset(rng, count) if not uid else "1:*" if rng.random() < 0.3
                       else seqset(rng, count), what, uid=uid)

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::fetch::{
     Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section,
 };
@@ -17,6 +18,8 @@ use crate::mailbox::{EntryId, Flag};
 enum Item {
     Uid,
     Flags,
+    /// RFC 7162.
+    ModSeq,
     InternalDate,
     Size,
     Envelope,
@@ -96,7 +99,8 @@ fn items(m: MacroOrMessageDataItemNames<'static>) -> Result<Vec<Item>, &'static 
                 MessageDataItemName::Rfc822Size => Item::Size,
                 MessageDataItemName::Rfc822Text => Item::Rfc822Text,
                 MessageDataItemName::Uid => Item::Uid,
-                _ => return Err("BINARY and MODSEQ are not supported"),
+                MessageDataItemName::ModSeq => Item::ModSeq,
+                _ => return Err("BINARY is not supported"),
             })
         })
         .collect()
@@ -107,13 +111,58 @@ pub(super) async fn fetch(
     set: &SequenceSet,
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
+    modifiers: &[FetchModifier],
 ) -> std::io::Result<Reply> {
     let mut items = match items(names) {
         Ok(i) => i,
         Err(e) => return Ok(Reply::Bad(e.into())),
     };
+    let mut changed_since = None;
+    let mut vanished = false;
+    for m in modifiers {
+        match m {
+            FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+            FetchModifier::Vanished => vanished = true,
+        }
+    }
+    // RFC 7162 §3.2.6: VANISHED only in UID FETCH, with CHANGEDSINCE, once QRESYNC is on.
+    if vanished && !(uid && s.qresync && changed_since.is_some()) {
+        return Ok(Reply::Bad(
+            "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC".into(),
+        ));
+    }
+    if changed_since.is_some() || items.iter().any(|i| matches!(i, Item::ModSeq)) {
+        s.condstore = true;
+    }
+    // With CONDSTORE on, flags go with their MODSEQ (as Dovecot does): a client keeps the
+    // pair; CHANGEDSINCE implies MODSEQ (RFC 7162 §3.1.4.1).
+    let flags_asked = items.iter().any(|i| matches!(i, Item::Flags));
+    if (changed_since.is_some() || (s.condstore && flags_asked))
+        && !items.iter().any(|i| matches!(i, Item::ModSeq))
+    {
+        items.push(Item::ModSeq);
+    }
     if uid && !items.iter().any(|i| matches!(i, Item::Uid)) {
         items.insert(0, Item::Uid);
+    }
+    let condstore = s.condstore;
+    if vanished && let (Some(since), Some(cur)) = (changed_since, sel(s)) {
+        let folder = cur.id;
+        // `*` is the largest UID there can be: expunged UIDs may lie above the live ones.
+        let wanted = super::ranges(set, u32::MAX);
+        match s.ctx.mailbox.vanished_since(folder, since).await {
+            Ok(gone) => {
+                let gone: Vec<u32> = gone
+                    .into_iter()
+                    .filter(|u| super::in_ranges(&wanted, *u))
+                    .collect();
+                if !gone.is_empty() {
+                    s.conn
+                        .line(&format!("* VANISHED (EARLIER) {}", super::uid_set(&gone)));
+                }
+            }
+            Err(e) => return Ok(super::no(e)),
+        }
     }
     let Some(cur) = sel(s) else {
         return Ok(Reply::Bad("no folder selected".into()));
@@ -122,6 +171,14 @@ pub(super) async fn fetch(
     let (folder, name, read_only) = (cur.id, cur.name.clone(), cur.read_only);
     let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
     let mut infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
+    if let Some(since) = changed_since {
+        // By the engine's MODSEQ: the session's copy lags (changes since its last sync).
+        for info in infos.iter_mut() {
+            if info.as_ref().is_some_and(|m| m.modseq <= since) {
+                *info = None;
+            }
+        }
+    }
 
     // \Seen first, so the answers show it.
     let mut seen_now = std::collections::HashSet::new();
@@ -198,6 +255,7 @@ pub(super) async fn fetch(
         {
             cur.announce(&mut s.conn.out, &info.flags);
         }
+        let is_recent = matches!(&s.state, State::Selected(c) if c.recent.contains(&info.uid));
         let o = &mut s.conn.out;
         o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
         let mut first = true;
@@ -211,9 +269,10 @@ pub(super) async fn fetch(
             sep(o);
             match item {
                 Item::Uid => o.extend_from_slice(format!("UID {}", info.uid).as_bytes()),
+                Item::ModSeq => o.extend_from_slice(format!("MODSEQ ({})", info.modseq).as_bytes()),
                 Item::Flags => {
                     o.extend_from_slice(b"FLAGS ");
-                    out::flags(o, &info.flags);
+                    out::flags_with(o, &info.flags, is_recent);
                 }
                 Item::InternalDate => {
                     o.extend_from_slice(b"INTERNALDATE ");
@@ -267,7 +326,15 @@ pub(super) async fn fetch(
         if !wants_flags && seen_now.contains(&info.entry) {
             sep(o);
             o.extend_from_slice(b"FLAGS ");
-            out::flags(o, &info.flags);
+            out::flags_with(o, &info.flags, is_recent);
+        }
+        // RFC 7162 §3.1: with CONDSTORE on, a FETCH that reports a flag change carries MODSEQ.
+        if condstore
+            && seen_now.contains(&info.entry)
+            && !items.iter().any(|i| matches!(i, Item::ModSeq))
+        {
+            sep(o);
+            o.extend_from_slice(format!("MODSEQ ({})", info.modseq).as_bytes());
         }
         o.extend_from_slice(b")\r\n");
         s.conn.flush_if_big().await?;

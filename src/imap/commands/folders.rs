@@ -209,6 +209,21 @@ pub(super) async fn status(s: &mut Session, name: &str, items: &[StatusDataItemN
                     .count();
                 parts.push(format!("DELETED {n}"));
             }
+            // RFC 8438 STATUS=SIZE: the folder's messages' RFC822.SIZE, added up.
+            StatusDataItemName::Size => {
+                let n: u64 = s
+                    .ctx
+                    .mailbox
+                    .messages_of(info.id)
+                    .iter()
+                    .map(|m| m.size)
+                    .sum();
+                parts.push(format!("SIZE {n}"));
+            }
+            StatusDataItemName::HighestModSeq => {
+                s.condstore = true;
+                parts.push(format!("HIGHESTMODSEQ {}", info.highestmodseq));
+            }
             _ => {}
         }
     }

@@ -8,7 +8,8 @@ mod search;
 mod select;
 mod store;
 
-use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::command::{CommandBody, StoreModifier};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::flag::Flag as ImapFlag;
 use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -74,8 +75,14 @@ pub(super) async fn dispatch(
         _ if !authed => Reply::Bad("log in first".into()),
 
         // ----- authenticated -----
-        CommandBody::Select { mailbox, .. } => select::select(s, &name(&mailbox), false).await,
-        CommandBody::Examine { mailbox, .. } => select::select(s, &name(&mailbox), true).await,
+        CommandBody::Select {
+            mailbox,
+            parameters,
+        } => select::select(s, &name(&mailbox), false, &parameters).await,
+        CommandBody::Examine {
+            mailbox,
+            parameters,
+        } => select::select(s, &name(&mailbox), true, &parameters).await,
         CommandBody::Create { mailbox } => folders::create(s, &name(&mailbox)).await,
         CommandBody::Delete { mailbox } => folders::delete(s, &name(&mailbox)).await,
         CommandBody::Rename { from, to } => folders::rename(s, &name(&from), &name(&to)).await,
@@ -103,11 +110,7 @@ pub(super) async fn dispatch(
             s.conn.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
             Reply::Ok("NAMESPACE completed".into())
         }
-        CommandBody::Enable { .. } => {
-            // Nothing this server offers needs enabling.
-            s.conn.line("* ENABLED");
-            Reply::Ok("ENABLE completed".into())
-        }
+        CommandBody::Enable { capabilities } => enable(s, capabilities.as_ref()),
         CommandBody::Idle => s.idle().await?,
         CommandBody::Check if selected => Reply::Ok("CHECK completed".into()),
         CommandBody::Close if selected => select::close(s, true).await,
@@ -120,16 +123,35 @@ pub(super) async fn dispatch(
             sequence_set,
             macro_or_item_names,
             uid,
-            ..
-        } if selected => fetch::fetch(s, &sequence_set, macro_or_item_names, uid).await?,
+            modifiers,
+        } if selected => {
+            fetch::fetch(s, &sequence_set, macro_or_item_names, uid, &modifiers).await?
+        }
         CommandBody::Store {
             sequence_set,
             kind,
             response,
             flags,
             uid,
-            ..
-        } if selected => store::store(s, &sequence_set, kind, response, &flags, uid).await,
+            modifiers,
+        } if selected => {
+            let unchanged_since = modifiers
+                .iter()
+                .map(|m| match m {
+                    StoreModifier::UnchangedSince(n) => *n,
+                })
+                .next();
+            store::store(
+                s,
+                &sequence_set,
+                kind,
+                response,
+                &flags,
+                uid,
+                unchanged_since,
+            )
+            .await
+        }
         CommandBody::Copy {
             sequence_set,
             mailbox,
@@ -165,6 +187,30 @@ pub(super) async fn dispatch(
         | CommandBody::Search { .. } => Reply::Bad("no folder selected".into()),
         _ => Reply::Bad("command not supported".into()),
     })
+}
+
+/// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE, RFC 7162 §3.2.3);
+/// anything else is not enabled (and not an error).
+fn enable(s: &mut Session, caps: &[CapabilityEnable<'_>]) -> Reply {
+    let mut enabled: Vec<&str> = Vec::new();
+    for c in caps {
+        let qresync = c.to_string().eq_ignore_ascii_case("QRESYNC");
+        if qresync && !s.qresync {
+            s.qresync = true;
+            enabled.push("QRESYNC");
+        }
+        if (qresync || matches!(c, CapabilityEnable::CondStore)) && !s.condstore {
+            s.condstore = true;
+            enabled.push("CONDSTORE");
+        }
+    }
+    let mut line = String::from("* ENABLED");
+    for e in enabled {
+        line.push(' ');
+        line.push_str(e);
+    }
+    s.conn.line(&line);
+    Reply::Ok("ENABLE completed".into())
 }
 
 /// A folder name as the engine spells it (INBOX in any case is INBOX; a trailing
@@ -358,6 +404,7 @@ mod tests {
             keywords: Default::default(),
             stash: Vec::new(),
             lagged: false,
+            recent: HashSet::new(),
         }
     }
 

@@ -33,6 +33,24 @@ fn needs_bytes(k: &SearchKey<'_>) -> bool {
     }
 }
 
+/// Seconds since the epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Does a search key use MODSEQ (RFC 7162)?
+fn uses_modseq(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::And(v) => v.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::ModSequence { .. } => true,
+        _ => false,
+    }
+}
+
 /// Case-insensitive (ASCII) substring test.
 pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
@@ -82,6 +100,9 @@ fn civil_day(y: i64, m: u32, d: u32) -> Option<i64> {
     Some(era * 146_097 + doe - 719_468)
 }
 
+/// Header fields holding addresses (SEARCH FROM/TO/CC/BCC, HEADER of these).
+const ADDRESS_FIELDS: [&[u8]; 6] = [b"from", b"to", b"cc", b"bcc", b"sender", b"reply-to"];
+
 /// One message being tested, its bytes read once if any key needs them.
 struct Candidate<'a> {
     seq: u32,
@@ -100,6 +121,7 @@ impl Candidate<'_> {
     fn field_has(&self, name: &[u8], needle: &[u8]) -> bool {
         let fields = mime::fields(self.header());
         let mut encoded = false;
+        let mut any_address = false;
         for (n, f) in &fields {
             if !n.trim_ascii().eq_ignore_ascii_case(name) {
                 continue;
@@ -109,7 +131,11 @@ impl Candidate<'_> {
                 return true;
             }
             encoded |= contains(&v, b"=?");
+            // An address field: also as `name <addr>` (quotes, comments and folding gone),
+            // so "Bob Smith <bob@" finds `"Bob Smith" <bob@…>` (Dovecot does the same).
+            any_address |= ADDRESS_FIELDS.iter().any(|a| a.eq_ignore_ascii_case(name));
         }
+        let encoded = encoded || any_address;
         if !encoded {
             return false;
         }
@@ -152,9 +178,9 @@ impl Candidate<'_> {
             SearchKey::Undraft => !f.has(Flag::Draft),
             SearchKey::Unflagged => !f.has(Flag::Flagged),
             SearchKey::Unseen => !f.has(Flag::Seen),
-            SearchKey::Recent => self.info.recent,
-            SearchKey::New => self.info.recent && !f.has(Flag::Seen),
-            SearchKey::Old => !self.info.recent,
+            SearchKey::Recent => sel.recent.contains(&self.info.uid),
+            SearchKey::New => sel.recent.contains(&self.info.uid) && !f.has(Flag::Seen),
+            SearchKey::Old => !sel.recent.contains(&self.info.uid),
             SearchKey::Keyword(k) => has_keyword(self.info, k.as_ref()),
             SearchKey::Unkeyword(k) => !has_keyword(self.info, k.as_ref()),
             SearchKey::Larger(n) => self.info.size > u64::from(*n),
@@ -179,6 +205,12 @@ impl Candidate<'_> {
                 .raw
                 .is_some_and(|r| contains(&r[self.header_len..], v.as_ref())),
             SearchKey::Text(v) => self.raw.is_some_and(|r| contains(r, v.as_ref())),
+            // RFC 7162 §3.1.5: one MODSEQ per message (the entry name and type are not kept
+            // apart: every flag's change is the message's change).
+            SearchKey::ModSequence { modseq, .. } => self.info.modseq >= *modseq,
+            // RFC 5032 WITHIN: by INTERNALDATE against now, in seconds.
+            SearchKey::Older(n) => self.info.internal_date <= now() - i64::from(n.get()),
+            SearchKey::Younger(n) => self.info.internal_date >= now() - i64::from(n.get()),
         }
     }
 }
@@ -270,7 +302,12 @@ pub(super) async fn search(
     let largest_uid = cur.msgs.last().map_or(0, |m| m.uid);
     let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
     let bytes = criteria.iter().any(needs_bytes);
+    let with_modseq = criteria.iter().any(uses_modseq);
+    if with_modseq {
+        s.condstore = true;
+    }
     let mut hits: Vec<u32> = Vec::new();
+    let mut highest = 0u64;
     let sets = SetCache::default();
     for (i, info) in idx.iter().zip(infos.iter()) {
         let Some(info) = info else { continue };
@@ -297,12 +334,17 @@ pub(super) async fn search(
         };
         if criteria.iter().all(|k| c.matches(k, cur, largest_uid)) {
             hits.push(if uid { info.uid } else { *i as u32 + 1 });
+            highest = highest.max(info.modseq);
         }
     }
     let mut line = String::from("* SEARCH");
     for h in hits {
         line.push(' ');
         line.push_str(&h.to_string());
+    }
+    // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
+    if with_modseq && highest > 0 {
+        line.push_str(&format!(" (MODSEQ {highest})"));
     }
     s.conn.line(&line);
     Ok(Reply::Ok("SEARCH completed".into()))
@@ -330,6 +372,43 @@ mod tests {
             day,
             "UTC is a day later"
         );
+    }
+
+    #[test]
+    fn address_search_sees_name_and_address_as_a_client_writes_them() {
+        use crate::mailbox::{MessageInfo, OpId};
+        let id = OpId {
+            device: 1,
+            seq: 1,
+            idx: 0,
+        };
+        let raw: &[u8] = b"From: \"Smith, Bob\" <bob@example.net>\r\nTo: Ann\r\n\t<ann@example.org>, carl@example.com (Carl C)\r\nSubject: x\r\n\r\nbody\r\n";
+        let info = MessageInfo {
+            entry: id,
+            uid: 1,
+            modseq: 1,
+            object: crate::crypto::ObjectId::of(raw),
+            size: raw.len() as u64,
+            internal_date: 0,
+            flags: Default::default(),
+            recent: false,
+            maildir_name: String::new(),
+        };
+        let sets = super::SetCache::default();
+        let c = super::Candidate {
+            seq: 1,
+            info: &info,
+            raw: Some(raw),
+            header_len: mime::header_len(raw),
+            sets: &sets,
+        };
+        assert!(c.field_has(b"from", b"bob@example.net"));
+        assert!(c.field_has(b"from", b"Smith, Bob <bob@example.net>"));
+        assert!(c.field_has(b"to", b"Ann <ann@example.org>"));
+        assert!(c.field_has(b"to", b"carl@example.com"));
+        assert!(c.field_has(b"to", b"Carl C <carl@"));
+        assert!(!c.field_has(b"to", b"bob@example.net"));
+        assert!(!c.field_has(b"from", b"nobody"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! STORE (+/-FLAGS[.SILENT]), COPY and MOVE (with UIDPLUS's COPYUID), and their UID forms.
 
+use std::collections::HashSet;
+
 use imap_codec::imap_types::flag::{Flag as ImapFlag, StoreResponse, StoreType};
 use imap_codec::imap_types::sequence::SequenceSet;
 
@@ -15,7 +17,12 @@ pub(super) async fn store(
     response: StoreResponse,
     flags: &[ImapFlag<'_>],
     uid: bool,
+    unchanged_since: Option<u64>,
 ) -> Reply {
+    if unchanged_since.is_some() {
+        s.condstore = true;
+    }
+    let condstore = s.condstore;
     let Some(cur) = sel(s) else {
         return Reply::Bad("no folder selected".into());
     };
@@ -34,13 +41,21 @@ pub(super) async fn store(
     };
     let wanted = flags_from(flags);
     // Messages expunged meanwhile by someone else are skipped (RFC 3501 allows either).
-    let live: Vec<EntryId> = s
-        .ctx
-        .mailbox
-        .messages_by_entry(folder, &entries)
-        .into_iter()
-        .flatten()
-        .map(|m| m.entry)
+    // UNCHANGEDSINCE (RFC 7162 §3.1.3): a message changed after the client's MODSEQ is left
+    // as it is and named in MODIFIED. The test and the change are two steps: a change by
+    // another session between them is not detected (the engine has no conditional store).
+    let mut modified: Vec<u32> = Vec::new();
+    let live: Vec<EntryId> = idx
+        .iter()
+        .zip(s.ctx.mailbox.messages_by_entry(folder, &entries))
+        .filter_map(|(i, m)| {
+            let m = m?;
+            if unchanged_since.is_some_and(|n| m.modseq > n) {
+                modified.push(if uid { m.uid } else { *i as u32 + 1 });
+                return None;
+            }
+            Some(m.entry)
+        })
         .collect();
     if let Err(e) = s
         .ctx
@@ -50,24 +65,53 @@ pub(super) async fn store(
     {
         return no(e);
     }
-    if response == StoreResponse::Answer {
+    let changed: HashSet<EntryId> = live.iter().copied().collect();
+    if !modified.is_empty()
+        && let State::Selected(cur) = &mut s.state
+    {
+        // Not changed here: another session's change to them is still to be reported.
+        cur.quiet.retain(|e| changed.contains(e));
+    }
+    // With UNCHANGEDSINCE even .SILENT answers with the new MODSEQ of what it changed.
+    if response == StoreResponse::Answer || unchanged_since.is_some() {
+        let silent = response != StoreResponse::Answer;
         for (i, info) in idx
             .iter()
             .zip(s.ctx.mailbox.messages_by_entry(folder, &entries))
         {
             let Some(info) = info else { continue };
+            if !changed.contains(&info.entry) {
+                continue;
+            }
+            let mut recent = false;
             if let State::Selected(cur) = &mut s.state {
                 cur.announce(&mut s.conn.out, &info.flags);
+                recent = cur.recent.contains(&info.uid);
             }
             let o = &mut s.conn.out;
             o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
             if uid {
                 o.extend_from_slice(format!("UID {} ", info.uid).as_bytes());
             }
-            o.extend_from_slice(b"FLAGS ");
-            out::flags(o, &info.flags);
+            if !silent {
+                o.extend_from_slice(b"FLAGS ");
+                out::flags_with(o, &info.flags, recent);
+                if condstore {
+                    o.push(b' ');
+                }
+            }
+            if condstore {
+                o.extend_from_slice(format!("MODSEQ ({})", info.modseq).as_bytes());
+            }
             o.extend_from_slice(b")\r\n");
         }
+    }
+    if !modified.is_empty() {
+        modified.sort_unstable();
+        return Reply::Ok(format!(
+            "[MODIFIED {}] conditional STORE completed",
+            uid_set(&modified)
+        ));
     }
     Reply::Ok("STORE completed".into())
 }
