@@ -354,6 +354,7 @@ impl Session {
             let cmd = match self.read_command().await? {
                 Next::Command(c) => c,
                 Next::Skip => {
+                    crate::metrics::get().command("imap", "invalid");
                     errors += 1;
                     if errors > MAX_ERRORS {
                         self.conn.line("* BYE too many errors");
@@ -370,6 +371,7 @@ impl Session {
                     return Ok(());
                 }
             };
+            crate::metrics::get().command("imap", cmd.body.name());
             let tag = cmd.tag.as_ref().to_string();
             let expunge_ok = commands::allows_expunge(&cmd.body);
             let reply = commands::dispatch(&mut self, &tag, cmd.body).await?;
