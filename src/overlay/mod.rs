@@ -27,6 +27,8 @@ mod event_loop;
 mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
+/// Private rings: the pre-shared key and each ring's protocol names (issue #16).
+pub mod pnet;
 pub mod protocol;
 
 pub use behaviour::MAX_STREAMS;
@@ -86,6 +88,9 @@ pub struct Config {
     pub max_inflight_per_peer: usize,
     /// Whether others can dial this node: decides the Kademlia mode (NAT, issue #19).
     pub reachable: Reachable,
+    /// A private ring's pre-shared key (issue #16): pnet on every connection, TCP only, and
+    /// the ring's own protocol names. `None`: the global ring.
+    pub psk: Option<pnet::Psk>,
 }
 
 /// `[overlay] reachable`: "auto" lets AutoNAT decide; "yes"/"no" force it.
@@ -142,6 +147,7 @@ impl Config {
             query_timeout: Duration::from_secs(30),
             max_inflight_per_peer: 16,
             reachable: Reachable::Auto,
+            psk: None,
         }
     }
 }
@@ -155,6 +161,13 @@ pub fn parse_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>, Error> {
                 .map_err(|e| Error::Address(format!("{a:?}: {e}")))
         })
         .collect()
+}
+
+/// Whether `addr` runs over QUIC (which a private ring cannot use).
+fn is_quic(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic | Protocol::Udp(_)))
 }
 
 /// A memory-transport listen address (tests): `/memory/N`.
@@ -338,6 +351,20 @@ pub fn spawn(
     store: Store,
     cancel: CancellationToken,
 ) -> Result<(Client, mpsc::Receiver<Event>, JoinHandle<()>), Error> {
+    let mut config = config;
+    if let Some(psk) = &config.psk {
+        // QUIC cannot carry pnet: a private ring is TCP only.
+        let (tcp, quic): (Vec<_>, Vec<_>) = config.listen.drain(..).partition(|a| !is_quic(a));
+        for a in quic {
+            tracing::warn!(%a, "private ring: not listening on a QUIC address (pnet is TCP only)");
+        }
+        config.listen = tcp;
+        config.bootstrap.retain(|a| !is_quic(a));
+        tracing::info!(
+            fingerprint = %psk.fingerprint(),
+            "private ring: every connection needs this ring's pre-shared key"
+        );
+    }
     let mut swarm = behaviour::build_swarm(&config)?;
     for addr in &config.listen {
         swarm
