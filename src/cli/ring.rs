@@ -162,8 +162,16 @@ fn read_record(path: &Path, tag: &str) -> Result<DirectoryRecord> {
 
 fn write_record(path: &Path, tag: &str, rec: &DirectoryRecord) -> Result<()> {
     let text = format!("{tag}\n{}\n", crypto::hex(&rec.to_bytes()));
-    write_atomic(path, text.as_bytes(), 0o644)?;
+    write_atomic(&in_dir(path), text.as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// `path` with a directory (`./` for a bare file name, which `write_atomic` needs).
+fn in_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => path.to_path_buf(),
+        _ => Path::new(".").join(path),
+    }
 }
 
 fn init(a: InitArgs) -> Result<()> {
