@@ -339,6 +339,29 @@ fn join(a: JoinArgs, home: &Home) -> Result<()> {
         );
     }
     if let Some(file) = &a.file {
+        join_member(home, file)?;
+    }
+    if let Some(cert) = &a.cert {
+        install_cert(home, cert)?;
+    }
+    Ok(())
+}
+
+/// A node about to join with `oc` joins the ring of member file `file` instead (restore on a
+/// machine that has no config yet).
+pub(crate) fn apply_member(file: &Path, oc: &mut crate::overlay::Config) -> Result<()> {
+    let m = load_member(file)?;
+    oc.psk = Some(Psk::parse(&m.psk).map_err(anyhow::Error::msg)?);
+    oc.ring_authority = Some(authority_key(&m.authority)?);
+    oc.bootstrap
+        .extend(crate::overlay::parse_addrs(&m.bootstrap)?);
+    Ok(())
+}
+
+/// Configures `home` as a member of the ring of member file `file`.
+pub(crate) fn join_member(home: &Home, file: &Path) -> Result<()> {
+    let config_path = home.config();
+    {
         let m = load_member(file)?;
         let psk_rel = Path::new("ring").join("swarm.key");
         write_atomic(&home.root().join(&psk_rel), m.psk.as_bytes(), 0o600)?;
@@ -370,7 +393,12 @@ fn join(a: JoinArgs, home: &Home) -> Result<()> {
             config_path.display()
         );
     }
-    if let Some(cert) = &a.cert {
+    Ok(())
+}
+
+fn install_cert(home: &Home, cert: &Path) -> Result<()> {
+    let config_path = home.config();
+    {
         let config = Config::load(&config_path, home.root())?;
         let Some(authority) = config.overlay.ring_authority else {
             bail!("this home is in no ring yet: `peerpost ring join MEMBER-FILE` first");
