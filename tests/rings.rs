@@ -322,3 +322,45 @@ fn an_org_ring_keeps_its_mail_and_shuts_out_nodes_without_its_key() {
         out.stdout()
     );
 }
+
+/// `demo --private` runs its ring as an organization would: every home joined with `ring
+/// join` (its config names the PSK), and the welcome still arrives over the private ring.
+#[test]
+fn the_demo_runs_a_private_ring() {
+    let t = TestHome::new();
+    let dir = t.dir.path().join("demo");
+    let out = std::process::Command::new(crate::util::BIN)
+        .args([
+            "demo",
+            "--private",
+            "--once",
+            "--nodes",
+            "3",
+            "--dir",
+            s(&dir),
+        ])
+        .env_remove("PEERPOST_HOME")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("private ring"), "{stdout}");
+    assert!(stdout.contains("in bob's INBOX"), "{stdout}");
+    for u in ["alice", "bob", "carol"] {
+        let config = std::fs::read_to_string(dir.join(u).join("config.toml")).unwrap();
+        assert!(
+            config.contains("psk_file = \"ring/swarm.key\""),
+            "{u}: {config}"
+        );
+    }
+    let psk = std::fs::read_to_string(dir.join("alice/ring/swarm.key")).unwrap();
+    assert_eq!(
+        psk,
+        std::fs::read_to_string(dir.join("ring/swarm.key")).unwrap()
+    );
+}
