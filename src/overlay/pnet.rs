@@ -67,12 +67,7 @@ impl Psk {
     /// Reads and parses a key file.
     pub fn load(path: &Path) -> Result<Psk, Error> {
         use std::io::Read;
-        let what = |e: String| {
-            Error::Start(format!(
-                "overlay.psk_file {}: {e}",
-                path.display().to_string()
-            ))
-        };
+        let what = |e: String| Error::Start(format!("overlay.psk_file {}: {e}", path.display()));
         let f = std::fs::File::open(path).map_err(|e| what(e.to_string()))?;
         let mut text = String::new();
         f.take(MAX_PSK_FILE)
