@@ -364,3 +364,45 @@ fn the_demo_runs_a_private_ring() {
         std::fs::read_to_string(dir.join("ring/swarm.key")).unwrap()
     );
 }
+
+/// In one process over the memory transport (the same pnet upgrade): a node with the ring's
+/// key joins and resolves its users; a node with another ring's key, or with none, never
+/// gets a peer (its handshakes fail), so it cannot even start a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_with_the_rings_key_join_it() {
+    use peerpost::node::testing::start_ring;
+    use peerpost::overlay::pnet::Psk;
+    let dir = tempfile::tempdir().unwrap();
+    let key = Psk([7; 32]);
+    let ring = start_ring(3, &dir.path().join("ring"), |c| c.psk = Some(key))
+        .await
+        .unwrap();
+    let found = ring.node(0).client().lookup(&ring.addresses[2]).await;
+    assert_eq!(found.unwrap().record.address, ring.addresses[2]);
+    let boot = ring.listen[0].clone();
+    let join = |name: &str, psk: Option<Psk>| {
+        let base = dir.path().join(name);
+        let boot = boot.clone();
+        async move {
+            start_ring(1, &base, move |c| {
+                c.psk = psk;
+                c.bootstrap = vec![boot.clone()];
+            })
+            .await
+        }
+    };
+    let (same, other, none) = futures::join!(
+        join("same", Some(key)),
+        join("other", Some(Psk([8; 32]))),
+        join("none", None)
+    );
+    let same = same.unwrap();
+    let found = same.node(0).client().lookup(&ring.addresses[1]).await;
+    assert_eq!(found.unwrap().record.address, ring.addresses[1]);
+    for (what, r) in [("another ring's key", other), ("no key", none)] {
+        let err = r
+            .err()
+            .unwrap_or_else(|| panic!("a node with {what} joined the ring"));
+        assert!(err.contains("knows no peer"), "{what}: {err}");
+    }
+}
