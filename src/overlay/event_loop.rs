@@ -292,7 +292,8 @@ impl EventLoop {
     /// private ring's pre-shared key missing on one side: issue #16).
     fn explain_connection_error(&mut self, which: &str, error: &str) {
         match super::pnet::explain_failure(self.config.psk.as_ref(), error) {
-            Some(why) => tracing::warn!("connection {which}: {why}"),
+            Some(why) if super::pnet::warn_now() => tracing::warn!("connection {which}: {why}"),
+            Some(why) => tracing::debug!("connection {which}: {why}"),
             None => tracing::debug!("connection {which} failed: {error}"),
         }
     }

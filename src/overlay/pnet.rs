@@ -162,7 +162,18 @@ pub(super) fn explain_failure(psk: Option<&Psk>, error: &str) -> Option<String> 
         "denied",
         "limit",
     ];
-    if before_handshake.iter().any(|s| e.contains(s)) {
+    // What a missing or other key looks like: the bytes after the pnet nonces are noise, so
+    // protocol negotiation (multistream-select) or the Noise handshake fails, or the side
+    // that knows the key hangs up.
+    let in_handshake = [
+        "negotiat",
+        "handshake",
+        "multistream",
+        "reset by peer",
+        "end of file",
+    ];
+    if before_handshake.iter().any(|s| e.contains(s)) || !in_handshake.iter().any(|s| e.contains(s))
+    {
         return None;
     }
     Some(match psk {
@@ -181,6 +192,22 @@ pub(super) fn explain_failure(psk: Option<&Psk>, error: &str) -> Option<String> 
         ),
     })
 }
+
+/// Whether a handshake failure may be logged at WARN now: at most one every
+/// [`WARN_EVERY_SECS`] per process (a node pointed at the wrong ring retries its dials;
+/// the rest go to the debug log).
+pub(super) fn warn_now() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = super::now_secs();
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now >= last.saturating_add(WARN_EVERY_SECS))
+        && LAST
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+const WARN_EVERY_SECS: u64 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -219,9 +246,19 @@ mod tests {
     #[test]
     fn handshake_failures_are_explained_refusals_are_not() {
         assert!(explain_failure(None, "Connection refused (os error 111)").is_none());
-        let why = explain_failure(Some(&Psk([1; 32])), "Multistream select failed").unwrap();
+        assert!(explain_failure(None, "Handshake failed: Connection refused").is_none());
+        assert!(explain_failure(None, "Dial error: no addresses for peer").is_none());
+        let why = explain_failure(
+            Some(&Psk([1; 32])),
+            "Failed to negotiate transport protocol(s)",
+        )
+        .unwrap();
         assert!(why.contains("pre-shared key"), "{why}");
-        let why = explain_failure(None, "unexpected end of file").unwrap();
+        let why = explain_failure(
+            None,
+            "Handshake failed: Connection reset by peer (os error 104)",
+        )
+        .unwrap();
         assert!(why.contains("peerpost ring join"), "{why}");
     }
 }
