@@ -79,7 +79,7 @@ pub enum Command {
     Demo(demo::Args),
     /// Rebuild the mailbox from the ring with the recovery phrase alone (a new machine).
     Restore(restore::Args),
-    /// Organizational rings: create one, certify its members, join one (issue #16).
+    /// Organizational rings: create one, certify its members, join one.
     #[command(subcommand)]
     Ring(ring::Command),
     /// Print the mail-client settings of this node: Thunderbird autoconfig XML or an Apple
