@@ -86,6 +86,10 @@ pub struct NodeConfig {
     /// Anti-entropy with the user's other devices this often (also on every connection to
     /// one, and at once after every change).
     pub devices_sync_every: Duration,
+    /// This user's record as a ring authority certified it (`peerpost ring issue`, issue
+    /// #16): published as is while it is valid and names this user's keys and device, so the
+    /// ring's members see the address as verified-ring. `None`: a fresh self-signed record.
+    pub certified_record: Option<DirectoryRecord>,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -142,6 +146,7 @@ impl NodeConfig {
             metrics: None,
             ring_stats: false,
             devices_sync_every: Duration::from_secs(10),
+            certified_record: None,
         }
     }
 }
@@ -169,12 +174,31 @@ struct Publisher {
     devices: tokio::sync::watch::Receiver<Vec<[u8; 32]>>,
     lifetime: Duration,
     last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    certified: Option<std::sync::Arc<DirectoryRecord>>,
 }
+
+/// A certified record is republished until this long before it expires; then the node falls
+/// back to self-signed records (and says that the certificate needs renewing).
+const CERT_MARGIN_SECS: u64 = 3600;
 
 impl Publisher {
     fn record(&self) -> Result<DirectoryRecord, crate::crypto::Error> {
         use std::sync::atomic::Ordering;
         let now = overlay::now_secs();
+        if let Some(c) = &self.certified {
+            let ours = c.keys == *self.keys.public()
+                && c.address == self.address
+                && self.devices.borrow().iter().all(|d| c.devices.contains(d));
+            if ours && c.verify(now.saturating_add(CERT_MARGIN_SECS)).is_ok() {
+                return Ok((**c).clone());
+            }
+            tracing::warn!(
+                address = %self.address,
+                "the ring certificate of this address has expired or names other keys: \
+                 publishing a self-signed record (ask the ring's administrator for a new one: \
+                 `peerpost ring request`, `ring issue`, `ring join --cert`)"
+            );
+        }
         // seq = unix time, strictly increasing even within one second.
         let prev = self.last_seq.load(Ordering::SeqCst);
         let seq = now.max(prev.saturating_add(1));
@@ -415,6 +439,7 @@ impl Node {
             devices: live,
             lifetime: config.record_lifetime,
             last_seq: Default::default(),
+            certified: config.certified_record.map(std::sync::Arc::new),
         };
         if config.auto_publish {
             tasks.spawn(

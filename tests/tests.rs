@@ -41,6 +41,9 @@ mod overlay;
 mod adversary_overlay;
 // Five `peerpost run` processes on loopback: status, lookup, clean stop.
 mod overlay_procs;
+// Organizational rings: `ring init/issue/join`, a private ring beside a global one, nothing
+// crosses, a node without the PSK is shut out, status of a small ring, restore inside it.
+mod rings;
 // Postfix in front of (relay to the intake) and behind (STARTTLS + SASL smarthost, its 550 a DSN)
 // `peerpost run`; submission over implicit TLS with smtplib.SMTP_SSL and swaks.
 mod postfix;

@@ -33,6 +33,11 @@ pub struct Args {
     /// Ctrl-C.
     #[arg(long)]
     pub once: bool,
+    /// Make the demo ring a private one, as an organization would (`peerpost ring init`,
+    /// `ring join` for every user): its nodes connect only with the ring's pre-shared key,
+    /// over TCP.
+    #[arg(long)]
+    pub private: bool,
 }
 
 struct Dir {
@@ -88,6 +93,9 @@ pub fn execute(args: Args) -> Result<()> {
         }
     }
     vouch_for_users(&dir.path, &users, &exe)?;
+    if args.private {
+        private_ring(&dir.path, &users, &exe)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,6 +106,53 @@ pub fn execute(args: Args) -> Result<()> {
 /// Makes the demo users overlay addresses (docs/design.md "Address ownership"): a
 /// `dns_records` file whose `_peerpost.DOMAIN` TXT records name every user's key, which each
 /// node's config points at (else their mail would be for the smarthost, which the demo lacks).
+/// `peerpost ring init` in `dir/ring` and `ring join` for every user, through the binary as
+/// an administrator would.
+fn private_ring(dir: &std::path::Path, users: &[&str], exe: &std::path::Path) -> Result<()> {
+    let ring = dir.join("ring");
+    let run = |home: Option<&std::path::Path>, args: &[&std::ffi::OsStr]| -> Result<()> {
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(h) = home {
+            cmd.arg("--home").arg(h);
+        }
+        let out = cmd
+            .arg("ring")
+            .args(args)
+            .output()
+            .context("cannot run peerpost ring")?;
+        if !out.status.success() {
+            bail!(
+                "peerpost ring failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    if !ring.join("ring.key").exists() {
+        run(
+            None,
+            &[
+                "init".as_ref(),
+                "--name".as_ref(),
+                "demo".as_ref(),
+                "--domain".as_ref(),
+                DOMAIN.as_ref(),
+                "--out".as_ref(),
+                ring.as_os_str(),
+            ],
+        )?;
+    }
+    let member = ring.join("member.toml");
+    for u in users {
+        run(Some(&dir.join(u)), &["join".as_ref(), member.as_os_str()])?;
+    }
+    println!(
+        "private ring: every node needs the key in {}",
+        ring.join("swarm.key").display()
+    );
+    Ok(())
+}
+
 fn vouch_for_users(dir: &std::path::Path, users: &[&str], exe: &std::path::Path) -> Result<()> {
     let mut records = String::from("# the demo domain vouches for its users' keys\n");
     for u in users {

@@ -15,6 +15,7 @@ pub mod mount;
 pub mod open;
 pub mod passwd;
 pub mod restore;
+pub mod ring;
 pub mod run;
 pub mod secret;
 pub mod send;
@@ -90,6 +91,9 @@ pub enum Command {
     Demo(demo::Args),
     /// Rebuild the mailbox from the ring with the recovery phrase alone (a new machine).
     Restore(restore::Args),
+    /// Organizational rings: create one, certify its members, join one.
+    #[command(subcommand)]
+    Ring(ring::Command),
     /// Print the mail-client settings of this node: Thunderbird autoconfig XML or an Apple
     /// .mobileconfig profile (IMAP, POP3 and submission ports from the config).
     Autoconfig(autoconfig::Args),
@@ -125,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::execute(args, &home),
         Command::Demo(args) => demo::execute(args),
         Command::Restore(args) => restore::execute(args, &home),
+        Command::Ring(cmd) => ring::execute(cmd, &home),
         Command::Autoconfig(args) => autoconfig::execute(args, &home),
         Command::Completions(args) => completions::execute(args),
         Command::Man(args) => man::execute(args),

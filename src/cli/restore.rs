@@ -53,6 +53,11 @@ pub struct JoinArgs {
     /// Turn off mDNS discovery on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Join the private ring of this member file (`peerpost ring init` wrote it): its
+    /// pre-shared key, authority and bootstrap peers; `restore` also configures the home
+    /// for it, as `peerpost ring join FILE` does.
+    #[arg(long, value_name = "FILE")]
+    pub ring: Option<PathBuf>,
 }
 
 /// Waits until the node has a peer and has bootstrapped (at most [`JOIN_TIMEOUT`]).
@@ -103,13 +108,16 @@ pub(crate) fn address_from_ring(
         // Not overlay.listen: a node of this machine may hold its port.
         listen.push("/ip4/0.0.0.0/tcp/0".into());
     }
-    let oc = super::run::overlay_config(
+    let mut oc = super::run::overlay_config(
         &config,
         *device.seed(),
         &listen,
         &join_args.bootstrap,
         join_args.no_mdns,
     )?;
+    if let Some(file) = &join_args.ring {
+        super::ring::apply_member(file, &mut oc)?;
+    }
     if oc.bootstrap.is_empty() && !oc.mdns {
         bail!("no peer to join: give --bootstrap MULTIADDR or set overlay.bootstrap");
     }
@@ -184,6 +192,9 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                 false,
             )?;
         }
+    }
+    if let Some(file) = &args.join.ring {
+        super::ring::join_member(home, file)?;
     }
     let identity = home.load_identity()?;
     let config = Config::load(&home.config(), home.root())?;

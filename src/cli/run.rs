@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::control;
@@ -98,6 +98,12 @@ pub(crate) fn overlay_config(
     peers.extend(bootstrap.iter().cloned());
     oc.bootstrap = overlay::parse_addrs(&peers)?;
     oc.mdns = config.overlay.mdns && !no_mdns;
+    // A private ring (issue #16): every command that joins the overlay goes through here,
+    // so none can join the global ring when a ring's key is configured.
+    if let Some(path) = &config.overlay.psk_file {
+        oc.psk = Some(overlay::pnet::Psk::load(path)?);
+    }
+    oc.ring_authority = config.overlay.ring_authority;
     Ok(oc)
 }
 
@@ -194,15 +200,6 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
 /// process): its config, its open store, and the user's address.
 pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, String)> {
     let config = Config::load(&home.config(), home.root())?;
-    if let Some(psk) = &config.overlay.psk_file {
-        // Joining the global ring when a private one was asked for would leak the ring's
-        // traffic: refuse until pnet support lands.
-        bail!(
-            "overlay.psk_file = {:?}: private rings are not supported yet; \
-             remove the setting to join the global ring",
-            psk.display().to_string()
-        );
-    }
     let identity = home.load_identity()?;
     let user_keys = super::key::load_user_keys(home, args.passphrase_file.as_deref())?;
     let device = home.load_device_key()?;
@@ -217,7 +214,6 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     )?;
     oc.max_connections = config.overlay.max_connections;
     oc.contribution = config.storage.contribution;
-    oc.ring_authority = config.overlay.ring_authority;
     oc.reachable = match config.overlay.reachable {
         None => overlay::Reachable::Auto,
         Some(true) => overlay::Reachable::Yes,
@@ -234,6 +230,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         d.tick = d.tick.min(d.schedule.backup_every);
     }
     nc.control_socket = Some(control::socket_path(home.root()));
+    nc.certified_record = super::ring::installed_cert(home)?;
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
     nc.metrics = pick(args.metrics, config.overlay.metrics);
     nc.ring_stats = true;

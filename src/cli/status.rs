@@ -44,6 +44,23 @@ fn print_durability(d: &DurabilityStatus) {
             );
         }
     }
+    if let Some(s) = &d.survives {
+        println!(
+            "  ring survives:   {} nodes: new mail coded {}/{} survives any {} of its holders \
+             failing; P(loss) if {:.0} % of the ring failed at once: {:.1e}{}",
+            s.ring,
+            s.n,
+            s.k,
+            s.any_nodes,
+            d.failure_fraction * 100.0,
+            s.loss,
+            if s.meets_target {
+                ""
+            } else {
+                " (above the loss_probability target: the ring is too small for it)"
+            }
+        );
+    }
     match d.below_target {
         Some(0) | None => {}
         Some(n) => println!(

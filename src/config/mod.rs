@@ -31,12 +31,14 @@ pub enum ConfigError {
 
 pub type Result<T> = std::result::Result<T, ConfigError>;
 
+mod edit;
 mod file;
 mod template;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use edit::{set_key, toml_string, toml_strings};
 pub use file::*;
 pub use template::template;
 use validate::Validator;

@@ -52,6 +52,43 @@ pub struct DurabilityStatus {
     /// Bundles coded with an n/k below what the ring now supports (re-coded by the node's
     /// next check, within a minute), when checked.
     pub below_target: Option<usize>,
+    /// What loss the ring, at its current size, lets new bundles survive (a small ring, e.g.
+    /// an organization's own: issue #16), when checked.
+    #[serde(default)]
+    pub survives: Option<Survival>,
+}
+
+/// The n/k the calculator picks for a ring of `ring` nodes, and the loss it survives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Survival {
+    /// Nodes of the ring (the peers this node knows).
+    pub ring: usize,
+    pub n: u16,
+    pub k: u16,
+    /// Any this many of a bundle's holders may fail at once and it still rebuilds (n − k).
+    pub any_nodes: usize,
+    /// P(loss of one bundle) if `failure_fraction` of the ring failed at once.
+    pub loss: f64,
+    /// Whether `loss` is within the configured `loss_probability`.
+    pub meets_target: bool,
+}
+
+/// [`Survival`] for a ring of `ring` nodes under `config`.
+pub fn survival(config: &backup::BackupConfig, ring: usize) -> Option<Survival> {
+    if ring == 0 {
+        return None;
+    }
+    let p = config.params_for(ring);
+    let failed = (ring as f64 * config.failure_fraction).ceil() as usize;
+    let loss = loss_hypergeometric(ring, failed, usize::from(p.n), usize::from(p.k));
+    Some(Survival {
+        ring,
+        n: p.n,
+        k: p.k,
+        any_nodes: usize::from(p.n.saturating_sub(p.k)),
+        loss,
+        meets_target: loss <= config.target_loss,
+    })
 }
 
 /// What the store alone says (no ring needed).
@@ -81,6 +118,7 @@ pub async fn check(
     st.failure_fraction = failure_fraction;
     let ring = client.status().await?.routing_table;
     st.ring = Some(ring);
+    st.survives = survival(config, ring);
     let mut entries = backup::entries(store).await?;
     st.below_target = Some(
         entries
@@ -113,4 +151,31 @@ pub async fn check(
         st.loss_now = Some((1.0 - survive).clamp(0.0, 1.0));
     }
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A small ring (an organization's own) says what it survives; a bigger one survives more.
+    #[test]
+    fn a_small_ring_says_what_loss_it_survives() {
+        let config = backup::BackupConfig::default();
+        assert!(survival(&config, 0).is_none());
+        let small = survival(&config, 5).unwrap();
+        assert!(
+            small.n <= 5 && small.k >= 1 && small.k <= small.n,
+            "{small:?}"
+        );
+        assert_eq!(small.any_nodes, usize::from(small.n - small.k));
+        let big = survival(&config, 60).unwrap();
+        assert!(big.meets_target, "{big:?}");
+        assert!(big.any_nodes > small.any_nodes, "{small:?} {big:?}");
+        // What it reports is the calculator's own loss for that n/k.
+        let failed = (5.0f64 * 0.6).ceil() as usize;
+        let loss = loss_hypergeometric(5, failed, usize::from(small.n), usize::from(small.k));
+        assert_eq!(small.loss, loss);
+        assert_eq!(small.meets_target, loss <= config.target_loss);
+    }
 }

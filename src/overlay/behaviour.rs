@@ -24,15 +24,12 @@ use libp2p::{
 };
 use tokio::sync::Semaphore;
 
-use super::protocol::{
-    self, BLOB_PROTOCOL, KAD_PROTOCOL, MAX_KAD_PACKET, NOTIFY_PROTOCOL, Request, Response,
-};
+use super::pnet::{self, Protocols};
+use super::protocol::{self, MAX_KAD_PACKET, NOTIFY_PROTOCOL, Request, Response};
 use super::{Config, Error, Reachable, TransportKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Identify's protocol name (ours, like Kademlia's).
-const IDENTIFY_PROTOCOL: &str = "/peerpost/id/1.0.0";
 /// Concurrent inbound + outbound streams per request-response behaviour and connection
 /// (inbound request bodies also wait for the shared read budget below).
 pub const MAX_STREAMS: usize = 32;
@@ -130,6 +127,8 @@ impl Budgets {
 pub(crate) struct Codec {
     budgets: Arc<Budgets>,
     peer: Option<Arc<Semaphore>>,
+    /// The global ring's name of the protocol (a private ring runs it under its own name).
+    kind: &'static str,
 }
 
 impl Clone for Codec {
@@ -140,25 +139,26 @@ impl Clone for Codec {
                 Some(p) => Arc::clone(p),
                 None => self.budgets.bind(),
             }),
+            kind: self.kind,
         }
     }
 }
 
 impl Codec {
-    fn new(budgets: Arc<Budgets>) -> Codec {
+    fn new(budgets: Arc<Budgets>, kind: &'static str) -> Codec {
         Codec {
             budgets,
             peer: None,
+            kind,
         }
     }
 
     async fn read<T: AsyncRead + Unpin + Send>(
         &self,
-        p: &StreamProtocol,
         io: &mut T,
         request: bool,
     ) -> std::io::Result<Vec<u8>> {
-        let max = protocol::max_frame(p.as_ref());
+        let max = protocol::max_frame(self.kind);
         let len = if request {
             tokio::time::timeout(REQUEST_HEAD_TIMEOUT, protocol::read_len(io, max))
                 .await
@@ -318,23 +318,23 @@ impl request_response::Codec for Codec {
     type Request = Request;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Request>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = self.read(p, io, true).await?;
-        Request::decode(&frame, p.as_ref()).map_err(protocol::invalid)
+        let frame = self.read(io, true).await?;
+        Request::decode(&frame, self.kind).map_err(protocol::invalid)
     }
 
     async fn read_response<T>(
         &mut self,
-        p: &StreamProtocol,
+        _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = self.read(p, io, false).await?;
+        let frame = self.read(io, false).await?;
         Response::decode(&frame).map_err(protocol::invalid)
     }
 
@@ -365,7 +365,8 @@ impl request_response::Codec for Codec {
 
 fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Error> {
     let peer_id = key.public().to_peer_id();
-    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    let names = Protocols::of(config);
+    let mut kad_config = kad::Config::new(names.kad.clone());
     kad_config
         .disjoint_query_paths(true)
         .set_record_filtering(kad::StoreInserts::FilterBoth)
@@ -419,7 +420,7 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
     // report their addresses, so its first identify message may carry none, and the peer
     // would never learn how to reach it (nor put it in its routing table).
     let identify = identify::Behaviour::new(
-        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+        identify::Config::new(names.identify.clone(), key.public())
             .with_push_listen_addr_updates(true),
     );
     let mdns = if config.mdns && config.transport == TransportKind::Network {
@@ -431,14 +432,11 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         None
     };
     let budgets = Budgets::new();
-    let rr = |name: &'static str| Rr {
+    let rr = |name: StreamProtocol, kind: &'static str| Rr {
         budgets: Arc::clone(&budgets),
         inner: request_response::Behaviour::with_codec(
-            Codec::new(Arc::clone(&budgets)),
-            [(
-                StreamProtocol::new(name),
-                request_response::ProtocolSupport::Full,
-            )],
+            Codec::new(Arc::clone(&budgets), kind),
+            [(name, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(MAX_STREAMS),
@@ -451,8 +449,8 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         ping: ping::Behaviour::new(ping::Config::new()),
         mdns: mdns.into(),
         autonat: autonat.into(),
-        blob: rr(BLOB_PROTOCOL),
-        notify: rr(NOTIFY_PROTOCOL),
+        blob: rr(names.blob, protocol::BLOB_PROTOCOL),
+        notify: rr(names.notify, NOTIFY_PROTOCOL),
         replica: super::replica::behaviour(config.request_timeout),
     })
 }
@@ -484,8 +482,9 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
         c.with_idle_connection_timeout(Duration::from_secs(120))
             .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
     };
-    let swarm = match config.transport {
-        TransportKind::Network => SwarmBuilder::with_existing_identity(keypair)
+    let swarm = match (config.transport, config.psk) {
+        (TransportKind::Network, Some(psk)) => private_swarm(keypair, config, psk, idle)?,
+        (TransportKind::Network, None) => SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -500,11 +499,12 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
             .map_err(|e| Error::Start(format!("{e}")))?
             .with_swarm_config(idle)
             .build(),
-        TransportKind::Memory => SwarmBuilder::with_existing_identity(keypair)
+        (TransportKind::Memory, psk) => SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_other_transport(|key| {
                 Ok::<_, BoxError>(
                     MemoryTransport::default()
+                        .and_then(move |socket, _| pnet::handshake(psk, socket))
                         .upgrade(upgrade::Version::V1)
                         .authenticate(noise::Config::new(key)?)
                         .multiplex(yamux::Config::default())
@@ -520,6 +520,35 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
     Ok(swarm)
 }
 
+/// A private ring's swarm (issue #16): TCP with the pnet handshake under Noise, and DNS; no
+/// QUIC, which cannot carry pnet.
+fn private_swarm(
+    keypair: identity::Keypair,
+    config: &Config,
+    psk: pnet::Psk,
+    idle: impl FnOnce(libp2p::swarm::Config) -> libp2p::swarm::Config,
+) -> Result<Swarm<Behaviour>, Error> {
+    Ok(SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, BoxError>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| pnet::handshake(Some(psk), socket))
+                    .upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .map(|(p, m), _| (p, StreamMuxerBox::new(m))),
+            )
+        })
+        .map_err(|e| Error::Start(format!("TCP: {e}")))?
+        .with_dns()
+        .map_err(|e| Error::Start(format!("DNS: {e}")))?
+        .with_behaviour(|key| behaviour(key, config).map_err(BoxError::from))
+        .map_err(|e| Error::Start(format!("{e}")))?
+        .with_swarm_config(idle)
+        .build())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -529,9 +558,9 @@ mod tests {
         Rr {
             budgets: Arc::clone(budgets),
             inner: request_response::Behaviour::with_codec(
-                Codec::new(Arc::clone(budgets)),
+                Codec::new(Arc::clone(budgets), protocol::BLOB_PROTOCOL),
                 [(
-                    StreamProtocol::new(BLOB_PROTOCOL),
+                    StreamProtocol::new(protocol::BLOB_PROTOCOL),
                     request_response::ProtocolSupport::Full,
                 )],
                 request_response::Config::default(),

@@ -8,13 +8,13 @@ use futures::StreamExt;
 use libp2p::kad::{self, QueryId, QueryResult, Quorum, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, StreamProtocol, Swarm, autonat, identify, mdns};
+use libp2p::{PeerId, Swarm, autonat, identify, mdns};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::protocol::{KAD_PROTOCOL, Refusal, Request, Response};
+use super::protocol::{Refusal, Request, Response};
 use super::{
     Command, Config, Event, RecordsFound, RequestError, Status, backup_root, directory, diversity,
     now_secs,
@@ -279,7 +279,7 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
+                let kad_proto = super::pnet::Protocols::of(&self.config).kad;
                 if info.protocols.contains(&kad_proto) && !self.banned.contains(&peer_id) {
                     for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -301,7 +301,31 @@ impl EventLoop {
                 num_established,
                 ..
             } if num_established.get() == 1 => self.emit(Event::Connected(peer_id)),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let peer = peer_id.map(|p| p.to_string()).unwrap_or_default();
+                self.explain_connection_error(&format!("to peer {peer}"), &error.to_string());
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                self.explain_connection_error(
+                    &format!("from {send_back_addr}"),
+                    &error.to_string(),
+                );
+            }
             _ => {}
+        }
+    }
+
+    /// Logs, in an administrator's words, a connection that failed in its handshake (a
+    /// private ring's pre-shared key missing on one side: issue #16).
+    fn explain_connection_error(&mut self, which: &str, error: &str) {
+        match super::pnet::explain_failure(self.config.psk.as_ref(), error) {
+            Some(why) if super::pnet::warn_now() => tracing::warn!("connection {which}: {why}"),
+            Some(why) => tracing::debug!("connection {which}: {why}"),
+            None => tracing::debug!("connection {which} failed: {error}"),
         }
     }
 

@@ -27,6 +27,8 @@ mod event_loop;
 mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
+/// Private rings: the pre-shared key and each ring's protocol names (issue #16).
+pub mod pnet;
 pub mod protocol;
 pub mod replica;
 pub mod stats;
@@ -93,6 +95,9 @@ pub struct Config {
     /// them, and the length of one round.
     pub stats_share: bool,
     pub stats_every: Duration,
+    /// A private ring's pre-shared key (issue #16): pnet on every connection, TCP only, and
+    /// the ring's own protocol names. `None`: the global ring.
+    pub psk: Option<pnet::Psk>,
 }
 
 /// `[overlay] reachable`: "auto" lets AutoNAT decide; "yes"/"no" force it.
@@ -151,6 +156,7 @@ impl Config {
             reachable: Reachable::Auto,
             stats_share: true,
             stats_every: Duration::from_secs(3600),
+            psk: None,
         }
     }
 }
@@ -164,6 +170,13 @@ pub fn parse_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>, Error> {
                 .map_err(|e| Error::Address(format!("{a:?}: {e}")))
         })
         .collect()
+}
+
+/// Whether `addr` runs over QUIC (which a private ring cannot use).
+fn is_quic(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic | Protocol::Udp(_)))
 }
 
 /// A memory-transport listen address (tests): `/memory/N`.
@@ -376,6 +389,20 @@ pub fn spawn(
     store: Store,
     cancel: CancellationToken,
 ) -> Result<(Client, mpsc::Receiver<Event>, JoinHandle<()>), Error> {
+    let mut config = config;
+    if let Some(psk) = &config.psk {
+        // QUIC cannot carry pnet: a private ring is TCP only.
+        let (tcp, quic): (Vec<_>, Vec<_>) = config.listen.drain(..).partition(|a| !is_quic(a));
+        for a in quic {
+            tracing::warn!(%a, "private ring: not listening on a QUIC address (pnet is TCP only)");
+        }
+        config.listen = tcp;
+        config.bootstrap.retain(|a| !is_quic(a));
+        tracing::info!(
+            fingerprint = %psk.fingerprint(),
+            "private ring: every connection needs this ring's pre-shared key"
+        );
+    }
     let mut swarm = behaviour::build_swarm(&config)?;
     for addr in &config.listen {
         swarm
