@@ -38,6 +38,12 @@ const IDENTIFY_PROTOCOL: &str = "/peerpost/id/1.0.0";
 pub const MAX_STREAMS: usize = 32;
 /// Directory records a node holds for others (each ≤ 1 KiB).
 const MAX_RECORDS: usize = 16 * 1024;
+/// Connections to one peer at once. Two peers that dial each other hold two; each AutoNAT
+/// dial-back (one per probe direction, kept until idle) is one more, and a laptop behind NAT
+/// holds a relayed connection while DCUtR punches the direct one. With a limit of two, the
+/// third connection (a dial-back) was denied and reported to the prober as "cannot dial
+/// you": a reachable node read "private" (issue #19, the late lab verdict).
+const MAX_CONNECTIONS_PER_PEER: u32 = 5;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -411,7 +417,7 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
             .with_max_established(Some(config.max_connections))
             .with_max_pending_incoming(Some(config.max_connections.div_ceil(4).max(8)))
             .with_max_pending_outgoing(Some(config.max_connections.div_ceil(4).max(8)))
-            .with_max_established_per_peer(Some(2)),
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
     );
     // Push listen-address updates: a node dials its bootstrap peers before its listeners
     // report their addresses, so its first identify message may carry none, and the peer
@@ -455,14 +461,20 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
 }
 
 /// AutoNAT v1 (both roles): probes start soon after boot and use connected peers as
-/// servers; dial-backs are throttled (rust-libp2p's defaults: 30 per 60 s overall, 3 per
+/// servers; dial-backs are throttled (rust-libp2p's defaults: 30 per second overall, 3 per
 /// peer). Private addresses count: a ring on a private network (an office LAN, the NAT lab)
 /// has no global addresses at all, and "reachable" means reachable by the ring's peers.
+///
+/// A probe asks one connected peer, and that peer is not asked again for
+/// `throttle_server_period` (default 90 s): a node that knows two or three peers (a young
+/// ring, the lab) would otherwise run out of servers after one probe each and keep an early
+/// wrong or "unknown" verdict for minutes. 15 s still spreads probes over every peer it has.
 fn autonat_config() -> autonat::Config {
     autonat::Config {
         boot_delay: Duration::from_secs(3),
-        retry_interval: Duration::from_secs(20),
+        retry_interval: Duration::from_secs(10),
         refresh_interval: Duration::from_secs(5 * 60),
+        throttle_server_period: Duration::from_secs(15),
         only_global_ips: false,
         ..autonat::Config::default()
     }
