@@ -20,7 +20,7 @@ use libp2p::swarm::{
 };
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
-    identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux,
+    dcutr, identify, identity, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
 };
 use tokio::sync::Semaphore;
 
@@ -56,6 +56,14 @@ pub(crate) struct Behaviour {
     pub autonat: Toggle<autonat::Behaviour>,
     pub blob: Rr,
     pub notify: Rr,
+    /// Relay v2 server (issue #19): on every node that may be reachable; bounded by
+    /// [`relay_config`]. Laptops only reserve on peers that are DHT servers.
+    pub relay: Toggle<relay::Behaviour>,
+    /// Relay v2 client (network transport only): reservations on relays, `/p2p-circuit`
+    /// listeners and dials.
+    pub relay_client: Toggle<relay::client::Behaviour>,
+    /// DCUtR: upgrades a relayed connection to a direct one by hole punching.
+    pub dcutr: Toggle<dcutr::Behaviour>,
 }
 
 /// Bytes of frames being read at once, across every peer and stream: what abusive peers
@@ -367,7 +375,11 @@ impl request_response::Codec for Codec {
     }
 }
 
-fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Error> {
+fn behaviour(
+    key: &identity::Keypair,
+    config: &Config,
+    relay_client: Option<relay::client::Behaviour>,
+) -> Result<Behaviour, Error> {
     let peer_id = key.public().to_peer_id();
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config
@@ -457,7 +469,38 @@ fn behaviour(key: &identity::Keypair, config: &Config) -> Result<Behaviour, Erro
         autonat: autonat.into(),
         blob: rr(BLOB_PROTOCOL),
         notify: rr(NOTIFY_PROTOCOL),
+        relay: (config.reachable != Reachable::No)
+            .then(|| relay::Behaviour::new(peer_id, relay_config()))
+            .into(),
+        dcutr: relay_client
+            .is_some()
+            .then(|| dcutr::Behaviour::new(peer_id))
+            .into(),
+        relay_client: relay_client.into(),
     })
+}
+
+/// What a relay serves (rust-libp2p's defaults, which the issue asks for at most): 128
+/// reservations in all and 4 per peer, each for an hour; 16 circuits in all and 4 per peer,
+/// each for at most 2 minutes and 128 KiB relayed (enough for notices and a hole
+/// punch: mail itself goes through the DHT's reachable nodes); reservations and circuits
+/// rate-limited per peer and per IP address.
+fn relay_config() -> relay::Config {
+    relay::Config::default()
+}
+
+/// The relay client's transport, with the same security and multiplexing as TCP: dials and
+/// listens on `/p2p/RELAY/p2p-circuit` addresses (kept apart from the TCP composition).
+fn relay_transport(
+    key: &identity::Keypair,
+    transport: relay::client::Transport,
+) -> Result<libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>, BoxError> {
+    Ok(transport
+        .upgrade(upgrade::Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+        .boxed())
 }
 
 /// AutoNAT v1 (both roles): probes start soon after boot and use connected peers as
@@ -493,6 +536,7 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
         c.with_idle_connection_timeout(Duration::from_secs(120))
             .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
     };
+    let (relayed, relay_client) = relay::client::new(keypair.public().to_peer_id());
     let swarm = match config.transport {
         TransportKind::Network => SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -503,9 +547,13 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
             )
             .map_err(|e| Error::Start(format!("TCP: {e}")))?
             .with_quic()
+            .with_other_transport(|key| relay_transport(key, relayed))
+            .map_err(|e| Error::Start(format!("relay: {e}")))?
             .with_dns()
             .map_err(|e| Error::Start(format!("DNS: {e}")))?
-            .with_behaviour(|key| behaviour(key, config).map_err(BoxError::from))
+            .with_behaviour(|key| {
+                behaviour(key, config, Some(relay_client)).map_err(BoxError::from)
+            })
             .map_err(|e| Error::Start(format!("{e}")))?
             .with_swarm_config(idle)
             .build(),
@@ -521,7 +569,7 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
                 )
             })
             .map_err(|e| Error::Start(format!("memory transport: {e}")))?
-            .with_behaviour(|key| behaviour(key, config).map_err(BoxError::from))
+            .with_behaviour(|key| behaviour(key, config, None).map_err(BoxError::from))
             .map_err(|e| Error::Start(format!("{e}")))?
             .with_swarm_config(idle)
             .build(),
