@@ -912,8 +912,9 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                let addr = endpoint.get_remote_address();
-                let relayed = nat::is_relayed(addr);
+                // An inbound circuit's remote address is only `/p2p/SRC`: the local one
+                // (`…/p2p-circuit`) tells.
+                let relayed = endpoint.is_relayed();
                 self.nat
                     .connections
                     .insert(*connection_id, (*peer_id, relayed));
