@@ -522,5 +522,34 @@ else:
             !strings(&status(&a)["direct_peers"]).contains(&pc),
             "A holds no direct connection to C"
         );
+
+        // Mobility: B's laptop moves behind A's router (new link, new address), without a
+        // restart. It notices, reconnects, reserves relays again and republishes; A drops
+        // its dead connection to B's old address (pings fail) and pushes through the new
+        // reservation.
+        let out = Command::new(LAB)
+            .args(["move", &lab.prefix, "2", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let moved = Instant::now();
+        wait_for("B listens on its new address with relays", 60, || {
+            let s = status(&b);
+            strings(&s["listen"])
+                .iter()
+                .any(|l| l.contains("192.168.102.2"))
+                && !strings(&s["relays"]).is_empty()
+        });
+        wait_for("A's connections to B's old address are gone", 60, || {
+            !strings(&status(&a)["direct_peers"]).contains(&pb)
+        });
+        eprintln!("B moved: settled after {:?}", moved.elapsed());
+        submit(&lab, "h1", &a, &b.address, "nat-after-move");
+        let took = delivered_within(&lab, "h2", &b, "nat-after-move", 15);
+        eprintln!("A -> B after the move: in INBOX {took:?} after the 250");
     }
 }

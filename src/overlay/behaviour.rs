@@ -464,7 +464,7 @@ fn behaviour(
         limits,
         kad,
         identify,
-        ping: ping::Behaviour::new(ping::Config::new()),
+        ping: ping::Behaviour::new(ping_config(config)),
         mdns: mdns.into(),
         autonat: autonat.into(),
         blob: rr(BLOB_PROTOCOL),
@@ -478,6 +478,19 @@ fn behaviour(
             .into(),
         relay_client: relay_client.into(),
     })
+}
+
+/// Pings find dead connections: the event loop closes one after two failed pings in a row
+/// (the first failure is silent in rust-libp2p). Over the network every 10 s with a 10 s
+/// timeout, so a laptop that moved or slept is noticed within about 30 s (the defaults,
+/// 15 s and 20 s, took about a minute); a memory ring cannot lose a link and keeps them.
+fn ping_config(config: &Config) -> ping::Config {
+    match config.transport {
+        TransportKind::Network => ping::Config::new()
+            .with_interval(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(10)),
+        TransportKind::Memory => ping::Config::new(),
+    }
 }
 
 /// What a relay serves (rust-libp2p's defaults, which the issue asks for at most): 128

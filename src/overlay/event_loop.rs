@@ -876,6 +876,10 @@ impl EventLoop {
     /// Reserves on relays up to nat::WANT_RELAYS, or drops every reservation once the node
     /// is reachable.
     fn maintain_relays(&mut self) {
+        if self.nat.reconnecting {
+            // The old connections are still closing: a reservation now would ride one.
+            return;
+        }
         if !self.wants_relays() {
             for (_, r) in self.nat.reservations.drain() {
                 self.swarm.remove_listener(r.listener);
@@ -915,6 +919,9 @@ impl EventLoop {
                 // An inbound circuit's remote address is only `/p2p/SRC`: the local one
                 // (`…/p2p-circuit`) tells.
                 let relayed = endpoint.is_relayed();
+                if !relayed {
+                    self.nat.reconnecting = false;
+                }
                 self.nat
                     .connections
                     .insert(*connection_id, (*peer_id, relayed));
@@ -968,6 +975,27 @@ impl EventLoop {
                 self.nat.circuit_addrs.retain(|a| a != address);
                 self.publish_addresses();
             }
+            SwarmEvent::ExpiredListenAddr { address, .. }
+                if nat::relay_address(address).is_some() =>
+            {
+                self.on_address_lost(address)
+            }
+            SwarmEvent::NewListenAddr { address, .. }
+                if self.nat.reconnecting && nat::relay_address(address).is_some() =>
+            {
+                // The new network is up: reach the ring from it.
+                self.dial_bootstrap();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) => {
+                // A peer that stops answering is gone (it moved, slept, or its NAT forgot
+                // us): close the connection rather than send notices into it for minutes.
+                tracing::debug!(%peer, "ping failed ({e}): closing the connection");
+                self.swarm.close_connection(*connection);
+            }
             SwarmEvent::ListenerClosed {
                 listener_id,
                 addresses,
@@ -1014,6 +1042,38 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Mobility: one of this node's own addresses went away (a laptop left a network or
+    /// woke up on another). Behind NAT, every connection and reservation ran over it: drop
+    /// them, dial the bootstrap peers again from the new address, and reserve anew once they
+    /// answer (identify); the new circuit addresses are republished as they come up, and
+    /// AutoNAT re-probes by itself on the new listen address. A reachable node keeps its
+    /// connections (an address of one of its interfaces changing is no move).
+    fn on_address_lost(&mut self, address: &libp2p::Multiaddr) {
+        if !self.wants_relays() {
+            return;
+        }
+        tracing::info!(%address, "own address gone: reconnecting and reserving relays anew");
+        for (_, r) in self.nat.reservations.drain() {
+            self.swarm.remove_listener(r.listener);
+        }
+        self.nat.refused.clear();
+        self.nat.circuit_addrs.clear();
+        self.nat.reconnecting = true;
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        self.dial_bootstrap();
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.config.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr) {
+                tracing::debug!("cannot dial a bootstrap peer: {e}");
+            }
         }
     }
 

@@ -131,6 +131,9 @@ pub(crate) struct NatState {
     pub connections: HashMap<ConnectionId, (PeerId, bool)>,
     pub punches_tried: u64,
     pub punches_won: u64,
+    /// An own address went away and the old connections are closing: no reservation until
+    /// a direct connection is up again.
+    pub reconnecting: bool,
 }
 
 impl NatState {
