@@ -963,13 +963,13 @@ impl EventLoop {
                     self.maintain_relays();
                 }
             }
-            SwarmEvent::NewListenAddr { address, .. } if nat::is_relayed(address) => {
-                if !self.nat.circuit_addrs.contains(address)
-                    && self.nat.circuit_addrs.len() < nat::MAX_ADDRS
-                {
-                    self.nat.circuit_addrs.push(address.clone());
-                    self.publish_addresses();
-                }
+            SwarmEvent::NewListenAddr { address, .. }
+                if nat::is_relayed(address)
+                    && !self.nat.circuit_addrs.contains(address)
+                    && self.nat.circuit_addrs.len() < nat::MAX_ADDRS =>
+            {
+                self.nat.circuit_addrs.push(address.clone());
+                self.publish_addresses();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } if nat::is_relayed(address) => {
                 self.nat.circuit_addrs.retain(|a| a != address);

@@ -36,10 +36,9 @@ const MAGIC: &[u8; 8] = b"PPADDR1\0";
 
 /// The DHT key of a device's relayed-address record.
 pub(crate) fn addr_key(peer: &PeerId) -> RecordKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"peerpost/relayed-addresses/1\0");
-    h.update(&peer.to_bytes());
-    RecordKey::new(h.finalize().as_bytes())
+    let mut input = b"peerpost/relayed-addresses/1\0".to_vec();
+    input.extend(peer.to_bytes());
+    RecordKey::new(&crate::crypto::hash(&input))
 }
 
 pub(crate) fn is_addr_record(value: &[u8]) -> bool {
