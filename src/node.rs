@@ -226,6 +226,9 @@ impl Publisher {
         let mut backoff = Duration::from_secs(1);
         loop {
             let _ = self.client.bootstrap().await;
+            // Behind NAT, the relayed addresses go out with the directory record (and again
+            // whenever they change): what a sender's notice push dials (issue #19).
+            self.client.republish_addresses().await;
             let wait = match self.publish().await {
                 Ok(()) => {
                     tracing::info!(address = %self.address, "directory record published");

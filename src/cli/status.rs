@@ -207,4 +207,18 @@ fn print_reachability(o: &crate::overlay::Status) {
             &o.dht_mode
         }
     );
+    if !o.relays.is_empty() || o.relayed_connections > 0 || o.hole_punches_tried > 0 {
+        println!(
+            "  relays:          {}",
+            if o.relays.is_empty() {
+                "none".to_string()
+            } else {
+                o.relays.join(", ")
+            }
+        );
+    }
+    println!(
+        "  connections:     {} direct, {} relayed; hole punches {} won of {} tried",
+        o.direct_connections, o.relayed_connections, o.hole_punches_won, o.hole_punches_tried
+    );
 }

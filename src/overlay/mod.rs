@@ -27,6 +27,7 @@ mod event_loop;
 mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
+mod nat;
 /// Private rings: the pre-shared key and each ring's protocol names (issue #16).
 pub mod pnet;
 pub mod protocol;
@@ -297,6 +298,25 @@ pub struct Status {
     /// The address AutoNAT confirmed as public, if any.
     #[serde(default)]
     pub public_address: Option<String>,
+    /// Relays this node holds an accepted reservation on (peer ids; NAT, issue #19).
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// This node's `/p2p-circuit` addresses, as published for others to dial.
+    #[serde(default)]
+    pub relayed_addresses: Vec<String>,
+    /// Open connections that go straight to the peer, and those through a relay.
+    #[serde(default)]
+    pub direct_connections: usize,
+    #[serde(default)]
+    pub relayed_connections: usize,
+    /// Peers with at least one direct connection.
+    #[serde(default)]
+    pub direct_peers: Vec<String>,
+    /// DCUtR hole punches finished, and those that gave a direct connection.
+    #[serde(default)]
+    pub hole_punches_tried: u64,
+    #[serde(default)]
+    pub hole_punches_won: u64,
 }
 
 /// A successful lookup.
@@ -321,6 +341,8 @@ pub(crate) enum Command {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    /// Republish the relayed-address record (if this node has relayed addresses).
+    PublishAddresses,
     Dial {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), String>>,
@@ -468,6 +490,12 @@ impl Client {
         Fut: std::future::Future<Output = stats::Figures>,
     {
         stats::run(self.clone(), self.stats.clone(), figures, cancel).await
+    }
+
+    /// Republishes this device's relayed-address record when it is behind NAT (the event
+    /// loop also does on every change of its relayed addresses); a no-op otherwise.
+    pub async fn republish_addresses(&self) {
+        let _ = self.command_tx.send(Command::PublishAddresses).await;
     }
 
     pub async fn status(&self) -> Result<Status, Error> {
