@@ -10,64 +10,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::flow::{Node, PASSWORD, count, eventually, submit};
-use crate::util::{BIN, TestHome};
+use crate::util::TestHome;
 
-/// Starts `run` with IMAP (STARTTLS) on as well; returns the IMAP port.
+/// Starts `run` with IMAP (STARTTLS) on as well, logging at debug; returns the IMAP port.
 fn start(n: &mut Node, bootstrap: Option<&str>) -> u16 {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--home").arg(n.home.home()).args([
-        "run",
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--pop3",
-        "127.0.0.1:0",
-        "--pop3s",
-        "off",
-        "--smtp",
-        "127.0.0.1:0",
-        "--submission",
-        "127.0.0.1:0",
-        "--imap",
-        "127.0.0.1:0",
-        "--imaps",
-        "off",
-    ]);
-    if let Some(b) = bootstrap {
-        cmd.args(["--bootstrap", b]);
-    }
-    cmd.env_remove("PEERPOST_HOME")
-        .env("RUST_LOG", "peerpost=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(n.log());
-    let mut child = cmd.spawn().expect("spawn peerpost run");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let port = |l: &str| -> u16 { l.trim().rsplit(':').next().unwrap().parse().unwrap() };
-    let mut imap = 0;
-    loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "node exited early");
-        if let Some(a) = line.strip_prefix("listening on ") {
-            if n.listen.is_empty() || !a.contains("/udp/") {
-                n.listen = a.trim().to_string();
-            }
-        } else if let Some(a) = line.strip_prefix("pop3 listening on ") {
-            n.pop3 = port(a);
-        } else if let Some(a) = line.strip_prefix("smtp listening on ") {
-            n.smtp = port(a);
-        } else if let Some(a) = line.strip_prefix("submission listening on ") {
-            n.submission = port(a);
-        } else if let Some(a) = line.strip_prefix("imap listening on ") {
-            imap = port(a);
-        } else if line.starts_with("peerpost: node") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
-    n.child = Some(child);
-    assert!(imap > 0, "no imap port");
-    imap
+    n.log_filter = Some("peerpost=debug".into());
+    n.start_imap(bootstrap)
 }
 
 /// IMAP over STARTTLS with imaplib: `state` prints every INBOX message as
@@ -237,6 +185,7 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
         smtp: 0,
         submission: 0,
         log_filter: None,
+        imap: 0,
     };
     crate::util::vouch(
         &[&d1.home, &d2.home, &bob.home],

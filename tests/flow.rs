@@ -23,6 +23,8 @@ pub(crate) struct Node {
     pub(crate) submission: u16,
     /// `RUST_LOG` for the process (none: the binary's default, warnings only).
     pub(crate) log_filter: Option<String>,
+    /// The IMAP (STARTTLS) port, when started with [`Node::start_imap`]; 0 otherwise.
+    pub(crate) imap: u16,
 }
 
 impl Drop for Node {
@@ -74,10 +76,23 @@ impl Node {
             smtp: 0,
             submission: 0,
             log_filter: None,
+            imap: 0,
         }
     }
 
     pub(crate) fn start(&mut self, bootstrap: Option<&str>) {
+        self.spawn(bootstrap, false)
+    }
+
+    /// [`start`](Self::start) with the IMAP server on as well; returns its port.
+    pub(crate) fn start_imap(&mut self, bootstrap: Option<&str>) -> u16 {
+        self.spawn(bootstrap, true);
+        assert!(self.imap > 0, "no imap port");
+        self.imap
+    }
+
+    fn spawn(&mut self, bootstrap: Option<&str>, imap: bool) {
+        let imap_listen = if imap { "127.0.0.1:0" } else { "off" };
         let mut cmd = Command::new(BIN);
         cmd.arg("--home").arg(self.home.home()).args([
             "run",
@@ -93,7 +108,7 @@ impl Node {
             "--submission",
             "127.0.0.1:0",
             "--imap",
-            "off",
+            imap_listen,
             "--imaps",
             "off",
         ]);
@@ -122,6 +137,8 @@ impl Node {
                 self.smtp = port_of(a);
             } else if let Some(a) = line.strip_prefix("submission listening on ") {
                 self.submission = port_of(a);
+            } else if let Some(a) = line.strip_prefix("imap listening on ") {
+                self.imap = port_of(a);
             } else if line.starts_with("peerpost: node") {
                 break;
             }
