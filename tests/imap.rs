@@ -19,6 +19,23 @@ struct Node {
     smtp: u16,
 }
 
+/// Runs a Python script with `args`; fails the test with its output unless it exits 0.
+/// Returns what it printed.
+fn python(script: impl AsRef<std::ffi::OsStr>, args: &[String]) -> String {
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn start(t: &TestHome) -> Node {
     start_with(t, |c| c)
 }
@@ -462,17 +479,7 @@ fn append_over_quota_is_refused_with_overquota() {
         c.replace("contribution = \"10GiB\"", "contribution = \"64KiB\"")
     });
     let script = t.file("quota.py", OVER_QUOTA);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.imap.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&script, &[node.imap.to_string()]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "OK", "{text}");
     assert!(
@@ -510,17 +517,7 @@ fn a_65th_keyword_is_refused_with_limit() {
     let t = TestHome::new();
     let node = start(&t);
     let script = t.file("keywords.py", KEYWORDS);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.imap.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&script, &[node.imap.to_string()]);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].starts_with("NO") && lines[0].contains("LIMIT"),
@@ -581,17 +578,7 @@ fn keywords_are_announced_and_expunges_follow_the_sessions_view() {
     let t = TestHome::new();
     let node = start(&t);
     let script = t.file("view.py", VIEW);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.imap.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&script, &[node.imap.to_string()]);
     let line = |p: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(p))
@@ -627,17 +614,8 @@ fn keywords_are_announced_and_expunges_follow_the_sessions_view() {
 fn qresync_resync_gets_only_what_changed() {
     let t = TestHome::new();
     let node = start(&t);
-    let out = Command::new("python3")
-        .arg(format!("{DATA}/imap_qresync.py"))
-        .arg(node.imap.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("ALL OK"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(format!("{DATA}/imap_qresync.py"), &[node.imap.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
 }
 
 /// Issue #21, RFC 4315/6851: MOVE's COPYUID (and COPY's) pairs each source UID with the UID
@@ -695,17 +673,8 @@ fn move_and_copy_copyuid_name_the_new_uids_in_order() {
     let t = TestHome::new();
     let node = start(&t);
     let script = t.file("copyuid.py", COPYUID);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.imap.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("ALL OK"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&script, &[node.imap.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
 }
 
 /// Issue #21, RFC 3501 §2.3.2: `\Recent` belongs to one session. Mail delivered over SMTP is
@@ -789,18 +758,8 @@ fn recent_belongs_to_one_session() {
     let t = TestHome::new();
     let node = start(&t);
     let script = t.file("recent.py", RECENT);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.imap.to_string())
-        .arg(node.smtp.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("ALL OK"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&script, &[node.imap.to_string(), node.smtp.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
 }
 
 /// Issue #21, capabilities Dovecot 2.3 offers: RFC 5032 WITHIN (SEARCH YOUNGER/OLDER by
@@ -830,15 +789,6 @@ fn within_and_status_size() {
     let t = TestHome::new();
     let node = start(&t);
     let script = t.file("within.py", WITHIN_SIZE);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(node.imap.to_string())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("ALL OK"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&script, &[node.imap.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
 }
