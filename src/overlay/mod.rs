@@ -477,9 +477,16 @@ impl Client {
         self.stats.every().as_secs()
     }
 
-    /// The ring's statistics totals for the last finished round ([`stats::ring_totals`]).
+    /// The ring's statistics totals for the last finished round ([`stats::ring_totals`]),
+    /// within 30 s (collectors that do not answer are skipped, not waited for).
     pub async fn ring_stats(&self) -> Option<stats::Totals> {
-        stats::ring_totals(self, &self.stats).await
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            stats::ring_totals(self, &self.stats),
+        )
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Runs this node's statistics rounds until `cancel` ([`stats::run`]); `figures` gives
