@@ -73,6 +73,37 @@ pub(crate) fn scrape(port: u16) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The sample names the Grafana dashboard (contrib/grafana/peerpost.json) queries whose
+/// name starts with `prefix`.
+pub(crate) fn dashboard_samples(prefix: &str) -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/peerpost.json");
+    let json = std::fs::read_to_string(path).expect("the dashboard");
+    let mut names: Vec<String> = json
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(!names.is_empty(), "no {prefix} sample in the dashboard");
+    names
+}
+
+/// Every `prefix` sample the dashboard queries is in the scrape `m` (a panel that queries a
+/// misspelt or removed metric would show "No data" forever).
+pub(crate) fn assert_dashboard_matches(m: &HashMap<String, f64>, prefix: &str, except: &str) {
+    for name in dashboard_samples(prefix) {
+        if name.starts_with(except) {
+            continue;
+        }
+        let sample = |k: &String| k.split('{').next() == Some(name.as_str());
+        assert!(
+            m.keys().any(sample),
+            "the dashboard queries {name}, which the node does not export"
+        );
+    }
+}
+
 fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("{key} missing from the scrape: {m:?}"))
@@ -146,7 +177,46 @@ fn a_send_moves_the_delivery_counter_and_latency_histogram() {
             >= value(&before, "peerpost_delivery_latency_seconds_sum{}")
     );
     // Bob's node counted nothing delivered: the families are per process.
-    assert_eq!(value(&scrape(bob.port("metrics")), DELIVERED), 0.0);
+    let bob_m = scrape(bob.port("metrics"));
+    assert_eq!(value(&bob_m, DELIVERED), 0.0);
+    // The notice went out as overlay frames (the inbox entry and the push), bob took them
+    // in; alice's store committed the queue's rows; her quota is known and holds her mail.
+    let traffic = |m: &HashMap<String, f64>, direction: &str| {
+        ["blob", "notify"]
+            .iter()
+            .map(|p| {
+                value(
+                    m,
+                    &format!("peerpost_overlay_protocol_bytes_total{{direction=\"{direction}\",protocol=\"{p}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    assert!(
+        traffic(&after, "out") > traffic(&before, "out") + 200.0,
+        "no frames counted out"
+    );
+    assert!(traffic(&bob_m, "in") > 200.0, "bob counted no frames in");
+    assert!(
+        value(&after, "peerpost_store_commits_total{}")
+            > value(&before, "peerpost_store_commits_total{}")
+    );
+    let allowed = value(&after, "peerpost_quota_allowed_bytes{}");
+    let used = value(&after, "peerpost_quota_used_bytes{}");
+    assert!(
+        allowed > 0.0 && used > 0.0 && used < allowed,
+        "quota {used} of {allowed}"
+    );
+    // What the dashboard shows is what the node exports (the mount's families are checked
+    // where a mount runs: run_mail).
+    assert_dashboard_matches(&after, "peerpost_", "peerpost_mount_");
+    for key in [
+        "peerpost_durability_loss_probability{}",
+        "peerpost_durability_bundles_below_target{}",
+        "peerpost_overlay_held_blobs{}",
+    ] {
+        value(&after, key);
+    }
 
     // Commands are counted by protocol and name; a line that does not parse as "invalid"
     // (never by what the client wrote).

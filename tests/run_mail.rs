@@ -145,6 +145,7 @@ fn run_mounts_the_maildir_and_unmounts_at_exit() {
             .unwrap_or_else(|| panic!("no {op} count: {m:?}"))
     };
     assert!(served("lookup") >= 1.0 && served("read") >= 1.0, "{m:?}");
+    crate::metrics::assert_dashboard_matches(&m, "peerpost_mount_", "-");
     assert_eq!(
         m.get("peerpost_mount_operation_seconds_count{op=\"read\"}"),
         Some(&served("read"))

@@ -41,10 +41,22 @@ struct CommandLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabel {
+    /// The overlay protocol's short name (blob, notify, replica), a fixed set.
+    protocol: &'static str,
+    /// "in" or "out".
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabel {
     protocol: &'static str,
     result: &'static str,
 }
+
+/// The overlay protocols whose frames are counted (Kademlia, identify and ping are libp2p's
+/// own: see `peerpost_libp2p_…`).
+pub const TRAFFIC_PROTOCOLS: [&str; 3] = ["blob", "notify", "replica"];
 
 /// Submission→delivered latency buckets (seconds): a direct overlay delivery takes well under
 /// a second, a retried one minutes to days.
@@ -69,6 +81,8 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabel, Counter>,
     logins_failed: Counter,
     scrapes: Counter,
+    overlay_bytes: Family<TrafficLabel, Counter>,
+    store_commits: Counter,
     /// At scrape: the FUSE mount's operations, once one is watched.
     mount: std::sync::Arc<Mutex<Option<mount::Source>>>,
     /// At scrape: the store and the backup.
@@ -84,6 +98,18 @@ pub struct Metrics {
     pub overlay_routing_table: Gauge,
     pub overlay_records: Gauge,
     pub overlay_banned: Gauge,
+    /// At scrape: what this node holds for others (fragments, leases, inbox entries).
+    pub overlay_held_blobs: Gauge,
+    pub overlay_held_bytes: Gauge,
+    /// At scrape: the user's storage in the ring (contribution ÷ overhead) and its use.
+    pub quota_allowed_bytes: Gauge,
+    pub quota_used_bytes: Gauge,
+    /// Set by the node's periodic durability probe (fragments located in the ring).
+    pub durability_loss: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub durability_below_target: Gauge,
+    pub durability_checked: Gauge,
+    pub durability_located: Gauge,
+    pub durability_probed: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -120,7 +146,11 @@ impl Metrics {
         let handshakes = Family::<HandshakeLabel, Counter>::default();
         let logins_failed = Counter::default();
         let scrapes = Counter::default();
+        let overlay_bytes = Family::<TrafficLabel, Counter>::default();
+        let store_commits = Counter::default();
         let m = Metrics {
+            overlay_bytes,
+            store_commits,
             queued,
             delivered,
             retried,
@@ -144,6 +174,15 @@ impl Metrics {
             overlay_routing_table: Gauge::default(),
             overlay_records: Gauge::default(),
             overlay_banned: Gauge::default(),
+            overlay_held_blobs: Gauge::default(),
+            overlay_held_bytes: Gauge::default(),
+            quota_allowed_bytes: Gauge::default(),
+            quota_used_bytes: Gauge::default(),
+            durability_loss: Gauge::default(),
+            durability_below_target: Gauge::default(),
+            durability_checked: Gauge::default(),
+            durability_located: Gauge::default(),
+            durability_probed: Gauge::default(),
             registry: Mutex::new(Registry::default()),
             mount: Default::default(),
         };
@@ -270,15 +309,92 @@ impl Metrics {
             "Peers banned for repeated offences",
             m.overlay_banned.clone(),
         );
+        r.register_with_unit(
+            "overlay_protocol",
+            "Bytes of overlay frames (length prefix included), by protocol and direction",
+            Unit::Bytes,
+            m.overlay_bytes.clone(),
+        );
+        r.register(
+            "overlay_held_blobs",
+            "Blobs held for others: fragments, leases, inbox entries",
+            m.overlay_held_blobs.clone(),
+        );
+        r.register_with_unit(
+            "overlay_held",
+            "Bytes of the blobs held for others",
+            Unit::Bytes,
+            m.overlay_held_bytes.clone(),
+        );
+        r.register(
+            "store_commits",
+            "Write transactions committed (each a durable sync)",
+            m.store_commits.clone(),
+        );
+        r.register_with_unit(
+            "quota_allowed",
+            "The user's storage in the ring: contribution divided by the coding overhead (0: no limit yet)",
+            Unit::Bytes,
+            m.quota_allowed_bytes.clone(),
+        );
+        r.register_with_unit(
+            "quota_used",
+            "Bytes of the user's sealed objects counted against the quota",
+            Unit::Bytes,
+            m.quota_used_bytes.clone(),
+        );
+        r.register(
+            "durability_loss_probability",
+            "P(loss) of the user's backup now: of the checked bundles, any lost if the configured fraction of the ring failed at once, from the fragments located (last probe)",
+            m.durability_loss.clone(),
+        );
+        r.register(
+            "durability_bundles_below_target",
+            "Placed bundles whose n/k no longer meets the target for the ring's size (re-coded by the next pass)",
+            m.durability_below_target.clone(),
+        );
+        r.register(
+            "durability_bundles_checked",
+            "Bundles whose fragments the last probe located",
+            m.durability_checked.clone(),
+        );
+        r.register(
+            "durability_fragments_located",
+            "Fragments of the checked bundles found in the ring by the last probe",
+            m.durability_located.clone(),
+        );
+        r.register_with_unit(
+            "durability_probe_timestamp",
+            "When the last durability probe finished (unix time)",
+            Unit::Seconds,
+            m.durability_probed.clone(),
+        );
         // Every label a dashboard expects, at zero from the start.
         for route in ["overlay", "smarthost"] {
             let _ = m.delivered.get_or_create(&RouteLabel { route });
+        }
+        for protocol in TRAFFIC_PROTOCOLS {
+            for direction in ["in", "out"] {
+                let _ = m.overlay_bytes.get_or_create(&TrafficLabel {
+                    protocol,
+                    direction,
+                });
+            }
         }
         for protocol in ["imap", "pop3", "smtp"] {
             let l = ProtocolLabel { protocol };
             let _ = m.sessions.get_or_create(&l);
             let _ = m.sessions_active.get_or_create(&l);
             let _ = m.sessions_refused.get_or_create(&l);
+            let _ = m.commands.get_or_create(&CommandLabel {
+                protocol,
+                command: "invalid",
+            });
+            for result in ["ok", "failed", "timeout"] {
+                let _ = m
+                    .handshakes
+                    .get_or_create(&HandshakeLabel { protocol, result });
+            }
         }
         Metrics {
             registry: Mutex::new(registry),
@@ -350,6 +466,37 @@ impl Metrics {
 
     pub fn login_failed(&self) {
         self.logins_failed.inc();
+    }
+
+    /// `bytes` of one overlay frame went `direction` ("in", "out") on `protocol` (one of
+    /// [`TRAFFIC_PROTOCOLS`]).
+    pub fn overlay_frame(&self, protocol: &'static str, direction: &'static str, bytes: usize) {
+        self.overlay_bytes
+            .get_or_create(&TrafficLabel {
+                protocol,
+                direction,
+            })
+            .inc_by(bytes as u64);
+    }
+
+    /// The store committed a write transaction.
+    pub fn store_commit(&self) {
+        self.store_commits.inc();
+    }
+
+    /// What the last durability probe found (see [`Metrics::durability_loss`]).
+    pub fn durability_probe(
+        &self,
+        loss: Option<f64>,
+        below_target: usize,
+        checked: usize,
+        located: usize,
+    ) {
+        self.durability_loss.set(loss.unwrap_or(0.0));
+        Metrics::set(&self.durability_below_target, below_target as u64);
+        Metrics::set(&self.durability_checked, checked as u64);
+        Metrics::set(&self.durability_located, located as u64);
+        self.durability_probed.set(now_secs_f64() as i64);
     }
 
     /// Sets a gauge from an unsigned figure.

@@ -43,6 +43,8 @@ pub(super) async fn serve_metrics(
     addr: SocketAddr,
     store: &Store,
     client: &overlay::Client,
+    mailbox: Option<Mailbox>,
+    backup: Option<durability::backup::BackupConfig>,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Option<SocketAddr> {
@@ -55,17 +57,23 @@ pub(super) async fn serve_metrics(
     };
     let bound = listener.local_addr().ok();
     overlay::metrics::register();
+    if let Some(backup) = backup {
+        tasks.spawn(
+            probe_durability(client.clone(), store.clone(), backup, cancel.clone())
+                .in_current_span(),
+        );
+    }
     let (store, client) = (store.clone(), client.clone());
     let refresh = move || {
-        let (store, client) = (store.clone(), client.clone());
-        async move { refresh_gauges(&store, &client).await }
+        let (store, client, mailbox) = (store.clone(), client.clone(), mailbox.clone());
+        async move { refresh_gauges(&store, &client, mailbox.as_ref()).await }
     };
     tasks.spawn(crate::metrics::http::serve(listener, refresh, cancel.clone()).in_current_span());
     bound
 }
 
 /// Sets the gauges read from the store, just before a scrape (local reads only).
-async fn refresh_gauges(store: &Store, client: &overlay::Client) {
+async fn refresh_gauges(store: &Store, client: &overlay::Client, mailbox: Option<&Mailbox>) {
     use crate::metrics::Metrics;
     let m = crate::metrics::get();
     if let Ok(s) = client.status().await {
@@ -73,10 +81,17 @@ async fn refresh_gauges(store: &Store, client: &overlay::Client) {
         Metrics::set(&m.overlay_routing_table, s.routing_table as u64);
         Metrics::set(&m.overlay_records, s.records as u64);
         Metrics::set(&m.overlay_banned, s.banned as u64);
+        Metrics::set(&m.overlay_held_blobs, s.held_blobs);
+        Metrics::set(&m.overlay_held_bytes, s.held_bytes);
     }
     if let Ok(s) = store.stats().await {
         Metrics::set(&m.store_objects, s.objects);
         Metrics::set(&m.store_object_bytes, s.object_bytes);
+        // What the quota check counts (mailbox::write): the sealed objects of the store.
+        Metrics::set(&m.quota_used_bytes, s.object_bytes);
+    }
+    if let Some(mb) = mailbox {
+        Metrics::set(&m.quota_allowed_bytes, mb.quota().unwrap_or(0));
     }
     if let Ok(n) = store.outbox_len().await {
         Metrics::set(&m.outbox_queued, n);
@@ -86,5 +101,41 @@ async fn refresh_gauges(store: &Store, client: &overlay::Client) {
         Metrics::set(&m.backup_placed_bytes, d.bytes);
         Metrics::set(&m.backup_pending_bytes, d.pending_bytes);
         Metrics::set(&m.backup_repairs, d.repairs);
+    }
+}
+
+/// How often the durability probe locates the fragments of the user's bundles for the
+/// P(loss) gauge (the same work as `peerpost status`: a few DHT lookups per
+/// bundle, at most `durability::status::MAX_CHECKED` bundles), and how long one may take.
+const PROBE_EVERY: Duration = Duration::from_secs(300);
+const PROBE_FIRST: Duration = Duration::from_secs(60);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sets the durability gauges that need the ring (P(loss) now, bundles below target,
+/// fragments located) every [`PROBE_EVERY`]; a scrape never waits for the ring.
+async fn probe_durability(
+    client: overlay::Client,
+    store: Store,
+    backup: durability::backup::BackupConfig,
+    cancel: CancellationToken,
+) {
+    let mut wait = PROBE_FIRST;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = PROBE_EVERY;
+        let check = durability::status::check(&client, &store, &backup);
+        match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+            Ok(Ok(st)) => crate::metrics::get().durability_probe(
+                st.loss_now,
+                st.below_target.unwrap_or(0),
+                st.checked.len(),
+                st.checked.iter().map(|b| b.found).sum(),
+            ),
+            Ok(Err(e)) => tracing::debug!(error = %e, "durability probe failed"),
+            Err(_) => tracing::debug!("durability probe timed out"),
+        }
     }
 }

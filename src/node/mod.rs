@@ -255,7 +255,11 @@ impl Node {
             }
         }
         let metrics = match config.metrics {
-            Some(addr) => serve_metrics(addr, &store, &client, &cancel, &mut tasks).await,
+            Some(addr) => {
+                let backup = config.durability.as_ref().map(|d| d.backup.clone());
+                let mb = mailbox.clone();
+                serve_metrics(addr, &store, &client, mb, backup, &cancel, &mut tasks).await
+            }
             None => None,
         };
         if let Some((listener, path)) = control_listener {

@@ -337,6 +337,7 @@ impl request_response::Codec for Codec {
         T: AsyncRead + Unpin + Send,
     {
         let frame = self.read(io, true).await?;
+        super::metrics::frame(self.kind, "in", frame.len());
         Request::decode(&frame, self.kind).map_err(protocol::invalid)
     }
 
@@ -349,6 +350,7 @@ impl request_response::Codec for Codec {
         T: AsyncRead + Unpin + Send,
     {
         let frame = self.read(io, false).await?;
+        super::metrics::frame(self.kind, "in", frame.len());
         Response::decode(&frame).map_err(protocol::invalid)
     }
 
@@ -361,7 +363,9 @@ impl request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        protocol::write_frame(io, &req.encode()).await
+        let frame = req.encode();
+        super::metrics::frame(self.kind, "out", frame.len());
+        protocol::write_frame(io, &frame).await
     }
 
     async fn write_response<T>(
@@ -373,7 +377,9 @@ impl request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        protocol::write_frame(io, &res.encode()).await
+        let frame = res.encode();
+        super::metrics::frame(self.kind, "out", frame.len());
+        protocol::write_frame(io, &frame).await
     }
 }
 

@@ -32,3 +32,42 @@ pub(super) fn record(event: &SwarmEvent<BehaviourEvent>) {
     }
     m.record(event);
 }
+
+/// The short name `peerpost_overlay_protocol_bytes_total` labels a protocol with: the part of
+/// its global name after `/peerpost/` (a private ring's names map to the same labels).
+pub(super) fn traffic_label(global_name: &str) -> &'static str {
+    crate::metrics::TRAFFIC_PROTOCOLS
+        .into_iter()
+        .find(|p| {
+            global_name
+                .strip_prefix("/peerpost/")
+                .and_then(|rest| rest.strip_prefix(p))
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .unwrap_or("other")
+}
+
+/// Counts one frame of `len` payload bytes (plus its 4-byte length prefix).
+pub(super) fn frame(global_name: &str, direction: &'static str, len: usize) {
+    crate::metrics::get().overlay_frame(traffic_label(global_name), direction, len + 4);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counted_protocol_has_its_label() {
+        assert_eq!(traffic_label(super::super::protocol::BLOB_PROTOCOL), "blob");
+        assert_eq!(
+            traffic_label(super::super::protocol::NOTIFY_PROTOCOL),
+            "notify"
+        );
+        assert_eq!(
+            traffic_label(super::super::replica::REPLICA_PROTOCOL),
+            "replica"
+        );
+        assert_eq!(traffic_label("/peerpost/blobby/1"), "other");
+        assert_eq!(traffic_label("/other/blob/1"), "other");
+    }
+}

@@ -25,10 +25,13 @@ pub(crate) struct ReplicaCodec;
 
 async fn read<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
     let len = protocol::read_len(io, MAX_REPLICA_FRAME).await?;
-    protocol::read_body_paced(io, len, FRAME_STALL, FRAME_TOTAL).await
+    let frame = protocol::read_body_paced(io, len, FRAME_STALL, FRAME_TOTAL).await?;
+    super::metrics::frame(REPLICA_PROTOCOL, "in", frame.len());
+    Ok(frame)
 }
 
 async fn write<T: AsyncWrite + Unpin + Send>(io: &mut T, payload: &[u8]) -> std::io::Result<()> {
+    super::metrics::frame(REPLICA_PROTOCOL, "out", payload.len());
     protocol::write_frame(io, payload).await
 }
 

@@ -298,6 +298,7 @@ impl Store {
                     .map_err(Error::from)?;
             }
             wtxn.commit().map_err(Error::from)?;
+            crate::metrics::get().store_commit();
             inner.map.wrote(records);
             Ok(out)
         })
@@ -358,6 +359,7 @@ impl Store {
             s.meta
                 .put(&mut wtxn, META_OBJECT_BYTES, &total.to_be_bytes())?;
             wtxn.commit()?;
+            crate::metrics::get().store_commit();
             Ok(true)
         })
         .await
