@@ -792,3 +792,83 @@ fn within_and_status_size() {
     let text = python(&script, &[node.imap.to_string()]);
     assert!(text.contains("ALL OK"), "{text}");
 }
+
+const ESEARCH_LIST: &str = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice", "secret-password")
+caps = m.capabilities
+for c in ("ESEARCH", "LIST-EXTENDED", "LIST-STATUS"):
+    assert c in caps, (c, caps)
+for i in range(5):
+    m.append("INBOX", "(\\Seen)" if i % 2 else None, None, b"Subject: m%d\r\n\r\nbody\r\n" % i)
+m.select("INBOX")
+def run(*args):
+    typ, dat = m._simple_command(*args)
+    assert typ == "OK", (args, typ, dat)
+def untagged(name):
+    typ, dat = m._untagged_response("OK", [None], name)
+    return [d.decode() if isinstance(d, bytes) else d for d in dat if d is not None]
+# RFC 4731: SEARCH RETURN (MIN MAX COUNT ALL) and UID SEARCH RETURN ().
+run("SEARCH", "RETURN", "(MIN MAX COUNT ALL)", "UNSEEN")
+es = untagged("ESEARCH")
+assert len(es) == 1 and es[0].endswith("MIN 1 MAX 5 COUNT 3 ALL 1,3,5"), es
+assert es[0].startswith('(TAG "'), es
+m.uid("SEARCH", "RETURN", "()", "1:*")
+es = untagged("ESEARCH")
+assert len(es) == 1 and " UID ALL 1:5" in es[0], es
+run("SEARCH", "RETURN", "(COUNT)", "SUBJECT", "nothing-like-this")
+es = untagged("ESEARCH")
+assert es[0].endswith(" COUNT 0"), es
+typ, dat = m.search(None, "UNSEEN")
+assert dat == [b"1 3 5"], dat
+# RFC 5258/5819: subscriptions, STATUS in LIST, several patterns.
+m.create("Work/Old")
+m.create("Lists")
+m.unsubscribe("Work")
+m.create("Gone")
+m.subscribe("Gone")
+m.delete("Gone")
+run("LIST", "(SUBSCRIBED)", '""', "*")
+lines = untagged("LIST")
+assert any(l.startswith("(\\NonExistent \\Subscribed)") and '"Gone"' in l for l in lines), lines
+assert any("\\Subscribed" in l and '"Work/Old"' in l for l in lines), lines
+assert not any(l.endswith('"Work"') for l in lines), lines
+run("LIST", "(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
+lines = untagged("LIST")
+assert any('"Work" ("CHILDINFO" ("SUBSCRIBED"))' in l for l in lines), lines
+typ, dat = m.lsub('""', "*")
+lsub = [d.decode() for d in dat]
+assert any(l.startswith("(\\Noselect)") and l.endswith('"Gone"') for l in lsub), lsub
+run("LIST", '""', "(INBOX Lists)", "RETURN", "(CHILDREN STATUS (MESSAGES UNSEEN))")
+lines = untagged("LIST")
+assert len(lines) == 2 and not any("Work" in l for l in lines), lines
+st = untagged("STATUS")
+assert any(s.startswith('"INBOX" (MESSAGES 5 UNSEEN 3)') for s in st), st
+assert any(s.startswith('"Lists" (MESSAGES 0 UNSEEN 0)') for s in st), st
+# Plain LIST does not show the deleted folder; UNSUBSCRIBE of it is taken.
+typ, dat = m.list('""', "*")
+assert not any(b"Gone" in d for d in dat), dat
+assert m.unsubscribe("Gone")[0] == "OK"
+typ, dat = m.lsub('""', "*")
+assert not any(b"Gone" in d for d in dat if d), dat
+try:
+    m._simple_command("LIST", "(RECURSIVEMATCH)", '""', "*")
+    raise SystemExit("RECURSIVEMATCH alone was accepted")
+except imaplib.IMAP4.error:
+    pass
+m.logout()
+print("ALL OK")
+"#;
+
+/// RFC 4731 ESEARCH and RFC 5258/5819 LIST-EXTENDED/LIST-STATUS through imaplib: SEARCH
+/// RETURN options, subscriptions that outlive their folder (`\NonExistent`, LSUB `\Noselect`),
+/// RECURSIVEMATCH's CHILDINFO, several patterns and STATUS in one LIST.
+#[test]
+fn esearch_and_list_extended() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("esearch.py", ESEARCH_LIST);
+    let text = python(&script, &[node.imap.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
+}

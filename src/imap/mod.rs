@@ -18,6 +18,7 @@
 //! * [`recent`]: `\Recent` claimed by one session (RFC 3501 §2.3.2).
 
 mod commands;
+mod extended;
 mod mime;
 mod out;
 mod recent;

@@ -91,11 +91,11 @@ pub(super) async fn dispatch(
         CommandBody::List {
             reference,
             mailbox_wildcard,
-        } => folders::list(s, &name(&reference), &mailbox_wildcard, false),
+        } => folders::list(s, &name(&reference), &mailbox_wildcard, false).await,
         CommandBody::Lsub {
             reference,
             mailbox_wildcard,
-        } => folders::list(s, &name(&reference), &mailbox_wildcard, true),
+        } => folders::list(s, &name(&reference), &mailbox_wildcard, true).await,
         CommandBody::Status {
             mailbox,
             item_names,
@@ -169,6 +169,7 @@ pub(super) async fn dispatch(
         } if selected => {
             search::search(
                 s,
+                tag,
                 charset.as_ref().map(|c| c.as_ref()),
                 criteria.as_ref(),
                 uid,
@@ -187,6 +188,14 @@ pub(super) async fn dispatch(
         | CommandBody::Search { .. } => Reply::Bad("no folder selected".into()),
         _ => Reply::Bad("command not supported".into()),
     })
+}
+
+/// An extended LIST (read by [`crate::imap::extended`]): authenticated state only.
+pub(super) async fn list_extended(s: &mut Session, l: crate::imap::extended::ListExt) -> Reply {
+    if matches!(s.state, State::NotAuthenticated) {
+        return Reply::Bad("log in first".into());
+    }
+    folders::list_extended(s, &l).await
 }
 
 /// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE, RFC 7162 §3.2.3);

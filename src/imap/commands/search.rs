@@ -9,6 +9,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::{resolve, sel};
+use crate::imap::extended::SearchReturn;
 use crate::imap::mime;
 use crate::imap::session::{Reply, Selected, Session};
 use crate::mailbox::{EntryId, Flag, MessageInfo};
@@ -275,8 +276,44 @@ impl SetCache {
     }
 }
 
+/// `* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]` (RFC 4731 §3.1, RFC
+/// 7162 §3.1.5): `hits` ascending; MIN, MAX and ALL are left out when nothing matched.
+pub(super) fn esearch(
+    tag: &str,
+    uid: bool,
+    r: &SearchReturn,
+    hits: &[u32],
+    modseq: Option<u64>,
+) -> String {
+    let mut o = Vec::new();
+    o.extend_from_slice(b"* ESEARCH (TAG ");
+    crate::imap::out::string(&mut o, tag.as_bytes());
+    o.push(b')');
+    let mut line = String::from_utf8_lossy(&o).into_owned();
+    if uid {
+        line.push_str(" UID");
+    }
+    if let (true, Some(min)) = (r.min, hits.first()) {
+        line.push_str(&format!(" MIN {min}"));
+    }
+    if let (true, Some(max)) = (r.max, hits.last()) {
+        line.push_str(&format!(" MAX {max}"));
+    }
+    if r.count {
+        line.push_str(&format!(" COUNT {}", hits.len()));
+    }
+    if r.all && !hits.is_empty() {
+        line.push_str(&format!(" ALL {}", super::uid_set(hits)));
+    }
+    if let Some(m) = modseq.filter(|m| *m > 0 && !hits.is_empty()) {
+        line.push_str(&format!(" MODSEQ {m}"));
+    }
+    line
+}
+
 pub(super) async fn search(
     s: &mut Session,
+    tag: &str,
     charset: Option<&str>,
     criteria: &[SearchKey<'_>],
     uid: bool,
@@ -337,15 +374,28 @@ pub(super) async fn search(
             highest = highest.max(info.modseq);
         }
     }
-    let mut line = String::from("* SEARCH");
-    for h in hits {
-        line.push(' ');
-        line.push_str(&h.to_string());
-    }
-    // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
-    if with_modseq && highest > 0 {
-        line.push_str(&format!(" (MODSEQ {highest})"));
-    }
+    // RFC 4731 SEARCH RETURN, or IMAP4rev2 (RFC 9051 §6.4.4: SEARCH is answered by ESEARCH).
+    let ret = s.search_return.take().or_else(|| {
+        s.rev2.then_some(SearchReturn {
+            all: true,
+            ..SearchReturn::default()
+        })
+    });
+    let line = match ret {
+        Some(r) => esearch(tag, uid, &r, &hits, with_modseq.then_some(highest)),
+        None => {
+            let mut line = String::from("* SEARCH");
+            for h in hits {
+                line.push(' ');
+                line.push_str(&h.to_string());
+            }
+            // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
+            if with_modseq && highest > 0 {
+                line.push_str(&format!(" (MODSEQ {highest})"));
+            }
+            line
+        }
+    };
     s.conn.line(&line);
     Ok(Reply::Ok("SEARCH completed".into()))
 }
@@ -409,6 +459,34 @@ mod tests {
         assert!(c.field_has(b"to", b"Carl C <carl@"));
         assert!(!c.field_has(b"to", b"bob@example.net"));
         assert!(!c.field_has(b"from", b"nobody"));
+    }
+
+    #[test]
+    fn esearch_replies() {
+        use super::{SearchReturn, esearch};
+        let all = SearchReturn {
+            min: true,
+            max: true,
+            count: true,
+            all: true,
+        };
+        assert_eq!(
+            esearch("a1", true, &all, &[2, 3, 4, 9], Some(17)),
+            "* ESEARCH (TAG \"a1\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9 MODSEQ 17"
+        );
+        assert_eq!(
+            esearch("a2", false, &all, &[], Some(17)),
+            "* ESEARCH (TAG \"a2\") COUNT 0",
+            "MIN, MAX, ALL and MODSEQ only when something matched"
+        );
+        let count = SearchReturn {
+            count: true,
+            ..SearchReturn::default()
+        };
+        assert_eq!(
+            esearch("a3", false, &count, &[1, 5], None),
+            "* ESEARCH (TAG \"a3\") COUNT 2"
+        );
     }
 
     #[test]
