@@ -872,3 +872,98 @@ fn esearch_and_list_extended() {
     let text = python(&script, &[node.imap.to_string()]);
     assert!(text.contains("ALL OK"), "{text}");
 }
+
+const BINARY_QUOTA: &str = r#"
+import imaplib, re, socket, sys
+port = int(sys.argv[1])
+m = imaplib.IMAP4("127.0.0.1", port)
+caps = m.capabilities
+for c in ("BINARY", "UTF8=ACCEPT", "QUOTA", "QUOTA=RES-STORAGE", "APPENDLIMIT=1048576"):
+    assert c in caps, (c, caps)
+m.login("alice", "secret-password")
+typ, dat = m.getquotaroot("INBOX")
+roots = [d.decode() for part in dat for d in (part if isinstance(part, list) else [part])]
+assert any(r.startswith('"INBOX" ""') or r.startswith('INBOX ""') for r in roots), dat
+q = [r for r in roots if "STORAGE" in r][0]
+used0, limit = map(int, re.search(r"STORAGE (\d+) (\d+)", q).groups())
+assert limit > 0, q
+msg = (b"From: a@b\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n"
+       b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+       b"caf=C3=A9 au =\r\nlait\r\n"
+       b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+       b"AAECAwAA/w==\r\n--zz--\r\n")
+assert m.append("INBOX", None, None, msg)[0] == "OK"
+typ, dat = m.getquota('""')
+used1 = int(re.search(rb"STORAGE (\d+) ", dat[0]).group(1))
+assert used1 > used0, (used0, dat)
+m.select("INBOX")
+typ, dat = m.fetch("1", "(BINARY.SIZE[1] BINARY.SIZE[2] BINARY.PEEK[1] BINARY.PEEK[2])")
+head = dat[0][0]
+assert b"BINARY.SIZE[1] 13" in head and b"BINARY.SIZE[2] 7" in head, dat
+assert dat[0][1] == "café au lait".encode(), dat
+assert dat[1][0].endswith(b"BINARY[2] ~{7}") and dat[1][1] == b"\x00\x01\x02\x03\x00\x00\xff", dat
+typ, dat = m.fetch("1", "(BINARY.PEEK[2]<1.3>)")
+assert dat[0][1] == b"\x01\x02\x03", dat
+typ, dat = m.fetch("1", "(FLAGS)")
+assert b"\\Seen" not in dat[0], dat
+# Too large for APPENDLIMIT: refused before a byte of it is sent.
+typ, dat = m.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"x" * 1100000)
+assert typ == "NO" and b"TOOBIG" in dat[0], (typ, dat)
+# UTF8=ACCEPT: folder names in UTF-8 after ENABLE, modified UTF-7 before.
+m.create("&AMk-t&AOk-")
+typ, dat = m.list('""', "*t*")
+assert any(b'"&AMk-t&AOk-"' in d for d in dat), dat
+m.unselect()
+typ, dat = m.enable("UTF8=ACCEPT")
+en = m.untagged_responses.pop("ENABLED", [b""])
+assert typ == "OK" and b"UTF8=ACCEPT" in en[0], (dat, en)
+typ, dat = m.list('""', "*t*")
+assert any("\"Été\"".encode() in d for d in dat), dat
+m.logout()
+
+# APPEND of a literal8 (RFC 3516 §4.4), over a raw socket.
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+f = s.makefile("rb")
+def cmd(line, lit=None):
+    s.sendall(line)
+    if lit is not None:
+        assert f.readline().startswith(b"+"), "no continuation"
+        s.sendall(lit + b"\r\n")
+    while True:
+        l = f.readline()
+        if not l.startswith(b"*"):
+            return l
+f.readline()
+assert b"OK" in cmd(b"a LOGIN alice secret-password\r\n")
+body = b"Subject: nul\r\n\r\na\x00b\r\n"
+r = cmd(b"b APPEND INBOX ~{%d}\r\n" % len(body), body)
+assert r.startswith(b"b OK"), r
+cmd(b"c SELECT INBOX\r\n")
+s.sendall(b"d FETCH 2 (BINARY.PEEK[])\r\n")
+data = b""
+while not data.endswith(b"d OK FETCH completed\r\n"):
+    chunk = s.recv(65536)
+    assert chunk, data
+    data += chunk
+assert b"BINARY[] ~{%d}\r\n" % len(body) + body in data, data
+print("ALL OK")
+"#;
+
+/// RFC 3516 BINARY (decoded parts, literal8 both ways), RFC 9208 QUOTA (the node's storage
+/// quota and usage in KiB), RFC 7889 APPENDLIMIT (the node's message size limit) and RFC
+/// 6855 UTF8=ACCEPT (folder names in UTF-8 once enabled), through imaplib and a raw socket.
+#[test]
+fn binary_quota_appendlimit_utf8() {
+    let t = TestHome::new();
+    let node = start_with(&t, |c| {
+        c.replace("contribution = \"10GiB\"", "contribution = \"64MiB\"")
+            .replace(
+                "max_message_size = \"50MiB\"",
+                "max_message_size = \"1MiB\"",
+            )
+    });
+    let script = t.file("binary.py", BINARY_QUOTA);
+    let text = python(&script, &[node.imap.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
+}

@@ -357,8 +357,10 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS",
+            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS BINARY UTF8=ACCEPT QUOTA QUOTA=RES-STORAGE",
         );
+        // RFC 7889: the largest message APPEND takes.
+        c.push_str(&format!(" APPENDLIMIT={}", self.ctx.max_literal));
         if matches!(self.state, State::NotAuthenticated) {
             if !self.tls() && self.ctx.tls.is_some() {
                 c.push_str(" STARTTLS");

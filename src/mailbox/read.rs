@@ -9,6 +9,11 @@ impl Mailbox {
         e.crdt.folders().into_iter().map(|f| info(&e, f)).collect()
     }
 
+    /// Bytes of sealed bodies stored now: what [`Mailbox::quota`] limits.
+    pub async fn storage_used(&self) -> Result<u64> {
+        Ok(self.inner.store.stats().await?.object_bytes)
+    }
+
     /// Names of deleted folders that are still subscribed (at most `max`, by name); see
     /// [`crdt::State::subscribed_deleted`].
     pub fn subscribed_deleted(&self, max: usize) -> Vec<String> {

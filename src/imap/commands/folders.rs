@@ -314,11 +314,22 @@ pub(super) async fn status(s: &mut Session, name: &str, items: &[StatusDataItemN
                     .sum();
                 parts.push(format!("SIZE {n}"));
             }
+            // RFC 9208 §4.2.1: KiB an EXPUNGE would free.
+            StatusDataItemName::DeletedStorage => {
+                let n: u64 = s
+                    .ctx
+                    .mailbox
+                    .messages_of(info.id)
+                    .iter()
+                    .filter(|m| m.flags.has(Flag::Trashed))
+                    .map(|m| m.size)
+                    .sum();
+                parts.push(format!("DELETED-STORAGE {}", n.div_ceil(1024)));
+            }
             StatusDataItemName::HighestModSeq => {
                 s.condstore = true;
                 parts.push(format!("HIGHESTMODSEQ {}", info.highestmodseq));
             }
-            _ => {}
         }
     }
     let mut line = b"* STATUS ".to_vec();

@@ -111,6 +111,14 @@ pub(super) async fn dispatch(
             Reply::Ok("NAMESPACE completed".into())
         }
         CommandBody::Enable { capabilities } => enable(s, capabilities.as_ref()),
+        CommandBody::GetQuotaRoot { mailbox } => quota_root(s, &name(&mailbox)).await,
+        CommandBody::GetQuota { root } => {
+            let root = String::from_utf8_lossy(root.as_ref()).into_owned();
+            quota(s, &root).await
+        }
+        CommandBody::SetQuota { .. } => {
+            Reply::No("[NOPERM] the quota is the node's storage share; see the config".into())
+        }
         CommandBody::Idle => s.idle().await?,
         CommandBody::Check if selected => Reply::Ok("CHECK completed".into()),
         CommandBody::Close if selected => select::close(s, true).await,
@@ -198,12 +206,69 @@ pub(super) async fn list_extended(s: &mut Session, l: crate::imap::extended::Lis
     folders::list_extended(s, &l).await
 }
 
-/// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE, RFC 7162 §3.2.3);
-/// anything else is not enabled (and not an error).
+/// `* QUOTA "" (STORAGE used limit)` (RFC 9208 §5.1), in KiB; None without a quota.
+async fn quota_line(s: &Session) -> Result<Option<String>, Reply> {
+    let Some(limit) = s.ctx.mailbox.quota() else {
+        return Ok(None);
+    };
+    let used = s.ctx.mailbox.storage_used().await.map_err(no)?;
+    Ok(Some(format!(
+        "* QUOTA \"\" (STORAGE {} {})",
+        used.div_ceil(1024),
+        limit / 1024
+    )))
+}
+
+/// GETQUOTAROOT (RFC 9208 §4.3): every folder is under the user's one root, `""`.
+async fn quota_root(s: &mut Session, folder: &str) -> Reply {
+    let Some(f) = s.ctx.mailbox.folder(folder) else {
+        return Reply::No(format!("[NONEXISTENT] no folder named {folder:?}"));
+    };
+    let line = match quota_line(s).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let mut o = b"* QUOTAROOT ".to_vec();
+    crate::imap::out::mailbox_as(&mut o, &f.name, s.utf8);
+    if line.is_some() {
+        o.extend_from_slice(b" \"\"");
+    }
+    o.extend_from_slice(b"\r\n");
+    s.conn.out.extend_from_slice(&o);
+    if let Some(l) = line {
+        s.conn.line(&l);
+    }
+    Reply::Ok("GETQUOTAROOT completed".into())
+}
+
+/// GETQUOTA (RFC 9208 §4.2) of the one root, `""`.
+async fn quota(s: &mut Session, root: &str) -> Reply {
+    match quota_line(s).await {
+        Ok(Some(l)) if root.is_empty() => {
+            s.conn.line(&l);
+            Reply::Ok("GETQUOTA completed".into())
+        }
+        Ok(_) => Reply::No("[NONEXISTENT] no such quota root".into()),
+        Err(r) => r,
+    }
+}
+
+/// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE, RFC 7162 §3.2.3),
+/// UTF8=ACCEPT (RFC 6855), IMAP4rev2 (RFC 9051); anything else is not enabled (and not an
+/// error).
 fn enable(s: &mut Session, caps: &[CapabilityEnable<'_>]) -> Reply {
     let mut enabled: Vec<&str> = Vec::new();
     for c in caps {
-        let qresync = c.to_string().eq_ignore_ascii_case("QRESYNC");
+        let text = c.to_string();
+        if text.eq_ignore_ascii_case("UTF8=ACCEPT") && !s.utf8 {
+            s.utf8 = true;
+            enabled.push("UTF8=ACCEPT");
+        }
+        if text.eq_ignore_ascii_case("IMAP4rev2") && !s.rev2 {
+            s.rev2 = true;
+            enabled.push("IMAP4rev2");
+        }
+        let qresync = text.eq_ignore_ascii_case("QRESYNC");
         if qresync && !s.qresync {
             s.qresync = true;
             enabled.push("QRESYNC");
