@@ -967,3 +967,72 @@ fn binary_quota_appendlimit_utf8() {
     let text = python(&script, &[node.imap.to_string()]);
     assert!(text.contains("ALL OK"), "{text}");
 }
+
+const REV2: &str = r#"
+import imaplib, sys
+port = int(sys.argv[1])
+a = imaplib.IMAP4("127.0.0.1", port)
+assert "IMAP4REV2" in a.capabilities and "IMAP4REV1" in a.capabilities, a.capabilities
+a.login("alice", "secret-password")
+for i in range(3):
+    a.append("INBOX", "(\\Seen)" if i == 0 else None, None, b"Subject: r%d\r\n\r\nbody\r\n" % i)
+# A rev1 session sees \Recent as before; a rev2 one never does.
+b = imaplib.IMAP4("127.0.0.1", port)
+b.login("alice", "secret-password")
+typ, dat = b.enable("IMAP4rev2")
+en = b" ".join(b.untagged_responses.pop("ENABLED", [b""]))
+assert typ == "OK" and b"IMAP4rev2" in en, (dat, en)
+b.select("INBOX")
+assert "RECENT" not in b.untagged_responses, b.untagged_responses
+lists = b.untagged_responses.pop("LIST", [])
+assert lists and lists[0].endswith(b'"INBOX"'), lists
+assert "UNSEEN" not in b.untagged_responses, b.untagged_responses
+typ, dat = b.fetch("1:*", "(FLAGS)")
+assert not any(b"\\Recent" in d for d in dat), dat
+# SEARCH is answered by ESEARCH (RFC 9051 §6.4.4).
+typ, dat = b._simple_command("SEARCH", "UNSEEN")
+assert typ == "OK", dat
+es = b.untagged_responses.pop("ESEARCH", [])
+assert len(es) == 1 and es[0].endswith(b" ALL 2:3"), es
+assert "SEARCH" not in b.untagged_responses, b.untagged_responses
+# Mail arriving while selected: EXISTS without RECENT; STATUS DELETED.
+a.append("INBOX", "(\\Deleted)", None, b"Subject: r3\r\n\r\nbody\r\n")
+b.noop()
+assert b.untagged_responses.pop("EXISTS", [b""])[-1] == b"4", b.untagged_responses
+assert "RECENT" not in b.untagged_responses, b.untagged_responses
+typ, dat = b.status("INBOX", "(DELETED MESSAGES)")
+assert b"DELETED 1" in dat[0] and b"MESSAGES 4" in dat[0], dat
+# SELECT of another folder says [CLOSED] first.
+b.create("Other")
+typ, dat = b.select("Other")
+assert typ == "OK" and b"CLOSED" in b" ".join(v for v in b.untagged_responses.get("OK", []) if v), b.untagged_responses
+# Delivered mail is \Recent; the rev2 session does not claim it, so a rev1 one gets it.
+import smtplib
+smtp = smtplib.SMTP("127.0.0.1", int(sys.argv[2]), timeout=10)
+smtp.sendmail("bob@example.net", ["alice@example.org"], b"Subject: new\r\n\r\nhi\r\n")
+smtp.quit()
+b.select("INBOX")
+for _ in range(50):
+    typ, dat = b.fetch("1:*", "(FLAGS)")
+    if len(dat) == 5:
+        break
+    import time; time.sleep(0.1)
+assert len(dat) == 5 and not any(b"\\Recent" in d for d in dat), dat
+typ, dat = a.select("INBOX")
+rec = a.untagged_responses.pop("RECENT", [b"-"])[-1]
+assert rec == b"1", (rec, a.untagged_responses)
+a.logout(); b.logout()
+print("ALL OK")
+"#;
+
+/// RFC 9051: IMAP4rev2 beside IMAP4rev1; after ENABLE IMAP4rev2 no `\Recent`/RECENT,
+/// ESEARCH answers SEARCH, SELECT gives a LIST and no UNSEEN code, `[CLOSED]` when leaving a
+/// folder, STATUS DELETED; a rev1 session on the same account is unchanged.
+#[test]
+fn imap4rev2_beside_rev1() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("rev2.py", REV2);
+    let text = python(&script, &[node.imap.to_string(), node.smtp.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
+}

@@ -357,7 +357,7 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS BINARY UTF8=ACCEPT QUOTA QUOTA=RES-STORAGE",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS BINARY UTF8=ACCEPT QUOTA QUOTA=RES-STORAGE",
         );
         // RFC 7889: the largest message APPEND takes.
         c.push_str(&format!(" APPENDLIMIT={}", self.ctx.max_literal));
@@ -695,7 +695,7 @@ impl Session {
     /// Sends what changed in the selected folder since the last time: EXISTS, FETCH (flags)
     /// and, where allowed, EXPUNGE.
     pub fn sync(&mut self, allow_expunge: bool) {
-        let (condstore, qresync) = (self.condstore, self.qresync);
+        let (condstore, qresync, rev2) = (self.condstore, self.qresync, self.rev2);
         let State::Selected(sel) = &mut self.state else {
             return;
         };
@@ -788,7 +788,8 @@ impl Session {
         }
         // New mail is recent in the first session told of it (EXAMINE claims nothing).
         let mut recent_changed = false;
-        if !added.is_empty() {
+        // IMAP4rev2 has no \Recent: such a session claims none.
+        if !added.is_empty() && !rev2 {
             let infos = self.ctx.mailbox.messages_by_entry(sel.id, &added);
             let candidates: Vec<EntryId> = infos
                 .iter()

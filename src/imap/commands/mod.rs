@@ -265,7 +265,12 @@ fn enable(s: &mut Session, caps: &[CapabilityEnable<'_>]) -> Reply {
             enabled.push("UTF8=ACCEPT");
         }
         if text.eq_ignore_ascii_case("IMAP4rev2") && !s.rev2 {
+            // RFC 9051 §6.3.1: no \Recent, ESEARCH for SEARCH, UTF-8 folder names.
             s.rev2 = true;
+            s.utf8 = true;
+            if let State::Selected(cur) = &mut s.state {
+                cur.recent.clear();
+            }
             enabled.push("IMAP4rev2");
         }
         let qresync = text.eq_ignore_ascii_case("QRESYNC");
