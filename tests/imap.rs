@@ -1036,3 +1036,54 @@ fn imap4rev2_beside_rev1() {
     let text = python(&script, &[node.imap.to_string(), node.smtp.to_string()]);
     assert!(text.contains("ALL OK"), "{text}");
 }
+
+const SORT_THREAD: &str = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+assert "SORT" in m.capabilities and "THREAD=ORDEREDSUBJECT" in m.capabilities, m.capabilities
+m.login("alice", "secret-password")
+msgs = [
+    ("carol@x", "Lunch", "Tue, 03 Oct 2023 10:00:00 +0000", 300),
+    ("alice@x", "Re: lunch", "Wed, 04 Oct 2023 10:00:00 +0000", 100),
+    ("bob@x", "Budget", "Mon, 02 Oct 2023 23:00:00 -0500", 200),
+    ("dave@x", "[team] Fwd: Budget", "Thu, 05 Oct 2023 10:00:00 +0000", 50),
+]
+for frm, subj, date, pad in msgs:
+    body = ("From: %s\r\nSubject: %s\r\nDate: %s\r\n\r\n%s\r\n" % (frm, subj, date, "x" * pad)).encode()
+    m.append("INBOX", None, None, body)
+m.select("INBOX")
+def sort(crit, search="ALL", uid=False):
+    typ, dat = (m.uid("SORT", crit, "UTF-8", search) if uid else m.sort(crit, "UTF-8", search))
+    assert typ == "OK", dat
+    return dat[0].decode()
+assert sort("(FROM)") == "2 3 1 4", sort("(FROM)")
+assert sort("(SUBJECT)") == "3 4 1 2", sort("(SUBJECT)")
+# Date: header in UTC (message 3 is Oct 3 04:00 UTC, after message 1's Oct 3 10:00? no: before).
+assert sort("(DATE)") == "3 1 2 4", sort("(DATE)")
+assert sort("(REVERSE SIZE)") == "1 3 2 4", sort("(REVERSE SIZE)")
+assert sort("(ARRIVAL)") == "1 2 3 4", sort("(ARRIVAL)")
+assert sort("(SUBJECT REVERSE DATE)", "SINCE 1-Jan-2000") == "4 3 2 1", sort("(SUBJECT REVERSE DATE)")
+assert sort("(SIZE)", "FROM bob", uid=True) == "3", sort("(SIZE)", "FROM bob", True)
+typ, dat = m.thread("ORDEREDSUBJECT", "UTF-8", "ALL")
+assert typ == "OK" and dat[0] == b"(3 (4))(1 (2))", dat
+typ, dat = m._simple_command("SORT", "(SIZE)", "KOI8-R", "ALL")
+assert typ == "NO" and b"BADCHARSET" in dat[0], dat
+try:
+    m.thread("REFERENCES", "UTF-8", "ALL")
+    raise SystemExit("THREAD=REFERENCES was taken")
+except imaplib.IMAP4.error:
+    pass
+m.logout()
+print("ALL OK")
+"#;
+
+/// RFC 5256 SORT (ARRIVAL, DATE in UTC, FROM, SUBJECT by base subject, SIZE, REVERSE,
+/// with search keys and UID) and THREAD=ORDEREDSUBJECT through imaplib.
+#[test]
+fn sort_and_thread() {
+    let t = TestHome::new();
+    let node = start(&t);
+    let script = t.file("sort.py", SORT_THREAD);
+    let text = python(&script, &[node.imap.to_string()]);
+    assert!(text.contains("ALL OK"), "{text}");
+}

@@ -6,6 +6,7 @@ mod fetch;
 mod folders;
 mod search;
 mod select;
+mod sort;
 mod store;
 
 use imap_codec::imap_types::command::{CommandBody, StoreModifier};
@@ -25,6 +26,8 @@ pub(super) fn allows_expunge(body: &CommandBody<'_>) -> bool {
         CommandBody::Fetch { uid: false, .. }
             | CommandBody::Store { uid: false, .. }
             | CommandBody::Search { uid: false, .. }
+            | CommandBody::Sort { uid: false, .. }
+            | CommandBody::Thread { uid: false, .. }
     )
 }
 
@@ -184,7 +187,39 @@ pub(super) async fn dispatch(
             )
             .await?
         }
-        CommandBody::Check
+        CommandBody::Sort {
+            sort_criteria,
+            charset,
+            search_criteria,
+            uid,
+        } if selected => {
+            sort::sort(
+                s,
+                sort_criteria.as_ref(),
+                charset.as_ref(),
+                search_criteria.as_ref(),
+                uid,
+            )
+            .await
+        }
+        CommandBody::Thread {
+            algorithm,
+            charset,
+            search_criteria,
+            uid,
+        } if selected => {
+            sort::thread(
+                s,
+                &algorithm,
+                charset.as_ref(),
+                search_criteria.as_ref(),
+                uid,
+            )
+            .await
+        }
+        CommandBody::Sort { .. }
+        | CommandBody::Thread { .. }
+        | CommandBody::Check
         | CommandBody::Close
         | CommandBody::Unselect
         | CommandBody::Expunge

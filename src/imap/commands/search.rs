@@ -311,23 +311,24 @@ pub(super) fn esearch(
     line
 }
 
-pub(super) async fn search(
-    s: &mut Session,
-    tag: &str,
-    charset: Option<&str>,
-    criteria: &[SearchKey<'_>],
-    uid: bool,
-) -> std::io::Result<Reply> {
-    if let Some(c) = charset
-        && !c.eq_ignore_ascii_case("UTF-8")
-        && !c.eq_ignore_ascii_case("US-ASCII")
-    {
-        return Ok(Reply::No(
-            "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into(),
-        ));
+/// SEARCH's CHARSET (and SORT's, THREAD's): UTF-8 and US-ASCII are read.
+pub(super) fn check_charset(charset: Option<&str>) -> Result<(), Reply> {
+    match charset {
+        Some(c) if !c.eq_ignore_ascii_case("UTF-8") && !c.eq_ignore_ascii_case("US-ASCII") => Err(
+            Reply::No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into()),
+        ),
+        _ => Ok(()),
     }
+}
+
+/// The selected folder's messages that match every key, by sequence number (ascending),
+/// each with its sequence number. At most the folder's messages.
+pub(super) async fn matching(
+    s: &mut Session,
+    criteria: &[SearchKey<'_>],
+) -> Result<Vec<(u32, MessageInfo)>, Reply> {
     let Some(cur) = sel(s) else {
-        return Ok(Reply::Bad("no folder selected".into()));
+        return Err(Reply::Bad("no folder selected".into()));
     };
     let all = SequenceSet::try_from("1:*").ok();
     let idx = match &all {
@@ -339,14 +340,9 @@ pub(super) async fn search(
     let largest_uid = cur.msgs.last().map_or(0, |m| m.uid);
     let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
     let bytes = criteria.iter().any(needs_bytes);
-    let with_modseq = criteria.iter().any(uses_modseq);
-    if with_modseq {
-        s.condstore = true;
-    }
-    let mut hits: Vec<u32> = Vec::new();
-    let mut highest = 0u64;
+    let mut hits = Vec::new();
     let sets = SetCache::default();
-    for (i, info) in idx.iter().zip(infos.iter()) {
+    for (i, info) in idx.iter().zip(infos) {
         let Some(info) = info else { continue };
         let raw: Option<Arc<Vec<u8>>> = if bytes {
             match s.ctx.mailbox.read(info.entry).await {
@@ -360,20 +356,45 @@ pub(super) async fn search(
             None
         };
         let Some(cur) = sel(s) else {
-            return Ok(Reply::Bad("no folder selected".into()));
+            return Err(Reply::Bad("no folder selected".into()));
         };
         let c = Candidate {
             seq: *i as u32 + 1,
-            info,
+            info: &info,
             raw: raw.as_deref().map(|r| r.as_slice()),
             header_len: raw.as_deref().map_or(0, |r| mime::header_len(r)),
             sets: &sets,
         };
         if criteria.iter().all(|k| c.matches(k, cur, largest_uid)) {
-            hits.push(if uid { info.uid } else { *i as u32 + 1 });
-            highest = highest.max(info.modseq);
+            hits.push((*i as u32 + 1, info));
         }
     }
+    Ok(hits)
+}
+
+pub(super) async fn search(
+    s: &mut Session,
+    tag: &str,
+    charset: Option<&str>,
+    criteria: &[SearchKey<'_>],
+    uid: bool,
+) -> std::io::Result<Reply> {
+    if let Err(r) = check_charset(charset) {
+        return Ok(r);
+    }
+    let with_modseq = criteria.iter().any(uses_modseq);
+    if with_modseq {
+        s.condstore = true;
+    }
+    let found = match matching(s, criteria).await {
+        Ok(f) => f,
+        Err(r) => return Ok(r),
+    };
+    let highest = found.iter().map(|(_, m)| m.modseq).max().unwrap_or(0);
+    let hits: Vec<u32> = found
+        .iter()
+        .map(|(seq, m)| if uid { m.uid } else { *seq })
+        .collect();
     // RFC 4731 SEARCH RETURN, or IMAP4rev2 (RFC 9051 §6.4.4: SEARCH is answered by ESEARCH).
     let ret = s.search_return.take().or_else(|| {
         s.rev2.then_some(SearchReturn {
