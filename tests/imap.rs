@@ -858,6 +858,31 @@ try:
 except imaplib.IMAP4.error:
     pass
 m.logout()
+# Literals in an extended LIST (read outside the codec): synchronizing and not.
+import socket
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+f = s.makefile("rb")
+f.readline()
+def until(tag):
+    lines = []
+    while True:
+        l = f.readline()
+        assert l, lines
+        lines.append(l)
+        if l.startswith(tag + b" "):
+            return lines
+s.sendall(b"a LOGIN alice secret-password\r\n")
+until(b"a")
+s.sendall(b"b LIST (SUBSCRIBED) {0}\r\n")
+assert f.readline().startswith(b"+"), "no continuation for the literal"
+s.sendall(b" ({5+}\r\nLists INBOX) RETURN (STATUS (MESSAGES))\r\n")
+lines = until(b"b")
+assert lines[-1].startswith(b"b OK"), lines
+assert sum(l.startswith(b"* LIST") for l in lines) == 2, lines
+assert sum(l.startswith(b"* STATUS") for l in lines) == 2, lines
+s.sendall(b"c LIST \"\" (" + b"x " * 40 + b"y)\r\n")
+assert until(b"c")[-1].startswith(b"c BAD"), "41 patterns were taken"
+s.sendall(b"d LOGOUT\r\n")
 print("ALL OK")
 "#;
 

@@ -162,7 +162,9 @@ impl Cursor<'_> {
                     return None;
                 }
                 let end = self.i + n as usize;
-                if self.b.len() < end {
+                // Nothing after the literal yet (the session reads the literal, then the
+                // rest of the command): its bytes, even none of them, are still to come.
+                if self.b.len() <= end {
                     return Some(Tok::NeedLiteral(n, mode));
                 }
                 let v = self.b[self.i..end].to_vec();
@@ -468,6 +470,13 @@ mod tests {
             Pre::NeedLiteral {
                 length: 5,
                 mode: LiteralMode::NonSync
+            }
+        );
+        assert_eq!(
+            pre("t LIST (SUBSCRIBED) {0}\r\n").0,
+            Pre::NeedLiteral {
+                length: 0,
+                mode: LiteralMode::Sync
             }
         );
         assert!(matches!(
