@@ -216,6 +216,77 @@ pub fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
     out
 }
 
+// ----- transfer encodings (BINARY) -----
+
+/// Base64 decoded, skipping what is not in its alphabet (line breaks, stray bytes) and
+/// stopping at `=`. The output is at most ¾ of the input.
+pub fn decode_base64(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3 + 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in s {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Quoted-printable decoded (RFC 2045 §6.7): `=XY` is a byte, `=` at a line's end joins
+/// lines, trailing blanks of a line go; anything malformed is kept as is. The output is at
+/// most the input's length.
+pub fn decode_qp(s: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    for line in s.split_inclusive(|b| *b == b'\n') {
+        let (body, eol): (&[u8], &[u8]) = if let Some(b) = line.strip_suffix(b"\r\n") {
+            (b, b"\r\n")
+        } else if let Some(b) = line.strip_suffix(b"\n") {
+            (b, b"\n")
+        } else {
+            (line, b"")
+        };
+        let body = body.trim_ascii_end();
+        let mut i = 0;
+        let mut soft = false;
+        while i < body.len() {
+            let c = body[i];
+            if c == b'=' {
+                if i + 1 == body.len() {
+                    soft = true;
+                    break;
+                }
+                if let (Some(h), Some(l)) = (
+                    body.get(i + 1).and_then(|c| hex(*c)),
+                    body.get(i + 2).and_then(|c| hex(*c)),
+                ) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(c);
+            i += 1;
+        }
+        if !soft {
+            out.extend_from_slice(eol);
+        }
+    }
+    out
+}
+
 // ----- sections -----
 
 /// Where a section path leads.

@@ -1,6 +1,9 @@
-//! The IMAP server (RFC 3501 IMAP4rev1 with IDLE, UIDPLUS, MOVE, LITERAL+, NAMESPACE, ID,
-//! ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS, CONDSTORE/QRESYNC (RFC 7162), WITHIN
-//! (RFC 5032), STATUS=SIZE (RFC 8438)) on the mailbox engine.
+//! The IMAP server (RFC 3501 IMAP4rev1 and, after ENABLE, RFC 9051 IMAP4rev2; IDLE, UIDPLUS,
+//! MOVE, LITERAL+, NAMESPACE, ID, ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS,
+//! CONDSTORE/QRESYNC (RFC 7162), WITHIN (RFC 5032), STATUS=SIZE (RFC 8438), ESEARCH (RFC
+//! 4731), LIST-EXTENDED/LIST-STATUS (RFC 5258/5819), BINARY (RFC 3516), UTF8=ACCEPT (RFC
+//! 6855), QUOTA (RFC 9208), APPENDLIMIT (RFC 7889), SORT/THREAD=ORDEREDSUBJECT (RFC 5256)) on
+//! the mailbox engine. docs/design.md lists what Dovecot 2.3 offers beyond it.
 //!
 //! The only module that uses imap-codec (command parsing) and mail-parser (ENVELOPE,
 //! BODYSTRUCTURE, sections, SEARCH). Responses are written by [`out`].
@@ -9,6 +12,8 @@
 //!   checked against the limit before a byte of them is read), the state machine
 //!   NotAuthenticated → Authenticated → Selected → Logout, STARTTLS, IDLE.
 //! * [`commands`]: one file per command group.
+//! * [`extended`]: the command syntax imap-codec does not parse (SEARCH RETURN, RFC 5258
+//!   LIST), read before it.
 //! * A selected folder is a [`session::Selected`]: the session's own seq ↔ uid map, kept up to
 //!   date from the engine's change feed (a lagging feed means re-list and diff), so commands do
 //!   not re-list the folder.
@@ -18,6 +23,7 @@
 //! * [`recent`]: `\Recent` claimed by one session (RFC 3501 §2.3.2).
 
 mod commands;
+mod extended;
 mod mime;
 mod out;
 mod recent;

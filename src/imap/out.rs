@@ -25,6 +25,14 @@ pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// Appends a literal, as `~{n}` (RFC 3516 literal8) when it holds a NUL.
+pub fn literal8(out: &mut Vec<u8>, s: &[u8]) {
+    if s.contains(&0) {
+        out.push(b'~');
+    }
+    literal(out, s);
+}
+
 /// Appends NIL or a string.
 pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
@@ -36,6 +44,28 @@ pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
 /// Appends a folder name, in modified UTF-7 (the engine's names are UTF-8).
 pub fn mailbox(out: &mut Vec<u8>, name: &str) {
     string(out, super::utf7::encode(name).as_bytes());
+}
+
+/// Appends a folder name: UTF-8 once the client ENABLEd UTF8=ACCEPT (RFC 6855 §3: then
+/// names are sent in UTF-8; a quoted string may hold it), modified UTF-7 otherwise.
+pub fn mailbox_as(out: &mut Vec<u8>, name: &str, utf8: bool) {
+    if !utf8 {
+        return mailbox(out, name);
+    }
+    let b = name.as_bytes();
+    let quotable = b.len() <= 1024 && b.iter().all(|c| *c >= 0x20 && *c != 0x7f);
+    if quotable {
+        out.push(b'"');
+        for c in b {
+            if *c == b'"' || *c == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(*c);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, b);
+    }
 }
 
 /// `(\Recent \Seen \Flagged kw …)`: a flag list, with `\Recent` first when the message is recent in this session.
@@ -101,6 +131,12 @@ mod tests {
         let mut o = Vec::new();
         flags_with(&mut o, &f, true);
         assert_eq!(o, b"(\\Recent \\Seen \\Deleted)");
+        let mut o = Vec::new();
+        mailbox_as(&mut o, "Entwürfe", false);
+        assert_eq!(o, b"\"Entw&APw-rfe\"");
+        let mut o = Vec::new();
+        mailbox_as(&mut o, "Entwürfe", true);
+        assert_eq!(o, "\"Entwürfe\"".as_bytes());
         let mut o = Vec::new();
         flags_with(&mut o, &Flags::default(), true);
         assert_eq!(o, b"(\\Recent)");

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::commands;
+use super::extended::{self, ListExt, Pre, SearchReturn};
 use crate::mailbox::{Change, EntryId, Flags, FolderId};
 use crate::server::Peer;
 use crate::tls::SessionStream;
@@ -255,6 +256,12 @@ pub(super) struct Session {
     pub condstore: bool,
     /// RFC 7162 QRESYNC was ENABLEd: expunges are reported as `* VANISHED`.
     pub qresync: bool,
+    /// `ENABLE IMAP4rev2` (RFC 9051): no `\Recent`, SEARCH answered by ESEARCH.
+    pub rev2: bool,
+    /// `ENABLE UTF8=ACCEPT` (RFC 6855): folder names in UTF-8, not modified UTF-7.
+    pub utf8: bool,
+    /// The current command's `SEARCH RETURN (…)` (RFC 4731), read by [`extended`].
+    pub search_return: Option<SearchReturn>,
 }
 
 pub(super) async fn run(
@@ -274,6 +281,9 @@ pub(super) async fn run(
         shutdown,
         condstore: false,
         qresync: false,
+        rev2: false,
+        utf8: false,
+        search_return: None,
     };
     if let Err(e) = s.serve().await {
         tracing::debug!(error = %e, "session ended by an I/O error");
@@ -283,10 +293,30 @@ pub(super) async fn run(
 /// Outcome of reading one command.
 enum Next {
     Command(Box<Command<'static>>),
+    /// An extended LIST, read by [`extended`].
+    List(Box<ListExt>),
     /// Answered already (bad syntax, refused literal); read the next.
     Skip,
     /// Say goodbye (with this text, if any) and close.
     Close(Option<&'static str>),
+}
+
+/// A command, or the literal it needs next (tag, length, mode), or None: not a command.
+type Decoded = Result<Box<Command<'static>>, Option<(String, u32, LiteralMode)>>;
+
+fn decode(buf: &[u8]) -> Decoded {
+    match CommandCodec::default().decode(buf) {
+        Ok((_, cmd)) => Ok(Box::new(cmd.into_static())),
+        Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
+            Err(Some((tag.as_ref().to_string(), length, mode)))
+        }
+        Err(CommandDecodeError::Incomplete) | Err(CommandDecodeError::Failed) => Err(None),
+    }
+}
+
+enum Work {
+    Command(Box<Command<'static>>),
+    List(Box<ListExt>),
 }
 
 /// The tag at the start of a line that did not parse, if it looks like one.
@@ -327,8 +357,10 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS BINARY UTF8=ACCEPT QUOTA QUOTA=RES-STORAGE SORT THREAD=ORDEREDSUBJECT",
         );
+        // RFC 7889: the largest message APPEND takes.
+        c.push_str(&format!(" APPENDLIMIT={}", self.ctx.max_literal));
         if matches!(self.state, State::NotAuthenticated) {
             if !self.tls() && self.ctx.tls.is_some() {
                 c.push_str(" STARTTLS");
@@ -352,7 +384,8 @@ impl Session {
         let mut errors = 0u32;
         loop {
             let cmd = match self.read_command().await? {
-                Next::Command(c) => c,
+                Next::Command(c) => Work::Command(c),
+                Next::List(l) => Work::List(l),
                 Next::Skip => {
                     crate::metrics::get().command("imap", "invalid");
                     errors += 1;
@@ -371,10 +404,20 @@ impl Session {
                     return Ok(());
                 }
             };
-            crate::metrics::get().command("imap", cmd.body.name());
-            let tag = cmd.tag.as_ref().to_string();
-            let expunge_ok = commands::allows_expunge(&cmd.body);
-            let reply = commands::dispatch(&mut self, &tag, cmd.body).await?;
+            let (tag, expunge_ok, reply) = match cmd {
+                Work::Command(cmd) => {
+                    crate::metrics::get().command("imap", cmd.body.name());
+                    let tag = cmd.tag.as_ref().to_string();
+                    let expunge_ok = commands::allows_expunge(&cmd.body);
+                    let reply = commands::dispatch(&mut self, &tag, cmd.body).await?;
+                    (tag, expunge_ok, reply)
+                }
+                Work::List(l) => {
+                    crate::metrics::get().command("imap", "LIST");
+                    let tag = l.tag.clone();
+                    (tag, true, commands::list_extended(&mut self, *l).await)
+                }
+            };
             match reply {
                 Reply::Close => return self.conn.flush().await,
                 Reply::StartTls => match self.upgrade().await? {
@@ -444,6 +487,9 @@ impl Session {
     /// Reads lines (and the literals they announce) until they make one command.
     async fn read_command(&mut self) -> std::io::Result<Next> {
         let mut buf = Vec::new();
+        // Set once the line was given to `extended` (and it did not rewrite it).
+        let mut preparsed = false;
+        self.search_return = None;
         let max_literal = self.max_literal();
         let max_total = max_literal as usize + MAX_LINE;
         loop {
@@ -470,10 +516,34 @@ impl Session {
                     .line(&format!("{tag} BAD lines must end with CRLF"));
                 return Ok(Next::Skip);
             }
-            match CommandCodec::default().decode(&buf) {
-                Ok((_, cmd)) => return Ok(Next::Command(Box::new(cmd.into_static()))),
-                Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                    let tag = tag.as_ref().to_string();
+            let decoded = decode(&buf);
+            // What the codec does not read (SEARCH RETURN, extended LIST): see `extended`.
+            let decoded = match decoded {
+                Err(None) if !preparsed => {
+                    preparsed = true;
+                    match extended::preparse(&mut buf) {
+                        Pre::NotMine => Err(None),
+                        Pre::Search(r) => {
+                            self.search_return = Some(r);
+                            decode(&buf)
+                        }
+                        Pre::List(l) => return Ok(Next::List(l)),
+                        Pre::NeedLiteral { length, mode } => {
+                            preparsed = false;
+                            Err(Some((guess_tag(&buf), length, mode)))
+                        }
+                        Pre::Bad { tag, text } => {
+                            self.search_return = None;
+                            self.conn.line(&format!("{tag} BAD {text}"));
+                            return Ok(Next::Skip);
+                        }
+                    }
+                }
+                d => d,
+            };
+            match decoded {
+                Ok(cmd) => return Ok(Next::Command(cmd)),
+                Err(Some((tag, length, mode))) => {
                     let fits = length <= max_literal && buf.len() + length as usize <= max_total;
                     if !fits {
                         return Ok(match mode {
@@ -513,7 +583,8 @@ impl Session {
                         },
                     }
                 }
-                Err(CommandDecodeError::Incomplete) | Err(CommandDecodeError::Failed) => {
+                Err(None) => {
+                    self.search_return = None;
                     let tag = guess_tag(&buf);
                     if announces_non_sync_literal(&buf) {
                         // A literal the parser refused (its length is beyond 32 bits): its
@@ -624,7 +695,7 @@ impl Session {
     /// Sends what changed in the selected folder since the last time: EXISTS, FETCH (flags)
     /// and, where allowed, EXPUNGE.
     pub fn sync(&mut self, allow_expunge: bool) {
-        let (condstore, qresync) = (self.condstore, self.qresync);
+        let (condstore, qresync, rev2) = (self.condstore, self.qresync, self.rev2);
         let State::Selected(sel) = &mut self.state else {
             return;
         };
@@ -717,7 +788,8 @@ impl Session {
         }
         // New mail is recent in the first session told of it (EXAMINE claims nothing).
         let mut recent_changed = false;
-        if !added.is_empty() {
+        // IMAP4rev2 has no \Recent: such a session claims none.
+        if !added.is_empty() && !rev2 {
             let infos = self.ctx.mailbox.messages_by_entry(sel.id, &added);
             let candidates: Vec<EntryId> = infos
                 .iter()
@@ -814,6 +886,9 @@ impl Session {
             shutdown,
             condstore,
             qresync,
+            rev2,
+            utf8,
+            search_return,
         } = self;
         conn.flush().await?;
         let Some(acceptor) = ctx.tls.clone() else {
@@ -832,6 +907,9 @@ impl Session {
                 shutdown,
                 condstore,
                 qresync,
+                rev2,
+                utf8,
+                search_return,
             })),
             _ => Ok(None),
         }

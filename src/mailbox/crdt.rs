@@ -416,6 +416,28 @@ impl State {
         v
     }
 
+    /// Deleted folders still subscribed, by id and name (no visible folder has the name):
+    /// IMAP lists them `\NonExistent` (RFC 5258) / `\Noselect` in LSUB. Sorted by name (two
+    /// deleted folders may share one). The names are the folders' last names, kept in the
+    /// records already (no new format).
+    pub fn subscribed_deleted(&self) -> Vec<(FolderId, String)> {
+        let live: HashSet<String> = self.folders().into_iter().map(|f| f.name).collect();
+        let mut v: Vec<(FolderId, String)> = self
+            .folders
+            .iter()
+            .filter(|(id, f)| {
+                f.deleted.is_some()
+                    && self.count_in(**id) == 0
+                    && f.subscribed.value
+                    && !f.name.value.is_empty()
+                    && !live.contains(&f.name.value)
+            })
+            .map(|(id, f)| (*id, f.name.value.clone()))
+            .collect();
+        v.sort_by(|a, b| (a.1.as_str(), a.0).cmp(&(b.1.as_str(), b.0)));
+        v
+    }
+
     /// A canonical description of the whole mailbox, for comparing devices in tests:
     /// folder name → sorted (object id, flags) of its live entries.
     pub fn canonical(&self) -> BTreeMap<String, Vec<(String, String, bool)>> {

@@ -9,6 +9,26 @@ impl Mailbox {
         e.crdt.folders().into_iter().map(|f| info(&e, f)).collect()
     }
 
+    /// Bytes of sealed bodies stored now: what [`Mailbox::quota`] limits.
+    pub async fn storage_used(&self) -> Result<u64> {
+        Ok(self.inner.store.stats().await?.object_bytes)
+    }
+
+    /// Names of deleted folders that are still subscribed (at most `max`, by name); see
+    /// [`crdt::State::subscribed_deleted`].
+    pub fn subscribed_deleted(&self, max: usize) -> Vec<String> {
+        let e = self.read_engine();
+        let mut v: Vec<String> = e
+            .crdt
+            .subscribed_deleted()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        v.dedup();
+        v.truncate(max);
+        v
+    }
+
     /// Every visible folder's id, name and subscription, INBOX first: [`Mailbox::folders`]
     /// without the message counts, which cost a pass over the whole mailbox.
     pub fn folder_names(&self) -> Vec<(FolderId, String, bool)> {

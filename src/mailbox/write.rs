@@ -451,17 +451,33 @@ impl Mailbox {
     }
 
     /// (Un)subscribes a folder.
+    /// Unsubscribing a name no visible folder has unsubscribes the deleted folders of that
+    /// name that are still subscribed (RFC 3501 §6.3.7: a subscription outlives its folder).
     pub async fn subscribe_folder(&self, name: &str, subscribed: bool) -> Result<()> {
         let _w = self.inner.write.lock().await;
-        let id = self.folder_id(name)?;
-        self.commit(
-            vec![Op::Subscribe {
-                folder: id,
-                subscribed,
-            }],
-            Vec::new(),
-        )
-        .await?;
+        let ids = match self.folder_id(name) {
+            Ok(id) => vec![id],
+            Err(e) if subscribed => return Err(e),
+            Err(e) => {
+                let gone: Vec<FolderId> = self
+                    .read_engine()
+                    .crdt
+                    .subscribed_deleted()
+                    .into_iter()
+                    .filter(|(_, n)| n == name)
+                    .map(|(id, _)| id)
+                    .collect();
+                if gone.is_empty() {
+                    return Err(e);
+                }
+                gone
+            }
+        };
+        let ops = ids
+            .into_iter()
+            .map(|folder| Op::Subscribe { folder, subscribed })
+            .collect();
+        self.commit(ops, Vec::new()).await?;
         Ok(())
     }
 }

@@ -445,11 +445,13 @@ async fn start_mail(
         }
     }
     // IMAP (STARTTLS) and IMAPS.
-    let imap_ctx = imap::Context::new(
+    let mut imap_ctx = imap::Context::new(
         mailbox.clone(),
         Arc::clone(&pop3_ctx.auth),
         Some(acceptor.clone()),
     );
+    // The node's message size limit is IMAP's too (APPEND literals, APPENDLIMIT).
+    imap_ctx.max_literal = u32::try_from(mail.max_message_size).unwrap_or(u32::MAX);
     for (what, addr, implicit) in [("imap", mail.imap, false), ("imaps", mail.imaps, true)] {
         if let Some(addr) = addr {
             let l = bind(what, addr).await?;

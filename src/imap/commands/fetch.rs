@@ -33,20 +33,37 @@ enum Item {
         partial: Option<(u32, u32)>,
         peek: bool,
     },
+    /// RFC 3516: a part with its content-transfer-encoding undone.
+    Binary {
+        path: Vec<u32>,
+        partial: Option<(u32, u32)>,
+        peek: bool,
+    },
+    BinarySize {
+        path: Vec<u32>,
+    },
 }
 
 impl Item {
     fn needs_bytes(&self) -> bool {
         matches!(
             self,
-            Item::Rfc822 | Item::Rfc822Header | Item::Rfc822Text | Item::Section { .. }
+            Item::Rfc822
+                | Item::Rfc822Header
+                | Item::Rfc822Text
+                | Item::Section { .. }
+                | Item::Binary { .. }
+                | Item::BinarySize { .. }
         )
     }
 
     fn sets_seen(&self) -> bool {
         matches!(
             self,
-            Item::Rfc822 | Item::Rfc822Text | Item::Section { peek: false, .. }
+            Item::Rfc822
+                | Item::Rfc822Text
+                | Item::Section { peek: false, .. }
+                | Item::Binary { peek: false, .. }
         )
     }
 }
@@ -100,7 +117,18 @@ fn items(m: MacroOrMessageDataItemNames<'static>) -> Result<Vec<Item>, &'static 
                 MessageDataItemName::Rfc822Text => Item::Rfc822Text,
                 MessageDataItemName::Uid => Item::Uid,
                 MessageDataItemName::ModSeq => Item::ModSeq,
-                _ => return Err("BINARY is not supported"),
+                MessageDataItemName::Binary {
+                    section,
+                    partial,
+                    peek,
+                } => Item::Binary {
+                    path: section.iter().map(|n| n.get()).collect(),
+                    partial: partial.map(|(o, n)| (o, n.get())),
+                    peek,
+                },
+                MessageDataItemName::BinarySize { section } => Item::BinarySize {
+                    path: section.iter().map(|n| n.get()).collect(),
+                },
             })
         })
         .collect()
@@ -212,6 +240,7 @@ pub(super) async fn fetch(
         .iter()
         .any(|i| matches!(i, Item::Envelope | Item::Body | Item::BodyStructure));
     let mut failed = 0usize;
+    let mut unknown_cte = false;
     for (i, info) in idx.iter().zip(infos) {
         let Some(info) = info else {
             continue;
@@ -321,6 +350,40 @@ pub(super) async fn fetch(
                         }
                     }
                 }
+                Item::Binary { path, .. } | Item::BinarySize { path } => {
+                    let partial = match item {
+                        Item::Binary { partial, .. } => *partial,
+                        _ => None,
+                    };
+                    let raw = raw.as_deref().map_or(&[][..], |r| r.as_slice());
+                    let bytes = match binary(raw, path) {
+                        Some(b) => b,
+                        None => {
+                            unknown_cte = true;
+                            Cow::Borrowed(&[][..])
+                        }
+                    };
+                    let size = matches!(item, Item::BinarySize { .. });
+                    o.extend_from_slice(if size { b"BINARY.SIZE[" } else { b"BINARY[" });
+                    let p: Vec<String> = path.iter().map(u32::to_string).collect();
+                    o.extend_from_slice(p.join(".").as_bytes());
+                    o.push(b']');
+                    if size {
+                        o.extend_from_slice(format!(" {}", bytes.len()).as_bytes());
+                    } else {
+                        let part = match partial {
+                            Some((origin, count)) => {
+                                let start = (origin as usize).min(bytes.len());
+                                let end = start.saturating_add(count as usize).min(bytes.len());
+                                o.extend_from_slice(format!("<{origin}>").as_bytes());
+                                &bytes[start..end]
+                            }
+                            None => &bytes[..],
+                        };
+                        o.push(b' ');
+                        out::literal8(o, part);
+                    }
+                }
             }
         }
         if !wants_flags && seen_now.contains(&info.entry) {
@@ -339,7 +402,10 @@ pub(super) async fn fetch(
         o.extend_from_slice(b")\r\n");
         s.conn.flush_if_big().await?;
     }
-    Ok(if failed == 0 {
+    Ok(if unknown_cte {
+        // RFC 3516 §4.3: the part's encoding is not one this server can undo.
+        Reply::No("[UNKNOWN-CTE] a part has an unknown content-transfer-encoding".into())
+    } else if failed == 0 {
         Reply::Ok("FETCH completed".into())
     } else {
         Reply::No(format!(
@@ -456,5 +522,50 @@ fn section_bytes<'a>(raw: &'a [u8], section: Option<&Section<'_>>) -> Cow<'a, [u
         Section::Mime(_) => Cow::Owned(header.to_vec()),
         // HEADER/TEXT of a part: the part is a message/rfc822; its body is that message.
         other => Cow::Owned(of_message(body, other).into_owned()),
+    }
+}
+
+/// BINARY[path] (RFC 3516): the part's body with its content-transfer-encoding undone (the
+/// whole message as is for an empty path); None for an encoding that is not 7bit, 8bit,
+/// binary, base64 or quoted-printable. A part that does not exist is empty.
+fn binary<'a>(raw: &'a [u8], path: &[u32]) -> Option<Cow<'a, [u8]>> {
+    if path.is_empty() {
+        return Some(Cow::Borrowed(raw));
+    }
+    let Some(msg) = mime::parse(raw) else {
+        return Some(Cow::Borrowed(&[]));
+    };
+    let Some(Target::Part(part, praw)) = mime::resolve(&msg, path) else {
+        return Some(Cow::Borrowed(&[]));
+    };
+    let (header, body) = mime::part_bytes(part, praw);
+    let cte = mime::fields(header)
+        .into_iter()
+        .rev()
+        .find(|(n, _)| {
+            n.trim_ascii()
+                .eq_ignore_ascii_case(b"content-transfer-encoding")
+        })
+        .map(|(_, v)| mime::field_value(v).trim_ascii().to_ascii_lowercase());
+    Some(Cow::Owned(match cte.as_deref() {
+        None | Some(b"7bit" | b"8bit" | b"binary") => body.to_vec(),
+        Some(b"base64") => mime::decode_base64(body),
+        Some(b"quoted-printable") => mime::decode_qp(body),
+        Some(_) => return None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binary;
+
+    #[test]
+    fn binary_undoes_the_transfer_encoding() {
+        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 =\r\nlong=3D line\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n--b\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--b--\r\n";
+        assert_eq!(&*binary(raw, &[1]).unwrap(), "café long= line".as_bytes());
+        assert_eq!(&*binary(raw, &[2]).unwrap(), &[0u8, 1, 2, 255]);
+        assert!(binary(raw, &[3]).is_none(), "unknown CTE");
+        assert!(binary(raw, &[9]).unwrap().is_empty(), "no such part");
+        assert_eq!(&*binary(raw, &[]).unwrap(), &raw[..]);
     }
 }

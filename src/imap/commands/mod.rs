@@ -6,6 +6,7 @@ mod fetch;
 mod folders;
 mod search;
 mod select;
+mod sort;
 mod store;
 
 use imap_codec::imap_types::command::{CommandBody, StoreModifier};
@@ -25,6 +26,8 @@ pub(super) fn allows_expunge(body: &CommandBody<'_>) -> bool {
         CommandBody::Fetch { uid: false, .. }
             | CommandBody::Store { uid: false, .. }
             | CommandBody::Search { uid: false, .. }
+            | CommandBody::Sort { uid: false, .. }
+            | CommandBody::Thread { uid: false, .. }
     )
 }
 
@@ -91,11 +94,11 @@ pub(super) async fn dispatch(
         CommandBody::List {
             reference,
             mailbox_wildcard,
-        } => folders::list(s, &name(&reference), &mailbox_wildcard, false),
+        } => folders::list(s, &name(&reference), &mailbox_wildcard, false).await,
         CommandBody::Lsub {
             reference,
             mailbox_wildcard,
-        } => folders::list(s, &name(&reference), &mailbox_wildcard, true),
+        } => folders::list(s, &name(&reference), &mailbox_wildcard, true).await,
         CommandBody::Status {
             mailbox,
             item_names,
@@ -111,6 +114,14 @@ pub(super) async fn dispatch(
             Reply::Ok("NAMESPACE completed".into())
         }
         CommandBody::Enable { capabilities } => enable(s, capabilities.as_ref()),
+        CommandBody::GetQuotaRoot { mailbox } => quota_root(s, &name(&mailbox)).await,
+        CommandBody::GetQuota { root } => {
+            let root = String::from_utf8_lossy(root.as_ref()).into_owned();
+            quota(s, &root).await
+        }
+        CommandBody::SetQuota { .. } => {
+            Reply::No("[NOPERM] the quota is the node's storage share; see the config".into())
+        }
         CommandBody::Idle => s.idle().await?,
         CommandBody::Check if selected => Reply::Ok("CHECK completed".into()),
         CommandBody::Close if selected => select::close(s, true).await,
@@ -169,13 +180,46 @@ pub(super) async fn dispatch(
         } if selected => {
             search::search(
                 s,
+                tag,
                 charset.as_ref().map(|c| c.as_ref()),
                 criteria.as_ref(),
                 uid,
             )
             .await?
         }
-        CommandBody::Check
+        CommandBody::Sort {
+            sort_criteria,
+            charset,
+            search_criteria,
+            uid,
+        } if selected => {
+            sort::sort(
+                s,
+                sort_criteria.as_ref(),
+                charset.as_ref(),
+                search_criteria.as_ref(),
+                uid,
+            )
+            .await
+        }
+        CommandBody::Thread {
+            algorithm,
+            charset,
+            search_criteria,
+            uid,
+        } if selected => {
+            sort::thread(
+                s,
+                &algorithm,
+                charset.as_ref(),
+                search_criteria.as_ref(),
+                uid,
+            )
+            .await
+        }
+        CommandBody::Sort { .. }
+        | CommandBody::Thread { .. }
+        | CommandBody::Check
         | CommandBody::Close
         | CommandBody::Unselect
         | CommandBody::Expunge
@@ -189,12 +233,82 @@ pub(super) async fn dispatch(
     })
 }
 
-/// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE, RFC 7162 §3.2.3);
-/// anything else is not enabled (and not an error).
+/// An extended LIST (read by [`crate::imap::extended`]): authenticated state only.
+pub(super) async fn list_extended(s: &mut Session, l: crate::imap::extended::ListExt) -> Reply {
+    if matches!(s.state, State::NotAuthenticated) {
+        return Reply::Bad("log in first".into());
+    }
+    folders::list_extended(s, &l).await
+}
+
+/// `* QUOTA "" (STORAGE used limit)` (RFC 9208 §5.1), in KiB; None without a quota.
+async fn quota_line(s: &Session) -> Result<Option<String>, Reply> {
+    let Some(limit) = s.ctx.mailbox.quota() else {
+        return Ok(None);
+    };
+    let used = s.ctx.mailbox.storage_used().await.map_err(no)?;
+    Ok(Some(format!(
+        "* QUOTA \"\" (STORAGE {} {})",
+        used.div_ceil(1024),
+        limit / 1024
+    )))
+}
+
+/// GETQUOTAROOT (RFC 9208 §4.3): every folder is under the user's one root, `""`.
+async fn quota_root(s: &mut Session, folder: &str) -> Reply {
+    let Some(f) = s.ctx.mailbox.folder(folder) else {
+        return Reply::No(format!("[NONEXISTENT] no folder named {folder:?}"));
+    };
+    let line = match quota_line(s).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let mut o = b"* QUOTAROOT ".to_vec();
+    crate::imap::out::mailbox_as(&mut o, &f.name, s.utf8);
+    if line.is_some() {
+        o.extend_from_slice(b" \"\"");
+    }
+    o.extend_from_slice(b"\r\n");
+    s.conn.out.extend_from_slice(&o);
+    if let Some(l) = line {
+        s.conn.line(&l);
+    }
+    Reply::Ok("GETQUOTAROOT completed".into())
+}
+
+/// GETQUOTA (RFC 9208 §4.2) of the one root, `""`.
+async fn quota(s: &mut Session, root: &str) -> Reply {
+    match quota_line(s).await {
+        Ok(Some(l)) if root.is_empty() => {
+            s.conn.line(&l);
+            Reply::Ok("GETQUOTA completed".into())
+        }
+        Ok(_) => Reply::No("[NONEXISTENT] no such quota root".into()),
+        Err(r) => r,
+    }
+}
+
+/// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which implies CONDSTORE, RFC 7162 §3.2.3),
+/// UTF8=ACCEPT (RFC 6855), IMAP4rev2 (RFC 9051); anything else is not enabled (and not an
+/// error).
 fn enable(s: &mut Session, caps: &[CapabilityEnable<'_>]) -> Reply {
     let mut enabled: Vec<&str> = Vec::new();
     for c in caps {
-        let qresync = c.to_string().eq_ignore_ascii_case("QRESYNC");
+        let text = c.to_string();
+        if text.eq_ignore_ascii_case("UTF8=ACCEPT") && !s.utf8 {
+            s.utf8 = true;
+            enabled.push("UTF8=ACCEPT");
+        }
+        if text.eq_ignore_ascii_case("IMAP4rev2") && !s.rev2 {
+            // RFC 9051 §6.3.1: no \Recent, ESEARCH for SEARCH, UTF-8 folder names.
+            s.rev2 = true;
+            s.utf8 = true;
+            if let State::Selected(cur) = &mut s.state {
+                cur.recent.clear();
+            }
+            enabled.push("IMAP4rev2");
+        }
+        let qresync = text.eq_ignore_ascii_case("QRESYNC");
         if qresync && !s.qresync {
             s.qresync = true;
             enabled.push("QRESYNC");

@@ -9,6 +9,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::{resolve, sel};
+use crate::imap::extended::SearchReturn;
 use crate::imap::mime;
 use crate::imap::session::{Reply, Selected, Session};
 use crate::mailbox::{EntryId, Flag, MessageInfo};
@@ -275,22 +276,59 @@ impl SetCache {
     }
 }
 
-pub(super) async fn search(
-    s: &mut Session,
-    charset: Option<&str>,
-    criteria: &[SearchKey<'_>],
+/// `* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]` (RFC 4731 §3.1, RFC
+/// 7162 §3.1.5): `hits` ascending; MIN, MAX and ALL are left out when nothing matched.
+pub(super) fn esearch(
+    tag: &str,
     uid: bool,
-) -> std::io::Result<Reply> {
-    if let Some(c) = charset
-        && !c.eq_ignore_ascii_case("UTF-8")
-        && !c.eq_ignore_ascii_case("US-ASCII")
-    {
-        return Ok(Reply::No(
-            "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into(),
-        ));
+    r: &SearchReturn,
+    hits: &[u32],
+    modseq: Option<u64>,
+) -> String {
+    let mut o = Vec::new();
+    o.extend_from_slice(b"* ESEARCH (TAG ");
+    crate::imap::out::string(&mut o, tag.as_bytes());
+    o.push(b')');
+    let mut line = String::from_utf8_lossy(&o).into_owned();
+    if uid {
+        line.push_str(" UID");
     }
+    if let (true, Some(min)) = (r.min, hits.first()) {
+        line.push_str(&format!(" MIN {min}"));
+    }
+    if let (true, Some(max)) = (r.max, hits.last()) {
+        line.push_str(&format!(" MAX {max}"));
+    }
+    if r.count {
+        line.push_str(&format!(" COUNT {}", hits.len()));
+    }
+    if r.all && !hits.is_empty() {
+        line.push_str(&format!(" ALL {}", super::uid_set(hits)));
+    }
+    if let Some(m) = modseq.filter(|m| *m > 0 && !hits.is_empty()) {
+        line.push_str(&format!(" MODSEQ {m}"));
+    }
+    line
+}
+
+/// SEARCH's CHARSET (and SORT's, THREAD's): UTF-8 and US-ASCII are read.
+pub(super) fn check_charset(charset: Option<&str>) -> Result<(), Reply> {
+    match charset {
+        Some(c) if !c.eq_ignore_ascii_case("UTF-8") && !c.eq_ignore_ascii_case("US-ASCII") => Err(
+            Reply::No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into()),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The selected folder's messages that match every key, by sequence number (ascending),
+/// each with its sequence number. At most the folder's messages.
+pub(super) async fn matching(
+    s: &mut Session,
+    criteria: &[SearchKey<'_>],
+) -> Result<Vec<(u32, MessageInfo)>, Reply> {
     let Some(cur) = sel(s) else {
-        return Ok(Reply::Bad("no folder selected".into()));
+        return Err(Reply::Bad("no folder selected".into()));
     };
     let all = SequenceSet::try_from("1:*").ok();
     let idx = match &all {
@@ -302,14 +340,9 @@ pub(super) async fn search(
     let largest_uid = cur.msgs.last().map_or(0, |m| m.uid);
     let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
     let bytes = criteria.iter().any(needs_bytes);
-    let with_modseq = criteria.iter().any(uses_modseq);
-    if with_modseq {
-        s.condstore = true;
-    }
-    let mut hits: Vec<u32> = Vec::new();
-    let mut highest = 0u64;
+    let mut hits = Vec::new();
     let sets = SetCache::default();
-    for (i, info) in idx.iter().zip(infos.iter()) {
+    for (i, info) in idx.iter().zip(infos) {
         let Some(info) = info else { continue };
         let raw: Option<Arc<Vec<u8>>> = if bytes {
             match s.ctx.mailbox.read(info.entry).await {
@@ -323,29 +356,67 @@ pub(super) async fn search(
             None
         };
         let Some(cur) = sel(s) else {
-            return Ok(Reply::Bad("no folder selected".into()));
+            return Err(Reply::Bad("no folder selected".into()));
         };
         let c = Candidate {
             seq: *i as u32 + 1,
-            info,
+            info: &info,
             raw: raw.as_deref().map(|r| r.as_slice()),
             header_len: raw.as_deref().map_or(0, |r| mime::header_len(r)),
             sets: &sets,
         };
         if criteria.iter().all(|k| c.matches(k, cur, largest_uid)) {
-            hits.push(if uid { info.uid } else { *i as u32 + 1 });
-            highest = highest.max(info.modseq);
+            hits.push((*i as u32 + 1, info));
         }
     }
-    let mut line = String::from("* SEARCH");
-    for h in hits {
-        line.push(' ');
-        line.push_str(&h.to_string());
+    Ok(hits)
+}
+
+pub(super) async fn search(
+    s: &mut Session,
+    tag: &str,
+    charset: Option<&str>,
+    criteria: &[SearchKey<'_>],
+    uid: bool,
+) -> std::io::Result<Reply> {
+    if let Err(r) = check_charset(charset) {
+        return Ok(r);
     }
-    // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
-    if with_modseq && highest > 0 {
-        line.push_str(&format!(" (MODSEQ {highest})"));
+    let with_modseq = criteria.iter().any(uses_modseq);
+    if with_modseq {
+        s.condstore = true;
     }
+    let found = match matching(s, criteria).await {
+        Ok(f) => f,
+        Err(r) => return Ok(r),
+    };
+    let highest = found.iter().map(|(_, m)| m.modseq).max().unwrap_or(0);
+    let hits: Vec<u32> = found
+        .iter()
+        .map(|(seq, m)| if uid { m.uid } else { *seq })
+        .collect();
+    // RFC 4731 SEARCH RETURN, or IMAP4rev2 (RFC 9051 §6.4.4: SEARCH is answered by ESEARCH).
+    let ret = s.search_return.take().or_else(|| {
+        s.rev2.then_some(SearchReturn {
+            all: true,
+            ..SearchReturn::default()
+        })
+    });
+    let line = match ret {
+        Some(r) => esearch(tag, uid, &r, &hits, with_modseq.then_some(highest)),
+        None => {
+            let mut line = String::from("* SEARCH");
+            for h in hits {
+                line.push(' ');
+                line.push_str(&h.to_string());
+            }
+            // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
+            if with_modseq && highest > 0 {
+                line.push_str(&format!(" (MODSEQ {highest})"));
+            }
+            line
+        }
+    };
     s.conn.line(&line);
     Ok(Reply::Ok("SEARCH completed".into()))
 }
@@ -409,6 +480,34 @@ mod tests {
         assert!(c.field_has(b"to", b"Carl C <carl@"));
         assert!(!c.field_has(b"to", b"bob@example.net"));
         assert!(!c.field_has(b"from", b"nobody"));
+    }
+
+    #[test]
+    fn esearch_replies() {
+        use super::{SearchReturn, esearch};
+        let all = SearchReturn {
+            min: true,
+            max: true,
+            count: true,
+            all: true,
+        };
+        assert_eq!(
+            esearch("a1", true, &all, &[2, 3, 4, 9], Some(17)),
+            "* ESEARCH (TAG \"a1\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9 MODSEQ 17"
+        );
+        assert_eq!(
+            esearch("a2", false, &all, &[], Some(17)),
+            "* ESEARCH (TAG \"a2\") COUNT 0",
+            "MIN, MAX, ALL and MODSEQ only when something matched"
+        );
+        let count = SearchReturn {
+            count: true,
+            ..SearchReturn::default()
+        };
+        assert_eq!(
+            esearch("a3", false, &count, &[1, 5], None),
+            "* ESEARCH (TAG \"a3\") COUNT 2"
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub(super) async fn select(
     read_only: bool,
     params: &[SelectParameter],
 ) -> Reply {
-    // Leaving the current folder first (RFC 3501: even if the new SELECT fails).
+    // Leaving the current folder first (RFC 3501: even if the new SELECT fails); RFC 7162
+    // §3.2.11 (QRESYNC) and RFC 9051 §7.1 (IMAP4rev2) say so with [CLOSED].
+    if matches!(s.state, State::Selected(_)) && (s.qresync || s.rev2) {
+        s.conn.line("* OK [CLOSED] the previous folder is closed");
+    }
     s.state = State::Authenticated;
     let mut resync = None;
     for p in params {
@@ -68,6 +72,8 @@ pub(super) async fn select(
         .recent_in(info.id)
         .into_iter()
         .filter(|(uid, _)| msgs.binary_search_by_key(uid, |m| m.uid).is_ok())
+        // IMAP4rev2 has no \Recent (RFC 9051 appendix E): such a session claims none.
+        .filter(|_| !s.rev2)
         .collect();
     let entries: Vec<EntryId> = candidates.iter().map(|c| c.1).collect();
     let mine: HashSet<EntryId> = if read_only {
@@ -85,17 +91,27 @@ pub(super) async fn select(
     if !read_only {
         crate::imap::recent::persist(&s.ctx, &info.name, mine.iter().copied().collect()).await;
     }
+    let (rev2, utf8) = (s.rev2, s.utf8);
     let out = &mut s.conn;
     // Keywords are announced as FETCH responses come to use them (Selected::announce).
     crate::imap::session::flag_lines(&mut out.out, &Default::default(), read_only);
     out.line(&format!("* {} EXISTS", msgs.len()));
-    out.line(&format!("* {} RECENT", recent.len()));
+    if rev2 {
+        // RFC 9051 §6.3.2: a LIST response gives the folder's name as the server spells it.
+        let mut line = b"* LIST () \"/\" ".to_vec();
+        crate::imap::out::mailbox_as(&mut line, &info.name, utf8);
+        line.extend_from_slice(b"\r\n");
+        out.out.extend_from_slice(&line);
+    } else {
+        out.line(&format!("* {} RECENT", recent.len()));
+    }
     out.line(&format!("* OK [UIDVALIDITY {validity}] UIDs valid"));
     out.line(&format!(
         "* OK [UIDNEXT {}] predicted next UID",
         info.uidnext
     ));
-    if let Some(i) = first_unseen {
+    // RFC 9051 dropped the UNSEEN response code.
+    if let Some(i) = first_unseen.filter(|_| !rev2) {
         out.line(&format!("* OK [UNSEEN {}] first unseen message", i + 1));
     }
     // A MODSEQ is never 0; a folder with no change yet has none to give (RFC 7162 §3.1.2.2).
