@@ -1,7 +1,8 @@
 //! Several devices per user (issue #15), with real processes on 127.0.0.1: alice on two homes
 //! made from one recovery phrase, both `peerpost run`, and bob on a third node. Bob's mail
 //! reaches both of alice's INBOXes once; a flag set over IMAP on device 1 wakes an IDLE
-//! session on device 2 within 2 s; device 2 killed, device 1 gets 100 messages and deletes
+//! session on device 2 within 2 s; a message moved in mutt on device 1's mount (FUSE, when
+//! present) leaves device 2's INBOX; device 2 killed, device 1 gets 100 messages and deletes
 //! 10, device 2 restarts and both show the same mailbox; a third device added later catches
 //! up fully, is revoked, and its changes are refused; one device backs the user up, device 1
 //! is destroyed, device 2 takes the backup over, and `restore` from the phrase brings back
@@ -257,6 +258,27 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
         &[(&d1.home, alice), (&bob.home, "bob@dev.test")],
     );
 
+    // Device 1 also mounts its mail (`maildir.mount`, what `run --mount` does) when FUSE,
+    // mutt and tmux are here.
+    let mnt = d1.home.home().join("Maildir");
+    let mount = crate::util::Mutt::available()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok();
+    if mount {
+        let path = d1.home.path("config.toml");
+        let config = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\nmount = false\n", "\nmount = true\n")
+            .replace(
+                "\npath = \"~/Maildir\"\n",
+                &format!("\npath = \"{}\"\n", mnt.display()),
+            );
+        assert!(config.contains("mount = true"), "{config}");
+        std::fs::write(&path, config).unwrap();
+    }
     let imap1 = start(&mut d1, None);
     let boot = d1.listen.clone();
     let mut imap2 = start(&mut d2, Some(&boot));
@@ -333,6 +355,53 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
     assert!(latency <= Duration::from_secs(2), "took {latency:?}");
     let _ = idle.wait();
 
+    // 3b. A message moved in mutt on device 1's mount disappears from device 2's INBOX.
+    if mount {
+        let src = t.path("moveme");
+        maildir(&src, "moveme", 1);
+        d1.home.run(&["import", src.to_str().unwrap()]).success();
+        eventually("device 2 has the message to move", 60, || {
+            imap(&t, imap2, alice, &["state"])
+                .contains("moveme 00|")
+                .then_some(())
+        });
+        let mutt = crate::util::Mutt::start(
+            &t,
+            "devices",
+            &mnt,
+            "set sort=subject\nset mail_check=1\nset timeout=1\nset confirmappend=no\n\
+             set confirmcreate=no\nset delete=yes\n",
+        );
+        eventually("mutt lists the mount", 30, || {
+            let s = mutt.screen();
+            (s.contains("moveme 00") && s.contains("to both")).then_some(())
+        });
+        // By subject: 1 moveme, 2 to both. Save 1 into Archive (a move), write, quit.
+        let archive = mnt.join(".Archive");
+        for k in [
+            "1",
+            "Enter",
+            "s",
+            "C-u",
+            archive.to_str().unwrap(),
+            "Enter",
+            "$",
+            "q",
+        ] {
+            mutt.keys(k);
+        }
+        eventually("the move reaches device 2's INBOX", 60, || {
+            let s = imap(&t, imap2, alice, &["state"]);
+            (!s.contains("moveme") && s.contains("to both|")).then_some(())
+        });
+        eventually("device 1's INBOX lost it too", 30, || {
+            (!imap(&t, imap1, alice, &["state"]).contains("moveme")).then_some(())
+        });
+        drop(mutt);
+    } else {
+        eprintln!("mutt step skipped: FUSE, mutt or tmux is missing");
+    }
+
     // 4. Device 2 is killed; device 1 gets 100 messages and deletes 10; device 2 comes back.
     kill9(&mut d2.child);
     let src = t.path("offline");
@@ -408,6 +477,10 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
 
     // Device 1 is destroyed: killed, its home removed. Device 2 gets mail of its own after.
     kill9(&mut d1.child);
+    if mount {
+        // The killed process left its FUSE mount behind.
+        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    }
     std::fs::remove_dir_all(d1.home.home()).unwrap();
     let src3 = t.path("after");
     maildir(&src3, "after", 2);
