@@ -851,6 +851,44 @@ mod tests {
         assert!(Entry::decode(&bad).is_err());
     }
 
+    /// Another device's index becomes the adopted set: its bundles but its index bundle and
+    /// what this device placed itself; a later index replaces the set (a bundle that device
+    /// released leaves it); `named` lists own then adopted, each bundle once; and a pass's
+    /// bundle rows (`entries`) never include adopted ones, so a pass never releases them.
+    #[tokio::test]
+    async fn adopted_bundles_follow_the_other_devices_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sized(dir.path(), 1 << 26).unwrap();
+        let own = sized(Kind::Bodies, 1, 2, 1, 100);
+        store
+            .backup_write(vec![(
+                key(ROW_RECEIPT, own.receipt.bundle.as_bytes()),
+                Some(own.encode_local()),
+            )])
+            .await
+            .unwrap();
+        let theirs_a = sized(Kind::Bodies, 2, 2, 1, 100);
+        let theirs_b = sized(Kind::Log, 3, 2, 1, 100);
+        let their_index = sized(Kind::Index, 4, 2, 1, 100);
+        let foreign = vec![theirs_a.clone(), theirs_b.clone(), their_index, own.clone()];
+        set_adopted(&store, &foreign).await.unwrap();
+        let ids = |es: Vec<Entry>| es.iter().map(|e| e.receipt.bundle.0[0]).collect::<Vec<_>>();
+        assert_eq!(ids(adopted(&store).await.unwrap()), vec![2, 3]);
+        assert_eq!(ids(named(&store).await.unwrap()), vec![1, 2, 3]);
+        assert_eq!(ids(entries(&store).await.unwrap()), vec![1]);
+        // Their next index dropped bundle 2 (re-coded away): it leaves the adopted set.
+        set_adopted(&store, &[theirs_b]).await.unwrap();
+        assert_eq!(ids(named(&store).await.unwrap()), vec![1, 3]);
+        // The published digest covers the adopted bundles: a change there publishes anew.
+        store
+            .backup_write(vec![published_row(&named(&store).await.unwrap())])
+            .await
+            .unwrap();
+        assert!(!unpublished(&store).await.unwrap());
+        set_adopted(&store, &[theirs_a]).await.unwrap();
+        assert!(unpublished(&store).await.unwrap());
+    }
+
     #[test]
     fn the_backup_key_depends_on_the_seed_only() {
         let a = backup_key(&UserKeys::from_seed([1; 32]));
