@@ -228,6 +228,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         d.backup.target_loss = config.durability.loss_probability;
         d.schedule.backup_every = config.durability.backup_every;
         d.tick = d.tick.min(d.schedule.backup_every);
+        d.takeover_after = config.devices_backup_takeover;
     }
     nc.control_socket = Some(control::socket_path(home.root()));
     nc.certified_record = super::ring::installed_cert(home)?;

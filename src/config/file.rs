@@ -31,12 +31,15 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DevicesSection {
     pub sync_every: String,
+    /// One device backs the user up; another takes over when its root is this old.
+    pub backup_takeover: String,
 }
 
 impl Default for DevicesSection {
     fn default() -> Self {
         DevicesSection {
             sync_every: "10s".into(),
+            backup_takeover: "3h".into(),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[devices]` (issue #15): anti-entropy with the user's other devices this often.
     pub devices_sync_every: Duration,
+    /// `[devices] backup_takeover`: another device's backup root this old is taken over.
+    pub devices_backup_takeover: Duration,
     pub stats: StatsConfig,
 }
 

@@ -120,6 +120,9 @@ from_mismatch = "mark"
 # Your other devices (homes made with `peerpost key import --phrase`) get every change at
 # once; this often, and whenever one connects, they also compare what they have.
 sync_every = "10s"
+# One of your devices backs your mailbox up into the ring (the others' changes reach it); if
+# it has not been heard of for this long, another device takes the backup over.
+backup_takeover = "3h"
 
 [limits]
 # Of each IMAP, POP3 and SMTP listener. Sessions at once; when all are taken, a new client

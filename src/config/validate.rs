@@ -265,6 +265,10 @@ impl Validator<'_> {
                 every: duration("stats.every", &f.stats.every)?,
             },
             devices_sync_every: duration("devices.sync_every", &f.devices.sync_every)?,
+            devices_backup_takeover: duration(
+                "devices.backup_takeover",
+                &f.devices.backup_takeover,
+            )?,
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),

@@ -203,6 +203,13 @@ impl Schedule {
         self.passed = Some(counter);
     }
 
+    /// This device (re)starts backing up for the user (another device stopped, issue #15):
+    /// the next tick on a trusted ring runs a forced pass at once, as after a start.
+    pub fn again(&mut self) {
+        self.passed = None;
+        self.last_attempt = None;
+    }
+
     /// A pass failed: the next attempt waits `retry_after`.
     pub fn failed(&mut self, now: Instant) {
         self.last_attempt = Some(
@@ -355,6 +362,23 @@ mod tests {
             .collect();
         assert_eq!(compactions.len(), 1, "{compactions:?}");
         assert!(compactions[0].0 >= 600, "{compactions:?}");
+    }
+
+    #[test]
+    fn taking_over_runs_a_forced_pass_at_once() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(ScheduleConfig::default());
+        run(&mut s, t0, 0, 20, 9, 5);
+        assert_eq!(s.tick(t0 + secs(21), 9, 5), Decision::Wait);
+        s.again();
+        assert_eq!(
+            s.tick(t0 + secs(22), 9, 5),
+            Decision::Pass {
+                ring: 9,
+                force: true,
+                compact: false
+            }
+        );
     }
 
     #[test]

@@ -580,6 +580,10 @@ pub struct DurabilityConfig {
     /// expiry of fragments nobody renews).
     pub holder_every: Duration,
     pub limits: durability::repair::RepairLimits,
+    /// One backup per user (issue #15): another device's root this old is stale, and this
+    /// device takes the backup over; the backing-up device republishes its root every quarter
+    /// of it.
+    pub takeover_after: Duration,
 }
 
 impl Default for DurabilityConfig {
@@ -591,6 +595,7 @@ impl Default for DurabilityConfig {
             maintain_every: Duration::from_secs(6 * 3600),
             holder_every: Duration::from_secs(3600),
             limits: durability::repair::RepairLimits::default(),
+            takeover_after: Duration::from_secs(3 * 3600),
         }
     }
 }
@@ -649,7 +654,8 @@ fn spawn_durability(
     )));
     let keys = UserKeys::from_seed(*config.user_keys.seed());
     let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone())
-        .with_address(&config.address);
+        .with_address(&config.address)
+        .with_device(config.device_public);
     let (token, cfg, resident) = (cancel.clone(), d.clone(), store.clone());
     tasks.spawn(
         async move {
@@ -662,6 +668,7 @@ fn spawn_durability(
             // holder's lease with a signed one: holders drop fragments no valid lease names).
             let mut last_maintain: Option<tokio::time::Instant> = None;
             let mut passed_once = false;
+            let mut devices = BackupTurn::new(cfg.takeover_after);
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
@@ -682,7 +689,16 @@ fn spawn_durability(
                     }
                 };
                 let now = tokio::time::Instant::now();
-                let opts = match schedule.tick(now, routing, counter) {
+                let decision = schedule.tick(now, routing, counter);
+                let due = !matches!(decision, Decision::Wait);
+                if !devices.mine(&b, &mut schedule, routing, due).await {
+                    // Another device backs this user up: nothing is placed or maintained here.
+                    if matches!(decision, Decision::Pass { .. }) {
+                        schedule.passed(counter);
+                    }
+                    continue;
+                }
+                let opts = match decision {
                     Decision::Wait => None,
                     Decision::Pass {
                         ring,
@@ -732,6 +748,9 @@ fn spawn_durability(
                         }
                     }
                 }
+                if passed_once {
+                    devices.heartbeat(&b).await;
+                }
                 let maintain_due = last_maintain.is_none_or(|t| t.elapsed() >= cfg.maintain_every);
                 if passed_once && maintain_due {
                     last_maintain = Some(tokio::time::Instant::now());
@@ -750,6 +769,78 @@ fn spawn_durability(
         }
         .in_current_span(),
     );
+}
+
+/// Which of the user's devices backs up (issue #15; durability/backup/share.rs): asked
+/// before every pass and every heartbeat.
+struct BackupTurn {
+    takeover_after: Duration,
+    /// `None` until the first look (then every change is logged).
+    turn: Option<durability::backup::Turn>,
+    checked: Option<tokio::time::Instant>,
+    republished: Option<tokio::time::Instant>,
+}
+
+impl BackupTurn {
+    fn new(takeover_after: Duration) -> Self {
+        BackupTurn {
+            takeover_after,
+            turn: None,
+            checked: None,
+            republished: None,
+        }
+    }
+
+    /// Whether this device backs up now; looks at the user's newest root when a pass is
+    /// `due` or a heartbeat has passed. Taking over restarts `schedule` with a forced pass.
+    async fn mine(
+        &mut self,
+        b: &durability::backup::Backup,
+        schedule: &mut durability::schedule::Schedule,
+        routing: usize,
+        due: bool,
+    ) -> bool {
+        use durability::backup::Turn;
+        let beat = durability::backup::heartbeat(self.takeover_after);
+        let stale = self.checked.is_none_or(|t| t.elapsed() >= beat);
+        if routing > 0 && (due || stale) {
+            self.checked = Some(tokio::time::Instant::now());
+            match b.turn(self.takeover_after).await {
+                Ok(t) if Some(t) != self.turn => {
+                    match t {
+                        Turn::Mine => {
+                            tracing::info!("backup: this device backs up the user's mailbox now");
+                            schedule.again();
+                        }
+                        Turn::Theirs { device, seq } => tracing::info!(
+                            "backup: device {} backs up the user's mailbox (root {seq}); this \
+                             device waits",
+                            device.map_or("(unnamed)".to_string(), |d| d[..8]
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect::<String>())
+                        ),
+                    }
+                    self.turn = Some(t);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("backup: whose turn is unknown: {e}"),
+            }
+        }
+        !matches!(self.turn, Some(Turn::Theirs { .. }))
+    }
+
+    /// The backing-up device republishes its root every heartbeat, so the others see it alive.
+    async fn heartbeat(&mut self, b: &durability::backup::Backup) {
+        let beat = durability::backup::heartbeat(self.takeover_after);
+        if self.republished.is_some_and(|t| t.elapsed() < beat) {
+            return;
+        }
+        self.republished = Some(tokio::time::Instant::now());
+        if let Err(e) = b.republish().await {
+            tracing::debug!("backup root not republished: {e}");
+        }
+    }
 }
 
 /// What [`restore_mailbox`] rebuilt.

@@ -34,8 +34,8 @@ impl Kind {
 }
 
 pub const ENTRY_VERSION: u8 = 1;
-/// 2 adds the user's address (version 1 indexes are still read).
-pub const INDEX_VERSION: u8 = 2;
+/// 2 adds the user's address; 3 the publishing device's key (versions 1 and 2 are still read).
+pub const INDEX_VERSION: u8 = 3;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Bundles an index lists at most (a 10 M-message mailbox in 1 MiB bundles is ~20 k).
 pub const MAX_INDEX_ENTRIES: usize = 1 << 20;
@@ -173,14 +173,21 @@ pub fn backup_key(keys: &UserKeys) -> ContentKey {
     ContentKey::from_bytes(crypto::hash(&m))
 }
 
-/// `u8 version = 2 · u64 created · u8 len ‖ address (may be empty) · u32 count ·
-/// count × (u32 len ‖ entry)`, sealed.
-pub fn encode_index(entries: &[Entry], created: u64, address: Option<&str>) -> Vec<u8> {
+/// `u8 version = 3 · u64 created · u8 len ‖ address (may be empty) · u8 len ‖ device key
+/// (0 or 32 bytes: the device that published it) · u32 count · count × (u32 len ‖ entry)`,
+/// sealed.
+pub fn encode_index(
+    entries: &[Entry],
+    created: u64,
+    address: Option<&str>,
+    device: Option<&[u8; 32]>,
+) -> Vec<u8> {
     let mut w = Writer::new();
     let address = address.filter(|a| a.len() <= 254).unwrap_or("");
     w.u8(INDEX_VERSION)
         .u64(created)
         .bytes8(address.as_bytes())
+        .bytes8(device.map_or(&[][..], |d| &d[..]))
         .u32(entries.len() as u32);
     for e in entries {
         w.bytes32(&e.encode());
@@ -194,13 +201,15 @@ pub struct Index {
     pub created: u64,
     /// The user's address (`None` in a version 1 index, or when it was not known).
     pub address: Option<String>,
+    /// The device that published it (`None` before version 3).
+    pub device: Option<[u8; 32]>,
     pub entries: Vec<Entry>,
 }
 
 pub fn decode_index(bytes: &[u8]) -> Result<Index, Error> {
     let mut r = Reader::new(bytes);
     let v = r.u8("index version")?;
-    if v != 1 && v != INDEX_VERSION {
+    if !(1..=INDEX_VERSION).contains(&v) {
         return Err(Error::Version {
             what: "backup index",
             found: v,
@@ -214,6 +223,17 @@ pub fn decode_index(bytes: &[u8]) -> Result<Index, Error> {
             why: "not UTF-8",
         })?;
         Some(a.to_string()).filter(|a| !a.is_empty())
+    } else {
+        None
+    };
+    let device = if v >= 3 {
+        match r.bytes8("device", 32)? {
+            [] => None,
+            d => Some(<[u8; 32]>::try_from(d).map_err(|_| DecodeError::Invalid {
+                field: "device",
+                why: "not 32 bytes",
+            })?),
+        }
     } else {
         None
     };
@@ -234,6 +254,7 @@ pub fn decode_index(bytes: &[u8]) -> Result<Index, Error> {
     Ok(Index {
         created,
         address,
+        device,
         entries: out,
     })
 }

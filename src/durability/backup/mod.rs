@@ -18,12 +18,16 @@
 
 mod format;
 mod rows;
+mod share;
 
 pub use format::*;
 pub(crate) use rows::*;
-pub use rows::{entries, pending, repairs, state, unpublished};
+pub use rows::{adopted, entries, named, pending, repairs, state, unpublished};
+pub use share::{Turn, heartbeat};
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -242,6 +246,12 @@ pub struct Backup {
     key: ContentKey,
     /// The user's address, written into the index (so the phrase alone finds it).
     address: Option<String>,
+    /// This device's key, written into the index (the other devices see whose root it is).
+    device: Option<[u8; 32]>,
+    /// The highest root seq seen from any device: a new root goes above it.
+    seen_seq: AtomicU64,
+    /// The last other device's index read ([`Backup::turn`]), by its bundle id.
+    foreign: Mutex<Option<(ObjectId, Index)>>,
     pub config: BackupConfig,
 }
 
@@ -259,8 +269,17 @@ impl Backup {
             keys,
             key,
             address: None,
+            device: None,
+            seen_seq: AtomicU64::new(0),
+            foreign: Mutex::new(None),
             config,
         }
+    }
+
+    /// Names this device in every index this backup publishes.
+    pub fn with_device(mut self, device: [u8; 32]) -> Self {
+        self.device = Some(device);
+        self
     }
 
     /// Names the user's address in every index this backup publishes.
@@ -609,16 +628,16 @@ impl Backup {
     /// Seals and places the index of every bundle, then signs and publishes a newer root.
     async fn publish_index(&self, params: Params) -> Result<u64, Error> {
         let now = overlay::now_secs();
-        let all = entries(&self.store).await?;
+        // Its own bundles and those of other devices' indexes it adopted (rows.rs, `named`).
+        let all = named(&self.store).await?;
         let index = SealedObject::seal_with_key(
-            &encode_index(&all, now, self.address.as_deref()),
+            &encode_index(&all, now, self.address.as_deref(), self.device.as_ref()),
             &self.key,
         )?;
         let entry = self
             .place(Kind::Index, &[index], params, Vec::new())
             .await?;
-        let prev = state(&self.store).await?.map_or(0, |(s, _)| s);
-        let seq = now.max(prev + 1);
+        let seq = self.next_seq(now).await?;
         let payload = SealedObject::seal_with_key(&entry.encode(), &self.key)?.into_bytes();
         let expires = now + self.config.root_lifetime.as_secs();
         let root = BackupRoot::sign(&self.keys, seq, expires, payload);
@@ -634,11 +653,11 @@ impl Backup {
 
     /// Republishes the current root (a fresh expiry, the same index) without new data.
     pub async fn republish(&self) -> Result<Option<u64>, Error> {
-        let Some((prev, entry)) = state(&self.store).await? else {
+        let Some((_, entry)) = state(&self.store).await? else {
             return Ok(None);
         };
         let now = overlay::now_secs();
-        let seq = now.max(prev + 1);
+        let seq = self.next_seq(now).await?;
         let payload = SealedObject::seal_with_key(&entry.encode(), &self.key)?.into_bytes();
         let root = BackupRoot::sign(
             &self.keys,
@@ -658,10 +677,10 @@ impl Backup {
 }
 
 impl Backup {
-    /// The owner's maintenance pass: repairs every bundle of the backup (and the current
-    /// index) and renews the holders' leases.
+    /// The owner's maintenance pass: repairs every bundle of the backup (its own, the adopted
+    /// ones, and the current index) and renews the holders' leases.
     pub async fn maintain(&self, limits: repair::RepairLimits) -> Result<repair::PassStats, Error> {
-        let mut receipts: Vec<Receipt> = entries(&self.store)
+        let mut receipts: Vec<Receipt> = named(&self.store)
             .await?
             .into_iter()
             .map(|e| e.receipt)
@@ -783,17 +802,32 @@ mod tests {
     #[test]
     fn formats_roundtrip_and_refuse_garbage() {
         let es = vec![entry(Kind::Bodies, 4), entry(Kind::Log, 9)];
-        let idx = encode_index(&es, 77, Some("alice@example.org"));
+        let idx = encode_index(&es, 77, Some("alice@example.org"), Some(&[7; 32]));
         let got = decode_index(&idx).unwrap();
         assert_eq!(got.entries, es);
         assert_eq!(got.address.as_deref(), Some("alice@example.org"));
+        assert_eq!(got.device, Some([7; 32]));
         assert_eq!(got.created, 77);
-        // A version 1 index (no address) is still read.
+        // A version 1 index (no address, no device) and a version 2 one (no device) still read.
         let mut v1 = vec![1u8];
         v1.extend_from_slice(&idx[1..9]);
-        v1.extend_from_slice(&idx[9 + 1 + 17..]);
+        v1.extend_from_slice(&idx[9 + 1 + 17 + 1 + 32..]);
         let old = decode_index(&v1).unwrap();
-        assert_eq!((old.entries, old.address), (es.clone(), None));
+        assert_eq!(
+            (old.entries, old.address, old.device),
+            (es.clone(), None, None)
+        );
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&idx[1..9 + 1 + 17]);
+        v2.extend_from_slice(&idx[9 + 1 + 17 + 1 + 32..]);
+        let old = decode_index(&v2).unwrap();
+        assert_eq!(old.address.as_deref(), Some("alice@example.org"));
+        assert_eq!(old.device, None);
+        let anon = decode_index(&encode_index(&es, 77, None, None)).unwrap();
+        assert_eq!(anon.device, None);
+        let mut short = idx.clone();
+        short[9 + 1 + 17] = 5;
+        assert!(decode_index(&short).is_err(), "a device key is 32 bytes");
         for cut in 0..idx.len() {
             assert!(decode_index(&idx[..cut]).is_err());
         }
@@ -815,6 +849,44 @@ mod tests {
         let mut bad = es[0].encode();
         bad[1] = 9;
         assert!(Entry::decode(&bad).is_err());
+    }
+
+    /// Another device's index becomes the adopted set: its bundles but its index bundle and
+    /// what this device placed itself; a later index replaces the set (a bundle that device
+    /// released leaves it); `named` lists own then adopted, each bundle once; and a pass's
+    /// bundle rows (`entries`) never include adopted ones, so a pass never releases them.
+    #[tokio::test]
+    async fn adopted_bundles_follow_the_other_devices_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sized(dir.path(), 1 << 26).unwrap();
+        let own = sized(Kind::Bodies, 1, 2, 1, 100);
+        store
+            .backup_write(vec![(
+                key(ROW_RECEIPT, own.receipt.bundle.as_bytes()),
+                Some(own.encode_local()),
+            )])
+            .await
+            .unwrap();
+        let theirs_a = sized(Kind::Bodies, 2, 2, 1, 100);
+        let theirs_b = sized(Kind::Log, 3, 2, 1, 100);
+        let their_index = sized(Kind::Index, 4, 2, 1, 100);
+        let foreign = vec![theirs_a.clone(), theirs_b.clone(), their_index, own.clone()];
+        set_adopted(&store, &foreign).await.unwrap();
+        let ids = |es: Vec<Entry>| es.iter().map(|e| e.receipt.bundle.0[0]).collect::<Vec<_>>();
+        assert_eq!(ids(adopted(&store).await.unwrap()), vec![2, 3]);
+        assert_eq!(ids(named(&store).await.unwrap()), vec![1, 2, 3]);
+        assert_eq!(ids(entries(&store).await.unwrap()), vec![1]);
+        // Their next index dropped bundle 2 (re-coded away): it leaves the adopted set.
+        set_adopted(&store, &[theirs_b]).await.unwrap();
+        assert_eq!(ids(named(&store).await.unwrap()), vec![1, 3]);
+        // The published digest covers the adopted bundles: a change there publishes anew.
+        store
+            .backup_write(vec![published_row(&named(&store).await.unwrap())])
+            .await
+            .unwrap();
+        assert!(!unpublished(&store).await.unwrap());
+        set_adopted(&store, &[theirs_a]).await.unwrap();
+        assert!(unpublished(&store).await.unwrap());
     }
 
     #[test]

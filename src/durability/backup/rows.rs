@@ -14,6 +14,9 @@ pub(crate) const ROW_STATE: &[u8] = b"s";
 pub(crate) const ROW_REPAIRS: &[u8] = b"q";
 /// Digest of the receipts the published index lists ([`named_digest`]).
 pub(crate) const ROW_PUBLISHED: &[u8] = b"p";
+/// Receipts of bundles another device of the user placed and its index named: listed in this
+/// device's index and maintained by it, never released by its passes ([`adopted`]).
+pub(crate) const ROW_ADOPTED: u8 = b'a';
 
 pub(super) fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -72,7 +75,7 @@ pub(super) fn published_row(named: &[Entry]) -> (Vec<u8>, Option<Vec<u8>>) {
 /// dropped): a pass that placed bundles and was killed before it published leaves this set,
 /// and the next pass publishes even with nothing new to place.
 pub async fn unpublished(store: &Store) -> Result<bool, Error> {
-    let now = entries(store).await?;
+    let now = named(store).await?;
     let published = store.backup_get(ROW_PUBLISHED.to_vec()).await?;
     Ok(match published {
         Some(d) => d[..] != named_digest(&now)[..],
@@ -111,6 +114,58 @@ pub async fn entries(store: &Store) -> Result<Vec<Entry>, Error> {
         .iter()
         .map(|(_, v)| Entry::decode_local(v))
         .collect()
+}
+
+/// Receipts of bundles other devices of the user placed ([`ROW_ADOPTED`]).
+pub async fn adopted(store: &Store) -> Result<Vec<Entry>, Error> {
+    store
+        .backup_prefix(vec![ROW_ADOPTED])
+        .await?
+        .iter()
+        .map(|(_, v)| Entry::decode_local(v))
+        .collect()
+}
+
+/// What this device's index lists: its own receipts, then the adopted ones it did not place
+/// itself.
+pub async fn named(store: &Store) -> Result<Vec<Entry>, Error> {
+    let mut all = entries(store).await?;
+    let own: std::collections::HashSet<ObjectId> = all.iter().map(|e| e.receipt.bundle).collect();
+    all.extend(
+        adopted(store)
+            .await?
+            .into_iter()
+            .filter(|e| !own.contains(&e.receipt.bundle)),
+    );
+    Ok(all)
+}
+
+/// Replaces the adopted receipts with `foreign` (another device's index, less the index
+/// bundles and what this device placed itself).
+pub(crate) async fn set_adopted(store: &Store, foreign: &[Entry]) -> Result<(), Error> {
+    let own: std::collections::HashSet<ObjectId> = entries(store)
+        .await?
+        .iter()
+        .map(|e| e.receipt.bundle)
+        .collect();
+    let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = store
+        .backup_prefix(vec![ROW_ADOPTED])
+        .await?
+        .into_iter()
+        .map(|(k, _)| (k, None))
+        .collect();
+    for e in foreign
+        .iter()
+        .filter(|e| e.kind != Kind::Index && !own.contains(&e.receipt.bundle))
+    {
+        rows.push((
+            key(ROW_ADOPTED, e.receipt.bundle.as_bytes()),
+            Some(e.encode_local()),
+        ));
+    }
+    // A later row for the same key wins: the deletions of the old set come first.
+    store.backup_write(rows).await?;
+    Ok(())
 }
 
 /// Bytes of bodies and of log entries that no placed bundle holds yet (their lengths are
