@@ -7,6 +7,14 @@
 //! message gets the same number on every mount; on the rare collision the next free number is
 //! taken (and that one is stable only for the mount). A rename within one mount re-keys the
 //! node and keeps its number, as the kernel expects of `rename(2)`.
+//!
+//! A local file is the exception: its number is drawn afresh each time the table first sees
+//! it ([`local_number`]: its backing inode number hashed with a per-mount serial), because
+//! the backing file system hands a freed inode number to the next file it makes. Had the
+//! number followed the backing one, a file made where a deleted one was (a re-created
+//! folder's `dovecot.index.log`) would have come back under the deleted file's number, and
+//! the kernel, which may still hold that inode (its cached pages and attributes, a
+//! descriptor of a process), would have served the old file's bytes for the new one.
 
 use std::collections::HashMap;
 
@@ -113,6 +121,17 @@ pub fn fnv1a(tag: u8, text: &[u8]) -> u64 {
     h.0
 }
 
+/// The number of the `serial`-th local file seen by a mount, backing inode `b`: the two
+/// hashed together (tag 5), so a backing inode number used again by the backing file system
+/// gets another number (no two draws of one mount meet but by a 64-bit hash collision).
+pub fn local_number(b: u64, serial: u64) -> u64 {
+    let mut h = Fnv::new();
+    h.feed(&[5]);
+    h.feed(&b.to_le_bytes());
+    h.feed(&serial.to_le_bytes());
+    FIRST_HASHED + h.0 % (u64::MAX - 2 * FIRST_HASHED)
+}
+
 /// The preferred number of a key.
 pub fn preferred(key: &NodeKey) -> u64 {
     if *key == NodeKey::Root {
@@ -134,6 +153,8 @@ pub struct Inodes {
     /// Numbers of deleted directories not handed out again ([`Inodes::retire`]), oldest first.
     retired: std::collections::VecDeque<u64>,
     retired_set: std::collections::HashSet<u64>,
+    /// Local files numbered so far ([`local_number`]).
+    local_serial: u64,
 }
 
 impl Inodes {
@@ -165,7 +186,13 @@ impl Inodes {
         if let Some(i) = self.find(key) {
             return i;
         }
-        let mut i = preferred(key);
+        let mut i = match key {
+            NodeKey::Local(b) => {
+                self.local_serial += 1;
+                local_number(*b, self.local_serial)
+            }
+            _ => preferred(key),
+        };
         while self.by_ino.contains_key(&i)
             || self.retired_set.contains(&i)
             || i < FIRST_HASHED
@@ -275,21 +302,45 @@ mod tests {
     #[test]
     fn collisions_take_the_next_free_number_and_rekey_keeps_it() {
         let mut t = Inodes::new();
-        let k1 = NodeKey::Local(1);
+        let msg = |k: &str| NodeKey::Message("INBOX".into(), MessageKey(k.into()));
+        let k1 = msg("1");
         let i1 = t.ino(&k1);
         // Force a collision: occupy k2's preferred number with k1's entry.
-        let k2 = NodeKey::Local(2);
+        let k2 = msg("2");
         let p2 = preferred(&k2);
         t.by_ino.insert(p2, k1.clone());
         let i2 = t.ino(&k2);
         assert_ne!(i2, p2);
         assert!(i2 >= FIRST_HASHED);
-        let k3 = NodeKey::Local(3);
+        let k3 = msg("3");
         t.rekey(&k1, &k3);
         assert_eq!(t.ino(&k3), i1);
         assert_eq!(t.key(i1), Some(&k3));
         t.remove(&k3);
         assert_eq!(t.key(i1), None);
+    }
+
+    /// The backing file system reuses a freed inode number for the next file it makes: the
+    /// new file must not come back under the old one's number, which the kernel may still
+    /// hold with the old file's cached pages (a re-created folder's `dovecot.index.log`
+    /// read with the deleted one's bytes: Dovecot's "indexid changed").
+    #[test]
+    fn a_local_file_seen_again_never_gets_a_number_used_before() {
+        let mut t = Inodes::new();
+        let k = NodeKey::Local(4242);
+        let first = t.ino(&k);
+        // Hard links (one backing inode) share the number while it is known.
+        assert_eq!(t.ino(&k), first);
+        let mut seen = std::collections::HashSet::from([first]);
+        for _ in 0..1000 {
+            t.remove(&k);
+            let again = t.ino(&k);
+            assert!(seen.insert(again), "number {again} handed out twice");
+            assert_eq!(t.key(again), Some(&k));
+        }
+        // Two mounts number the same backing file alike (the serial is the mount's).
+        let mut u = Inodes::new();
+        assert_eq!(u.ino(&k), first);
     }
 
     /// The number formula as first written (the key formatted into text, then hashed): the
@@ -310,6 +361,7 @@ mod tests {
     struct Model {
         by_ino: HashMap<u64, NodeKey>,
         by_key: HashMap<NodeKey, u64>,
+        local_serial: u64,
     }
 
     impl Model {
@@ -317,7 +369,13 @@ mod tests {
             if let Some(i) = self.by_key.get(key) {
                 return *i;
             }
-            let mut i = preferred(key);
+            let mut i = match key {
+                NodeKey::Local(b) => {
+                    self.local_serial += 1;
+                    local_number(*b, self.local_serial)
+                }
+                _ => preferred(key),
+            };
             while self.by_ino.contains_key(&i) || taken(i) {
                 i = i.wrapping_add(1).max(FIRST_HASHED);
             }
