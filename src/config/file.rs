@@ -59,6 +59,7 @@ pub struct OverlaySection {
     pub metrics: String,
     pub ring_authority: String,
     pub reachable: String,
+    pub upnp: bool,
 }
 
 impl Default for OverlaySection {
@@ -75,6 +76,7 @@ impl Default for OverlaySection {
             metrics: "127.0.0.1:9464".into(),
             ring_authority: String::new(),
             reachable: "auto".into(),
+            upnp: false,
         }
     }
 }

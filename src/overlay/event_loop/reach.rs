@@ -49,6 +49,7 @@ impl EventLoop {
             Some(autonat::NatStatus::Public(a)) => Some(a.to_string()),
             _ => None,
         };
+        let (upnp, upnp_mapped) = self.nat.upnp.status(behaviour.upnp.is_enabled());
         let n = &self.nat;
         let relayed_connections = n.connections.values().filter(|(_, r)| *r).count();
         let mut relays: Vec<String> = n
@@ -69,6 +70,8 @@ impl EventLoop {
             direct_peers: n.direct_peers(),
             hole_punches_tried: n.punches_tried,
             hole_punches_won: n.punches_won,
+            upnp,
+            upnp_mapped,
             ..Status::default()
         }
     }
@@ -248,6 +251,10 @@ impl EventLoop {
                 if let Some(r) = self.nat.reservations.get_mut(relay_peer_id) {
                     r.accepted = true;
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(e)) => {
+                tracing::info!(?e, "UPnP port mapping");
+                self.nat.upnp.on_event(e);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
