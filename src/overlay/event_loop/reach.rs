@@ -265,6 +265,20 @@ impl EventLoop {
                     Ok(_) => {
                         self.nat.punches_won += 1;
                         tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
+                        // The circuit has done its job: free the relay's slot (a relay runs
+                        // 16 circuits, 4 per peer counting both ends, each kept up to 2 min).
+                        // Left open, a laptop that is punched to often soon finds every
+                        // relay refusing new circuits to it.
+                        let relayed: Vec<libp2p::swarm::ConnectionId> = self
+                            .nat
+                            .connections
+                            .iter()
+                            .filter(|(_, (p, r))| p == remote_peer_id && *r)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in relayed {
+                            self.swarm.close_connection(id);
+                        }
                     }
                     Err(e) => tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}"),
                 }
