@@ -172,9 +172,27 @@ mod lab {
 
         /// `peerpost run` in namespace `ns`; returns its first listen address.
         fn start(&mut self, ns: &str, listen: &str, bootstrap: Option<&str>) -> String {
+            self.start_tuned(ns, listen, bootstrap, &[])
+        }
+
+        /// [`start`](Self::start) with these replacements in the config file.
+        fn start_tuned(
+            &mut self,
+            ns: &str,
+            listen: &str,
+            bootstrap: Option<&str>,
+            tune: &[(&str, &str)],
+        ) -> String {
             let home = TestHome::new();
             let n = self.nodes.len();
             home.init(&format!("user{n}@nat.test")).success();
+            let path = home.path("config.toml");
+            let mut config = std::fs::read_to_string(&path).unwrap();
+            for (from, to) in tune {
+                assert!(config.contains(from), "config lacks {from}");
+                config = config.replace(from, to);
+            }
+            std::fs::write(&path, config).unwrap();
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &format!("{}-{ns}", self.prefix), BIN])
                 .arg("--home")
@@ -246,6 +264,54 @@ mod lab {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// `[overlay] upnp`: off by default, and then `status` says "off"; set, the node asks
+    /// the network for a UPnP gateway (SSDP search, igd-next) — in the lab's home network the
+    /// router offers none, so after the search (10 s) it says "no gateway" and maps
+    /// nothing, and the laptop still finds it is behind NAT (AutoNAT), as without UPnP.
+    #[test]
+    fn upnp_is_off_by_default_and_searches_for_a_gateway_when_set() {
+        let _heavy = crate::util::one_heavy_at_a_time();
+        let Some(mut lab) = Lab::up() else { return };
+        let a = lab.start("inet", "/ip4/10.99.0.1/tcp/0", None);
+        lab.start("inet", "/ip4/10.99.0.1/tcp/0", Some(&a));
+        lab.start_tuned(
+            "h1",
+            "/ip4/0.0.0.0/tcp/0",
+            Some(&a),
+            &[("upnp = false", "upnp = true")],
+        );
+        let upnp = |i: usize| {
+            let s = lab.nodes[i].1.run(&["status", "--json"]).success().json();
+            let n = &s["node"];
+            (
+                n["upnp"].as_str().unwrap_or("").to_string(),
+                n["upnp_mapped"].as_array().map_or(0, |a| a.len()),
+            )
+        };
+        assert_eq!(upnp(0), ("off".to_string(), 0));
+        assert_eq!(upnp(1), ("off".to_string(), 0));
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let got = upnp(2);
+            if got.0 == "no gateway" {
+                assert_eq!(got.1, 0, "nothing mapped without a gateway");
+                break;
+            }
+            assert!(
+                got.0 == "searching" && Instant::now() < deadline,
+                "UPnP state after the search: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lab.reachability(2) != ("no".to_string(), "client".to_string()) {
+            assert!(Instant::now() < deadline, "laptop not found behind NAT");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let text = lab.nodes[2].1.run(&["status"]).success().stdout();
+        assert!(text.contains("UPnP no gateway"), "{text}");
     }
 
     /// Python run inside a namespace: SMTP submission (STARTTLS + AUTH) or a POP3 listing.

@@ -219,6 +219,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         Some(true) => overlay::Reachable::Yes,
         Some(false) => overlay::Reachable::No,
     };
+    oc.upnp = config.overlay.upnp;
     oc.stats_share = config.stats.share;
     oc.stats_every = config.stats.every;
 

@@ -221,4 +221,13 @@ fn print_reachability(o: &crate::overlay::Status) {
         "  connections:     {} direct, {} relayed; hole punches {} won of {} tried",
         o.direct_connections, o.relayed_connections, o.hole_punches_won, o.hole_punches_tried
     );
+    // An older node answers without the field.
+    if !o.upnp.is_empty() {
+        let mapped = if o.upnp_mapped.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", o.upnp_mapped.join(", "))
+        };
+        println!("  port mapping:    UPnP {}{mapped}", o.upnp);
+    }
 }

@@ -62,6 +62,7 @@ pub struct OverlaySection {
     pub metrics: String,
     pub ring_authority: String,
     pub reachable: String,
+    pub upnp: bool,
 }
 
 impl Default for OverlaySection {
@@ -78,6 +79,7 @@ impl Default for OverlaySection {
             metrics: "127.0.0.1:9464".into(),
             ring_authority: String::new(),
             reachable: "auto".into(),
+            upnp: false,
         }
     }
 }

@@ -98,6 +98,8 @@ pub struct OverlayConfig {
     pub ring_authority: Option<[u8; 32]>,
     /// `reachable`: `None` = "auto" (AutoNAT decides), `Some(true)` = "yes", `Some(false)` = "no".
     pub reachable: Option<bool>,
+    /// `upnp`: ask the home router (UPnP IGD) to forward the listen ports; off by default.
+    pub upnp: bool,
 }
 
 /// A plaintext (with STARTTLS) and an implicit-TLS listener; `None` disables one.

@@ -31,6 +31,12 @@ ring_authority = ""
 # ring without holding data for it); "yes" / "no" force it (e.g. "yes" on a server with a
 # public address, "no" on a laptop that roams).
 reachable = "auto"
+# Ask the home router to forward the listen ports (UPnP IGD), so peers can dial this node
+# without a relay. Off by default: it makes a program open a port in the router's firewall
+# by request, without the router's admin, which many admins (and company networks) refuse;
+# some routers' UPnP services have been attacked too. The mapped address is used only
+# once AutoNAT confirms peers can dial it (needs reachable = "auto").
+upnp = false
 
 [imap]
 # IMAP with STARTTLS, and IMAP over implicit TLS. "" disables a listener.

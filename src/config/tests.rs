@@ -77,6 +77,18 @@ fn reachable_option() {
 }
 
 #[test]
+fn upnp_option_is_off_unless_set() {
+    assert!(!parse("").unwrap().overlay.upnp);
+    assert!(parse("[overlay]\nupnp = true\n").unwrap().overlay.upnp);
+    assert!(!parse("[overlay]\nupnp = false\n").unwrap().overlay.upnp);
+    let e = parse("[overlay]\nupnp = \"maybe\"\n").unwrap_err();
+    assert!(e.to_string().contains("upnp"), "{e}");
+    // The commented template says it is off.
+    let t = super::template::template("a@b.example");
+    assert!(t.contains("\nupnp = false\n"), "{t}");
+}
+
+#[test]
 fn ring_authority_option() {
     assert_eq!(parse("").unwrap().overlay.ring_authority, None);
     let key = "ab".repeat(32);

@@ -218,6 +218,7 @@ impl Validator<'_> {
                 metrics: self.socket("overlay.metrics", &f.overlay.metrics)?,
                 ring_authority,
                 reachable,
+                upnp: f.overlay.upnp,
             },
             imap: ServerPair {
                 listen: self.socket("imap.listen", &f.imap.listen)?,

@@ -63,6 +63,76 @@ pub(crate) struct Behaviour {
     pub relay_client: Toggle<relay::client::Behaviour>,
     /// DCUtR: upgrades a relayed connection to a direct one by hole punching.
     pub dcutr: Toggle<dcutr::Behaviour>,
+    /// UPnP IGD port mapping (`[overlay] upnp = true`, network transport only).
+    pub upnp: Toggle<Upnp>,
+}
+
+/// libp2p's UPnP behaviour, except that a mapped address is only a *candidate*: rust-libp2p
+/// declares it confirmed at once (and identify would advertise it, and Kademlia would take
+/// it as dialable), but a router may say "mapped" and still drop what comes in (a second
+/// NAT, a firewall in front). As a candidate, AutoNAT probes it and only a dial-back that
+/// arrives confirms it.
+pub(crate) struct Upnp(libp2p::upnp::tokio::Behaviour);
+
+impl Upnp {
+    /// Starts the gateway search (SSDP) at once; needs a tokio runtime.
+    fn new() -> Upnp {
+        Upnp(libp2p::upnp::tokio::Behaviour::default())
+    }
+}
+
+impl NetworkBehaviour for Upnp {
+    type ConnectionHandler =
+        <libp2p::upnp::tokio::Behaviour as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = libp2p::upnp::Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_inbound_connection(id, peer, local, remote)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.0
+            .handle_established_outbound_connection(id, peer, addr, role, port_use)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.0.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.0.on_connection_handler_event(peer, id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.0.poll(cx) {
+            Poll::Ready(ToSwarm::ExternalAddrConfirmed(addr)) => {
+                Poll::Ready(ToSwarm::NewExternalAddrCandidate(addr))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Bytes of frames being read at once, across every peer and stream: what abusive peers
@@ -482,6 +552,11 @@ fn behaviour(
         dcutr: relay_client
             .is_some()
             .then(|| dcutr::Behaviour::new(peer_id))
+            .into(),
+        // Only with a real network (and so a relay client): the memory transport has no
+        // router to ask.
+        upnp: (config.upnp && relay_client.is_some())
+            .then(Upnp::new)
             .into(),
         relay_client: relay_client.into(),
     })

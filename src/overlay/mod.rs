@@ -92,6 +92,9 @@ pub struct Config {
     pub max_inflight_per_peer: usize,
     /// Whether others can dial this node: decides the Kademlia mode (NAT, issue #19).
     pub reachable: Reachable,
+    /// Ask the home router to forward the listen ports (UPnP IGD; NAT, issue #19): the
+    /// mapped address becomes an external address candidate, which AutoNAT then confirms.
+    pub upnp: bool,
     /// Ring statistics ([`stats`]): whether this node shares (and holds and collects)
     /// them, and the length of one round.
     pub stats_share: bool,
@@ -155,6 +158,7 @@ impl Config {
             query_timeout: Duration::from_secs(30),
             max_inflight_per_peer: 16,
             reachable: Reachable::Auto,
+            upnp: false,
             stats_share: true,
             stats_every: Duration::from_secs(3600),
             psk: None,
@@ -317,6 +321,13 @@ pub struct Status {
     pub hole_punches_tried: u64,
     #[serde(default)]
     pub hole_punches_won: u64,
+    /// UPnP port mapping: "off" (`[overlay] upnp = false`), "searching", "no gateway",
+    /// "gateway not public" (the router's own outside address is private: a NAT behind a
+    /// NAT), or "mapped" (with the mapped addresses in `upnp_mapped`).
+    #[serde(default)]
+    pub upnp: String,
+    #[serde(default)]
+    pub upnp_mapped: Vec<String>,
 }
 
 /// A successful lookup.

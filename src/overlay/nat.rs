@@ -133,6 +133,63 @@ pub(crate) struct NatState {
     /// An own address went away and the old connections are closing: no reservation until
     /// a direct connection is up again.
     pub reconnecting: bool,
+    pub upnp: Upnp,
+}
+
+/// What UPnP port mapping found (only with `[overlay] upnp = true`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) enum UpnpGateway {
+    #[default]
+    Searching,
+    NotFound,
+    /// The router's own outside address is private (a NAT behind a NAT): rust-libp2p maps
+    /// nothing there, since the mapped address could not be dialed from the internet.
+    NotPublic,
+    Found,
+}
+
+/// UPnP's books: the gateway search and the external addresses mapped (at most
+/// [`MAX_ADDRS`]; a router can map one per listen port).
+#[derive(Debug, Default)]
+pub(crate) struct Upnp {
+    pub gateway: UpnpGateway,
+    pub mapped: Vec<Multiaddr>,
+}
+
+impl Upnp {
+    /// libp2p's UPnP event, booked.
+    pub(crate) fn on_event(&mut self, event: &libp2p::upnp::Event) {
+        use libp2p::upnp::Event;
+        match event {
+            Event::NewExternalAddr { external_addr, .. } => {
+                self.gateway = UpnpGateway::Found;
+                if !self.mapped.contains(external_addr) && self.mapped.len() < MAX_ADDRS {
+                    self.mapped.push(external_addr.clone());
+                }
+            }
+            Event::ExpiredExternalAddr { external_addr, .. } => {
+                self.mapped.retain(|a| a != external_addr)
+            }
+            Event::GatewayNotFound => self.gateway = UpnpGateway::NotFound,
+            Event::NonRoutableGateway => self.gateway = UpnpGateway::NotPublic,
+        }
+    }
+
+    /// `status`'s `upnp` field (`on`: the behaviour runs) and the mapped addresses.
+    pub(crate) fn status(&self, on: bool) -> (String, Vec<String>) {
+        if !on {
+            return ("off".into(), Vec::new());
+        }
+        let state = match (&self.gateway, self.mapped.is_empty()) {
+            (_, false) => "mapped",
+            (UpnpGateway::Searching, true) => "searching",
+            (UpnpGateway::NotFound, true) => "no gateway",
+            (UpnpGateway::NotPublic, true) => "gateway not public",
+            (UpnpGateway::Found, true) => "gateway found, nothing mapped",
+        };
+        let mapped = self.mapped.iter().map(|a| a.to_string()).collect();
+        (state.into(), mapped)
+    }
 }
 
 impl NatState {
@@ -202,6 +259,45 @@ mod tests {
 
     fn now() -> u64 {
         crate::overlay::now_secs()
+    }
+
+    #[test]
+    fn upnp_status_follows_the_gateway_and_the_mappings() {
+        use libp2p::upnp::Event;
+        let mut u = Upnp::default();
+        assert_eq!(u.status(false), ("off".to_string(), vec![]));
+        assert_eq!(u.status(true).0, "searching");
+        u.on_event(&Event::GatewayNotFound);
+        assert_eq!(u.status(true).0, "no gateway");
+        u.on_event(&Event::NonRoutableGateway);
+        assert_eq!(u.status(true).0, "gateway not public");
+        let local: Multiaddr = "/ip4/192.168.1.2/tcp/4040".parse().unwrap();
+        let external: Multiaddr = "/ip4/198.51.100.7/tcp/4040".parse().unwrap();
+        let mapped = || Event::NewExternalAddr {
+            local_addr: local.clone(),
+            external_addr: external.clone(),
+        };
+        u.on_event(&mapped());
+        u.on_event(&mapped());
+        assert_eq!(
+            u.status(true),
+            ("mapped".to_string(), vec![external.to_string()])
+        );
+        // Off wins: nothing runs, whatever was booked.
+        assert_eq!(u.status(false).0, "off");
+        // Bounded however often a hostile router answers.
+        for port in 0..100u16 {
+            u.on_event(&Event::NewExternalAddr {
+                local_addr: local.clone(),
+                external_addr: format!("/ip4/198.51.100.7/tcp/{port}").parse().unwrap(),
+            });
+        }
+        assert_eq!(u.mapped.len(), MAX_ADDRS);
+        u.on_event(&Event::ExpiredExternalAddr {
+            local_addr: local.clone(),
+            external_addr: external.clone(),
+        });
+        assert!(!u.status(true).1.contains(&external.to_string()));
     }
 
     fn circuit(relay: &PeerId) -> Multiaddr {

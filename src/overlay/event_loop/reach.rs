@@ -49,6 +49,7 @@ impl EventLoop {
             Some(autonat::NatStatus::Public(a)) => Some(a.to_string()),
             _ => None,
         };
+        let (upnp, upnp_mapped) = self.nat.upnp.status(behaviour.upnp.is_enabled());
         let n = &self.nat;
         let relayed_connections = n.connections.values().filter(|(_, r)| *r).count();
         let mut relays: Vec<String> = n
@@ -69,6 +70,8 @@ impl EventLoop {
             direct_peers: n.direct_peers(),
             hole_punches_tried: n.punches_tried,
             hole_punches_won: n.punches_won,
+            upnp,
+            upnp_mapped,
             ..Status::default()
         }
     }
@@ -249,6 +252,10 @@ impl EventLoop {
                     r.accepted = true;
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(e)) => {
+                tracing::info!(?e, "UPnP port mapping");
+                self.nat.upnp.on_event(e);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
@@ -258,6 +265,20 @@ impl EventLoop {
                     Ok(_) => {
                         self.nat.punches_won += 1;
                         tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
+                        // The circuit has done its job: free the relay's slot (a relay runs
+                        // 16 circuits, 4 per peer counting both ends, each kept up to 2 min).
+                        // Left open, a laptop that is punched to often soon finds every
+                        // relay refusing new circuits to it.
+                        let relayed: Vec<libp2p::swarm::ConnectionId> = self
+                            .nat
+                            .connections
+                            .iter()
+                            .filter(|(_, (p, r))| p == remote_peer_id && *r)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in relayed {
+                            self.swarm.close_connection(id);
+                        }
                     }
                     Err(e) => tracing::info!(peer = %remote_peer_id, "hole punch failed: {e}"),
                 }
