@@ -432,9 +432,11 @@ fn gateway_tune(global_boot: &str) -> Vec<(&'static str, String)> {
 /// (`ring init`, certificates; two of them gateways) and a global ring of six. Org → org
 /// mail stays inside (no global node holds anything: nothing held for others, no trace of
 /// it in their stores); org → global and global → org mail is delivered through a
-/// gateway; after the first gateway is SIGKILLed the second carries both ways.
+/// gateway; after the first gateway is SIGKILLed the second carries both ways; and a
+/// member's mailbox survives SIGKILL of 60 % of the org's nodes and restores from the
+/// phrase inside the ring (`restore --ring`).
 #[test]
-fn gateways_carry_mail_between_the_rings_and_a_second_takes_over() {
+fn gateways_carry_mail_between_the_rings_a_second_takes_over_and_the_ring_survives_60_percent() {
     let _heavy = crate::util::one_heavy_at_a_time();
     let boss = TestHome::new();
     let ring = boss.dir.path().join("acme-ring");
@@ -559,6 +561,29 @@ fn gateways_carry_mail_between_the_rings_and_a_second_takes_over() {
         "the gateways logged {carried} carried notices"
     );
 
+    // carol's mailbox (with the mail that came in from outside) survives the loss of 60 %
+    // of the org's nodes, at the n/k the six-node ring supports, and restores from the
+    // phrase inside the ring.
+    let st = eventually("carol's mailbox is in the ring at target", 180, || {
+        let st = org[2].home.run(&["status", "--json"]).success().json();
+        let d = &st["durability"];
+        let checked = d["checked"].as_array()?;
+        (d["root_seq"].as_u64().is_some()
+            && d["pending_bytes"].as_u64() == Some(0)
+            && d["unpublished"] == false
+            && d["below_target"].as_u64() == Some(0)
+            && d["ring"].as_u64() >= Some(4)
+            && !checked.is_empty()
+            && checked.iter().all(|b| b["found"] == b["n"]))
+        .then(|| st.clone())
+        .or_else(|| {
+            eprintln!("carol: {d}");
+            None
+        })
+    });
+    let sv = &st["durability"]["survives"];
+    eprintln!("carol's bundles in the org ring: {sv}");
+    assert!(sv["any_nodes"].as_u64().unwrap() >= 3, "{sv}");
     // The first gateway dies: the second carries both ways.
     gws[0].kill9();
     submit(
@@ -588,5 +613,52 @@ fn gateways_carry_mail_between_the_rings_and_a_second_takes_over() {
         after >= 2,
         "the second gateway carried {after}: {}",
         log_of(&gws[1])
+    );
+
+    let words = org[2]
+        .home
+        .run(&["key", "export", "--phrase"])
+        .success()
+        .stdout()
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // gw1 is gone already; carol, bob and dave go too: 4 of the 6 org nodes (67 %).
+    for i in [2, 1, 3] {
+        org[i].kill9();
+    }
+    let fresh = TestHome::new();
+    let pw = fresh.file("pw", "new-password\n");
+    let member = ring.join("member.toml");
+    let out = fresh
+        .run_stdin(
+            &[
+                "restore",
+                "--phrase",
+                "--password-file",
+                s(&pw),
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--ring",
+                s(&member),
+                "--bootstrap",
+                &boot,
+            ],
+            Some(&format!("{words}\n")),
+        )
+        .success();
+    assert!(out.stdout().contains("carol@acme.test"), "{}", out.stdout());
+    let got = fresh.path("got");
+    fresh.run(&["export", s(&got)]).success();
+    let restored = files(&got)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|m| m.contains("<into@glob.test>"));
+    assert!(
+        restored,
+        "carol's mail restored from the ring: {}",
+        out.stdout()
     );
 }
