@@ -406,3 +406,259 @@ async fn only_nodes_with_the_rings_key_join_it() {
         assert!(err.contains("knows no peer"), "{what}: {err}");
     }
 }
+
+fn unhex(h: &str) -> Vec<u8> {
+    (0..h.len() / 2)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The gateway lines of a fresh config, turned on: the global side on a system-chosen
+/// loopback port, dialing `global_boot`.
+fn gateway_tune(global_boot: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "home).\nenabled = false",
+            "home).\nenabled = true".to_string(),
+        ),
+        (
+            "listen = [\"/ip4/0.0.0.0/tcp/4041\"]\nbootstrap = []",
+            format!("listen = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{global_boot:?}]"),
+        ),
+    ]
+}
+
+/// Issue #16's gateways, through real processes on 127.0.0.1: an org ring of six nodes
+/// (`ring init`, certificates; two of them gateways) and a global ring of six. Org → org
+/// mail stays inside (no global node holds anything: nothing held for others, no trace of
+/// it in their stores); org → global and global → org mail is delivered through a
+/// gateway; after the first gateway is SIGKILLed the second carries both ways; and a
+/// member's mailbox survives SIGKILL of 60 % of the org's nodes and restores from the
+/// phrase inside the ring (`restore --ring`).
+#[test]
+fn gateways_carry_mail_between_the_rings_a_second_takes_over_and_the_ring_survives_60_percent() {
+    let _heavy = crate::util::one_heavy_at_a_time();
+    let boss = TestHome::new();
+    let ring = boss.dir.path().join("acme-ring");
+    admin(
+        &boss,
+        &[
+            "init",
+            "--name",
+            "Acme",
+            "--domain",
+            "acme.test",
+            "--out",
+            s(&ring),
+        ],
+    );
+    let mut org: Vec<Node> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|n| Node::new(&format!("{n}@acme.test"), &[]))
+        .collect();
+    let mut global: Vec<Node> = ["g0", "g1", "g2", "g3", "g4", "g5"]
+        .iter()
+        .map(|n| Node::new(&format!("{n}@glob.test"), &[]))
+        .collect();
+    // Both domains vouch for their users' keys (`_peerpost` TXT), so each side treats the
+    // other's addresses as overlay addresses (never the smarthost).
+    {
+        let all: Vec<&Node> = org.iter().chain(global.iter()).collect();
+        crate::flow::vouch(&all, &all);
+    }
+    for n in org.iter_mut().chain(global.iter_mut()) {
+        n.log_filter = Some("warn,peerpost::_events=info".into());
+    }
+    for n in &org {
+        enroll(n, &boss, &ring);
+    }
+    global[0].start(None);
+    let gboot = global[0].listen.clone();
+    for n in global.iter_mut().skip(1) {
+        n.start(Some(&gboot));
+    }
+    org[0].start(None);
+    let boot = org[0].listen.clone();
+    for n in org.iter_mut().skip(1) {
+        n.start(Some(&boot));
+    }
+    let tune = gateway_tune(&gboot);
+    let tune: Vec<(&str, &str)> = tune.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let mut gws: Vec<Node> = ["gw1", "gw2"]
+        .iter()
+        .map(|n| Node::new(&format!("{n}@acme.test"), &tune))
+        .collect();
+    for g in gws.iter_mut() {
+        g.log_filter = Some("warn,peerpost::_events::gateway=info".into());
+        enroll(g, &boss, &ring);
+        g.start(Some(&boot));
+    }
+
+    // Org user to org user: delivered inside the ring, and backed up there.
+    let t = TestHome::new();
+    submit(
+        &t,
+        &org[0],
+        &["bob@acme.test"],
+        "From: alice@acme.test\r\nSubject: inside\r\nMessage-ID: <in@acme.test>\r\n\r\nring mail\r\n",
+    );
+    eventually("bob has alice's mail", 90, || {
+        (count(&org[1].inbox(), "<in@acme.test>") == 1).then_some(())
+    });
+    eventually("bob's mail is backed up in the ring", 120, || {
+        let st = org[1].home.run(&["status", "--json"]).success().json();
+        let d = &st["durability"];
+        (d["root_seq"].as_u64().is_some() && d["pending_bytes"].as_u64() == Some(0)).then_some(())
+    });
+    // No global node holds anything of it: no org address, no org user's or device's key
+    // (leases, roots and inbox rows carry them) and no row under bob's inbox key, in any
+    // store file; while the org's own stores have its addresses (the positive control).
+    let mut needles: Vec<(String, Vec<u8>)> = vec![("acme.test".into(), b"acme.test".to_vec())];
+    for n in &org {
+        let shown = n.home.run(&["key", "show", "--json"]).success().json();
+        for k in ["sign_key", "device_key"] {
+            let key = unhex(shown[k].as_str().unwrap());
+            if k == "sign_key" {
+                let sign: [u8; 32] = key.clone().try_into().unwrap();
+                let inbox = peerpost::overlay::protocol::inbox_key(&sign).to_vec();
+                needles.push((format!("{}'s inbox key", n.address), inbox));
+            }
+            needles.push((format!("{}'s {k}", n.address), key));
+        }
+    }
+    assert!(holds(&org[1], b"acme.test"), "the positive control");
+    for n in &global {
+        for (what, needle) in &needles {
+            assert!(!holds(n, needle), "{}'s store holds {what}", n.address);
+        }
+    }
+
+    // Org user to global user, and global user to org user: through a gateway.
+    submit(
+        &t,
+        &org[0],
+        &["g1@glob.test"],
+        "From: alice@acme.test\r\nSubject: out\r\nMessage-ID: <out@acme.test>\r\n\r\nleaving the ring\r\n",
+    );
+    submit(
+        &t,
+        &global[2],
+        &["carol@acme.test"],
+        "From: g2@glob.test\r\nSubject: in\r\nMessage-ID: <into@glob.test>\r\n\r\ninto the ring\r\n",
+    );
+    eventually("g1 has alice's mail", 120, || {
+        (count(&global[1].inbox(), "<out@acme.test>") == 1).then_some(())
+    });
+    eventually("carol has g2's mail", 120, || {
+        (count(&org[2].inbox(), "<into@glob.test>") == 1).then_some(())
+    });
+    let carried: usize = gws
+        .iter()
+        .map(|g| log_of(g).matches("notice carried").count())
+        .sum();
+    assert!(
+        carried >= 2,
+        "the gateways logged {carried} carried notices"
+    );
+
+    // carol's mailbox (with the mail that came in from outside) survives the loss of 60 %
+    // of the org's nodes, at the n/k the six-node ring supports, and restores from the
+    // phrase inside the ring.
+    let st = eventually("carol's mailbox is in the ring at target", 180, || {
+        let st = org[2].home.run(&["status", "--json"]).success().json();
+        let d = &st["durability"];
+        let checked = d["checked"].as_array()?;
+        (d["root_seq"].as_u64().is_some()
+            && d["pending_bytes"].as_u64() == Some(0)
+            && d["unpublished"] == false
+            && d["below_target"].as_u64() == Some(0)
+            && d["ring"].as_u64() >= Some(4)
+            && !checked.is_empty()
+            && checked.iter().all(|b| b["found"] == b["n"]))
+        .then(|| st.clone())
+        .or_else(|| {
+            eprintln!("carol: {d}");
+            None
+        })
+    });
+    let sv = &st["durability"]["survives"];
+    eprintln!("carol's bundles in the org ring: {sv}");
+    assert!(sv["any_nodes"].as_u64().unwrap() >= 3, "{sv}");
+    // The first gateway dies: the second carries both ways.
+    gws[0].kill9();
+    submit(
+        &t,
+        &org[3],
+        &["g3@glob.test"],
+        "From: dave@acme.test\r\nSubject: out again\r\nMessage-ID: <out2@acme.test>\r\n\r\nvia the other gateway\r\n",
+    );
+    submit(
+        &t,
+        &global[4],
+        &["alice@acme.test"],
+        "From: g4@glob.test\r\nSubject: in again\r\nMessage-ID: <into2@glob.test>\r\n\r\nvia the other gateway\r\n",
+    );
+    eventually(
+        "g3 has dave's mail after the first gateway died",
+        120,
+        || (count(&global[3].inbox(), "<out2@acme.test>") == 1).then_some(()),
+    );
+    eventually(
+        "alice has g4's mail after the first gateway died",
+        120,
+        || (count(&org[0].inbox(), "<into2@glob.test>") == 1).then_some(()),
+    );
+    let after = log_of(&gws[1]).matches("notice carried").count();
+    assert!(
+        after >= 2,
+        "the second gateway carried {after}: {}",
+        log_of(&gws[1])
+    );
+
+    let words = org[2]
+        .home
+        .run(&["key", "export", "--phrase"])
+        .success()
+        .stdout()
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // gw1 is gone already; carol, bob and dave go too: 4 of the 6 org nodes (67 %).
+    for i in [2, 1, 3] {
+        org[i].kill9();
+    }
+    let fresh = TestHome::new();
+    let pw = fresh.file("pw", "new-password\n");
+    let member = ring.join("member.toml");
+    let out = fresh
+        .run_stdin(
+            &[
+                "restore",
+                "--phrase",
+                "--password-file",
+                s(&pw),
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--ring",
+                s(&member),
+                "--bootstrap",
+                &boot,
+            ],
+            Some(&format!("{words}\n")),
+        )
+        .success();
+    assert!(out.stdout().contains("carol@acme.test"), "{}", out.stdout());
+    let got = fresh.path("got");
+    fresh.run(&["export", s(&got)]).success();
+    let restored = files(&got)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|m| m.contains("<into@glob.test>"));
+    assert!(
+        restored,
+        "carol's mail restored from the ring: {}",
+        out.stdout()
+    );
+}

@@ -63,6 +63,17 @@ pub struct Args {
     /// Do not mount, whatever maildir.mount says.
     #[arg(long, conflicts_with = "mount")]
     pub no_mount: bool,
+    /// Also be a gateway between this node's private ring and the global ring (as
+    /// `gateway.enabled = true`): carries directory lookups and sealed notices, nothing else.
+    #[arg(long)]
+    pub gateway: bool,
+    /// The gateway's global side listens here instead of gateway.listen (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub gateway_listen: Vec<String>,
+    /// The gateway's global side also dials this global peer (repeatable; added to
+    /// gateway.bootstrap).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub gateway_bootstrap: Vec<String>,
 }
 
 /// A listen address given on the command line: an address or "off".
@@ -146,6 +157,19 @@ pub fn execute(args: Args, home: &Home) -> Result<()> {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(gw) = node.gateway() {
+            for _ in 0..40 {
+                if let Ok(s) = gw.status().await
+                    && !s.listen.is_empty()
+                {
+                    for a in &s.listen {
+                        println!("gateway listening on {a}/p2p/{}", gw.peer_id());
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         for (what, addr) in node.servers() {
             println!("{what} listening on {addr}");
@@ -233,6 +257,15 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
     }
     nc.control_socket = Some(control::socket_path(home.root()));
     nc.certified_record = super::ring::installed_cert(home)?;
+    if args.gateway || config.gateway.enabled {
+        nc.gateway = Some(gateway_config(
+            args,
+            home,
+            &config,
+            device.seed(),
+            nc.overlay.reachable,
+        )?);
+    }
     let pick = |flag: Option<Listen>, configured| flag.map_or(configured, |l: Listen| l.0);
     nc.metrics = pick(args.metrics, config.overlay.metrics);
     nc.ring_stats = true;
@@ -265,6 +298,48 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         },
     });
     Ok((nc, store, identity.address))
+}
+
+/// A gateway's global side (issue #16): no PSK, a peer key derived from the device's (so
+/// it is stable and never the ring node's), its own store in `HOME/gateway/store`, its own
+/// listen addresses and bootstrap peers from `[gateway]` and the command line.
+fn gateway_config(
+    args: &Args,
+    home: &Home,
+    config: &Config,
+    device_seed: &[u8; 32],
+    reachable: overlay::Reachable,
+) -> Result<crate::node::GatewayConfig> {
+    if config.overlay.psk_file.is_none() {
+        anyhow::bail!(
+            "--gateway (gateway.enabled) needs a private ring: run `peerpost ring join FILE` first"
+        );
+    }
+    let mut m = b"peerpost gateway node key v1\0".to_vec();
+    m.extend_from_slice(device_seed);
+    let mut oc = overlay::Config::new(crate::crypto::hash(&m), TransportKind::Network);
+    let listen = if args.gateway_listen.is_empty() {
+        &config.gateway.listen
+    } else {
+        &args.gateway_listen
+    };
+    oc.listen = overlay::parse_addrs(listen)?;
+    let mut peers = config.gateway.bootstrap.clone();
+    peers.extend(args.gateway_bootstrap.iter().cloned());
+    oc.bootstrap = overlay::parse_addrs(&peers)?;
+    oc.mdns = false;
+    oc.max_connections = config.overlay.max_connections;
+    oc.contribution = config.storage.contribution;
+    oc.reachable = reachable;
+    oc.stats_share = false;
+    let dir = home.root().join("gateway").join("store");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(crate::node::GatewayConfig {
+        overlay: oc,
+        store: Store::open(&dir)?,
+        per_sender_per_minute: config.gateway.per_sender_per_minute,
+        per_minute: config.gateway.per_minute,
+    })
 }
 
 /// The intake's DKIM/SPF/DMARC checks from `[smtp] verify` and `dns_records`.

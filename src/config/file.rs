@@ -24,6 +24,32 @@ pub struct FileConfig {
     pub stats: StatsSection,
     // --- several devices per user (issue #15) ---
     pub devices: DevicesSection,
+    // --- gateways between a private ring and the global ring (issue #16) ---
+    pub gateway: GatewaySection,
+}
+
+/// `[gateway]`: this ring node also runs in the global ring and carries lookups and sealed
+/// notices between them (issue #16).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub enabled: bool,
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub per_sender_per_minute: u32,
+    pub per_minute: u32,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            enabled: false,
+            listen: vec!["/ip4/0.0.0.0/tcp/4041".into()],
+            bootstrap: Vec::new(),
+            per_sender_per_minute: 60,
+            per_minute: 600,
+        }
+    }
 }
 
 /// `[devices]`: replication between this user's devices (issue #15).

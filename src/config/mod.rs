@@ -64,6 +64,19 @@ pub struct Config {
     /// `[devices] backup_takeover`: another device's backup root this old is taken over.
     pub devices_backup_takeover: Duration,
     pub stats: StatsConfig,
+    /// `[gateway]` (issue #16).
+    pub gateway: GatewayConfig,
+}
+
+/// `[gateway]`, validated (docs/design.md "Rings and gateways").
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    pub enabled: bool,
+    /// The global ring's side: its own listen addresses and bootstrap peers.
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub per_sender_per_minute: u32,
+    pub per_minute: u32,
 }
 
 /// `[stats]`, validated: ring statistics (docs/design.md "Ring statistics").

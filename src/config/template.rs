@@ -152,6 +152,21 @@ write_timeout = "60s"
 # totals. false: send nothing (and hold nothing for others' statistics).
 share = true
 every = "1h"
+
+[gateway]
+# A node of a private ring (overlay.psk_file) that also joins the global ring and carries,
+# between the two, directory lookups and sealed delivery notices (at most 65 KiB each) —
+# nothing else: the ring's stored mail, fragments, inbox entries and backups stay inside.
+# It publishes the ring members' certified records in the global ring and announces itself
+# in both. `peerpost run --gateway` turns it on too. Its global side has its own peer key
+# (derived from this device's) and store (gateway/store in the home).
+enabled = false
+# The global side listens here (not the ring's port) and dials these global peers.
+listen = ["/ip4/0.0.0.0/tcp/4041"]
+bootstrap = []
+# Requests a minute one peer or one sender may make, and in all (then refused).
+per_sender_per_minute = 60
+per_minute = 600
 "#
     )
 }

@@ -46,6 +46,37 @@ impl Validator<'_> {
         }
     }
 
+    /// `[gateway]` (issue #16): its own listen addresses and bootstrap peers in the global
+    /// ring, and its rate limits (at least 1 a minute).
+    fn gateway(&self, f: &super::file::FileConfig) -> Result<super::GatewayConfig> {
+        let g = &f.gateway;
+        let listen = g
+            .listen
+            .iter()
+            .map(|a| self.multiaddr("gateway.listen", a))
+            .collect::<Result<Vec<_>>>()?;
+        let bootstrap = g
+            .bootstrap
+            .iter()
+            .map(|a| self.multiaddr("gateway.bootstrap", a))
+            .collect::<Result<Vec<_>>>()?;
+        for (key, v) in [
+            ("gateway.per_sender_per_minute", g.per_sender_per_minute),
+            ("gateway.per_minute", g.per_minute),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                return Err(self.err(key, "must be between 1 and 1000000"));
+            }
+        }
+        Ok(super::GatewayConfig {
+            enabled: g.enabled,
+            listen,
+            bootstrap,
+            per_sender_per_minute: g.per_sender_per_minute,
+            per_minute: g.per_minute,
+        })
+    }
+
     fn path(&self, v: &str) -> PathBuf {
         expand_path(v, self.home)
     }
@@ -270,6 +301,7 @@ impl Validator<'_> {
                 "devices.backup_takeover",
                 &f.devices.backup_takeover,
             )?,
+            gateway: self.gateway(&f)?,
             maildir: MaildirConfig {
                 mount: f.maildir.mount,
                 path: self.path(&f.maildir.path),

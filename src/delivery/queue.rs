@@ -483,8 +483,19 @@ impl Delivery {
         let Ok(ack_secret) = crate::crypto::random_bytes::<32>() else {
             return temp("no randomness".into());
         };
+        // A recipient in another ring is reached through a gateway, which carries notices
+        // only (issue #16): the message must fit inline, since no object crosses.
+        let crosses = client.crosses_rings(record);
         let body = if q.bytes.len() <= MAX_INLINE {
             Body::Inline(q.bytes.clone())
+        } else if crosses {
+            return Outcome::Permanent {
+                status: "5.3.4".into(),
+                diagnostic: format!(
+                    "{} bytes is more than a gateway between rings carries ({MAX_INLINE} bytes)",
+                    q.bytes.len()
+                ),
+            };
         } else {
             match self.put_parts(&q.bytes).await {
                 Ok(parts) => Body::Objects(parts),
@@ -510,6 +521,14 @@ impl Delivery {
         };
         let key = protocol::inbox_key(&record.keys.sign);
         let ack_hash = crate::crypto::hash(&ack_secret);
+        if crosses {
+            let put = overlay::put_request(&pseudonym, key, ack_hash, env.clone());
+            match client.carry(&record.address, put).await {
+                Ok(true) => return Outcome::Done,
+                Ok(false) => {} // no gateway announced: the recipient may be reachable here
+                Err(e) => return temp(format!("no gateway carried the notice: {e}")),
+            }
+        }
         // The push and the inbox entry go out together: a recipient that stores the pushed
         // copy before the entry lands acknowledges it when it next collects (it stores a
         // message id once).

@@ -26,6 +26,7 @@ use crate::delivery::{self, Delivery};
 use crate::devices::Devices;
 use crate::durability;
 use crate::mailbox::Mailbox;
+use crate::overlay::gateway::service::{Gateway, Inbound, Settings as GatewaySettings};
 use crate::overlay::{self, Event};
 use crate::server::Limits;
 use crate::server::auth::{Authenticator, HashSource};
@@ -90,6 +91,20 @@ pub struct NodeConfig {
     /// #16): published as is while it is valid and names this user's keys and device, so the
     /// ring's members see the address as verified-ring. `None`: a fresh self-signed record.
     pub certified_record: Option<DirectoryRecord>,
+    // --- gateways (issue #16) ---
+    /// Run as a gateway between this node's private ring and the global ring.
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// A gateway's global side (docs/design.md "Rings and gateways").
+pub struct GatewayConfig {
+    /// The global ring's overlay: no PSK, its own peer key and listen addresses.
+    pub overlay: overlay::Config,
+    /// Its own store (what the global ring's peers put on this node stays apart from the
+    /// ring's).
+    pub store: Store,
+    pub per_sender_per_minute: u32,
+    pub per_minute: u32,
 }
 
 /// The mail servers a node runs on its mailbox (each `None` is off).
@@ -147,6 +162,7 @@ impl NodeConfig {
             ring_stats: false,
             devices_sync_every: Duration::from_secs(10),
             certified_record: None,
+            gateway: None,
         }
     }
 }
@@ -163,12 +179,14 @@ pub struct Node {
     delivery: Option<Delivery>,
     metrics: Option<SocketAddr>,
     devices: Option<Devices>,
+    /// The gateway's global-ring overlay, when this node is a gateway.
+    gateway: Option<overlay::Client>,
 }
 
 impl Node {
     /// Starts a node on an open store. Call inside the node's tracing span: every task it
     /// spawns inherits it.
-    pub async fn start(config: NodeConfig, store: Store) -> Result<Node, Error> {
+    pub async fn start(mut config: NodeConfig, store: Store) -> Result<Node, Error> {
         let cancel = CancellationToken::new();
         let (client, mut events, overlay_task) =
             overlay::spawn(config.overlay.clone(), store.clone(), cancel.clone())?;
@@ -192,6 +210,9 @@ impl Node {
         // a request unanswered: the other device retries at its next sync).
         let (replica_tx, replica_rx) = tokio::sync::mpsc::channel(64);
         let (connected_tx, connected_rx) = tokio::sync::mpsc::channel::<overlay::PeerId>(256);
+        // Gateway requests go to the gateway service, when this node is one (dropped, so
+        // unanswered, otherwise).
+        let (gateway_tx, gateway_rx) = tokio::sync::mpsc::channel::<Inbound>(64);
         let ev_cancel = cancel.clone();
         tasks.spawn(
             async move {
@@ -214,6 +235,11 @@ impl Node {
                                     tracing::debug!(%from, "replica request dropped (busy or no mailbox)");
                                 }
                             }
+                            Some(Event::GatewayRequest { from, payload, reply }) => {
+                                if gateway_tx.try_send((from, payload, reply)).is_err() {
+                                    tracing::debug!(%from, "gateway request dropped (busy or no gateway)");
+                                }
+                            }
                             None => break,
                         }
                     }
@@ -221,6 +247,22 @@ impl Node {
             }
             .in_current_span(),
         );
+        let mut gateway = None;
+        if let Some(g) = config.gateway.take() {
+            match start_gateway(g, &config, &client, gateway_rx, &cancel, &mut tasks) {
+                Ok(global) => gateway = Some(global),
+                Err(e) => {
+                    cancel.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(e);
+                }
+            }
+        }
+        if config.overlay.psk.is_some()
+            && let Some(cert) = config.certified_record.clone()
+        {
+            tasks.spawn(export_record(client.clone(), cert, cancel.clone()).in_current_span());
+        }
         // Bound first (a second node in this home is refused before any port is taken),
         // served once delivery exists (the socket's `send` hands messages to it).
         let mut control_listener = None;
@@ -347,7 +389,13 @@ impl Node {
             delivery,
             metrics,
             devices,
+            gateway,
         })
+    }
+
+    /// The gateway's global-ring overlay, when this node is a gateway (issue #16).
+    pub fn gateway(&self) -> Option<&overlay::Client> {
+        self.gateway.as_ref()
     }
 
     /// The user's devices and their replication (when the node runs a mailbox).
@@ -397,6 +445,104 @@ impl Node {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the gateway (issue #16): the global ring's overlay beside the ring's, its events
+/// (gateway requests only) and the gateway service with both clients.
+fn start_gateway(
+    g: GatewayConfig,
+    config: &NodeConfig,
+    ring: &overlay::Client,
+    from_ring: tokio::sync::mpsc::Receiver<Inbound>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<overlay::Client, Error> {
+    let refuse = |m: &str| Error::Overlay(overlay::Error::Start(m.to_string()));
+    if config.overlay.psk.is_none() {
+        return Err(refuse(
+            "a gateway joins a private ring to the global ring: set overlay.psk_file              (`peerpost ring join`)",
+        ));
+    }
+    let Some(authority) = config.overlay.ring_authority else {
+        return Err(refuse(
+            "a gateway needs the ring authority (overlay.ring_authority, `peerpost ring join`)",
+        ));
+    };
+    if g.overlay.psk.is_some() {
+        return Err(refuse("a gateway's global side has no pre-shared key"));
+    }
+    let (global, mut events, task) = {
+        let span = tracing::info_span!("gateway");
+        let _in = span.enter();
+        overlay::spawn(g.overlay, g.store, cancel.clone())?
+    };
+    tasks.spawn(
+        async move {
+            let _ = task.await;
+        }
+        .in_current_span(),
+    );
+    let (tx, from_global) = tokio::sync::mpsc::channel::<Inbound>(64);
+    let ev_cancel = cancel.clone();
+    tasks.spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = ev_cancel.cancelled() => break,
+                    ev = events.recv() => match ev {
+                        Some(Event::GatewayRequest { from, payload, reply }) => {
+                            if tx.try_send((from, payload, reply)).is_err() {
+                                tracing::debug!(%from, "gateway request dropped (busy)");
+                            }
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    let domain = overlay::gateway::domain_of(&config.address);
+    tracing::info!(
+        target: "peerpost::_events::gateway",
+        %domain,
+        global_peer = %global.peer_id(),
+        "gateway between the ring and the global ring"
+    );
+    let gw = Gateway::new(
+        ring.clone(),
+        global.clone(),
+        GatewaySettings {
+            domain,
+            authority,
+            per_sender_per_minute: g.per_sender_per_minute,
+            per_minute: g.per_minute,
+        },
+    );
+    tasks.spawn(
+        gw.run(from_ring, from_global, cancel.clone())
+            .in_current_span(),
+    );
+    Ok(global)
+}
+
+/// Hands this member's certified record to the ring's gateways, which publish it in the
+/// global ring (issue #16): every 10 s until one took it, then every 6 h.
+async fn export_record(client: overlay::Client, cert: DirectoryRecord, cancel: CancellationToken) {
+    loop {
+        let wait = if cert.expires <= crate::overlay::gateway::now() {
+            return;
+        } else if client.export_record(&cert).await > 0 {
+            Duration::from_secs(6 * 3600)
+        } else {
+            Duration::from_secs(10)
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

@@ -55,6 +55,9 @@ pub(crate) struct Behaviour {
     pub notify: Rr,
     /// Between the devices of one user (issue #15): opaque frames, see replica.rs.
     pub replica: request_response::Behaviour<super::replica::ReplicaCodec>,
+    /// Between a ring's members and its gateways, and the global ring and a gateway (issue
+    /// #16): opaque bounded frames, see gateway/mod.rs.
+    pub gateway: request_response::Behaviour<super::gateway::GatewayCodec>,
     /// Relay v2 server (issue #19): on every node that may be reachable; bounded by
     /// [`relay_config`]. Laptops only reserve on peers that are DHT servers.
     pub relay: Toggle<relay::Behaviour>,
@@ -480,8 +483,9 @@ fn behaviour(
             max_records: MAX_RECORDS,
             // Directory records and backup roots (durability, issue #6).
             max_value_bytes: crate::crypto::record::MAX_RECORD.max(super::backup_root::MAX_ROOT),
-            max_providers_per_key: 0,
-            max_provided_keys: 0,
+            // Provider records announce gateways only (issue #16): few per key, few keys.
+            max_providers_per_key: 8,
+            max_provided_keys: 1024,
         },
     );
     let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
@@ -546,6 +550,7 @@ fn behaviour(
         blob: rr(names.blob, protocol::BLOB_PROTOCOL),
         notify: rr(names.notify, NOTIFY_PROTOCOL),
         replica: super::replica::behaviour(config.request_timeout),
+        gateway: super::gateway::behaviour(names.gateway, config.request_timeout),
         relay: (config.reachable != Reachable::No)
             .then(|| relay::Behaviour::new(peer_id, relay_config()))
             .into(),

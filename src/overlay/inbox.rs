@@ -234,7 +234,7 @@ impl Client {
         }
     }
 
-    async fn inbox_put_once(
+    pub(super) async fn inbox_put_once(
         &self,
         key: [u8; 32],
         req: &Request,

@@ -24,6 +24,8 @@ pub mod backup_root;
 pub mod directory;
 pub mod diversity;
 mod event_loop;
+/// Gateways between a private ring and the global ring (issue #16).
+pub mod gateway;
 mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
@@ -266,9 +268,16 @@ pub enum Event {
         payload: Vec<u8>,
         reply: ReplicaReply,
     },
+    /// A gateway request (≤ gateway::MAX_GATEWAY_FRAME bytes), answered on `reply` by the
+    /// node's gateway service; on a node that is no gateway it is dropped (unanswered).
+    GatewayRequest {
+        from: PeerId,
+        payload: Vec<u8>,
+        reply: ReplicaReply,
+    },
 }
 
-/// Where the owner answers a replica request.
+/// Where the owner answers a replica (or gateway) request.
 #[derive(Debug, Clone)]
 pub struct ReplicaReply(std::sync::Arc<std::sync::Mutex<Option<oneshot::Sender<Vec<u8>>>>>);
 
@@ -399,6 +408,20 @@ pub(crate) enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
     },
+    // --- gateways (issue #16) ---
+    Provide {
+        key: [u8; 32],
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    GetProviders {
+        key: [u8; 32],
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Gateway {
+        peer: PeerId,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
+    },
 }
 
 /// Cloneable handle on the overlay. Every method is cancel-safe for the caller.
@@ -413,6 +436,11 @@ pub struct Client {
     inbox_peers: inbox::PeerCache,
     /// Ring statistics this node holds and collects.
     stats: Arc<stats::Tally>,
+    // --- gateways (issue #16) ---
+    /// This overlay is a private ring (lookups it cannot answer go to its gateways).
+    private: bool,
+    gateways: gateway::GatewayCache,
+    outside: gateway::OutsideSet,
 }
 
 /// Starts the overlay: binds the listen addresses, dials the bootstrap peers, and runs the
@@ -459,6 +487,9 @@ pub fn spawn(
         blob_replicas: config.blob_replicas,
         inbox_peers: Default::default(),
         stats: stats.clone(),
+        private: config.psk.is_some(),
+        gateways: Default::default(),
+        outside: Default::default(),
     };
     let event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, store, config, stats);
     let handle = tokio::spawn(tracing::Instrument::in_current_span(event_loop.run(cancel)));
@@ -563,9 +594,13 @@ impl Client {
             normalize_address(address).map_err(|why| LookupError::Address(address.into(), why))?;
         let started = Instant::now();
         let key = protocol::directory_key(&address);
-        let found = self
+        let mut found = self
             .call(|reply| Command::GetRecords { key, reply })
             .await?;
+        if found.records.is_empty() {
+            // Not in this ring: a private ring asks its gateways (issue #16).
+            found.records = self.records_via_gateways(&address).await;
+        }
         let now = now_secs();
         let trusted = self
             .store

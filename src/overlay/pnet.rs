@@ -94,6 +94,7 @@ pub(crate) struct Protocols {
     pub blob: StreamProtocol,
     pub notify: StreamProtocol,
     pub identify: String,
+    pub gateway: StreamProtocol,
 }
 
 impl Protocols {
@@ -104,6 +105,7 @@ impl Protocols {
                 blob: StreamProtocol::new(BLOB_PROTOCOL),
                 notify: StreamProtocol::new(NOTIFY_PROTOCOL),
                 identify: IDENTIFY_PROTOCOL.to_string(),
+                gateway: StreamProtocol::new(super::gateway::GATEWAY_PROTOCOL),
             },
             Some(psk) => {
                 let fp = psk.fingerprint();
@@ -120,6 +122,7 @@ impl Protocols {
                     blob: proto(BLOB_PROTOCOL),
                     notify: proto(NOTIFY_PROTOCOL),
                     identify: name(IDENTIFY_PROTOCOL),
+                    gateway: proto(super::gateway::GATEWAY_PROTOCOL),
                 }
             }
         }

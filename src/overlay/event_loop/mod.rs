@@ -81,6 +81,8 @@ pub(crate) struct EventLoop {
     nat: nat::NatState,
     /// Notices waiting for the recipient device's relayed-address record.
     addr_lookups: HashMap<QueryId, PendingNotify>,
+    // --- gateways (issue #16) ---
+    gateway: gateway::GatewayState,
 }
 
 /// A notice push to a device this node has no way to dial yet.
@@ -120,6 +122,7 @@ impl EventLoop {
             replica_answers: JoinSet::new(),
             nat: nat::NatState::default(),
             addr_lookups: HashMap::new(),
+            gateway: Default::default(),
         }
     }
 
@@ -140,10 +143,14 @@ impl EventLoop {
                 Some(done) = self.replica_answers.join_next(), if !self.replica_answers.is_empty() => {
                     self.finish_replica(done.ok().flatten());
                 }
+                Some(done) = self.gateway.answers.join_next(), if !self.gateway.answers.is_empty() => {
+                    self.finish_gateway(done.ok().flatten());
+                }
             }
         }
         self.tasks.shutdown().await;
         self.replica_answers.shutdown().await;
+        self.gateway.answers.shutdown().await;
         tracing::debug!("overlay event loop stopped");
     }
 
@@ -155,6 +162,10 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         let command = match self.on_nat_command(command) {
+            Some(c) => c,
+            None => return,
+        };
+        let command = match self.on_gateway_command(command) {
             Some(c) => c,
             None => return,
         };
@@ -226,6 +237,8 @@ impl EventLoop {
                 let id = behaviour.replica.send_request(&peer, payload);
                 self.replica_requests.insert(id, reply);
             }
+            // Taken by `on_gateway_command` before this match.
+            Command::Provide { .. } | Command::GetProviders { .. } | Command::Gateway { .. } => {}
             Command::PutBackupRoot { .. } | Command::GetBackupRoots { .. } => {
                 self.on_backup_root_command(command)
             }
@@ -315,6 +328,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Blob(event)) => self.on_rr_event(event, false),
             SwarmEvent::Behaviour(BehaviourEvent::Notify(event)) => self.on_rr_event(event, true),
             SwarmEvent::Behaviour(BehaviourEvent::Replica(event)) => self.on_replica_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gateway(event)) => self.on_gateway_event(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -364,6 +378,28 @@ impl EventLoop {
                         ..
                     },
             } => self.on_inbound_record(source, record),
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                let source = record.provider;
+                self.on_inbound_provider(source, record)
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                ref result,
+                step: ref s,
+                ..
+            } if matches!(
+                result,
+                QueryResult::StartProviding(_) | QueryResult::GetProviders(_)
+            ) =>
+            {
+                let last = s.last;
+                self.on_provider_result(id, result, last);
+            }
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
@@ -712,6 +748,7 @@ fn expires_instant(record: &DirectoryRecord) -> Option<Instant> {
     Instant::now().checked_add(std::time::Duration::from_secs(left))
 }
 
+mod gateway;
 mod reach;
 mod replica;
 mod roots;
