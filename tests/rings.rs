@@ -52,6 +52,44 @@ fn enroll(n: &Node, boss: &TestHome, ring: &Path) {
     n.home.run(&["ring", "join", "--cert", s(&cert)]).success();
 }
 
+/// The recovery phrase of `n`'s user (`key export --phrase`, the words only).
+fn phrase_of(n: &Node) -> String {
+    n.home
+        .run(&["key", "export", "--phrase"])
+        .success()
+        .stdout()
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `restore --phrase --ring member.toml` into a fresh home, bootstrapping from `boot`.
+fn restore_in_ring(ring: &Path, boot: &str, words: &str) -> (TestHome, crate::util::Run) {
+    let fresh = TestHome::new();
+    let pw = fresh.file("pw", "new-password\n");
+    let member = ring.join("member.toml");
+    let out = fresh
+        .run_stdin(
+            &[
+                "restore",
+                "--phrase",
+                "--password-file",
+                s(&pw),
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--ring",
+                s(&member),
+                "--bootstrap",
+                boot,
+            ],
+            Some(&format!("{words}\n")),
+        )
+        .success();
+    (fresh, out)
+}
+
 fn log_of(n: &Node) -> String {
     std::fs::read_to_string(n.home.path("node.log")).unwrap_or_default()
 }
@@ -276,37 +314,9 @@ fn an_org_ring_keeps_its_mail_and_shuts_out_nodes_without_its_key() {
     assert!(text.contains("ring survives:"), "{text}");
 
     // bob's machine is lost: the phrase restores his mailbox from inside the ring.
-    let words = org[1]
-        .home
-        .run(&["key", "export", "--phrase"])
-        .success()
-        .stdout()
-        .split_whitespace()
-        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let words = phrase_of(&org[1]);
     org[1].kill9();
-    let fresh = TestHome::new();
-    let pw = fresh.file("pw", "new-password\n");
-    let member = ring.join("member.toml");
-    let out = fresh
-        .run_stdin(
-            &[
-                "restore",
-                "--phrase",
-                "--password-file",
-                s(&pw),
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--ring",
-                s(&member),
-                "--bootstrap",
-                &boot,
-            ],
-            Some(&format!("{words}\n")),
-        )
-        .success();
+    let (fresh, out) = restore_in_ring(&ring, &boot, &words);
     assert!(out.stdout().contains("bob@acme.test"), "{}", out.stdout());
     let config = std::fs::read_to_string(fresh.path("config.toml")).unwrap();
     assert!(config.contains("psk_file = \"ring/swarm.key\""), "{config}");
@@ -615,40 +625,12 @@ fn gateways_carry_mail_between_the_rings_a_second_takes_over_and_the_ring_surviv
         log_of(&gws[1])
     );
 
-    let words = org[2]
-        .home
-        .run(&["key", "export", "--phrase"])
-        .success()
-        .stdout()
-        .split_whitespace()
-        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let words = phrase_of(&org[2]);
     // gw1 is gone already; carol, bob and dave go too: 4 of the 6 org nodes (67 %).
     for i in [2, 1, 3] {
         org[i].kill9();
     }
-    let fresh = TestHome::new();
-    let pw = fresh.file("pw", "new-password\n");
-    let member = ring.join("member.toml");
-    let out = fresh
-        .run_stdin(
-            &[
-                "restore",
-                "--phrase",
-                "--password-file",
-                s(&pw),
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--ring",
-                s(&member),
-                "--bootstrap",
-                &boot,
-            ],
-            Some(&format!("{words}\n")),
-        )
-        .success();
+    let (fresh, out) = restore_in_ring(&ring, &boot, &words);
     assert!(out.stdout().contains("carol@acme.test"), "{}", out.stdout());
     let got = fresh.path("got");
     fresh.run(&["export", s(&got)]).success();
