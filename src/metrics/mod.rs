@@ -42,7 +42,7 @@ struct CommandLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrafficLabel {
-    /// The overlay protocol's short name (blob, notify, replica), a fixed set.
+    /// The overlay protocol's short name (blob, notify, replica, gateway), a fixed set.
     protocol: &'static str,
     /// "in" or "out".
     direction: &'static str,
@@ -56,7 +56,7 @@ struct HandshakeLabel {
 
 /// The overlay protocols whose frames are counted (Kademlia, identify and ping are libp2p's
 /// own: see `peerpost_libp2p_…`).
-pub const TRAFFIC_PROTOCOLS: [&str; 3] = ["blob", "notify", "replica"];
+pub const TRAFFIC_PROTOCOLS: [&str; 4] = ["blob", "notify", "replica", "gateway"];
 
 /// Submission→delivered latency buckets (seconds): a direct overlay delivery takes well under
 /// a second, a retried one minutes to days.

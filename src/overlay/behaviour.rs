@@ -54,10 +54,10 @@ pub(crate) struct Behaviour {
     pub blob: Rr,
     pub notify: Rr,
     /// Between the devices of one user (issue #15): opaque frames, see replica.rs.
-    pub replica: request_response::Behaviour<super::replica::ReplicaCodec>,
+    pub replica: request_response::Behaviour<super::opaque::OpaqueCodec>,
     /// Between a ring's members and its gateways, and the global ring and a gateway (issue
     /// #16): opaque bounded frames, see gateway/mod.rs.
-    pub gateway: request_response::Behaviour<super::gateway::GatewayCodec>,
+    pub gateway: request_response::Behaviour<super::opaque::OpaqueCodec>,
     /// Relay v2 server (issue #19): on every node that may be reachable; bounded by
     /// [`relay_config`]. Laptops only reserve on peers that are DHT servers.
     pub relay: Toggle<relay::Behaviour>,

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncWrite};
 use libp2p::{StreamProtocol, request_response};
 
+use super::opaque::OpaqueCodec;
 use super::protocol;
 
 pub const REPLICA_PROTOCOL: &str = "/peerpost/replica/1";
@@ -17,72 +17,13 @@ pub const REPLICA_PROTOCOL: &str = "/peerpost/replica/1";
 pub const MAX_REPLICA_FRAME: usize = protocol::MAX_FRAME;
 /// Concurrent replica streams per connection: few, as every one may hold a full frame.
 const MAX_REPLICA_STREAMS: usize = 4;
-const FRAME_STALL: Duration = Duration::from_secs(5);
+/// Time a replica frame's payload may take (it may hold bodies: up to a full frame).
 const FRAME_TOTAL: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ReplicaCodec;
-
-async fn read<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    let len = protocol::read_len(io, MAX_REPLICA_FRAME).await?;
-    let frame = protocol::read_body_paced(io, len, FRAME_STALL, FRAME_TOTAL).await?;
-    super::metrics::frame(REPLICA_PROTOCOL, "in", frame.len());
-    Ok(frame)
-}
-
-async fn write<T: AsyncWrite + Unpin + Send>(io: &mut T, payload: &[u8]) -> std::io::Result<()> {
-    super::metrics::frame(REPLICA_PROTOCOL, "out", payload.len());
-    protocol::write_frame(io, payload).await
-}
-
-impl request_response::Codec for ReplicaCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read(io).await
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read(io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write(io, &res).await
-    }
-}
-
 /// The replica behaviour (its own codec: the frames are opaque to the overlay).
-pub(crate) fn behaviour(request_timeout: Duration) -> request_response::Behaviour<ReplicaCodec> {
+pub(crate) fn behaviour(request_timeout: Duration) -> request_response::Behaviour<OpaqueCodec> {
     request_response::Behaviour::with_codec(
-        ReplicaCodec,
+        OpaqueCodec::new(MAX_REPLICA_FRAME, FRAME_TOTAL, "replica"),
         [(
             StreamProtocol::new(REPLICA_PROTOCOL),
             request_response::ProtocolSupport::Full,

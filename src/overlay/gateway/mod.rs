@@ -24,9 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncRead, AsyncWrite};
 use libp2p::{PeerId, StreamProtocol, request_response};
 
+use super::opaque::OpaqueCodec;
 use super::protocol::{self, Request};
 use super::{Client, Command, RequestError, directory, now_secs};
 use crate::crypto::DirectoryRecord;
@@ -50,7 +50,6 @@ const MAX_GATEWAYS_TRIED: usize = 4;
 const GATEWAYS_TTL: Duration = Duration::from_secs(30);
 const MAX_CACHED: usize = 256;
 const STREAMS: usize = 8;
-const FRAME_STALL: Duration = Duration::from_secs(5);
 const FRAME_TOTAL: Duration = Duration::from_secs(15);
 
 /// The provider key under which gateways announce themselves: `BLAKE3("peerpost gateway v1"
@@ -284,64 +283,12 @@ impl GatewayResponse {
 
 // --- the libp2p side: raw bounded frames, answered by the owner ---
 
-#[derive(Debug, Clone, Default)]
-pub(crate) struct GatewayCodec;
-
-async fn read<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    let len = protocol::read_len(io, MAX_GATEWAY_FRAME).await?;
-    protocol::read_body_paced(io, len, FRAME_STALL, FRAME_TOTAL).await
-}
-
-impl request_response::Codec for GatewayCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read(io).await
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read(io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        protocol::write_frame(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        protocol::write_frame(io, &res).await
-    }
-}
-
 pub(crate) fn behaviour(
     name: StreamProtocol,
     request_timeout: Duration,
-) -> request_response::Behaviour<GatewayCodec> {
+) -> request_response::Behaviour<OpaqueCodec> {
     request_response::Behaviour::with_codec(
-        GatewayCodec,
+        OpaqueCodec::new(MAX_GATEWAY_FRAME, FRAME_TOTAL, "gateway"),
         [(name, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(request_timeout)
