@@ -40,7 +40,12 @@ fuzz_target!(init: peerpost_fuzz::seeds::write_if_asked("durability"), |data: &[
         }
         4 => {
             if let Ok(i) = backup::decode_index(rest) {
-                let bytes = backup::encode_index(&i.entries, i.created, i.address.as_deref());
+                let bytes = backup::encode_index(
+                    &i.entries,
+                    i.created,
+                    i.address.as_deref(),
+                    i.device.as_ref(),
+                );
                 assert_eq!(backup::decode_index(&bytes).expect("re-encoded index"), i);
             }
         }

@@ -370,6 +370,7 @@ pub mod seeds {
                     std::slice::from_ref(&entry),
                     NOW,
                     Some("alice@example.org"),
+                    Some(&[7; 32]),
                 );
                 let segment = backup::encode_segment(&[LogRow {
                     device: 1,
