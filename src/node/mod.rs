@@ -22,16 +22,14 @@ use tracing::Instrument;
 
 use crate::control;
 use crate::crypto::{DirectoryRecord, UserKeys};
-use crate::delivery::{self, Delivery};
+use crate::delivery::Delivery;
 use crate::devices::Devices;
 use crate::durability;
 use crate::mailbox::Mailbox;
-use crate::overlay::gateway::service::{Gateway, Inbound, Settings as GatewaySettings};
+use crate::overlay::gateway::service::Inbound;
 use crate::overlay::{self, Event};
-use crate::server::Limits;
-use crate::server::auth::{Authenticator, HashSource};
 use crate::store::Store;
-use crate::{imap, pop3, smtp, tls};
+use crate::{smtp, tls};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -96,50 +94,6 @@ pub struct NodeConfig {
     pub gateway: Option<GatewayConfig>,
 }
 
-/// A gateway's global side (docs/design.md "Rings and gateways").
-pub struct GatewayConfig {
-    /// The global ring's overlay: no PSK, its own peer key and listen addresses.
-    pub overlay: overlay::Config,
-    /// Its own store (what the global ring's peers put on this node stays apart from the
-    /// ring's).
-    pub store: Store,
-    pub per_sender_per_minute: u32,
-    pub per_minute: u32,
-}
-
-/// The mail servers a node runs on its mailbox (each `None` is off).
-pub struct MailConfig {
-    pub pop3: Option<SocketAddr>,
-    pub pop3s: Option<SocketAddr>,
-    pub imap: Option<SocketAddr>,
-    pub imaps: Option<SocketAddr>,
-    pub smtp: Option<SocketAddr>,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
-    /// The current password hash (re-read at each login).
-    pub password: HashSource,
-    pub max_message_size: u64,
-    /// The name in SMTP greetings and Received headers.
-    pub hostname: String,
-    // --- mail flow (issue #7) ---
-    /// The SMTP submission listener (AUTH, any recipient), if wanted.
-    pub submission: Option<SocketAddr>,
-    /// The same over implicit TLS (RFC 8314), if wanted.
-    pub submissions: Option<SocketAddr>,
-    /// Delivery's timings and smarthost (its address and hostname are the node's).
-    pub delivery: delivery::Config,
-    /// DKIM/SPF/DMARC checks on the SMTP intake (`[smtp] verify`); `None`: off.
-    pub verify: Option<smtp::auth_check::Settings>,
-    /// `[smtp] dns_records`: the `_peerpost` TXT answers of address ownership come from this
-    /// file only (`None`: the system resolver), as the intake's checks do.
-    pub dns_records: Option<PathBuf>,
-    // --- hostile clients (issue #18) ---
-    /// Where SMTP DATA past 1 MiB is spooled while it arrives; `None`: the temp directory.
-    pub spool: Option<PathBuf>,
-    /// Of each listener: sessions, per address, deadlines.
-    pub limits: Limits,
-}
-
 impl NodeConfig {
     pub fn new(
         address: &str,
@@ -188,7 +142,7 @@ impl Node {
     /// spawns inherits it.
     pub async fn start(mut config: NodeConfig, store: Store) -> Result<Node, Error> {
         let cancel = CancellationToken::new();
-        let (client, mut events, overlay_task) =
+        let (client, events, overlay_task) =
             overlay::spawn(config.overlay.clone(), store.clone(), cancel.clone())?;
         let mut tasks = JoinSet::new();
         tasks.spawn(
@@ -213,40 +167,36 @@ impl Node {
         // Gateway requests go to the gateway service, when this node is one (dropped, so
         // unanswered, otherwise).
         let (gateway_tx, gateway_rx) = tokio::sync::mpsc::channel::<Inbound>(64);
-        let ev_cancel = cancel.clone();
-        tasks.spawn(
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = ev_cancel.cancelled() => break,
-                        ev = events.recv() => match ev {
-                            Some(Event::Listening(addr)) => tracing::debug!(%addr, "listening"),
-                            Some(Event::Notification { from, payload }) => {
-                                tracing::debug!(%from, bytes = payload.len(), "notification received");
-                                if notify_tx.try_send(payload).is_err() {
-                                    tracing::debug!("notification not handed to delivery (busy or off)");
-                                }
-                            }
-                            Some(Event::Connected(peer)) => {
-                                let _ = connected_tx.try_send(peer);
-                            }
-                            Some(Event::ReplicaRequest { from, payload, reply }) => {
-                                if replica_tx.try_send((from, payload, reply)).is_err() {
-                                    tracing::debug!(%from, "replica request dropped (busy or no mailbox)");
-                                }
-                            }
-                            Some(Event::GatewayRequest { from, payload, reply }) => {
-                                if gateway_tx.try_send((from, payload, reply)).is_err() {
-                                    tracing::debug!(%from, "gateway request dropped (busy or no gateway)");
-                                }
-                            }
-                            None => break,
-                        }
-                    }
+        forward_events(events, cancel.clone(), &mut tasks, move |ev| match ev {
+            Event::Listening(addr) => tracing::debug!(%addr, "listening"),
+            Event::Notification { from, payload } => {
+                tracing::debug!(%from, bytes = payload.len(), "notification received");
+                if notify_tx.try_send(payload).is_err() {
+                    tracing::debug!("notification not handed to delivery (busy or off)");
                 }
             }
-            .in_current_span(),
-        );
+            Event::Connected(peer) => {
+                let _ = connected_tx.try_send(peer);
+            }
+            Event::ReplicaRequest {
+                from,
+                payload,
+                reply,
+            } => {
+                if replica_tx.try_send((from, payload, reply)).is_err() {
+                    tracing::debug!(%from, "replica request dropped (busy or no mailbox)");
+                }
+            }
+            Event::GatewayRequest {
+                from,
+                payload,
+                reply,
+            } => {
+                if gateway_tx.try_send((from, payload, reply)).is_err() {
+                    tracing::debug!(%from, "gateway request dropped (busy or no gateway)");
+                }
+            }
+        });
         let mut gateway = None;
         if let Some(g) = config.gateway.take() {
             match start_gateway(g, &config, &client, gateway_rx, &cancel, &mut tasks) {
@@ -448,55 +398,37 @@ impl Node {
     }
 }
 
-/// Starts the gateway (issue #16): the global ring's overlay beside the ring's, its events
-/// (gateway requests only) and the gateway service with both clients.
-fn start_gateway(
-    g: GatewayConfig,
-    config: &NodeConfig,
-    ring: &overlay::Client,
-    from_ring: tokio::sync::mpsc::Receiver<Inbound>,
-    cancel: &CancellationToken,
+/// Many full nodes in one process over the memory transport (tests and benchmarks).
+pub mod testing;
+
+mod durable;
+mod gateway;
+mod mail;
+mod measure;
+mod publisher;
+use durable::spawn_durability;
+pub use durable::{DurabilityConfig, RestoreError, RestoreSummary, restore_mailbox};
+pub use gateway::GatewayConfig;
+use gateway::{export_record, start_gateway};
+pub use mail::MailConfig;
+use mail::start_mail;
+use measure::{ring_stats, serve_metrics};
+use publisher::Publisher;
+
+/// Hands each of the overlay's events to `route` until the node stops or the overlay ends.
+fn forward_events(
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> Result<overlay::Client, Error> {
-    let refuse = |m: &str| Error::Overlay(overlay::Error::Start(m.to_string()));
-    if config.overlay.psk.is_none() {
-        return Err(refuse(
-            "a gateway joins a private ring to the global ring: set overlay.psk_file              (`peerpost ring join`)",
-        ));
-    }
-    let Some(authority) = config.overlay.ring_authority else {
-        return Err(refuse(
-            "a gateway needs the ring authority (overlay.ring_authority, `peerpost ring join`)",
-        ));
-    };
-    if g.overlay.psk.is_some() {
-        return Err(refuse("a gateway's global side has no pre-shared key"));
-    }
-    let (global, mut events, task) = {
-        let span = tracing::info_span!("gateway");
-        let _in = span.enter();
-        overlay::spawn(g.overlay, g.store, cancel.clone())?
-    };
-    tasks.spawn(
-        async move {
-            let _ = task.await;
-        }
-        .in_current_span(),
-    );
-    let (tx, from_global) = tokio::sync::mpsc::channel::<Inbound>(64);
-    let ev_cancel = cancel.clone();
+    mut route: impl FnMut(Event) + Send + 'static,
+) {
     tasks.spawn(
         async move {
             loop {
                 tokio::select! {
-                    _ = ev_cancel.cancelled() => break,
+                    _ = cancel.cancelled() => break,
                     ev = events.recv() => match ev {
-                        Some(Event::GatewayRequest { from, payload, reply }) => {
-                            if tx.try_send((from, payload, reply)).is_err() {
-                                tracing::debug!(%from, "gateway request dropped (busy)");
-                            }
-                        }
-                        Some(_) => {}
+                        Some(ev) => route(ev),
                         None => break,
                     }
                 }
@@ -504,549 +436,4 @@ fn start_gateway(
         }
         .in_current_span(),
     );
-    let domain = overlay::gateway::domain_of(&config.address);
-    tracing::info!(
-        target: "peerpost::_events::gateway",
-        %domain,
-        global_peer = %global.peer_id(),
-        "gateway between the ring and the global ring"
-    );
-    let gw = Gateway::new(
-        ring.clone(),
-        global.clone(),
-        GatewaySettings {
-            domain,
-            authority,
-            per_sender_per_minute: g.per_sender_per_minute,
-            per_minute: g.per_minute,
-        },
-    );
-    tasks.spawn(
-        gw.run(from_ring, from_global, cancel.clone())
-            .in_current_span(),
-    );
-    Ok(global)
 }
-
-/// Hands this member's certified record to the ring's gateways, which publish it in the
-/// global ring (issue #16): every 10 s until one took it, then every 6 h.
-async fn export_record(client: overlay::Client, cert: DirectoryRecord, cancel: CancellationToken) {
-    loop {
-        let wait = if cert.expires <= crate::overlay::gateway::now() {
-            return;
-        } else if client.export_record(&cert).await > 0 {
-            Duration::from_secs(6 * 3600)
-        } else {
-            Duration::from_secs(10)
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Opens the mailbox engine on the node's store and starts the configured mail servers;
-/// returns the engine and the bound addresses.
-async fn start_mail(
-    mail: &MailConfig,
-    config: &NodeConfig,
-    store: &Store,
-    client: &overlay::Client,
-    cancel: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) -> Result<(Mailbox, Vec<(&'static str, SocketAddr)>, Delivery), Error> {
-    let keys = UserKeys::from_seed(*config.user_keys.seed());
-    let mailbox = Mailbox::open(store.clone(), keys, config.device_public).await?;
-    let acceptor = tls::Acceptor::load(&mail.tls_cert, &mail.tls_key)?;
-    let auth = Arc::new(Authenticator::new(
-        &config.address,
-        Arc::clone(&mail.password),
-    ));
-    let bind = |what: &'static str, addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Listen { what, addr, source })
-    };
-    let mut bound = Vec::new();
-    let pop3_ctx = pop3::Context {
-        mailbox: mailbox.clone(),
-        auth: Arc::clone(&auth),
-        tls: Some(acceptor.clone()),
-    };
-    for (what, addr, implicit) in [("pop3", mail.pop3, false), ("pop3s", mail.pop3s, true)] {
-        if let Some(addr) = addr {
-            let l = bind(what, addr).await?;
-            bound.push((what, l.local_addr().unwrap_or(addr)));
-            tasks.spawn(
-                pop3::serve(
-                    l,
-                    pop3_ctx.clone(),
-                    implicit,
-                    mail.limits.clone(),
-                    cancel.clone(),
-                )
-                .in_current_span(),
-            );
-        }
-    }
-    // IMAP (STARTTLS) and IMAPS.
-    let mut imap_ctx = imap::Context::new(
-        mailbox.clone(),
-        Arc::clone(&pop3_ctx.auth),
-        Some(acceptor.clone()),
-    );
-    // The node's message size limit is IMAP's too (APPEND literals, APPENDLIMIT).
-    imap_ctx.max_literal = u32::try_from(mail.max_message_size).unwrap_or(u32::MAX);
-    for (what, addr, implicit) in [("imap", mail.imap, false), ("imaps", mail.imaps, true)] {
-        if let Some(addr) = addr {
-            let l = bind(what, addr).await?;
-            bound.push((what, l.local_addr().unwrap_or(addr)));
-            tasks.spawn(
-                imap::serve(
-                    l,
-                    imap_ctx.clone(),
-                    implicit,
-                    mail.limits.clone(),
-                    cancel.clone(),
-                )
-                .in_current_span(),
-            );
-        }
-    }
-    if let Some(addr) = mail.smtp {
-        // The records file is read (and refused with its line number) before we listen.
-        let verify = match &mail.verify {
-            Some(s) => Some(Arc::new(smtp::auth_check::Verifier::new(
-                s,
-                &mail.hostname,
-            )?)),
-            None => None,
-        };
-        let l = bind("smtp", addr).await?;
-        bound.push(("smtp", l.local_addr().unwrap_or(addr)));
-        let ctx = smtp::Context {
-            mailbox: mailbox.clone(),
-            local: vec![config.address.to_lowercase()],
-            hostname: mail.hostname.clone(),
-            max_message_size: mail.max_message_size,
-            tls: Some(acceptor.clone()),
-            mode: smtp::Mode::Intake { verify },
-            spool: mail.spool.clone(),
-        };
-        tasks.spawn(smtp::serve(l, ctx, mail.limits.clone(), cancel.clone()).in_current_span());
-    }
-    // --- mail flow (issue #7): delivery and the submission listener ---
-    let mut dc = mail.delivery.clone();
-    dc.address = config.address.to_lowercase();
-    dc.hostname = mail.hostname.clone();
-    // Address ownership (issue #18): who vouches for a recipient's or sender's key.
-    let ownership = Arc::new(smtp::auth_check::OwnershipDns::new(
-        mail.dns_records.as_deref(),
-    )?);
-    dc.vouches = Some(delivery::ownership::Vouches(Arc::new(
-        move |domain: String| {
-            let dns = Arc::clone(&ownership);
-            Box::pin(async move { dns.peerpost_txt(&domain).await })
-        },
-    )));
-    dc.ring_authority = config.overlay.ring_authority;
-    let delivery = Delivery::new(
-        dc,
-        UserKeys::from_seed(*config.user_keys.seed()),
-        client.clone(),
-        store.clone(),
-        mailbox.clone(),
-    );
-    let submission_ctx = smtp::Context {
-        mailbox: mailbox.clone(),
-        local: vec![config.address.to_lowercase()],
-        hostname: mail.hostname.clone(),
-        max_message_size: mail.max_message_size,
-        tls: Some(acceptor),
-        mode: smtp::Mode::Submission {
-            auth,
-            delivery: delivery.clone(),
-        },
-        spool: mail.spool.clone(),
-    };
-    if let Some(addr) = mail.submission {
-        let l = bind("submission", addr).await?;
-        bound.push(("submission", l.local_addr().unwrap_or(addr)));
-        let serving = smtp::serve(
-            l,
-            submission_ctx.clone(),
-            mail.limits.clone(),
-            cancel.clone(),
-        );
-        tasks.spawn(serving.in_current_span());
-    }
-    if let Some(addr) = mail.submissions {
-        let l = bind("submissions", addr).await?;
-        bound.push(("submissions", l.local_addr().unwrap_or(addr)));
-        let serving =
-            smtp::serve_implicit_tls(l, submission_ctx, mail.limits.clone(), cancel.clone());
-        tasks.spawn(serving.in_current_span());
-    }
-    // Mail written by other processes of this device (import, sync) shows up within a second.
-    let (mb, token) = (mailbox.clone(), cancel.clone());
-    tasks.spawn(
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = mb.refresh().await {
-                            tracing::warn!(error = %e, "mailbox refresh failed");
-                        }
-                    }
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    Ok((mailbox, bound, delivery))
-}
-
-// --- durability (issue #6): backup of the user's mailbox into the ring, maintenance of the
-// fragments this node holds, and restore from the phrase ---
-
-/// When the durability tasks run.
-#[derive(Debug, Clone)]
-pub struct DurabilityConfig {
-    pub backup: durability::backup::BackupConfig,
-    /// How often the backup task looks for new mail and at the ring.
-    pub tick: Duration,
-    /// When passes run: new mail within `schedule.backup_every`, re-coding, compaction.
-    pub schedule: durability::schedule::ScheduleConfig,
-    /// The owner's repair and lease renewal pass over its own bundles.
-    pub maintain_every: Duration,
-    /// The holders' pass over the fragments held for others (repair when owners are away,
-    /// expiry of fragments nobody renews).
-    pub holder_every: Duration,
-    pub limits: durability::repair::RepairLimits,
-    /// One backup per user (issue #15): another device's root this old is stale, and this
-    /// device takes the backup over; the backing-up device republishes its root every quarter
-    /// of it.
-    pub takeover_after: Duration,
-}
-
-impl Default for DurabilityConfig {
-    fn default() -> Self {
-        DurabilityConfig {
-            backup: durability::backup::BackupConfig::default(),
-            tick: Duration::from_secs(2),
-            schedule: durability::schedule::ScheduleConfig::default(),
-            maintain_every: Duration::from_secs(6 * 3600),
-            holder_every: Duration::from_secs(3600),
-            limits: durability::repair::RepairLimits::default(),
-            takeover_after: Duration::from_secs(3 * 3600),
-        }
-    }
-}
-
-fn spawn_durability(
-    d: &DurabilityConfig,
-    config: &NodeConfig,
-    client: &overlay::Client,
-    store: &Store,
-    mailbox: Option<Mailbox>,
-    cancel: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    use durability::backup::Backup;
-    let (c, s, token, cfg) = (client.clone(), store.clone(), cancel.clone(), d.clone());
-    tasks.spawn(
-        async move {
-            // A first pass after the ring had time to fill the routing table.
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + cfg.holder_every.min(Duration::from_secs(600)),
-                cfg.holder_every,
-            );
-            let mut state = durability::repair::HolderState::default();
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => {
-                        let pass = durability::repair::holder_pass(
-                            &c, &s, &durability::ReedSolomon8, cfg.limits, overlay::now_secs(),
-                            &mut state,
-                        );
-                        match pass.await {
-                            Ok(st) => tracing::info!(?st, "holder maintenance pass"),
-                            Err(e) => tracing::warn!("holder maintenance failed: {e}"),
-                        }
-                        // The pass read every held lease through the store's map.
-                        s.release_resident();
-                    }
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    let Some(mailbox) = mailbox else {
-        return;
-    };
-    // The user's share of the ring: contribution ÷ overhead, first for a large ring, then for
-    // the ring as the backup passes see it.
-    let contribution = config.overlay.contribution;
-    let (ff, target) = (d.backup.failure_fraction, d.backup.target_loss);
-    mailbox.set_quota(Some(durability::backup::quota(
-        contribution,
-        None,
-        ff,
-        target,
-    )));
-    let keys = UserKeys::from_seed(*config.user_keys.seed());
-    let b = Backup::new(client.clone(), store.clone(), keys, d.backup.clone())
-        .with_address(&config.address)
-        .with_device(config.device_public);
-    let (token, cfg, resident) = (cancel.clone(), d.clone(), store.clone());
-    tasks.spawn(
-        async move {
-            use durability::backup::{Error as BackupError, PassOptions};
-            use durability::schedule::{Decision, Schedule};
-            let mut schedule = Schedule::new(cfg.schedule.clone());
-            let mut tick = tokio::time::interval(cfg.tick);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The owner's first maintenance follows its first clean pass (it renews every
-            // holder's lease with a signed one: holders drop fragments no valid lease names).
-            let mut last_maintain: Option<tokio::time::Instant> = None;
-            let mut passed_once = false;
-            let mut devices = BackupTurn::new(cfg.takeover_after);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let routing = match b.ring_size().await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::debug!("backup: no ring size: {e}");
-                        0
-                    }
-                };
-                let counter = match b.log_counter().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("backup: {e}");
-                        continue;
-                    }
-                };
-                let now = tokio::time::Instant::now();
-                let decision = schedule.tick(now, routing, counter);
-                let due = !matches!(decision, Decision::Wait);
-                if !devices.mine(&b, &mut schedule, routing, due).await {
-                    // Another device backs this user up: nothing is placed or maintained here.
-                    if matches!(decision, Decision::Pass { .. }) {
-                        schedule.passed(counter);
-                    }
-                    continue;
-                }
-                let opts = match decision {
-                    Decision::Wait => None,
-                    Decision::Pass {
-                        ring,
-                        force,
-                        compact,
-                    } => Some(PassOptions {
-                        force,
-                        compact,
-                        ring: Some(ring),
-                    }),
-                    Decision::Check { ring, compact } => {
-                        match b.needs_recode(ring, compact).await {
-                            Ok(true) => Some(PassOptions {
-                                force: false,
-                                compact,
-                                ring: Some(ring),
-                            }),
-                            Ok(false) => None,
-                            Err(e) => {
-                                tracing::warn!("backup check failed: {e}");
-                                None
-                            }
-                        }
-                    }
-                };
-                if let Some(opts) = opts {
-                    match b.run_pass(opts).await {
-                        Ok(r) => {
-                            schedule.passed(counter);
-                            passed_once = true;
-                            if let Some(ring) = opts.ring {
-                                let q =
-                                    (contribution as f64 / b.params_for(ring).overhead()) as u64;
-                                mailbox.set_quota(Some(q));
-                            }
-                            if r.bundles > 0 || r.recoded > 0 {
-                                tracing::info!(?r, "backup pass");
-                            }
-                        }
-                        Err(BackupError::NoPeers) => {
-                            schedule.failed(now);
-                            tracing::debug!("backup waits for a peer");
-                        }
-                        Err(e) => {
-                            schedule.failed(now);
-                            tracing::warn!("backup pass failed (retried): {e}");
-                        }
-                    }
-                }
-                if passed_once {
-                    devices.heartbeat(&b).await;
-                }
-                let maintain_due = last_maintain.is_none_or(|t| t.elapsed() >= cfg.maintain_every);
-                if passed_once && maintain_due {
-                    last_maintain = Some(tokio::time::Instant::now());
-                    match b.maintain(cfg.limits).await {
-                        Ok(st) => tracing::info!(?st, "backup maintenance pass"),
-                        Err(e) => tracing::warn!("backup maintenance failed: {e}"),
-                    }
-                    // A fresh expiry for the root even when no mail came in.
-                    if let Err(e) = b.republish().await {
-                        tracing::warn!("backup root not republished: {e}");
-                    }
-                    // Maintenance read every receipt and held fragment through the map.
-                    resident.release_resident();
-                }
-            }
-        }
-        .in_current_span(),
-    );
-}
-
-/// Which of the user's devices backs up (issue #15; durability/backup/share.rs): asked
-/// before every pass and every heartbeat.
-struct BackupTurn {
-    takeover_after: Duration,
-    /// `None` until the first look (then every change is logged).
-    turn: Option<durability::backup::Turn>,
-    checked: Option<tokio::time::Instant>,
-    republished: Option<tokio::time::Instant>,
-}
-
-impl BackupTurn {
-    fn new(takeover_after: Duration) -> Self {
-        BackupTurn {
-            takeover_after,
-            turn: None,
-            checked: None,
-            republished: None,
-        }
-    }
-
-    /// Whether this device backs up now; looks at the user's newest root when a pass is
-    /// `due` or a heartbeat has passed. Taking over restarts `schedule` with a forced pass.
-    async fn mine(
-        &mut self,
-        b: &durability::backup::Backup,
-        schedule: &mut durability::schedule::Schedule,
-        routing: usize,
-        due: bool,
-    ) -> bool {
-        use durability::backup::Turn;
-        let beat = durability::backup::heartbeat(self.takeover_after);
-        let stale = self.checked.is_none_or(|t| t.elapsed() >= beat);
-        if routing > 0 && (due || stale) {
-            self.checked = Some(tokio::time::Instant::now());
-            match b.turn(self.takeover_after).await {
-                Ok(t) if Some(t) != self.turn => {
-                    match t {
-                        Turn::Mine => {
-                            tracing::info!("backup: this device backs up the user's mailbox now");
-                            schedule.again();
-                        }
-                        Turn::Theirs { device, seq } => tracing::info!(
-                            "backup: device {} backs up the user's mailbox (root {seq}); this \
-                             device waits",
-                            device.map_or("(unnamed)".to_string(), |d| d[..8]
-                                .iter()
-                                .map(|b| format!("{b:02x}"))
-                                .collect::<String>())
-                        ),
-                    }
-                    self.turn = Some(t);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!("backup: whose turn is unknown: {e}"),
-            }
-        }
-        !matches!(self.turn, Some(Turn::Theirs { .. }))
-    }
-
-    /// The backing-up device republishes its root every heartbeat, so the others see it alive.
-    async fn heartbeat(&mut self, b: &durability::backup::Backup) {
-        let beat = durability::backup::heartbeat(self.takeover_after);
-        if self.republished.is_some_and(|t| t.elapsed() < beat) {
-            return;
-        }
-        self.republished = Some(tokio::time::Instant::now());
-        if let Err(e) = b.republish().await {
-            tracing::debug!("backup root not republished: {e}");
-        }
-    }
-}
-
-/// What [`restore_mailbox`] rebuilt.
-#[derive(Debug, Clone, Default)]
-pub struct RestoreSummary {
-    pub bundles: usize,
-    pub bytes: u64,
-    pub objects: usize,
-    pub log_entries: usize,
-    pub folders: usize,
-    pub messages: usize,
-}
-
-/// Restores a user's mailbox from the ring into `store` (a fresh home's): bodies into the
-/// store, log entries verified and merged by the engine. Returns the opened engine.
-pub async fn restore_mailbox(
-    client: &overlay::Client,
-    store: &Store,
-    keys: &UserKeys,
-    device_public: [u8; 32],
-    progress: &(dyn Fn(durability::restore::Progress) + Sync),
-) -> Result<(Mailbox, RestoreSummary), RestoreError> {
-    let restored = durability::restore::restore(client, store, keys, progress).await?;
-    let mailbox = Mailbox::open(
-        store.clone(),
-        UserKeys::from_seed(*keys.seed()),
-        device_public,
-    )
-    .await?;
-    let log_entries = restored.entries.len();
-    let mut entries = restored.entries;
-    while !entries.is_empty() {
-        let rest = entries.split_off(entries.len().min(2048));
-        mailbox.merge_entries(entries).await?;
-        entries = rest;
-    }
-    let folders = mailbox.folders();
-    let summary = RestoreSummary {
-        bundles: restored.bundles,
-        bytes: restored.bytes,
-        objects: restored.objects,
-        log_entries,
-        folders: folders.len(),
-        messages: folders.iter().map(|f| f.exists).sum(),
-    };
-    Ok((mailbox, summary))
-}
-
-#[derive(Debug, Error)]
-pub enum RestoreError {
-    #[error(transparent)]
-    Ring(#[from] durability::restore::RestoreError),
-    #[error("the restored mailbox was refused: {0}")]
-    Mailbox(#[from] crate::mailbox::Error),
-}
-
-/// Many full nodes in one process over the memory transport (tests and benchmarks).
-pub mod testing;
-
-mod measure;
-mod publisher;
-use measure::{ring_stats, serve_metrics};
-use publisher::Publisher;
