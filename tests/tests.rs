@@ -14,6 +14,8 @@ mod fs;
 mod fs_concurrency;
 // The IMAP server through `peerpost run`: imaplib (every command, STARTTLS, IMAPS, IDLE), hostile input, mutt.
 mod imap;
+// IMAP extensions through `peerpost run` with imaplib: QRESYNC, COPYUID, ESEARCH, BINARY, QUOTA, IMAP4rev2, SORT, THREAD.
+mod imap_rfc;
 // Ten imaplib clients at once for 20 s, every reply checked against the RFCs (tests/data/imap_torture.py).
 mod imap_concurrency;
 // Durability: 60 % of a ring (the owners too) fail, mail survives, holders repair, `restore`
