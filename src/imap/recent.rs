@@ -3,47 +3,72 @@
 //! claiming them. The engine keeps "not yet seen by a reader" per message (Maildir's new/);
 //! a session claims such messages here first (so two sessions of this process never both
 //! take one), then has the engine mark them seen by a reader (so no later session, nor this
-//! node after a restart, takes them again) and lets go of the claim. Bounded: a claim lives
-//! until its write is done.
+//! node after a restart, takes them again) and lets go of the claim. A session may have read
+//! a message as recent just before another session's write landed: the claims it let go of
+//! are remembered (the last [`TAKEN`]) so that such a late claim still fails. Bounded: a
+//! pending claim lives until its write is done; taken ones are a FIFO of [`TAKEN`].
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use super::Context;
 use crate::mailbox::{EntryId, FlagMode, Flags};
 
+/// How many released claims are remembered against late claims from a stale read.
+pub const TAKEN: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct Claims {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     /// Claimed by a session, not yet marked seen by a reader in the engine.
-    pending: Mutex<HashSet<EntryId>>,
+    pending: HashSet<EntryId>,
+    /// Claimed, written, released: the newest [`TAKEN`], oldest first (and as a set).
+    taken: VecDeque<EntryId>,
+    taken_set: HashSet<EntryId>,
 }
 
 impl Claims {
     /// Of `candidates` (recent in the engine), those no other session has claimed: now this
     /// caller's.
     pub fn claim(&self, candidates: &[EntryId]) -> Vec<EntryId> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Inner {
+            pending, taken_set, ..
+        } = &mut *g;
         candidates
             .iter()
             .copied()
-            .filter(|e| p.insert(*e))
+            .filter(|e| !taken_set.contains(e) && pending.insert(*e))
             .collect()
     }
 
     /// Of `candidates`, those nobody has claimed (what EXAMINE shows as recent).
     pub fn unclaimed(&self, candidates: &[EntryId]) -> Vec<EntryId> {
-        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         candidates
             .iter()
             .copied()
-            .filter(|e| !p.contains(e))
+            .filter(|e| !g.pending.contains(e) && !g.taken_set.contains(e))
             .collect()
     }
 
-    fn release(&self, entries: &[EntryId]) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+    /// Lets go of `entries` once their write is done. `written`: the engine marked them seen
+    /// by a reader, so they are remembered as taken; a failed write lets them be claimed again.
+    fn release(&self, entries: &[EntryId], written: bool) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for e in entries {
-            p.remove(e);
+            if g.pending.remove(e) && written && g.taken_set.insert(*e) {
+                g.taken.push_back(*e);
+                if g.taken.len() > TAKEN
+                    && let Some(old) = g.taken.pop_front()
+                {
+                    g.taken_set.remove(&old);
+                }
+            }
         }
     }
 }
@@ -55,14 +80,14 @@ pub async fn persist(ctx: &Context, name: &str, entries: Vec<EntryId>) {
     if entries.is_empty() {
         return;
     }
-    if let Err(e) = ctx
+    let written = ctx
         .mailbox
         .set_flags_present(name, &entries, FlagMode::Add, &Flags::default(), true)
-        .await
-    {
+        .await;
+    if let Err(e) = &written {
         tracing::debug!(error = %e, "marking recent messages seen by a reader");
     }
-    ctx.recent.release(&entries);
+    ctx.recent.release(&entries, written.is_ok());
 }
 
 /// [`persist`] in the background (from the synchronous update path).
@@ -97,10 +122,36 @@ mod tests {
             "2 is the first session's"
         );
         assert_eq!(c.unclaimed(&[id(1), id(4)]), vec![id(4)]);
-        c.release(&[id(1), id(2), id(3)]);
+        c.release(&[id(1), id(2), id(3)], true);
         assert!(
-            c.pending.lock().unwrap().is_empty(),
-            "bounded: released after the write"
+            c.inner.lock().unwrap().pending.is_empty(),
+            "released after the write"
         );
+    }
+
+    #[test]
+    fn a_claim_from_a_read_before_the_write_landed_still_fails() {
+        let c = Claims::default();
+        assert_eq!(c.claim(&[id(3)]), vec![id(3)]);
+        c.release(&[id(3)], true);
+        // Another session read message 3 as recent before that write: too late.
+        assert!(c.claim(&[id(3)]).is_empty(), "recent in one session only");
+        assert!(c.unclaimed(&[id(3)]).is_empty());
+        // A failed write gives it back.
+        assert_eq!(c.claim(&[id(4)]), vec![id(4)]);
+        c.release(&[id(4)], false);
+        assert_eq!(c.claim(&[id(4)]), vec![id(4)]);
+    }
+
+    #[test]
+    fn taken_claims_are_bounded() {
+        let c = Claims::default();
+        for n in 0..(TAKEN as u64 + 10) {
+            assert_eq!(c.claim(&[id(n)]), vec![id(n)]);
+            c.release(&[id(n)], true);
+        }
+        let g = c.inner.lock().unwrap();
+        assert_eq!((g.taken.len(), g.taken_set.len()), (TAKEN, TAKEN));
+        assert!(!g.taken_set.contains(&id(0)), "the oldest are forgotten");
     }
 }
