@@ -43,7 +43,7 @@ use wire::Frame;
 
 /// Key of the signed device list in the store's `sync` table (whose other keys start with a
 /// 32-byte directory hash, never with this).
-pub const LIST_KEY: &[u8] = b"peerpost/devices/list";
+pub const LIST_KEY: &[u8] = crate::crypto::device_list::STORE_KEY;
 /// Log entry bytes one exchange carries at most (at least one entry when there is any).
 pub const ENTRY_BUDGET: usize = 1 << 20;
 /// Body bytes one exchange carries at most: a body that does not fit is fetched in chunks
@@ -340,6 +340,26 @@ impl Devices {
             .iter()
             .any(|k| *k != self.inner.me && overlay::device_peer_id(k) == Some(from));
         if !live_peer {
+            let removed = joined
+                .devices
+                .keys()
+                .any(|k| overlay::device_peer_id(k) == Some(from));
+            if removed {
+                // A removed or revoked device is told so (the list alone, signed by the user
+                // key it holds anyway), so it stops replicating and backing up; nothing of
+                // its request is merged.
+                tracing::info!(
+                    target: "peerpost::_events::devices",
+                    %from,
+                    "replica request refused: the device was removed or revoked (told so)"
+                );
+                let list = joined.sign(&self.inner.keys)?;
+                return Ok(Frame {
+                    list,
+                    ..Frame::default()
+                }
+                .encode());
+            }
             return Err(Error::Refused("the peer is not a live device of this user"));
         }
         self.learn(&theirs).await?;
@@ -531,6 +551,13 @@ impl Devices {
                 return Err(Error::Refused("that is this device"));
             }
             self.learn(&theirs).await?;
+            if !self.is_me_live() {
+                tracing::error!(
+                    target: "peerpost::_events::devices",
+                    "this device was removed or revoked from the user's device list: it no longer replicates"
+                );
+                return Err(Error::Refused("this device is no longer live"));
+            }
             let got = f.entries.len();
             let merged = self
                 .inner
@@ -770,7 +797,15 @@ mod tests {
         devices.learn(&revoked).await.unwrap();
         b.mb.append("INBOX", msg()).await.unwrap();
         let req = request(&b, &alice, &[a.key, b.key]).await;
-        assert!(devices.answer(b_peer, &req).await.is_none());
+        let told = devices
+            .answer(b_peer, &req)
+            .await
+            .expect("told it was removed");
+        let told = Frame::decode(&told).unwrap();
+        assert!(told.entries.is_empty() && told.objects.is_empty() && told.vv.is_empty());
+        let told = DeviceList::open(&told.list, alice.public()).unwrap();
+        assert_eq!(told.devices[&b.key].state, DeviceState::Revoked);
+        assert_eq!(a.mb.messages("INBOX").unwrap().len(), 1, "nothing merged");
         let (entries, _) =
             b.mb.entries_after(&BTreeMap::new(), ENTRY_BUDGET)
                 .await
