@@ -255,15 +255,7 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
     let mut bob = Node::new("bob@dev.test", &[]);
     tune(&bob.home);
     // Device 2: a new home from alice's recovery phrase (same user key, a new device key).
-    let words = d1
-        .home
-        .run(&["key", "export", "--phrase"])
-        .success()
-        .stdout()
-        .split_whitespace()
-        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let words = crate::util::phrase_of(&d1.home);
     let mut d2 = new_device(&words, alice);
     crate::util::vouch(
         &[&d1.home, &d2.home, &bob.home],
@@ -474,12 +466,27 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
         (s.lines().count() == 94).then_some(s)
     });
     converge(&t, imap2, alice, &state1, "device 2 after its import");
-    let backer = eventually("one device waits for the other's backup", 120, || {
-        match (waits_for(&node_log(&d1)), waits_for(&node_log(&d2))) {
-            (None, Some(k)) if key1.starts_with(&k) => Some(1),
-            (Some(k), None) if key2.starts_with(&k) => Some(2),
-            _ => None,
+    let backer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("one device waits for the other's backup", 120, || {
+            match (waits_for(&node_log(&d1)), waits_for(&node_log(&d2))) {
+                (None, Some(k)) if key1.starts_with(&k) => Some(1),
+                (Some(k), None) if key2.starts_with(&k) => Some(2),
+                _ => None,
+            }
+        })
+    }))
+    .unwrap_or_else(|e| {
+        // What each device said of the backup, to see why neither waits.
+        for (i, d) in [(1, &d1), (2, &d2)] {
+            eprintln!("device {i} lists {:?}", live_devices(&d.home));
+            for l in node_log(d)
+                .lines()
+                .filter(|l| l.contains("backup") || l.contains("device list"))
+            {
+                eprintln!("device {i}: {l}");
+            }
         }
+        std::panic::resume_unwind(e)
     });
     eprintln!("device {backer} backs alice up; the other waits");
     let b = if backer == 1 { &d1 } else { &d2 };
@@ -516,21 +523,7 @@ fn two_devices_of_one_user_share_one_live_mailbox() {
     let fresh = TestHome::new();
     let phrase = fresh.file("phrase", &format!("{words}\n"));
     let pw = fresh.file("pw", &format!("{PASSWORD}\n"));
-    let out = fresh
-        .run(&[
-            "restore",
-            "--phrase",
-            "--phrase-file",
-            phrase.to_str().unwrap(),
-            "--password-file",
-            pw.to_str().unwrap(),
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            &bob.listen,
-        ])
-        .success();
+    let out = crate::util::restore_from_phrase(&fresh, &phrase, &pw, &bob.listen).success();
     eprintln!("{}", out.stdout());
     let restored = crate::util::Engine::open(&fresh);
     let subjects: Vec<String> = restored
@@ -581,15 +574,7 @@ fn a_large_message_reaches_the_other_device_whole() {
     let alice = "alice@dev.test";
     let mut d1 = Node::new(alice, &[]);
     tune(&d1.home);
-    let words = d1
-        .home
-        .run(&["key", "export", "--phrase"])
-        .success()
-        .stdout()
-        .split_whitespace()
-        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let words = crate::util::phrase_of(&d1.home);
     let mut d2 = new_device(&words, alice);
     crate::util::vouch(&[&d1.home, &d2.home], &[(&d1.home, alice)]);
     let imap1 = start(&mut d1, None);

@@ -426,7 +426,12 @@ impl Devices {
                 o
             }
         };
-        bodies::answer(&req, held.as_ref())
+        let answer = bodies::answer(&req, held.as_ref());
+        if held.is_some_and(|o| req.offset + u64::from(req.len) >= o.as_bytes().len() as u64) {
+            // The last chunk: the fetch is done, the memory goes.
+            *lock(&self.inner.served) = None;
+        }
+        answer
     }
 
     /// Remembers bodies a merge lacked, and fetches them from `peer` (which sent the entries
@@ -616,15 +621,22 @@ impl Devices {
         let mut record_tick = tokio::time::interval(Duration::from_secs(5));
         let mut record_skip = 0u32;
         let mut live = self.live();
-        // Bodies a previous run merged without fetching: pending again.
-        match self.inner.mailbox.missing_bodies(bodies::MAX_PENDING).await {
-            Ok(m) if !m.is_empty() => {
-                tracing::info!(bodies = m.len(), "bodies to fetch from the other devices");
-                lock(&self.inner.pending).extend(m);
+        // Bodies a previous run merged without fetching: pending again (asked of the next
+        // device this one exchanges with).
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                match this.inner.mailbox.missing_bodies(bodies::MAX_PENDING).await {
+                    Ok(m) if !m.is_empty() => {
+                        tracing::info!(bodies = m.len(), "bodies to fetch from the other devices");
+                        lock(&this.inner.pending).extend(m);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot list missing bodies: {e}"),
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot list missing bodies: {e}"),
-        }
+            .in_current_span(),
+        );
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -162,7 +162,10 @@ impl Backup {
         }
         let roots = self.client.backup_roots(&self.keys.public().sign).await?;
         let mut read: Vec<(u64, Index)> = Vec::new();
-        for root in roots.iter().take(MAX_ROOTS) {
+        // Several holders answer with the same root: each counts once.
+        let mut distinct = roots.iter().collect::<Vec<_>>();
+        distinct.dedup_by_key(|r| r.seq);
+        for root in distinct.into_iter().take(MAX_ROOTS) {
             // Every root seen, counted or not, is one a new root of this device goes above.
             self.seen_seq.fetch_max(root.seq, Ordering::Relaxed);
             if voter.ours_is_newer(root.seq) {
@@ -173,7 +176,11 @@ impl Backup {
             let counts = voter.counts(index.device.as_ref());
             if !counts {
                 tracing::info!(
-                    "backup: passing over a root of a device the list no longer names live"
+                    "backup: passing over root {} of device {}: the list does not name it live",
+                    root.seq,
+                    index
+                        .device
+                        .map_or("(unnamed)".to_string(), |d| crate::crypto::hex(&d[..8]))
                 );
             }
             read.push((root.seq, index));
