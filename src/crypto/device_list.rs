@@ -21,6 +21,9 @@ use super::{Error, Result, UserKeys, UserPublicKeys};
 use crate::wire::{DecodeError, Reader, Writer};
 
 pub const VERSION: u8 = 1;
+/// Key of the signed list in the store's `sync` table (devices/ keeps it, the backup election
+/// reads it).
+pub const STORE_KEY: &[u8] = b"peerpost/devices/list";
 /// Live devices at most (what a directory record can name).
 pub const MAX_LIVE: usize = super::record::MAX_DEVICES;
 /// Entries at most, removed ones included.

@@ -18,7 +18,11 @@
 //!   keys of the list (ours joined with the one the request carries, which only the user key
 //!   can sign). Entries of removed and revoked devices above the sequence number recorded at
 //!   removal are refused by the engine.
+//! * Bodies too large for a frame's body budget follow in chunks (bodies.rs): the merge
+//!   names them *pending*, and after every exchange with a device the pending ones are asked
+//!   of it, verified against the id the signed entry names, and only then stored.
 
+pub mod bodies;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::crypto::device_list::{DeviceList, DeviceState};
-use crate::crypto::{UserKeys, UserPublicKeys};
+use crate::crypto::{ObjectId, SealedObject, UserKeys, UserPublicKeys};
 use crate::mailbox::{self, DeviceId, Mailbox};
 use crate::overlay::{self, PeerId, ReplicaReply};
 use crate::store::{self, Store, Table};
@@ -39,16 +43,18 @@ use wire::Frame;
 
 /// Key of the signed device list in the store's `sync` table (whose other keys start with a
 /// 32-byte directory hash, never with this).
-pub const LIST_KEY: &[u8] = b"peerpost/devices/list";
+pub const LIST_KEY: &[u8] = crate::crypto::device_list::STORE_KEY;
 /// Log entry bytes one exchange carries at most (at least one entry when there is any).
 pub const ENTRY_BUDGET: usize = 1 << 20;
-/// Body bytes one exchange carries at most: a body that does not fit in an otherwise empty
-/// exchange is not replicated (docs/design.md, "Devices": limits).
+/// Body bytes one exchange carries at most: a body that does not fit is fetched in chunks
+/// afterwards (bodies.rs).
 pub const OBJECT_BUDGET: usize = overlay::replica::MAX_REPLICA_FRAME - ENTRY_BUDGET - 64 * 1024;
 /// Exchanges in one sync with one device before it waits for the next trigger.
 const MAX_ROUNDS: usize = 256;
 /// How long one exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one chunk of a body fetch may take.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -139,6 +145,14 @@ struct Inner {
     /// The live device keys changed: the directory record is republished.
     live_tx: tokio::sync::watch::Sender<Vec<[u8; 32]>>,
     sync_every: Duration,
+    /// Sealed bodies longer than this are not fetched (the node's message size limit).
+    max_body: u64,
+    /// Bodies merged entries add that this store lacks: object id → sealed length.
+    pending: Mutex<HashMap<ObjectId, u64>>,
+    /// One body fetch at a time (it holds up to `max_body` in memory).
+    fetching: tokio::sync::Mutex<()>,
+    /// The body last served in chunks (a fetch asks for the same one again and again).
+    served: Mutex<Option<Arc<SealedObject>>>,
 }
 
 /// The devices of this user, and the replication between them. Cheap to clone.
@@ -150,7 +164,8 @@ pub struct Devices {
 impl Devices {
     /// Loads (or starts) the device list, adds this device when it is new, and tells the
     /// engine which devices' entries to refuse. A device the list names as removed or
-    /// revoked stays out: it is told so and replicates nothing.
+    /// revoked stays out: it is told so and replicates nothing. Bodies over
+    /// `max_message_size` (plaintext bytes) are not fetched from the other devices.
     pub async fn open(
         mailbox: Mailbox,
         client: overlay::Client,
@@ -158,6 +173,7 @@ impl Devices {
         address: String,
         me: [u8; 32],
         sync_every: Duration,
+        max_message_size: u64,
     ) -> Result<Devices> {
         let store = mailbox.store().clone();
         let mut list = load(&store, keys.public()).await?.unwrap_or_default();
@@ -191,6 +207,11 @@ impl Devices {
                 syncing: Mutex::new(HashMap::new()),
                 live_tx,
                 sync_every,
+                max_body: mailbox::sealed_len(max_message_size)
+                    .min(crate::crypto::content::MAX_SEALED as u64),
+                pending: Mutex::new(HashMap::new()),
+                fetching: tokio::sync::Mutex::new(()),
+                served: Mutex::new(None),
             }),
         })
     }
@@ -295,9 +316,21 @@ impl Devices {
         }
     }
 
+    /// Whether `peer` is another live device by this device's list.
+    fn is_live_peer(&self, peer: PeerId) -> bool {
+        let me = self.inner.me;
+        lock(&self.inner.list)
+            .live()
+            .iter()
+            .any(|k| *k != me && overlay::device_peer_id(k) == Some(peer))
+    }
+
     async fn serve(&self, from: PeerId, payload: &[u8]) -> Result<Vec<u8>> {
         if !self.is_me_live() {
             return Err(Error::Refused("this device is no longer live"));
+        }
+        if wire::kind_of(payload) == Some(wire::KIND_BODY_REQUEST) {
+            return self.serve_body(from, payload).await;
         }
         let f = Frame::decode(payload)?;
         let theirs = DeviceList::open(&f.list, self.inner.keys.public())?;
@@ -307,6 +340,26 @@ impl Devices {
             .iter()
             .any(|k| *k != self.inner.me && overlay::device_peer_id(k) == Some(from));
         if !live_peer {
+            let removed = joined
+                .devices
+                .keys()
+                .any(|k| overlay::device_peer_id(k) == Some(from));
+            if removed {
+                // A removed or revoked device is told so (the list alone, signed by the user
+                // key it holds anyway), so it stops replicating and backing up; nothing of
+                // its request is merged.
+                tracing::info!(
+                    target: "peerpost::_events::devices",
+                    %from,
+                    "replica request refused: the device was removed or revoked (told so)"
+                );
+                let list = joined.sign(&self.inner.keys)?;
+                return Ok(Frame {
+                    list,
+                    ..Frame::default()
+                }
+                .encode());
+            }
             return Err(Error::Refused("the peer is not a live device of this user"));
         }
         self.learn(&theirs).await?;
@@ -323,6 +376,7 @@ impl Devices {
                 "refused log entries of removed or revoked devices"
             );
         }
+        self.note_missing(from, merged.missing);
         let (entries, more) = self
             .inner
             .mailbox
@@ -346,6 +400,118 @@ impl Devices {
         self.frame(entries, objects, more)
     }
 
+    /// Answers one chunk of a body to a live device of this user (by this device's list:
+    /// a body request carries none, and comes after a sync exchange that taught it).
+    async fn serve_body(&self, from: PeerId, payload: &[u8]) -> Result<Vec<u8>> {
+        if !self.is_live_peer(from) {
+            return Err(Error::Refused("the peer is not a live device of this user"));
+        }
+        let req = wire::BodyRequest::decode(payload)?;
+        let cached = lock(&self.inner.served)
+            .as_ref()
+            .filter(|o| o.id() == req.object)
+            .cloned();
+        let held = match cached {
+            Some(o) => Some(o),
+            None => {
+                let o = self
+                    .inner
+                    .mailbox
+                    .sealed_body(req.object)
+                    .await?
+                    .map(Arc::new);
+                if let Some(o) = &o {
+                    *lock(&self.inner.served) = Some(Arc::clone(o));
+                }
+                o
+            }
+        };
+        let answer = bodies::answer(&req, held.as_ref());
+        if held.is_some_and(|o| req.offset + u64::from(req.len) >= o.as_bytes().len() as u64) {
+            // The last chunk: the fetch is done, the memory goes.
+            *lock(&self.inner.served) = None;
+        }
+        answer
+    }
+
+    /// Remembers bodies a merge lacked, and fetches them from `peer` (which sent the entries
+    /// and likely holds them).
+    fn note_missing(&self, peer: PeerId, missing: Vec<(ObjectId, u64)>) {
+        if missing.is_empty() {
+            return;
+        }
+        {
+            let mut p = lock(&self.inner.pending);
+            for (id, len) in missing {
+                if p.len() >= bodies::MAX_PENDING {
+                    break;
+                }
+                p.insert(id, len);
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.fetch_pending(peer).await }.in_current_span());
+    }
+
+    /// Fetches the pending bodies from `peer`, one at a time; what fails stays pending for the
+    /// next exchange (with this device or another). Returns the bodies stored.
+    pub async fn fetch_pending(&self, peer: PeerId) -> usize {
+        // A fetch already running takes the new ones too (it re-reads the set).
+        let Ok(_one) = self.inner.fetching.try_lock() else {
+            return 0;
+        };
+        let mut stored = 0;
+        let mut tried = std::collections::HashSet::new();
+        loop {
+            let next = lock(&self.inner.pending)
+                .iter()
+                .find(|(id, _)| !tried.contains(*id))
+                .map(|(id, len)| (*id, *len));
+            let Some((id, len)) = next else { break };
+            tried.insert(id);
+            match self.fetch_body(peer, id, len).await {
+                Ok(()) => {
+                    lock(&self.inner.pending).remove(&id);
+                    stored += 1;
+                    tracing::info!(
+                        target: "peerpost::_events::devices",
+                        %peer,
+                        object = %id.to_hex(),
+                        bytes = len,
+                        "fetched a body from a device"
+                    );
+                }
+                Err(Error::Request(e)) => {
+                    tracing::debug!(%peer, "body fetch: the device is unreachable: {e}");
+                    break;
+                }
+                Err(e) => tracing::info!(
+                    target: "peerpost::_events::devices",
+                    %peer,
+                    object = %id.to_hex(),
+                    "body fetch failed (it stays pending): {e}"
+                ),
+            }
+        }
+        stored
+    }
+
+    async fn fetch_body(&self, peer: PeerId, id: ObjectId, len: u64) -> Result<()> {
+        if self.inner.mailbox.sealed_body(id).await?.is_some() {
+            return Ok(()); // it came in the meantime (a later frame, a restore)
+        }
+        let client = &self.inner.client;
+        let body = bodies::fetch(id, len, self.inner.max_body, |req| async move {
+            tokio::time::timeout(CHUNK_TIMEOUT, client.replica_request(peer, req))
+                .await
+                .map_err(|_| Error::Request("timed out".into()))?
+                .map_err(|e| Error::Request(e.to_string()))
+        })
+        .await?;
+        self.inner.mailbox.store_body(body).await?;
+        Ok(())
+    }
+
     /// Exchanges with one device until neither has anything the other lacks. A push
     /// (`force` false) sends nothing to a device that, by what it said last, lacks nothing.
     pub async fn sync_with(&self, peer: PeerId, force: bool) -> Result<usize> {
@@ -363,6 +529,11 @@ impl Devices {
             };
             if round == 0 && !force && known.is_some() && entries.is_empty() {
                 return Ok(0);
+            }
+            if round == 0 && force && !lock(&self.inner.pending).is_empty() {
+                // Retry what earlier fetches left (this device may hold it).
+                let this = self.clone();
+                tokio::spawn(async move { this.fetch_pending(peer).await }.in_current_span());
             }
             let objects = self
                 .inner
@@ -385,6 +556,13 @@ impl Devices {
                 return Err(Error::Refused("that is this device"));
             }
             self.learn(&theirs).await?;
+            if !self.is_me_live() {
+                tracing::error!(
+                    target: "peerpost::_events::devices",
+                    "this device was removed or revoked from the user's device list: it no longer replicates"
+                );
+                return Err(Error::Refused("this device is no longer live"));
+            }
             let got = f.entries.len();
             let merged = self
                 .inner
@@ -392,6 +570,7 @@ impl Devices {
                 .merge_remote(f.entries, f.objects)
                 .await?;
             applied += merged.applied;
+            self.note_missing(peer, merged.missing);
             let lacking = {
                 let mine = self.inner.mailbox.version_vector();
                 mine.iter()
@@ -442,6 +621,22 @@ impl Devices {
         let mut record_tick = tokio::time::interval(Duration::from_secs(5));
         let mut record_skip = 0u32;
         let mut live = self.live();
+        // Bodies a previous run merged without fetching: pending again (asked of the next
+        // device this one exchanges with).
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                match this.inner.mailbox.missing_bodies(bodies::MAX_PENDING).await {
+                    Ok(m) if !m.is_empty() => {
+                        tracing::info!(bodies = m.len(), "bodies to fetch from the other devices");
+                        lock(&this.inner.pending).extend(m);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot list missing bodies: {e}"),
+                }
+            }
+            .in_current_span(),
+        );
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -499,7 +694,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::crypto::DeviceKey;
-    use crate::mailbox::NewMessage;
+    use crate::mailbox::{NewMessage, sealed_len};
 
     struct Side {
         _dir: tempfile::TempDir,
@@ -520,7 +715,7 @@ mod tests {
     /// Device A's `Devices` on an overlay of its own (memory transport, no peers: only
     /// `answer` is exercised, with the peer id the overlay would report).
     async fn devices_of(a: &Side, cancel: &CancellationToken) -> Devices {
-        let oc = overlay::Config::new([1; 32], overlay::TransportKind::Memory);
+        let oc = overlay::Config::new([a.key[0] | 1; 32], overlay::TransportKind::Memory);
         let (client, _events, _task) =
             overlay::spawn(oc, a.mb.store().clone(), cancel.clone()).unwrap();
         Devices::open(
@@ -530,6 +725,7 @@ mod tests {
             "alice@test".into(),
             a.key,
             Duration::from_secs(3600),
+            50 << 20,
         )
         .await
         .unwrap()
@@ -613,7 +809,15 @@ mod tests {
         devices.learn(&revoked).await.unwrap();
         b.mb.append("INBOX", msg()).await.unwrap();
         let req = request(&b, &alice, &[a.key, b.key]).await;
-        assert!(devices.answer(b_peer, &req).await.is_none());
+        let told = devices
+            .answer(b_peer, &req)
+            .await
+            .expect("told it was removed");
+        let told = Frame::decode(&told).unwrap();
+        assert!(told.entries.is_empty() && told.objects.is_empty() && told.vv.is_empty());
+        let told = DeviceList::open(&told.list, alice.public()).unwrap();
+        assert_eq!(told.devices[&b.key].state, DeviceState::Revoked);
+        assert_eq!(a.mb.messages("INBOX").unwrap().len(), 1, "nothing merged");
         let (entries, _) =
             b.mb.entries_after(&BTreeMap::new(), ENTRY_BUDGET)
                 .await
@@ -625,6 +829,72 @@ mod tests {
             !devices.list().live().contains(&b.key),
             "the record no longer names it"
         );
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_frame_budget_is_fetched_in_chunks_from_a_live_device() {
+        let cancel = CancellationToken::new();
+        let (a, b) = (side(7, 1).await, side(7, 2).await);
+        let alice = UserKeys::from_seed([7; 32]);
+        // 5 MiB: over the body budget of a frame, so the entry travels alone.
+        let big: Vec<u8> = b"Subject: big\r\n\r\n"
+            .iter()
+            .copied()
+            .chain((0..5 << 20).map(|i: u32| b'a' + (i % 26) as u8))
+            .collect();
+        let mut m = msg();
+        m.bytes = big.clone();
+        b.mb.append("INBOX", m).await.unwrap();
+        let holder = devices_of(&b, &cancel).await;
+        let a_peer = overlay::device_peer_id(&a.key).unwrap();
+        // A's first exchange teaches B that A is a live device.
+        let hello = request(&a, &alice, &[a.key, b.key]).await;
+        let answer = holder.answer(a_peer, &hello).await.expect("answered");
+        let f = Frame::decode(&answer).unwrap();
+
+        assert!(f.objects.is_empty(), "the body does not fit the frame");
+        let merged = a.mb.merge_remote(f.entries, f.objects).await.unwrap();
+        let info = a.mb.messages("INBOX").unwrap().pop().unwrap();
+        assert_eq!(
+            merged.missing,
+            vec![(info.object, sealed_len(big.len() as u64))]
+        );
+        assert!(a.mb.read(info.entry).await.is_err(), "no body yet");
+
+        let (id, len) = merged.missing[0];
+        let ask = |from: PeerId| {
+            let holder = holder.clone();
+            move |req: Vec<u8>| {
+                let holder = holder.clone();
+                async move {
+                    holder
+                        .answer(from, &req)
+                        .await
+                        .ok_or(Error::Request("closed unanswered".into()))
+                }
+            }
+        };
+        // A peer that is no device of alice's is not answered.
+        let stranger = overlay::device_peer_id(&DeviceKey::from_seed([3; 32]).public()).unwrap();
+        assert!(
+            bodies::fetch(id, len, u64::MAX, ask(stranger))
+                .await
+                .is_err()
+        );
+        // A is: six chunks, verified, stored; the message reads whole.
+        let chunks = std::sync::atomic::AtomicUsize::new(0);
+        let inner = ask(a_peer);
+        let body = bodies::fetch(id, len, u64::MAX, |req| {
+            chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner(req)
+        })
+        .await
+        .unwrap();
+        assert_eq!(chunks.into_inner(), 6);
+        a.mb.store_body(body).await.unwrap();
+        assert_eq!(*a.mb.read(info.entry).await.unwrap(), big);
+        assert!(a.mb.missing_bodies(10).await.unwrap().is_empty());
         cancel.cancel();
     }
 }

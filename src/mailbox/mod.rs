@@ -25,7 +25,7 @@ mod read;
 use read::{Body, message_info, open_stored};
 pub mod readahead;
 mod replica;
-pub use replica::Merged;
+pub use replica::{Merged, sealed_len};
 #[cfg(test)]
 mod tests;
 pub mod transfer;

@@ -9,18 +9,26 @@ use super::log::LogEntry;
 use super::{
     AlsoWrite, DeviceId, EntryId, Error, Mailbox, MessageInfo, NewMessage, Op, Result, Table,
 };
-use crate::crypto::{ObjectId, SealedObject};
+use crate::crypto::{ObjectId, SealedObject, content};
 
 /// Entries one answer reads from the store at most (bytes are bounded separately).
 const MAX_BATCH_ENTRIES: usize = 512;
 
 /// What a merge did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Merged {
     /// Entries new to this store (stored and applied).
     pub applied: usize,
     /// Entries of removed or revoked devices, dropped.
     pub refused: usize,
+    /// Bodies the merged entries add that neither came with them nor are in this store
+    /// (object id, sealed length by the signed entry): to fetch in chunks (devices/bodies.rs).
+    pub missing: Vec<(ObjectId, u64)>,
+}
+
+/// The sealed length of a body whose plaintext is `size` bytes (what the signed Add says).
+pub fn sealed_len(size: u64) -> u64 {
+    size.saturating_add((content::HEADER_LEN + content::TAG_LEN) as u64)
 }
 
 fn log_key(device: DeviceId, seq: u64) -> [u8; 16] {
@@ -151,7 +159,7 @@ impl Mailbox {
         objects: Vec<Vec<u8>>,
     ) -> Result<Merged> {
         let mut keep = Vec::with_capacity(entries.len());
-        let mut named: HashSet<ObjectId> = HashSet::new();
+        let mut named: HashMap<ObjectId, u64> = HashMap::new();
         let mut refused = 0;
         for bytes in entries {
             let e = LogEntry::open(&bytes, &self.inner.public, &self.inner.log_key)?;
@@ -161,7 +169,7 @@ impl Mailbox {
             }
             for op in &e.ops {
                 if let Op::Add { message, .. } = op {
-                    named.insert(message.object);
+                    named.insert(message.object, sealed_len(message.size));
                 }
             }
             keep.push((e.device, e.seq, bytes));
@@ -169,8 +177,14 @@ impl Mailbox {
         let mut bodies = Vec::new();
         for b in objects {
             let obj = SealedObject::from_bytes(b)?;
-            if named.contains(&obj.id()) {
+            if named.remove(&obj.id()).is_some() {
                 bodies.push(obj);
+            }
+        }
+        let mut missing = Vec::new();
+        for (id, len) in named {
+            if !self.inner.store.has_object(id).await? {
+                missing.push((id, len));
             }
         }
         let _w = self.inner.write.lock().await;
@@ -194,7 +208,50 @@ impl Mailbox {
         Ok(Merged {
             applied: new,
             refused,
+            missing,
         })
+    }
+
+    /// The bodies live entries add that this store lacks (object id, sealed length), at
+    /// most `limit`: what a device fetches from the others after a restart.
+    pub async fn missing_bodies(&self, limit: usize) -> Result<Vec<(ObjectId, u64)>> {
+        let wanted: Vec<(ObjectId, u64)> = {
+            let e = self.read_engine();
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for f in e.crdt.folders() {
+                for id in e.crdt.entries_in(f.id) {
+                    if let Some(rec) = e.crdt.entry(id)
+                        && seen.insert(rec.message.object)
+                    {
+                        out.push((rec.message.object, sealed_len(rec.message.size)));
+                    }
+                }
+            }
+            out
+        };
+        let mut missing = Vec::new();
+        for (id, len) in wanted {
+            if missing.len() >= limit {
+                break;
+            }
+            if !self.inner.store.has_object(id).await? {
+                missing.push((id, len));
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Stores a body fetched from another device (verified against its id by the caller:
+    /// a [`SealedObject`] from `from_bytes_verified`). Readers find it from then on.
+    pub async fn store_body(&self, body: SealedObject) -> Result<()> {
+        self.inner.store.put_object(body).await?;
+        Ok(())
+    }
+
+    /// The sealed object `id` as stored here, if any (what a body request reads).
+    pub async fn sealed_body(&self, id: ObjectId) -> Result<Option<SealedObject>> {
+        Ok(self.inner.store.get_object(id).await?)
     }
 
     /// Has any device of this user stored the delivery with this key (maildir::delivery_key)?

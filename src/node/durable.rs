@@ -261,6 +261,10 @@ impl BackupTurn {
                             tracing::info!("backup: this device backs up the user's mailbox now");
                             schedule.again();
                         }
+                        Turn::Removed => tracing::warn!(
+                            "backup: this device was removed from the user's device list: it \
+                             no longer backs up"
+                        ),
                         Turn::Theirs { device, seq } => tracing::info!(
                             "backup: device {} backs up the user's mailbox (root {seq}); this \
                              device waits",
@@ -276,7 +280,7 @@ impl BackupTurn {
                 Err(e) => tracing::debug!("backup: whose turn is unknown: {e}"),
             }
         }
-        !matches!(self.turn, Some(Turn::Theirs { .. }))
+        !matches!(self.turn, Some(Turn::Theirs { .. } | Turn::Removed))
     }
 
     /// The backing-up device republishes its root every heartbeat, so the others see it alive.

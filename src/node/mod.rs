@@ -290,6 +290,12 @@ impl Node {
                 config.address.clone(),
                 config.device_public,
                 config.devices_sync_every,
+                config
+                    .mail
+                    .as_ref()
+                    .map_or(crate::crypto::content::MAX_PLAINTEXT as u64, |m| {
+                        m.max_message_size
+                    }),
             )
             .await
             {

@@ -71,19 +71,7 @@ fn restore_through_the_binary_from_the_phrase_alone() {
     let pw = fresh.file("pw", "another-password\n");
     // No --address: the phrase alone finds the backup, and the index names the address.
     let restore = |home: &TestHome, words: &std::path::Path| {
-        home.run(&[
-            "restore",
-            "--phrase",
-            "--phrase-file",
-            words.to_str().unwrap(),
-            "--password-file",
-            pw.to_str().unwrap(),
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            &holder.listen,
-        ])
+        crate::util::restore_from_phrase(home, words, &pw, &holder.listen)
     };
     let out = restore(&fresh, &words).success();
     assert!(
@@ -243,14 +231,7 @@ fn ten_processes_lose_six_and_the_phrase_alone_restores_every_message() {
     let src = alice.path("src");
     maildir(&src, 0, 60);
     alice.run(&["import", src.to_str().unwrap()]).success();
-    let words = alice
-        .run(&["key", "export", "--phrase"])
-        .success()
-        .stdout()
-        .split_whitespace()
-        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let words = crate::util::phrase_of(&alice);
     assert_eq!(words.split(' ').count(), 25, "{words}");
 
     // Placed at target: every checked bundle's fragments found, none below target, nothing

@@ -496,3 +496,37 @@ pub fn one_heavy_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The recovery phrase of `home`'s user (`key export --phrase`, the words only).
+pub fn phrase_of(home: &TestHome) -> String {
+    home.run(&["key", "export", "--phrase"])
+        .success()
+        .stdout()
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `restore --phrase` into `home` from the phrase in `phrase_file`, with the password in
+/// `password_file`, on a loopback listener without mDNS, bootstrapping from `bootstrap`.
+pub fn restore_from_phrase(
+    home: &TestHome,
+    phrase_file: &Path,
+    password_file: &Path,
+    bootstrap: &str,
+) -> Run {
+    home.run(&[
+        "restore",
+        "--phrase",
+        "--phrase-file",
+        phrase_file.to_str().unwrap(),
+        "--password-file",
+        password_file.to_str().unwrap(),
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        bootstrap,
+    ])
+}
