@@ -69,6 +69,10 @@ pub struct MountOptions {
     /// Unmount when this process dies, even by SIGKILL (through the `fusermount3` helper;
     /// implies `allow_other`).
     pub auto_unmount: bool,
+    /// Hand local files (`tmp/`, Dovecot's indexes) to the kernel with FUSE passthrough
+    /// when the kernel and this process allow it (Linux ≥ 6.9, CAP_SYS_ADMIN); else, or
+    /// with `false`, the daemon serves their reads and writes (FUSE's no-open mode).
+    pub passthrough: bool,
 }
 
 /// A mounted Maildir; unmounted on drop.
@@ -109,7 +113,7 @@ impl<S: MaildirSource> Mount<S> {
         cfg.acl = fuser::SessionACL::All;
         cfg.n_threads = Some(opts.threads.clamp(1, 64));
         let ops = Arc::new(ops::OpStats::default());
-        let adapter = adapter::Adapter::new(Arc::clone(&tree), Arc::clone(&ops));
+        let adapter = adapter::Adapter::new(Arc::clone(&tree), Arc::clone(&ops), opts.passthrough);
         let session = fuser::spawn_mount(adapter, mountpoint, &cfg)?;
         let notifier = session.notifier();
         let flusher = {
@@ -614,6 +618,7 @@ mod mount_tests {
             backing: base.join("local"),
             threads: 2,
             auto_unmount: false,
+            passthrough: std::env::var_os("PEERPOST_TEST_NO_PASSTHROUGH").is_none(),
         };
         match Mount::spawn(src, &mnt, &opts) {
             Ok(m) => Some((m, base)),
