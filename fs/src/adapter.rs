@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::MaildirSource;
@@ -579,10 +580,23 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         };
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(skip) {
-            // An entry gone since the snapshot is left out (the next listing won't have it).
-            let Ok(a) = self.tree.getattr(e.ino, None) else {
+            // An entry gone or renamed since the snapshot is left out (the next listing has
+            // it as it is now). The kernel makes a dentry of every name given here: a name
+            // that had meanwhile changed (another session's flag rename) would stay cached
+            // as a positive entry for MESSAGE_TTL, pointing at the message's inode under a
+            // name that no longer exists, and Dovecot's retries of it would all fail
+            // ("Filename keeps changing"). So the name is looked up again, not only the inode.
+            let now = if e.name == "." || e.name == ".." {
+                self.tree.getattr(e.ino, None)
+            } else {
+                self.tree.lookup(ino.0, &e.name)
+            };
+            let Ok(a) = now else {
                 continue;
             };
+            if a.ino != e.ino {
+                continue;
+            }
             if reply.add(
                 INodeNo(e.ino),
                 i as u64 + 1,
@@ -697,16 +711,21 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
             reply.error(Errno::ENOSYS);
             return;
         }
-        let (a, fh) = match name(n).and_then(|n| {
-            self.tree
-                .create(parent.0, n, OpenMode::from_flags(flags))
-        }) {
+        let (a, fh) = match name(n)
+            .and_then(|n| self.tree.create(parent.0, n, OpenMode::from_flags(flags)))
+        {
             Ok(made) => made,
             Err(e) => return reply.error(e),
         };
         let attr = file_attr(&a);
         let Some(file) = self.tree.local_file(fh) else {
-            return reply.created(ttl(&a), &attr, Generation(0), FileHandle(fh), FopenFlags::empty());
+            return reply.created(
+                ttl(&a),
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            );
         };
         let mut b = self.backing();
         match b.take(a.ino, fh, || reply.open_backing(&*file)) {
@@ -726,7 +745,13 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
                 // The file exists now: it is served through the daemon (a real handle),
                 // and later OPENs and CREATEs get ENOSYS (no-open mode).
                 self.passthrough_refused(&e);
-                reply.created(ttl(&a), &attr, Generation(0), FileHandle(fh), FopenFlags::empty());
+                reply.created(
+                    ttl(&a),
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
             }
         }
     }
