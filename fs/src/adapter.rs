@@ -1,14 +1,17 @@
 //! The thin `fuser::Filesystem` layer: each kernel request is handed to [`Tree`] and its
 //! answer (or errno) translated into the reply. Nothing here decides anything.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::MaildirSource;
@@ -34,11 +37,108 @@ fn ttl(a: &Attr) -> &'static Duration {
 pub struct Adapter<S: MaildirSource> {
     tree: Arc<Tree<S>>,
     ops: Arc<OpStats>,
+    pt: Passthrough,
 }
 
 impl<S: MaildirSource> Adapter<S> {
-    pub fn new(tree: Arc<Tree<S>>, ops: Arc<OpStats>) -> Adapter<S> {
-        Adapter { tree, ops }
+    /// `passthrough`: hand local files to the kernel (FUSE passthrough) when it and this
+    /// process can; otherwise, or with `false`, FUSE's no-open mode.
+    pub fn new(tree: Arc<Tree<S>>, ops: Arc<OpStats>, passthrough: bool) -> Adapter<S> {
+        let mode = if passthrough { PT_UNTRIED } else { PT_OFF };
+        Adapter {
+            tree,
+            ops,
+            pt: Passthrough {
+                mode: AtomicU8::new(mode),
+                backing: Mutex::new(Backing::default()),
+            },
+        }
+    }
+}
+
+/// Passthrough not tried yet: the first local file's OPEN or CREATE decides.
+const PT_UNTRIED: u8 = 0;
+/// Passthrough works: local files are opened with a backing file, messages with handle 0.
+const PT_ON: u8 = 1;
+/// No passthrough (refused by the kernel or by the backing ioctl, or not asked for): OPEN
+/// and CREATE answer ENOSYS, and the kernel runs in no-open mode (tree/implicit.rs).
+const PT_OFF: u8 = 2;
+
+/// FUSE passthrough of local files (Linux ≥ 6.9, CAP_SYS_ADMIN for the backing ioctl): the
+/// kernel reads, writes and maps a local file's backing file itself, with no round trip to
+/// this process; OPEN, CREATE, FSYNC, GETATTR, SETATTR and RELEASE still come here.
+struct Passthrough {
+    mode: AtomicU8,
+    backing: Mutex<Backing>,
+}
+
+/// The kernel wants one backing id per inode for as long as any of its passthrough handles is
+/// open (a second open of the inode must name the same backing file): one id per node,
+/// counted by its handles, closed at the last RELEASE.
+#[derive(Default)]
+struct Backing {
+    by_ino: HashMap<u64, (Arc<BackingId>, usize)>,
+    by_fh: HashMap<u64, u64>,
+}
+
+impl Backing {
+    /// The id of `ino`'s open backing file, or one made from `file`; counts handle `fh`.
+    fn take(
+        &mut self,
+        ino: u64,
+        fh: u64,
+        make: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let id = match self.by_ino.get_mut(&ino) {
+            Some((id, n)) => {
+                *n += 1;
+                Arc::clone(id)
+            }
+            None => {
+                let id = Arc::new(make()?);
+                self.by_ino.insert(ino, (Arc::clone(&id), 1));
+                id
+            }
+        };
+        self.by_fh.insert(fh, ino);
+        Ok(id)
+    }
+
+    /// The live id of `ino`, counted for handle `fh`, if a passthrough handle of it is open.
+    fn reuse(&mut self, ino: u64, fh: u64) -> Option<Arc<BackingId>> {
+        let (id, n) = self.by_ino.get_mut(&ino)?;
+        *n += 1;
+        let id = Arc::clone(id);
+        self.by_fh.insert(fh, ino);
+        Some(id)
+    }
+
+    /// Handle `fh` closed: its node's id goes with its last handle.
+    fn release(&mut self, fh: u64) {
+        let Some(ino) = self.by_fh.remove(&fh) else {
+            return;
+        };
+        if let Some((_, n)) = self.by_ino.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+}
+
+impl<S: MaildirSource> Adapter<S> {
+    fn backing(&self) -> std::sync::MutexGuard<'_, Backing> {
+        self.pt.backing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backing ioctl failed for the first time: no passthrough for this mount.
+    fn passthrough_refused(&self, e: &std::io::Error) {
+        if self.pt.mode.swap(PT_OFF, Ordering::SeqCst) != PT_OFF {
+            eprintln!(
+                "peerpost-fs: FUSE passthrough refused ({e}); serving local files through the daemon"
+            );
+        }
     }
 }
 
@@ -94,6 +194,17 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         // READDIR when nobody stats the entries. Old kernels without it: plain READDIR.
         let plus = fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(plus);
+        if self.pt.mode.load(Ordering::SeqCst) != PT_OFF {
+            // Passthrough needs the kernel's flag and a stacking depth of 1 (the backing files
+            // are on a plain file system).
+            let on = config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !on {
+                self.pt.mode.store(PT_OFF, Ordering::SeqCst);
+            }
+        }
         Ok(())
     }
 
@@ -230,16 +341,77 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         }
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _op = self.ops.start(Op::Open);
-        // FUSE's no-open mode: ENOSYS, and the kernel opens regular files without asking
-        // from then on (no OPEN, no RELEASE; pages kept across opens, right for messages,
-        // whose bytes never change, and for local files, which change only through the
-        // kernel or by a rename to a new inode). READ, WRITE and FSYNC then come with handle
-        // 0 and are served by inode (tree/implicit.rs). Dovecot's SEARCH TEXT opens every
-        // message: two round trips per file less. The checks an open made (a message is
-        // read-only) are made at the first READ or WRITE instead.
-        reply.error(Errno::ENOSYS);
+        if self.pt.mode.load(Ordering::SeqCst) == PT_OFF {
+            // FUSE's no-open mode: ENOSYS, and the kernel opens regular files without asking
+            // from then on (no OPEN, no RELEASE; pages kept across opens, right for messages,
+            // whose bytes never change, and for local files, which change only through the
+            // kernel or by a rename to a new inode). READ, WRITE and FSYNC then come with
+            // handle 0 and are served by inode (tree/implicit.rs). Dovecot's SEARCH TEXT opens
+            // every message: two round trips per file less. The checks an open made (a
+            // message is read-only) are made at the first READ or WRITE instead.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        let ino = ino.0;
+        let mode = OpenMode::from_flags(flags.0);
+        match self.tree.is_message(ino) {
+            Err(e) => return reply.error(e),
+            Ok(true) => {
+                if mode.write || mode.truncate {
+                    return reply.error(Errno::EACCES);
+                }
+                // A delivery whose writer still has it open: the kernel wants the same
+                // backing file for every open of the inode (the pending file: its bytes).
+                let mut b = self.backing();
+                if b.by_ino.contains_key(&ino) {
+                    match self.tree.open(ino, mode) {
+                        Ok(fh) => {
+                            if let Some(id) = b.reuse(ino, fh) {
+                                return reply.opened_passthrough(
+                                    FileHandle(fh),
+                                    FopenFlags::empty(),
+                                    &id,
+                                );
+                            }
+                        }
+                        Err(e) => return reply.error(e),
+                    }
+                }
+                drop(b);
+                // Served by inode as in no-open mode (handle 0), its pages kept across opens.
+                return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Ok(false) => {}
+        }
+        let fh = match self.tree.open(ino, mode) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(e),
+        };
+        let Some(file) = self.tree.local_file(fh) else {
+            // A local file that became a message meanwhile: as a handle of the daemon.
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        };
+        let mut b = self.backing();
+        match b.take(ino, fh, || reply.open_backing(&*file)) {
+            Ok(id) => {
+                self.pt.mode.store(PT_ON, Ordering::SeqCst);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
+            Err(e) => {
+                drop(b);
+                let first = self.pt.mode.load(Ordering::SeqCst) == PT_UNTRIED;
+                self.passthrough_refused(&e);
+                if first {
+                    // Nothing was opened with passthrough: no-open mode from now on.
+                    self.tree.release(fh);
+                    reply.error(Errno::ENOSYS);
+                } else {
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+            }
+        }
     }
 
     fn read(
@@ -315,6 +487,7 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         reply: ReplyEmpty,
     ) {
         let _op = self.ops.start(Op::Release);
+        self.backing().release(fh.0);
         self.tree.release(fh.0);
         reply.ok();
     }
@@ -407,10 +580,23 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
         };
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(skip) {
-            // An entry gone since the snapshot is left out (the next listing won't have it).
-            let Ok(a) = self.tree.getattr(e.ino, None) else {
+            // An entry gone or renamed since the snapshot is left out (the next listing has
+            // it as it is now). The kernel makes a dentry of every name given here: a name
+            // that had meanwhile changed (another session's flag rename) would stay cached
+            // as a positive entry for MESSAGE_TTL, pointing at the message's inode under a
+            // name that no longer exists, and Dovecot's retries of it would all fail
+            // ("Filename keeps changing"). So the name is looked up again, not only the inode.
+            let now = if e.name == "." || e.name == ".." {
+                self.tree.getattr(e.ino, None)
+            } else {
+                self.tree.lookup(ino.0, &e.name)
+            };
+            let Ok(a) = now else {
                 continue;
             };
+            if a.ino != e.ino {
+                continue;
+            }
             if reply.add(
                 INodeNo(e.ino),
                 i as u64 + 1,
@@ -510,17 +696,63 @@ impl<S: MaildirSource> Filesystem for Adapter<S> {
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _n: &OsStr,
+        parent: INodeNo,
+        n: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let _op = self.ops.start(Op::Create);
-        // ENOSYS: the kernel makes files with MKNOD from then on and opens them itself (no-open
-        // mode), so a created file, like an opened one, gets no RELEASE: one round trip less
-        // per delivery. (A CREATE'd file always got a RELEASE at its close.)
-        reply.error(Errno::ENOSYS);
+        if self.pt.mode.load(Ordering::SeqCst) == PT_OFF {
+            // ENOSYS: the kernel makes files with MKNOD from then on and opens them itself
+            // (no-open mode), so a created file, like an opened one, gets no RELEASE: one
+            // round trip less per delivery. (A CREATE'd file always got a RELEASE at its close.)
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        let (a, fh) = match name(n)
+            .and_then(|n| self.tree.create(parent.0, n, OpenMode::from_flags(flags)))
+        {
+            Ok(made) => made,
+            Err(e) => return reply.error(e),
+        };
+        let attr = file_attr(&a);
+        let Some(file) = self.tree.local_file(fh) else {
+            return reply.created(
+                ttl(&a),
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            );
+        };
+        let mut b = self.backing();
+        match b.take(a.ino, fh, || reply.open_backing(&*file)) {
+            Ok(id) => {
+                self.pt.mode.store(PT_ON, Ordering::SeqCst);
+                reply.created_passthrough(
+                    ttl(&a),
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &id,
+                );
+            }
+            Err(e) => {
+                drop(b);
+                // The file exists now: it is served through the daemon (a real handle),
+                // and later OPENs and CREATEs get ENOSYS (no-open mode).
+                self.passthrough_refused(&e);
+                reply.created(
+                    ttl(&a),
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+        }
     }
 }

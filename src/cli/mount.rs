@@ -135,6 +135,9 @@ impl Served {
             backing,
             threads: THREADS,
             auto_unmount: which("fusermount3"),
+            // PEERPOST_MOUNT_PASSTHROUGH=0: no FUSE passthrough (to compare, or if a kernel
+            // mishandles it).
+            passthrough: std::env::var("PEERPOST_MOUNT_PASSTHROUGH").map_or(true, |v| v != "0"),
         };
         let mount = Mount::spawn(Arc::new(source), mountpoint, &opts).map_err(|e| {
             let hint = if e.kind() == ErrorKind::PermissionDenied {

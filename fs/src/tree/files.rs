@@ -182,6 +182,25 @@ impl<S: MaildirSource> Tree<S> {
         }
     }
 
+    /// The backing file of handle `fh` if it is a local file's (what FUSE passthrough hands
+    /// to the kernel).
+    pub fn local_file(&self, fh: u64) -> Option<Arc<File>> {
+        match &*self.handle(fh).ok()? {
+            Handle::Local { file, .. } => Some(Arc::clone(file)),
+            _ => None,
+        }
+    }
+
+    /// Whether node `ino` is a message (`false`: a local file; EISDIR: a directory).
+    pub fn is_message(&self, ino: u64) -> Result<bool, Errno> {
+        let st = self.lock();
+        match self.key(&st, ino)? {
+            NodeKey::Message(..) => Ok(true),
+            NodeKey::Local(_) => Ok(false),
+            _ => Err(Errno::EISDIR),
+        }
+    }
+
     /// Whether `fh` is an open message (immutable bytes: the kernel may cache them).
     pub fn is_message_handle(&self, fh: u64) -> bool {
         self.handle(fh)
