@@ -454,9 +454,11 @@ impl Session {
         }
     }
 
-    /// Pipelined commands are answered in one write.
+    /// Pipelined commands are answered in one write. Nothing the engine has not made durable
+    /// yet is sent (group commit: a change is in memory one batch before it is on disk).
     async fn flush_unless_pipelined(&mut self) -> std::io::Result<()> {
         if self.conn.io.buffer().is_empty() || self.conn.out.len() >= FLUSH_AT {
+            self.ctx.mailbox.settled().await;
             self.conn.flush().await?;
         }
         Ok(())
@@ -629,6 +631,7 @@ impl Session {
         }
         self.conn.line("+ idling");
         self.sync(true);
+        self.ctx.mailbox.settled().await;
         self.conn.flush().await?;
         let mut buf = Vec::new();
         let mut too_long = false;
@@ -666,6 +669,7 @@ impl Session {
                     // Let the burst (a move, a batch) arrive, then report it.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     self.sync(true);
+                    self.ctx.mailbox.settled().await;
                     self.conn.flush().await?;
                     continue;
                 }
@@ -790,7 +794,7 @@ impl Session {
         let mut recent_changed = false;
         // IMAP4rev2 has no \Recent: such a session claims none.
         if !added.is_empty() && !rev2 {
-            let infos = self.ctx.mailbox.messages_by_entry(sel.id, &added);
+            let infos = self.ctx.mailbox.messages_by_entry_light(sel.id, &added);
             let candidates: Vec<EntryId> = infos
                 .iter()
                 .flatten()
@@ -840,7 +844,7 @@ impl Session {
         if !flagged.is_empty() {
             flagged.sort_unstable();
             flagged.dedup();
-            let infos = self.ctx.mailbox.messages_by_entry(sel.id, &flagged);
+            let infos = self.ctx.mailbox.messages_by_entry_light(sel.id, &flagged);
             for info in infos.into_iter().flatten() {
                 if let Some(i) = sel.seq_of_uid(info.uid) {
                     sel.announce(out, &info.flags);

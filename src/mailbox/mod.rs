@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod crdt;
 pub mod fs_source;
+mod group;
 pub mod limits;
 pub mod log;
 pub mod maildir;
@@ -229,6 +230,8 @@ struct Inner {
     quota: std::sync::atomic::AtomicU64,
     /// Bumped whenever log entries were written or merged (the replicator pushes them).
     log_written: tokio::sync::watch::Sender<u64>,
+    /// The group commit's queue and generations (group.rs).
+    group: group::Group,
 }
 
 /// A handle on the engine; cheap to clone.
@@ -433,6 +436,7 @@ impl Mailbox {
             cache: Mutex::new(Cache::new(CACHE_BYTES)),
             quota: std::sync::atomic::AtomicU64::new(0),
             log_written: tokio::sync::watch::Sender::new(0),
+            group: group::Group::default(),
         });
         let mb = Mailbox { inner };
         mb.load_uids().await?;
@@ -547,7 +551,7 @@ impl Mailbox {
 
     /// Appends `ops` (and the sealed bodies they refer to) to this device's log, applies them,
     /// and numbers what they changed. Returns the id of each op (of its first piece, when the
-    /// change had to be split: see [`limits`]).
+    /// change had to be split: see [`limits`]). The caller holds the write lock throughout.
     async fn commit(&self, ops: Vec<Op>, objects: Vec<SealedObject>) -> Result<Vec<OpId>> {
         self.commit_with(ops, objects, None).await
     }
@@ -561,6 +565,31 @@ impl Mailbox {
         objects: Vec<SealedObject>,
         also: Option<AlsoWrite>,
     ) -> Result<Vec<OpId>> {
+        self.commit_grouped(ops, objects, also, None).await
+    }
+
+    /// [`Mailbox::commit`] that lets go of the caller's write lock `w` once the change is
+    /// applied to memory, before it is durable (the next write builds on it; see group.rs),
+    /// and returns once it is durable and published.
+    async fn commit_releasing(
+        &self,
+        w: tokio::sync::MutexGuard<'_, ()>,
+        ops: Vec<Op>,
+        objects: Vec<SealedObject>,
+    ) -> Result<Vec<OpId>> {
+        self.commit_grouped(ops, objects, None, Some(w)).await
+    }
+
+    /// The commit: log entries numbered with this device's next sequence numbers and sealed,
+    /// applied to memory, their store writes (bodies, `also`, the entries, the UID/MODSEQ
+    /// numbering) queued for the next group commit; answered once that is durable.
+    async fn commit_grouped(
+        &self,
+        ops: Vec<Op>,
+        objects: Vec<SealedObject>,
+        also: Option<AlsoWrite>,
+        w: Option<tokio::sync::MutexGuard<'_, ()>>,
+    ) -> Result<Vec<OpId>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -568,54 +597,42 @@ impl Mailbox {
         // One clock reading per entry: the entries apply as if committed one after another.
         let hlcs: Vec<u64> = entries.iter().map(|_| self.next_hlc()).collect();
         let device = self.inner.device;
-        let inner = Arc::clone(&self.inner);
-        let for_log: Vec<(u64, Vec<Op>)> = hlcs.iter().copied().zip(entries.clone()).collect();
         // What the ops will change, worked out now (the write lock is held, so the state
         // cannot move under us), so that the entries and their numbering share one durable
         // commit.
         let (predicted, folders_changed) = self.predict(&entries);
-        let now = (now_ms() / 1000) as u32;
-        let (seqs, results) = self
-            .inner
-            .store
-            .transact(move |tx| -> Result<(Vec<u64>, Vec<Numbered>)> {
-                for o in &objects {
-                    tx.put_object(o)?;
-                }
-                if let Some(also) = also {
-                    also(tx)?;
-                }
-                let mut seqs = Vec::with_capacity(for_log.len());
-                for (hlc, ops) in for_log {
-                    seqs.push(tx.append_log(device, |seq| {
-                        LogEntry {
-                            device,
-                            seq,
-                            hlc,
-                            ops,
-                        }
-                        .seal(&inner.keys, &inner.log_key)
-                    })?);
-                }
-                let work = predicted
-                    .into_iter()
-                    .map(|(folder, who, kind)| match who {
-                        Who::New(n, idx) => (
-                            folder,
-                            OpId {
-                                device,
-                                seq: seqs[n],
-                                idx,
-                            },
-                            kind,
-                        ),
-                        Who::Entry(e) => (folder, e, kind),
-                    })
-                    .collect();
-                let numbered = number_rows(tx, work, now)?;
-                Ok((seqs, numbered))
+        // This device's next log sequence numbers: every entry of this device in the store
+        // has been applied (at open, by `refresh`, or here), so they follow the highest one.
+        // Another process of this device writing meanwhile is caught in the transaction.
+        let base = self.read_engine().vv.get(&device).copied().unwrap_or(0);
+        let seqs: Vec<u64> = (1..=entries.len() as u64).map(|n| base + n).collect();
+        let mut sealed = Vec::with_capacity(entries.len());
+        let mut logged = Vec::with_capacity(entries.len());
+        for ((ops, hlc), seq) in entries.into_iter().zip(hlcs).zip(seqs.iter().copied()) {
+            let entry = LogEntry {
+                device,
+                seq,
+                hlc,
+                ops,
+            };
+            sealed.push((seq, entry.seal(&self.inner.keys, &self.inner.log_key)?));
+            logged.push(entry);
+        }
+        let work: Vec<(FolderId, EntryId, u8)> = predicted
+            .into_iter()
+            .map(|(folder, who, kind)| match who {
+                Who::New(n, idx) => (
+                    folder,
+                    OpId {
+                        device,
+                        seq: seqs[n],
+                        idx,
+                    },
+                    kind,
+                ),
+                Who::Entry(e) => (folder, e, kind),
             })
-            .await?;
+            .collect();
         let ids = first
             .iter()
             .map(|(n, idx)| OpId {
@@ -624,16 +641,39 @@ impl Mailbox {
                 idx: *idx,
             })
             .collect();
-        for ((ops, hlc), seq) in entries.into_iter().zip(hlcs).zip(seqs) {
-            self.apply_entry(&LogEntry {
-                device,
-                seq,
-                hlc,
-                ops,
-            });
+        let now = (now_ms() / 1000) as u32;
+        let job = move |tx: &mut Tx<'_, '_>| -> Result<Vec<Numbered>> {
+            for o in &objects {
+                tx.put_object(o)?;
+            }
+            if let Some(also) = also {
+                also(tx)?;
+            }
+            for (seq, bytes) in &sealed {
+                if !tx.insert_log(device, *seq, bytes)? {
+                    return Err(Error::Corrupt(format!(
+                        "log entry {seq} of this device was written by another process meanwhile"
+                    )));
+                }
+            }
+            number_rows(tx, work, now)
+        };
+        for entry in &logged {
+            self.apply_entry(entry);
         }
-        self.publish(results, folders_changed);
-        self.inner.log_written.send_modify(|n| *n += 1);
+        let generation = self.inner.group.next_gen();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.enqueue(group::Job {
+            work: Box::new(job),
+            folders_changed,
+            generation,
+            holds_lock: w.is_none(),
+            done,
+        });
+        drop(w);
+        answer
+            .await
+            .unwrap_or(Err(Error::NotAllowed("the mailbox is closing")))?;
         Ok(ids)
     }
 
@@ -744,6 +784,8 @@ impl Mailbox {
             }
         }
         let now = (now_ms() / 1000) as u32;
+        // After the queued commits (their numbering goes first, and is published first).
+        self.settle().await;
         let results = self
             .inner
             .store
@@ -881,6 +923,7 @@ impl Mailbox {
             decoded.push((e.device, e.seq, bytes));
         }
         let _w = self.inner.write.lock().await;
+        self.settle().await;
         self.inner
             .store
             .transact(move |tx| -> Result<()> {

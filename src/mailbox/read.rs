@@ -117,6 +117,7 @@ impl Mailbox {
             return Ok(u.uidvalidity);
         }
         let _w = self.inner.write.lock().await;
+        self.settle().await;
         let now = (now_ms() / 1000) as u32;
         let head = self
             .inner
@@ -176,6 +177,35 @@ impl Mailbox {
                 e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
                 let (uid, modseq) = *u?.by_entry.get(entry)?;
                 message_info(&e, *entry, uid, modseq)
+            })
+            .collect()
+    }
+
+    /// [`Mailbox::messages_by_entry`] with `maildir_name` left empty (no allocation per
+    /// message): for IMAP, which never shows it, on commands over a whole large folder.
+    pub fn messages_by_entry_light(
+        &self,
+        folder: FolderId,
+        entries: &[EntryId],
+    ) -> Vec<Option<MessageInfo>> {
+        let e = self.read_engine();
+        let u = e.uids.get(&folder);
+        entries
+            .iter()
+            .map(|entry| {
+                let rec = e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
+                let (uid, modseq) = *u?.by_entry.get(entry)?;
+                Some(MessageInfo {
+                    entry: *entry,
+                    uid,
+                    modseq,
+                    object: rec.message.object,
+                    size: rec.message.size,
+                    internal_date: rec.message.internal_date,
+                    flags: e.crdt.flags(*entry),
+                    recent: e.crdt.recent(*entry),
+                    maildir_name: String::new(),
+                })
             })
             .collect()
     }

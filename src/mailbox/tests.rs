@@ -821,3 +821,64 @@ async fn present_calls_skip_what_was_expunged_and_act_on_the_rest() {
     // Nothing left to act on: still fine.
     a.mb.expunge_present("INBOX", &both).await.unwrap();
 }
+
+/// Group commit (group.rs): concurrent writers share commits, every call is answered only
+/// once durable, and this device's log has no gap, also after a failed commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_are_group_committed_durably_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = || UserKeys::from_seed([9; 32]);
+    let dk = DeviceKey::from_seed([9; 32]).public();
+    let mb = Mailbox::open(store.clone(), keys(), dk).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let mb = mb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..10 {
+                let m = mb
+                    .append("INBOX", msg(&format!("t{t} m{i}")))
+                    .await
+                    .unwrap();
+                mb.set_flags_present("INBOX", &[m.entry], FlagMode::Add, &seen(), false)
+                    .await
+                    .unwrap();
+                mine.push(m.uid);
+            }
+            mine
+        }));
+    }
+    let mut uids = Vec::new();
+    for t in tasks {
+        uids.extend(t.await.unwrap());
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(uids.len(), 160, "every append got its own UID");
+    // A failed write in the middle: its caller is told, nothing of it is kept, and the
+    // next write follows without a gap in the log.
+    let fail: AlsoWrite = Box::new(|_tx| Err(store::Error::DiskFull));
+    assert!(mb.append_with("INBOX", msg("lost"), fail).await.is_err());
+    mb.append("INBOX", msg("after")).await.unwrap();
+    let seqs: Vec<u64> = mb
+        .log_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(d, _, _)| *d == mb.device())
+        .map(|(_, s, _)| s)
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    let before = mb.canonical();
+    let inbox = mb.messages("INBOX").unwrap();
+    assert_eq!(inbox.len(), 161);
+    assert!(inbox.iter().filter(|m| m.flags.has(Flag::Seen)).count() == 160);
+    drop(mb);
+    let mb = Mailbox::open(store, keys(), dk).await.unwrap();
+    assert_eq!(
+        mb.canonical(),
+        before,
+        "what was answered is what is on disk"
+    );
+}

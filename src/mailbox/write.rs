@@ -6,7 +6,12 @@ use super::*;
 impl Mailbox {
     /// Appends one message to a folder.
     pub async fn append(&self, folder: &str, msg: NewMessage) -> Result<MessageInfo> {
-        let mut v = self.append_batch(folder, vec![msg]).await?;
+        let w = self.inner.write.lock().await;
+        let folder_id = self.folder_id(folder)?;
+        self.check_quota(std::iter::once(&msg)).await?;
+        let mut v = self
+            .append_releasing(vec![(folder_id, msg)], None, Some(w))
+            .await?;
         v.pop().ok_or(Error::NoSuchMessage)
     }
 
@@ -31,7 +36,7 @@ impl Mailbox {
     /// Appends messages, each to its own folder, in ONE log entry (one durable commit), all
     /// or none: what the FUSE mount's queued deliveries become. Returns them in order.
     pub async fn append_many(&self, items: Vec<(String, NewMessage)>) -> Result<Vec<MessageInfo>> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let mut ids: HashMap<String, FolderId> = HashMap::new();
         let mut msgs = Vec::with_capacity(items.len());
         for (folder, m) in items {
@@ -46,7 +51,7 @@ impl Mailbox {
             msgs.push((id, m));
         }
         self.check_quota(msgs.iter().map(|(_, m)| m)).await?;
-        self.append_locked(msgs, None).await
+        self.append_releasing(msgs, None, Some(w)).await
     }
 
     /// Appends one message, and makes the caller's `also` write in the same durable commit
@@ -58,11 +63,11 @@ impl Mailbox {
         msg: NewMessage,
         also: AlsoWrite,
     ) -> Result<MessageInfo> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         self.check_quota(std::iter::once(&msg)).await?;
         let mut v = self
-            .append_locked(vec![(folder_id, msg)], Some(also))
+            .append_releasing(vec![(folder_id, msg)], Some(also), Some(w))
             .await?;
         v.pop().ok_or(Error::NoSuchMessage)
     }
@@ -90,6 +95,17 @@ impl Mailbox {
         &self,
         msgs: Vec<(FolderId, NewMessage)>,
         also: Option<AlsoWrite>,
+    ) -> Result<Vec<MessageInfo>> {
+        self.append_releasing(msgs, also, None).await
+    }
+
+    /// [`Mailbox::append_locked`] that lets go of the write lock `w` (when given) once the
+    /// messages are applied to memory, before they are durable (see group.rs).
+    async fn append_releasing(
+        &self,
+        msgs: Vec<(FolderId, NewMessage)>,
+        also: Option<AlsoWrite>,
+        w: Option<tokio::sync::MutexGuard<'_, ()>>,
     ) -> Result<Vec<MessageInfo>> {
         let mut ops = Vec::with_capacity(msgs.len());
         let mut objects = Vec::with_capacity(msgs.len());
@@ -129,7 +145,7 @@ impl Mailbox {
             objects.push(sealed);
             folders.push(folder_id);
         }
-        let ids = self.commit_with(ops, objects, also).await?;
+        let ids = self.commit_grouped(ops, objects, also, w).await?;
         let e = self.read_engine();
         let mut out = Vec::with_capacity(ids.len());
         for (id, folder_id) in ids.into_iter().zip(folders) {
@@ -178,7 +194,7 @@ impl Mailbox {
         seen_by_reader: bool,
         skip_gone: bool,
     ) -> Result<()> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         for k in &flags.keywords {
             if !model::valid_keyword(k) {
@@ -200,7 +216,7 @@ impl Mailbox {
         if ops.is_empty() && skip_gone {
             return Ok(());
         }
-        self.commit(ops, Vec::new()).await?;
+        self.commit_releasing(w, ops, Vec::new()).await?;
         Ok(())
     }
 
@@ -212,7 +228,7 @@ impl Mailbox {
         &self,
         items: Vec<(String, EntryId, Flags, bool)>,
     ) -> Result<usize> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         for (_, _, flags, _) in &items {
             for k in &flags.keywords {
                 if !model::valid_keyword(k) {
@@ -235,7 +251,7 @@ impl Mailbox {
             }
         }
         let n = ops.len();
-        self.commit(ops, Vec::new()).await?;
+        self.commit_releasing(w, ops, Vec::new()).await?;
         Ok(n)
     }
 
@@ -280,7 +296,7 @@ impl Mailbox {
         remove: bool,
         skip_gone: bool,
     ) -> Result<Vec<(EntryId, MessageInfo)>> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let from_id = self.folder_id(from)?;
         let to_id = self.folder_id(to)?;
         let kept: Vec<EntryId>;
@@ -336,14 +352,13 @@ impl Mailbox {
                 entries: entries.to_vec(),
             });
         }
-        let ids = self.commit(ops, Vec::new()).await?;
-        let infos = self.messages_of(to_id);
-        let by_entry: HashMap<EntryId, MessageInfo> =
-            infos.into_iter().map(|m| (m.entry, m)).collect();
+        let ids = self.commit_releasing(w, ops, Vec::new()).await?;
+        // The new messages only, not the whole destination folder.
+        let infos = self.messages_by_entry(to_id, &ids);
         Ok(entries
             .iter()
-            .zip(ids)
-            .filter_map(|(src, new)| by_entry.get(&new).map(|m| (*src, m.clone())))
+            .zip(infos)
+            .filter_map(|(src, m)| m.map(|m| (*src, m)))
             .collect())
     }
 
@@ -359,7 +374,7 @@ impl Mailbox {
     }
 
     async fn expunge_in(&self, folder: &str, entries: &[EntryId], skip_gone: bool) -> Result<()> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let folder_id = self.folder_id(folder)?;
         let mut present = Vec::with_capacity(entries.len());
         {
@@ -375,14 +390,14 @@ impl Mailbox {
         if present.is_empty() && skip_gone {
             return Ok(());
         }
-        self.commit(vec![Op::Remove { entries: present }], Vec::new())
+        self.commit_releasing(w, vec![Op::Remove { entries: present }], Vec::new())
             .await?;
         Ok(())
     }
 
     pub async fn create_folder(&self, name: &str) -> Result<FolderId> {
         check_folder_name(name)?;
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         if name.eq_ignore_ascii_case("INBOX") || find(&self.read_engine(), name).is_some() {
             return Err(Error::FolderExists(name.to_string()));
         }
@@ -393,7 +408,8 @@ impl Mailbox {
             seq: u64::from_be_bytes(crypto::random_bytes()?),
             idx: u32::MAX,
         };
-        self.commit(
+        self.commit_releasing(
+            w,
             vec![Op::CreateFolder {
                 folder,
                 name: name.to_string(),
@@ -408,7 +424,7 @@ impl Mailbox {
     /// Renames a folder (INBOX cannot be renamed). Its messages and UIDs stay with it.
     pub async fn rename_folder(&self, from: &str, to: &str) -> Result<()> {
         check_folder_name(to)?;
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let f = self
             .folder(from)
             .ok_or_else(|| Error::NoSuchFolder(from.to_string()))?;
@@ -418,7 +434,8 @@ impl Mailbox {
         if to.eq_ignore_ascii_case("INBOX") || find(&self.read_engine(), to).is_some() {
             return Err(Error::FolderExists(to.to_string()));
         }
-        self.commit(
+        self.commit_releasing(
+            w,
             vec![Op::RenameFolder {
                 folder: f.id,
                 name: to.to_string(),
@@ -431,7 +448,7 @@ impl Mailbox {
 
     /// Deletes a folder and the messages in it (INBOX cannot be deleted).
     pub async fn delete_folder(&self, name: &str) -> Result<()> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let f = self
             .folder(name)
             .ok_or_else(|| Error::NoSuchFolder(name.to_string()))?;
@@ -439,7 +456,8 @@ impl Mailbox {
             return Err(Error::NotAllowed("INBOX cannot be deleted"));
         }
         let observed: Vec<EntryId> = self.read_engine().crdt.entries_in(f.id).collect();
-        self.commit(
+        self.commit_releasing(
+            w,
             vec![Op::DeleteFolder {
                 folder: f.id,
                 observed,
@@ -454,7 +472,7 @@ impl Mailbox {
     /// Unsubscribing a name no visible folder has unsubscribes the deleted folders of that
     /// name that are still subscribed (RFC 3501 §6.3.7: a subscription outlives its folder).
     pub async fn subscribe_folder(&self, name: &str, subscribed: bool) -> Result<()> {
-        let _w = self.inner.write.lock().await;
+        let w = self.inner.write.lock().await;
         let ids = match self.folder_id(name) {
             Ok(id) => vec![id],
             Err(e) if subscribed => return Err(e),
@@ -477,7 +495,7 @@ impl Mailbox {
             .into_iter()
             .map(|folder| Op::Subscribe { folder, subscribed })
             .collect();
-        self.commit(ops, Vec::new()).await?;
+        self.commit_releasing(w, ops, Vec::new()).await?;
         Ok(())
     }
 }

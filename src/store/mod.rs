@@ -11,11 +11,13 @@
 //!   reported as corrupt, never returned.
 
 mod backup;
+mod batch;
 mod flow;
 mod overlay;
 mod prefetch;
 mod resident;
 pub mod schema;
+pub use batch::BatchJob;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! BODYSTRUCTURE, BODY[section]<partial>, BODY.PEEK, UID. A non-peek body fetch sets \Seen.
 
 use std::borrow::Cow;
+use std::io::Write as _;
 
 use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::fetch::{
@@ -198,7 +199,7 @@ pub(super) async fn fetch(
     let idx = resolve(cur, set, uid);
     let (folder, name, read_only) = (cur.id, cur.name.clone(), cur.read_only);
     let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
-    let mut infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
+    let mut infos = s.ctx.mailbox.messages_by_entry_light(folder, &entries);
     if let Some(since) = changed_since {
         // By the engine's MODSEQ: the session's copy lags (changes since its last sync).
         for info in infos.iter_mut() {
@@ -259,7 +260,7 @@ pub(super) async fn fetch(
                 Err(_)
                     if s.ctx
                         .mailbox
-                        .messages_by_entry(folder, &[info.entry])
+                        .messages_by_entry_light(folder, &[info.entry])
                         .first()
                         .is_some_and(Option::is_none) =>
                 {
@@ -286,7 +287,7 @@ pub(super) async fn fetch(
         }
         let is_recent = matches!(&s.state, State::Selected(c) if c.recent.contains(&info.uid));
         let o = &mut s.conn.out;
-        o.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+        let _ = write!(o, "* {} FETCH (", i + 1);
         let mut first = true;
         let mut sep = |o: &mut Vec<u8>| {
             if !first {
@@ -297,8 +298,12 @@ pub(super) async fn fetch(
         for item in &items {
             sep(o);
             match item {
-                Item::Uid => o.extend_from_slice(format!("UID {}", info.uid).as_bytes()),
-                Item::ModSeq => o.extend_from_slice(format!("MODSEQ ({})", info.modseq).as_bytes()),
+                Item::Uid => {
+                    let _ = write!(o, "UID {}", info.uid);
+                }
+                Item::ModSeq => {
+                    let _ = write!(o, "MODSEQ ({})", info.modseq);
+                }
                 Item::Flags => {
                     o.extend_from_slice(b"FLAGS ");
                     out::flags_with(o, &info.flags, is_recent);
@@ -307,7 +312,9 @@ pub(super) async fn fetch(
                     o.extend_from_slice(b"INTERNALDATE ");
                     o.extend_from_slice(out::date_time(info.internal_date).as_bytes());
                 }
-                Item::Size => o.extend_from_slice(format!("RFC822.SIZE {}", info.size).as_bytes()),
+                Item::Size => {
+                    let _ = write!(o, "RFC822.SIZE {}", info.size);
+                }
                 Item::Envelope | Item::Body | Item::BodyStructure => {
                     let (label, bytes): (&[u8], &[u8]) = match (item, &rendered) {
                         (Item::Envelope, Some(r)) => (b"ENVELOPE ", &r.envelope),
@@ -341,7 +348,7 @@ pub(super) async fn fetch(
                         Some((origin, count)) => {
                             let start = (*origin as usize).min(bytes.len());
                             let end = start.saturating_add(*count as usize).min(bytes.len());
-                            o.extend_from_slice(format!("<{origin}> ").as_bytes());
+                            let _ = write!(o, "<{origin}> ");
                             out::literal(o, &bytes[start..end]);
                         }
                         None => {
@@ -369,13 +376,13 @@ pub(super) async fn fetch(
                     o.extend_from_slice(p.join(".").as_bytes());
                     o.push(b']');
                     if size {
-                        o.extend_from_slice(format!(" {}", bytes.len()).as_bytes());
+                        let _ = write!(o, " {}", bytes.len());
                     } else {
                         let part = match partial {
                             Some((origin, count)) => {
                                 let start = (origin as usize).min(bytes.len());
                                 let end = start.saturating_add(count as usize).min(bytes.len());
-                                o.extend_from_slice(format!("<{origin}>").as_bytes());
+                                let _ = write!(o, "<{origin}>");
                                 &bytes[start..end]
                             }
                             None => &bytes[..],
@@ -397,7 +404,7 @@ pub(super) async fn fetch(
             && !items.iter().any(|i| matches!(i, Item::ModSeq))
         {
             sep(o);
-            o.extend_from_slice(format!("MODSEQ ({})", info.modseq).as_bytes());
+            let _ = write!(o, "MODSEQ ({})", info.modseq);
         }
         o.extend_from_slice(b")\r\n");
         s.conn.flush_if_big().await?;

@@ -338,7 +338,7 @@ pub(super) async fn matching(
     let entries: Vec<EntryId> = idx.iter().map(|i| cur.msgs[*i].entry).collect();
     let folder = cur.id;
     let largest_uid = cur.msgs.last().map_or(0, |m| m.uid);
-    let infos = s.ctx.mailbox.messages_by_entry(folder, &entries);
+    let infos = s.ctx.mailbox.messages_by_entry_light(folder, &entries);
     let bytes = criteria.iter().any(needs_bytes);
     let mut hits = Vec::new();
     let sets = SetCache::default();
@@ -405,10 +405,11 @@ pub(super) async fn search(
     let line = match ret {
         Some(r) => esearch(tag, uid, &r, &hits, with_modseq.then_some(highest)),
         None => {
-            let mut line = String::from("* SEARCH");
+            let mut line = String::with_capacity(9 + hits.len() * 7);
+            line.push_str("* SEARCH");
             for h in hits {
-                line.push(' ');
-                line.push_str(&h.to_string());
+                use std::fmt::Write as _;
+                let _ = write!(line, " {h}");
             }
             // RFC 7162 §3.1.5: the highest MODSEQ of what matched, when anything did.
             if with_modseq && highest > 0 {

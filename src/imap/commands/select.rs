@@ -184,7 +184,7 @@ async fn report_changes(s: &mut Session, sel: &mut Selected, r: &Resync) -> Resu
     for info in s
         .ctx
         .mailbox
-        .messages_by_entry(sel.id, &changed)
+        .messages_by_entry_light(sel.id, &changed)
         .into_iter()
         .flatten()
     {
@@ -207,7 +207,7 @@ fn deleted(s: &Session, sel: &Selected, only: Option<&[usize]>) -> Vec<EntryId> 
     };
     s.ctx
         .mailbox
-        .messages_by_entry(sel.id, &entries)
+        .messages_by_entry_light(sel.id, &entries)
         .into_iter()
         .flatten()
         .filter(|m| m.flags.has(Flag::Trashed))

@@ -47,7 +47,7 @@ pub(super) async fn store(
     let mut modified: Vec<u32> = Vec::new();
     let live: Vec<EntryId> = idx
         .iter()
-        .zip(s.ctx.mailbox.messages_by_entry(folder, &entries))
+        .zip(s.ctx.mailbox.messages_by_entry_light(folder, &entries))
         .filter_map(|(i, m)| {
             let m = m?;
             if unchanged_since.is_some_and(|n| m.modseq > n) {
@@ -77,7 +77,7 @@ pub(super) async fn store(
         let silent = response != StoreResponse::Answer;
         for (i, info) in idx
             .iter()
-            .zip(s.ctx.mailbox.messages_by_entry(folder, &entries))
+            .zip(s.ctx.mailbox.messages_by_entry_light(folder, &entries))
         {
             let Some(info) = info else { continue };
             if !changed.contains(&info.entry) {
@@ -142,7 +142,7 @@ pub(super) async fn copy(
     let live: Vec<EntryId> = s
         .ctx
         .mailbox
-        .messages_by_entry(folder, &entries)
+        .messages_by_entry_light(folder, &entries)
         .into_iter()
         .flatten()
         .map(|m| m.entry)
