@@ -252,6 +252,22 @@ impl EventLoop {
                     r.accepted = true;
                 }
             }
+            // A relay that refuses serves nobody silently: say whom and why (the limits are
+            // behaviour::relay_config's; docs/design.md "NAT and relays").
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::ReservationReqDenied {
+                src_peer_id,
+                status,
+            })) => tracing::info!(peer = %src_peer_id, ?status, "relay: reservation refused"),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                status,
+            })) => tracing::info!(
+                src = %src_peer_id,
+                dst = %dst_peer_id,
+                ?status,
+                "relay: circuit refused"
+            ),
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(e)) => {
                 tracing::info!(?e, "UPnP port mapping");
                 self.nat.upnp.on_event(e);
