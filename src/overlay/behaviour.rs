@@ -68,6 +68,8 @@ pub(crate) struct Behaviour {
     pub dcutr: Toggle<dcutr::Behaviour>,
     /// UPnP IGD port mapping (`[overlay] upnp = true`, network transport only).
     pub upnp: Toggle<Upnp>,
+    /// NAT-PMP port mapping (`[overlay] natpmp = true`, network transport only).
+    pub natpmp: Toggle<super::natpmp::NatPmp>,
 }
 
 /// libp2p's UPnP behaviour, except that a mapped address is only a *candidate*: rust-libp2p
@@ -562,6 +564,9 @@ fn behaviour(
         // router to ask.
         upnp: (config.upnp && relay_client.is_some())
             .then(Upnp::new)
+            .into(),
+        natpmp: (config.natpmp && relay_client.is_some())
+            .then(super::natpmp::NatPmp::new)
             .into(),
         relay_client: relay_client.into(),
     })

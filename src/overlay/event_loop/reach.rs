@@ -50,6 +50,10 @@ impl EventLoop {
             _ => None,
         };
         let (upnp, upnp_mapped) = self.nat.upnp.status(behaviour.upnp.is_enabled());
+        let (natpmp, natpmp_mapped) = match behaviour.natpmp.as_ref() {
+            Some(n) => n.state().status(),
+            None => ("off".to_string(), Vec::new()),
+        };
         let n = &self.nat;
         let relayed_connections = n.connections.values().filter(|(_, r)| *r).count();
         let mut relays: Vec<String> = n
@@ -72,6 +76,8 @@ impl EventLoop {
             hole_punches_won: n.punches_won,
             upnp,
             upnp_mapped,
+            natpmp,
+            natpmp_mapped,
             ..Status::default()
         }
     }
