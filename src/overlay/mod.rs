@@ -30,7 +30,7 @@ mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
 mod nat;
-mod natpmp;
+pub mod natpmp;
 mod opaque;
 /// Private rings: the pre-shared key and each ring's protocol names (issue #16).
 pub mod pnet;

@@ -29,7 +29,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
 /// The gateway's NAT-PMP port.
-pub(crate) const PORT: u16 = 5351;
+pub const PORT: u16 = 5351;
 /// Lifetime asked for a mapping (the RFC's recommendation: two hours; an hour, like UPnP).
 pub(crate) const LIFETIME_SECS: u32 = 3600;
 /// Granted lifetimes are clamped to this range before the renewal is scheduled at half.
@@ -47,7 +47,7 @@ const OP_MAP_TCP: u8 = 2;
 
 /// A request to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Request {
+pub enum Request {
     /// The gateway's external IPv4 address.
     ExternalAddress,
     /// Map TCP `internal` (on this host) to `external` (a suggestion; 0 = any) for
@@ -60,7 +60,7 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         match *self {
             Request::ExternalAddress => vec![0, OP_EXTERNAL],
             Request::MapTcp {
@@ -80,7 +80,7 @@ impl Request {
 
 /// A successful reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reply {
+pub enum Reply {
     ExternalAddress {
         epoch: u32,
         address: Ipv4Addr,
@@ -95,7 +95,7 @@ pub(crate) enum Reply {
 
 /// Why a datagram is not a usable reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ReplyError {
+pub enum ReplyError {
     #[error("{0} bytes: not a NAT-PMP reply")]
     Length(usize),
     #[error("version {0} (only 0, RFC 6886)")]
@@ -120,7 +120,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 /// Decodes a datagram from the gateway. The length is checked first, so every index below
 /// is in bounds; the result code is checked before anything else is believed.
-pub(crate) fn decode(b: &[u8]) -> Result<Reply, ReplyError> {
+pub fn decode(b: &[u8]) -> Result<Reply, ReplyError> {
     if b.len() < 4 {
         return Err(ReplyError::Length(b.len()));
     }
@@ -157,7 +157,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<Reply, ReplyError> {
 
 /// Decodes `b` as the reply to `request`: the opcode and, for a mapping, the internal port
 /// must be the request's.
-pub(crate) fn decode_for(request: &Request, b: &[u8]) -> Result<Reply, ReplyError> {
+pub fn decode_for(request: &Request, b: &[u8]) -> Result<Reply, ReplyError> {
     let reply = decode(b)?;
     match (request, &reply) {
         (Request::ExternalAddress, Reply::ExternalAddress { .. }) => Ok(reply),
@@ -173,7 +173,7 @@ pub(crate) fn decode_for(request: &Request, b: &[u8]) -> Result<Reply, ReplyErro
 }
 
 /// When to renew a mapping granted for `lifetime` seconds: half of it, clamped.
-pub(crate) fn renew_after(lifetime: u32) -> Duration {
+pub fn renew_after(lifetime: u32) -> Duration {
     Duration::from_secs(u64::from(
         lifetime.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS) / 2,
     ))
@@ -181,7 +181,7 @@ pub(crate) fn renew_after(lifetime: u32) -> Duration {
 
 /// The IPv4 default gateway from `/proc/net/route`'s text (the first default route with
 /// the gateway flag); the kernel prints addresses as the raw 32-bit value in host order.
-pub(crate) fn default_gateway(route_table: &str) -> Option<Ipv4Addr> {
+pub fn default_gateway(route_table: &str) -> Option<Ipv4Addr> {
     route_table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (dest, gw, flags) = (f.get(1)?, f.get(2)?, f.get(3)?);
