@@ -314,6 +314,123 @@ mod lab {
         assert!(text.contains("UPnP no gateway"), "{text}");
     }
 
+    /// `[overlay] natpmp = true` behind a router that offers NAT-PMP (miniupnpd 2.3.1 in the
+    /// router namespace, `nat-lab.sh natpmp`): the laptop's own client asks the gateway for
+    /// its external address and a TCP mapping of its listen port; `status` shows "mapped"
+    /// with the router's outside address; AutoNAT, asked by the internet nodes dialing that
+    /// address back, confirms it: the laptop is reachable, a DHT server, with no relay and
+    /// no relayed connection, and a plain TCP dial from the internet to the mapped address
+    /// reaches its listener. On SIGTERM it deletes the mapping (the router's DNAT rule goes).
+    #[test]
+    fn natpmp_maps_the_laptop_port_and_autonat_confirms_it() {
+        let _heavy = crate::util::one_heavy_at_a_time();
+        let found = Command::new("sh")
+            .args(["-c", "command -v miniupnpd"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            eprintln!("SKIP nat lab NAT-PMP: miniupnpd missing (apt install miniupnpd)");
+            return;
+        }
+        let Some(mut lab) = Lab::up() else { return };
+        let out = Command::new(LAB)
+            .args(["natpmp", &lab.prefix, "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nat-lab.sh natpmp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let a = lab.start("inet", "/ip4/10.99.0.1/tcp/0", None);
+        lab.start("inet", "/ip4/10.99.0.1/tcp/0", Some(&a));
+        lab.start_tuned(
+            "h1",
+            "/ip4/0.0.0.0/tcp/0",
+            Some(&a),
+            &[("natpmp = false", "natpmp = true")],
+        );
+        let node =
+            |i: usize| lab.nodes[i].1.run(&["status", "--json"]).success().json()["node"].clone();
+        assert_eq!(node(0)["natpmp"], "off");
+        let mut mapped = String::new();
+        wait_for("a NAT-PMP mapping", 30, || {
+            let n = node(2);
+            if n["natpmp"] == "mapped" {
+                mapped = strings(&n["natpmp_mapped"]).join(" ");
+            }
+            !mapped.is_empty()
+        });
+        assert!(mapped.starts_with("/ip4/10.99.0.2/tcp/"), "{mapped}");
+        assert!(
+            !mapped.contains(' '),
+            "one listen port, one mapping: {mapped}"
+        );
+        wait_for("AutoNAT confirming the mapped address", 60, || {
+            let n = node(2);
+            n["reachable"] == "yes"
+                && n["dht_mode"] == "server"
+                && n["public_address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&mapped)
+        });
+        let n = node(2);
+        assert!(strings(&n["relays"]).is_empty(), "{n}");
+        assert_eq!(n["relayed_connections"], 0, "{n}");
+        // The router forwards a fresh connection from the internet to the laptop.
+        let port = mapped.rsplit('/').next().unwrap();
+        let dial = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("inet"), "python3", "-c"])
+            .arg(format!(
+                "import socket; socket.create_connection(('10.99.0.2', {port}), timeout=5).close()"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            dial.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dial.stderr)
+        );
+        let text = lab.nodes[2].1.run(&["status"]).success().stdout();
+        assert!(text.contains(&format!("NAT-PMP mapped {mapped}")), "{text}");
+        // Shutdown deletes the mapping.
+        let router = lab.ns("rt1");
+        let rules = || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &router,
+                    "nft",
+                    "list",
+                    "chain",
+                    "inet",
+                    "filter",
+                    "prerouting_miniupnpd",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(rules().contains(&format!("dport {port}")), "{}", rules());
+        let pid = lab.nodes[2].0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let _ = lab.nodes[2].0.wait();
+        let left = rules();
+        assert!(
+            !left.contains(&format!("dport {port}")),
+            "mapping left: {left}"
+        );
+    }
+
     /// Python run inside a namespace: SMTP submission (STARTTLS + AUTH) or a POP3 listing.
     const MAIL_PY: &str = r#"
 import poplib, smtplib, ssl, sys

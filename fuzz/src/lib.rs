@@ -457,6 +457,14 @@ pub mod seeds {
                 peerpost::config::template("alice@example.org").into_bytes(),
                 b"[identity]\naddress = \"a@b.test\"\n[smtp]\nmax_message_size = \"1MiB\"\nverify = true\ndns_records = \"dns.txt\"\n[smarthost]\nhost = \"smtp.example.org\"\nport = 587\n".to_vec(),
             ],
+            "natpmp" => {
+                let map = vec![0, 0, 0x82, 0, 0, 0, 0, 0, 9, 0x0f, 0xa1, 0x13, 0x8a, 0, 0, 0x0e, 0x10];
+                let ext = vec![0, 0, 0x80, 0, 0, 0, 0, 0, 7, 10, 99, 0, 2];
+                let route = b"\x01Iface\tDestination\tGateway\tFlags\nx1\t00000000\t0101A8C0\t0003\n".to_vec();
+                let mut refused = map.clone();
+                refused[4] = 2;
+                vec![map, ext, route, refused]
+            }
             _ => Vec::new(),
         }
     }

@@ -244,6 +244,7 @@ pub(super) fn prepare(args: &Args, home: &Home) -> Result<(NodeConfig, Store, St
         Some(false) => overlay::Reachable::No,
     };
     oc.upnp = config.overlay.upnp;
+    oc.natpmp = config.overlay.natpmp;
     oc.stats_share = config.stats.share;
     oc.stats_every = config.stats.every;
 

@@ -230,4 +230,12 @@ fn print_reachability(o: &crate::overlay::Status) {
         };
         println!("  port mapping:    UPnP {}{mapped}", o.upnp);
     }
+    if !o.natpmp.is_empty() {
+        let mapped = if o.natpmp_mapped.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", o.natpmp_mapped.join(", "))
+        };
+        println!("  port mapping:    NAT-PMP {}{mapped}", o.natpmp);
+    }
 }

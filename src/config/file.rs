@@ -89,6 +89,7 @@ pub struct OverlaySection {
     pub ring_authority: String,
     pub reachable: String,
     pub upnp: bool,
+    pub natpmp: bool,
 }
 
 impl Default for OverlaySection {
@@ -106,6 +107,7 @@ impl Default for OverlaySection {
             ring_authority: String::new(),
             reachable: "auto".into(),
             upnp: false,
+            natpmp: false,
         }
     }
 }

@@ -113,6 +113,9 @@ pub struct OverlayConfig {
     pub reachable: Option<bool>,
     /// `upnp`: ask the home router (UPnP IGD) to forward the listen ports; off by default.
     pub upnp: bool,
+    /// `natpmp`: ask the default gateway (NAT-PMP, RFC 6886) to forward the listen ports;
+    /// off by default.
+    pub natpmp: bool,
 }
 
 /// A plaintext (with STARTTLS) and an implicit-TLS listener; `None` disables one.

@@ -37,6 +37,12 @@ reachable = "auto"
 # some routers' UPnP services have been attacked too. The mapped address is used only
 # once AutoNAT confirms peers can dial it (needs reachable = "auto").
 upnp = false
+# The same through NAT-PMP (RFC 6886: UDP to the default gateway's port 5351; Apple
+# routers, miniupnpd, many open-source firmwares). Off by default for the same reason:
+# any program on the network may open ports this way, so many admins switch it off and
+# a node should not rely on it without its owner saying so. The mapping (1 h, renewed
+# every 30 min, deleted on shutdown) is used only once AutoNAT confirms it.
+natpmp = false
 
 [imap]
 # IMAP with STARTTLS, and IMAP over implicit TLS. "" disables a listener.

@@ -89,6 +89,19 @@ fn upnp_option_is_off_unless_set() {
 }
 
 #[test]
+fn natpmp_option_is_off_unless_set() {
+    assert!(!parse("").unwrap().overlay.natpmp);
+    assert!(parse("[overlay]\nnatpmp = true\n").unwrap().overlay.natpmp);
+    assert!(!parse("[overlay]\nnatpmp = false\n").unwrap().overlay.natpmp);
+    let e = parse("[overlay]\nnatpmp = 1\n").unwrap_err();
+    assert!(e.to_string().contains("natpmp"), "{e}");
+    let t = super::template::template("a@b.example");
+    assert!(t.contains("\nnatpmp = false\n"), "{t}");
+    // The template parses with it (deny_unknown_fields).
+    assert!(!parse(&t).unwrap().overlay.natpmp);
+}
+
+#[test]
 fn ring_authority_option() {
     assert_eq!(parse("").unwrap().overlay.ring_authority, None);
     let key = "ab".repeat(32);

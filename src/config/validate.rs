@@ -250,6 +250,7 @@ impl Validator<'_> {
                 ring_authority,
                 reachable,
                 upnp: f.overlay.upnp,
+                natpmp: f.overlay.natpmp,
             },
             imap: ServerPair {
                 listen: self.socket("imap.listen", &f.imap.listen)?,

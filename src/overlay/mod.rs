@@ -30,6 +30,7 @@ mod inbox;
 /// libp2p's own metrics, registered beside the node's.
 pub mod metrics;
 mod nat;
+pub mod natpmp;
 mod opaque;
 /// Private rings: the pre-shared key and each ring's protocol names (issue #16).
 pub mod pnet;
@@ -98,6 +99,9 @@ pub struct Config {
     /// Ask the home router to forward the listen ports (UPnP IGD; NAT, issue #19): the
     /// mapped address becomes an external address candidate, which AutoNAT then confirms.
     pub upnp: bool,
+    /// Ask the default gateway to forward the listen ports (NAT-PMP, RFC 6886; issue #19):
+    /// like `upnp`, the mapped address is only a candidate that AutoNAT confirms.
+    pub natpmp: bool,
     /// Ring statistics ([`stats`]): whether this node shares (and holds and collects)
     /// them, and the length of one round.
     pub stats_share: bool,
@@ -162,6 +166,7 @@ impl Config {
             max_inflight_per_peer: 16,
             reachable: Reachable::Auto,
             upnp: false,
+            natpmp: false,
             stats_share: true,
             stats_every: Duration::from_secs(3600),
             psk: None,
@@ -338,6 +343,14 @@ pub struct Status {
     pub upnp: String,
     #[serde(default)]
     pub upnp_mapped: Vec<String>,
+    /// NAT-PMP port mapping: "off" (`[overlay] natpmp = false`), "searching", "no gateway"
+    /// (no default gateway, or it did not answer on port 5351), "refused: …" (the
+    /// gateway's result code), "gateway found, nothing mapped" or "mapped" (the external
+    /// addresses in `natpmp_mapped`).
+    #[serde(default)]
+    pub natpmp: String,
+    #[serde(default)]
+    pub natpmp_mapped: Vec<String>,
 }
 
 /// A successful lookup.

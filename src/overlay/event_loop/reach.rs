@@ -50,6 +50,10 @@ impl EventLoop {
             _ => None,
         };
         let (upnp, upnp_mapped) = self.nat.upnp.status(behaviour.upnp.is_enabled());
+        let (natpmp, natpmp_mapped) = match behaviour.natpmp.as_ref() {
+            Some(n) => n.state().status(),
+            None => ("off".to_string(), Vec::new()),
+        };
         let n = &self.nat;
         let relayed_connections = n.connections.values().filter(|(_, r)| *r).count();
         let mut relays: Vec<String> = n
@@ -72,6 +76,8 @@ impl EventLoop {
             hole_punches_won: n.punches_won,
             upnp,
             upnp_mapped,
+            natpmp,
+            natpmp_mapped,
             ..Status::default()
         }
     }
@@ -252,6 +258,22 @@ impl EventLoop {
                     r.accepted = true;
                 }
             }
+            // A relay that refuses serves nobody silently: say whom and why (the limits are
+            // behaviour::relay_config's; docs/design.md "NAT and relays").
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::ReservationReqDenied {
+                src_peer_id,
+                status,
+            })) => tracing::info!(peer = %src_peer_id, ?status, "relay: reservation refused"),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                status,
+            })) => tracing::info!(
+                src = %src_peer_id,
+                dst = %dst_peer_id,
+                ?status,
+                "relay: circuit refused"
+            ),
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(e)) => {
                 tracing::info!(?e, "UPnP port mapping");
                 self.nat.upnp.on_event(e);
