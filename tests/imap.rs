@@ -21,7 +21,7 @@ struct Node {
 
 /// Runs a Python script with `args`; fails the test with its output unless it exits 0.
 /// Returns what it printed.
-fn python(script: impl AsRef<std::ffi::OsStr>, args: &[String]) -> String {
+pub(crate) fn python(script: impl AsRef<std::ffi::OsStr>, args: &[String]) -> String {
     let out = Command::new("python3")
         .arg(script)
         .args(args)
