@@ -18,6 +18,8 @@ mod imap;
 mod imap_rfc;
 // Ten imaplib clients at once for 20 s, every reply checked against the RFCs (tests/data/imap_torture.py).
 mod imap_concurrency;
+// IMAP extensions through imaplib: COMPRESS=DEFLATE (plain, STARTTLS, IMAPS, a zip bomb), THREAD=REFERENCES.
+mod imap_ext;
 // Durability: 60 % of a ring (the owners too) fail, mail survives, holders repair, `restore`
 // rebuilds mailboxes from the phrase (in-process and through the binary); quota.
 mod durability;

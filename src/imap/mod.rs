@@ -2,7 +2,8 @@
 //! MOVE, LITERAL+, NAMESPACE, ID, ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, STARTTLS,
 //! CONDSTORE/QRESYNC (RFC 7162), WITHIN (RFC 5032), STATUS=SIZE (RFC 8438), ESEARCH (RFC
 //! 4731), LIST-EXTENDED/LIST-STATUS (RFC 5258/5819), BINARY (RFC 3516), UTF8=ACCEPT (RFC
-//! 6855), QUOTA (RFC 9208), APPENDLIMIT (RFC 7889), SORT/THREAD=ORDEREDSUBJECT (RFC 5256)) on
+//! 6855), QUOTA (RFC 9208), APPENDLIMIT (RFC 7889), SORT/THREAD=ORDEREDSUBJECT (RFC 5256), COMPRESS=DEFLATE (RFC
+//! 4978)) on
 //! the mailbox engine. docs/design.md lists what Dovecot 2.3 offers beyond it.
 //!
 //! The only module that uses imap-codec (command parsing) and mail-parser (ENVELOPE,
@@ -17,12 +18,14 @@
 //! * A selected folder is a [`session::Selected`]: the session's own seq ↔ uid map, kept up to
 //!   date from the engine's change feed (a lagging feed means re-list and diff), so commands do
 //!   not re-list the folder.
+//! * [`compress`]: COMPRESS=DEFLATE, between the session and the connection.
 //! * [`mime`]: parsed messages, with a bounded cache of ENVELOPE/BODYSTRUCTURE by object id
 //!   (content-addressed, so never stale).
 //! * [`seen`]: `\Seen` set by FETCH, committed in groups across sessions.
 //! * [`recent`]: `\Recent` claimed by one session (RFC 3501 §2.3.2).
 
 mod commands;
+mod compress;
 mod extended;
 mod mime;
 mod out;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::commands;
+use super::compress;
 use super::extended::{self, ListExt, Pre, SearchReturn};
 use crate::mailbox::{Change, EntryId, Flags, FolderId};
 use crate::server::Peer;
@@ -45,7 +46,7 @@ pub(super) enum Read {
 }
 
 pub(super) struct Conn {
-    pub io: BufReader<SessionStream>,
+    pub io: BufReader<compress::Stream>,
     pub out: Vec<u8>,
 }
 
@@ -90,6 +91,12 @@ impl Conn {
                 buf.extend_from_slice(&chunk[..take]);
             } else {
                 *too_long = true;
+                if self.io.get_ref().compressed() {
+                    // Skipping the rest would inflate all of it (a zip bomb): stop here.
+                    self.io.consume(take);
+                    *too_long = false;
+                    return Read::TooLong;
+                }
             }
             self.io.consume(take);
             if done {
@@ -243,6 +250,8 @@ pub(super) enum Reply {
     Close,
     /// Answered; run the TLS handshake.
     StartTls,
+    /// Answered; compress from now on (RFC 4978).
+    Compress,
 }
 
 pub(super) struct Session {
@@ -274,7 +283,7 @@ pub(super) async fn run(
         ctx,
         peer,
         conn: Conn {
-            io: BufReader::new(stream),
+            io: BufReader::new(compress::Stream::new(stream)),
             out: Vec::new(),
         },
         state: State::NotAuthenticated,
@@ -357,7 +366,7 @@ impl Session {
 
     pub fn capabilities(&self) -> String {
         let mut c = String::from(
-            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS BINARY UTF8=ACCEPT QUOTA QUOTA=RES-STORAGE SORT THREAD=ORDEREDSUBJECT",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN CONDSTORE QRESYNC WITHIN STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS BINARY UTF8=ACCEPT QUOTA QUOTA=RES-STORAGE SORT THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE",
         );
         // RFC 7889: the largest message APPEND takes.
         c.push_str(&format!(" APPENDLIMIT={}", self.ctx.max_literal));
@@ -420,6 +429,11 @@ impl Session {
             };
             match reply {
                 Reply::Close => return self.conn.flush().await,
+                Reply::Compress => {
+                    self.conn.flush().await?;
+                    self.conn.io.get_mut().start();
+                    continue;
+                }
                 Reply::StartTls => match self.upgrade().await? {
                     Some(s) => {
                         self = s;
@@ -506,6 +520,9 @@ impl Session {
                 Read::TooLong => {
                     let tag = guess_tag(&buf);
                     self.conn.line(&format!("{tag} BAD line too long"));
+                    if self.conn.io.get_ref().compressed() {
+                        return Ok(Next::Close(Some("line too long")));
+                    }
                     return Ok(Next::Skip);
                 }
                 Read::Closed => return Ok(Next::Close(None)),

@@ -31,6 +31,23 @@ pub(super) fn allows_expunge(body: &CommandBody<'_>) -> bool {
     )
 }
 
+/// COMPRESS DEFLATE (RFC 4978; the only algorithm the codec parses): answers, and the
+/// session turns compression on once the answer is sent.
+fn compress(s: &mut Session, tag: &str) -> Reply {
+    if s.conn.io.get_ref().compressed() {
+        return Reply::No("[COMPRESSIONACTIVE] DEFLATE is already active".into());
+    }
+    if !s.conn.io.buffer().is_empty() {
+        // RFC 4978 §3: the client waits for the answer; bytes behind the command would be
+        // read as the wrong kind (compressed or not): refuse, as for STARTTLS.
+        s.conn.line(&format!("{tag} BAD data after COMPRESS"));
+        s.conn.line("* BYE closing");
+        return Reply::Close;
+    }
+    s.conn.line(&format!("{tag} OK DEFLATE active"));
+    Reply::Compress
+}
+
 pub(super) async fn dispatch(
     s: &mut Session,
     tag: &str,
@@ -78,6 +95,7 @@ pub(super) async fn dispatch(
         _ if !authed => Reply::Bad("log in first".into()),
 
         // ----- authenticated -----
+        CommandBody::Compress { .. } => compress(s, tag),
         CommandBody::Select {
             mailbox,
             parameters,
@@ -229,7 +247,6 @@ pub(super) async fn dispatch(
         | CommandBody::Copy { .. }
         | CommandBody::Move { .. }
         | CommandBody::Search { .. } => Reply::Bad("no folder selected".into()),
-        _ => Reply::Bad("command not supported".into()),
     })
 }
 
