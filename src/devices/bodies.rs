@@ -166,7 +166,8 @@ mod tests {
         // Another total, another offset, a short chunk, another object, absent, garbage:
         // each ends the fetch with an error.
         let other = body(10);
-        let lies: Vec<Box<dyn Fn(&BodyRequest) -> Vec<u8>>> = vec![
+        type Liar<'a> = Box<dyn Fn(&BodyRequest) -> Vec<u8> + 'a>;
+        let lies: Vec<Liar<'_>> = vec![
             Box::new(|q| {
                 BodyAnswer::Chunk {
                     object: q.object,
