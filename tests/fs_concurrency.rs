@@ -77,7 +77,20 @@ fn dovecot_on_the_mount_serves_ten_clients_without_an_error() {
     if known > 0 {
         eprintln!("Dovecot's own race: {known} 'indexid changed' line(s) in re-created folders");
     }
-    let bad: Vec<&str> = errors().filter(|l| !recreated(l)).collect();
+    // Dovecot gives up on a file that other sessions renamed under it several times in a
+    // row ("Filename keeps changing": its retry limit); Dovecot on ext4 logs it too under
+    // this load (docs/performance.md, 2026-12-07 night). A few are its retry limit; more
+    // would be the mount's stale names again (the READDIRPLUS bug this test caught).
+    let kept_changing = |l: &str| l.contains("Filename keeps changing");
+    let changing = errors().filter(|l| kept_changing(l)).count();
+    eprintln!("Dovecot's retry limit: {changing} 'Filename keeps changing' line(s)");
+    assert!(
+        changing <= 3,
+        "Dovecot logged {changing} 'Filename keeps changing'"
+    );
+    let bad: Vec<&str> = errors()
+        .filter(|l| !recreated(l) && !kept_changing(l))
+        .collect();
     eprintln!("{} error lines in Dovecot's log", bad.len());
     for l in bad.iter().take(40) {
         eprintln!("  {l}");
