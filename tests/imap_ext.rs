@@ -3,32 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::imap::python;
-use crate::util::{RunNode, TestHome};
-
-/// A node serving IMAP, IMAPS and the SMTP intake.
-struct Node {
-    run: RunNode,
-    imap: u16,
-    imaps: u16,
-    smtp: u16,
-}
-
-fn start(t: &TestHome) -> Node {
-    t.init("alice@example.org");
-    let on = [
-        ("imap", "127.0.0.1:0"),
-        ("imaps", "127.0.0.1:0"),
-        ("smtp", "127.0.0.1:0"),
-    ];
-    let run = RunNode::start(t, &on, &[]);
-    Node {
-        imap: run.port("imap"),
-        imaps: run.port("imaps"),
-        smtp: run.port("smtp"),
-        run,
-    }
-}
+use crate::imap::{Node, python, start};
+use crate::util::TestHome;
 
 /// The resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {

@@ -52,18 +52,6 @@ fn enroll(n: &Node, boss: &TestHome, ring: &Path) {
     n.home.run(&["ring", "join", "--cert", s(&cert)]).success();
 }
 
-/// The recovery phrase of `n`'s user (`key export --phrase`, the words only).
-fn phrase_of(n: &Node) -> String {
-    n.home
-        .run(&["key", "export", "--phrase"])
-        .success()
-        .stdout()
-        .split_whitespace()
-        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// `restore --phrase --ring member.toml` into a fresh home, bootstrapping from `boot`.
 fn restore_in_ring(ring: &Path, boot: &str, words: &str) -> (TestHome, crate::util::Run) {
     let fresh = TestHome::new();
@@ -315,7 +303,7 @@ fn an_org_ring_keeps_its_mail_and_shuts_out_nodes_without_its_key() {
     assert!(text.contains("ring survives:"), "{text}");
 
     // bob's machine is lost: the phrase restores his mailbox from inside the ring.
-    let words = phrase_of(&org[1]);
+    let words = crate::util::phrase_of(&org[1].home);
     org[1].kill9();
     let (fresh, out) = restore_in_ring(&ring, &boot, &words);
     assert!(out.stdout().contains("bob@acme.test"), "{}", out.stdout());
@@ -626,7 +614,7 @@ fn gateways_carry_mail_between_the_rings_a_second_takes_over_and_the_ring_surviv
         log_of(&gws[1])
     );
 
-    let words = phrase_of(&org[2]);
+    let words = crate::util::phrase_of(&org[2].home);
     // gw1 is gone already; carol, bob and dave go too: 4 of the 6 org nodes (67 %).
     for i in [2, 1, 3] {
         org[i].kill9();

@@ -169,16 +169,7 @@ impl Mailbox {
         folder: FolderId,
         entries: &[EntryId],
     ) -> Vec<Option<MessageInfo>> {
-        let e = self.read_engine();
-        let u = e.uids.get(&folder);
-        entries
-            .iter()
-            .map(|entry| {
-                e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
-                let (uid, modseq) = *u?.by_entry.get(entry)?;
-                message_info(&e, *entry, uid, modseq)
-            })
-            .collect()
+        self.by_entry(folder, entries, true)
     }
 
     /// [`Mailbox::messages_by_entry`] with `maildir_name` left empty (no allocation per
@@ -188,24 +179,23 @@ impl Mailbox {
         folder: FolderId,
         entries: &[EntryId],
     ) -> Vec<Option<MessageInfo>> {
+        self.by_entry(folder, entries, false)
+    }
+
+    fn by_entry(
+        &self,
+        folder: FolderId,
+        entries: &[EntryId],
+        with_name: bool,
+    ) -> Vec<Option<MessageInfo>> {
         let e = self.read_engine();
         let u = e.uids.get(&folder);
         entries
             .iter()
             .map(|entry| {
-                let rec = e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
+                e.crdt.entry(*entry).filter(|r| r.folder == folder)?;
                 let (uid, modseq) = *u?.by_entry.get(entry)?;
-                Some(MessageInfo {
-                    entry: *entry,
-                    uid,
-                    modseq,
-                    object: rec.message.object,
-                    size: rec.message.size,
-                    internal_date: rec.message.internal_date,
-                    flags: e.crdt.flags(*entry),
-                    recent: e.crdt.recent(*entry),
-                    maildir_name: String::new(),
-                })
+                describe(&e, *entry, uid, modseq, with_name)
             })
             .collect()
     }
@@ -280,6 +270,17 @@ pub(super) fn message_info(
     uid: u32,
     modseq: u64,
 ) -> Option<MessageInfo> {
+    describe(e, entry, uid, modseq, true)
+}
+
+/// A message's description; `with_name: false` leaves `maildir_name` empty (no allocation).
+fn describe(
+    e: &Engine,
+    entry: EntryId,
+    uid: u32,
+    modseq: u64,
+    with_name: bool,
+) -> Option<MessageInfo> {
     let rec = e.crdt.entry(entry)?;
     Some(MessageInfo {
         entry,
@@ -290,7 +291,11 @@ pub(super) fn message_info(
         internal_date: rec.message.internal_date,
         flags: e.crdt.flags(entry),
         recent: e.crdt.recent(entry),
-        maildir_name: rec.message.maildir_name.clone(),
+        maildir_name: if with_name {
+            rec.message.maildir_name.clone()
+        } else {
+            String::new()
+        },
     })
 }
 
