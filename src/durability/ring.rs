@@ -30,6 +30,10 @@ pub(crate) const CANDIDATES: usize = 8;
 pub(crate) const ASK: usize = 20;
 /// Fragments stored or fetched at once.
 const PARALLEL: usize = 16;
+/// Rounds a read asks for fragments no peer served before it gives up.
+const FETCH_ROUNDS: u32 = 3;
+/// The pause before the second round (twice that before the third).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum RingError {
@@ -37,6 +41,11 @@ pub enum RingError {
     Fragment(#[from] fragment::Error),
     #[error("overlay: {0}")]
     Overlay(#[from] overlay::Error),
+    #[error(
+        "a fragment of this bundle would be {len} bytes, over the {max}-byte blob limit \
+         (the bundle is too large for the ring's k)"
+    )]
+    FragmentTooLarge { len: usize, max: usize },
     #[error("only {stored} of {n} fragments could be stored, {k} are needed to rebuild")]
     TooFewStored { stored: usize, n: usize, k: usize },
     #[error("only {found} valid fragments of bundle {bundle} were found, {k} are needed")]
@@ -70,6 +79,17 @@ pub async fn store(
 ) -> Result<Receipt, RingError> {
     let (bundle_bytes, bundle) = pack(objects)?;
     let fragments = make_fragments(codec, &bundle_bytes, params)?;
+    // Every fragment has the same size: one that no holder may take is refused here, before
+    // any lookup or store, so the caller can leave that bundle for a larger ring.
+    if let Some(f) = fragments.first() {
+        let len = f.encode().len();
+        if len > overlay::protocol::MAX_BLOB {
+            return Err(RingError::FragmentTooLarge {
+                len,
+                max: overlay::protocol::MAX_BLOB,
+            });
+        }
+    }
     // The closest peers of every placement key (looked up concurrently), then a distinct peer
     // per fragment: the closest one not yet used among the ASK closest (readers ask those), or
     // the closest one when all of them hold a fragment already. Stores run concurrently,
@@ -188,30 +208,34 @@ pub(crate) async fn fetch_one(
 }
 
 /// Reads a bundle back from the ring: the first `k` valid fragments win.
+///
+/// A fragment that no peer served (a request timed out on a loaded ring, a connection was
+/// still settling after many peers failed) is asked for again, up to [`FETCH_ROUNDS`] rounds
+/// with a growing pause, before the read gives up: when just `k` holders survive, one
+/// transient miss must not lose the bundle.
 pub async fn fetch(
     client: &overlay::Client,
     codec: &dyn ErasureCodec,
     receipt: &Receipt,
 ) -> Result<Vec<SealedObject>, RingError> {
     let k = usize::from(receipt.params.k);
-    let mut pending: FuturesUnordered<_> = FuturesUnordered::new();
-    let mut next = receipt.blobs.iter().enumerate();
     let mut found: Vec<Fragment> = Vec::with_capacity(k);
-    loop {
-        while pending.len() < PARALLEL {
-            let Some((i, blob)) = next.next() else { break };
-            let hint = receipt.holders.get(i).copied().flatten();
-            pending.push(fetch_one(client, &receipt.bundle, i as u16, *blob, hint));
+    let mut wanted: Vec<usize> = (0..receipt.blobs.len()).collect();
+    for round in 0..FETCH_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(RETRY_PAUSE * round).await;
         }
-        let Some(result) = pending.next().await else {
+        wanted = fetch_round(client, receipt, &wanted, k, &mut found).await;
+        if found.len() >= k || wanted.is_empty() {
             break;
-        };
-        if let Some(f) = result {
-            found.push(f);
-            if found.len() >= k {
-                break;
-            }
         }
+        tracing::debug!(
+            bundle = %receipt.bundle,
+            found = found.len(),
+            k,
+            round,
+            "too few fragments found; asking again for the others"
+        );
     }
     if found.len() < k {
         return Err(RingError::TooFewFound {
@@ -222,4 +246,37 @@ pub async fn fetch(
     }
     let bytes = rebuild(codec, found)?;
     Ok(unpack(&bytes)?)
+}
+
+/// One pass over the fragments `wanted` (indexes into the receipt), `PARALLEL` at a time,
+/// until `found` holds `k`. Returns the indexes that were asked for and not served; those not
+/// yet asked for when `k` was reached are not returned (nothing more is needed).
+async fn fetch_round(
+    client: &overlay::Client,
+    receipt: &Receipt,
+    wanted: &[usize],
+    k: usize,
+    found: &mut Vec<Fragment>,
+) -> Vec<usize> {
+    let mut pending: FuturesUnordered<_> = FuturesUnordered::new();
+    let mut next = wanted.iter().copied();
+    let mut missed = Vec::new();
+    while found.len() < k {
+        while pending.len() < PARALLEL {
+            let Some(i) = next.next() else { break };
+            let hint = receipt.holders.get(i).copied().flatten();
+            let blob = receipt.blobs[i];
+            pending.push(
+                fetch_one(client, &receipt.bundle, i as u16, blob, hint).map(move |f| (i, f)),
+            );
+        }
+        let Some((i, result)) = pending.next().await else {
+            break;
+        };
+        match result {
+            Some(f) => found.push(f),
+            None => missed.push(i),
+        }
+    }
+    missed
 }

@@ -285,3 +285,44 @@ async fn bundles_placed_by_a_pass_stopped_before_its_root_are_published_by_the_n
     local.sort();
     assert_eq!(listed, local);
 }
+
+/// A body whose fragments would exceed the overlay's 4 MiB blob limit at the ring's k (here a
+/// 4-node ring, k = 1, and a 6 MiB message) is left pending and reported; it does not stop the
+/// pass, so every other message of the mailbox is still placed, and a later pass neither
+/// fails nor places the large body twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_for_the_rings_fragments_stays_pending_and_the_rest_is_placed() {
+    const NODES: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = start_ring(NODES, dir.path(), |_| {}).await.unwrap();
+    let user = fill_mailbox(&ring, 1, 9, "large").await;
+    let big = format!(
+        "From: big@ring.test\r\nSubject: large\r\n\r\n{}",
+        "0123456789abcdef".repeat(6 << 16)
+    );
+    user.mailbox
+        .append_batch(
+            "INBOX",
+            vec![NewMessage {
+                bytes: big.into_bytes(),
+                internal_date: 1_700_000_000,
+                flags: Flags::default(),
+                recent: false,
+                maildir_name: None,
+            }],
+        )
+        .await
+        .unwrap();
+    let backup = backup_of(&ring, &user, NODES - 1, 64 * 1024);
+    let p = backup.params().await.unwrap();
+    let r = backup.run_once(false).await.unwrap();
+    assert_eq!((r.objects, r.too_large), (9, 1), "k={}: {r:?}", p.k);
+    assert!(r.root_seq.is_some(), "{r:?}");
+    let (bodies, _) = backup::pending(ring.node(1).store()).await.unwrap();
+    assert!(
+        bodies >= 6 << 20,
+        "the large body is still pending: {bodies}"
+    );
+    let again = backup.run_once(false).await.unwrap();
+    assert_eq!((again.objects, again.too_large), (0, 1), "{again:?}");
+}

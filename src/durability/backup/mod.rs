@@ -170,6 +170,10 @@ pub struct PassReport {
     pub root_seq: Option<u64>,
     /// Bundles replaced by re-coded ones (below target, or small ones merged) and released.
     pub recoded: usize,
+    /// Bodies left unplaced because their fragments would exceed the overlay's blob limit at
+    /// this ring's k (a body over ~4 MiB × k): they stay pending, and a later pass places them
+    /// once the ring is large enough. Everything else is placed regardless.
+    pub too_large: usize,
 }
 
 /// How a pass treats bundles already placed.
@@ -574,15 +578,39 @@ impl Backup {
     }
 
     async fn place_bodies(&self, pass: &mut Pass, batch: Vec<SealedObject>) -> Result<(), Error> {
-        let marks = batch
-            .iter()
-            .map(|o| key(ROW_OBJECT, o.id().as_bytes()))
-            .collect();
-        let e = self.place(Kind::Bodies, &batch, pass.params, marks).await?;
-        pass.report.bundles += 1;
-        pass.report.objects += batch.len();
-        pass.report.bytes += e.bytes;
-        self.publish_if_due(pass).await
+        // A bundle whose fragments would exceed the blob limit is placed again one body per
+        // bundle; a body that is too large even alone stays pending (one large message must
+        // not stop the rest of the mailbox's backup).
+        let mut queue = vec![batch];
+        while let Some(batch) = queue.pop() {
+            let marks = batch
+                .iter()
+                .map(|o| key(ROW_OBJECT, o.id().as_bytes()))
+                .collect();
+            let e = match self.place(Kind::Bodies, &batch, pass.params, marks).await {
+                Err(Error::Ring(RingError::FragmentTooLarge { .. })) if batch.len() > 1 => {
+                    queue.extend(batch.into_iter().map(|o| vec![o]));
+                    continue;
+                }
+                Err(Error::Ring(RingError::FragmentTooLarge { len, max })) => {
+                    tracing::warn!(
+                        bytes = batch[0].as_bytes().len(),
+                        fragment = len,
+                        max,
+                        k = pass.params.k,
+                        "a body too large for this ring's fragments stays pending, on this node only"
+                    );
+                    pass.report.too_large += 1;
+                    continue;
+                }
+                r => r?,
+            };
+            pass.report.bundles += 1;
+            pass.report.objects += batch.len();
+            pass.report.bytes += e.bytes;
+            self.publish_if_due(pass).await?;
+        }
+        Ok(())
     }
 
     async fn place_logs(&self, pass: &mut Pass, rows: Vec<LogRow>) -> Result<(), Error> {
