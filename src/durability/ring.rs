@@ -79,16 +79,17 @@ pub async fn store(
 ) -> Result<Receipt, RingError> {
     let (bundle_bytes, bundle) = pack(objects)?;
     let fragments = make_fragments(codec, &bundle_bytes, params)?;
-    // Every fragment has the same size: one that no holder may take is refused here, before
-    // any lookup or store, so the caller can leave that bundle for a larger ring.
-    if let Some(f) = fragments.first() {
-        let len = f.encode().len();
-        if len > overlay::protocol::MAX_BLOB {
-            return Err(RingError::FragmentTooLarge {
-                len,
-                max: overlay::protocol::MAX_BLOB,
-            });
-        }
+    // Encoded once, here: every fragment has the same size, so one that no holder may take is
+    // refused before any lookup or store, and the caller can leave that bundle for a larger
+    // ring.
+    let encoded: Vec<Vec<u8>> = fragments.iter().map(Fragment::encode).collect();
+    if let Some(len) = encoded.first().map(Vec::len)
+        && len > overlay::protocol::MAX_BLOB
+    {
+        return Err(RingError::FragmentTooLarge {
+            len,
+            max: overlay::protocol::MAX_BLOB,
+        });
     }
     // The closest peers of every placement key (looked up concurrently), then a distinct peer
     // per fragment: the closest one not yet used among the ASK closest (readers ask those), or
@@ -101,7 +102,7 @@ pub async fn store(
     let closest_sets = closest_of_all(client, &keys).await;
     let mut used: HashSet<PeerId> = HashSet::new();
     let mut plans: Vec<(Vec<u8>, Vec<PeerId>)> = Vec::with_capacity(fragments.len());
-    for (f, closest) in fragments.iter().zip(closest_sets) {
+    for (bytes, closest) in encoded.into_iter().zip(closest_sets) {
         let closest: Vec<PeerId> = closest?.into_iter().take(ASK).collect();
         let target = closest
             .iter()
@@ -113,7 +114,7 @@ pub async fn store(
         if let Some(t) = target {
             used.insert(t);
         }
-        plans.push((f.encode(), tries));
+        plans.push((bytes, tries));
     }
     let blobs: Vec<[u8; 32]> = plans.iter().map(|(bytes, _)| crypto::hash(bytes)).collect();
     let holders: Vec<Option<PeerId>> =
